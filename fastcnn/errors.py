@@ -1,0 +1,31 @@
+"""The errors fastcnn raises on bad input.
+
+Every check in the library raises one of these, so a caller can catch ``FastCNNError`` and know the
+message says what was wrong and what was expected. Each also subclasses the built-in error a
+Python programmer would reach for (``ValueError``, ``FileNotFoundError``), so ordinary ``except``
+clauses keep working.
+"""
+
+
+class FastCNNError(Exception):
+    """Base class of every error fastcnn raises on purpose."""
+
+
+class ShapeError(FastCNNError, ValueError):
+    """An array has the wrong rank, shape, dtype or values for where it was passed."""
+
+
+class DataError(FastCNNError, ValueError):
+    """A data file (IDX) is missing, truncated, corrupt or not what it claims to be."""
+
+
+class DataMissingError(DataError, FileNotFoundError):
+    """A data set is not on disk and could not be downloaded."""
+
+
+class ModelFileError(FastCNNError, ValueError):
+    """A model or checkpoint file is missing, truncated, corrupt or foreign."""
+
+
+class ImageError(FastCNNError, ValueError):
+    """An image file cannot be read, or is too large to be a sane input."""

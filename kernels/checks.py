@@ -1,0 +1,82 @@
+"""Argument checks shared by the compiled kernels and the NumPy reference.
+
+Each check raises ``ShapeError`` with a message naming the argument, what was expected and what
+came, so a bad call never reaches Numba (whose errors say nothing useful) or returns garbage.
+"""
+
+import numpy as np
+
+from fastcnn.errors import ShapeError
+
+
+def array(name, a, ndim, dtype=None):
+    """Check that ``a`` is a floating array of rank ``ndim``; with ``dtype``, return it as a
+    C-contiguous array of that dtype (a copy only when it is not one already)."""
+    if not isinstance(a, np.ndarray):
+        raise ShapeError(f"{name}: expected a NumPy array, got {type(a).__name__}")
+    if a.ndim != ndim:
+        raise ShapeError(f"{name}: expected {ndim} dimensions, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ShapeError(f"{name}: expected a floating-point array, got dtype {a.dtype}")
+    if dtype is not None:
+        a = np.ascontiguousarray(a, dtype=dtype)
+    return a
+
+
+def labels(name, y, n, classes):
+    """Integer class labels of shape (n,), each in 0..classes-1, returned as int64."""
+    if not isinstance(y, np.ndarray):
+        raise ShapeError(f"{name}: expected a NumPy array of integer labels, got {type(y).__name__}")
+    if y.shape != (n,):
+        raise ShapeError(f"{name}: expected shape ({n},) to match the batch, got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ShapeError(f"{name}: expected integer labels, got dtype {y.dtype}")
+    if n and (y.min() < 0 or y.max() >= classes):
+        raise ShapeError(f"{name}: labels must lie in 0..{classes - 1}, got values {y.min()}..{y.max()}")
+    return np.ascontiguousarray(y, dtype=np.int64)
+
+
+def positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ShapeError(f"{name}: expected a positive integer, got {v!r}")
+    return int(v)
+
+
+def non_negative_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        raise ShapeError(f"{name}: expected a non-negative integer, got {v!r}")
+    return int(v)
+
+
+def same_shape(name, a, shape, what):
+    if tuple(a.shape) != tuple(shape):
+        raise ShapeError(f"{name}: expected shape {tuple(shape)} ({what}), got {a.shape}")
+
+
+def conv_output_size(x_shape, w_shape, stride, padding):
+    """Check a convolution's input, weight, stride and padding; return (OH, OW)."""
+    stride = positive_int("stride", stride)
+    padding = non_negative_int("padding", padding)
+    n, h, w, c = x_shape
+    kh, kw, c_in, _ = w_shape
+    if c != c_in:
+        raise ShapeError(f"x: expected {c_in} input channels (weight is {tuple(w_shape)}), got shape {tuple(x_shape)}")
+    oh = (h + 2 * padding - kh) // stride + 1
+    ow = (w + 2 * padding - kw) // stride + 1
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"x: a {h}x{w} image with padding {padding} is smaller than the {kh}x{kw} kernel")
+    if n < 1:
+        raise ShapeError(f"x: expected at least one image, got shape {tuple(x_shape)}")
+    return oh, ow
+
+
+def pool_output_size(x_shape, size, stride):
+    """Check a max-pool's input and window; return (OH, OW). Sizes that do not divide are floored."""
+    size = positive_int("size", size)
+    stride = positive_int("stride", stride)
+    n, h, w, _ = x_shape
+    if h < size or w < size:
+        raise ShapeError(f"x: a {h}x{w} image is smaller than the {size}x{size} pooling window")
+    if n < 1:
+        raise ShapeError(f"x: expected at least one image, got shape {tuple(x_shape)}")
+    return (h - size) // stride + 1, (w - size) // stride + 1

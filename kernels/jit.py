@@ -1,0 +1,21 @@
+"""All of fastcnn's Numba policy in one place; the kernels just use these decorators.
+
+- ``cache=True``: a kernel compiles once per machine, later processes load it from Numba's cache.
+- ``fastmath`` without ``nnan``/``ninf``: LLVM may reassociate sums (vectorised reductions) but
+  NaN and Inf keep their meaning, so a diverging run is still seen as one.
+- ``nogil=True``: several Python threads may call the kernels at once (e.g. ``predict``).
+"""
+
+import numba
+
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+def parallel_kernel(fn):
+    """A kernel whose outer ``prange`` loop is spread over Numba's threads."""
+    return numba.njit(parallel=True, cache=True, fastmath=FASTMATH, nogil=True)(fn)
+
+
+def serial_kernel(fn):
+    """A kernel that runs on the calling thread (BLAS calls bring their own threads)."""
+    return numba.njit(parallel=False, cache=True, fastmath=FASTMATH, nogil=True)(fn)

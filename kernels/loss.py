@@ -1,0 +1,44 @@
+"""Softmax and cross-entropy fused: the mean loss and its gradient w.r.t. the logits in one pass.
+
+Legend: N batch, K classes. logits (N, K) float32, labels (N,) int64.
+loss = mean_n [logsumexp(z_n) - z_n[y_n]], computed with the row maximum subtracted first, so
+logits of +-1e4 neither overflow nor lose the answer. dlogits = (softmax(z) - onehot(y)) / N.
+"""
+
+import numpy as np
+from numba import prange
+
+from fastcnn.errors import ShapeError
+
+from . import checks
+from .jit import parallel_kernel
+
+
+@parallel_kernel
+def _softmax_cross_entropy(dlogits, row_loss, logits, labels):
+    N, K = logits.shape
+    for n in prange(N):
+        z = logits[n]
+        m = z.max()
+        total = np.float32(0.0)
+        for k in range(K):
+            e = np.exp(z[k] - m)
+            dlogits[n, k] = e
+            total += e
+        row_loss[n] = np.log(total) + m - z[labels[n]]
+        scale = np.float32(1.0) / (total * N)
+        for k in range(K):
+            dlogits[n, k] *= scale
+        dlogits[n, labels[n]] -= np.float32(1.0) / N
+
+
+def softmax_cross_entropy(logits, labels):
+    """(mean loss as a Python float, dlogits (N, K) float32) for integer labels in 0..K-1."""
+    logits = checks.array("logits", logits, 2, np.float32)
+    if logits.shape[0] < 1:
+        raise ShapeError(f"logits: expected at least one row, got shape {logits.shape}")
+    labels = checks.labels("labels", labels, logits.shape[0], logits.shape[1])
+    dlogits = np.empty_like(logits)
+    row_loss = np.empty(logits.shape[0], np.float32)
+    _softmax_cross_entropy(dlogits, row_loss, logits, labels)
+    return float(row_loss.sum(dtype=np.float64) / logits.shape[0]), dlogits

@@ -1,0 +1,30 @@
+"""The SGD-with-momentum update, over one flat buffer of every parameter.
+
+v = momentum * v - lr * g;  p += v   (the classic form, as Keras applies it)
+"""
+
+import numpy as np
+from numba import prange
+
+from fastcnn.errors import ShapeError
+
+from . import checks
+from .jit import parallel_kernel
+
+
+@parallel_kernel
+def _sgd_momentum(params, velocity, grads, lr, momentum):
+    for i in prange(params.size):
+        v = momentum * velocity[i] - lr * grads[i]
+        velocity[i] = v
+        params[i] += v
+
+
+def sgd_momentum(params, velocity, grads, lr, momentum):
+    """Update ``params`` and ``velocity`` (flat float32, in place) from ``grads`` for one step."""
+    for name, a in (("params", params), ("velocity", velocity), ("grads", grads)):
+        checks.array(name, a, 1)
+        if a.dtype != np.float32 or not a.flags.c_contiguous:
+            raise ShapeError(f"{name}: expected a contiguous float32 buffer, got {a.dtype}")
+        checks.same_shape(name, a, params.shape, "one entry per parameter")
+    _sgd_momentum(params, velocity, grads, np.float32(lr), np.float32(momentum))

@@ -1,0 +1,138 @@
+"""The pure-NumPy reference: every kernel again, written for clarity, not speed.
+
+Same names, arguments and results as the compiled kernels, so tests and benchmarks can swap one
+for the other. Unlike the kernels it keeps the input's dtype, so the tests can check its gradients
+against finite differences in float64: this module is the oracle, and is itself proven.
+"""
+
+import numpy as np
+
+from fastcnn.errors import ShapeError
+
+from . import checks
+from .pool import _check_argmax
+
+
+def _windows(x, kh, kw, stride):
+    """View of every (kh, kw) window of x (N, H, W, C): shape (N, OH, OW, kh, kw, C)."""
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))  # (N, H', W', C, kh, kw)
+    return win[:, ::stride, ::stride].transpose(0, 1, 2, 4, 5, 3)
+
+
+# --- convolution ---------------------------------------------------------------------------------
+
+def conv2d_forward(x, w, b, stride=1, padding=0):
+    x, w, b = checks.array("x", x, 4), checks.array("w", w, 4), checks.array("b", b, 1)
+    checks.same_shape("b", b, (w.shape[3],), "one bias per output channel")
+    oh, ow = checks.conv_output_size(x.shape, w.shape, stride, padding)
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    win = _windows(xp, w.shape[0], w.shape[1], stride)[:, :oh, :ow]
+    return np.einsum("nijabc,abck->nijk", win, w, optimize=True) + b
+
+
+def conv2d_backward(dy, x, w, stride=1, padding=0, need_dx=True):
+    x, w, dy = checks.array("x", x, 4), checks.array("w", w, 4), checks.array("dy", dy, 4)
+    oh, ow = checks.conv_output_size(x.shape, w.shape, stride, padding)
+    checks.same_shape("dy", dy, (x.shape[0], oh, ow, w.shape[3]), "the forward output's shape")
+    kh, kw = w.shape[:2]
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    win = _windows(xp, kh, kw, stride)[:, :oh, :ow]
+    dw = np.einsum("nijabc,nijk->abck", win, dy, optimize=True)
+    db = dy.sum(axis=(0, 1, 2))
+    dx = None
+    if need_dx:
+        # Every output (i, j) read the window starting at (i*stride, j*stride): scatter back.
+        dxp = np.zeros_like(xp)
+        dwin = np.einsum("nijk,abck->nijabc", dy, w, optimize=True)
+        for a in range(kh):
+            for c in range(kw):
+                dxp[:, a:a + oh * stride:stride, c:c + ow * stride:stride] += dwin[:, :, :, a, c]
+        dx = dxp[:, padding:padding + x.shape[1], padding:padding + x.shape[2]]
+    return dx, dw, db
+
+
+# --- max-pool ------------------------------------------------------------------------------------
+
+def maxpool_forward(x, size, stride=None):
+    x = checks.array("x", x, 4)
+    stride = size if stride is None else stride
+    oh, ow = checks.pool_output_size(x.shape, size, stride)
+    win = _windows(x, size, size, stride)[:, :oh, :ow]             # (N, OH, OW, S, S, C)
+    n, _, _, _, _, c = win.shape
+    flat = win.reshape(n, oh, ow, size * size, c)
+    k = np.argmax(flat, axis=3)                                     # first maximum; NaN wins
+    y = np.take_along_axis(flat, k[:, :, :, None], axis=3)[:, :, :, 0]
+    rows = np.arange(oh)[:, None, None] * stride + k // size       # (N, OH, OW, C) by broadcasting
+    cols = np.arange(ow)[None, :, None] * stride + k % size
+    return y, (rows * x.shape[2] + cols).astype(np.int32)
+
+
+def maxpool_backward(dy, argmax, x_shape):
+    dy = checks.array("dy", dy, 4)
+    _check_argmax(argmax, dy, x_shape)
+    n, h, w, c = x_shape
+    dx = np.zeros((n, h * w, c), dy.dtype)
+    ni = np.arange(n)[:, None, None, None]
+    ci = np.arange(c)[None, None, None, :]
+    np.add.at(dx, (np.broadcast_to(ni, dy.shape), argmax, np.broadcast_to(ci, dy.shape)), dy)
+    return dx.reshape(x_shape)
+
+
+# --- dense and ReLU ------------------------------------------------------------------------------
+
+def _check_dense(x, w):
+    x, w = checks.array("x", x, 2), checks.array("w", w, 2)
+    if x.shape[1] != w.shape[0]:
+        raise ShapeError(f"x: expected {w.shape[0]} features per row (w is {w.shape}), got shape {x.shape}")
+    return x, w
+
+
+def dense_forward(x, w, b):
+    x, w = _check_dense(x, w)
+    return x @ w + checks.array("b", b, 1)
+
+
+def dense_relu_forward(x, w, b):
+    return np.maximum(dense_forward(x, w, b), 0)
+
+
+def dense_backward(dy, x, w, need_dx=True):
+    x, w = _check_dense(x, w)
+    dy = checks.array("dy", dy, 2)
+    checks.same_shape("dy", dy, (x.shape[0], w.shape[1]), "the forward output's shape")
+    return (dy @ w.T if need_dx else None), x.T @ dy, dy.sum(axis=0)
+
+
+def dense_relu_backward(dy, x, w, y, need_dx=True):
+    return dense_backward(relu_backward(dy, y), x, w, need_dx)
+
+
+def relu_forward(x):
+    return np.maximum(x, 0)
+
+
+def relu_backward(dy, y):
+    checks.same_shape("dy", dy, y.shape, "the forward output's shape")
+    return np.where(y > 0, dy, 0).astype(dy.dtype)
+
+
+# --- softmax + cross-entropy ---------------------------------------------------------------------
+
+def softmax_cross_entropy(logits, labels):
+    logits = checks.array("logits", logits, 2)
+    n = logits.shape[0]
+    labels = checks.labels("labels", labels, n, logits.shape[1])
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -log_probs[np.arange(n), labels].mean()
+    dlogits = np.exp(log_probs)
+    dlogits[np.arange(n), labels] -= 1
+    return float(loss), dlogits / n
+
+
+# --- SGD with momentum ---------------------------------------------------------------------------
+
+def sgd_momentum(params, velocity, grads, lr, momentum):
+    velocity *= momentum
+    velocity -= lr * grads
+    params += velocity

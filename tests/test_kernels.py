@@ -1,0 +1,164 @@
+"""Every compiled kernel against its NumPy reference, over shapes chosen to break assumptions:
+batch 1, odd and non-square images, several input channels, stride 2 and 3, padding 0/1/2.
+
+Tolerances (float32, relative to the largest magnitude of the reference result): 1e-5 for
+forward passes, 5e-5 for gradients (they sum up to tens of thousands of terms), exact for
+max-pool (it only moves values) and argmax indices.
+"""
+
+import numpy as np
+import pytest
+
+from fastcnn import ShapeError
+from fastcnn import kernels as K
+from fastcnn.kernels import reference as R
+
+FWD, BWD = 1e-5, 5e-5
+
+# (N, H, W, C_in, C_out, kernel, stride, padding)
+CONV_SHAPES = [
+    (1, 5, 5, 1, 1, 3, 1, 0),
+    (2, 7, 5, 3, 4, 3, 1, 1),
+    (3, 9, 8, 2, 5, 3, 2, 0),
+    (1, 6, 11, 4, 3, 5, 2, 2),
+    (2, 8, 8, 3, 6, 2, 2, 1),
+    (2, 10, 9, 2, 3, 4, 3, 2),
+    (4, 13, 10, 16, 20, 1, 1, 0),
+    (64, 28, 28, 1, 32, 3, 1, 1),   # the MNIST network's convolution
+]
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
+def test_conv2d_matches_reference(shape, assert_close):
+    n, h, w, c, k, ks, stride, pad = shape
+    rng = np.random.default_rng(sum(shape))
+    x, wt, b = rand(rng, n, h, w, c), rand(rng, ks, ks, c, k), rand(rng, k)
+    y = K.conv2d_forward(x, wt, b, stride, pad)
+    assert_close("conv2d_forward", y, R.conv2d_forward(x, wt, b, stride, pad), FWD)
+    dy = rand(rng, *y.shape)
+    got = K.conv2d_backward(dy, x, wt, stride, pad)
+    want = R.conv2d_backward(dy, x, wt, stride, pad)
+    for name, g, r in zip(("dx", "dw", "db"), got, want):
+        assert_close(f"conv2d_backward.{name}", g, r, BWD)
+    dx, dw, db = K.conv2d_backward(dy, x, wt, stride, pad, need_dx=False)
+    assert dx is None and np.array_equal(dw, got[1]) and np.array_equal(db, got[2])
+
+
+# (N, H, W, C, size, stride)
+POOL_SHAPES = [(1, 4, 4, 1, 2, 2), (2, 7, 5, 3, 2, 2), (3, 9, 8, 2, 3, 2), (2, 6, 11, 4, 3, 3),
+               (1, 5, 5, 2, 2, 1), (64, 28, 28, 32, 2, 2)]
+
+
+@pytest.mark.parametrize("shape", POOL_SHAPES, ids=str)
+def test_maxpool_matches_reference(shape, assert_close):
+    n, h, w, c, size, stride = shape
+    rng = np.random.default_rng(sum(shape))
+    x = rand(rng, n, h, w, c)
+    y, argmax = K.maxpool_forward(x, size, stride)
+    y_ref, argmax_ref = R.maxpool_forward(x, size, stride)
+    assert y.shape == ((n, (h - size) // stride + 1, (w - size) // stride + 1, c))
+    assert_close("maxpool_forward", y, y_ref, 0.0)
+    assert np.array_equal(argmax, argmax_ref)
+    dy = rand(rng, *y.shape)
+    # stride < size: windows overlap and two gradients can land on one input element
+    assert_close("maxpool_backward", K.maxpool_backward(dy, argmax, x.shape),
+                 R.maxpool_backward(dy, argmax_ref, x.shape), 1e-6)
+
+
+def test_maxpool_ties_take_the_first_and_nan_wins():
+    x = np.zeros((1, 2, 4, 1), np.float32)
+    x[0, 1, 2, 0] = np.nan
+    for k in (K, R):
+        y, argmax = k.maxpool_forward(x, 2)
+        assert argmax.ravel().tolist() == [0, 4 + 2]  # the first zero; the NaN
+        assert y[0, 0, 0, 0] == 0 and np.isnan(y[0, 0, 1, 0])
+
+
+@pytest.mark.parametrize("n,i,o", [(1, 1, 1), (5, 7, 3), (64, 6272, 128), (64, 128, 10), (3, 33, 17)])
+def test_dense_matches_reference(n, i, o, assert_close):
+    rng = np.random.default_rng(n * i + o)
+    x, w, b = rand(rng, n, i), rand(rng, i, o), rand(rng, o)
+    for fused in (False, True):
+        fwd = "dense_relu_forward" if fused else "dense_forward"
+        y = getattr(K, fwd)(x, w, b)
+        y_ref = getattr(R, fwd)(x, w, b)
+        assert_close(fwd, y, y_ref, FWD)
+        dy = rand(rng, n, o)
+        if fused:
+            got, want = K.dense_relu_backward(dy, x, w, y), R.dense_relu_backward(dy, x, w, y_ref)
+        else:
+            got, want = K.dense_backward(dy, x, w), R.dense_backward(dy, x, w)
+        for name, g, r in zip(("dx", "dw", "db"), got, want):
+            assert_close(f"{fwd.replace('forward', 'backward')}.{name}", g, r, BWD)
+
+
+def test_relu_matches_reference(assert_close):
+    rng = np.random.default_rng(1)
+    x = rand(rng, 3, 5, 7, 2)
+    y = K.relu_forward(x)
+    assert_close("relu_forward", y, R.relu_forward(x), 0.0)
+    dy = rand(rng, *x.shape)
+    assert_close("relu_backward", K.relu_backward(dy, y), R.relu_backward(dy, y), 0.0)
+
+
+@pytest.mark.parametrize("n,k,scale", [(1, 2, 1.0), (7, 10, 3.0), (64, 10, 1.0), (5, 13, 1e4)])
+def test_softmax_cross_entropy_matches_reference(n, k, scale, assert_close):
+    rng = np.random.default_rng(n + k)
+    logits, labels = rand(rng, n, k) * np.float32(scale), rng.integers(0, k, n)
+    loss, d = K.softmax_cross_entropy(logits, labels)
+    loss_ref, d_ref = R.softmax_cross_entropy(logits, labels)
+    assert_close("softmax_cross_entropy.loss", loss, loss_ref, FWD)
+    assert_close("softmax_cross_entropy.dlogits", d, d_ref, FWD)
+
+
+def test_softmax_cross_entropy_is_stable_for_huge_logits():
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4]], np.float32)
+    labels = np.array([1, 2])
+    loss, d = K.softmax_cross_entropy(logits, labels)
+    # Row 0 puts all mass on class 0 but the label is 1: loss 2e4. Row 1 is right: loss 0.
+    assert loss == pytest.approx(1e4, rel=1e-6)
+    assert np.isfinite(d).all()
+    np.testing.assert_allclose(d, [[0.5, -0.5, 0.0], [0.0, 0.0, 0.0]], atol=1e-7)
+
+
+def test_sgd_momentum_matches_reference(assert_close):
+    rng = np.random.default_rng(2)
+    p, v, g = rand(rng, 1001), rand(rng, 1001), rand(rng, 1001)
+    p2, v2 = p.copy(), v.copy()
+    K.sgd_momentum(p, v, g, 0.05, 0.9)
+    R.sgd_momentum(p2, v2, g, np.float32(0.05), np.float32(0.9))
+    assert_close("sgd_momentum.params", p, p2, FWD)
+    assert_close("sgd_momentum.velocity", v, v2, FWD)
+
+
+@pytest.mark.parametrize("k", [K, R], ids=["numba", "numpy"])
+def test_bad_arguments_say_what_was_expected(k):
+    x = np.zeros((2, 5, 5, 3), np.float32)
+    w = np.zeros((3, 3, 3, 4), np.float32)
+    b = np.zeros(4, np.float32)
+    with pytest.raises(ShapeError, match="expected 3 input channels"):
+        k.conv2d_forward(np.zeros((2, 5, 5, 2), np.float32), w, b)
+    with pytest.raises(ShapeError, match="expected 4 dimensions"):
+        k.conv2d_forward(x[0], w, b)
+    with pytest.raises(ShapeError, match="smaller than the 3x3 kernel"):
+        k.conv2d_forward(x[:, :2, :2], w, b)
+    with pytest.raises(ShapeError, match="floating-point"):
+        k.conv2d_forward(x.astype(np.int32), w, b)
+    with pytest.raises(ShapeError, match="stride: expected a positive integer"):
+        k.conv2d_forward(x, w, b, stride=0)
+    with pytest.raises(ShapeError, match="one bias per output channel"):
+        k.conv2d_forward(x, w, np.zeros(3, np.float32))
+    with pytest.raises(ShapeError, match="forward output's shape"):
+        k.conv2d_backward(np.zeros((2, 5, 5, 4), np.float32), x, w)
+    with pytest.raises(ShapeError, match="smaller than the 6x6 pooling window"):
+        k.maxpool_forward(x, 6)
+    with pytest.raises(ShapeError, match="expected 7 features per row"):
+        k.dense_forward(np.zeros((2, 5), np.float32), np.zeros((7, 3), np.float32), np.zeros(3, np.float32))
+    with pytest.raises(ShapeError, match=r"labels must lie in 0\.\.9"):
+        k.softmax_cross_entropy(np.zeros((2, 10), np.float32), np.array([3, 10]))
+    with pytest.raises(ShapeError, match=r"expected shape \(2,\)"):
+        k.softmax_cross_entropy(np.zeros((2, 10), np.float32), np.array([3]))

@@ -1,0 +1,133 @@
+"""The Python API: layers, Sequential, SGD, and the two backends stepping together."""
+
+import numba
+import numpy as np
+import pytest
+
+from fastcnn import (SGD, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, ShapeError,
+                     SoftmaxCrossEntropy, softmax)
+
+
+def seed_network(backend="numba", seed=0):
+    """The original project's network."""
+    return Sequential([Conv2D(1, 32, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(),
+                       Dense(6272, 128), ReLU(), Dense(128, 10)], seed=seed, backend=backend)
+
+
+def digit_like_batch(n=64, seed=0):
+    """Sparse bright strokes on black with learnable labels: closer to MNIST than uniform noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = np.zeros((n, 28, 28, 1), np.float32)
+    for i, label in enumerate(y):
+        x[i, 4 + 2 * label:8 + 2 * label, 6:22, 0] = rng.uniform(0.5, 1.0)
+    x += rng.uniform(0, 0.1, x.shape).astype(np.float32)
+    return x, y
+
+
+def train(model, steps, lr=0.05, seed=0):
+    opt, loss_fn = SGD(model, lr=lr, momentum=0.9, decay=1e-3), SoftmaxCrossEntropy(model.backend)
+    losses = []
+    for step in range(steps):
+        x, y = digit_like_batch(seed=seed + step)
+        loss, dlogits = loss_fn(model.forward(x), y)
+        model.backward(dlogits)
+        opt.step()
+        losses.append(loss)
+    return losses
+
+
+def test_both_backends_step_together():
+    fast, ref = seed_network("numba"), seed_network("numpy")
+    assert np.array_equal(fast.parameters, ref.parameters)  # same seed, same weights
+    losses_fast, losses_ref = train(fast, 8), train(ref, 8)
+    np.testing.assert_allclose(losses_fast, losses_ref, rtol=1e-4)
+    assert losses_fast[-1] < losses_fast[0] / 2  # and it learns
+    scale = np.abs(ref.parameters).max()
+    assert np.abs(fast.parameters - ref.parameters).max() <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("threads", sorted({1, numba.config.NUMBA_NUM_THREADS}))
+def test_same_seed_and_threads_give_identical_weights(threads):
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        a, b = seed_network(seed=3), seed_network(seed=3)
+        train(a, 4)
+        train(b, 4)
+    finally:
+        numba.set_num_threads(previous)
+    assert np.array_equal(a.parameters, b.parameters)
+    assert not np.array_equal(a.parameters, seed_network(seed=3).parameters)  # it did move
+
+
+def test_parameters_and_gradients_by_name_are_views_of_flat_buffers():
+    model = seed_network()
+    conv, dense = model.layers[0], model.layers[4]
+    assert conv.params["weight"].shape == (3, 3, 1, 32) and conv.params["bias"].shape == (32,)
+    assert dense.params["weight"].shape == (6272, 128)
+    assert model.parameters.size == 3 * 3 * 32 + 32 + 6272 * 128 + 128 + 128 * 10 + 10
+    for layer in (conv, dense):
+        for name in ("weight", "bias"):
+            assert np.shares_memory(layer.params[name], model.parameters)
+            assert np.shares_memory(layer.grads[name], model.gradients)
+    x, y = digit_like_batch()
+    _, d = SoftmaxCrossEntropy()(model.forward(x), y)
+    model.backward(d)
+    assert np.abs(conv.grads["weight"]).max() > 0 and np.abs(dense.grads["bias"]).max() > 0
+
+
+def test_wiring_fuses_dense_relu_and_skips_the_first_input_gradient():
+    model = seed_network()
+    conv, relu1, dense1, relu2, dense2 = (model.layers[i] for i in (0, 1, 4, 5, 6))
+    assert not conv.needs_input_grad and dense1.needs_input_grad
+    assert dense1.relu and relu2.fused and not dense2.relu and not relu1.fused
+    # The fused pair computes exactly Dense then ReLU.
+    x = np.random.default_rng(0).standard_normal((3, 6272)).astype(np.float32)
+    w, b = dense1.params["weight"], dense1.params["bias"]
+    np.testing.assert_allclose(dense1.forward(x, model.kernels)[0], np.maximum(x @ w + b, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_initialisation_is_he_before_relu_and_glorot_otherwise():
+    model = seed_network(seed=1)
+    conv_w, d1_w, d2_w = (model.layers[i].params["weight"] for i in (0, 4, 6))
+    assert conv_w.std() == pytest.approx(np.sqrt(2 / 9), rel=0.15)
+    assert d1_w.std() == pytest.approx(np.sqrt(2 / 6272), rel=0.02)
+    limit = np.sqrt(6 / (128 + 10))
+    assert np.abs(d2_w).max() <= limit and d2_w.std() == pytest.approx(limit / np.sqrt(3), rel=0.05)
+    assert not np.array_equal(conv_w, seed_network(seed=2).layers[0].params["weight"])
+
+
+def test_sgd_momentum_and_decay():
+    model = Sequential([Dense(3, 2)], seed=0)
+    opt = SGD(model, lr=0.1, momentum=0.5, decay=0.25)
+    w0 = model.parameters.copy()
+    model.gradients[...] = 1.0
+    opt.step()   # lr 0.1: v = -0.1
+    opt.step()   # lr 0.1 / 1.25 = 0.08: v = 0.5 * -0.1 - 0.08 = -0.13
+    np.testing.assert_allclose(model.parameters - w0, -0.23, rtol=1e-6)
+    assert opt.current_lr == pytest.approx(0.1 / 1.5)
+    for bad in (dict(lr=0), dict(lr=-1), dict(lr=0.1, momentum=1.0), dict(lr=0.1, decay=-1)):
+        with pytest.raises(ShapeError):
+            SGD(model, **bad)
+
+
+def test_predict_gives_probabilities_in_batches():
+    model = seed_network()
+    x, _ = digit_like_batch(n=37)
+    p = model.predict(x, batch_size=10)
+    assert p.shape == (37, 10)
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(p, softmax(model.forward(x)), rtol=1e-5, atol=1e-7)
+
+
+def test_a_wrong_shape_names_the_layer():
+    model = seed_network()
+    with pytest.raises(ShapeError, match=r"layer 0 Conv2D.*expected 1 input channels"):
+        model.forward(np.zeros((2, 28, 28, 3), np.float32))
+    with pytest.raises(ShapeError, match=r"layer 4 Dense.*expected 6272 features"):
+        model.forward(np.zeros((2, 30, 30, 1), np.float32))
+    with pytest.raises(ShapeError, match="uint8 / 255"):
+        model.forward(np.zeros((2, 28, 28, 1), np.uint8))
+    with pytest.raises(ShapeError, match="unknown|expected one of"):
+        Sequential([Dense(2, 2)], backend="cuda")
