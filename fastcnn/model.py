@@ -111,6 +111,11 @@ class Sequential:
         out = [softmax(self._run(x[i:i + batch_size])[0]) for i in range(0, len(x), batch_size)]
         return np.concatenate(out)
 
+    def save(self, path, optimizer=None):
+        """Write this model (and ``optimizer``'s state) to one ``.npz``; ``fastcnn.load`` reads it."""
+        from .checkpoint import save  # checkpoint builds Sequentials: import late, no cycle
+        save(path, self, optimizer)
+
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
         return f"Sequential([\n    {inner}\n], backend={self.backend!r})"

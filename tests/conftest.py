@@ -39,3 +39,24 @@ def data_dir():
     if not path or not (Path(path) / "mnist").is_dir():
         pytest.skip("FASTCNN_DATA is not set to a folder with mnist/ in it (CI sets it to ../shared/data)")
     return Path(path)
+
+
+@pytest.fixture(scope="session")
+def mnist(data_dir):
+    """Real MNIST: ((x_train, y_train), (x_test, y_test))."""
+    from fastcnn.data import load_dataset
+    return load_dataset("mnist", "train", data_dir), load_dataset("mnist", "test", data_dir)
+
+
+@pytest.fixture(scope="session")
+def trained_model(mnist, tmp_path_factory):
+    """The seed network after one epoch on 12,000 real MNIST images, and its saved file."""
+    from fastcnn.train import fit, mnist_network
+    from fastcnn import SGD
+    (x, y), test = mnist
+    model = mnist_network(seed=0)
+    opt = SGD(model, lr=0.05)
+    path = tmp_path_factory.mktemp("model") / "model.npz"
+    fit(model, opt, (x[:12000], y[:12000]), (test[0][:1000], test[1][:1000]), epochs=1, batch_size=64,
+        seed=0, out=path, progress=False)
+    return model, path

@@ -1,0 +1,50 @@
+"""Pictures of a model's results: its wrong guesses, and the confusion matrix (PNG, no display)."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: works on a machine with no screen
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .fileio import atomic_write  # noqa: E402
+
+
+def _save(fig, path):
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_errors(path, images, true, predicted, probabilities, class_names, most=36):
+    """A grid of up to ``most`` wrongly classified images, each titled with its guess and truth."""
+    wrong = np.flatnonzero(predicted != true)[:most]
+    cols = 6
+    rows = max(1, -(-len(wrong) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), wrong):
+        ax.imshow(images[i, :, :, 0], cmap="gray", vmin=0, vmax=1)
+        p = probabilities[i, predicted[i]]
+        ax.set_title(f"guess {class_names[predicted[i]]} ({p:.0%})\ntrue {class_names[true[i]]}",
+                     fontsize=8, color="firebrick")
+    fig.suptitle(f"{int((predicted != true).sum())} wrong of {len(true)}; the first {len(wrong)}", fontsize=10)
+    _save(fig, path)
+
+
+def plot_confusion(path, confusion, class_names):
+    """The confusion matrix: true class down, predicted across, counts in the cells."""
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.6 * k))
+    ax.imshow(np.log1p(confusion), cmap="Blues")
+    for t in range(k):
+        for p in range(k):
+            if confusion[t, p]:
+                color = "white" if t == p else "black"
+                ax.text(p, t, str(confusion[t, p]), ha="center", va="center", fontsize=7, color=color)
+    ax.set_xticks(range(k), class_names, rotation=45 if max(map(len, class_names)) > 2 else 0, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"accuracy {np.trace(confusion) / confusion.sum():.2%}")
+    _save(fig, path)

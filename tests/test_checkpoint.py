@@ -1,0 +1,96 @@
+"""Model files: save -> load gives the same model; a bad file gives a clear ModelFileError."""
+
+import zipfile
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import SGD, ModelFileError
+from fastcnn.train import mnist_network
+
+
+def stepped_model():
+    model = mnist_network(seed=4)
+    opt = SGD(model, lr=0.05, momentum=0.9, decay=1e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x, y = rng.random((8, 28, 28, 1), np.float32), rng.integers(0, 10, 8)
+        _, d = fastcnn.SoftmaxCrossEntropy()(model.forward(x), y)
+        model.backward(d)
+        opt.step()
+    return model, opt
+
+
+def test_save_load_gives_identical_predictions_and_optimizer(tmp_path):
+    model, opt = stepped_model()
+    path = tmp_path / "m.npz"
+    model.save(path, opt)
+    saved = fastcnn.load_checkpoint(path)
+    assert [type(a) for a in saved.model.layers] == [type(b) for b in model.layers]
+    assert repr(saved.model) == repr(model)
+    assert np.array_equal(saved.model.parameters, model.parameters)
+    x = np.random.default_rng(1).random((20, 28, 28, 1), np.float32)
+    assert np.array_equal(saved.model.predict(x), model.predict(x))
+    assert saved.optimizer.steps == 3 and np.array_equal(saved.optimizer.velocity, opt.velocity)
+    assert (saved.optimizer.lr, saved.optimizer.momentum, saved.optimizer.decay) == (0.05, 0.9, 1e-3)
+    assert np.array_equal(fastcnn.load(path).parameters, model.parameters)
+    assert fastcnn.load(path, backend="numpy").backend == "numpy"
+    with zipfile.ZipFile(path) as z:  # nothing pickled: every member is a plain .npy array
+        assert all(name.endswith(".npy") for name in z.namelist())
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    model, opt = stepped_model()
+    good = tmp_path / "good.npz"
+    model.save(good, opt)
+    raw = good.read_bytes()
+
+    cases = {
+        "missing.npz": None,
+        "truncated.npz": raw[: len(raw) // 2],
+        "random.npz": np.random.default_rng(0).bytes(5000),
+        "empty.npz": b"",
+    }
+    for name, content in cases.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        with pytest.raises(ModelFileError, match=name):
+            fastcnn.load(tmp_path / name)
+
+    np.savez(tmp_path / "foreign.npz", weights=np.zeros(3))
+    with pytest.raises(ModelFileError, match="not a fastcnn model file"):
+        fastcnn.load(tmp_path / "foreign.npz")
+
+    np.savez(tmp_path / "pickled.npz", format=np.array([{"evil": 1}], dtype=object))
+    with pytest.raises(ModelFileError, match="pickled.npz"):
+        fastcnn.load(tmp_path / "pickled.npz")
+
+    with np.load(good) as npz:
+        arrays = dict(npz)
+    arrays["param/4.weight"] = arrays["param/4.weight"][:10]
+    np.savez(tmp_path / "wrong_shape.npz", **arrays)
+    with pytest.raises(ModelFileError, match=r"param/4.weight.*needs float32\(6272, 128\)"):
+        fastcnn.load(tmp_path / "wrong_shape.npz")
+
+    del arrays["param/4.weight"]
+    np.savez(tmp_path / "missing_key.npz", **arrays)
+    with pytest.raises(ModelFileError, match="'param/4.weight' is missing"):
+        fastcnn.load(tmp_path / "missing_key.npz")
+
+
+def test_a_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    model, opt = stepped_model()
+    path = tmp_path / "m.npz"
+    model.save(path, opt)
+    before = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(ModelFileError, match="No space left"):
+        model.save(path, opt)
+    assert path.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [path]

@@ -1,0 +1,250 @@
+"""Tests of fastcnn.image: reading a user's picture and reshaping it like an MNIST digit."""
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageOps
+
+from fastcnn import data, image
+from fastcnn.errors import ImageError, ShapeError
+
+
+def draw_digit(size=(300, 200), ink=0, paper=255, mode="L"):
+    """A thick "7"-like stroke and a ring, off-centre, dark on light by default."""
+    im = Image.new(mode, size, paper)
+    d = ImageDraw.Draw(im)
+    d.line([(40, 30), (110, 30), (70, 150)], fill=ink, width=12)
+    d.ellipse([(90, 80), (140, 160)], outline=ink, width=10)
+    return im
+
+
+def bbox(a, threshold=0.05):
+    rows = np.flatnonzero((a > threshold).any(axis=1))
+    cols = np.flatnonzero((a > threshold).any(axis=0))
+    return rows[0], rows[-1], cols[0], cols[-1]
+
+
+def centre_of_mass(a):
+    ys, xs = np.indices(a.shape)
+    return (ys * a).sum() / a.sum(), (xs * a).sum() / a.sum()
+
+
+def check_mnist_like(out):
+    assert out.shape == (28, 28, 1) and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() == pytest.approx(1.0)
+    a = out[..., 0]
+    assert a[0, 0] == a[0, -1] == a[-1, 0] == a[-1, -1] == 0
+    assert a[:3].max() == 0 and a[-3:].max() == 0  # MNIST keeps a 4-pixel black margin
+    r0, r1, c0, c1 = bbox(a)
+    assert max(r1 - r0 + 1, c1 - c0 + 1) in (19, 20, 21)
+    cy, cx = centre_of_mass(a)
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
+
+
+def save(im, path, **kwargs):
+    im.save(path, **kwargs)
+    return path
+
+
+def test_dark_ink_on_white(tmp_path):
+    out = image.load_digit(save(draw_digit(), tmp_path / "seven.png"))
+    check_mnist_like(out)
+    # The drawing is taller (130 px) than wide (100 px), so height is the side scaled to 20.
+    r0, r1, c0, c1 = bbox(out[..., 0])
+    assert r1 - r0 + 1 in (19, 20, 21) and c1 - c0 + 1 < 18
+
+
+def test_white_ink_on_black_matches_inverted(tmp_path):
+    dark = image.load_digit(save(draw_digit(), tmp_path / "dark.png"))
+    light = image.load_digit(save(draw_digit(ink=255, paper=0), tmp_path / "light.png"))
+    check_mnist_like(light)
+    np.testing.assert_allclose(light, dark, atol=1e-3)
+
+
+def test_preprocess_array_uint8_and_float_agree():
+    grey = np.asarray(draw_digit())
+    from_uint8 = image.preprocess_digit(grey)
+    from_float = image.preprocess_digit(grey.astype(np.float64)[..., None] / 255)
+    check_mnist_like(from_uint8)
+    np.testing.assert_allclose(from_uint8, from_float, atol=1e-5)
+
+
+def test_grey_background_and_grey_ink():
+    # A dim photo: grey paper (170) and grey ink (90); the background must still come out black.
+    out = image.preprocess_digit(np.asarray(draw_digit(ink=90, paper=170)))
+    check_mnist_like(out)
+    np.testing.assert_allclose(out, image.preprocess_digit(np.asarray(draw_digit())), atol=1e-3)
+
+
+def test_small_digit_is_scaled_up():
+    im = Image.new("L", (40, 40), 255)
+    ImageDraw.Draw(im).rectangle([(5, 10), (9, 19)], fill=0)  # 5 wide, 10 tall
+    out = image.preprocess_digit(np.asarray(im))
+    r0, r1, c0, c1 = bbox(out[..., 0], 0.5)
+    assert r1 - r0 + 1 == 20 and c1 - c0 + 1 == 10
+    cy, cx = centre_of_mass(out[..., 0])
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
+
+
+def test_lopsided_digit_keeps_all_ink():
+    # All the mass at the top of a tall shape: centring it exactly would push the tail out.
+    im = Image.new("L", (100, 100), 0)
+    d = ImageDraw.Draw(im)
+    d.rectangle([(10, 10), (90, 30)], fill=255)
+    d.rectangle([(48, 30), (52, 90)], fill=255)
+    a = image.preprocess_digit(np.asarray(im))[..., 0]
+    r0, r1, c0, c1 = bbox(a)
+    assert r1 - r0 + 1 == 20 and c1 - c0 + 1 == 20  # nothing cut off at the bottom edge
+    assert a[r1, 13:16].max() > 0.5  # the end of the tail is there
+    cy, cx = centre_of_mass(a)
+    assert abs(cx - 14) <= 0.5 and 11 < cy < 14  # as central as the field allows
+
+
+def test_rgba_transparent_background(tmp_path):
+    # Transparent pixels hold black RGB: read naively they would be all ink.
+    grey = draw_digit()
+    alpha = ImageOps.invert(grey)  # opaque where the ink is
+    im = Image.merge("RGBA", [Image.new("L", grey.size, 0)] * 3 + [alpha])
+    out = image.load_digit(save(im, tmp_path / "rgba.png"))
+    check_mnist_like(out)
+    np.testing.assert_allclose(out, image.load_digit(save(grey, tmp_path / "grey.png")), atol=2e-2)
+
+
+def test_palette_with_transparency(tmp_path):
+    im = draw_digit(mode="P", ink=1, paper=0)
+    im.putpalette([0, 0, 0, 0, 0, 0] + [0] * 762)  # both entries black ...
+    im.info["transparency"] = 0  # ... but entry 0, the paper, is transparent
+    out = image.load_digit(save(im, tmp_path / "p.png", transparency=0))
+    check_mnist_like(out)
+
+
+def test_rgb_jpeg_and_file_object(tmp_path):
+    im = draw_digit().convert("RGB")
+    path = save(im, tmp_path / "d.jpg", quality=90)
+    out = image.load_digit(path)
+    check_mnist_like(out)
+    with open(path, "rb") as f:
+        np.testing.assert_array_equal(image.load_digit(f), out)
+    buf = io.BytesIO(path.read_bytes())
+    np.testing.assert_array_equal(image.load_digit(buf), out)
+
+
+def test_exif_orientation(tmp_path):
+    upright = draw_digit()
+    # Stored rotated, with the EXIF tag (6: rotate 90 clockwise to view) that undoes it.
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = image.load_digit(save(stored, tmp_path / "rotated.png", exif=exif))
+    reference = image.load_digit(save(upright, tmp_path / "upright.png"))
+    np.testing.assert_allclose(out, reference, atol=1e-5)
+    # Without honouring the tag the digit would lie on its side: wider than tall.
+    r0, r1, c0, c1 = bbox(out[..., 0])
+    assert r1 - r0 > c1 - c0
+
+
+def test_blank_image(tmp_path):
+    with pytest.raises(ImageError, match="no digit found: the image is blank") as e:
+        image.load_digit(save(Image.new("L", (50, 50), 255), tmp_path / "blank.png"))
+    assert "blank.png" in str(e.value)
+    # Faint noise is not a digit either.
+    noise = np.random.default_rng(0).integers(250, 256, size=(50, 50)).astype(np.uint8)
+    with pytest.raises(ImageError, match="blank"):
+        image.preprocess_digit(noise)
+
+
+def test_non_image_file(tmp_path):
+    path = tmp_path / "random.png"
+    path.write_bytes(np.random.default_rng(0).bytes(1000))
+    with pytest.raises(ImageError, match="random.png"):
+        image.load_digit(path)
+
+
+def test_truncated_image(tmp_path):
+    path = save(draw_digit(), tmp_path / "cut.png")
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ImageError, match="cut.png"):
+        image.load_digit(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match="no such file") as e:
+        image.load_digit(tmp_path / "nope.png")
+    assert "nope.png" in str(e.value)
+
+
+def bilevel_png(width, height):
+    """A valid all-black 1-bit PNG, tiny on disk, built without allocating the pixels."""
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\x00" + bytes((width + 7) // 8)
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(row * height, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("side", [7000, 10000])  # over our limit; 10000^2 is also over Pillow's
+def test_huge_image_refused(tmp_path, side):
+    path = tmp_path / "huge.png"
+    path.write_bytes(bilevel_png(side, side))
+    assert path.stat().st_size < 100_000
+    with pytest.raises(ImageError, match="huge.png.*pixels"):
+        image.load_digit(path)
+
+
+def test_pixel_limit_is_configurable(tmp_path, monkeypatch):
+    path = save(draw_digit(), tmp_path / "d.png")
+    monkeypatch.setattr(image, "MAX_PIXELS", 300 * 200 - 1)
+    with pytest.raises(ImageError, match="300x200 = 60000 pixels, expected at most 59999"):
+        image.load_digit(path)
+
+
+@pytest.mark.parametrize(
+    "bad", [np.zeros((3, 3, 3), np.uint8), np.zeros((0, 5)), np.full((5, 5), 2.0), np.zeros((5, 5), np.int32)]
+)
+def test_preprocess_rejects_non_greyscale(bad):
+    with pytest.raises(ShapeError):
+        image.preprocess_digit(bad)
+
+
+def test_save_preprocessed(tmp_path):
+    out = image.preprocess_digit(np.asarray(draw_digit()))
+    path = tmp_path / "digit.png"
+    image.save_preprocessed(out, path)
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.mode == "L" and im.size == (28, 28)
+        back = np.asarray(im)
+    np.testing.assert_array_equal(back, np.round(out[..., 0] * 255).astype(np.uint8))
+    assert back.max() == 255 and back[0, 0] == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["digit.png"]  # no temporary file left
+    # And it reads back as the same digit, but for the faint edge pixels the ink threshold drops.
+    np.testing.assert_allclose(image.load_digit(path), out, atol=image.INK_THRESHOLD + 0.01)
+
+
+def test_save_preprocessed_rejects_wrong_shape(tmp_path):
+    with pytest.raises(ShapeError):
+        image.save_preprocessed(np.zeros((27, 28)), tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_real_mnist_digits_come_back_unchanged():
+    # The recipe is MNIST's own, so an MNIST digit should pass through it all but untouched.
+    root = os.environ.get("FASTCNN_DATA")
+    if not root or not (Path(root) / "mnist").is_dir():
+        pytest.skip("set FASTCNN_DATA to a folder with mnist/ in it to test on real digits")
+    x, _ = data.load_dataset("mnist", "test", data_dir=root, download=False)
+    worst = np.array([np.abs(image.preprocess_digit(d) - d).max() for d in x[:100]])
+    mean = np.array([np.abs(image.preprocess_digit(d) - d).mean() for d in x[:100]])
+    assert (worst <= image.INK_THRESHOLD + 1e-6).mean() >= 0.95  # only faint edge pixels differ
+    assert np.median(mean) < 0.003

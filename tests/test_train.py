@@ -1,0 +1,106 @@
+"""Training: resume equals uninterrupted, divergence is caught, and real MNIST is learnt."""
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import SGD, ModelFileError
+from fastcnn.train import DEFAULTS, TrainingDiverged, check_writable, fit, mnist_network
+
+
+def synthetic(n, seed):
+    """Digit-like data: a bright bar whose height encodes the label, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = rng.uniform(0, 0.1, (n, 28, 28, 1)).astype(np.float32)
+    for i, label in enumerate(y):
+        x[i, 4 + 2 * label:8 + 2 * label, 6:22, 0] += 0.8
+    return x, y
+
+
+def run(epochs, out, training=None, model=None, opt=None):
+    model = model or mnist_network(seed=1)
+    opt = opt or SGD(model, lr=0.05)
+    history = fit(model, opt, synthetic(300, 0), synthetic(100, 1), epochs=epochs, batch_size=64, seed=7,
+                  out=out, training=training, progress=False)
+    return model, history
+
+
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    straight, history = run(3, tmp_path / "straight.npz")
+    run(1, tmp_path / "resumed.npz")
+    saved = fastcnn.load_checkpoint(tmp_path / "resumed.npz")
+    assert saved.training["epoch"] == 1 and saved.optimizer.steps == 5  # 300 images = 5 batches
+    resumed, resumed_history = run(3, tmp_path / "resumed.npz", saved.training, saved.model, saved.optimizer)
+    assert np.array_equal(resumed.parameters, straight.parameters)
+    assert [h["test_acc"] for h in resumed_history] == [h["test_acc"] for h in history]
+    assert history[-1]["test_acc"] > 0.9  # the bars are easy: it really learnt
+    final = fastcnn.load_checkpoint(tmp_path / "straight.npz")
+    assert final.training["epoch"] == 3 and np.array_equal(final.model.parameters, straight.parameters)
+
+
+def test_a_nan_loss_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
+    out = tmp_path / "m.npz"
+    model, _ = run(1, out)
+    before = out.read_bytes()
+    x, y = synthetic(300, 0)
+    order = np.random.default_rng([7, 1]).permutation(300)  # epoch 2's shuffle (seed 7)
+    x[order[70]] = np.nan  # lands in the second batch of epoch 2: step 5 + 2 = 7
+    saved = fastcnn.load_checkpoint(out)
+    with pytest.raises(TrainingDiverged, match=r"step 7 \(epoch 2, batch 2\).*learning rate"):
+        fit(saved.model, saved.optimizer, (x, y), synthetic(100, 1), epochs=2, batch_size=64, seed=7,
+            out=out, training=saved.training, progress=False)
+    assert out.read_bytes() == before
+
+
+def test_an_unwritable_output_folder_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ModelFileError, match="cannot write there"):
+        check_writable(blocker / "model.npz")
+
+
+def test_a_short_run_on_real_mnist_learns(trained_model, mnist):
+    """One epoch on 12,000 images (the shared fixture), measured on all 10,000 test images."""
+    model, _ = trained_model
+    _, (x_test, y_test) = mnist
+    accuracy = (model.predict(x_test).argmax(axis=1) == y_test).mean()
+    assert accuracy >= 0.96, accuracy
+
+
+def write_fake_mnist(root, monkeypatch):
+    """A tiny MNIST folder of synthetic digits, with the checksum table swapped to match it."""
+    import gzip
+    import hashlib
+    import struct
+
+    from fastcnn import data
+
+    folder = root / "mnist"
+    folder.mkdir()
+    sums = {}
+    for split, (n, seed) in {"train": (320, 0), "test": (100, 1)}.items():
+        x, y = synthetic(n, seed)
+        images = (np.clip(x, 0, 1) * 255).astype(np.uint8)[:, :, :, 0]
+        for base, arr in zip(data.SPLITS[split], (images, y.astype(np.uint8))):
+            content = bytes([0, 0, 8, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+            (folder / f"{base}.gz").write_bytes(gzip.compress(content))
+            sums[base] = hashlib.sha256(content).hexdigest()
+    monkeypatch.setitem(data.CHECKSUMS, "mnist", sums)
+    return root
+
+
+def test_the_training_script_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys):
+    from fastcnn.train import train
+    root = write_fake_mnist(tmp_path, monkeypatch)
+    train(tmp_path / "straight.npz", epochs=2, data_dir=root, progress=False)
+    train(tmp_path / "resumed.npz", epochs=1, data_dir=root, progress=False)
+    train(tmp_path / "resumed.npz", epochs=2, data_dir=root, resume=True, progress=False)
+    out = capsys.readouterr().out
+    assert "(resumed)" in out and out.count("Epoch 2/2  loss") == 2
+    a, b = (fastcnn.load_checkpoint(tmp_path / f"{name}.npz") for name in ("straight", "resumed"))
+    assert np.array_equal(a.model.parameters, b.model.parameters)
+    assert np.array_equal(a.optimizer.velocity, b.optimizer.velocity)
+    assert a.training["history"][-1]["test_acc"] == b.training["history"][-1]["test_acc"]
+    with pytest.raises(fastcnn.ShapeError, match=f"--lr 0.3 differs from the checkpoint's {DEFAULTS['lr']}"):
+        train(tmp_path / "resumed.npz", epochs=3, lr=0.3, data_dir=root, resume=True, progress=False)

@@ -1,0 +1,11 @@
+"""Train the original MNIST network on every core: the same as ``fastcnn train``.
+
+    python train_mnist.py [--epochs 5] [--lr 0.05] [--threads N] [--out model.npz] [--resume] ...
+"""
+
+import sys
+
+from fastcnn.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["train", *sys.argv[1:]]))
