@@ -1,0 +1,188 @@
+"""fastcnn against PyTorch and TensorFlow/Keras: the same network, batch and thread count, each
+engine in its own process, on synthetic MNIST-shaped data. Prints one table.
+
+    python benchmarks/compare.py [--threads 2] [--batch 64] [--seconds 3] [--rounds 5]
+
+PyTorch and TensorFlow are optional: an engine that does not import is reported as missing
+(install the CPU builds with ``pip install -e ".[peers]"``, see the README). Run it alone on the
+machine: the three engines are measured one after the other, and a busy machine skews the ratios.
+
+FLOP counts are those of the work a training step needs: the first convolution's input gradient
+is not computed (no engine computes it, the input needs no gradient): 5.73 MFLOP per sample to
+train (forward and backward), 2.06 MFLOP to infer.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+TRAIN_FLOP = 2 * (28 * 28 * 32 * 9) * 2 + 2 * 6272 * 128 * 3 + 2 * 128 * 10 * 3
+INFER_FLOP = 2 * (28 * 28 * 32 * 9) + 2 * 6272 * 128 + 2 * 128 * 10
+
+
+def timed_rounds(step, items, seconds, rounds):
+    """Median items/s over ``rounds`` rounds of about ``seconds`` each (after a warm-up)."""
+    t, calls = time.perf_counter(), 0
+    while time.perf_counter() - t < max(0.5, seconds / 4):  # warm-up, and how long a call takes
+        step()
+        calls += 1
+    per_round = max(1, int(seconds / ((time.perf_counter() - t) / calls)))
+    rates = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(per_round):
+            step()
+        rates.append(per_round * items / (time.perf_counter() - t))
+    return sorted(rates)[len(rates) // 2]
+
+
+def latency(fn, seconds):
+    """Median seconds of one call."""
+    for _ in range(20):
+        fn()
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 50:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def data(batch):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    return rng.random((batch, 28, 28, 1), np.float32), rng.integers(0, 10, batch)
+
+
+def run_fastcnn(args):
+    import numpy as np
+
+    from fastcnn import SGD, SoftmaxCrossEntropy
+    from fastcnn.train import mnist_network, set_threads
+    set_threads(args.threads)
+    model = mnist_network(seed=0)
+    opt, loss_fn = SGD(model, lr=0.01), SoftmaxCrossEntropy()
+    x, y = data(args.batch)
+    big, _ = data(1000)
+
+    def step():
+        _, d = loss_fn(model.forward(x), y)
+        model.backward(d)
+        opt.step()
+
+    # The machine's SGEMM ceiling with the same threads, through NumPy's BLAS.
+    a = np.random.default_rng(0).random((4096, 4096), np.float32)
+    ceiling = 2 * 4096 ** 3 / latency(lambda: a @ a, 2.0)
+    return {"train": timed_rounds(step, args.batch, args.seconds, args.rounds),
+            "infer": timed_rounds(lambda: model.predict(big), 1000, args.seconds, args.rounds),
+            "one": latency(lambda: model.predict(big[:1]), args.seconds), "ceiling": ceiling}
+
+
+def run_torch(args):
+    import torch
+    from torch import nn
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(6272, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = data(args.batch)
+    x, y = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
+    big = torch.from_numpy(data(1000)[0]).permute(0, 3, 1, 2).contiguous()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    def infer(inputs):
+        with torch.inference_mode():
+            return torch.softmax(model(inputs), dim=1)
+
+    return {"train": timed_rounds(step, args.batch, args.seconds, args.rounds),
+            "infer": timed_rounds(lambda: infer(big), 1000, args.seconds, args.rounds),
+            "one": latency(lambda: infer(big[:1]), args.seconds), "version": torch.__version__}
+
+
+def run_tensorflow(args):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.random.set_seed(0)
+    layers = tf.keras.layers
+    model = tf.keras.Sequential([tf.keras.Input((28, 28, 1)), layers.Conv2D(32, 3, padding="same"),
+                                 layers.ReLU(), layers.MaxPool2D(2), layers.Flatten(),
+                                 layers.Dense(128, activation="relu"), layers.Dense(10)])
+    opt = tf.keras.optimizers.SGD(0.01, momentum=0.9)
+    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    x, y = (tf.constant(a) for a in data(args.batch))
+    big = tf.constant(data(1000)[0])
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+
+    @tf.function(reduce_retracing=True)
+    def infer(inputs):
+        return tf.nn.softmax(model(inputs, training=False))
+
+    one = big[:1]
+    return {"train": timed_rounds(lambda: step(), args.batch, args.seconds, args.rounds),
+            "infer": timed_rounds(lambda: infer(big).numpy(), 1000, args.seconds, args.rounds),
+            "one": latency(lambda: infer(one).numpy(), args.seconds), "version": tf.__version__}
+
+
+ENGINES = {"fastcnn": run_fastcnn, "PyTorch": run_torch, "TensorFlow/Keras": run_tensorflow}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=3.0, help="length of one measured round")
+    p.add_argument("--rounds", type=int, default=5, help="rounds per measurement; the median is kept")
+    p.add_argument("--python", default=sys.executable, help="interpreter for PyTorch and TensorFlow")
+    p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(ENGINES[args.worker](args)))
+        return
+
+    results = {}
+    for name in ENGINES:
+        python = sys.executable if name == "fastcnn" else args.python
+        cmd = [python, __file__, "--worker", name, "--threads", str(args.threads), "--batch", str(args.batch),
+               "--seconds", str(args.seconds), "--rounds", str(args.rounds)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            last = (out.stderr.strip().splitlines() or ["failed"])[-1]
+            print(f"{name}: not measured ({last})", file=sys.stderr)
+            continue
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{name}: measured", file=sys.stderr)
+
+    ceiling = results["fastcnn"]["ceiling"]
+    base = results["fastcnn"]
+    print(f"\n{args.threads} threads, batch {args.batch}, synthetic data; medians of {args.rounds} rounds. "
+          f"SGEMM ceiling (NumPy, 4096^3, same threads): {ceiling / 1e9:.0f} GFLOP/s")
+    head = (f"{'engine':24s} {'train samples/s':>15s} {'ms/step':>8s} {'GFLOP/s':>8s} {'% ceil':>7s} "
+            f"{'fastcnn x':>9s} | {'infer/s @1000':>13s} {'GFLOP/s':>8s} {'% ceil':>7s} {'1 image':>9s}")
+    print(head + "\n" + "-" * len(head))
+    for name, r in results.items():
+        train_gf, infer_gf = r["train"] * TRAIN_FLOP, r["infer"] * INFER_FLOP
+        label = f"{name} {r.get('version', '')}".strip()
+        print(f"{label:24s} {r['train']:15,.0f} {args.batch / r['train'] * 1e3:8.2f} {train_gf / 1e9:8.1f} "
+              f"{100 * train_gf / ceiling:6.1f}% {base['train'] / r['train']:9.2f} | {r['infer']:13,.0f} "
+              f"{infer_gf / 1e9:8.1f} {100 * infer_gf / ceiling:6.1f}% {r['one'] * 1e6:6.0f} µs")
+
+
+if __name__ == "__main__":
+    main()

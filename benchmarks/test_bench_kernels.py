@@ -1,0 +1,96 @@
+"""Every kernel, Numba against its NumPy reference, at the MNIST network's shapes (batch 64) and
+at one larger shape."""
+
+import numpy as np
+import pytest
+
+from common import IMPLS, rand
+
+# (N, H, W, C_in, C_out, kernel, padding)
+CONV = {"mnist": (64, 28, 28, 1, 32, 3, 1), "large": (32, 32, 32, 16, 32, 3, 1)}
+# (N, H, W, C) pooled 2x2
+POOL = {"mnist": (64, 28, 28, 32), "large": (32, 32, 32, 64)}
+# (N, in, out)
+DENSE = {"mnist": (64, 6272, 128), "mnist-out": (64, 128, 10), "large": (256, 4096, 1024)}
+
+
+@pytest.mark.parametrize("shape", list(CONV))
+def test_conv2d_forward(bench, impl, shape):
+    n, h, w, c, k, ks, pad = CONV[shape]
+    rng = np.random.default_rng(0)
+    x, wt, b = rand(rng, n, h, w, c), rand(rng, ks, ks, c, k), rand(rng, k)
+    bench(f"conv2d_forward[{shape}]", impl, IMPLS[impl].conv2d_forward, x, wt, b, 1, pad)
+
+
+@pytest.mark.parametrize("need_dx", [False, True], ids=["no_dx", "with_dx"])
+@pytest.mark.parametrize("shape", list(CONV))
+def test_conv2d_backward(bench, impl, shape, need_dx):
+    n, h, w, c, k, ks, pad = CONV[shape]
+    rng = np.random.default_rng(0)
+    x, wt, dy = rand(rng, n, h, w, c), rand(rng, ks, ks, c, k), rand(rng, n, h, w, k)
+    bench(f"conv2d_backward[{shape},{'dx' if need_dx else 'no dx'}]", impl,
+          IMPLS[impl].conv2d_backward, dy, x, wt, 1, pad, need_dx)
+
+
+@pytest.mark.parametrize("shape", list(POOL))
+def test_maxpool_forward(bench, impl, shape):
+    x = rand(np.random.default_rng(0), *POOL[shape])
+    bench(f"maxpool_forward[{shape}]", impl, IMPLS[impl].maxpool_forward, x, 2, 2)
+
+
+@pytest.mark.parametrize("shape", list(POOL))
+def test_maxpool_backward(bench, impl, shape):
+    x = rand(np.random.default_rng(0), *POOL[shape])
+    y, argmax = IMPLS[impl].maxpool_forward(x, 2, 2)
+    bench(f"maxpool_backward[{shape}]", impl, IMPLS[impl].maxpool_backward, y, argmax, x.shape)
+
+
+@pytest.mark.parametrize("shape", list(POOL))
+def test_relu(bench, impl, shape):
+    x = rand(np.random.default_rng(0), *POOL[shape])
+    bench(f"relu_forward[{shape}]", impl, IMPLS[impl].relu_forward, x)
+
+
+@pytest.mark.parametrize("shape", list(POOL))
+def test_relu_backward(bench, impl, shape):
+    rng = np.random.default_rng(0)
+    y, dy = np.maximum(rand(rng, *POOL[shape]), 0), rand(rng, *POOL[shape])
+    bench(f"relu_backward[{shape}]", impl, IMPLS[impl].relu_backward, dy, y)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["relu", "plain"])
+@pytest.mark.parametrize("shape", list(DENSE))
+def test_dense_forward(bench, impl, shape, fused):
+    n, i, o = DENSE[shape]
+    rng = np.random.default_rng(0)
+    fn = "dense_relu_forward" if fused else "dense_forward"
+    bench(f"{fn}[{shape}]", impl, getattr(IMPLS[impl], fn), rand(rng, n, i), rand(rng, i, o), rand(rng, o))
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["relu", "plain"])
+@pytest.mark.parametrize("shape", list(DENSE))
+def test_dense_backward(bench, impl, shape, fused):
+    n, i, o = DENSE[shape]
+    rng = np.random.default_rng(0)
+    x, w, dy = rand(rng, n, i), rand(rng, i, o), rand(rng, n, o)
+    k = IMPLS[impl]
+    if fused:
+        y = np.maximum(rand(rng, n, o), 0)
+        bench(f"dense_relu_backward[{shape}]", impl, k.dense_relu_backward, dy, x, w, y)
+    else:
+        bench(f"dense_backward[{shape}]", impl, k.dense_backward, dy, x, w)
+
+
+@pytest.mark.parametrize("n", [64, 1000])
+def test_softmax_cross_entropy(bench, impl, n):
+    rng = np.random.default_rng(0)
+    logits, labels = rand(rng, n, 10), rng.integers(0, 10, n)
+    bench(f"softmax_cross_entropy[{n}x10]", impl, IMPLS[impl].softmax_cross_entropy, logits, labels)
+
+
+@pytest.mark.parametrize("size", [805_802, 8_000_000], ids=["mnist", "large"])
+def test_sgd_momentum(bench, impl, size):
+    rng = np.random.default_rng(0)
+    p, v, g = rand(rng, size), np.zeros(size, np.float32), rand(rng, size) * np.float32(1e-6)
+    bench(f"sgd_momentum[{'mnist' if size < 10**6 else 'large'}]", impl, IMPLS[impl].sgd_momentum,
+          p, v, g, np.float32(0.01), np.float32(0.9))
