@@ -7,13 +7,17 @@ seed, history). Nothing is pickled: JSON travels as a string array and loading u
 """
 
 import json
+import math
+import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelFileError
+from . import backends
+from .errors import ModelFileError, ShapeError
 from .fileio import atomic_write
+from .kernels import checks
 from .layers import layer_from_config
 from .model import Sequential
 from .optim import SGD
@@ -53,27 +57,36 @@ class Checkpoint:
         self.model, self.optimizer, self.training = model, optimizer, training
 
 
+# What damaged JSON or a damaged architecture raises while the model is rebuilt from it.
+_DAMAGED = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, RecursionError)
+
+
 def load_checkpoint(path, backend="numba"):
     """Read a file written by :func:`save`; a missing, truncated, corrupt or foreign file raises
-    ``ModelFileError`` naming the file and the problem."""
+    ``ModelFileError`` naming the file and the problem, whatever its bytes are."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ModelFileError(f"path: expected the path of a model file, got {type(path).__name__}")
+    backends.get(backend)  # an unknown backend is the caller's error, not a damaged file
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, EOFError) as e:
-        raise ModelFileError(f"{path}: truncated or corrupt model file ({e})") from None
-    except ValueError as e:
-        raise ModelFileError(f"{path}: not a fastcnn model file: {e}") from None
+        arrays = _read_npz(path)
+    except ModelFileError:
+        raise
     except OSError as e:
         raise ModelFileError(f"{path}: cannot read: {e}") from None
-    if str(arrays.get("format", "")) != FORMAT:
-        raise ModelFileError(f"{path}: not a fastcnn model file (no '{FORMAT}' marker); was it saved by model.save()?")
-    if int(arrays.get("version", -1)) != VERSION:
-        raise ModelFileError(f"{path}: model file version {arrays.get('version')}, this fastcnn reads version {VERSION}")
+    except Exception as e:  # noqa: BLE001 - zipfile and NumPy's header parser raise many kinds on bad bytes
+        raise ModelFileError(f"{path}: truncated or corrupt model file ({type(e).__name__}: {e})") from None
     try:
+        if str(arrays.get("format", "")) != FORMAT:
+            raise ModelFileError(f"{path}: not a fastcnn model file (no '{FORMAT}' marker); "
+                                 f"was it saved by model.save()?")
+        if arrays["version"].shape != () or int(arrays["version"]) != VERSION:
+            raise ModelFileError(f"{path}: model file version {arrays['version']}, "
+                                 f"this fastcnn reads version {VERSION}")
         arch = json.loads(str(arrays["architecture"]))
+        _check_shapes(arch["layers"], arrays, path)  # before the layers allocate anything
         layers = [layer_from_config(name, config) for name, config in arch["layers"]]
         model = Sequential(layers, seed=arch["seed"], backend=backend)
         _fill(model.named_parameters(), arrays, "param/", path)
@@ -81,14 +94,87 @@ def load_checkpoint(path, backend="numba"):
         if "optimizer/config" in arrays:
             config = json.loads(str(arrays["optimizer/config"]))
             optimizer = SGD(model, config["lr"], config["momentum"], config["decay"])
-            optimizer.steps = int(config["steps"])
+            optimizer.steps = checks.non_negative_int("steps", config["steps"])
             _fill([("velocity", optimizer.velocity)], arrays, "optimizer/", path)
-        training = json.loads(str(arrays["training"])) if "training" in arrays else None
+        training = None
+        if "training" in arrays:
+            training = check_training(json.loads(str(arrays["training"])))
     except ModelFileError:
         raise
-    except (KeyError, TypeError, ValueError) as e:
+    except _DAMAGED as e:
         raise ModelFileError(f"{path}: damaged model file: {type(e).__name__}: {e}") from None
     return Checkpoint(model, optimizer, training)
+
+
+def _read_npz(path):
+    """Every array of the .npz at ``path``, trusting none of its sizes.
+
+    ``np.load`` allocates whatever an array's header claims before reading it; here a claim must
+    fit in the file (``save`` stores arrays uncompressed), and each member is read to its end so
+    zipfile checks its CRC. Object arrays are refused: loading them would unpickle.
+    """
+    size = path.stat().st_size
+    arrays = {}
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if not info.filename.endswith(".npy") or info.compress_type != zipfile.ZIP_STORED:
+                raise ModelFileError(f"{path}: not a fastcnn model file: unexpected member {info.filename!r}")
+            if info.file_size > size:
+                raise ModelFileError(f"{path}: '{info.filename}' claims {info.file_size} bytes, the file has {size}")
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                         else np.lib.format.read_array_header_2_0(f))
+                if dtype.hasobject:
+                    raise ModelFileError(f"{path}: '{info.filename}' holds Python objects; refused (no pickles)")
+                nbytes = math.prod(shape) * dtype.itemsize
+                if nbytes > info.file_size:
+                    raise ModelFileError(f"{path}: '{info.filename}' claims {nbytes} bytes, "
+                                         f"the file holds {info.file_size}")
+                data = f.read(nbytes)
+                if len(data) != nbytes or f.read(1):
+                    raise ModelFileError(f"{path}: '{info.filename}' is truncated or has trailing bytes")
+            arrays[info.filename[:-4]] = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+    return arrays
+
+
+def _param_shapes(name, config):
+    """The parameter shapes a layer's config declares (mirrors ``layers.py``), known without
+    building the layer: a damaged config must not make it allocate terabytes."""
+    if name == "Conv2D":
+        k = config["kernel_size"]
+        return {"weight": (k, k, config["in_channels"], config["out_channels"]), "bias": (config["out_channels"],)}
+    if name == "Dense":
+        return {"weight": (config["in_features"], config["out_features"]), "bias": (config["out_features"],)}
+    return {}
+
+
+def _check_shapes(layers, arrays, path):
+    """Every parameter the architecture declares is in the file with that shape."""
+    for i, (name, config) in enumerate(layers):
+        for pname, shape in _param_shapes(name, config).items():
+            key = f"param/{i}.{pname}"
+            if key not in arrays:
+                raise ModelFileError(f"{path}: damaged model file: '{key}' is missing")
+            a = arrays[key]
+            if a.shape != shape or a.dtype != np.float32:
+                raise ModelFileError(f"{path}: '{key}' is {a.dtype}{a.shape}, the architecture needs float32{shape}")
+
+
+def check_training(training):
+    """A training state (see ``train.fresh_state``) with sane fields, or ``ShapeError``."""
+    if not isinstance(training, dict) or not {"epoch", "batch", "totals", "history"} <= training.keys():
+        raise ShapeError("training: expected a dict with epoch, batch, totals and history")
+    checks.non_negative_int("training epoch", training["epoch"])
+    checks.non_negative_int("training batch", training["batch"])
+    totals = training["totals"]
+    if (not isinstance(totals, list) or len(totals) != 4
+            or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0
+                       for t in totals)):
+        raise ShapeError(f"training totals: expected [loss sum, correct, seen, seconds], got {totals!r}")
+    if not isinstance(training["history"], list) or not isinstance(training.get("settings", {}), dict):
+        raise ShapeError("training: expected a history list and a settings dict")
+    return training
 
 
 def _fill(named, arrays, prefix, path):

@@ -1,41 +1,75 @@
 """The ``fastcnn`` command: ``train``, ``predict`` and ``evaluate``.
 
-Errors fastcnn raises on purpose (bad files, bad arguments) end the command with their message
-and exit status 2, not a traceback.
+Errors fastcnn raises on purpose (bad files, bad arguments, a diverging run) and failures to
+write a file end the command with one line on stderr and exit status 2, not a traceback. Output
+files are checked before the work that makes them. Ctrl-C (SIGINT) or SIGTERM during training
+saves a checkpoint and exits with 130 or 143, printing how to resume.
 """
 
 import argparse
+import shlex
 import sys
 
-from .errors import FastCNNError
+from .errors import FastCNNError, ImageError
 
 
 def _train(args):
     from .train import train
     train(args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
           decay=args.decay, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
-          threads=args.threads, resume=args.resume, progress=not args.no_progress)
+          threads=args.threads, resume=args.resume, progress=not args.no_progress,
+          checkpoint_every=args.checkpoint_every)
+
+
+def _resume_command(args):
+    """The command that continues an interrupted ``train``: the checkpoint keeps the settings;
+    the data, thread count (for identical weights), epochs and output options come from here."""
+    cmd = ["fastcnn", "train", "--out", args.out, "--resume"]
+    for flag in ("--data-dir", "--threads", "--epochs", "--checkpoint-every"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            cmd += [flag, str(value)]
+    return shlex.join(cmd + (["--no-progress"] if args.no_progress else []))
+
+
+def _check_writable(path):
+    """An output picture's folder takes files, before the work that makes the picture."""
+    from .fileio import check_writable
+    try:
+        check_writable(path)
+    except OSError as e:
+        raise ImageError(f"{path}: cannot write there ({e.strerror or e})") from None
 
 
 def _predict(args):
     from .checkpoint import load
     from .image import save_preprocessed
     from .inference import predict_digits
+    if args.save_preprocessed:
+        for path in args.images:
+            _check_writable(_preprocessed_path(path))
     model = load(args.model)
     probs, images = predict_digits(model, args.images)
     for path, p, image in zip(args.images, probs, images):
         print(f"{path}: digit {p.argmax()} ({p.max():.1%})")
         print("  " + "  ".join(f"{k}: {100 * q:5.1f}%" for k, q in enumerate(p)))
         if args.save_preprocessed:
-            out = f"{path.rsplit('.', 1)[0]}.28x28.png"
+            out = _preprocessed_path(path)
             save_preprocessed(image, out)
             print(f"  the 28x28 it saw: {out}")
+
+
+def _preprocessed_path(path):
+    return f"{path.rsplit('.', 1)[0]}.28x28.png"
 
 
 def _evaluate(args):
     from .checkpoint import load
     from .data import CLASS_NAMES, load_dataset
     from .inference import evaluate
+    for path in (args.plot, args.confusion):
+        if path:
+            _check_writable(path)
     model = load(args.model)
     x, y = load_dataset(args.dataset, "test", args.data_dir)
     names = CLASS_NAMES[args.dataset]
@@ -76,6 +110,8 @@ def parser():
                                       "else ~/.cache/fastcnn)")
     t.add_argument("--out", default="model.npz", help="model and checkpoint file, default model.npz")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    t.add_argument("--checkpoint-every", type=int, metavar="K",
+                   help="also write the checkpoint every K batches (default: after each epoch only)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar, only the epoch lines")
     t.set_defaults(run=_train)
 
@@ -97,12 +133,19 @@ def parser():
 
 
 def main(argv=None):
+    from .train import TrainingInterrupted
     args = parser().parse_args(argv)
     try:
         args.run(args)
     except FastCNNError as e:
         print(f"fastcnn {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file that could not be written after all (disk full, ...): no traceback
+        print(f"fastcnn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as e:
+        print(f"fastcnn {args.command}: {e}; resume with: {_resume_command(args)}", file=sys.stderr)
+        return e.exit_status
     except KeyboardInterrupt:
         print(f"fastcnn {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .errors import DataError, DataMissingError
+from .errors import DataError, DataMissingError, ShapeError
 from .fileio import atomic_write
 
 __all__ = [
@@ -32,6 +32,8 @@ __all__ = [
     "ENV_VAR",
     "MIRRORS",
     "SPLITS",
+    "check_images",
+    "check_labels",
     "clear_cache",
     "data_dir",
     "load_dataset",
@@ -150,6 +152,8 @@ def read_idx(path, expected_sha256=None):
     of the decompressed content. The array is read-only: it is a view on the file's bytes.
     Raises ``DataMissingError`` if the file is not there, ``DataError`` for any other problem.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise DataError(f"path: expected the path of an IDX file, got {type(path).__name__}")
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -161,6 +165,8 @@ def read_idx(path, expected_sha256=None):
 
 
 def _resolve_data_dir(explicit):
+    if explicit is not None and not isinstance(explicit, (str, os.PathLike)):
+        raise DataError(f"data_dir: expected a folder path, got {type(explicit).__name__}")
     if explicit is not None:
         return Path(explicit).expanduser()
     env = os.environ.get(ENV_VAR)
@@ -266,10 +272,10 @@ def load_dataset(name="mnist", split="train", data_dir=None, download=True):
     arrays that cannot be made writeable), so a caller can't corrupt what the next call returns;
     copy them (``images.copy()``) to modify them.
     """
-    if name not in CHECKSUMS:
-        raise ValueError(f"unknown data set {name!r}; expected one of {', '.join(map(repr, CHECKSUMS))}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(map(repr, SPLITS))}")
+    if not isinstance(name, str) or name not in CHECKSUMS:
+        raise DataError(f"unknown data set {name!r}; expected one of {', '.join(map(repr, CHECKSUMS))}")
+    if not isinstance(split, str) or split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(map(repr, SPLITS))}")
     folder = _resolve_data_dir(data_dir) / name
     bases = SPLITS[split]
     missing = [b for b in bases if _find(folder, b) is None]
@@ -311,3 +317,59 @@ def load_dataset(name="mnist", split="train", data_dir=None, download=True):
         del _cache[next(iter(_cache))]  # oldest first: dicts keep insertion order
     _cache[key] = (images, labels)
     return _frozen(images), _frozen(labels)
+
+
+# --- checks on arrays handed to training and evaluation -------------------------------------------
+
+MAX_ABS_PIXEL = 10.0  # beyond this, images are almost surely unscaled 0-255 pixels
+_CHUNK = 1000  # images checked at a time, so a check of 60,000 images needs no full-size temporary
+
+
+def check_images(name, x):
+    """``x`` as float32 images (N, H, W, C): finite, |value| <= ``MAX_ABS_PIXEL``, at least one.
+
+    Other float dtypes (float64) are converted here, once: one float32 copy of the whole set
+    (188 MB for MNIST's training images), not one per batch. Integer images are refused, as ``model.forward`` does: scale them to [0, 1] first (``x / 255``).
+    Raises ``ShapeError`` naming ``name``, what was expected and what came (for NaN, Inf and values
+    out of range: the index of the first such image).
+    """
+    if not isinstance(x, np.ndarray):
+        raise ShapeError(f"{name}: expected a NumPy array of images (N, H, W, C), got {type(x).__name__}")
+    if x.ndim != 4:
+        hint = "; add the channel axis: x[..., None]" if x.ndim == 3 else ""
+        raise ShapeError(f"{name}: expected 4 dimensions (N, H, W, C), got shape {x.shape}{hint}")
+    if x.size == 0:
+        raise ShapeError(f"{name}: expected at least one non-empty image, got shape {x.shape}")
+    if x.dtype.kind in "biu":
+        raise ShapeError(f"{name}: expected floating-point images in [0, 1], got dtype {x.dtype}; "
+                         f"scale 0-255 pixels first: x / 255")
+    if x.dtype.kind != "f":
+        raise ShapeError(f"{name}: expected floating-point images in [0, 1], got dtype {x.dtype}")
+    for start in range(0, len(x), _CHUNK):
+        rows = x[start:start + _CHUNK].reshape(min(_CHUNK, len(x) - start), -1)
+        finite = np.isfinite(rows).all(axis=1)
+        if not finite.all():
+            raise ShapeError(f"{name}: image {start + int(np.argmin(finite))} holds NaN or Inf; "
+                             f"expected finite pixel values")
+        big = np.abs(rows).max(axis=1) > MAX_ABS_PIXEL
+        if big.any():
+            i = start + int(np.argmax(big))
+            raise ShapeError(f"{name}: image {i} has values in [{x[i].min():g}, {x[i].max():g}]; expected "
+                             f"pixels scaled to about [0, 1] (|value| <= {MAX_ABS_PIXEL:g}): divide 0-255 by 255")
+    return x if x.dtype == np.float32 else x.astype(np.float32)
+
+
+def check_labels(name, y, n, classes):
+    """``y`` as int64 class labels of shape (n,), each in 0..classes-1; else ``ShapeError``."""
+    if not isinstance(y, np.ndarray):
+        raise ShapeError(f"{name}: expected a NumPy array of integer labels, got {type(y).__name__}")
+    if y.shape != (n,):
+        raise ShapeError(f"{name}: expected shape ({n},), one label per image, got {y.shape}")
+    if y.dtype.kind not in "iu":
+        hint = "; convert them: y.astype(int)" if y.dtype.kind == "f" else ""
+        raise ShapeError(f"{name}: expected integer class labels, got dtype {y.dtype}{hint}")
+    bad = (y < 0) | (y >= classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ShapeError(f"{name}: label {y[i]} at index {i} is outside 0..{classes - 1}, the model's classes")
+    return y.astype(np.int64, copy=False)

@@ -3,7 +3,8 @@
 Every check in the library raises one of these, so a caller can catch ``FastCNNError`` and know the
 message says what was wrong and what was expected. Each also subclasses the built-in error a
 Python programmer would reach for (``ValueError``, ``FileNotFoundError``), so ordinary ``except``
-clauses keep working.
+clauses keep working. Training adds two that are not about input, in ``fastcnn.train``:
+``TrainingDiverged`` (a FastCNNError) and ``TrainingInterrupted`` (a KeyboardInterrupt).
 """
 
 
@@ -28,4 +29,5 @@ class ModelFileError(FastCNNError, ValueError):
 
 
 class ImageError(FastCNNError, ValueError):
-    """An image file cannot be read, or is too large to be a sane input."""
+    """An image file cannot be read (or written: a preprocessed picture, a plot), or is too large
+    to be a sane input."""

@@ -24,7 +24,9 @@ BOX = 20  # the longer side of the ink in MNIST
 INK_THRESHOLD = 0.1  # after normalising, fainter than this is paper texture or noise, not ink
 MIN_CONTRAST = 0.1  # ink must differ from the background by this much, or the image is blank
 
-# Errors Pillow raises on files it can't decode; which one depends on the format plug-in.
+# Errors Pillow raises on files it can't decode; which one depends on the format plug-in, and
+# fuzzing found more than these (a TypeError from a damaged TIFF tag), so load_digit treats any
+# exception from decoding as a bad file.
 _PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
 
@@ -56,6 +58,8 @@ def load_digit(path_or_file):
     Returns float32 of shape (28, 28, 1) in [0, 1]. Raises ``ImageError`` if the file is missing,
     is not an image, is corrupt, is larger than ``MAX_PIXELS``, or shows no digit.
     """
+    if not isinstance(path_or_file, (str, bytes, os.PathLike)) and not hasattr(path_or_file, "read"):
+        raise ImageError(f"path_or_file: expected a path or a binary file object, got {type(path_or_file).__name__}")
     label = _describe(path_or_file)
     try:
         with warnings.catch_warnings():
@@ -80,9 +84,11 @@ def load_digit(path_or_file):
         raise ImageError(f"{label}: not an image file Pillow can read") from None
     except _PILLOW_ERRORS as e:
         raise ImageError(f"{label}: cannot read the image: {e}") from None
+    except Exception as e:  # noqa: BLE001 - see _PILLOW_ERRORS
+        raise ImageError(f"{label}: cannot read the image ({type(e).__name__}: {e})") from None
     try:
         return preprocess_digit(grey)
-    except ImageError as e:
+    except (ImageError, ShapeError) as e:  # e.g. NaN pixels in a float TIFF: a bad file, named
         raise ImageError(f"{label}: {e}") from None
 
 
@@ -159,6 +165,9 @@ def save_preprocessed(arr, path):
             f"expected a (28, 28) or (28, 28, 1) image, got shape {np.shape(arr)}, dtype {a.dtype}"
         )
     pixels = np.round(np.clip(np.nan_to_num(a.astype(np.float64)), 0, 1) * 255).astype(np.uint8)
-    with atomic_write(path, "wb") as f:
-        Image.fromarray(pixels).save(f, format="PNG")
+    try:
+        with atomic_write(path, "wb") as f:
+            Image.fromarray(pixels).save(f, format="PNG")
+    except OSError as e:
+        raise ImageError(f"{path}: cannot write the image: {e.strerror or e}") from None
     return path

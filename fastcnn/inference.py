@@ -1,8 +1,44 @@
-"""Using a trained model: predict the digit in a user's pictures, and evaluate on a test set."""
+"""Using a trained model: predict the digit in a user's pictures, and evaluate on a test set.
+
+Both check what they are given first and raise ``ShapeError`` (arrays, arguments) or
+``ImageError`` (pictures) naming the argument, what was expected and what came.
+"""
+
+import os
 
 import numpy as np
 
+from .data import check_images, check_labels
+from .errors import ShapeError
 from .image import load_digit
+from .kernels import checks
+from .model import Sequential
+
+
+def check_model(model):
+    if not isinstance(model, Sequential):
+        raise ShapeError(f"model: expected a fastcnn Sequential, got {type(model).__name__}")
+    return model
+
+
+def model_classes(model, x, name):
+    """The number of classes ``model`` scores, found by running the first image of ``x`` through it,
+    so images that don't fit the model fail here, naming ``name``, not deep inside a batch."""
+    try:
+        out = check_model(model).predict(x[:1])
+    except ShapeError as e:
+        raise ShapeError(f"{name}: images of shape {x.shape[1:]} do not fit the model: {e}") from None
+    if out.ndim != 2:
+        raise ShapeError(f"model: expected it to end in (N, classes) scores, it gives shape {out.shape}")
+    return out.shape[1]
+
+
+def check_batch(model, x, y, x_name="x", y_name="y"):
+    """Images and labels checked against each other and against ``model``:
+    returns ``(x as float32, y as int64, classes)``."""
+    x = check_images(x_name, x)
+    classes = model_classes(model, x, x_name)
+    return x, check_labels(y_name, y, len(x), classes), classes
 
 
 def predict_digits(model, paths):
@@ -10,16 +46,30 @@ def predict_digits(model, paths):
 
     Returns ``(probabilities (N, 10), images (N, 28, 28, 1))``: the images are what the model saw.
     """
+    check_model(model)
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise ShapeError(f"paths: expected a list of pictures, got one {type(paths).__name__}; wrap it: [path]")
+    paths = list(paths)
+    if not paths:
+        raise ShapeError("paths: expected at least one picture, got none")
     images = np.stack([load_digit(p) for p in paths])
+    model_classes(model, images, "paths")
     return model.predict(images), images
 
 
-def evaluate(model, x, y, classes=10, batch_size=1000):
+def evaluate(model, x, y, classes=None, batch_size=1000):
     """Accuracy, per-class accuracy, the confusion matrix (rows: true, columns: predicted), and
-    the predicted classes and probabilities of every image."""
-    probs = model.predict(x, batch_size)
+    the predicted classes and probabilities of every image.
+
+    ``classes`` defaults to the model's number of outputs; if given it must equal it. Memory stays
+    bounded in N beyond the (N, classes) results: ``model.predict`` runs ``batch_size`` at a time.
+    """
+    x, y, outputs = check_batch(model, x, y)
+    if classes is not None and classes != outputs:
+        raise ShapeError(f"classes: the model scores {outputs} classes, got classes={classes!r}")
+    probs = model.predict(x, checks.positive_int("batch_size", batch_size))
     pred = probs.argmax(axis=1)
-    confusion = np.zeros((classes, classes), np.int64)
+    confusion = np.zeros((outputs, outputs), np.int64)
     np.add.at(confusion, (y, pred), 1)
     per_class = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
     return {"accuracy": float((pred == y).mean()), "per_class": per_class, "confusion": confusion,

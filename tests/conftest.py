@@ -24,7 +24,20 @@ def assert_close():
     return check
 
 
+TRIED = {}  # reliability tests: what was tried -> how many times (bad inputs, mutated files, kills)
+
+
+@pytest.fixture(scope="session")
+def tried():
+    """Count what the reliability tests try; the counts are printed at the end of the run."""
+    return TRIED
+
+
 def pytest_terminal_summary(terminalreporter):
+    if TRIED:
+        terminalreporter.section("tried by the reliability tests")
+        for what, count in sorted(TRIED.items()):
+            terminalreporter.write_line(f"{count:7,d}  {what}")
     if not LARGEST_ERROR:
         return
     terminalreporter.section("largest kernel error vs the NumPy reference (relative to max |ref|)")

@@ -1,0 +1,594 @@
+"""Reliability: bad input gets a clear error, and faults lose nothing.
+
+- Bad arguments to every public entry point (fit, train, evaluate, predict_digits, the loaders,
+  the CLI) raise a FastCNNError naming the argument, what was expected and what came, before any
+  work is done.
+- SIGINT / SIGTERM during training save a checkpoint at the current batch and exit 130 / 143;
+  resuming ends with the weights of an uninterrupted run, bit for bit. A training process
+  SIGKILLed at random moments always leaves a loadable checkpoint, and after 5 kills the resumed
+  run again ends bit for bit on the uninterrupted weights. NaN or Inf is never saved.
+- Unwritable outputs fail before the work; every writer is atomic.
+- predict from 4 threads at once gives the single-threaded answers; predicting and evaluating
+  10,000 images takes memory for one batch, not for all of them.
+
+The subprocess tests run the real CLI (``fastcnn train``) on a small synthetic MNIST with one
+thread; each process loads the compiled kernels from Numba's cache (compiling them if the cache
+is stale), which the timeouts allow for.
+"""
+
+import contextlib
+import errno
+import gzip
+import hashlib
+import json
+import os
+import random
+import shlex
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from types import SimpleNamespace
+
+import matplotlib.figure
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastcnn
+from fastcnn import SGD, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, data, fileio, image, plots
+from fastcnn.cli import main
+from fastcnn.errors import DataError, ImageError, ModelFileError, ShapeError
+from fastcnn.inference import evaluate, predict_digits
+from fastcnn.train import TrainingDiverged, TrainingInterrupted, check_writable, fit, mnist_network, train
+
+
+def bars(n, seed):
+    """Digit-like data: a bright bar whose height encodes the label, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = rng.uniform(0, 0.1, (n, 28, 28, 1)).astype(np.float32)
+    for i, label in enumerate(y):
+        x[i, 4 + 2 * label:8 + 2 * label, 6:22, 0] += 0.8
+    return x, y
+
+
+def count(tried, what, n=1):
+    tried[what] = tried.get(what, 0) + n
+
+
+def one_line(err):
+    """stderr holds exactly one line and no traceback."""
+    return len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+X, Y = bars(64, 0)
+TEST = bars(32, 1)
+
+
+def changed(a, index, value):
+    a = a.copy()
+    a[index] = value
+    return a
+
+
+# fit's arguments replaced one at a time; a callable value is called with the model first.
+BAD_FIT = {
+    "3-D images": (dict(train=(X[..., 0], Y)), r"train images: expected 4 dimensions .*add the channel axis"),
+    "uint8 images": (dict(train=((X * 255).astype(np.uint8), Y)), r"train images: .*got dtype uint8.*x / 255"),
+    "0-255 floats": (dict(train=(X * 255, Y)), r"train images: image 0 has values in \[0\.\d+, 2\d\d\.\d+\]; expected pixels scaled .*divide 0-255 by 255"),
+    "no images": (dict(train=(X[:0], Y[:0])), r"train images: expected at least one"),
+    "a list": (dict(train=([[0.5]], Y)), r"train images: expected a NumPy array .* got list"),
+    "NaN image": (dict(train=(changed(X, (37, 3, 3, 0), np.nan), Y)), r"train images: image 37 holds NaN or Inf"),
+    "Inf test image": (dict(test=(changed(TEST[0], (5, 0, 0, 0), -np.inf), TEST[1])),
+                       r"test images: image 5 holds NaN or Inf"),
+    "32x32 images": (dict(train=(np.zeros((4, 32, 32, 1), np.float32), Y[:4])),
+                     r"train images: images of shape \(32, 32, 1\) do not fit the model: layer 4 Dense.*6272"),
+    "RGB images": (dict(train=(np.zeros((4, 28, 28, 3), np.float32), Y[:4])),
+                   r"train images: .*do not fit the model: layer 0 Conv2D.*expected 1 input channels"),
+    "label 10": (dict(train=(X, changed(Y, 9, 10))), r"train labels: label 10 at index 9 is outside 0\.\.9"),
+    "label -1": (dict(test=(TEST[0], changed(TEST[1], 4, -1))), r"test labels: label -1 at index 4 is outside 0\.\.9"),
+    "float labels": (dict(train=(X, Y.astype(float))), r"train labels: expected integer .* float64; convert"),
+    "too few labels": (dict(train=(X, Y[:-1])), r"train labels: expected shape \(64,\), one label per image, got \(63,\)"),
+    "no pair": (dict(train=X), r"train: expected a pair \(images, labels\), got ndarray"),
+    "batch size 0": (dict(batch_size=0), r"batch_size: expected a positive integer, got 0"),
+    "epochs 0": (dict(epochs=0), r"epochs: expected a positive integer, got 0"),
+    "epochs 2.5": (dict(epochs=2.5), r"epochs: expected a positive integer, got 2.5"),
+    "seed -1": (dict(seed=-1), r"seed: expected a non-negative integer, got -1"),
+    "checkpoint every 0": (dict(checkpoint_every=0), r"checkpoint_every: expected a positive integer, got 0"),
+    "another model's optimizer": (dict(optimizer=lambda model: SGD(mnist_network(seed=2), 0.1)),
+                                  r"optimizer: expected an SGD made for this model"),
+    "infinite lr": (dict(optimizer=lambda model: SGD(model, float("inf"))), r"optimizer.lr: expected a learning rate > 0, got inf"),
+    "position past the data": (dict(training={"epoch": 0, "batch": 2, "totals": [0.0, 0, 0, 0.0], "history": []}),
+                               r"training: batch 2 is outside this run's 0\.\.1"),
+    "damaged position": (dict(training={"epoch": -1, "batch": 0, "totals": [0.0, 0, 0, 0.0], "history": []}),
+                         r"training epoch: expected a non-negative integer"),
+}
+
+
+@pytest.fixture(scope="module")
+def net():
+    return mnist_network(seed=1)
+
+
+@pytest.mark.parametrize("case", BAD_FIT)
+def test_fit_refuses_bad_arguments_before_training(case, net, tmp_path, tried):
+    changes, message = BAD_FIT[case]
+    args = dict(optimizer=SGD(net, 0.05), train=(X, Y), test=TEST, epochs=1, batch_size=32, seed=0,
+                out=tmp_path / "m.npz", progress=False)
+    args.update({k: v(net) if callable(v) else v for k, v in changes.items()})
+    before = net.parameters.copy()
+    with pytest.raises(ShapeError, match=message):
+        fit(net, **args)
+    assert np.array_equal(net.parameters, before) and not (tmp_path / "m.npz").exists()
+    count(tried, "bad inputs refused with a clear error")
+
+
+BAD_TRAIN = {
+    "epochs 0": (dict(epochs=0), r"epochs: expected a positive integer, got 0"),
+    "batch size 0": (dict(batch_size=0), r"batch_size: expected a positive integer, got 0"),
+    "lr 0": (dict(lr=0.0), r"lr: expected a learning rate > 0, got 0.0"),
+    "lr NaN": (dict(lr=float("nan")), r"lr: expected a learning rate > 0, got nan"),
+    "momentum 1": (dict(momentum=1.0), r"momentum: expected a value in \[0, 1\), got 1.0"),
+    "momentum -0.1": (dict(momentum=-0.1), r"momentum: expected a value in \[0, 1\), got -0.1"),
+    "decay -1": (dict(decay=-1.0), r"decay: expected a value >= 0, got -1.0"),
+    "seed -3": (dict(seed=-3), r"seed: expected a non-negative integer, got -3"),
+    "threads 0": (dict(threads=0), r"threads: expected 1\.\.\d+ on this machine, got 0"),
+    "threads 10000": (dict(threads=10000), r"threads: expected 1\.\.\d+ on this machine, got 10000"),
+    "threads 1.5": (dict(threads=1.5), r"threads: expected 1\.\.\d+ on this machine, got 1.5"),
+    "dataset cifar": (dict(dataset="cifar"), r"dataset: expected one of mnist, fashion-mnist, got 'cifar'"),
+    "checkpoint every -1": (dict(checkpoint_every=-1), r"checkpoint_every: expected a positive integer, got -1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TRAIN)
+def test_train_refuses_bad_settings_before_loading_anything(case, tmp_path, tried):
+    changes, message = BAD_TRAIN[case]
+    # No data there: reaching the loader would raise DataMissingError instead.
+    with pytest.raises(ShapeError, match=message):
+        train(tmp_path / "m.npz", data_dir=tmp_path / "no-data", progress=False, **changes)
+    assert not (tmp_path / "m.npz").exists()
+    count(tried, "bad inputs refused with a clear error")
+
+
+BAD_USE = {
+    "evaluate 0-255 floats": (lambda m: evaluate(m, X * 255, Y), ShapeError, r"x: image 0 has values in \[0\.\d+, 2\d\d"),
+    "evaluate too few labels": (lambda m: evaluate(m, X, Y[:3]), ShapeError, r"y: expected shape \(64,\)"),
+    "evaluate 5 classes": (lambda m: evaluate(m, X, Y, classes=5), ShapeError, r"classes: the model scores 10 classes"),
+    "evaluate batch size 0": (lambda m: evaluate(m, X, Y, batch_size=0), ShapeError, r"batch_size: expected a positive"),
+    "evaluate a path": (lambda m: evaluate("model.npz", X, Y), ShapeError, r"model: expected a fastcnn Sequential, got str"),
+    "predict no pictures": (lambda m: predict_digits(m, []), ShapeError, r"paths: expected at least one picture"),
+    "predict one path": (lambda m: predict_digits(m, "a.png"), ShapeError, r"paths: expected a list .* got one str; wrap it"),
+    "load_digit a number": (lambda m: image.load_digit(3), ImageError, r"path_or_file: expected a path or a binary file"),
+    "load_dataset cifar": (lambda m: data.load_dataset("cifar"), DataError, r"unknown data set 'cifar'"),
+    "load_dataset split val": (lambda m: data.load_dataset("mnist", "val"), DataError, r"unknown split 'val'"),
+    "load_dataset data_dir 5": (lambda m: data.load_dataset(data_dir=5), DataError, r"data_dir: expected a folder path, got int"),
+    "read_idx None": (lambda m: data.read_idx(None), DataError, r"path: expected the path of an IDX file, got NoneType"),
+    "load_checkpoint 3": (lambda m: fastcnn.load_checkpoint(3), ModelFileError, r"path: expected the path of a model file"),
+    "load_checkpoint on a GPU": (lambda m: fastcnn.load_checkpoint("m.npz", backend="gpu"), ShapeError,
+                                 r"backend: expected one of \['numba', 'numpy'\], got 'gpu'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_USE)
+def test_inference_and_loaders_refuse_bad_arguments(case, net, tried):
+    call, error, message = BAD_USE[case]
+    with pytest.raises(error, match=message):
+        call(net)
+    count(tried, "bad inputs refused with a clear error")
+
+
+def test_float64_images_are_converted_once_not_per_batch(tmp_path):
+    """fit on float64 images: every batch the model sees is already float32 (converted up front),
+    and the run equals one on the float32 images."""
+    x, y = bars(96, 0)
+    runs = []
+    for images in (x, x.astype(np.float64)):
+        model = mnist_network(seed=1)
+        seen = []
+        forward = model.forward
+        model.forward = lambda batch, forward=forward, seen=seen: seen.append(batch.dtype) or forward(batch)
+        fit(model, SGD(model, 0.05), (images, y), TEST, epochs=1, batch_size=32, seed=0, progress=False)
+        runs.append((model.parameters, seen))
+    assert runs[1][1] == [np.float32] * 3
+    assert np.array_equal(runs[0][0], runs[1][0])
+    assert data.check_images("x", x) is x  # float32 is used as it is: no copy
+
+
+def fake_mnist(root):
+    """A small MNIST folder of the bar digits (320 train, 100 test); returns its checksums."""
+    folder = root / "mnist"
+    folder.mkdir(parents=True)
+    sums = {}
+    for split, (n, seed) in {"train": (320, 0), "test": (100, 1)}.items():
+        x, y = bars(n, seed)
+        images = (np.clip(x, 0, 1) * 255).astype(np.uint8)[:, :, :, 0]
+        for base, arr in zip(data.SPLITS[split], (images, y.astype(np.uint8))):
+            content = bytes([0, 0, 8, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+            (folder / f"{base}.gz").write_bytes(gzip.compress(content))
+            sums[base] = hashlib.sha256(content).hexdigest()
+    return sums
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, tried):
+    monkeypatch.setitem(data.CHECKSUMS, "mnist", fake_mnist(tmp_path))
+    model = mnist_network(seed=0)
+    damaged = tmp_path / "damaged.npz"  # a resumable checkpoint whose settings name no data set
+    fastcnn.save(damaged, model, SGD(model, 0.1), {"epoch": 1, "batch": 0, "totals": [0.0, 0, 0, 0.0],
+                                                   "history": [], "settings": {"dataset": "cifar"}})
+    d = ["--data-dir", str(tmp_path)]
+    new = ["--out", str(tmp_path / "new.npz"), *d]
+    cases = [
+        (["train", "--epochs", "0", *new], "epochs: expected a positive integer, got 0"),
+        (["train", "--lr", "-1", *new], "lr: expected a learning rate > 0"),
+        (["train", "--checkpoint-every", "0", *new], "checkpoint_every: expected a positive integer"),
+        (["train", "--out", str(damaged), "--resume", *d], "damaged training settings: dataset: expected one of"),
+        (["predict", str(damaged), str(tmp_path / "none.png")], "none.png: no such file"),
+        (["evaluate", str(tmp_path / "none.npz"), *d], "no such model file"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert one_line(err) and message in err, (argv, err)
+        count(tried, "bad inputs refused with a clear error")
+
+
+# --- faults during training ----------------------------------------------------------------------
+
+def short_run(out, model=None, opt=None, training=None, **kwargs):
+    """3 epochs of 5 batches on 300 bar digits (seed 7)."""
+    model = model or mnist_network(seed=1)
+    opt = opt or SGD(model, lr=0.05)
+    history = fit(model, opt, bars(300, 0), bars(100, 1), epochs=3, batch_size=64, seed=7, out=out,
+                  training=training, progress=False, **kwargs)
+    return model, opt, history
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    return short_run(tmp_path_factory.mktemp("straight") / "m.npz")
+
+
+def signal_after(opt, step, signum):
+    """Make ``opt`` send this process ``signum`` right after its step number ``step``."""
+    original = opt.step
+
+    def step_then_signal():
+        original()
+        if opt.steps == step:
+            os.kill(os.getpid(), signum)
+
+    opt.step = step_then_signal
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_the_current_batch_and_resume_is_bit_identical(signum, straight, tmp_path, tried):
+    out = tmp_path / "m.npz"
+    model = mnist_network(seed=1)
+    opt = SGD(model, lr=0.05)
+    signal_after(opt, 7, signum)  # epoch 2, after its second batch
+
+    def outside_fit(signum, frame):  # reached only if fit installed no handler of its own
+        raise AssertionError(f"{signal.Signals(signum).name} was not handled by fit")
+
+    previous = signal.signal(signum, outside_fit)
+    try:
+        with pytest.raises(TrainingInterrupted, match=rf"stopped by {signum.name} after step 7 \(epoch 2/3, 2 of 5 "
+                                                       rf"batches done\); checkpoint saved in .*m.npz") as e:
+            short_run(out, model, opt)
+        assert signal.getsignal(signum) is outside_fit  # fit put the previous handler back
+    finally:
+        signal.signal(signum, previous)
+    assert e.value.exit_status == 128 + signum and e.value.checkpoint == out
+    saved = fastcnn.load_checkpoint(out)
+    assert (saved.training["epoch"], saved.training["batch"], saved.optimizer.steps) == (1, 2, 7)
+    assert np.array_equal(saved.model.parameters, model.parameters)  # saved at that very step
+    resumed, resumed_opt, history = short_run(out, saved.model, saved.optimizer, saved.training)
+    model, opt, straight_history = straight
+    assert np.array_equal(resumed.parameters, model.parameters)
+    assert np.array_equal(resumed_opt.velocity, opt.velocity)
+    assert [h["test_acc"] for h in history] == [h["test_acc"] for h in straight_history]
+    assert [h["loss"] for h in history] == [h["loss"] for h in straight_history]  # the totals survived
+    count(tried, "in-process signals: checkpoint at the batch, resumed bit-identical")
+
+
+def test_periodic_checkpoints_resume_bit_identical(straight, tmp_path):
+    out = tmp_path / "m.npz"
+    model = mnist_network(seed=1)
+    opt = SGD(model, lr=0.05)
+    original = opt.step
+
+    def step_then_fail():  # a crash right after step 8, as a kill would be
+        original()
+        if opt.steps == 8:
+            raise RuntimeError("crash")
+
+    opt.step = step_then_fail
+    with pytest.raises(RuntimeError):
+        short_run(out, model, opt, checkpoint_every=2)
+    saved = fastcnn.load_checkpoint(out)
+    assert (saved.training["epoch"], saved.training["batch"], saved.optimizer.steps) == (1, 2, 7)
+    resumed, _, _ = short_run(out, saved.model, saved.optimizer, saved.training, checkpoint_every=2)
+    assert np.array_equal(resumed.parameters, straight[0].parameters)
+
+
+def test_fit_in_a_worker_thread_leaves_signals_alone():
+    """Only the main thread may set signal handlers: elsewhere fit trains without them."""
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    result = []
+    model = mnist_network(seed=1)
+    worker = threading.Thread(target=lambda: result.append(
+        fit(model, SGD(model, 0.05), (X, Y), TEST, epochs=1, batch_size=32, seed=0, progress=False)))
+    worker.start()
+    worker.join(120)
+    assert len(result) == 1 and len(result[0]) == 1
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
+def test_weights_turning_nan_are_never_saved(tmp_path):
+    out = tmp_path / "m.npz"
+    model = mnist_network(seed=1)
+    opt = SGD(model, lr=0.05)
+    original = opt.step
+
+    def poisoning_step():
+        original()
+        if opt.steps == 3:
+            model.parameters[-1] = np.inf
+
+    opt.step = poisoning_step
+    with pytest.raises(TrainingDiverged, match=r"weights became NaN or Inf by step 3; .*m.npz keeps the last good"):
+        short_run(out, model, opt, checkpoint_every=1)
+    saved = fastcnn.load_checkpoint(out)
+    assert saved.optimizer.steps == 2 and np.isfinite(saved.model.parameters).all()
+
+
+def test_a_diverging_cli_run_is_one_line_and_keeps_its_last_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(data.CHECKSUMS, "mnist", fake_mnist(tmp_path))
+    out = tmp_path / "m.npz"
+    status = main(["train", "--out", str(out), "--data-dir", str(tmp_path), "--lr", "1e20", "--batch-size", "32",
+                   "--checkpoint-every", "1", "--epochs", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 2 and one_line(err) and "the loss became nan at step" in err
+    step = int(err.split("at step ")[1].split()[0])
+    saved = fastcnn.load_checkpoint(out)  # the step before the NaN, intact
+    assert saved.optimizer.steps == step - 1 and np.isfinite(saved.model.parameters).all()
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+def test_unwritable_outputs_fail_before_the_work(tmp_path, monkeypatch, capsys, tried):
+    monkeypatch.setitem(data.CHECKSUMS, "mnist", fake_mnist(tmp_path))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    picture = tmp_path / "digit.png"
+    Image.fromarray((255 - bars(1, 0)[0][0, :, :, 0] * 255).astype(np.uint8)).save(picture)
+    (tmp_path / "digit.28x28.png").mkdir()  # where --save-preprocessed would write
+    model_path = tmp_path / "model.npz"
+    mnist_network(seed=0).save(model_path)
+    in_a_file = f"cannot write there ({blocker} is a file, not a folder)"
+    cases = [
+        (["train", "--out", str(blocker / "m.npz"), "--data-dir", str(tmp_path)], in_a_file),
+        (["evaluate", str(model_path), "--data-dir", str(tmp_path), "--plot", str(blocker / "errors.png")], in_a_file),
+        (["evaluate", str(model_path), "--data-dir", str(tmp_path), "--confusion", str(blocker / "c.png")], in_a_file),
+        (["predict", str(model_path), str(picture), "--save-preprocessed"],
+         "digit.28x28.png: cannot write there (a folder of that name is in the way)"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert one_line(err) and message in err, (argv, err)
+        assert out == "", argv  # refused before any result was printed
+        count(tried, "bad inputs refused with a clear error")
+
+
+def test_a_full_disk_is_refused_up_front(tmp_path):
+    with pytest.raises(ModelFileError, match=r"bytes needed, .* free\); choose another --out"):
+        check_writable(tmp_path / "m.npz", need=10**18)  # an exabyte: no disk has that free
+
+
+def failing_writer(cls, name):
+    """Replace ``cls.name`` with one that writes some bytes, then fails like a full disk."""
+    def write(self, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return cls, name, write
+
+
+WRITERS = {
+    "plot_errors": (lambda p: plots.plot_errors(p, X, Y, (Y + 1) % 10, np.full((64, 10), 0.1), list("0123456789")),
+                    failing_writer(matplotlib.figure.Figure, "savefig")),
+    "plot_confusion": (lambda p: plots.plot_confusion(p, np.eye(10, dtype=int) * 5, list("0123456789")),
+                       failing_writer(matplotlib.figure.Figure, "savefig")),
+    "save_preprocessed": (lambda p: image.save_preprocessed(X[0], p), failing_writer(Image.Image, "save")),
+}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_failed_write_leaves_the_old_file(writer, tmp_path, monkeypatch):
+    write, (cls, name, broken) = WRITERS[writer]
+    path = tmp_path / "out.png"
+    write(path)
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+    monkeypatch.setattr(cls, name, broken)
+    with pytest.raises(OSError if writer.startswith("plot") else ImageError, match="No space left"):
+        write(path)
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    with fileio.atomic_write(tmp_path / "f") as f:
+        f.write(b"x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# --- concurrency and memory ----------------------------------------------------------------------
+
+def test_predict_from_four_threads_matches_single_threaded(net):
+    rng = np.random.default_rng(5)
+    inputs = [rng.random((n, 28, 28, 1), np.float32) for n in (1, 3, 8, 17, 30, 64)]
+    expected = [net.predict(x) for x in inputs]
+    barrier = threading.Barrier(4)
+    mismatches, calls = [], []
+
+    def work(t):
+        barrier.wait()  # all four start together
+        for i in range(24):
+            k = (i + t) % len(inputs)  # each thread walks the inputs in its own order
+            if not np.array_equal(net.predict(inputs[k]), expected[k]):
+                mismatches.append((t, i, k))
+            calls.append(1)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(calls) == 4 * 24 and mismatches == []
+
+
+def peak_bytes(fn):
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_predicting_and_evaluating_10000_images_takes_one_batch_of_memory():
+    """Going from 1,000 images (one batch) to 10,000 may add the (N, 10) results and the
+    per-image bookkeeping, not the activations (this model: 12.5 MB per 1,000 images)."""
+    model = Sequential([Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(784, 10)], seed=0)
+    x = np.random.default_rng(0).random((10_000, 28, 28, 1), np.float32)
+    y = np.random.default_rng(1).integers(0, 10, 10_000)
+    for name, run in (("predict", lambda n: model.predict(x[:n])), ("evaluate", lambda n: evaluate(model, x[:n], y[:n]))):
+        run(1000)  # warm-up: first calls allocate once-only things (kernel loading)
+        one_batch = peak_bytes(lambda: run(1000))
+        ten_batches = peak_bytes(lambda: run(10_000))
+        per_image = 10 * 4 * 4 + 8 * 4  # generous: four float32 copies of the 10 scores, four int64
+        assert ten_batches - one_batch < 9000 * per_image, (name, one_batch, ten_batches)
+
+
+# --- the CLI killed, interrupted, resumed (subprocesses) ------------------------------------------
+
+RUNNER = """
+import json, sys
+from fastcnn import data
+data.CHECKSUMS["mnist"] = json.loads(sys.argv[1])  # the test's small synthetic MNIST
+from fastcnn.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+# 20 epochs of 10 batches, a checkpoint every 2 batches: 200 steps, 100 checkpoints (about 3 s).
+SETTINGS = ["--epochs", "20", "--batch-size", "32", "--checkpoint-every", "2", "--threads", "1", "--no-progress"]
+TIMEOUT = 300  # a stale Numba cache means compiling every kernel first
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    runner = root / "run.py"
+    runner.write_text(RUNNER)
+    prefix = [sys.executable, str(runner), json.dumps(fake_mnist(root))]
+
+    def start(argv):
+        return subprocess.Popen(prefix + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def train_argv(out, resume=False):
+        return ["train", "--out", str(out), "--data-dir", str(root), *SETTINGS] + (["--resume"] if resume else [])
+
+    def finish(argv):
+        proc = start(argv)
+        out, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, err
+        return out
+
+    return SimpleNamespace(root=root, start=start, train_argv=train_argv, finish=finish)
+
+
+@pytest.fixture(scope="module")
+def cli_straight(cli):
+    """The uninterrupted run's checkpoint."""
+    out = cli.root / "straight.npz"
+    cli.finish(cli.train_argv(out))
+    return fastcnn.load_checkpoint(out)
+
+
+def identity(path):
+    with contextlib.suppress(FileNotFoundError):
+        st = path.stat()
+        return st.st_ino, st.st_mtime_ns
+    return None
+
+
+def wait_for_a_new_checkpoint(proc, path, before):
+    """Block until ``proc`` has rewritten ``path`` (so it is inside the training loop)."""
+    deadline = time.monotonic() + TIMEOUT
+    while identity(path) == before:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.002)
+
+
+def same_run(a, b):
+    return (np.array_equal(a.model.parameters, b.model.parameters)
+            and np.array_equal(a.optimizer.velocity, b.optimizer.velocity)
+            and a.optimizer.steps == b.optimizer.steps
+            and a.training["history"][-1]["test_acc"] == b.training["history"][-1]["test_acc"])
+
+
+def test_sigkill_at_random_moments_leaves_a_loadable_checkpoint_and_loses_nothing(cli, cli_straight, tried):
+    out = cli.root / "killed.npz"
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    temps = 0
+    for kill in range(5):
+        before = identity(out)
+        proc = cli.start(cli.train_argv(out, resume=before is not None))
+        wait_for_a_new_checkpoint(proc, out, before)
+        time.sleep(rng.uniform(0, 0.2))  # mid-step, mid-checkpoint, mid-evaluation: wherever it lands
+        proc.kill()
+        proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == -signal.SIGKILL, f"run {kill} ended before its kill (seed {seed})"
+        saved = fastcnn.load_checkpoint(out)
+        assert saved.optimizer.steps == saved.training["epoch"] * 10 + saved.training["batch"]
+        # Nothing else beside the checkpoint but, if the kill hit a write, its temporary file.
+        leftovers = fileio.stale_temps(out)
+        assert {p for p in cli.root.glob(".*") if p.is_file()} <= set(leftovers) | {out}
+        temps += len(leftovers)
+        count(tried, "SIGKILLs during training survived with a loadable checkpoint")
+    cli.finish(cli.train_argv(out, resume=True))
+    assert fileio.stale_temps(out) == []  # the resumed run removed what the kills left
+    assert same_run(fastcnn.load_checkpoint(out), cli_straight), f"kill times from seed {seed}"
+    count(tried, "SIGKILL chains resumed to the uninterrupted weights, bit for bit")
+    count(tried, "temporary files left by a killed write (removed by the next run)", temps)
+
+
+def test_sigint_and_sigterm_save_exit_130_143_and_resume_to_the_same_weights(cli, cli_straight, tried):
+    out = cli.root / "interrupted.npz"
+    resume = None
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        before = identity(out)
+        proc = cli.start(resume or cli.train_argv(out))
+        wait_for_a_new_checkpoint(proc, out, before)
+        time.sleep(random.uniform(0, 0.1))
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 128 + signum and one_line(err), err
+        assert f"stopped by {signum.name} after step" in err and "resume with: fastcnn train" in err
+        saved = fastcnn.load_checkpoint(out)
+        steps = saved.optimizer.steps
+        assert f"after step {steps} " in err  # saved where it stopped
+        assert steps == saved.training["epoch"] * 10 + saved.training["batch"]
+        resume = shlex.split(err.split("resume with: ")[1])[1:]  # the printed command, minus "fastcnn"
+        count(tried, "SIGINT/SIGTERM to the CLI: exit 130/143, one line, checkpoint at the batch")
+    cli.finish(resume)
+    assert same_run(fastcnn.load_checkpoint(out), cli_straight)
