@@ -105,9 +105,10 @@ class Sequential:
     def predict(self, x, batch_size=1000):
         """Class probabilities (N, classes), computed ``batch_size`` images at a time.
 
-        Keeps no state, so several threads may call it on one model at once.
+        Keeps no state, so several threads may call it on one model at once. Each batch is
+        converted to float32 on its own, so memory stays bounded whatever the input's dtype.
         """
-        x = _as_input(x)
+        _as_input(x[:1] if isinstance(x, np.ndarray) else x)  # the checks, not a copy of all of x
         out = [softmax(self._run(x[i:i + batch_size])[0]) for i in range(0, len(x), batch_size)]
         return np.concatenate(out)
 

@@ -1,6 +1,8 @@
 """SGD with momentum and learning-rate decay, as in the original project:
 lr_t = lr / (1 + decay * t), t the number of steps taken before this one."""
 
+import math
+
 import numpy as np
 
 from .errors import ShapeError
@@ -8,7 +10,7 @@ from .errors import ShapeError
 
 class SGD:
     def __init__(self, model, lr, momentum=0.9, decay=1e-3):
-        if not lr > 0:
+        if not (lr > 0 and math.isfinite(lr)):
             raise ShapeError(f"lr: expected a learning rate > 0, got {lr!r}")
         if not 0 <= momentum < 1:
             raise ShapeError(f"momentum: expected a value in [0, 1), got {momentum!r}")

@@ -107,7 +107,7 @@ def test_sgd_momentum_and_decay():
     opt.step()   # lr 0.1 / 1.25 = 0.08: v = 0.5 * -0.1 - 0.08 = -0.13
     np.testing.assert_allclose(model.parameters - w0, -0.23, rtol=1e-6)
     assert opt.current_lr == pytest.approx(0.1 / 1.5)
-    for bad in (dict(lr=0), dict(lr=-1), dict(lr=0.1, momentum=1.0), dict(lr=0.1, decay=-1)):
+    for bad in (dict(lr=0), dict(lr=-1), dict(lr=float("inf")), dict(lr=float("nan")), dict(lr=0.1, momentum=1.0), dict(lr=0.1, decay=-1)):
         with pytest.raises(ShapeError):
             SGD(model, **bad)
 

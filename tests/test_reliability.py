@@ -77,6 +77,11 @@ def changed(a, index, value):
     return a
 
 
+
+def _lr_set_to(optimizer, lr):
+    optimizer.lr = lr  # SGD() refuses it; fit() must still catch a later change
+    return optimizer
+
 # fit's arguments replaced one at a time; a callable value is called with the model first.
 BAD_FIT = {
     "3-D images": (dict(train=(X[..., 0], Y)), r"train images: expected 4 dimensions .*add the channel axis"),
@@ -103,7 +108,8 @@ BAD_FIT = {
     "checkpoint every 0": (dict(checkpoint_every=0), r"checkpoint_every: expected a positive integer, got 0"),
     "another model's optimizer": (dict(optimizer=lambda model: SGD(mnist_network(seed=2), 0.1)),
                                   r"optimizer: expected an SGD made for this model"),
-    "infinite lr": (dict(optimizer=lambda model: SGD(model, float("inf"))), r"optimizer.lr: expected a learning rate > 0, got inf"),
+    "lr made infinite after construction": (dict(optimizer=lambda model: _lr_set_to(SGD(model, 0.1), float("inf"))),
+                                            r"optimizer.lr: expected a learning rate > 0, got inf"),
     "position past the data": (dict(training={"epoch": 0, "batch": 2, "totals": [0.0, 0, 0, 0.0], "history": []}),
                                r"training: batch 2 is outside this run's 0\.\.1"),
     "damaged position": (dict(training={"epoch": -1, "batch": 0, "totals": [0.0, 0, 0, 0.0], "history": []}),
