@@ -77,10 +77,10 @@ def changed(a, index, value):
     return a
 
 
-
 def _lr_set_to(optimizer, lr):
     optimizer.lr = lr  # SGD() refuses it; fit() must still catch a later change
     return optimizer
+
 
 # fit's arguments replaced one at a time; a callable value is called with the model first.
 BAD_FIT = {
