@@ -6,18 +6,18 @@ logits of +-1e4 neither overflow nor lose the answer. dlogits = (softmax(z) - on
 """
 
 import numpy as np
-from numba import prange
 
 from fastcnn.errors import ShapeError
 
 from . import checks
-from .jit import parallel_kernel
+from .jit import serial_kernel
 
 
-@parallel_kernel
+@serial_kernel
 def _softmax_cross_entropy(dlogits, row_loss, logits, labels):
+    # Serial: a batch of logits is a few hundred floats, less work than waking a second thread.
     N, K = logits.shape
-    for n in prange(N):
+    for n in range(N):
         z = logits[n]
         m = z.max()
         total = np.float32(0.0)
@@ -25,7 +25,8 @@ def _softmax_cross_entropy(dlogits, row_loss, logits, labels):
             e = np.exp(z[k] - m)
             dlogits[n, k] = e
             total += e
-        row_loss[n] = np.log(total) + m - z[labels[n]]
+        # In float64: with fastmath's reassociation, float32 (log + m) - z loses log(total) when m is 1e3
+        row_loss[n] = np.log(np.float64(total)) + (np.float64(m) - np.float64(z[labels[n]]))
         scale = np.float32(1.0) / (total * N)
         for k in range(K):
             dlogits[n, k] *= scale

@@ -5,8 +5,11 @@ OH = (H - S) // T + 1 (sizes that do not divide are floored; the last rows/colum
 x (N, H, W, C) -> y (N, OH, OW, C) and argmax (N, OH, OW, C) int32: for each output, the index
 ``ih * W + iw`` of the input element it took. The first maximum of a window wins, and a NaN
 counts as a maximum (as ``np.argmax`` does), so a NaN never disappears in the pool.
+
+The innermost loops run over the contiguous channel axis, so they vectorise.
 """
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -18,26 +21,56 @@ from .jit import parallel_kernel
 
 @parallel_kernel
 def _maxpool_forward(y, argmax, x, size, stride):
+    # One output row per task: rows never share an output.
     N, H, W, C = x.shape
     OH, OW = y.shape[1], y.shape[2]
     for row in prange(N * OH):
-        n, oh = row // OH, row % OH
+        n = row // OH
+        oh = row - n * OH
+        h0 = oh * stride
         for ow in range(OW):
-            for c in range(C):
-                best = x[n, oh * stride, ow * stride, c]
-                where = (oh * stride) * W + ow * stride
+            w0 = ow * stride
+            if size == 2:
+                # The common 2x2 window: its four elements are compared in registers.
+                at0, at1 = np.int32(h0 * W + w0), np.int32(h0 * W + w0 + 1)
+                at2, at3 = np.int32(at0 + W), np.int32(at1 + W)
+                for c in range(C):
+                    best, at = x[n, h0, w0, c], at0
+                    v = x[n, h0, w0 + 1, c]
+                    take = _beats(v, best)
+                    best, at = v if take else best, at1 if take else at
+                    v = x[n, h0 + 1, w0, c]
+                    take = _beats(v, best)
+                    best, at = v if take else best, at2 if take else at
+                    v = x[n, h0 + 1, w0 + 1, c]
+                    take = _beats(v, best)
+                    best, at = v if take else best, at3 if take else at
+                    y[n, oh, ow, c] = best
+                    argmax[n, oh, ow, c] = at
+            else:
+                # Any window: the output pixel itself holds the running maximum of its C channels,
+                # and each window element is compared against it channel by channel.
+                first = np.int32(h0 * W + w0)
+                for c in range(C):
+                    y[n, oh, ow, c] = x[n, h0, w0, c]
+                    argmax[n, oh, ow, c] = first
                 for i in range(size):
-                    ih = oh * stride + i
                     for j in range(size):
-                        iw = ow * stride + j
-                        v = x[n, ih, iw, c]
-                        if best != best:  # a NaN already won
-                            break
-                        if v > best or v != v:
-                            best = v
-                            where = ih * W + iw
-                y[n, oh, ow, c] = best
-                argmax[n, oh, ow, c] = where
+                        if i + j == 0:
+                            continue
+                        at = np.int32((h0 + i) * W + w0 + j)
+                        for c in range(C):
+                            v = x[n, h0 + i, w0 + j, c]
+                            if _beats(v, y[n, oh, ow, c]):
+                                y[n, oh, ow, c] = v
+                                argmax[n, oh, ow, c] = at
+
+
+@numba.njit(inline="always")
+def _beats(v, best):
+    """Whether window element v replaces the running maximum: when strictly greater (so the first
+    maximum wins), or when v is a NaN and the maximum is not (so the first NaN wins)."""
+    return (v > best) | ((v != v) & (best == best))
 
 
 def maxpool_forward(x, size, stride=None):
@@ -52,35 +85,94 @@ def maxpool_forward(x, size, stride=None):
 
 
 @parallel_kernel
-def _maxpool_backward(dx, dy, argmax):
-    # One image per task: overlapping windows may route two gradients into one input element,
-    # and only the owner of that image ever adds into it.
+def _maxpool_backward_tiled(dx, dy, argmax, tile_h, tile_w, tasks):
+    # Cut the input into tiles, one per output: output (oh, ow) gets rows oh*tile_h ..
+    # (oh+1)*tile_h - 1 and columns likewise, the last row/column of outputs also the floored-off
+    # remainder. When windows do not overlap (stride >= size, and tile = stride), each argmax
+    # points into its own output's tile, so every input element is written exactly once, as dy
+    # or 0: no zeroing pass, no index arithmetic per element. Each task owns a range of output
+    # rows, and stops at the first whose maxima are not all in their tiles (each output hits at
+    # most one element of its tile, so all hit iff the count is complete). Returns whether every
+    # task finished; if not, the caller must take the general path.
     N, H, W, C = dx.shape
     OH, OW = dy.shape[1], dy.shape[2]
+    done = np.empty(tasks, np.bool_)
+    for task in prange(tasks):
+        done[task] = True
+        for row in range(task * N * OH // tasks, (task + 1) * N * OH // tasks):
+            n = row // OH
+            oh = row - n * OH
+            h_end = H if oh == OH - 1 else (oh + 1) * tile_h
+            found = 0
+            for ih in range(oh * tile_h, h_end):
+                for ow in range(OW):
+                    w_end = W if ow == OW - 1 else (ow + 1) * tile_w
+                    for iw in range(ow * tile_w, w_end):
+                        at = np.int32(ih * W + iw)
+                        for c in range(C):
+                            hit = argmax[n, oh, ow, c] == at
+                            dx[n, ih, iw, c] = dy[n, oh, ow, c] if hit else np.float32(0.0)
+                            found += hit
+            if found != OW * C:
+                done[task] = False
+                break
+    for task in range(tasks):
+        if not done[task]:
+            return False
+    return True
+
+
+@parallel_kernel
+def _maxpool_backward_overlapping(dx, dy, argmax):
+    # Overlapping windows may route two gradients into one input element: one image per task,
+    # and only the owner of that image ever adds into it. Returns whether every argmax was a
+    # valid index (the others are skipped).
+    N, H, W, C = dx.shape
+    OH, OW = dy.shape[1], dy.shape[2]
+    flat_dx = dx.reshape(N, H * W, C)
+    bad = np.empty(N, np.int64)
     for n in prange(N):
-        dx[n] = 0.0
+        for i in range(H * W):
+            for c in range(C):
+                flat_dx[n, i, c] = np.float32(0.0)
+        strays = 0
         for oh in range(OH):
             for ow in range(OW):
                 for c in range(C):
-                    where = argmax[n, oh, ow, c]
-                    dx[n, where // W, where % W, c] += dy[n, oh, ow, c]
+                    at = argmax[n, oh, ow, c]
+                    if 0 <= at < H * W:
+                        flat_dx[n, at, c] += dy[n, oh, ow, c]
+                    else:
+                        strays += 1
+        bad[n] = strays
+    for n in range(N):
+        if bad[n]:
+            return False
+    return True
 
 
 def maxpool_backward(dy, argmax, x_shape):
     """Route dy (N, OH, OW, C) back through the recorded argmax into dx of shape ``x_shape``."""
     dy = checks.array("dy", dy, 4, np.float32)
-    _check_argmax(argmax, dy, x_shape)
+    _check_argmax(argmax, dy, x_shape, indices=False)  # the kernels check the indices as they go
+    argmax = np.ascontiguousarray(argmax)
     dx = np.empty(tuple(x_shape), np.float32)
-    _maxpool_backward(dx, dy, argmax)
+    # The window's size and stride are not passed in; a tile of H // OH by W // OW is the stride
+    # whenever the windows tile the input, and the kernel checks that the argmax agrees.
+    tile_h, tile_w = x_shape[1] // dy.shape[1], x_shape[2] // dy.shape[2]
+    tasks = min(dy.shape[0] * dy.shape[1], numba.get_num_threads())
+    if not _maxpool_backward_tiled(dx, dy, argmax, tile_h, tile_w, tasks):
+        if not _maxpool_backward_overlapping(dx, dy, argmax):
+            _check_argmax(argmax, dy, x_shape)  # raises, naming the valid range
     return dx
 
 
-def _check_argmax(argmax, dy, x_shape):
+def _check_argmax(argmax, dy, x_shape, indices=True):
     if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int32:
         raise ShapeError("argmax: expected the int32 array that maxpool_forward returned")
     checks.same_shape("argmax", argmax, dy.shape, "dy's shape")
     if len(x_shape) != 4 or (x_shape[0], x_shape[3]) != (dy.shape[0], dy.shape[3]):
         raise ShapeError(f"x_shape: expected (N, H, W, C) with N and C as in dy {dy.shape}, got {tuple(x_shape)}")
     h, w = x_shape[1], x_shape[2]
-    if argmax.size and (argmax.min() < 0 or argmax.max() >= h * w):
+    if indices and argmax.size and (argmax.min() < 0 or argmax.max() >= h * w):
         raise ShapeError(f"argmax: indices must lie in 0..{h * w - 1} for a {h}x{w} input")
