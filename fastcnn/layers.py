@@ -79,21 +79,29 @@ class MaxPool2D(Layer):
         super().__init__()
         self.size = checks.positive_int("size", size)
         self.stride = self.size if stride is None else checks.positive_int("stride", stride)
+        # Set by Sequential when a ReLU comes just before: max(relu(x)) = relu(max(x)), with the
+        # same gradient, so the ReLU runs here, on 1/size^2 of the values.
+        self.relu = False
 
     def config(self):
         return {"size": self.size, "stride": self.stride}
 
     def forward(self, x, k):
         y, argmax = k.maxpool_forward(x, self.size, self.stride)
-        return y, (argmax, x.shape)
+        if self.relu:
+            y = k.relu_forward(y)
+        return y, (argmax, x.shape, y)
 
     def backward(self, dy, saved, k):
-        argmax, x_shape = saved
+        argmax, x_shape, y = saved
+        if self.relu:
+            dy = k.relu_backward(dy, y)
         return k.maxpool_backward(dy, argmax, x_shape)
 
 
 class ReLU(Layer):
-    """max(x, 0). After a Dense it is fused into the Dense's kernel and passes values through."""
+    """max(x, 0). After a Dense, or before a MaxPool2D, the neighbour applies it (in the Dense's
+    fused kernel, or after the pooling) and this layer passes values through."""
 
     def __init__(self):
         super().__init__()

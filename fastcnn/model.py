@@ -45,13 +45,17 @@ class Sequential:
     def _wire(self):
         has_params_before = False
         for i, layer in enumerate(self.layers):
+            prev = self.layers[i - 1] if i > 0 else None
+            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
             if isinstance(layer, Dense):
-                nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
                 layer.relu = isinstance(nxt, ReLU)
-                if layer.relu:
-                    nxt.fused = True
-            elif isinstance(layer, ReLU) and not (i > 0 and isinstance(self.layers[i - 1], Dense)):
-                layer.fused = False
+            elif isinstance(layer, ReLU):
+                # A Dense before applies it in its fused kernel; else a MaxPool2D after applies it
+                # to the pooled values (relu(max(x)) = max(relu(x)), same gradient, 4x less work).
+                by_pool = isinstance(nxt, MaxPool2D) and not isinstance(prev, Dense)
+                layer.fused = isinstance(prev, Dense) or by_pool
+                if by_pool:
+                    nxt.relu = True
             if hasattr(layer, "needs_input_grad"):
                 # Nothing learnable before this layer: its input gradient would go unused.
                 layer.needs_input_grad = has_params_before

@@ -81,11 +81,28 @@ def test_wiring_fuses_dense_relu_and_skips_the_first_input_gradient():
     model = seed_network()
     conv, relu1, dense1, relu2, dense2 = (model.layers[i] for i in (0, 1, 4, 5, 6))
     assert not conv.needs_input_grad and dense1.needs_input_grad
-    assert dense1.relu and relu2.fused and not dense2.relu and not relu1.fused
+    assert dense1.relu and relu2.fused and not dense2.relu
+    assert relu1.fused and model.layers[2].relu  # the pool applies the first ReLU, after pooling
     # The fused pair computes exactly Dense then ReLU.
     x = np.random.default_rng(0).standard_normal((3, 6272)).astype(np.float32)
     w, b = dense1.params["weight"], dense1.params["bias"]
     np.testing.assert_allclose(dense1.forward(x, model.kernels)[0], np.maximum(x @ w + b, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_pooling_before_relu_gives_the_same_values_and_gradients():
+    """Conv, ReLU, MaxPool runs as Conv, MaxPool, ReLU: compare with the layers run one by one."""
+    from fastcnn.kernels import reference as R
+    model = Sequential([Conv2D(2, 4, 3, padding=1), ReLU(), MaxPool2D(2)], seed=0, backend="numpy")
+    x = np.random.default_rng(0).standard_normal((3, 7, 6, 2), dtype=np.float32)
+    w, b = model.layers[0].params["weight"], model.layers[0].params["bias"]
+    conv = R.conv2d_forward(x, w, b, 1, 1)
+    relu = R.relu_forward(conv)
+    pooled, argmax = R.maxpool_forward(relu, 2)
+    np.testing.assert_array_equal(model.forward(x), pooled)
+    dy = np.random.default_rng(1).standard_normal(pooled.shape, dtype=np.float32)
+    dconv = R.relu_backward(R.maxpool_backward(dy, argmax, relu.shape), relu)
+    model.backward(dy)
+    np.testing.assert_allclose(model.layers[0].grads["weight"], R.conv2d_backward(dconv, x, w, 1, 1)[1], rtol=1e-5)
 
 
 def test_initialisation_is_he_before_relu_and_glorot_otherwise():
