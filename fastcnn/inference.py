@@ -57,7 +57,7 @@ def predict_digits(model, paths):
     return model.predict(images), images
 
 
-def evaluate(model, x, y, classes=None, batch_size=1000):
+def evaluate(model, x, y, classes=None, batch_size=128):
     """Accuracy, per-class accuracy, the confusion matrix (rows: true, columns: predicted), and
     the predicted classes and probabilities of every image.
 

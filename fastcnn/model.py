@@ -106,10 +106,11 @@ class Sequential:
                 break
         self._saved = None
 
-    def predict(self, x, batch_size=1000):
+    def predict(self, x, batch_size=128):
         """Class probabilities (N, classes), computed ``batch_size`` images at a time.
 
-        Keeps no state, so several threads may call it on one model at once. Each batch is
+        128 at a time keeps the activations in cache: at batch 1000 the same work took twice as
+        long (measured). Keeps no state, so several threads may call it on one model at once. Each batch is
         converted to float32 on its own, so memory stays bounded whatever the input's dtype.
         """
         _as_input(x[:1] if isinstance(x, np.ndarray) else x)  # the checks, not a copy of all of x

@@ -104,7 +104,7 @@ def fresh_state():
     return {"epoch": 0, "batch": 0, "totals": [0.0, 0, 0, 0.0], "history": []}
 
 
-def accuracy(model, x, y, batch_size=1000):
+def accuracy(model, x, y, batch_size=128):
     return float((model.predict(x, batch_size).argmax(axis=1) == y).mean())
 
 
