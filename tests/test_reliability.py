@@ -18,14 +18,11 @@ is stale), which the timeouts allow for.
 
 import contextlib
 import errno
-import gzip
-import hashlib
 import json
 import os
 import random
 import shlex
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -43,17 +40,8 @@ from fastcnn import SGD, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, da
 from fastcnn.cli import main
 from fastcnn.errors import DataError, ImageError, ModelFileError, ShapeError
 from fastcnn.inference import evaluate, predict_digits
+from fakes import bars, fake_mnist
 from fastcnn.train import TrainingDiverged, TrainingInterrupted, check_writable, fit, mnist_network, train
-
-
-def bars(n, seed):
-    """Digit-like data: a bright bar whose height encodes the label, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, n)
-    x = rng.uniform(0, 0.1, (n, 28, 28, 1)).astype(np.float32)
-    for i, label in enumerate(y):
-        x[i, 4 + 2 * label:8 + 2 * label, 6:22, 0] += 0.8
-    return x, y
 
 
 def count(tried, what, n=1):
@@ -204,21 +192,6 @@ def test_float64_images_are_converted_once_not_per_batch(tmp_path):
     assert runs[1][1] == [np.float32] * 3
     assert np.array_equal(runs[0][0], runs[1][0])
     assert data.check_images("x", x) is x  # float32 is used as it is: no copy
-
-
-def fake_mnist(root):
-    """A small MNIST folder of the bar digits (320 train, 100 test); returns its checksums."""
-    folder = root / "mnist"
-    folder.mkdir(parents=True)
-    sums = {}
-    for split, (n, seed) in {"train": (320, 0), "test": (100, 1)}.items():
-        x, y = bars(n, seed)
-        images = (np.clip(x, 0, 1) * 255).astype(np.uint8)[:, :, :, 0]
-        for base, arr in zip(data.SPLITS[split], (images, y.astype(np.uint8))):
-            content = bytes([0, 0, 8, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
-            (folder / f"{base}.gz").write_bytes(gzip.compress(content))
-            sums[base] = hashlib.sha256(content).hexdigest()
-    return sums
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, tried):

@@ -5,23 +5,14 @@ import pytest
 
 import fastcnn
 from fastcnn import SGD, ModelFileError
+from fakes import bars, fake_mnist
 from fastcnn.train import DEFAULTS, TrainingDiverged, check_writable, fit, mnist_network
-
-
-def synthetic(n, seed):
-    """Digit-like data: a bright bar whose height encodes the label, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, n)
-    x = rng.uniform(0, 0.1, (n, 28, 28, 1)).astype(np.float32)
-    for i, label in enumerate(y):
-        x[i, 4 + 2 * label:8 + 2 * label, 6:22, 0] += 0.8
-    return x, y
 
 
 def run(epochs, out, training=None, model=None, opt=None):
     model = model or mnist_network(seed=1)
     opt = opt or SGD(model, lr=0.05)
-    history = fit(model, opt, synthetic(300, 0), synthetic(100, 1), epochs=epochs, batch_size=64, seed=7,
+    history = fit(model, opt, bars(300, 0), bars(100, 1), epochs=epochs, batch_size=64, seed=7,
                   out=out, training=training, progress=False)
     return model, history
 
@@ -43,7 +34,7 @@ def test_a_nan_loss_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
     out = tmp_path / "m.npz"
     model, _ = run(1, out)
     before = out.read_bytes()
-    x, y = synthetic(300, 0)
+    x, y = bars(300, 0)
     saved = fastcnn.load_checkpoint(out)
     # NaN data is refused up front (test_reliability.py), so the NaN arrives the way a too-high
     # learning rate brings it: in the weights. Step 6 poisons one, step 7's loss must catch it.
@@ -56,7 +47,7 @@ def test_a_nan_loss_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
 
     saved.optimizer.step = poisoning_step
     with pytest.raises(TrainingDiverged, match=r"step 7 \(epoch 2, batch 2\).*learning rate"):
-        fit(saved.model, saved.optimizer, (x, y), synthetic(100, 1), epochs=2, batch_size=64, seed=7,
+        fit(saved.model, saved.optimizer, (x, y), bars(100, 1), epochs=2, batch_size=64, seed=7,
             out=out, training=saved.training, progress=False)
     assert out.read_bytes() == before
 
@@ -76,31 +67,11 @@ def test_a_short_run_on_real_mnist_learns(trained_model, mnist):
     assert accuracy >= 0.96, accuracy
 
 
-def write_fake_mnist(root, monkeypatch):
-    """A tiny MNIST folder of synthetic digits, with the checksum table swapped to match it."""
-    import gzip
-    import hashlib
-    import struct
-
-    from fastcnn import data
-
-    folder = root / "mnist"
-    folder.mkdir()
-    sums = {}
-    for split, (n, seed) in {"train": (320, 0), "test": (100, 1)}.items():
-        x, y = synthetic(n, seed)
-        images = (np.clip(x, 0, 1) * 255).astype(np.uint8)[:, :, :, 0]
-        for base, arr in zip(data.SPLITS[split], (images, y.astype(np.uint8))):
-            content = bytes([0, 0, 8, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
-            (folder / f"{base}.gz").write_bytes(gzip.compress(content))
-            sums[base] = hashlib.sha256(content).hexdigest()
-    monkeypatch.setitem(data.CHECKSUMS, "mnist", sums)
-    return root
-
-
 def test_the_training_script_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys):
     from fastcnn.train import train
-    root = write_fake_mnist(tmp_path, monkeypatch)
+    from fastcnn import data
+    monkeypatch.setitem(data.CHECKSUMS, "mnist", fake_mnist(tmp_path))
+    root = tmp_path
     train(tmp_path / "straight.npz", epochs=2, data_dir=root, progress=False)
     train(tmp_path / "resumed.npz", epochs=1, data_dir=root, progress=False)
     train(tmp_path / "resumed.npz", epochs=2, data_dir=root, resume=True, progress=False)
