@@ -18,7 +18,7 @@ from . import backends
 from .errors import ModelFileError, ShapeError
 from .fileio import atomic_write
 from .kernels import checks
-from .layers import layer_from_config
+from .layers import LAYERS, layer_from_config
 from .model import Sequential
 from .optim import SGD
 
@@ -138,21 +138,12 @@ def _read_npz(path):
     return arrays
 
 
-def _param_shapes(name, config):
-    """The parameter shapes a layer's config declares (mirrors ``layers.py``), known without
-    building the layer: a damaged config must not make it allocate terabytes."""
-    if name == "Conv2D":
-        k = config["kernel_size"]
-        return {"weight": (k, k, config["in_channels"], config["out_channels"]), "bias": (config["out_channels"],)}
-    if name == "Dense":
-        return {"weight": (config["in_features"], config["out_features"]), "bias": (config["out_features"],)}
-    return {}
-
-
 def _check_shapes(layers, arrays, path):
     """Every parameter the architecture declares is in the file with that shape."""
     for i, (name, config) in enumerate(layers):
-        for pname, shape in _param_shapes(name, config).items():
+        if name not in LAYERS:
+            raise ModelFileError(f"{path}: damaged model file: unknown layer type {name!r}")
+        for pname, shape in LAYERS[name].param_shapes(config).items():
             key = f"param/{i}.{pname}"
             if key not in arrays:
                 raise ModelFileError(f"{path}: damaged model file: '{key}' is missing")

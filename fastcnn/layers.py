@@ -26,6 +26,12 @@ class Layer:
         """The constructor's arguments, enough to rebuild this layer (saved in model files)."""
         return {}
 
+    @staticmethod
+    def param_shapes(config):
+        """The shapes of the parameters a layer with this ``config()`` has, without building it
+        (model files are checked against them before anything is allocated)."""
+        return {}
+
     def initialize(self, rng, feeds_relu):
         pass
 
@@ -45,15 +51,18 @@ class Conv2D(Layer):
         self.stride = checks.positive_int("stride", stride)
         self.padding = checks.non_negative_int("padding", padding)
         self.needs_input_grad = True  # Sequential turns this off for a first layer
-        k = self.kernel_size
-        self.params = {"weight": np.zeros((k, k, in_channels, out_channels), np.float32),
-                       "bias": np.zeros(out_channels, np.float32)}
+        self.params = {name: np.zeros(shape, np.float32) for name, shape in self.param_shapes(self.config()).items()}
         self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
         self.initialize(np.random.default_rng(0), feeds_relu=False)
 
     def config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
+
+    @staticmethod
+    def param_shapes(config):
+        k = config["kernel_size"]
+        return {"weight": (k, k, config["in_channels"], config["out_channels"]), "bias": (config["out_channels"],)}
 
     def initialize(self, rng, feeds_relu):
         fan_in = self.kernel_size ** 2 * self.in_channels
@@ -136,13 +145,16 @@ class Dense(Layer):
         self.out_features = checks.positive_int("out_features", out_features)
         self.relu = False  # set by Sequential when a ReLU follows: then the fused kernel runs
         self.needs_input_grad = True
-        self.params = {"weight": np.zeros((in_features, out_features), np.float32),
-                       "bias": np.zeros(out_features, np.float32)}
+        self.params = {name: np.zeros(shape, np.float32) for name, shape in self.param_shapes(self.config()).items()}
         self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
         self.initialize(np.random.default_rng(0), feeds_relu=False)
 
     def config(self):
         return {"in_features": self.in_features, "out_features": self.out_features}
+
+    @staticmethod
+    def param_shapes(config):
+        return {"weight": (config["in_features"], config["out_features"]), "bias": (config["out_features"],)}
 
     def initialize(self, rng, feeds_relu):
         shape = self.params["weight"].shape
