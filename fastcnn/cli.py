@@ -137,10 +137,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         args.run(args)
-    except FastCNNError as e:
-        print(f"fastcnn {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a file that could not be written after all (disk full, ...): no traceback
+    except (FastCNNError, OSError) as e:  # OSError: a file not written after all (disk full, ...)
         print(f"fastcnn {args.command}: error: {e}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:

@@ -329,7 +329,8 @@ def check_images(name, x):
     """``x`` as float32 images (N, H, W, C): finite, |value| <= ``MAX_ABS_PIXEL``, at least one.
 
     Other float dtypes (float64) are converted here, once: one float32 copy of the whole set
-    (188 MB for MNIST's training images), not one per batch. Integer images are refused, as ``model.forward`` does: scale them to [0, 1] first (``x / 255``).
+    (188 MB for MNIST's training images), not one per batch. Integer images are refused, as
+    ``model.forward`` does: scale them to [0, 1] first (``x / 255``).
     Raises ``ShapeError`` naming ``name``, what was expected and what came (for NaN, Inf and values
     out of range: the index of the first such image).
     """

@@ -251,7 +251,8 @@ def train(out="model.npz", *, epochs=None, batch_size=None, lr=None, momentum=No
 
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, decay=decay,
                  seed=seed, dataset=dataset)
-    check_settings({**DEFAULTS, **{k: v for k, v in given.items() if v is not None}})
+    requested = {**DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+    check_settings(requested)
     if checkpoint_every is not None:
         checks.positive_int("checkpoint_every", checkpoint_every)
     threads = set_threads(threads)
@@ -274,7 +275,7 @@ def train(out="model.npz", *, epochs=None, batch_size=None, lr=None, momentum=No
             raise ModelFileError(f"{out}: damaged training settings: {e}") from None
         model, optimizer, state = saved.model, saved.optimizer, saved.training
     else:
-        settings = {**DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+        settings = requested
         model = mnist_network(settings["seed"])
         optimizer = SGD(model, settings["lr"], settings["momentum"], settings["decay"])
         state = None
