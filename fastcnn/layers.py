@@ -1,23 +1,24 @@
-"""The layers: thin wrappers that hold parameters and call a kernel pair.
+"""The layers: plain holders of configuration and parameters.
 
-A layer's ``forward(x, k)`` returns ``(y, saved)``: the output, and exactly what its backward
-needs. ``backward(dy, saved, k)`` returns the input gradient and fills ``layer.grads``. ``k`` is
-the kernel module (``fastcnn.kernels`` or its NumPy twin ``fastcnn.kernels.reference``), so one
-model runs on either backend. Keeping ``saved`` out of the layer lets several threads run
-inference on one model at once.
+A layer is what the user built and nothing more: ``Dense`` is a dense layer, ``ReLU`` a ReLU.
+What actually runs inside a model, fused or not, is decided by the model's execution plan
+(``plan.py``), which never changes the layers. A layer's own ``forward(x)`` computes what its
+name says with the checked kernels, for use on its own.
 
 Parameters live in ``layer.params[name]`` and their gradients in ``layer.grads[name]``; inside a
-``Sequential`` both are views into one flat buffer each (see ``model.py``).
+``Sequential`` both are views into one flat buffer each (see ``model.py``). ``output_shape``
+gives the shape of one example out of the layer for one example in, and checks that it fits.
 """
 
 import numpy as np
 
+from . import kernels
 from .errors import ShapeError
 from .kernels import checks
 
 
 class Layer:
-    """Base class: no parameters, no state."""
+    """Base class: no parameters."""
 
     def __init__(self):
         self.params, self.grads = {}, {}
@@ -32,12 +33,28 @@ class Layer:
         (model files are checked against them before anything is allocated)."""
         return {}
 
+    def output_shape(self, shape):
+        """The shape of one example out of this layer, for ``shape`` in (``ShapeError`` if it
+        does not fit)."""
+        return tuple(shape)
+
     def initialize(self, rng, feeds_relu):
         pass
+
+    def _allocate(self):
+        self.params = {name: np.zeros(shape, np.float32) for name, shape in self.param_shapes(self.config()).items()}
+        self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
+        self.initialize(np.random.default_rng(0), feeds_relu=False)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
+
+
+def _image(shape, what):
+    if len(shape) != 3:
+        raise ShapeError(f"x: expected images (H, W, C) for {what}, got examples of shape {tuple(shape)}")
+    return shape
 
 
 class Conv2D(Layer):
@@ -50,10 +67,7 @@ class Conv2D(Layer):
         self.kernel_size = checks.positive_int("kernel_size", kernel_size)
         self.stride = checks.positive_int("stride", stride)
         self.padding = checks.non_negative_int("padding", padding)
-        self.needs_input_grad = True  # Sequential turns this off for a first layer
-        self.params = {name: np.zeros(shape, np.float32) for name, shape in self.param_shapes(self.config()).items()}
-        self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
-        self.initialize(np.random.default_rng(0), feeds_relu=False)
+        self._allocate()
 
     def config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
@@ -64,21 +78,19 @@ class Conv2D(Layer):
         k = config["kernel_size"]
         return {"weight": (k, k, config["in_channels"], config["out_channels"]), "bias": (config["out_channels"],)}
 
+    def output_shape(self, shape):
+        h, w, c = _image(shape, "a Conv2D")
+        oh, ow = checks.conv_output_size((1, h, w, c), self.params["weight"].shape, self.stride, self.padding)
+        return oh, ow, self.out_channels
+
     def initialize(self, rng, feeds_relu):
         fan_in = self.kernel_size ** 2 * self.in_channels
         fan_out = self.kernel_size ** 2 * self.out_channels
         self.params["weight"][...] = init_weight(rng, self.params["weight"].shape, fan_in, fan_out, feeds_relu)
         self.params["bias"][...] = 0
 
-    def forward(self, x, k):
-        return k.conv2d_forward(x, self.params["weight"], self.params["bias"], self.stride, self.padding), x
-
-    def backward(self, dy, x, k):
-        dx, dw, db = k.conv2d_backward(dy, x, self.params["weight"], self.stride, self.padding,
-                                       need_dx=self.needs_input_grad)
-        self.grads["weight"][...] = dw
-        self.grads["bias"][...] = db
-        return dx
+    def forward(self, x, k=kernels):
+        return k.conv2d_forward(x, self.params["weight"], self.params["bias"], self.stride, self.padding)
 
 
 class MaxPool2D(Layer):
@@ -88,52 +100,33 @@ class MaxPool2D(Layer):
         super().__init__()
         self.size = checks.positive_int("size", size)
         self.stride = self.size if stride is None else checks.positive_int("stride", stride)
-        # Set by Sequential when a ReLU comes just before: max(relu(x)) = relu(max(x)), with the
-        # same gradient, so the ReLU runs here, on 1/size^2 of the values.
-        self.relu = False
 
     def config(self):
         return {"size": self.size, "stride": self.stride}
 
-    def forward(self, x, k):
-        y, argmax = k.maxpool_forward(x, self.size, self.stride)
-        if self.relu:
-            y = k.relu_forward(y)
-        return y, (argmax, x.shape, y)
+    def output_shape(self, shape):
+        h, w, c = _image(shape, "a MaxPool2D")
+        return (*checks.pool_output_size((1, h, w, c), self.size, self.stride), c)
 
-    def backward(self, dy, saved, k):
-        argmax, x_shape, y = saved
-        if self.relu:
-            dy = k.relu_backward(dy, y)
-        return k.maxpool_backward(dy, argmax, x_shape)
+    def forward(self, x, k=kernels):
+        return k.maxpool_forward(x, self.size, self.stride)[0]
 
 
 class ReLU(Layer):
-    """max(x, 0). After a Dense, or before a MaxPool2D, the neighbour applies it (in the Dense's
-    fused kernel, or after the pooling) and this layer passes values through."""
+    """max(x, 0)."""
 
-    def __init__(self):
-        super().__init__()
-        self.fused = False  # set by Sequential when the layer before applies this ReLU itself
-
-    def forward(self, x, k):
-        if self.fused:
-            return x, None
-        y = k.relu_forward(x)
-        return y, y
-
-    def backward(self, dy, y, k):
-        return dy if self.fused else k.relu_backward(dy, y)
+    def forward(self, x, k=kernels):
+        return k.relu_forward(x)
 
 
 class Flatten(Layer):
     """(N, ...) -> (N, features), in the order NHWC keeps them."""
 
-    def forward(self, x, k):
-        return x.reshape(x.shape[0], -1), x.shape
+    def output_shape(self, shape):
+        return (int(np.prod(shape)),)
 
-    def backward(self, dy, x_shape, k):
-        return dy.reshape(x_shape)
+    def forward(self, x, k=kernels):
+        return x.reshape(x.shape[0], -1)
 
 
 class Dense(Layer):
@@ -143,11 +136,7 @@ class Dense(Layer):
         super().__init__()
         self.in_features = checks.positive_int("in_features", in_features)
         self.out_features = checks.positive_int("out_features", out_features)
-        self.relu = False  # set by Sequential when a ReLU follows: then the fused kernel runs
-        self.needs_input_grad = True
-        self.params = {name: np.zeros(shape, np.float32) for name, shape in self.param_shapes(self.config()).items()}
-        self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
-        self.initialize(np.random.default_rng(0), feeds_relu=False)
+        self._allocate()
 
     def config(self):
         return {"in_features": self.in_features, "out_features": self.out_features}
@@ -156,28 +145,19 @@ class Dense(Layer):
     def param_shapes(config):
         return {"weight": (config["in_features"], config["out_features"]), "bias": (config["out_features"],)}
 
+    def output_shape(self, shape):
+        if tuple(shape) != (self.in_features,):
+            raise ShapeError(f"x: expected {self.in_features} features per row, got examples of shape {tuple(shape)}"
+                             + (" (put a Flatten before it)" if len(shape) > 1 else ""))
+        return (self.out_features,)
+
     def initialize(self, rng, feeds_relu):
         shape = self.params["weight"].shape
         self.params["weight"][...] = init_weight(rng, shape, shape[0], shape[1], feeds_relu)
         self.params["bias"][...] = 0
 
-    def forward(self, x, k):
-        w, b = self.params["weight"], self.params["bias"]
-        if self.relu:
-            y = k.dense_relu_forward(x, w, b)
-            return y, (x, y)
-        return k.dense_forward(x, w, b), (x, None)
-
-    def backward(self, dy, saved, k):
-        x, y = saved
-        w = self.params["weight"]
-        if self.relu:
-            dx, dw, db = k.dense_relu_backward(dy, x, w, y, need_dx=self.needs_input_grad)
-        else:
-            dx, dw, db = k.dense_backward(dy, x, w, need_dx=self.needs_input_grad)
-        self.grads["weight"][...] = dw
-        self.grads["bias"][...] = db
-        return dx
+    def forward(self, x, k=kernels):
+        return k.dense_forward(x, self.params["weight"], self.params["bias"])
 
 
 def init_weight(rng, shape, fan_in, fan_out, feeds_relu):

@@ -2,64 +2,59 @@
 
 One flat float32 buffer holds all parameters and another all gradients; each layer's
 ``params[name]`` and ``grads[name]`` are views into them. So the optimizer step, zeroing and
-checkpointing are each one operation over one array.
+checkpointing are each one operation over one array. What runs is the model's execution plan
+(``plan.py``), made once per example shape; the layers themselves are never changed by it.
+Arguments are checked here, where data enters (``forward``, ``backward``, ``predict``), once.
 """
+
+import weakref
 
 import numpy as np
 
 from . import backends
 from .errors import ShapeError
-from .layers import Dense, Flatten, Layer, MaxPool2D, ReLU
-from .loss import softmax
+from .kernels import checks
+from .layers import Flatten, Layer, MaxPool2D, ReLU
+from .plan import Plan
 
 _SHAPE_ONLY = (MaxPool2D, Flatten)  # layers a ReLU can sit behind and still "follow" a layer
+_PREDICT_BATCH = 256  # images per kernel call in predict: measured faster than 128 and 1000
 
 
 class Sequential:
     """A model made of ``layers`` in order.
 
     ``seed`` draws the initial weights (He for layers feeding a ReLU, Glorot otherwise);
-    ``backend`` is ``"numba"`` (compiled kernels) or ``"numpy"`` (the reference).
+    ``backend`` is ``"numba"`` (compiled kernels) or ``"numpy"`` (the reference). A layer belongs
+    to one model: its parameters become views into this model's buffers, so a second model is
+    refused a layer that a live model holds (build a new layer, or ``copy.deepcopy`` the model).
     """
 
     def __init__(self, layers, seed=0, backend="numba"):
         self.layers = list(layers)
         if not self.layers or not all(isinstance(layer, Layer) for layer in self.layers):
             raise ShapeError(f"layers: expected a non-empty list of fastcnn layers, got {layers!r}")
+        for i, layer in enumerate(self.layers):
+            owner = getattr(layer, "_owner", None)
+            if (owner is not None and owner() is not None) or self.layers.index(layer) != i:
+                raise ShapeError(f"layers: layer {i} {layer!r} already belongs to a model; a layer's parameters "
+                                 f"live in one model's buffers: build a new layer for this one")
         self.backend = backend
         self.kernels = backends.get(backend)
         self.seed = seed
-        self._wire()
         rng = np.random.default_rng(seed)
         for i, layer in enumerate(self.layers):
             layer.initialize(rng, feeds_relu=self._feeds_relu(i))
+            layer._owner = weakref.ref(self)
         self._flatten_parameters()
-        self._saved = None
+        self._plans = {}
+        self._pending = None  # the plan and workspace of the last forward, for backward
 
     def _feeds_relu(self, i):
         for layer in self.layers[i + 1:]:
             if not isinstance(layer, _SHAPE_ONLY):
                 return isinstance(layer, ReLU)
         return False
-
-    def _wire(self):
-        has_params_before = False
-        for i, layer in enumerate(self.layers):
-            prev = self.layers[i - 1] if i > 0 else None
-            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            if isinstance(layer, Dense):
-                layer.relu = isinstance(nxt, ReLU)
-            elif isinstance(layer, ReLU):
-                # A Dense before applies it in its fused kernel; else a MaxPool2D after applies it
-                # to the pooled values (relu(max(x)) = max(relu(x)), same gradient, 4x less work).
-                by_pool = isinstance(nxt, MaxPool2D) and not isinstance(prev, Dense)
-                layer.fused = isinstance(prev, Dense) or by_pool
-                if by_pool:
-                    nxt.relu = True
-            if hasattr(layer, "needs_input_grad"):
-                # Nothing learnable before this layer: its input gradient would go unused.
-                layer.needs_input_grad = has_params_before
-            has_params_before = has_params_before or bool(layer.params)
 
     def _flatten_parameters(self):
         named = [(layer, name) for layer in self.layers for name in layer.params]
@@ -79,48 +74,63 @@ class Sequential:
         """``("3.weight", array)`` pairs in layer order: the names model files use."""
         return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers) for name, p in layer.params.items()]
 
-    def _run(self, x):
-        x = _as_input(x)
-        saved = []
-        for i, layer in enumerate(self.layers):
-            try:
-                x, s = layer.forward(x, self.kernels)
-            except ShapeError as e:
-                raise ShapeError(f"layer {i} {layer!r}: {e}") from None
-            saved.append(s)
-        return x, saved
+    def plan(self, example_shape):
+        """The execution plan for examples of ``example_shape`` (made once, then kept)."""
+        example_shape = tuple(example_shape)
+        plan = self._plans.get(example_shape)
+        if plan is None:
+            plan = self._plans[example_shape] = Plan(self.layers, example_shape, self.kernels)
+        return plan
 
     def forward(self, x):
         """Logits for a batch ``x``; remembers what ``backward`` needs."""
-        logits, self._saved = self._run(x)
-        return logits
+        x = _as_input(x)
+        plan = self.plan(x.shape[1:])
+        ws = plan.workspace(len(x), train=True)
+        logits = plan.forward(x, ws)
+        self._pending = plan, ws
+        return logits.copy()  # the workspace's buffer is overwritten by the next batch
 
     def backward(self, dlogits):
         """Fill every layer's ``grads`` from the gradient of the loss w.r.t. the logits."""
-        if self._saved is None:
+        if self._pending is None:
             raise RuntimeError("backward() needs a forward() first")
-        dy = dlogits
-        for layer, saved in zip(reversed(self.layers), reversed(self._saved)):
-            dy = layer.backward(dy, saved, self.kernels)
-            if dy is None:  # the first learnable layer: nothing before it needs a gradient
-                break
-        self._saved = None
+        plan, ws = self._pending
+        dlogits = checks.array("dlogits", dlogits, 1 + len(plan.output_shape), np.float32)
+        checks.same_shape("dlogits", dlogits, ws[-1]["dlogits"].shape, "the logits' shape")
+        self._pending = None
+        plan.backward(dlogits, ws)
 
-    def predict(self, x, batch_size=128):
+    def train_step(self, x, labels):
+        """Forward, softmax cross-entropy and backward in one go: fills every layer's ``grads``
+        and returns ``(mean loss, logits)``. For a training loop that checked its data once
+        (``fit`` does): ``x`` float32 C-contiguous images, ``labels`` int64 in range."""
+        self._pending = None
+        loss, logits = self.plan(x.shape[1:]).train_step(x, labels)
+        return loss, logits
+
+    def predict(self, x, batch_size=_PREDICT_BATCH):
         """Class probabilities (N, classes), computed ``batch_size`` images at a time.
 
-        128 at a time keeps the activations in cache: at batch 1000 the same work took twice as
-        long (measured). Keeps no state, so several threads may call it on one model at once. Each batch is
+        Keeps no state, so several threads may call it on one model at once. Each batch is
         converted to float32 on its own, so memory stays bounded whatever the input's dtype.
         """
         _as_input(x[:1] if isinstance(x, np.ndarray) else x)  # the checks, not a copy of all of x
-        out = [softmax(self._run(x[i:i + batch_size])[0]) for i in range(0, len(x), batch_size)]
-        return np.concatenate(out)
+        batch_size = checks.positive_int("batch_size", batch_size)
+        plan = self.plan(x.shape[1:])
+        probs = np.empty((len(x), *plan.output_shape), np.float32)
+        for i in range(0, len(x), batch_size):
+            plan.probabilities_into(probs[i:i + batch_size], np.ascontiguousarray(x[i:i + batch_size], np.float32))
+        return probs
 
     def save(self, path, optimizer=None):
         """Write this model (and ``optimizer``'s state) to one ``.npz``; ``fastcnn.load`` reads it."""
         from .checkpoint import save  # checkpoint builds Sequentials: import late, no cycle
         save(path, self, optimizer)
+
+    def __getstate__(self):
+        # Plans hold workspaces and per-thread caches: a copy (copy.deepcopy) makes its own.
+        return {**self.__dict__, "_plans": {}, "_pending": None}
 
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)

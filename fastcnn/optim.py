@@ -26,6 +26,6 @@ class SGD:
 
     def step(self):
         """Apply the gradients the last ``model.backward`` left in ``model.gradients``."""
-        self.model.kernels.sgd_momentum(self.model.parameters, self.velocity, self.model.gradients,
+        self.model.kernels.sgd_momentum_into(self.model.parameters, self.velocity, self.model.gradients,
                                         self.current_lr, self.momentum)
         self.steps += 1

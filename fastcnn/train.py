@@ -19,7 +19,6 @@ import time
 
 import numba
 import numpy as np
-import threadpoolctl
 from tqdm import tqdm
 
 from . import checkpoint, fileio
@@ -27,7 +26,6 @@ from .errors import FastCNNError, ModelFileError, ShapeError
 from .inference import check_batch
 from .kernels import checks
 from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
-from .loss import SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import SGD
 
@@ -59,12 +57,12 @@ def mnist_network(seed=0, backend="numba"):
 
 
 def set_threads(threads):
-    """Use ``threads`` cores for Numba's kernels and for BLAS (None: all of them)."""
+    """Use ``threads`` cores for the kernels (None: all of them). That is all the threads a
+    step uses: the matrix products run inside the kernels' threads (``kernels/blas.py``)."""
     n = numba.config.NUMBA_NUM_THREADS if threads is None else threads
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
         raise ShapeError(f"threads: expected 1..{numba.config.NUMBA_NUM_THREADS} on this machine, got {threads!r}")
     numba.set_num_threads(int(n))
-    threadpoolctl.threadpool_limits(int(n), user_api="blas")
     return int(n)
 
 
@@ -169,7 +167,7 @@ def fit(model, optimizer, train, test, *, epochs, batch_size, seed, out=None, tr
     if not 0 <= state["batch"] < batches:
         raise ShapeError(f"training: batch {state['batch']} is outside this run's 0..{batches - 1}; "
                          f"was the checkpoint made with other data or another batch size?")
-    loss_fn = SoftmaxCrossEntropy(model.backend)
+    x = np.empty((batch_size, *x_train.shape[1:]), np.float32)  # the batch, gathered in place
     with _stop_on_signals() as caught:
         while state["epoch"] < epochs:
             epoch = state["epoch"]
@@ -189,14 +187,13 @@ def fit(model, optimizer, train, test, *, epochs, batch_size, seed, out=None, tr
                         bar.close()
                         raise _interrupted(caught[0], optimizer.steps, epochs, batches, out, state)
                 idx = order[b * batch_size:(b + 1) * batch_size]
-                x, y = x_train[idx], y_train[idx]
-                logits = model.forward(x)
-                loss, dlogits = loss_fn(logits, y)
+                batch = np.take(x_train, idx, axis=0, out=x[:len(idx)])
+                y = y_train[idx]
+                loss, logits = model.train_step(batch, y)
                 if not np.isfinite(loss):
                     raise TrainingDiverged(
                         f"the loss became {loss} at step {optimizer.steps + 1} (epoch {epoch + 1}, batch {b + 1}); "
                         f"the learning rate {optimizer.lr:g} is probably too high")
-                model.backward(dlogits)
                 optimizer.step()
                 loss_sum += loss * len(y)
                 correct += int((logits.argmax(axis=1) == y).sum())

@@ -11,8 +11,12 @@ The forward pass and the weight gradient view x as (N, H, W*C) and w as (KH, KW*
 kernel row kh, the taps (kw, c) of an output pixel are KW*C consecutive floats of an input row,
 and KW*C consecutive rows of w. A task first copies the KH input rows under its current output
 row into a strip with ``pad`` zero pixels left and right, so the hot loops need no bounds checks.
-These two kernels index arrays directly rather than through views: then Numba tells LLVM that
-the arrays do not overlap, and the loops vectorise without run-time overlap checks.
+One output row is computed by ``conv_row`` and one output row's share of the weight gradient by
+``weight_row``; the fused conv -> ReLU -> max-pool kernels (``conv_pool.py``) call the same two.
+They index whole arrays rather than views: then Numba tells LLVM that the arrays do not
+overlap, and the loops vectorise without run-time overlap checks.
+
+``*_into`` are the unchecked cores, which the execution plan calls with its own buffers.
 """
 
 import numba
@@ -27,43 +31,8 @@ from .jit import parallel_kernel
 _U1, _U2 = np.uint64(1), np.uint64(2)
 
 
-@parallel_kernel
-def _conv2d_forward(y, x, w, b, C, stride, pad, tasks):
-    # Each task owns a contiguous range of output rows. The taps are added to an output row three
-    # at a time (one read-modify-write of an output pixel per three taps), tap-major, so that
-    # consecutive pixels are independent and overlap in the CPU.
-    N, H, WC = x.shape
-    KH, KWC, K = w.shape
-    OH, OW = y.shape[1], y.shape[2]
-    step = stride * C
-    triples = KWC - KWC % 3
-    for task in prange(tasks):
-        strip = np.zeros((KH, WC + 2 * pad * C), np.float32)
-        for row in range(task * N * OH // tasks, (task + 1) * N * OH // tasks):
-            n = row // OH
-            oh = row - n * OH
-            ih0 = oh * stride - pad
-            kh_lo, kh_hi = max(0, -ih0), min(KH, H - ih0)
-            _fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
-            for ow in range(OW):
-                for k in range(K):
-                    y[n, oh, ow, k] = b[k]
-            for kh in range(kh_lo, kh_hi):
-                for j in range(0, triples, 3):
-                    for ow in range(OW):
-                        at = np.uint64(ow * step + j)
-                        v0, v1, v2 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
-                        for k in range(K):
-                            y[n, oh, ow, k] += v0 * w[kh, j, k] + v1 * w[kh, j + 1, k] + v2 * w[kh, j + 2, k]
-                for j in range(triples, KWC):
-                    for ow in range(OW):
-                        v = strip[kh, np.uint64(ow * step + j)]
-                        for k in range(K):
-                            y[n, oh, ow, k] += v * w[kh, j, k]
-
-
 @numba.njit(inline="always")
-def _fill_strip(strip, x, n, ih0, kh_lo, kh_hi, skip):
+def fill_strip(strip, x, n, ih0, kh_lo, kh_hi, skip):
     """Copy input rows ih0+kh_lo .. ih0+kh_hi-1 of image n (x viewed as (N, H, W*C)) into strip
     rows kh_lo.., after ``skip`` zeros. The padding stays zero from the strip's allocation."""
     for kh in range(kh_lo, kh_hi):
@@ -71,27 +40,125 @@ def _fill_strip(strip, x, n, ih0, kh_lo, kh_hi, skip):
             strip[kh, skip + i] = x[n, ih0 + kh, i]
 
 
-def conv2d_forward(x, w, b, stride=1, padding=0):
-    """y = conv(x, w) + b. x (N, H, W, C), w (KH, KW, C, K), b (K,) -> y (N, OH, OW, K) float32."""
-    x = checks.array("x", x, 4, np.float32)
-    w = checks.array("w", w, 4, np.float32)
-    b = checks.array("b", b, 1, np.float32)
-    checks.same_shape("b", b, (w.shape[3],), "one bias per output channel")
-    oh, ow = checks.conv_output_size(x.shape, w.shape, stride, padding)
-    y = np.empty((x.shape[0], oh, ow, w.shape[3]), np.float32)
-    kh, kw, c, k = w.shape
-    _conv2d_forward(y, _rows(x), w.reshape(kh, kw * c, k), b, c, stride, padding, _tasks(x.shape[0] * oh))
-    return y
+@numba.njit(inline="always")
+def strip_rows(oh, stride, pad, KH, H):
+    """The first input row under output row oh, and the kernel rows that fall inside the image."""
+    ih0 = oh * stride - pad
+    return ih0, max(0, -ih0), min(KH, H - ih0)
 
 
-def _rows(x):
-    """x (N, H, W, C) viewed as (N, H, W*C): an image row as one contiguous run."""
-    return x.reshape(x.shape[0], x.shape[1], -1)
+@numba.njit(inline="always")
+def conv_row(out, r, strip, w, b, kh_lo, kh_hi, step):
+    """out[r] (OW, K) = bias + the taps of strip rows kh_lo..kh_hi-1 (``step`` = stride * C).
+
+    The taps are added three at a time (one read-modify-write of an output pixel per three
+    taps), tap-major, so that consecutive pixels are independent and overlap in the CPU."""
+    OW, K = out.shape[1], out.shape[2]
+    KWC = w.shape[1]
+    triples = KWC - KWC % 3
+    for ow in range(OW):
+        for k in range(K):
+            out[r, ow, k] = b[k]
+    for kh in range(kh_lo, kh_hi):
+        for j in range(0, triples, 3):
+            for ow in range(OW):
+                at = np.uint64(ow * step + j)
+                v0, v1, v2 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
+                for k in range(K):
+                    out[r, ow, k] += v0 * w[kh, j, k] + v1 * w[kh, j + 1, k] + v2 * w[kh, j + 2, k]
+        for j in range(triples, KWC):
+            for ow in range(OW):
+                v = strip[kh, np.uint64(ow * step + j)]
+                for k in range(K):
+                    out[r, ow, k] += v * w[kh, j, k]
 
 
-def _tasks(rows):
-    """One task per thread, each a contiguous range of rows, so per-task scratch is allocated once."""
-    return min(rows, numba.get_num_threads())
+@numba.njit(inline="always")
+def weight_row(partial, chunk, partial_db, strip, g, r, kh_lo, kh_hi, step):
+    """Add one output row's share to partial[chunk] (KH, KW*C, K) and partial_db[chunk] (K,):
+    g[r] (OW, K) is the output row's gradient, strip its input rows.
+
+    Pixels are taken four at a time and taps three at a time, so one pass over K updates three
+    rows of dw with twelve products."""
+    OW, K = g.shape[1], g.shape[2]
+    KWC = partial.shape[2]
+    ustep = np.uint64(step)
+    triples, quads = KWC - KWC % 3, OW - OW % 4
+    for ow in range(0, quads, 4):
+        for k in range(K):
+            partial_db[chunk, k] += g[r, ow, k] + g[r, ow + 1, k] + g[r, ow + 2, k] + g[r, ow + 3, k]
+    for ow in range(quads, OW):
+        for k in range(K):
+            partial_db[chunk, k] += g[r, ow, k]
+    for kh in range(kh_lo, kh_hi):
+        for ow in range(0, quads, 4):
+            for j in range(0, triples, 3):
+                at = np.uint64(ow * step + j)
+                v00, v01, v02 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
+                at += ustep
+                v10, v11, v12 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
+                at += ustep
+                v20, v21, v22 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
+                at += ustep
+                v30, v31, v32 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
+                for k in range(K):
+                    g0, g1, g2, g3 = g[r, ow, k], g[r, ow + 1, k], g[r, ow + 2, k], g[r, ow + 3, k]
+                    partial[chunk, kh, j, k] += v00 * g0 + v10 * g1 + v20 * g2 + v30 * g3
+                    partial[chunk, kh, j + 1, k] += v01 * g0 + v11 * g1 + v21 * g2 + v31 * g3
+                    partial[chunk, kh, j + 2, k] += v02 * g0 + v12 * g1 + v22 * g2 + v32 * g3
+            for j in range(triples, KWC):
+                at = np.uint64(ow * step + j)
+                v0, v1 = strip[kh, at], strip[kh, at + ustep]
+                v2, v3 = strip[kh, at + ustep + ustep], strip[kh, at + ustep + ustep + ustep]
+                for k in range(K):
+                    g0, g1, g2, g3 = g[r, ow, k], g[r, ow + 1, k], g[r, ow + 2, k], g[r, ow + 3, k]
+                    partial[chunk, kh, j, k] += v0 * g0 + v1 * g1 + v2 * g2 + v3 * g3
+        for ow in range(quads, OW):
+            for j in range(KWC):
+                v = strip[kh, np.uint64(ow * step + j)]
+                for k in range(K):
+                    partial[chunk, kh, j, k] += v * g[r, ow, k]
+
+
+@numba.njit(inline="always")
+def zero_partials(partial, partial_db, chunk):
+    partial[chunk] = np.float32(0.0)
+    partial_db[chunk] = 0.0
+
+
+@numba.njit(inline="always")
+def add_partials(dw, db, partial, partial_db):
+    """dw, db = the sums of the per-chunk partials, added in chunk order (one thread: they are
+    small), so the result is the same bit for bit whatever thread ran which chunk."""
+    KH, KWC, K = dw.shape
+    chunks = partial.shape[0]
+    for kh in range(KH):
+        for j in range(KWC):
+            for k in range(K):
+                acc = partial[0, kh, j, k]
+                for chunk in range(1, chunks):
+                    acc += partial[chunk, kh, j, k]
+                dw[kh, j, k] = acc
+    for k in range(K):
+        acc64 = partial_db[0, k]
+        for chunk in range(1, chunks):
+            acc64 += partial_db[chunk, k]
+        db[k] = acc64
+
+
+@parallel_kernel
+def _conv2d_forward(y, x, w, b, C, stride, pad, tasks):
+    # y viewed as (N * OH, OW, K); each task owns a contiguous range of output rows.
+    N, H, WC = x.shape
+    KH = w.shape[0]
+    OH = y.shape[0] // N
+    for task in prange(tasks):
+        strip = np.zeros((KH, WC + 2 * pad * C), np.float32)
+        for row in range(task * N * OH // tasks, (task + 1) * N * OH // tasks):
+            n = row // OH
+            ih0, kh_lo, kh_hi = strip_rows(row - n * OH, stride, pad, KH, H)
+            fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
+            conv_row(y, row, strip, w, b, kh_lo, kh_hi, stride * C)
 
 
 @parallel_kernel
@@ -124,79 +191,73 @@ def _conv2d_backward_input(dx, dy, w, stride, pad):
 
 @parallel_kernel
 def _conv2d_backward_weight(dw, db, partial, partial_db, dy, x, C, stride, pad):
-    # Each task sums a contiguous slice of the batch into its own partial dw and db; the partials
-    # are then added in a fixed order: race-free, and bit-for-bit repeatable for a thread count.
-    # Pixels are taken four at a time and taps three at a time, so one pass over K updates three
-    # rows of dw with twelve products. db is accumulated in float64 (tens of thousands of pixels).
+    # dy viewed as (N * OH, OW, K). Each chunk sums a contiguous slice of the batch into its own
+    # partial dw and db (db in float64: tens of thousands of pixels); race-free.
     N, H, WC = x.shape
-    KH, KWC, K = dw.shape
-    OH, OW = dy.shape[1], dy.shape[2]
-    step, ustep = stride * C, np.uint64(stride * C)
-    triples, quads = KWC - KWC % 3, OW - OW % 4
+    KH = dw.shape[0]
+    OH = dy.shape[0] // N
     chunks = partial.shape[0]
     for chunk in prange(chunks):
         strip = np.zeros((KH, WC + 2 * pad * C), np.float32)
-        for kh in range(KH):
-            for j in range(KWC):
-                for k in range(K):
-                    partial[chunk, kh, j, k] = np.float32(0.0)
-        for k in range(K):
-            partial_db[chunk, k] = 0.0
+        zero_partials(partial, partial_db, chunk)
         for n in range(chunk * N // chunks, (chunk + 1) * N // chunks):
             for oh in range(OH):
-                ih0 = oh * stride - pad
-                kh_lo, kh_hi = max(0, -ih0), min(KH, H - ih0)
-                _fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
-                for ow in range(0, quads, 4):
-                    for k in range(K):
-                        partial_db[chunk, k] += (dy[n, oh, ow, k] + dy[n, oh, ow + 1, k]
-                                                 + dy[n, oh, ow + 2, k] + dy[n, oh, ow + 3, k])
-                for ow in range(quads, OW):
-                    for k in range(K):
-                        partial_db[chunk, k] += dy[n, oh, ow, k]
-                for kh in range(kh_lo, kh_hi):
-                    for ow in range(0, quads, 4):
-                        for j in range(0, triples, 3):
-                            at = np.uint64(ow * step + j)
-                            v00, v01, v02 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
-                            at += ustep
-                            v10, v11, v12 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
-                            at += ustep
-                            v20, v21, v22 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
-                            at += ustep
-                            v30, v31, v32 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
-                            for k in range(K):
-                                g0, g1 = dy[n, oh, ow, k], dy[n, oh, ow + 1, k]
-                                g2, g3 = dy[n, oh, ow + 2, k], dy[n, oh, ow + 3, k]
-                                partial[chunk, kh, j, k] += v00 * g0 + v10 * g1 + v20 * g2 + v30 * g3
-                                partial[chunk, kh, j + 1, k] += v01 * g0 + v11 * g1 + v21 * g2 + v31 * g3
-                                partial[chunk, kh, j + 2, k] += v02 * g0 + v12 * g1 + v22 * g2 + v32 * g3
-                        for j in range(triples, KWC):
-                            at = np.uint64(ow * step + j)
-                            v0, v1 = strip[kh, at], strip[kh, at + ustep]
-                            v2, v3 = strip[kh, at + ustep + ustep], strip[kh, at + ustep + ustep + ustep]
-                            for k in range(K):
-                                g0, g1 = dy[n, oh, ow, k], dy[n, oh, ow + 1, k]
-                                g2, g3 = dy[n, oh, ow + 2, k], dy[n, oh, ow + 3, k]
-                                partial[chunk, kh, j, k] += v0 * g0 + v1 * g1 + v2 * g2 + v3 * g3
-                    for ow in range(quads, OW):
-                        for j in range(KWC):
-                            v = strip[kh, np.uint64(ow * step + j)]
-                            for k in range(K):
-                                partial[chunk, kh, j, k] += v * dy[n, oh, ow, k]
-    # dw and db are small: one thread adds the partials, in chunk order.
-    for kh in range(KH):
-        for j in range(KWC):
-            for k in range(K):
-                acc = partial[0, kh, j, k]
-                for chunk in range(1, chunks):
-                    acc += partial[chunk, kh, j, k]
-                dw[kh, j, k] = acc
-    for k in range(K):
-        acc64 = partial_db[0, k]
-        for chunk in range(1, chunks):
-            acc64 += partial_db[chunk, k]
-        db[k] = acc64
+                ih0, kh_lo, kh_hi = strip_rows(oh, stride, pad, KH, H)
+                fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
+                weight_row(partial, chunk, partial_db, strip, dy, n * OH + oh, kh_lo, kh_hi, stride * C)
+    add_partials(dw, db, partial, partial_db)
+
+
+def rows(x):
+    """x (N, H, W, C) viewed as (N, H, W*C): an image row as one contiguous run."""
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def taps(w):
+    """w (KH, KW, C, K) viewed as (KH, KW*C, K)."""
+    return w.reshape(w.shape[0], -1, w.shape[3])
+
+
+def tasks(rows):
+    """One task per thread, each a contiguous range of rows, so per-task scratch is allocated once."""
+    return min(rows, numba.get_num_threads())
+
+
+def partials(n, w):
+    """Per-chunk partial sums of dw and db: a few chunks per thread balance better than one
+    (measured), and each chunk is a contiguous slice of the batch."""
+    chunks = min(n, 4 * numba.get_num_threads())
+    return (np.empty((chunks, w.shape[0], w.shape[1] * w.shape[2], w.shape[3]), np.float32),
+            np.empty((chunks, w.shape[3]), np.float64))
+
+
+def conv2d_forward_into(y, x, w, b, stride, pad):
+    """y (N, OH, OW, K) = conv(x, w) + b."""
+    n, oh = y.shape[0], y.shape[1]
+    _conv2d_forward(y.reshape(n * oh, y.shape[2], y.shape[3]), rows(x), taps(w), b, x.shape[3], stride, pad,
+                    tasks(n * oh))
+
+
+def conv2d_backward_into(dx, dw, db, dy, x, w, stride, pad):
+    """Fill dw (KH, KW, C, K), db (K,) and, unless it is None, dx (N, H, W, C) from dy."""
+    partial, partial_db = partials(x.shape[0], w)
+    n, oh = dy.shape[0], dy.shape[1]
+    _conv2d_backward_weight(taps(dw), db, partial, partial_db, dy.reshape(n * oh, dy.shape[2], dy.shape[3]),
+                            rows(x), x.shape[3], stride, pad)
+    if dx is not None:
+        _conv2d_backward_input(dx, dy, w, stride, pad)
+
+
+def conv2d_forward(x, w, b, stride=1, padding=0):
+    """y = conv(x, w) + b. x (N, H, W, C), w (KH, KW, C, K), b (K,) -> y (N, OH, OW, K) float32."""
+    x = checks.array("x", x, 4, np.float32)
+    w = checks.array("w", w, 4, np.float32)
+    b = checks.array("b", b, 1, np.float32)
+    checks.same_shape("b", b, (w.shape[3],), "one bias per output channel")
+    oh, ow = checks.conv_output_size(x.shape, w.shape, stride, padding)
+    y = np.empty((x.shape[0], oh, ow, w.shape[3]), np.float32)
+    conv2d_forward_into(y, x, w, b, stride, padding)
+    return y
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, need_dx=True):
@@ -210,16 +271,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need_dx=True):
     dy = checks.array("dy", dy, 4, np.float32)
     oh, ow = checks.conv_output_size(x.shape, w.shape, stride, padding)
     checks.same_shape("dy", dy, (x.shape[0], oh, ow, w.shape[3]), "the forward output's shape")
-    kh, kw, c, k = w.shape
-    dw, db = np.empty((kh, kw * c, k), np.float32), np.empty(k, np.float32)
-    # A few partial dw and db per thread: measured faster than one (the threads balance better).
-    chunks = min(x.shape[0], 4 * numba.get_num_threads())
-    partial = np.empty((chunks,) + dw.shape, np.float32)
-    partial_db = np.empty((chunks, k), np.float64)
-    _conv2d_backward_weight(dw, db, partial, partial_db, dy, _rows(x), c, stride, padding)
-    dw = dw.reshape(w.shape)
-    dx = None
-    if need_dx:
-        dx = np.empty_like(x)
-        _conv2d_backward_input(dx, dy, w, stride, padding)
+    dx = np.empty_like(x) if need_dx else None
+    dw, db = np.empty_like(w), np.empty(w.shape[3], np.float32)
+    conv2d_backward_into(dx, dw, db, dy, x, w, stride, padding)
     return dx, dw, db

@@ -1,44 +1,86 @@
 """Fully connected layers, plain and with ReLU fused; and ReLU on its own.
 
 Legend: N batch, I input features, O output features. x (N, I), w (I, O), b (O,), y (N, O).
-The matrix products go to BLAS (through SciPy, called from Numba), which brings its own threads;
-bias, ReLU and their gradients are then one pass over the small (N, O) result.
+The products are single-threaded GEMMs (``blas.gemm``), one block per Numba thread, split so that
+no two threads write the same element and no partial sums need adding: the forward pass by blocks
+of output columns (each thread reads its own part of w), the weight gradient by rows of dw, the
+input gradient by columns of dx. Bias, ReLU and their gradients are one pass over each thread's
+block while it is in cache. The results do not depend on the thread count.
+
+``*_into`` are the unchecked cores, which the execution plan calls with its own buffers; the
+functions without it check their arguments and allocate the results.
 """
 
+import numba
 import numpy as np
 from numba import prange
 
 from fastcnn.errors import ShapeError
 
 from . import checks
-from .jit import parallel_kernel, serial_kernel
+from .blas import NO_TRANS, TRANS, gemm
+from .jit import parallel_kernel
+
+# A block of fewer output columns than this multiplies inefficiently: a thread takes at least it.
+_MIN_COLUMNS = 16
 
 
-@serial_kernel
-def _dense_forward(x, w, b, relu):
-    y = np.dot(x, w)
-    N, O = y.shape
-    for n in range(N):
-        for o in range(O):
-            v = y[n, o] + b[o]
-            y[n, o] = max(v, np.float32(0.0)) if relu else v
-    return y
+@parallel_kernel
+def _dense_forward(y, x, w, b, relu, tasks):
+    N, I = x.shape
+    O = w.shape[1]
+    flat_x, flat_w, flat_y = x.reshape(-1), w.reshape(-1), y.reshape(-1)
+    for task in prange(tasks):
+        o0, o1 = task * O // tasks, (task + 1) * O // tasks
+        gemm(NO_TRANS, NO_TRANS, N, o1 - o0, I, np.float32(1.0), flat_x, I, flat_w[o0:], O,
+             np.float32(0.0), flat_y[o0:], O)
+        for n in range(N):
+            for o in range(o0, o1):
+                v = y[n, o] + b[o]
+                y[n, o] = max(v, np.float32(0.0)) if relu else v
 
 
-@serial_kernel
-def _dense_backward(dy, x, w, y, relu, need_dx):
-    # One pass makes dz (dy gated by ReLU) and db (float64 sums, in row order); BLAS does the rest.
-    N, O = dy.shape
+@parallel_kernel
+def _dense_backward(dx, dw, db, dz, dy, x, w, y, relu, need_dx, tasks):
+    N, I = x.shape
+    O = w.shape[1]
+    # dz = dy where ReLU let it through; db its column sums, in float64, in row order.
+    for task in prange(tasks):
+        for o in range(task * O // tasks, (task + 1) * O // tasks):
+            acc = 0.0
+            for n in range(N):
+                g = dy[n, o] if (not relu or y[n, o] > 0) else np.float32(0.0)
+                dz[n, o] = g
+                acc += g
+            db[o] = acc
+    # dw[i0:i1] = x[:, i0:i1].T @ dz;  dx[:, i0:i1] = dz @ w[i0:i1].T
+    flat_x, flat_w, flat_dz = x.reshape(-1), w.reshape(-1), dz.reshape(-1)
+    flat_dw, flat_dx = dw.reshape(-1), dx.reshape(-1)
+    for task in prange(tasks):
+        i0, i1 = task * I // tasks, (task + 1) * I // tasks
+        gemm(TRANS, NO_TRANS, i1 - i0, O, N, np.float32(1.0), flat_x[i0:], I, flat_dz, O,
+             np.float32(0.0), flat_dw[i0 * O:], O)
+        if need_dx:
+            gemm(NO_TRANS, TRANS, N, i1 - i0, O, np.float32(1.0), flat_dz, O, flat_w[i0 * O:], O,
+                 np.float32(0.0), flat_dx[i0:], I)
+
+
+def _tasks(columns):
+    return max(1, min(numba.get_num_threads(), columns // _MIN_COLUMNS))
+
+
+def dense_forward_into(y, x, w, b, relu):
+    """y = x @ w + b, then max(., 0) if ``relu``: into y (N, O)."""
+    _dense_forward(y, x, w, b, relu, _tasks(w.shape[1]))
+
+
+def dense_backward_into(dx, dw, db, dy, x, w, y, relu):
+    """Fill dx (N, I) (or skip it, dx=None), dw (I, O) and db (O,) from dy and the forward's
+    x, w and, with ``relu``, its output y (which says where ReLU let the gradient through)."""
     dz = np.empty_like(dy)
-    db = np.zeros(O, np.float64)
-    for n in range(N):
-        for o in range(O):
-            g = dy[n, o] if (not relu or y[n, o] > 0) else np.float32(0.0)
-            dz[n, o] = g
-            db[o] += g
-    dw = np.dot(x.T, dz)
-    dx = np.dot(dz, w.T) if need_dx else np.empty((0, 0), np.float32)
-    return dx, dw, db.astype(np.float32)
+    need_dx = dx is not None
+    _dense_backward(dx if need_dx else dz, dw, db, dz, dy, x, w, y if relu else dy, relu, need_dx,
+                    _tasks(max(w.shape[1], w.shape[0] // 64)))
 
 
 def _check_dense(x, w, b):
@@ -54,16 +96,21 @@ def _check_dense(x, w, b):
     return x, w, b
 
 
+def _forward(x, w, b, relu):
+    x, w, b = _check_dense(x, w, b)
+    y = np.empty((x.shape[0], w.shape[1]), np.float32)
+    dense_forward_into(y, x, w, b, relu)
+    return y
+
+
 def dense_forward(x, w, b):
     """y = x @ w + b."""
-    x, w, b = _check_dense(x, w, b)
-    return _dense_forward(x, w, b, False)
+    return _forward(x, w, b, False)
 
 
 def dense_relu_forward(x, w, b):
-    """y = max(x @ w + b, 0), the bias and ReLU fused into one pass after the product."""
-    x, w, b = _check_dense(x, w, b)
-    return _dense_forward(x, w, b, True)
+    """y = max(x @ w + b, 0), the bias and ReLU fused into the pass after the product."""
+    return _forward(x, w, b, True)
 
 
 def _backward(dy, x, w, y, relu, need_dx):
@@ -73,10 +120,10 @@ def _backward(dy, x, w, y, relu, need_dx):
     if relu:
         y = checks.array("y", y, 2, np.float32)
         checks.same_shape("y", y, dy.shape, "the forward output's shape")
-    else:
-        y = dy  # unused
-    dx, dw, db = _dense_backward(dy, x, w, y, relu, need_dx)
-    return (dx if need_dx else None), dw, db
+    dx = np.empty_like(x) if need_dx else None
+    dw, db = np.empty_like(w), np.empty(w.shape[1], np.float32)
+    dense_backward_into(dx, dw, db, dy, x, w, y, relu)
+    return dx, dw, db
 
 
 def dense_backward(dy, x, w, need_dx=True):
@@ -101,6 +148,14 @@ def _relu_backward(dx, dy, y):
     flat_dx, flat_dy, flat_y = dx.reshape(-1), dy.reshape(-1), y.reshape(-1)
     for i in prange(flat_dy.size):
         flat_dx[i] = flat_dy[i] if flat_y[i] > 0 else np.float32(0.0)
+
+
+def relu_forward_into(y, x):
+    _relu_forward(y, x)
+
+
+def relu_backward_into(dx, dy, y):
+    _relu_backward(dx, dy, y)
 
 
 def relu_forward(x):

@@ -3,20 +3,18 @@
 - ``cache=True``: a kernel compiles once per machine, later processes load it from Numba's cache.
 - ``fastmath`` without ``nnan``/``ninf``: LLVM may reassociate sums (vectorised reductions) but
   NaN and Inf keep their meaning, so a diverging run is still seen as one.
-- OpenMP threads sleep when idle (below), so they share the cores with BLAS's threads.
+- One thread pool: Numba's. The matrix products run inside Numba's threads, each on its own
+  block, with BLAS held to one thread (``blas.hold_to_one_thread``, done here, at import).
 - ``nogil=True``: several Python threads may call the kernels at once (e.g. ``predict``).
 """
 
-import os
+import numba
 
-# Numba's OpenMP threads would otherwise spin after each kernel, stealing the cores that BLAS's
-# own threads need for the next matrix product (measured: 2-3x slower training steps). Must be
-# set before the OpenMP runtime loads, which happens at the first parallel kernel launch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numba  # noqa: E402
+from . import blas
 
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+
+blas.hold_to_one_thread()
 
 
 def parallel_kernel(fn):
@@ -25,5 +23,5 @@ def parallel_kernel(fn):
 
 
 def serial_kernel(fn):
-    """A kernel that runs on the calling thread (BLAS calls bring their own threads)."""
+    """A kernel that runs on the calling thread."""
     return numba.njit(parallel=False, cache=True, fastmath=FASTMATH, nogil=True)(fn)

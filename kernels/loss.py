@@ -1,4 +1,5 @@
-"""Softmax and cross-entropy fused: the mean loss and its gradient w.r.t. the logits in one pass.
+"""Softmax and cross-entropy fused: the mean loss and its gradient w.r.t. the logits in one pass;
+and softmax alone, for predictions.
 
 Legend: N batch, K classes. logits (N, K) float32, labels (N,) int64.
 loss = mean_n [logsumexp(z_n) - z_n[y_n]], computed with the row maximum subtracted first, so
@@ -33,6 +34,38 @@ def _softmax_cross_entropy(dlogits, row_loss, logits, labels):
         dlogits[n, labels[n]] -= np.float32(1.0) / N
 
 
+@serial_kernel
+def _softmax(probs, logits):
+    N, K = logits.shape
+    for n in range(N):
+        m = logits[n].max()
+        total = np.float32(0.0)
+        for k in range(K):
+            e = np.exp(logits[n, k] - m)
+            probs[n, k] = e
+            total += e
+        for k in range(K):
+            probs[n, k] /= total
+
+
+def softmax_cross_entropy_into(dlogits, row_loss, logits, labels):
+    """dlogits (N, K) and each row's loss, row_loss (N,); the mean loss is row_loss.mean()."""
+    _softmax_cross_entropy(dlogits, row_loss, logits, labels)
+
+
+def softmax_into(probs, logits):
+    """probs (N, K) = the row-wise softmax of logits."""
+    _softmax(probs, logits)
+
+
+def softmax(logits):
+    """Row-wise softmax of logits (N, K), stable for large logits."""
+    logits = checks.array("logits", logits, 2, np.float32)
+    probs = np.empty_like(logits)
+    _softmax(probs, logits)
+    return probs
+
+
 def softmax_cross_entropy(logits, labels):
     """(mean loss as a Python float, dlogits (N, K) float32) for integer labels in 0..K-1."""
     logits = checks.array("logits", logits, 2, np.float32)
@@ -41,5 +74,5 @@ def softmax_cross_entropy(logits, labels):
     labels = checks.labels("labels", labels, logits.shape[0], logits.shape[1])
     dlogits = np.empty_like(logits)
     row_loss = np.empty(logits.shape[0], np.float32)
-    _softmax_cross_entropy(dlogits, row_loss, logits, labels)
+    softmax_cross_entropy_into(dlogits, row_loss, logits, labels)
     return float(row_loss.sum(dtype=np.float64) / logits.shape[0]), dlogits

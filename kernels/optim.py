@@ -20,6 +20,10 @@ def _sgd_momentum(params, velocity, grads, lr, momentum):
         params[i] += v
 
 
+def sgd_momentum_into(params, velocity, grads, lr, momentum):
+    _sgd_momentum(params, velocity, grads, np.float32(lr), np.float32(momentum))
+
+
 def sgd_momentum(params, velocity, grads, lr, momentum):
     """Update ``params`` and ``velocity`` (flat float32, in place) from ``grads`` for one step."""
     for name, a in (("params", params), ("velocity", velocity), ("grads", grads)):
@@ -27,4 +31,4 @@ def sgd_momentum(params, velocity, grads, lr, momentum):
         if a.dtype != np.float32 or not a.flags.c_contiguous:
             raise ShapeError(f"{name}: expected a contiguous float32 buffer, got {a.dtype}")
         checks.same_shape(name, a, params.shape, "one entry per parameter")
-    _sgd_momentum(params, velocity, grads, np.float32(lr), np.float32(momentum))
+    sgd_momentum_into(params, velocity, grads, lr, momentum)

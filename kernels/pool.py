@@ -37,13 +37,13 @@ def _maxpool_forward(y, argmax, x, size, stride):
                 for c in range(C):
                     best, at = x[n, h0, w0, c], at0
                     v = x[n, h0, w0 + 1, c]
-                    take = _beats(v, best)
+                    take = beats(v, best)
                     best, at = v if take else best, at1 if take else at
                     v = x[n, h0 + 1, w0, c]
-                    take = _beats(v, best)
+                    take = beats(v, best)
                     best, at = v if take else best, at2 if take else at
                     v = x[n, h0 + 1, w0 + 1, c]
-                    take = _beats(v, best)
+                    take = beats(v, best)
                     best, at = v if take else best, at3 if take else at
                     y[n, oh, ow, c] = best
                     argmax[n, oh, ow, c] = at
@@ -61,16 +61,20 @@ def _maxpool_forward(y, argmax, x, size, stride):
                         at = np.int32((h0 + i) * W + w0 + j)
                         for c in range(C):
                             v = x[n, h0 + i, w0 + j, c]
-                            if _beats(v, y[n, oh, ow, c]):
+                            if beats(v, y[n, oh, ow, c]):
                                 y[n, oh, ow, c] = v
                                 argmax[n, oh, ow, c] = at
 
 
 @numba.njit(inline="always")
-def _beats(v, best):
+def beats(v, best):
     """Whether window element v replaces the running maximum: when strictly greater (so the first
     maximum wins), or when v is a NaN and the maximum is not (so the first NaN wins)."""
     return (v > best) | ((v != v) & (best == best))
+
+
+def maxpool_forward_into(y, argmax, x, size, stride):
+    _maxpool_forward(y, argmax, x, size, stride)
 
 
 def maxpool_forward(x, size, stride=None):
@@ -80,7 +84,7 @@ def maxpool_forward(x, size, stride=None):
     oh, ow = checks.pool_output_size(x.shape, size, stride)
     y = np.empty((x.shape[0], oh, ow, x.shape[3]), np.float32)
     argmax = np.empty(y.shape, np.int32)
-    _maxpool_forward(y, argmax, x, size, stride)
+    maxpool_forward_into(y, argmax, x, size, stride)
     return y, argmax
 
 
@@ -151,19 +155,23 @@ def _maxpool_backward_overlapping(dx, dy, argmax):
     return True
 
 
+def maxpool_backward_into(dx, dy, argmax):
+    """Route dy (N, OH, OW, C) back through the recorded argmax into dx (N, H, W, C)."""
+    # The window's size and stride are not passed in; a tile of H // OH by W // OW is the stride
+    # whenever the windows tile the input, and the kernel checks that the argmax agrees.
+    tile_h, tile_w = dx.shape[1] // dy.shape[1], dx.shape[2] // dy.shape[2]
+    tasks = min(dy.shape[0] * dy.shape[1], numba.get_num_threads())
+    if not _maxpool_backward_tiled(dx, dy, argmax, tile_h, tile_w, tasks):
+        if not _maxpool_backward_overlapping(dx, dy, argmax):
+            _check_argmax(argmax, dy, dx.shape)  # raises, naming the valid range
+
+
 def maxpool_backward(dy, argmax, x_shape):
     """Route dy (N, OH, OW, C) back through the recorded argmax into dx of shape ``x_shape``."""
     dy = checks.array("dy", dy, 4, np.float32)
     _check_argmax(argmax, dy, x_shape, indices=False)  # the kernels check the indices as they go
-    argmax = np.ascontiguousarray(argmax)
     dx = np.empty(tuple(x_shape), np.float32)
-    # The window's size and stride are not passed in; a tile of H // OH by W // OW is the stride
-    # whenever the windows tile the input, and the kernel checks that the argmax agrees.
-    tile_h, tile_w = x_shape[1] // dy.shape[1], x_shape[2] // dy.shape[2]
-    tasks = min(dy.shape[0] * dy.shape[1], numba.get_num_threads())
-    if not _maxpool_backward_tiled(dx, dy, argmax, tile_h, tile_w, tasks):
-        if not _maxpool_backward_overlapping(dx, dy, argmax):
-            _check_argmax(argmax, dy, x_shape)  # raises, naming the valid range
+    maxpool_backward_into(dx, dy, np.ascontiguousarray(argmax))
     return dx
 
 

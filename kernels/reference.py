@@ -2,7 +2,11 @@
 
 Same names, arguments and results as the compiled kernels, so tests and benchmarks can swap one
 for the other. Unlike the kernels it keeps the input's dtype, so the tests can check its gradients
-against finite differences in float64: this module is the oracle, and is itself proven.
+against finite differences in float64: this module is the oracle, and is itself proven. The fused
+conv -> ReLU -> max-pool is the composition of the kernels it fuses.
+
+The ``*_into`` forms at the end are the engine's calling convention (outputs first, written in
+place), each the checked function with its results copied into the caller's buffers.
 """
 
 import numpy as np
@@ -116,18 +120,41 @@ def relu_backward(dy, y):
     return np.where(y > 0, dy, 0).astype(dy.dtype)
 
 
+# --- conv -> ReLU -> max-pool, fused in the kernels: here their composition ------------------------
+
+def conv_relu_pool_forward(x, w, b, stride=1, padding=0, size=2, pool_stride=None):
+    pooled, argmax = maxpool_forward(conv2d_forward(x, w, b, stride, padding), size, pool_stride)
+    return relu_forward(pooled), argmax
+
+
+def conv_relu_pool_backward(dy, x, w, y, argmax, stride=1, padding=0, size=2, pool_stride=None, need_dx=True):
+    oh, ow = checks.conv_output_size(x.shape, w.shape, stride, padding)
+    dconv = maxpool_backward(relu_backward(dy, y), argmax, (x.shape[0], oh, ow, w.shape[3]))
+    return conv2d_backward(dconv, x, w, stride, padding, need_dx)
+
+
 # --- softmax + cross-entropy ---------------------------------------------------------------------
 
 def softmax_cross_entropy(logits, labels):
     logits = checks.array("logits", logits, 2)
+    labels = checks.labels("labels", labels, logits.shape[0], logits.shape[1])
+    row_loss, dlogits = _row_losses(logits, labels)
+    return float(row_loss.mean()), dlogits
+
+
+def _row_losses(logits, labels):
+    """Each row's loss, and the gradient of their mean w.r.t. the logits."""
     n = logits.shape[0]
-    labels = checks.labels("labels", labels, n, logits.shape[1])
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    loss = -log_probs[np.arange(n), labels].mean()
     dlogits = np.exp(log_probs)
     dlogits[np.arange(n), labels] -= 1
-    return float(loss), dlogits / n
+    return -log_probs[np.arange(n), labels], dlogits / n
+
+
+def softmax(logits):
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 # --- SGD with momentum ---------------------------------------------------------------------------
@@ -136,3 +163,65 @@ def sgd_momentum(params, velocity, grads, lr, momentum):
     velocity *= momentum
     velocity -= lr * grads
     params += velocity
+
+
+# --- the engine's calling convention ---------------------------------------------------------------
+
+def _fill(outs, results):
+    for out, result in zip(outs, results):
+        if out is not None:
+            out[...] = result
+
+
+def conv2d_forward_into(y, x, w, b, stride, pad):
+    y[...] = conv2d_forward(x, w, b, stride, pad)
+
+
+def conv2d_backward_into(dx, dw, db, dy, x, w, stride, pad):
+    _fill((dx, dw, db), conv2d_backward(dy, x, w, stride, pad, dx is not None))
+
+
+def conv_relu_pool_forward_into(y, argmax, x, w, b, stride, pad, size, pool_stride, conv_width):
+    _fill((y, argmax), conv_relu_pool_forward(x, w, b, stride, pad, size, pool_stride))
+
+
+def conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, stride, pad, size, pool_stride, conv_shape):
+    _fill((dx, dw, db), conv_relu_pool_backward(dy, x, w, y, argmax, stride, pad, size, pool_stride, dx is not None))
+
+
+def maxpool_forward_into(y, argmax, x, size, stride):
+    _fill((y, argmax), maxpool_forward(x, size, stride))
+
+
+def maxpool_backward_into(dx, dy, argmax):
+    dx[...] = maxpool_backward(dy, argmax, dx.shape)
+
+
+def dense_forward_into(y, x, w, b, relu):
+    y[...] = (dense_relu_forward if relu else dense_forward)(x, w, b)
+
+
+def dense_backward_into(dx, dw, db, dy, x, w, y, relu):
+    need_dx = dx is not None
+    grads = dense_relu_backward(dy, x, w, y, need_dx) if relu else dense_backward(dy, x, w, need_dx)
+    _fill((dx, dw, db), grads)
+
+
+def relu_forward_into(y, x):
+    y[...] = relu_forward(x)
+
+
+def relu_backward_into(dx, dy, y):
+    dx[...] = relu_backward(dy, y)
+
+
+def softmax_into(probs, logits):
+    probs[...] = softmax(logits)
+
+
+def softmax_cross_entropy_into(dlogits, row_loss, logits, labels):
+    _fill((row_loss, dlogits), _row_losses(logits, labels))
+
+
+def sgd_momentum_into(params, velocity, grads, lr, momentum):
+    sgd_momentum(params, velocity, grads, lr, momentum)

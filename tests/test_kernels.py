@@ -48,6 +48,54 @@ def test_conv2d_matches_reference(shape, assert_close):
     assert dx is None and np.array_equal(dw, got[1]) and np.array_equal(db, got[2])
 
 
+# (N, H, W, C_in, C_out, kernel, stride, padding, pool size, pool stride): the pool over the conv's
+# output, with windows that tile it, overlap (stride 1) or skip rows (stride 3 > size 2).
+CONV_POOL_SHAPES = [
+    (1, 4, 4, 1, 1, 3, 1, 1, 2, 2),
+    (2, 9, 7, 3, 5, 3, 1, 1, 2, 2),
+    (3, 11, 10, 2, 4, 3, 2, 0, 3, 2),
+    (1, 8, 9, 3, 6, 2, 1, 0, 2, 1),
+    (2, 7, 7, 2, 3, 3, 1, 1, 3, 3),
+    (2, 9, 9, 2, 3, 3, 1, 0, 2, 3),
+    (2, 8, 12, 16, 20, 1, 1, 0, 2, 2),
+    (64, 28, 28, 1, 32, 3, 1, 1, 2, 2),   # the MNIST network's block
+]
+
+
+@pytest.mark.parametrize("shape", CONV_POOL_SHAPES, ids=str)
+def test_conv_relu_pool_matches_reference(shape, assert_close):
+    n, h, w, c, k, ks, stride, pad, size, pool_stride = shape
+    rng = np.random.default_rng(sum(shape))
+    x, wt, b = rand(rng, n, h, w, c), rand(rng, ks, ks, c, k), rand(rng, k)
+    args = (stride, pad, size, pool_stride)
+    y, argmax = K.conv_relu_pool_forward(x, wt, b, *args)
+    y_ref, argmax_ref = R.conv_relu_pool_forward(x, wt, b, *args)
+    assert_close("conv_relu_pool_forward", y, y_ref, FWD)
+    assert np.array_equal(argmax, argmax_ref)
+    if y.size > 50:  # the ReLU really gates something
+        assert (y == 0).any() and (y > 0).any()
+    dy = rand(rng, *y.shape)
+    want = R.conv_relu_pool_backward(dy, x, wt, y_ref, argmax_ref, *args)
+    for need_dx in (True, False):  # two paths: dx through the whole conv gradient, or the fused one
+        got = K.conv_relu_pool_backward(dy, x, wt, y, argmax, *args, need_dx=need_dx)
+        assert (got[0] is None) == (not need_dx)
+        for name, g, r in zip(("dx", "dw", "db"), got, want):
+            if g is not None:
+                assert_close(f"conv_relu_pool_backward.{name}", g, r, BWD)
+
+
+def test_conv_relu_pool_refuses_a_foreign_argmax():
+    rng = np.random.default_rng(0)
+    x, wt, b = rand(rng, 2, 6, 6, 1), rand(rng, 3, 3, 1, 2), rand(rng, 2)
+    y, argmax = K.conv_relu_pool_forward(x, wt, b, 1, 1, 2)
+    bad = argmax.copy()
+    bad[0, 0, 0, 0] = 35  # a real index of the conv output, but outside window (0, 0)
+    with pytest.raises(ShapeError, match="outside its pooling window"):
+        K.conv_relu_pool_backward(y, x, wt, y, bad, 1, 1, 2)
+    with pytest.raises(ShapeError, match="int32 array"):
+        K.conv_relu_pool_backward(y, x, wt, y, argmax.astype(np.int64), 1, 1, 2)
+
+
 # (N, H, W, C, size, stride)
 POOL_SHAPES = [(1, 4, 4, 1, 2, 2), (2, 7, 5, 3, 2, 2), (3, 9, 8, 2, 3, 2), (2, 6, 11, 4, 3, 3),
                (1, 5, 5, 2, 2, 1), (64, 28, 28, 32, 2, 2)]
@@ -113,6 +161,12 @@ def test_softmax_cross_entropy_matches_reference(n, k, scale, assert_close):
     loss_ref, d_ref = R.softmax_cross_entropy(logits, labels)
     assert_close("softmax_cross_entropy.loss", loss, loss_ref, FWD)
     assert_close("softmax_cross_entropy.dlogits", d, d_ref, FWD)
+
+
+@pytest.mark.parametrize("n,k,scale", [(1, 2, 1.0), (7, 10, 3.0), (5, 13, 1e4)])
+def test_softmax_matches_reference(n, k, scale, assert_close):
+    logits = rand(np.random.default_rng(n), n, k) * np.float32(scale)
+    assert_close("softmax", K.softmax(logits), R.softmax(logits), FWD)
 
 
 def test_softmax_cross_entropy_is_stable_for_huge_logits():

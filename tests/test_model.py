@@ -77,16 +77,79 @@ def test_parameters_and_gradients_by_name_are_views_of_flat_buffers():
     assert np.abs(conv.grads["weight"]).max() > 0 and np.abs(dense.grads["bias"]).max() > 0
 
 
-def test_wiring_fuses_dense_relu_and_skips_the_first_input_gradient():
+def test_the_plan_fuses_by_pattern_and_leaves_the_layers_as_built():
     model = seed_network()
-    conv, relu1, dense1, relu2, dense2 = (model.layers[i] for i in (0, 1, 4, 5, 6))
-    assert not conv.needs_input_grad and dense1.needs_input_grad
-    assert dense1.relu and relu2.fused and not dense2.relu
-    assert relu1.fused and model.layers[2].relu  # the pool applies the first ReLU, after pooling
-    # The fused pair computes exactly Dense then ReLU.
+    plan = model.plan((28, 28, 1))
+    assert [type(step).__name__ for step in plan.steps] == ["ConvReluPool", "FlattenStep", "DenseRelu", "DenseStep"]
+    assert [step.needs_input_grad for step in plan.steps] == [False, True, True, True]
+    assert model.plan((28, 28, 1)) is plan  # made once per example shape
+    # The layers were not changed: each one's forward is what its name says, on its own.
+    conv, relu1, dense1, relu2 = (model.layers[i] for i in (0, 1, 4, 5))
     x = np.random.default_rng(0).standard_normal((3, 6272)).astype(np.float32)
     w, b = dense1.params["weight"], dense1.params["bias"]
-    np.testing.assert_allclose(dense1.forward(x, model.kernels)[0], np.maximum(x @ w + b, 0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dense1.forward(x), x @ w + b, rtol=1e-5, atol=1e-5)  # no ReLU in it
+    assert (dense1.forward(x) < 0).any()
+    assert (relu1.forward(conv.forward(np.ones((1, 5, 5, 1), np.float32) - 2)) >= 0).all()
+    assert vars(relu1) == vars(relu2) == {"params": {}, "grads": {}, "_owner": relu1._owner}
+
+
+@pytest.mark.parametrize("layers,steps", [
+    (lambda: [Conv2D(2, 3, 3, padding=1), ReLU(), Conv2D(3, 4, 3), ReLU(), MaxPool2D(2), Flatten(), Dense(64, 5)],
+     ["Conv", "Relu", "ConvReluPool", "FlattenStep", "DenseStep"]),
+    (lambda: [Conv2D(2, 3, 3), MaxPool2D(2, 1), ReLU(), Flatten(), Dense(147, 6), ReLU(), ReLU(), Dense(6, 3)],
+     ["Conv", "Pool", "Relu", "FlattenStep", "DenseRelu", "Relu", "DenseStep"]),
+    (lambda: [ReLU(), MaxPool2D(2), Conv2D(2, 3, 2), ReLU(), MaxPool2D(2), Flatten(), Dense(12, 4)],
+     ["ReluPool", "ConvReluPool", "FlattenStep", "DenseStep"]),
+], ids=["conv-conv-block", "pool-relu", "relu-pool-first"])
+def test_every_plan_runs_the_layers_as_written(layers, steps):
+    """Whatever the plan fuses, its forward is the layers run one by one, and both backends
+    give the same loss and gradients."""
+    fast, ref = Sequential(layers(), seed=1), Sequential(layers(), seed=1, backend="numpy")
+    x = np.random.default_rng(0).standard_normal((5, 10, 10, 2)).astype(np.float32)
+    y = np.arange(5) % 3
+    assert [type(step).__name__ for step in fast.plan(x.shape[1:]).steps] == steps
+    one_by_one = x
+    for layer in ref.layers:
+        one_by_one = layer.forward(one_by_one, ref.kernels)
+    np.testing.assert_allclose(ref.forward(x), one_by_one, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(fast.forward(x), one_by_one, rtol=1e-5, atol=1e-5)
+    loss_fast, _ = fast.train_step(x, y)
+    loss_ref, _ = ref.train_step(x, y)
+    assert loss_fast == pytest.approx(loss_ref, rel=1e-5)
+    scale = np.abs(ref.gradients).max()
+    assert scale > 0 and np.abs(fast.gradients - ref.gradients).max() <= 5e-5 * scale
+
+
+def test_a_layer_in_a_live_model_is_refused_by_another():
+    dense = Dense(4, 2)
+    first = Sequential([dense])
+    with pytest.raises(ShapeError, match="layer 0 Dense.*already belongs to a model"):
+        Sequential([dense])
+    relu = ReLU()
+    with pytest.raises(ShapeError, match="layer 2 ReLU.*already belongs"):
+        Sequential([Dense(4, 4), relu, relu])
+    del first
+    import gc
+    gc.collect()
+    Sequential([dense])  # its model is gone: the layer is free again
+
+
+def test_forward_results_are_the_callers_and_train_step_equals_forward_backward():
+    a, b = seed_network(seed=4), seed_network(seed=4)
+    x, y = digit_like_batch(n=9)
+    first = a.forward(x)
+    a.forward(x[::-1].copy())
+    np.testing.assert_array_equal(first, b.forward(x))  # not overwritten by the next batch
+    loss, d = SoftmaxCrossEntropy()(b.forward(x), y)
+    b.backward(d)
+    loss_step, logits = a.train_step(x, y)
+    assert loss_step == pytest.approx(loss, rel=1e-6)
+    np.testing.assert_array_equal(a.gradients, b.gradients)
+    with pytest.raises(ShapeError, match="dlogits.*logits' shape"):
+        b.forward(x)
+        b.backward(d[:3])
+    with pytest.raises(RuntimeError, match="forward"):
+        seed_network().backward(d)
 
 
 def test_pooling_before_relu_gives_the_same_values_and_gradients():

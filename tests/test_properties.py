@@ -67,6 +67,29 @@ def test_conv2d(n, dh, dw, c, k, ks, stride, pad, seed, ties, assert_close, trie
 
 
 @KERNELS
+@given(n=st.integers(1, 3), dh=st.integers(0, 7), dw=st.integers(0, 7), c=st.integers(1, 4),
+       k=st.integers(1, 5), ks=st.integers(1, 4), pad=st.integers(0, 2), size=st.integers(1, 3),
+       pool_stride=st.integers(1, 3), need_dx=st.booleans(), seed=seeds, ties=st.booleans())
+def test_conv_relu_pool(n, dh, dw, c, k, ks, pad, size, pool_stride, need_dx, seed, ties, assert_close, tried):
+    # Conv output sides from the pooling window up to 7 more.
+    h, w = max(1, ks - 2 * pad + size - 1 + dh), max(1, ks - 2 * pad + size - 1 + dw)
+    x, wt, b = values(seed, (n, h, w, c), ties), values(seed + 1, (ks, ks, c, k), ties), values(seed + 2, (k,), ties)
+    args = (1, pad, size, pool_stride)
+    y, argmax = K.conv_relu_pool_forward(x, wt, b, *args)
+    y_ref, argmax_ref = R.conv_relu_pool_forward(x, wt, b, *args)
+    assert_close("conv_relu_pool_forward", y, y_ref, FWD)
+    if not ties:  # with ties, rounding may pick another of two equal maxima
+        assert np.array_equal(argmax, argmax_ref)
+    dy = values(seed + 3, y.shape, ties)
+    got = K.conv_relu_pool_backward(dy, x, wt, y, argmax, *args, need_dx=need_dx)
+    want = R.conv_relu_pool_backward(dy, x, wt, y, argmax, *args, need_dx=need_dx)
+    for name, g, r in zip(("dx", "dw", "db"), got, want):
+        if r is not None:
+            assert_close(f"conv_relu_pool_backward.{name}", g, r, BWD)
+    count(tried, "kernel examples: conv -> relu -> maxpool forward + backward")
+
+
+@KERNELS
 @given(n=st.integers(1, 3), dh=st.integers(0, 6), dw=st.integers(0, 6), c=st.integers(1, 5),
        size=st.integers(1, 4), stride=st.integers(1, 4), seed=seeds, ties=st.booleans())
 def test_maxpool(n, dh, dw, c, size, stride, seed, ties, assert_close, tried):

@@ -113,3 +113,22 @@ def test_softmax_cross_entropy_backward():
     # and the loss itself is the textbook one
     p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     assert R.softmax_cross_entropy(logits, labels)[0] == pytest.approx(-np.log(p[np.arange(5), labels]).mean())
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5, 2, 3, 3, 1, 1, 2, 2), (1, 7, 8, 3, 2, 3, 1, 0, 3, 2),
+                                   (2, 6, 6, 1, 2, 2, 1, 1, 2, 1)], ids=str)
+def test_conv_relu_pool_backward(shape):
+    """The fused block's reference, as one function: the gradient of relu(max-pool(conv))."""
+    n, h, w, c, k, ks, stride, pad, size, pool_stride = shape
+    rng = np.random.default_rng(7)
+    # The bias is shifted down so that some pooled maxima are negative and the ReLU cuts them.
+    x, wt, b = rng.standard_normal((n, h, w, c)), rng.standard_normal((ks, ks, c, k)), rng.standard_normal(k) - 3
+    args = (stride, pad, size, pool_stride)
+    y, argmax = R.conv_relu_pool_forward(x, wt, b, *args)
+    assert (y == 0).any() and (y > 0).any()  # the ReLU really gates something
+    r = rng.standard_normal(y.shape)
+    loss = lambda: (R.conv_relu_pool_forward(x, wt, b, *args)[0] * r).sum()  # noqa: E731
+    dx, dw, db = R.conv_relu_pool_backward(r, x, wt, y, argmax, *args)
+    assert_grad(dx, loss, x)
+    assert_grad(dw, loss, wt)
+    assert_grad(db, loss, b)

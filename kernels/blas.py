@@ -1,0 +1,63 @@
+"""Matrix products for the kernels: BLAS's single-precision GEMM, called from inside Numba's threads.
+
+A kernel splits a product into blocks, one per Numba thread, and each thread multiplies its block
+with ``gemm`` while BLAS itself stays on one thread. So one thread pool (Numba's) runs a whole
+training step: BLAS's own threads never take turns with Numba's on the cores (measured in 0.1:
+a second core bought 1.05-1.3x). ``gemm`` writes into the caller's buffers, at any offset and
+leading dimension, so the products need no copies and no allocation.
+
+The routine is SciPy's ``sgemm`` (the address that ``scipy.linalg.cython_blas`` exports, as Numba
+itself uses for ``np.dot``), with Fortran's calling convention. It is declared to LLVM under a
+name of ours, at every import, and the kernels call it by that name: so they can be cached
+(a ctypes function pointer would be baked into the code, and Numba refuses to cache that).
+"""
+
+import os
+
+import llvmlite.binding
+import numba
+import numpy as np
+import threadpoolctl
+from numba import types
+from numba.extending import get_cython_function_address
+
+llvmlite.binding.add_symbol("fastcnn_sgemm", get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
+_sgemm = types.ExternalFunction("fastcnn_sgemm", types.void(*[types.voidptr] * 13))
+
+NO_TRANS, TRANS = ord("N"), ord("T")
+
+
+@numba.njit(inline="always")
+def gemm(trans_a, trans_b, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Row-major C (M, N) = alpha * op(A) @ op(B) + beta * C, as CBLAS's RowMajor form.
+
+    ``a``, ``b``, ``c`` are 1-D float32 arrays that start at the block's first element; ``lda``
+    etc. are row strides in elements; ``op(A)`` is A (M, K), or with ``TRANS`` A stored as (K, M).
+    A row-major matrix is its transpose in column-major order, so Fortran's sgemm computes
+    C^T = op(B)^T @ op(A)^T: the operands swap places, the transpose flags stay.
+    """
+    ints = np.empty(6, np.int32)
+    ints[0], ints[1], ints[2], ints[3], ints[4], ints[5] = N, M, K, ldb, lda, ldc
+    flags = np.empty(2, np.uint8)
+    flags[0], flags[1] = trans_b, trans_a
+    scalars = np.empty(2, np.float32)
+    scalars[0], scalars[1] = alpha, beta
+    _sgemm(flags[0:].ctypes, flags[1:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes,
+           scalars[0:].ctypes, b.ctypes, ints[3:].ctypes, a.ctypes, ints[4:].ctypes, scalars[1:].ctypes,
+           c.ctypes, ints[5:].ctypes)
+
+
+def hold_to_one_thread():
+    """Keep the BLAS that ``gemm`` calls on one thread (each Numba thread calls it for its block).
+
+    That is the BLAS SciPy loaded; NumPy's own copy, where it has one (NumPy's and SciPy's wheels
+    each bring an OpenBLAS), keeps its threads, so a user's ``a @ b`` is not slowed down. Where
+    both use one shared BLAS, that one is held to one thread.
+    """
+    import scipy.linalg.cython_blas  # noqa: F401 - loads SciPy's BLAS, so the controller sees it
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+    numpy_libs = (os.path.join(numpy_dir, "numpy"), os.path.join(numpy_dir, "numpy.libs"))
+    controller = threadpoolctl.ThreadpoolController().select(user_api="blas")
+    for lib in controller.lib_controllers:
+        if not lib.filepath.startswith(numpy_libs) or len(controller.lib_controllers) == 1:
+            lib.set_num_threads(1)

@@ -1,0 +1,190 @@
+"""Conv -> ReLU -> max-pool fused: the full-size convolution output never goes to memory.
+
+Legend as in conv.py and pool.py; P the pooling window, T its stride, PH/PW the pooled height and
+width. x (N, H, W, C), w (KH, KW, C, K) -> y (N, PH, PW, K) and argmax (N, PH, PW, K) int32.
+
+Forward: for each pooled row, the P convolution rows under it are computed into a scratch of
+(P, OW, K) floats that stays in cache (``conv.conv_row``), pooled, and the ReLU is applied to the
+pooled values: relu(max(v)) = max(relu(v)), with the same gradient, on 1/P^2 of the values. Only
+y and, when training, the argmax go to memory: for each output, the index ``oh * OW + ow`` in
+the convolution's output of the value it took, exactly as ``maxpool_forward`` on that output
+gives it (first maximum wins, a NaN wins).
+
+Backward: the gradient of the P convolution rows under one pooled row is rebuilt from dy, the
+ReLU (y > 0) and the argmax, and its share added to the weight gradient (``conv.weight_row``):
+the full-size gradient never goes to memory either. Where the input gradient is wanted too (a block that is
+not the first layer) the convolution's gradient is made whole and the plain backward runs.
+
+The reference twin is the composition of the reference kernels (reference.py).
+"""
+
+import numpy as np
+from numba import prange
+
+from fastcnn.errors import ShapeError
+
+from . import checks
+from .conv import (add_partials, conv2d_backward_into, conv_row, fill_strip, partials, rows, strip_rows, taps,
+                   tasks, weight_row, zero_partials)
+from .dense import relu_backward_into
+from .jit import parallel_kernel
+from .pool import beats, maxpool_backward_into
+
+
+@parallel_kernel
+def _conv_relu_pool_forward(y, argmax, x, w, b, C, stride, pad, OW, size, pool_stride, save_argmax, tasks):
+    # Each task owns a contiguous range of pooled rows (n, ph).
+    N, H, WC = x.shape
+    KH, _, K = w.shape
+    PH, PW = y.shape[1], y.shape[2]
+    for task in prange(tasks):
+        strip = np.zeros((KH, WC + 2 * pad * C), np.float32)
+        conv = np.empty((size, OW, K), np.float32)
+        for prow in range(task * N * PH // tasks, (task + 1) * N * PH // tasks):
+            n = prow // PH
+            oh0 = (prow - n * PH) * pool_stride
+            for s in range(size):
+                ih0, kh_lo, kh_hi = strip_rows(oh0 + s, stride, pad, KH, H)
+                fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
+                conv_row(conv, s, strip, w, b, kh_lo, kh_hi, stride * C)
+            ph = prow - n * PH
+            for pw in range(PW):
+                ow0 = pw * pool_stride
+                first = np.int32(oh0 * OW + ow0)
+                for k in range(K):
+                    y[n, ph, pw, k] = conv[0, ow0, k]
+                    if save_argmax:
+                        argmax[n, ph, pw, k] = first
+                for s in range(size):
+                    for j in range(size):
+                        if s + j == 0:
+                            continue
+                        at = np.int32((oh0 + s) * OW + ow0 + j)
+                        for k in range(K):
+                            v = conv[s, ow0 + j, k]
+                            if beats(v, y[n, ph, pw, k]):
+                                y[n, ph, pw, k] = v
+                                if save_argmax:
+                                    argmax[n, ph, pw, k] = at
+                for k in range(K):
+                    if y[n, ph, pw, k] < 0:  # the ReLU; a NaN stays a NaN
+                        y[n, ph, pw, k] = np.float32(0.0)
+
+
+@parallel_kernel
+def _conv_relu_pool_backward_weight(dw, db, partial, partial_db, grad, dy, y, argmax, x, C, stride, pad, size,
+                                    pool_stride):
+    # Each chunk sums a contiguous slice of the batch into its own partials, as in conv.py. For
+    # each pooled row it rebuilds the gradient of the P convolution rows under it in grad (rows
+    # chunk * P .. chunk * P + P - 1, each (OW, K)): every window position takes dy where the
+    # argmax points at it and the ReLU let it through, else 0 (a select, so it vectorises), and
+    # adds its share to the partials. Overlapping windows (T < P) add their shares one pooled row
+    # at a time: a sum, so the result is the same; rows no window reads get no gradient.
+    # (grad is an argument, not allocated here, so LLVM knows it does not overlap the partials.)
+    N, H, WC = x.shape
+    KH, _, K = dw.shape
+    PH, PW = dy.shape[1], dy.shape[2]
+    OW = grad.shape[1]
+    chunks = partial.shape[0]
+    for chunk in prange(chunks):
+        strip = np.zeros((KH, WC + 2 * pad * C), np.float32)
+        zero_partials(partial, partial_db, chunk)
+        r0 = chunk * size
+        for n in range(chunk * N // chunks, (chunk + 1) * N // chunks):
+            for ph in range(PH):
+                oh0 = ph * pool_stride
+                grad[r0:r0 + size] = np.float32(0.0)
+                for pw in range(PW):
+                    ow0 = pw * pool_stride
+                    for s in range(size):
+                        for j in range(size):
+                            at = np.int32((oh0 + s) * OW + ow0 + j)
+                            for k in range(K):
+                                hit = (argmax[n, ph, pw, k] == at) & (y[n, ph, pw, k] > 0)
+                                grad[r0 + s, ow0 + j, k] += dy[n, ph, pw, k] if hit else np.float32(0.0)
+                for s in range(size):
+                    ih0, kh_lo, kh_hi = strip_rows(oh0 + s, stride, pad, KH, H)
+                    fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
+                    weight_row(partial, chunk, partial_db, strip, grad, r0 + s, kh_lo, kh_hi, stride * C)
+    add_partials(dw, db, partial, partial_db)
+
+
+def conv_relu_pool_forward_into(y, argmax, x, w, b, stride, pad, size, pool_stride, conv_width):
+    """y (N, PH, PW, K) = max-pool(relu(conv(x, w) + b)), and argmax as maxpool_forward's, or
+    with argmax None (inference) not kept. ``conv_width`` is OW, the convolution output's width."""
+    n, ph = y.shape[0], y.shape[1]
+    save = argmax is not None
+    _conv_relu_pool_forward(y, argmax if save else _NO_ARGMAX, rows(x), taps(w), b, x.shape[3], stride, pad,
+                            conv_width, size, pool_stride, save, tasks(n * ph))
+
+
+_NO_ARGMAX = np.zeros((1, 1, 1, 1), np.int32)  # never written: the kernel's branch is off
+
+
+def conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, stride, pad, size, pool_stride, conv_shape):
+    """Fill dw, db and, unless it is None, dx, from dy (N, PH, PW, K) and the forward's x, w, y
+    and argmax. ``conv_shape`` is the convolution output's (N, OH, OW, K)."""
+    if dx is None:
+        partial, partial_db = partials(x.shape[0], w)
+        grad = np.empty((len(partial) * size, conv_shape[2], conv_shape[3]), np.float32)
+        _conv_relu_pool_backward_weight(taps(dw), db, partial, partial_db, grad, dy, y, argmax, rows(x), x.shape[3],
+                                        stride, pad, size, pool_stride)
+        return
+    dpool = np.empty_like(dy)
+    relu_backward_into(dpool, dy, y)
+    dconv = np.empty(conv_shape, np.float32)
+    maxpool_backward_into(dconv, dpool, argmax)
+    conv2d_backward_into(dx, dw, db, dconv, x, w, stride, pad)
+
+
+def output_shapes(x_shape, w_shape, stride, padding, size, pool_stride):
+    """Check a conv -> ReLU -> max-pool's arguments; return the conv's and the pool's output shapes."""
+    oh, ow = checks.conv_output_size(x_shape, w_shape, stride, padding)
+    conv_shape = (x_shape[0], oh, ow, w_shape[3])
+    ph, pw = checks.pool_output_size(conv_shape, size, pool_stride)
+    return conv_shape, (x_shape[0], ph, pw, w_shape[3])
+
+
+def conv_relu_pool_forward(x, w, b, stride=1, padding=0, size=2, pool_stride=None):
+    """(y, argmax) = max-pool(relu(conv(x, w) + b)) over ``size`` windows every ``pool_stride``
+    (default ``size``) pixels; argmax indexes the convolution's output, as maxpool_forward's."""
+    x = checks.array("x", x, 4, np.float32)
+    w = checks.array("w", w, 4, np.float32)
+    b = checks.array("b", b, 1, np.float32)
+    checks.same_shape("b", b, (w.shape[3],), "one bias per output channel")
+    pool_stride = size if pool_stride is None else pool_stride
+    conv_shape, shape = output_shapes(x.shape, w.shape, stride, padding, size, pool_stride)
+    y, argmax = np.empty(shape, np.float32), np.empty(shape, np.int32)
+    conv_relu_pool_forward_into(y, argmax, x, w, b, stride, padding, size, pool_stride, conv_shape[2])
+    return y, argmax
+
+
+def conv_relu_pool_backward(dy, x, w, y, argmax, stride=1, padding=0, size=2, pool_stride=None, need_dx=True):
+    """Gradients of conv_relu_pool_forward: (dx, dw, db); ``need_dx=False`` returns None for dx."""
+    x = checks.array("x", x, 4, np.float32)
+    w = checks.array("w", w, 4, np.float32)
+    dy = checks.array("dy", dy, 4, np.float32)
+    y = checks.array("y", y, 4, np.float32)
+    pool_stride = size if pool_stride is None else pool_stride
+    conv_shape, shape = output_shapes(x.shape, w.shape, stride, padding, size, pool_stride)
+    checks.same_shape("dy", dy, shape, "the forward output's shape")
+    checks.same_shape("y", y, shape, "the forward output's shape")
+    _check_window_argmax(argmax, shape, conv_shape, size, pool_stride)
+    dx = np.empty_like(x) if need_dx else None
+    dw, db = np.empty_like(w), np.empty(w.shape[3], np.float32)
+    conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, stride, padding, size, pool_stride, conv_shape)
+    return dx, dw, db
+
+
+def _check_window_argmax(argmax, shape, conv_shape, size, pool_stride):
+    """The argmax that conv_relu_pool_forward returned: each index inside its own window."""
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int32:
+        raise ShapeError("argmax: expected the int32 array that conv_relu_pool_forward returned")
+    checks.same_shape("argmax", argmax, shape, "the forward output's shape")
+    ow = conv_shape[2]
+    r, c = np.divmod(argmax, ow)
+    r0 = (np.arange(shape[1]) * pool_stride)[None, :, None, None]
+    c0 = (np.arange(shape[2]) * pool_stride)[None, None, :, None]
+    if argmax.size and not ((argmax >= 0) & (r >= r0) & (r < r0 + size) & (c >= c0) & (c < c0 + size)).all():
+        raise ShapeError("argmax: an index lies outside its pooling window; expected the argmax that "
+                         "conv_relu_pool_forward returned for these shapes")
