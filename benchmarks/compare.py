@@ -1,6 +1,11 @@
 """fastcnn against PyTorch and TensorFlow/Keras: the same network, batch and thread count, each
 engine in its own process, on synthetic MNIST-shaped data. Prints one table.
 
+Each engine is timed on a bare training step, on inference, and on its real training loop: one
+epoch over 60,000 images as its users write it (fastcnn's ``fit`` with its progress bar, Keras's
+``model.fit``, a PyTorch loop over a shuffled tensor), shuffling and batch gathering included.
+fastcnn also runs on one thread, so the table shows what the second core buys.
+
     python benchmarks/compare.py [--threads 2] [--batch 64] [--seconds 3] [--rounds 5]
 
 PyTorch and TensorFlow are optional: an engine that does not import is reported as missing
@@ -58,26 +63,43 @@ def data(batch):
     return rng.random((batch, 28, 28, 1), np.float32), rng.integers(0, 10, batch)
 
 
+EPOCH = 60_000  # images in the real-loop epoch
+
+
+def epoch_rate(run_epoch):
+    """Samples/s of one epoch over EPOCH images, after a short warm-up epoch (``run_epoch(n)``)."""
+    run_epoch(640)
+    t = time.perf_counter()
+    run_epoch(EPOCH)
+    return EPOCH / (time.perf_counter() - t)
+
+
 def run_fastcnn(args):
     import numpy as np
+    import threadpoolctl
 
-    from fastcnn import SGD, SoftmaxCrossEntropy
-    from fastcnn.train import mnist_network, set_threads
+    from fastcnn import SGD
+    from fastcnn.train import fit, mnist_network, set_threads
     set_threads(args.threads)
     model = mnist_network(seed=0)
-    opt, loss_fn = SGD(model, lr=0.01), SoftmaxCrossEntropy()
+    opt = SGD(model, lr=0.01)
     x, y = data(args.batch)
     big, _ = data(1000)
+    xs, ys = data(EPOCH)
 
     def step():
-        _, d = loss_fn(model.forward(x), y)
-        model.backward(d)
+        model.train_step(x, y)  # forward, loss and backward, as fit runs them
         opt.step()
+
+    def epoch(n):
+        m = mnist_network(seed=0)
+        fit(m, SGD(m, lr=0.01), (xs[:n], ys[:n]), (xs[:1], ys[:1]), epochs=1, batch_size=args.batch, seed=0)
 
     # The machine's SGEMM ceiling with the same threads, through NumPy's BLAS.
     a = np.random.default_rng(0).random((4096, 4096), np.float32)
-    ceiling = 2 * 4096 ** 3 / latency(lambda: a @ a, 2.0)
-    return {"train": timed_rounds(step, args.batch, args.seconds, args.rounds),
+    with threadpoolctl.threadpool_limits(args.threads, user_api="blas"):
+        ceiling = 2 * 4096 ** 3 / latency(lambda: a @ a, 2.0)
+    return {"train": timed_rounds(step, args.batch, args.seconds, args.rounds), "epoch": epoch_rate(epoch),
             "infer": timed_rounds(lambda: model.predict(big), 1000, args.seconds, args.rounds),
             "one": latency(lambda: model.predict(big[:1]), args.seconds), "ceiling": ceiling}
 
@@ -104,7 +126,16 @@ def run_torch(args):
         with torch.inference_mode():
             return torch.softmax(model(inputs), dim=1)
 
-    return {"train": timed_rounds(step, args.batch, args.seconds, args.rounds),
+    xs, ys = data(EPOCH)
+    xs, ys = torch.from_numpy(xs).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(ys)
+
+    def epoch(n):
+        for idx in torch.randperm(n).split(args.batch):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(xs[idx]), ys[idx]).backward()
+            opt.step()
+
+    return {"train": timed_rounds(step, args.batch, args.seconds, args.rounds), "epoch": epoch_rate(epoch),
             "infer": timed_rounds(lambda: infer(big), 1000, args.seconds, args.rounds),
             "one": latency(lambda: infer(big[:1]), args.seconds), "version": torch.__version__}
 
@@ -135,12 +166,19 @@ def run_tensorflow(args):
         return tf.nn.softmax(model(inputs, training=False))
 
     one = big[:1]
-    return {"train": timed_rounds(lambda: step(), args.batch, args.seconds, args.rounds),
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.01, momentum=0.9), loss=loss_fn)
+    xs, ys = data(EPOCH)
+
+    def epoch(n):
+        model.fit(xs[:n], ys[:n], batch_size=args.batch, epochs=1, shuffle=True, verbose=2)
+
+    return {"train": timed_rounds(lambda: step(), args.batch, args.seconds, args.rounds), "epoch": epoch_rate(epoch),
             "infer": timed_rounds(lambda: infer(big).numpy(), 1000, args.seconds, args.rounds),
             "one": latency(lambda: infer(one).numpy(), args.seconds), "version": tf.__version__}
 
 
 ENGINES = {"fastcnn": run_fastcnn, "PyTorch": run_torch, "TensorFlow/Keras": run_tensorflow}
+ONE_THREAD = "fastcnn, 1 thread"
 
 
 def main():
@@ -157,9 +195,12 @@ def main():
         return
 
     results = {}
-    for name in ENGINES:
-        python = sys.executable if name == "fastcnn" else args.python
-        cmd = [python, __file__, "--worker", name, "--threads", str(args.threads), "--batch", str(args.batch),
+    runs = [(name, name, args.threads) for name in ENGINES]
+    if args.threads > 1:
+        runs.insert(1, (ONE_THREAD, "fastcnn", 1))
+    for name, engine, threads in runs:
+        python = sys.executable if engine == "fastcnn" else args.python
+        cmd = [python, __file__, "--worker", engine, "--threads", str(threads), "--batch", str(args.batch),
                "--seconds", str(args.seconds), "--rounds", str(args.rounds)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
@@ -174,14 +215,20 @@ def main():
     print(f"\n{args.threads} threads, batch {args.batch}, synthetic data; medians of {args.rounds} rounds. "
           f"SGEMM ceiling (NumPy, 4096^3, same threads): {ceiling / 1e9:.0f} GFLOP/s")
     head = (f"{'engine':24s} {'train samples/s':>15s} {'ms/step':>8s} {'GFLOP/s':>8s} {'% ceil':>7s} "
-            f"{'fastcnn x':>9s} | {'infer/s @1000':>13s} {'GFLOP/s':>8s} {'% ceil':>7s} {'1 image':>9s}")
+            f"{'fastcnn x':>9s} | {'epoch samples/s':>15s} {'of step':>7s} {'fastcnn x':>9s} | "
+            f"{'infer/s @1000':>13s} {'% ceil':>7s} {'1 image':>9s}")
     print(head + "\n" + "-" * len(head))
     for name, r in results.items():
         train_gf, infer_gf = r["train"] * TRAIN_FLOP, r["infer"] * INFER_FLOP
         label = f"{name} {r.get('version', '')}".strip()
         print(f"{label:24s} {r['train']:15,.0f} {args.batch / r['train'] * 1e3:8.2f} {train_gf / 1e9:8.1f} "
-              f"{100 * train_gf / ceiling:6.1f}% {base['train'] / r['train']:9.2f} | {r['infer']:13,.0f} "
-              f"{infer_gf / 1e9:8.1f} {100 * infer_gf / ceiling:6.1f}% {r['one'] * 1e6:6.0f} µs")
+              f"{100 * train_gf / ceiling:6.1f}% {base['train'] / r['train']:9.2f} | {r['epoch']:15,.0f} "
+              f"{100 * r['epoch'] / r['train']:6.0f}% {base['epoch'] / r['epoch']:9.2f} | {r['infer']:13,.0f} "
+              f"{100 * infer_gf / ceiling:6.1f}% {r['one'] * 1e6:6.0f} µs")
+    if ONE_THREAD in results:
+        one = results[ONE_THREAD]
+        print(f"\nfastcnn, {args.threads} threads against 1: x{base['train'] / one['train']:.2f} on a training step, "
+              f"x{base['epoch'] / one['epoch']:.2f} on the real loop")
 
 
 if __name__ == "__main__":

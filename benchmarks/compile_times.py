@@ -1,5 +1,7 @@
-"""What the first call of each kernel costs: compiling it (cold, empty Numba cache) or loading it
-from Numba's cache (warm). Each measurement runs in a fresh process so nothing is already loaded.
+"""What the first training step and the first prediction cost: compiling the kernels (cold, an
+empty Numba cache) or loading them from Numba's cache (warm). Each measurement runs in a fresh
+process so nothing is already loaded; the kernels timed are every one the default network's
+execution plan calls, found by running it.
 
     python benchmarks/compile_times.py
 """
@@ -10,34 +12,37 @@ import subprocess
 import sys
 import tempfile
 
-# Run in the child: import, then time the first call of every public kernel on tiny inputs.
+# Run in the child: import, build the default network, then time its first training step and
+# its first prediction, and the first call of every kernel core the plan made on the way.
 CHILD = r"""
 import json, time
-import numpy as np
 t0 = time.perf_counter()
-from fastcnn import kernels as K
-first = {"import fastcnn.kernels": time.perf_counter() - t0}
-
-def timed(name, call, *args):
-    t = time.perf_counter()
-    out = call(*args)
-    first[name] = time.perf_counter() - t
-    return out
-
-x = np.ones((2, 6, 6, 3), np.float32); w = np.ones((3, 3, 3, 4), np.float32); b = np.ones(4, np.float32)
-d = np.ones((2, 5), np.float32); dw = np.ones((5, 3), np.float32); db = np.ones(3, np.float32)
-y = timed("conv2d_forward", K.conv2d_forward, x, w, b, 1, 1)
-timed("conv2d_backward", K.conv2d_backward, y, x, w, 1, 1)
-pooled, argmax = timed("maxpool_forward", K.maxpool_forward, x, 2)
-timed("maxpool_backward", K.maxpool_backward, pooled, argmax, x.shape)
-r = timed("relu_forward", K.relu_forward, x)
-timed("relu_backward", K.relu_backward, x, r)
-h = timed("dense_relu_forward", K.dense_relu_forward, d, dw, db)
-timed("dense_relu_backward", K.dense_relu_backward, h, d, dw, h)
-timed("softmax_cross_entropy", K.softmax_cross_entropy, d, np.array([0, 4]))
-p = np.ones(10, np.float32)
-timed("sgd_momentum", K.sgd_momentum, p, np.zeros(10, np.float32), p.copy(), 0.1, 0.9)
-print(json.dumps(first))
+import numpy as np
+import fastcnn
+from fastcnn import kernels
+from fastcnn.train import mnist_network
+first = {"import fastcnn": time.perf_counter() - t0}
+calls = {}
+for name in kernels.CORES:
+    def timed(*args, _f=getattr(kernels, name), _name=name):
+        t = time.perf_counter()
+        out = _f(*args)
+        calls.setdefault(_name, time.perf_counter() - t)
+        return out
+    setattr(kernels, name, timed)
+t = time.perf_counter()
+model = mnist_network(seed=0)
+opt = fastcnn.SGD(model, 0.01)
+first["build the network"] = time.perf_counter() - t
+x, y = np.zeros((64, 28, 28, 1), np.float32), np.zeros(64, np.int64)
+t = time.perf_counter()
+model.train_step(x, y)
+opt.step()
+first["first training step"] = time.perf_counter() - t
+t = time.perf_counter()
+model.predict(x[:1])
+first["first predict"] = time.perf_counter() - t
+print(json.dumps({"steps": first, "kernels": calls}))
 """
 
 
@@ -51,10 +56,13 @@ def main():
     with tempfile.TemporaryDirectory() as cache:
         cold = first_calls(cache)
         warm = first_calls(cache)
-    print(f"{'first call of':28s} {'cold (compile)':>15s} {'warm (cache)':>13s}")
-    for name in cold:
-        print(f"{name:28s} {cold[name] * 1e3:12.0f} ms {warm[name] * 1e3:10.0f} ms")
-    print(f"{'total':28s} {sum(cold.values()):13.2f} s {sum(warm.values()):11.2f} s")
+    print(f"{'first call of':34s} {'cold (compile)':>15s} {'warm (cache)':>13s}")
+    for name in cold["kernels"]:
+        print(f"  {name:32s} {cold['kernels'][name] * 1e3:12.0f} ms {warm['kernels'][name] * 1e3:10.0f} ms")
+    for name in cold["steps"]:
+        print(f"{name:34s} {cold['steps'][name]:13.2f} s {warm['steps'][name]:11.2f} s")
+    total = lambda r: sum(r["steps"].values())  # noqa: E731
+    print(f"{'import, build, first step, predict':34s} {total(cold):13.2f} s {total(warm):11.2f} s")
 
 
 if __name__ == "__main__":

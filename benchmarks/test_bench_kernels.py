@@ -32,6 +32,26 @@ def test_conv2d_backward(bench, impl, shape, need_dx):
           IMPLS[impl].conv2d_backward, dy, x, wt, 1, pad, need_dx)
 
 
+@pytest.mark.parametrize("shape", list(CONV))
+def test_conv_relu_pool_forward(bench, impl, shape):
+    n, h, w, c, k, ks, pad = CONV[shape]
+    rng = np.random.default_rng(0)
+    x, wt, b = rand(rng, n, h, w, c), rand(rng, ks, ks, c, k), rand(rng, k)
+    bench(f"conv_relu_pool_forward[{shape}]", impl, IMPLS[impl].conv_relu_pool_forward, x, wt, b, 1, pad, 2)
+
+
+@pytest.mark.parametrize("need_dx", [False, True], ids=["no_dx", "with_dx"])
+@pytest.mark.parametrize("shape", list(CONV))
+def test_conv_relu_pool_backward(bench, impl, shape, need_dx):
+    n, h, w, c, k, ks, pad = CONV[shape]
+    rng = np.random.default_rng(0)
+    x, wt, b = rand(rng, n, h, w, c), rand(rng, ks, ks, c, k), rand(rng, k)
+    y, argmax = IMPLS[impl].conv_relu_pool_forward(x, wt, b, 1, pad, 2)
+    dy = rand(rng, *y.shape)
+    bench(f"conv_relu_pool_backward[{shape},{'dx' if need_dx else 'no dx'}]", impl,
+          IMPLS[impl].conv_relu_pool_backward, dy, x, wt, y, argmax, 1, pad, 2, None, need_dx)
+
+
 @pytest.mark.parametrize("shape", list(POOL))
 def test_maxpool_forward(bench, impl, shape):
     x = rand(np.random.default_rng(0), *POOL[shape])

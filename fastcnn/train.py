@@ -14,6 +14,7 @@ NaN or Inf weights, so the file always holds the last good state.
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from . import checkpoint, fileio
 from .errors import FastCNNError, ModelFileError, ShapeError
 from .inference import check_batch
-from .kernels import checks
+from .kernels import checks, jit
 from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from .model import Sequential
 from .optim import SGD
@@ -64,6 +65,23 @@ def set_threads(threads):
         raise ShapeError(f"threads: expected 1..{numba.config.NUMBA_NUM_THREADS} on this machine, got {threads!r}")
     numba.set_num_threads(int(n))
     return int(n)
+
+
+def warm_up(model, example_shape):
+    """Compile (or load from Numba's cache) every kernel a training step and ``predict`` run, before
+    training starts, saying so on stderr when it compiles: the first run on a machine."""
+    def say():
+        print(f"compiling kernels for this machine (first run only, about {jit.COMPILE_SECONDS} s)...",
+              file=sys.stderr, flush=True)
+        started.append(time.perf_counter())
+    started = []
+    x = np.zeros((2, *example_shape), np.float32)
+    with jit.when_compiling(say):
+        model.train_step(x, np.zeros(2, np.int64))  # fills grads only: no optimizer step
+        model.predict(x[:1])
+    model.gradients[...] = 0
+    if started:
+        print(f"compiled in {time.perf_counter() - started[0]:.1f} s", file=sys.stderr, flush=True)
 
 
 def check_writable(path, need=0):
@@ -283,6 +301,7 @@ def train(out="model.npz", *, epochs=None, batch_size=None, lr=None, momentum=No
           f"decay {settings['decay']:g}, seed {settings['seed']}" + (" (resumed)" if resume else ""), flush=True)
     state = state or fresh_state()
     state["settings"] = settings
+    warm_up(model, train_data[0].shape[1:])
     history = fit(model, optimizer, train_data, test_data, epochs=settings["epochs"],
                   batch_size=settings["batch_size"], seed=settings["seed"], out=out, training=state,
                   progress=progress, checkpoint_every=checkpoint_every)

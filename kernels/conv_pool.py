@@ -27,7 +27,7 @@ from . import checks
 from .conv import (add_partials, conv2d_backward_into, conv_row, fill_strip, partials, rows, strip_rows, taps,
                    tasks, weight_row, zero_partials)
 from .dense import relu_backward_into
-from .jit import parallel_kernel
+from .jit import parallel_kernel, serial_kernel
 from .pool import beats, maxpool_backward_into
 
 
@@ -181,10 +181,20 @@ def _check_window_argmax(argmax, shape, conv_shape, size, pool_stride):
     if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int32:
         raise ShapeError("argmax: expected the int32 array that conv_relu_pool_forward returned")
     checks.same_shape("argmax", argmax, shape, "the forward output's shape")
-    ow = conv_shape[2]
-    r, c = np.divmod(argmax, ow)
-    r0 = (np.arange(shape[1]) * pool_stride)[None, :, None, None]
-    c0 = (np.arange(shape[2]) * pool_stride)[None, None, :, None]
-    if argmax.size and not ((argmax >= 0) & (r >= r0) & (r < r0 + size) & (c >= c0) & (c < c0 + size)).all():
+    if not _in_windows(np.ascontiguousarray(argmax), conv_shape[2], size, pool_stride):
         raise ShapeError("argmax: an index lies outside its pooling window; expected the argmax that "
                          "conv_relu_pool_forward returned for these shapes")
+
+
+@serial_kernel
+def _in_windows(argmax, OW, size, pool_stride):
+    N, PH, PW, K = argmax.shape
+    for n in range(N):
+        for ph in range(PH):
+            for pw in range(PW):
+                for k in range(K):
+                    r, c = argmax[n, ph, pw, k] // OW, argmax[n, ph, pw, k] % OW
+                    if (argmax[n, ph, pw, k] < 0 or not ph * pool_stride <= r < ph * pool_stride + size
+                            or not pw * pool_stride <= c < pw * pool_stride + size):
+                        return False
+    return True

@@ -5,12 +5,22 @@
   NaN and Inf keep their meaning, so a diverging run is still seen as one.
 - One thread pool: Numba's. The matrix products run inside Numba's threads, each on its own
   block, with BLAS held to one thread (``blas.hold_to_one_thread``, done here, at import).
+  With no second pool to steal the cores from, Numba's OpenMP threads keep libgomp's default
+  wait (spin a little after a kernel, then sleep): against OMP_WAIT_POLICY=PASSIVE, measured
+  3.65 against 4.1 ms per training step and 111 against 370 us for one image.
 - ``nogil=True``: several Python threads may call the kernels at once (e.g. ``predict``).
 """
 
+import contextlib
+
 import numba
+from numba.core import event
 
 from . import blas
+
+# What compiling the default network's kernels takes on a 2-core machine with an empty cache
+# (benchmarks/compile_times.py: 10.1 s for the first training step); said before it starts.
+COMPILE_SECONDS = 10
 
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 
@@ -25,3 +35,25 @@ def parallel_kernel(fn):
 def serial_kernel(fn):
     """A kernel that runs on the calling thread."""
     return numba.njit(parallel=False, cache=True, fastmath=FASTMATH, nogil=True)(fn)
+
+
+class _FirstCompile(event.Listener):
+    def __init__(self, say):
+        self.say = say
+
+    def on_start(self, ev):
+        if self.say is not None:
+            self.say()
+            self.say = None
+
+    def on_end(self, ev):
+        pass
+
+
+@contextlib.contextmanager
+def when_compiling(say):
+    """Inside, call ``say()`` once, just before Numba first compiles a kernel: that is, when its
+    cache misses (a first run on this machine, or kernels changed since). Loading from the cache
+    says nothing."""
+    with event.install_listener("numba:compile", _FirstCompile(say)):
+        yield
