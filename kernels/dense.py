@@ -1,11 +1,13 @@
 """Fully connected layers, plain and with ReLU fused; and ReLU on its own.
 
 Legend: N batch, I input features, O output features. x (N, I), w (I, O), b (O,), y (N, O).
-The products are single-threaded GEMMs (``blas.gemm``), one block per Numba thread, split so that
-no two threads write the same element and no partial sums need adding: the forward pass by blocks
-of output columns (each thread reads its own part of w), the weight gradient by rows of dw, the
-input gradient by columns of dx. Bias, ReLU and their gradients are one pass over each thread's
-block while it is in cache. The results do not depend on the thread count.
+The products are single-threaded GEMMs (``blas.gemm``), one block per Numba thread. The forward
+pass splits the inner dimension: each thread multiplies its rows of w at full width into a
+partial (N, O), and the partials are added in thread order with the bias and the ReLU (measured:
+0.64 against 0.75 ms for the MNIST layer on 2 threads split by columns, and 34 against 75 us
+for one image, where each thread now streams its own contiguous half of w). The backward pass
+needs no partial sums: the weight gradient is split by rows of dw, the input gradient by
+columns of dx. Every result is the same bit for bit for a given thread count.
 
 ``*_into`` are the unchecked cores, which the execution plan calls with its own buffers; the
 functions without it check their arguments and allocate the results.
@@ -21,23 +23,29 @@ from . import checks
 from .blas import NO_TRANS, TRANS, gemm
 from .jit import parallel_kernel
 
-# A block of fewer output columns than this multiplies inefficiently: a thread takes at least it.
+# Blocks smaller than these multiply inefficiently, or cost more to hand out than they save:
+# a thread takes at least this many output columns (backward) or rows of w (forward).
 _MIN_COLUMNS = 16
+_MIN_ROWS = 256
 
 
 @parallel_kernel
-def _dense_forward(y, x, w, b, relu, tasks):
+def _dense_forward(y, partial, x, w, b, relu, tasks):
+    # Each task multiplies a block of the inner dimension at full width into partial[task]
+    # (N, O); the partials are then added in task order, with the bias and the ReLU.
     N, I = x.shape
     O = w.shape[1]
-    flat_x, flat_w, flat_y = x.reshape(-1), w.reshape(-1), y.reshape(-1)
+    flat_x, flat_w, flat_p = x.reshape(-1), w.reshape(-1), partial.reshape(-1)
     for task in prange(tasks):
-        o0, o1 = task * O // tasks, (task + 1) * O // tasks
-        gemm(NO_TRANS, NO_TRANS, N, o1 - o0, I, np.float32(1.0), flat_x, I, flat_w[o0:], O,
-             np.float32(0.0), flat_y[o0:], O)
-        for n in range(N):
-            for o in range(o0, o1):
-                v = y[n, o] + b[o]
-                y[n, o] = max(v, np.float32(0.0)) if relu else v
+        i0, i1 = task * I // tasks, (task + 1) * I // tasks
+        gemm(NO_TRANS, NO_TRANS, N, O, i1 - i0, np.float32(1.0), flat_x[i0:], I, flat_w[i0 * O:], O,
+             np.float32(0.0), flat_p[task * N * O:], O)
+    for n in prange(N):
+        for o in range(O):
+            v = b[o]
+            for task in range(tasks):
+                v += partial[task, n, o]
+            y[n, o] = max(v, np.float32(0.0)) if relu else v
 
 
 @parallel_kernel
@@ -71,7 +79,9 @@ def _tasks(columns):
 
 def dense_forward_into(y, x, w, b, relu):
     """y = x @ w + b, then max(., 0) if ``relu``: into y (N, O)."""
-    _dense_forward(y, x, w, b, relu, _tasks(w.shape[1]))
+    tasks = max(1, min(numba.get_num_threads(), w.shape[0] // _MIN_ROWS))
+    partial = np.empty((tasks, *y.shape), np.float32)
+    _dense_forward(y, partial, x, w, b, relu, tasks)
 
 
 def dense_backward_into(dx, dw, db, dy, x, w, y, relu):
