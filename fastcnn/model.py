@@ -29,7 +29,7 @@ class Sequential:
     ``seed`` draws the initial weights (He for layers feeding a ReLU, Glorot otherwise);
     ``backend`` is ``"numba"`` (compiled kernels) or ``"numpy"`` (the reference). A layer belongs
     to one model: its parameters become views into this model's buffers, so a second model is
-    refused a layer that a live model holds (build a new layer, or ``copy.deepcopy`` the model).
+    refused a layer that a live model holds (build a new layer for it).
     """
 
     def __init__(self, layers, seed=0, backend="numba"):
@@ -104,12 +104,15 @@ class Sequential:
         plan.backward(dlogits, ws)
 
     def train_step(self, x, labels):
-        """Forward, softmax cross-entropy and backward in one go: fills every layer's ``grads``
-        and returns ``(mean loss, logits)``. For a training loop that checked its data once
-        (``fit`` does): ``x`` float32 C-contiguous images, ``labels`` int64 in range."""
+        """Forward, softmax cross-entropy and backward in one go, without copies: fills every
+        layer's ``grads`` and returns ``(mean loss, logits)``; the logits are the plan's buffer,
+        overwritten by the next step. (``fit`` checks all its data once and calls the plan's
+        ``train_step`` itself.)"""
+        x = _as_input(x)
+        plan = self.plan(x.shape[1:])
+        labels = checks.labels("labels", labels, len(x), plan.output_shape[0])
         self._pending = None
-        loss, logits = self.plan(x.shape[1:]).train_step(x, labels)
-        return loss, logits
+        return plan.train_step(x, labels)
 
     def predict(self, x, batch_size=_PREDICT_BATCH):
         """Class probabilities (N, classes), computed ``batch_size`` images at a time.
@@ -129,10 +132,6 @@ class Sequential:
         """Write this model (and ``optimizer``'s state) to one ``.npz``; ``fastcnn.load`` reads it."""
         from .checkpoint import save  # checkpoint builds Sequentials: import late, no cycle
         save(path, self, optimizer)
-
-    def __getstate__(self):
-        # Plans hold workspaces and per-thread caches: a copy (copy.deepcopy) makes its own.
-        return {**self.__dict__, "_plans": {}, "_pending": None}
 
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)

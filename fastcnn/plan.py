@@ -128,6 +128,8 @@ class Pool(Step):
     def buffers(self, n, train):
         need = super().buffers(n, train)
         need["argmax"] = ((n, *self.out_shape), np.int32)  # the kernel always writes it
+        if self.relu and "dx" in need:
+            need["dpool"] = ((n, *self.out_shape), np.float32)  # dy through the ReLU
         return need
 
     def forward(self, k, x, ws):
@@ -141,8 +143,8 @@ class Pool(Step):
         dx = ws.get("dx")
         if dx is not None:
             if self.relu:
-                dy = dy.copy()
-                k.relu_backward_into(dy, dy, ws["y"])
+                k.relu_backward_into(ws["dpool"], dy, ws["y"])
+                dy = ws["dpool"]
             k.maxpool_backward_into(dx, dy, ws["argmax"])
         return dx
 

@@ -186,6 +186,7 @@ def fit(model, optimizer, train, test, *, epochs, batch_size, seed, out=None, tr
         raise ShapeError(f"training: batch {state['batch']} is outside this run's 0..{batches - 1}; "
                          f"was the checkpoint made with other data or another batch size?")
     x = np.empty((batch_size, *x_train.shape[1:]), np.float32)  # the batch, gathered in place
+    plan = model.plan(x_train.shape[1:])  # the data were checked above: the plan runs them as they are
     with _stop_on_signals() as caught:
         while state["epoch"] < epochs:
             epoch = state["epoch"]
@@ -207,7 +208,7 @@ def fit(model, optimizer, train, test, *, epochs, batch_size, seed, out=None, tr
                 idx = order[b * batch_size:(b + 1) * batch_size]
                 batch = np.take(x_train, idx, axis=0, out=x[:len(idx)])
                 y = y_train[idx]
-                loss, logits = model.train_step(batch, y)
+                loss, logits = plan.train_step(batch, y)
                 if not np.isfinite(loss):
                     raise TrainingDiverged(
                         f"the loss became {loss} at step {optimizer.steps + 1} (epoch {epoch + 1}, batch {b + 1}); "

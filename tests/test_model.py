@@ -100,7 +100,9 @@ def test_the_plan_fuses_by_pattern_and_leaves_the_layers_as_built():
      ["Conv", "Pool", "Relu", "FlattenStep", "DenseRelu", "Relu", "DenseStep"]),
     (lambda: [ReLU(), MaxPool2D(2), Conv2D(2, 3, 2), ReLU(), MaxPool2D(2), Flatten(), Dense(12, 4)],
      ["ReluPool", "ConvReluPool", "FlattenStep", "DenseStep"]),
-], ids=["conv-conv-block", "pool-relu", "relu-pool-first"])
+    (lambda: [Conv2D(2, 3, 3), ReLU(), ReLU(), MaxPool2D(2), Flatten(), Dense(48, 4)],
+     ["Conv", "Relu", "ReluPool", "FlattenStep", "DenseStep"]),
+], ids=["conv-conv-block", "pool-relu", "relu-pool-first", "relu-pool-inside"])
 def test_every_plan_runs_the_layers_as_written(layers, steps):
     """Whatever the plan fuses, its forward is the layers run one by one, and both backends
     give the same loss and gradients."""
@@ -150,6 +152,13 @@ def test_forward_results_are_the_callers_and_train_step_equals_forward_backward(
         b.backward(d[:3])
     with pytest.raises(RuntimeError, match="forward"):
         seed_network().backward(d)
+    # train_step checks what it is given, as forward does
+    with pytest.raises(ShapeError, match="labels must lie in 0..9"):
+        a.train_step(x, y + 10)
+    with pytest.raises(ShapeError, match="expected shape \\(9,\\)"):
+        a.train_step(x, y[:3])
+    with pytest.raises(ShapeError, match="layer 0 Conv2D.*expected 1 input channels"):
+        a.train_step(np.zeros((9, 28, 28, 2), np.float32), y)
 
 
 def test_pooling_before_relu_gives_the_same_values_and_gradients():

@@ -185,8 +185,9 @@ def test_float64_images_are_converted_once_not_per_batch(tmp_path):
     for images in (x, x.astype(np.float64)):
         model = mnist_network(seed=1)
         seen = []
-        step = model.train_step
-        model.train_step = lambda batch, labels, step=step, seen=seen: seen.append(batch.dtype) or step(batch, labels)
+        plan = model.plan(x.shape[1:])
+        step = plan.train_step
+        plan.train_step = lambda batch, labels, step=step, seen=seen: seen.append(batch.dtype) or step(batch, labels)
         fit(model, SGD(model, 0.05), (images, y), TEST, epochs=1, batch_size=32, seed=0, progress=False)
         runs.append((model.parameters, seen))
     assert runs[1][1] == [np.float32] * 3
