@@ -28,7 +28,7 @@ from .conv import (add_partials, conv2d_backward_into, conv_row, fill_strip, par
                    tasks, weight_row, zero_partials)
 from .dense import relu_backward_into
 from .jit import parallel_kernel, serial_kernel
-from .pool import beats, maxpool_backward_into
+from .pool import maxpool_backward_into, pool_window
 
 
 @parallel_kernel
@@ -42,30 +42,14 @@ def _conv_relu_pool_forward(y, argmax, x, w, b, C, stride, pad, OW, size, pool_s
         conv = np.empty((size, OW, K), np.float32)
         for prow in range(task * N * PH // tasks, (task + 1) * N * PH // tasks):
             n = prow // PH
-            oh0 = (prow - n * PH) * pool_stride
+            ph = prow - n * PH
+            oh0 = ph * pool_stride
             for s in range(size):
                 ih0, kh_lo, kh_hi = strip_rows(oh0 + s, stride, pad, KH, H)
                 fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
                 conv_row(conv, s, strip, w, b, kh_lo, kh_hi, stride * C)
-            ph = prow - n * PH
             for pw in range(PW):
-                ow0 = pw * pool_stride
-                first = np.int32(oh0 * OW + ow0)
-                for k in range(K):
-                    y[n, ph, pw, k] = conv[0, ow0, k]
-                    if save_argmax:
-                        argmax[n, ph, pw, k] = first
-                for s in range(size):
-                    for j in range(size):
-                        if s + j == 0:
-                            continue
-                        at = np.int32((oh0 + s) * OW + ow0 + j)
-                        for k in range(K):
-                            v = conv[s, ow0 + j, k]
-                            if beats(v, y[n, ph, pw, k]):
-                                y[n, ph, pw, k] = v
-                                if save_argmax:
-                                    argmax[n, ph, pw, k] = at
+                pool_window(y, argmax, save_argmax, n, ph, pw, conv, 0, oh0, pw * pool_stride, size, OW)
                 for k in range(K):
                     if y[n, ph, pw, k] < 0:  # the ReLU; a NaN stays a NaN
                         y[n, ph, pw, k] = np.float32(0.0)

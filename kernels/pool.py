@@ -24,6 +24,7 @@ def _maxpool_forward(y, argmax, x, size, stride):
     # One output row per task: rows never share an output.
     N, H, W, C = x.shape
     OH, OW = y.shape[1], y.shape[2]
+    rows = x.reshape(N * H, W, C)
     for row in prange(N * OH):
         n = row // OH
         oh = row - n * OH
@@ -48,22 +49,32 @@ def _maxpool_forward(y, argmax, x, size, stride):
                     y[n, oh, ow, c] = best
                     argmax[n, oh, ow, c] = at
             else:
-                # Any window: the output pixel itself holds the running maximum of its C channels,
-                # and each window element is compared against it channel by channel.
-                first = np.int32(h0 * W + w0)
-                for c in range(C):
-                    y[n, oh, ow, c] = x[n, h0, w0, c]
-                    argmax[n, oh, ow, c] = first
-                for i in range(size):
-                    for j in range(size):
-                        if i + j == 0:
-                            continue
-                        at = np.int32((h0 + i) * W + w0 + j)
-                        for c in range(C):
-                            v = x[n, h0 + i, w0 + j, c]
-                            if beats(v, y[n, oh, ow, c]):
-                                y[n, oh, ow, c] = v
-                                argmax[n, oh, ow, c] = at
+                pool_window(y, argmax, True, n, oh, ow, rows, n * H + h0, h0, w0, size, W)
+
+
+@numba.njit(inline="always")
+def pool_window(y, argmax, save_argmax, n, oh, ow, src, row0, h0, w0, size, W):
+    """y[n, oh, ow] (C,) = the maximum over src rows row0.. and columns w0.. of a size x size
+    window (src is (rows, W, C)), and, if ``save_argmax``, argmax[n, oh, ow] the index
+    ``(h0 + i) * W + w0 + j`` of the first maximum. The output pixel itself holds the running
+    maximum of its C channels, and each window element is compared against it channel by channel."""
+    C = y.shape[3]
+    first = np.int32(h0 * W + w0)
+    for c in range(C):
+        y[n, oh, ow, c] = src[row0, w0, c]
+        if save_argmax:
+            argmax[n, oh, ow, c] = first
+    for i in range(size):
+        for j in range(size):
+            if i + j == 0:
+                continue
+            at = np.int32((h0 + i) * W + w0 + j)
+            for c in range(C):
+                v = src[row0 + i, w0 + j, c]
+                if beats(v, y[n, oh, ow, c]):
+                    y[n, oh, ow, c] = v
+                    if save_argmax:
+                        argmax[n, oh, ow, c] = at
 
 
 @numba.njit(inline="always")
