@@ -118,14 +118,16 @@ class Sequential:
         """Class probabilities (N, classes), computed ``batch_size`` images at a time.
 
         Keeps no state, so several threads may call it on one model at once. Each batch is
-        converted to float32 on its own, so memory stays bounded whatever the input's dtype.
+        checked and converted to float32 on its own, so memory stays bounded whatever the input's
+        dtype.
         """
-        _as_input(x[:1] if isinstance(x, np.ndarray) else x)  # the checks, not a copy of all of x
         batch_size = checks.positive_int("batch_size", batch_size)
-        plan = self.plan(x.shape[1:])
+        first = _as_input(x[:batch_size] if isinstance(x, np.ndarray) else x)
+        plan = self.plan(first.shape[1:])
         probs = np.empty((len(x), *plan.output_shape), np.float32)
         for i in range(0, len(x), batch_size):
-            plan.probabilities_into(probs[i:i + batch_size], np.ascontiguousarray(x[i:i + batch_size], np.float32))
+            batch = first if i == 0 else _as_input(x[i:i + batch_size])
+            plan.probabilities_into(probs[i:i + batch_size], batch)
         return probs
 
     def save(self, path, optimizer=None):
