@@ -124,7 +124,9 @@ def _shrink(im):
     """A large picture shrunk (by area averaging) so its longer side is ``WORK_SIDE``."""
     if max(im.size) <= WORK_SIDE:
         return im
-    if im.mode not in ("1", "L", "RGB", "RGBA", "LA"):
+    if im.mode.startswith(("I", "F")):
+        im = im.convert("F")  # 16- and 32-bit pixels keep their range (_to_pixels stretches it)
+    elif im.mode not in ("1", "L", "RGB", "RGBA", "LA"):
         im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
     scale = WORK_SIDE / max(im.size)
     return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BOX)
@@ -188,10 +190,10 @@ def _ink(pixels):
     """
     h, w, _ = pixels.shape
     window = max(3, min(h, w) // 3)
-    sigma = min(1.0, min(h, w) / 200)  # about one pixel of smoothing on a photo, none on a 28x28
+    photo = min(h, w) >= 200  # a photo's sensor noise is smoothed a little; small scans are left sharp
     residue = []
     for c in range(pixels.shape[2]):
-        p = ndimage.gaussian_filter(pixels[:, :, c], sigma) if sigma > 0.3 else pixels[:, :, c]
+        p = ndimage.gaussian_filter(pixels[:, :, c], 1.0) if photo else pixels[:, :, c]
         opened, closed = ndimage.grey_opening(p, size=window), ndimage.grey_closing(p, size=window)
         # Light ink: the bright pixels are thin strokes, which an opening removes, and the dark
         # ones are paper, which a closing keeps. Otherwise (paper ruled or not) the ink is dark.
@@ -205,9 +207,9 @@ def _ink(pixels):
 
 
 def _rules(strong):
-    """Pixels of long horizontal lines (ruled paper, a page edge): runs of ink across 4/5 of the
+    """Pixels of long horizontal lines (ruled paper, a page edge): runs of ink across 9/10 of the
     width. A digit's own bars are shorter: MNIST's span at most 20 of its 28 pixels."""
-    length = max(3, round(0.8 * strong.shape[1])) | 1
+    length = max(3, round(0.9 * strong.shape[1])) | 1
     run = ndimage.uniform_filter1d(strong.astype(np.float32), length, axis=1, mode="constant") > 1 - 1e-3
     return ndimage.maximum_filter1d(run, length, axis=1) & strong
 
@@ -258,8 +260,9 @@ def preprocess_digit(picture):
     """
     pixels = _as_pixels(picture)
     thumbnail = max(pixels.shape[:2]) < SIZE
-    if thumbnail:  # enlarged smoothly first, so that its strokes have a width to measure
-        pixels = np.clip(ndimage.zoom(pixels, (4, 4, 1), order=3, grid_mode=True, mode="nearest"), 0, 1)
+    zoom = 4 if thumbnail else 1  # a thumbnail is enlarged smoothly first, so its strokes have a width
+    if thumbnail:
+        pixels = np.clip(ndimage.zoom(pixels, (zoom, zoom, 1), order=3, grid_mode=True, mode="nearest"), 0, 1)
     sheet = _sheet(pixels)
     ink = _ink(pixels if sheet is None else pixels[sheet])
     if ink.max() < MIN_CONTRAST:
@@ -277,9 +280,10 @@ def preprocess_digit(picture):
         r = int(np.ceil(radius))
         disk = np.hypot(*np.mgrid[-r:r + 1, -r:r + 1]) <= radius
         ink = ndimage.grey_dilation(ink, footprint=disk)
-    if scale > UPSCALED:
-        warnings.warn(ImageWarning(f"the digit is only {side} pixels tall or wide: enlarged {scale:.1f} times "
-                                   f"to MNIST's {BOX}; a larger picture reads better"), stacklevel=2)
+    if scale * zoom > UPSCALED:
+        warnings.warn(ImageWarning(f"the digit is only {round(side / zoom)} pixels tall or wide: enlarged "
+                                   f"{scale * zoom:.1f} times to MNIST's {BOX}; a larger picture reads better"),
+                      stacklevel=2)
     out = _mnist_field(ink)
     if thumbnail:
         # An enlarged blur has no solid core; MNIST strokes do (levels tried on other seeds' thumbnails).

@@ -43,17 +43,19 @@ def create_app(model, classes=CLASS_NAMES["mnist"]):
         body = request.get_data(cache=False)
         if not body:
             return _error(400, "empty request: send the picture's bytes (PNG, JPEG, ...) as the body")
+        upload = io.BytesIO(body)
+        upload.name = "the upload"  # what load_digit's messages call it
         with warnings.catch_warnings(record=True) as notes:
             warnings.simplefilter("always", ImageWarning)
             try:
-                digit = load_digit(io.BytesIO(body))
+                digit = load_digit(upload)
             except ImageError as e:
-                return _error(400, f"{e}".replace("<file object>: ", ""))
+                return _error(400, str(e))
         with lock:
             p = model.predict(digit[None])[0]
         return jsonify(prediction=int(np.argmax(p)), probabilities=[float(q) for q in p], classes=list(classes),
                        image=np.round(digit[:, :, 0] * 255).astype(int).tolist(),
-                       notes=[str(n.message).replace("<file object>: ", "") for n in notes])
+                       notes=[str(n.message) for n in notes])
 
     @app.errorhandler(HTTPException)
     def http_error(e):  # 404, 405, 413 ... as JSON with the reason, like the rest of the API
