@@ -48,7 +48,7 @@ def plain(digit, rng, paper=None, side=None, canvas=None):
 
 
 def paper_brightness(digit, rng):
-    level = rng.uniform(0.35, 1.0)  # from dim grey to white; the ink keeps a fifth to two thirds of it
+    level = rng.uniform(0.35, 1.0)  # from dim grey to white; the ink is 10% to 60% as bright
     paper = level * WHITE
     canvas = (360, 360)
     side = int(rng.integers(150, 300))
@@ -62,7 +62,8 @@ def lighting_gradient(digit, rng):
     ys, xs = np.mgrid[0:h, 0:w]
     t = (np.cos(angle) * xs / w + np.sin(angle) * ys / h)
     t = (t - t.min()) / (t.max() - t.min())
-    light = rng.uniform(0.25, 0.45) + (1 - rng.uniform(0.25, 0.45)) * t  # a third of the light in one corner
+    dim = rng.uniform(0.25, 0.45)  # the darkest corner gets a quarter to 45% of the light
+    light = dim + (1 - dim) * t
     return page * light[..., None]
 
 
