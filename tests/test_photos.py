@@ -12,7 +12,7 @@ from fastcnn.errors import ImageError
 
 from photos import CONDITIONS, accuracy_table, photo_set
 
-PER_CONDITION = 24  # 264 photos, about 8 s
+PER_CONDITION = 24  # 264 photos, about 11 s
 
 
 @pytest.fixture(scope="module")
