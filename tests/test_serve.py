@@ -155,3 +155,37 @@ def test_draw_a_digit_in_chromium(browser, server):
     if os.environ.get("FASTCNN_SCREENSHOT"):
         time.sleep(0.2)
         browser.save_screenshot(os.environ["FASTCNN_SCREENSHOT"])
+
+
+def test_a_photo_chosen_on_the_page_is_read(browser, server, tmp_path):
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.uint8(np.linspace(120, 250, 300))[None, :].repeat(300, 0)).save(photo)  # uneven light
+    browser.get(server)
+    browser.find_element("id", "file").send_keys(str(photo))  # a page of no digit: the reason is shown
+    from selenium.webdriver.support.ui import WebDriverWait
+    WebDriverWait(browser, 20).until(lambda d: d.find_element("id", "error").text)
+    assert "no digit found" in browser.find_element("id", "error").text
+    browser.find_element("id", "clear").click()
+    seven().convert("RGB").save(tmp_path / "seven.jpg", quality=60)
+    browser.find_element("id", "file").send_keys(str(tmp_path / "seven.jpg"))
+    assert read_answer(browser)[0] == "7"
+
+
+def test_the_serve_command(trained_model):
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+    _, model_path = trained_model
+    proc = subprocess.Popen([sys.executable, "-m", "fastcnn.cli", "serve", str(model_path), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # "Serving MODEL on http://127.0.0.1:PORT/ (Ctrl-C to stop)"
+        assert "http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = line.split(" on ")[1].split()[0]
+        request = urllib.request.Request(url + "predict", data=png(seven()), method="POST")
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert json.load(r)["prediction"] == 7
+    finally:
+        proc.terminate()
+        proc.wait(10)
