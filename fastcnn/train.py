@@ -260,7 +260,7 @@ def train(out="model.npz", *, epochs=None, batch_size=None, lr=None, momentum=No
     if checkpoint_every is not None:
         checks.positive_int("checkpoint_every", checkpoint_every)
     threads = set_threads(threads)
-    if not resume and not overwrite and os.path.lexists(out):
+    if not resume and not overwrite and os.path.lexists(out) and not os.path.isdir(out):
         raise ModelFileError(f"{out}: already exists; continue its run with --resume, train into another "
                              f"file with --out, or replace it with --overwrite")
     check_writable(out)
