@@ -1,4 +1,4 @@
-"""The ``fastcnn`` command: ``train``, ``predict`` and ``evaluate``.
+"""The ``fastcnn`` command: ``train``, ``predict``, ``evaluate`` and ``serve``.
 
 Errors fastcnn raises on purpose (bad files, bad arguments, a diverging run) and failures to
 write a file end the command with one line on stderr and exit status 2, not a traceback. Output
@@ -10,7 +10,7 @@ import argparse
 import shlex
 import sys
 
-from .errors import FastCNNError, ImageError
+from .errors import FastCNNError, ImageError, ModelFileError
 
 
 def _train(args):
@@ -18,7 +18,7 @@ def _train(args):
     train(args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
           decay=args.decay, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
           threads=args.threads, resume=args.resume, progress=not args.no_progress,
-          checkpoint_every=args.checkpoint_every)
+          checkpoint_every=args.checkpoint_every, overwrite=args.overwrite)
 
 
 def _resume_command(args):
@@ -41,40 +41,75 @@ def _check_writable(path):
         raise ImageError(f"{path}: cannot write there ({e.strerror or e})") from None
 
 
+def _model_and_classes(args):
+    """The model, the data set it was trained on and its class names: the one recorded in the
+    model file, unless ``--dataset`` says otherwise (then with a warning)."""
+    from .checkpoint import load_checkpoint
+    from .data import CLASS_NAMES
+    saved = load_checkpoint(args.model)
+    recorded = ((saved.training or {}).get("settings") or {}).get("dataset")
+    recorded = recorded if recorded in CLASS_NAMES else None  # older or damaged files: no record
+    asked = getattr(args, "dataset", None)
+    dataset = asked or recorded or "mnist"
+    if asked and recorded and asked != recorded:
+        print(f"fastcnn {args.command}: warning: {args.model} was trained on {recorded}, "
+              f"but --dataset {asked} was given; using {asked}", file=sys.stderr)
+    return saved.model, dataset, CLASS_NAMES[dataset]
+
+
 def _predict(args):
-    from .checkpoint import load
-    from .image import save_preprocessed
-    from .inference import predict_digits
+    import warnings
+
+    import numpy as np
+
+    from .image import ImageWarning, load_digit, save_preprocessed
     if args.save_preprocessed:
         for path in args.images:
-            _check_writable(_preprocessed_path(path))
-    model = load(args.model)
-    probs, images = predict_digits(model, args.images)
-    for path, p, image in zip(args.images, probs, images):
-        print(f"{path}: digit {p.argmax()} ({p.max():.1%})")
-        print("  " + "  ".join(f"{k}: {100 * q:5.1f}%" for k, q in enumerate(p)))
+            _check_writable(preprocessed_path(path))
+    model, dataset, names = _model_and_classes(args)
+    noun = "digit " if dataset == "mnist" else ""
+    failed = 0
+    for path in args.images:
+        # A bad picture is reported and the rest are still read; the exit status says it at the end.
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", ImageWarning)
+            try:
+                image = load_digit(path)
+            except ImageError as e:
+                print(f"fastcnn predict: error: {e}", file=sys.stderr)
+                failed += 1
+                continue
+        p = model.predict(image[None])[0]
+        if len(p) != len(names):
+            raise ModelFileError(f"{args.model}: the model scores {len(p)} classes, {dataset} has {len(names)}")
+        k = int(np.argmax(p))
+        print(f"{path}: {noun}{names[k]} ({p[k]:.1%})")
+        print("  " + "  ".join(f"{name}: {100 * q:5.1f}%" for name, q in zip(names, p)))
+        for note in notes:
+            print(f"  note: {note.message}")
         if args.save_preprocessed:
-            out = _preprocessed_path(path)
+            out = preprocessed_path(path)
             save_preprocessed(image, out)
             print(f"  the 28x28 it saw: {out}")
+    return 2 if failed else 0
 
 
-def _preprocessed_path(path):
-    return f"{path.rsplit('.', 1)[0]}.28x28.png"
+def preprocessed_path(path):
+    """Where ``--save-preprocessed`` writes the 28x28 of ``path``: beside it, the whole name kept
+    (``a.png.28x28.png``, ``a.jpg.28x28.png``), so two pictures never share one."""
+    return f"{path}.28x28.png"
 
 
 def _evaluate(args):
-    from .checkpoint import load
-    from .data import CLASS_NAMES, load_dataset
+    from .data import load_dataset
     from .inference import evaluate
     for path in (args.plot, args.confusion):
         if path:
             _check_writable(path)
-    model = load(args.model)
-    x, y = load_dataset(args.dataset, "test", args.data_dir)
-    names = CLASS_NAMES[args.dataset]
+    model, dataset, names = _model_and_classes(args)
+    x, y = load_dataset(dataset, "test", args.data_dir)
     result = evaluate(model, x, y, classes=len(names))
-    print(f"test accuracy {result['accuracy']:.4f} on {len(y):,} {args.dataset} images")
+    print(f"test accuracy {result['accuracy']:.4f} on {len(y):,} {dataset} images")
     for name, acc in zip(names, result["per_class"]):
         print(f"  {name:>12s}  {acc:.4f}")
     print("confusion matrix (rows: true, columns: predicted):")
@@ -90,9 +125,22 @@ def _evaluate(args):
             print(f"confusion matrix: {args.confusion}")
 
 
+def _serve(args):
+    try:
+        from .serve import serve
+    except ImportError as e:
+        raise FastCNNError(f"serving the page needs the web extra ({e.name} is missing): "
+                           f"pip install 'fastcnn[web]'") from None
+    model, _, names = _model_and_classes(args)
+    serve(model, host=args.host, port=args.port, classes=names, model_name=args.model)
+
+
 def parser():
+    from . import __version__
     from .train import DEFAULTS
+    datasets = ["mnist", "fashion-mnist"]
     p = argparse.ArgumentParser(prog="fastcnn", description="A small, fast CNN engine for the CPU.")
+    p.add_argument("--version", action="version", version=f"fastcnn {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train the original MNIST network on every core",
@@ -105,30 +153,45 @@ def parser():
     t.add_argument("--decay", type=float, help=f"lr_t = lr / (1 + decay * t), default {DEFAULTS['decay']}")
     t.add_argument("--seed", type=int, help=f"weights and shuffling, default {DEFAULTS['seed']}")
     t.add_argument("--threads", type=int, help="cores to use, default all")
-    t.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="default mnist")
+    t.add_argument("--dataset", choices=datasets, help="default mnist")
     t.add_argument("--data-dir", help="folder with mnist/ and fashion-mnist/ (default $FASTCNN_DATA, "
                                       "else ~/.cache/fastcnn)")
     t.add_argument("--out", default="model.npz", help="model and checkpoint file, default model.npz")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it exists (without it, an existing file is never replaced)")
     t.add_argument("--checkpoint-every", type=int, metavar="K",
                    help="also write the checkpoint every K batches (default: after each epoch only)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar, only the epoch lines")
     t.set_defaults(run=_train)
 
+    model_help = "a model file written by train"
+    dataset_help = "the class names to use (default: the data set the model was trained on)"
     pr = sub.add_parser("predict", help="the digit in your own pictures")
-    pr.add_argument("model", help="a model file written by train")
-    pr.add_argument("images", nargs="+", help="pictures of one digit each, any format Pillow reads")
+    pr.add_argument("model", help=model_help)
+    pr.add_argument("images", nargs="+", help="pictures of one digit each, any format Pillow reads; "
+                                              "a bad one is reported and the rest are still read")
+    pr.add_argument("--dataset", choices=datasets, help=dataset_help)
     pr.add_argument("--save-preprocessed", action="store_true",
-                    help="write the 28x28 image the model saw beside each picture (NAME.28x28.png)")
+                    help="write the 28x28 image the model saw beside each picture (PICTURE.28x28.png)")
     pr.set_defaults(run=_predict)
 
     e = sub.add_parser("evaluate", help="test accuracy, per class, confusion matrix and plots")
-    e.add_argument("model")
-    e.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
-    e.add_argument("--data-dir")
+    e.add_argument("model", help=model_help)
+    e.add_argument("--dataset", choices=datasets, help="the test set (default: the one the model was trained on)")
+    e.add_argument("--data-dir", help="folder with mnist/ and fashion-mnist/ (default $FASTCNN_DATA, "
+                                      "else ~/.cache/fastcnn)")
     e.add_argument("--plot", metavar="PNG", help="draw a grid of wrong predictions")
     e.add_argument("--confusion", metavar="PNG", help="draw the confusion matrix")
     e.set_defaults(run=_evaluate)
+
+    s = sub.add_parser("serve", help="a web page to draw a digit or drop a photo, and a JSON endpoint",
+                       description="Serve a page where you draw a digit or drop a photo and see what the "
+                                   "model reads, and POST /predict (the picture's bytes as the body).")
+    s.add_argument("model", help=model_help)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on, default 127.0.0.1 (this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="default 8000")
+    s.set_defaults(run=_serve)
     return p
 
 
@@ -136,7 +199,7 @@ def main(argv=None):
     from .train import TrainingInterrupted
     args = parser().parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args)
     except (FastCNNError, OSError) as e:  # OSError: a file not written after all (disk full, ...)
         print(f"fastcnn {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -146,7 +209,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"fastcnn {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,20 @@
-"""Turn a user's picture of a digit into what an MNIST image looks like.
+"""Turn a user's picture of a digit (a scan, a drawing, a phone photo) into what an MNIST image looks like.
 
 MNIST digits are white on black, scaled so the longer side of the ink is 20 pixels, and placed in a
-28x28 field so that their centre of mass is at the centre. A photo or scan of a digit is usually
-dark ink on light paper, any size, anywhere in the frame; :func:`preprocess_digit` applies the
-same recipe so the network sees the kind of input it was trained on.
+28x28 field so that their centre of mass is at the centre. A photo of a digit is dark (or coloured)
+ink on paper that is rarely white or evenly lit, any size, anywhere in the frame, perhaps on a
+table, on ruled paper, in a thin pen. :func:`preprocess_digit` first finds the ink, then applies
+MNIST's recipe to it:
+
+1. Shrink large pictures (to ``WORK_SIDE``) and smooth sensor noise a little.
+2. Estimate the paper in each colour channel with a morphological closing (or opening, for light
+   ink), which removes features narrower than a third of the picture: strokes go, the lighting
+   gradient and a darker table around the sheet stay. Ink is the distance from that paper colour,
+   so red ink on green paper of the same brightness is ink too.
+3. Threshold the ink (Otsu), rub out long horizontal lines (rules), label connected components and
+   keep the digit: the largest one not touching the picture's edge and its neighbours, not specks,
+   not the table, not page edges. Faint pixels next to it are kept (its anti-aliased edge).
+4. Thicken a thin pen's strokes to MNIST's width, crop to the ink, fit 20x20, centre by centre of mass.
 """
 
 import os
@@ -12,22 +23,31 @@ import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from .errors import ImageError, ShapeError
 from .fileio import atomic_write
 
-__all__ = ["MAX_PIXELS", "load_digit", "preprocess_digit", "save_preprocessed"]
+__all__ = ["MAX_PIXELS", "ImageWarning", "load_digit", "preprocess_digit", "save_preprocessed"]
 
 MAX_PIXELS = 40_000_000  # a 40-megapixel photo is plenty for one digit; more is likely a bomb
 SIZE = 28  # the MNIST field
 BOX = 20  # the longer side of the ink in MNIST
-INK_THRESHOLD = 0.1  # after normalising, fainter than this is paper texture or noise, not ink
-MIN_CONTRAST = 0.1  # ink must differ from the background by this much, or the image is blank
+WORK_SIDE = 640  # larger pictures are shrunk to this first: plenty for a 20-pixel digit, and fast
+INK_THRESHOLD = 0.1  # fainter than this (relative to the digit's strongest ink) is paper, not ink
+MIN_CONTRAST = 0.1  # ink must differ from the paper by this much, or the image is blank
+STROKE = 2.5  # MNIST's stroke width in the 20-pixel box (median of its test set: 2.7)
+THIN = 1.5  # strokes thinner than this in the 20-pixel box are thickened to STROKE
+UPSCALED = 1.5  # a digit enlarged more than this many times is said to be small
 
 # Errors Pillow raises on files it can't decode; which one depends on the format plug-in, and
 # fuzzing found more than these (a TypeError from a damaged TIFF tag), so load_digit treats any
 # exception from decoding as a bad file.
 _PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+
+
+class ImageWarning(UserWarning):
+    """The picture was read, but the answer is less sure than usual (say, a tiny digit)."""
 
 
 def _describe(source):
@@ -36,27 +56,30 @@ def _describe(source):
     return getattr(source, "name", None) or "<file object>"
 
 
-def _to_grey(im):
-    """Greyscale in [0, 1] as float32, transparent parts shown as white paper."""
+def _to_pixels(im):
+    """Float32 (H, W, 1) grey or (H, W, 3) RGB in [0, 1], transparent parts shown as white paper."""
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
         # Transparent pixels often hold black RGB; on their own they would read as ink.
         white = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(white, im.convert("RGBA"))
     if im.mode.startswith("I;16"):
-        return np.asarray(im, dtype=np.float32) / 65535
+        return (np.asarray(im, dtype=np.float32) / 65535)[..., None]
     if im.mode in ("I", "F"):
         # No fixed range for 32-bit images: stretch what is there to [0, 1].
         a = np.asarray(im, dtype=np.float64)
         lo, hi = a.min(), a.max()
-        return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)).astype(np.float32)
-    return np.asarray(im.convert("L"), dtype=np.float32) / 255
+        return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)).astype(np.float32)[..., None]
+    if im.mode in ("1", "L"):
+        return (np.asarray(im.convert("L"), dtype=np.float32) / 255)[..., None]
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255
 
 
 def load_digit(path_or_file):
     """Read a picture of one digit (any format Pillow reads) and preprocess it like MNIST.
 
     Returns float32 of shape (28, 28, 1) in [0, 1]. Raises ``ImageError`` if the file is missing,
-    is not an image, is corrupt, is larger than ``MAX_PIXELS``, or shows no digit.
+    is not an image, is corrupt, is larger than ``MAX_PIXELS``, or shows no digit; warns
+    (``ImageWarning``) if the digit was so small it had to be enlarged.
     """
     if not isinstance(path_or_file, (str, bytes, os.PathLike)) and not hasattr(path_or_file, "read"):
         raise ImageError(f"path_or_file: expected a path or a binary file object, got {type(path_or_file).__name__}")
@@ -73,7 +96,7 @@ def load_digit(path_or_file):
                         f"{label}: image of {w}x{h} = {w * h} pixels, expected at most {MAX_PIXELS}"
                     )
                 im = ImageOps.exif_transpose(im)  # phones store portrait photos sideways
-                grey = _to_grey(im)
+                pixels = _to_pixels(_shrink(im))
     except ImageError:
         raise
     except FileNotFoundError:
@@ -87,18 +110,35 @@ def load_digit(path_or_file):
     except Exception as e:  # noqa: BLE001 - see _PILLOW_ERRORS
         raise ImageError(f"{label}: cannot read the image ({type(e).__name__}: {e})") from None
     try:
-        return preprocess_digit(grey)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always", ImageWarning)
+            digit = preprocess_digit(pixels)
     except (ImageError, ShapeError) as e:  # e.g. NaN pixels in a float TIFF: a bad file, named
         raise ImageError(f"{label}: {e}") from None
+    for w in said:
+        warnings.warn(ImageWarning(f"{label}: {w.message}"), stacklevel=2)
+    return digit
 
 
-def _as_grey(grey):
-    """Validate and convert to 2-D float32 in [0, 1]."""
-    a = np.asarray(grey)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    if a.ndim != 2 or a.size == 0:
-        raise ShapeError(f"expected a greyscale image of shape (H, W) or (H, W, 1), got shape {a.shape}")
+def _shrink(im):
+    """A large picture shrunk (by area averaging) so its longer side is ``WORK_SIDE``."""
+    if max(im.size) <= WORK_SIDE:
+        return im
+    if im.mode.startswith(("I", "F")):
+        im = im.convert("F")  # 16- and 32-bit pixels keep their range (_to_pixels stretches it)
+    elif im.mode not in ("1", "L", "RGB", "RGBA", "LA"):
+        im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
+    scale = WORK_SIDE / max(im.size)
+    return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BOX)
+
+
+def _as_pixels(picture):
+    """Validate and convert to (H, W, C) float32 in [0, 1], C = 1 (grey) or 3 (RGB)."""
+    a = np.asarray(picture)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3) or a.size == 0:
+        raise ShapeError(f"expected a greyscale (H, W) or (H, W, 1) or an RGB (H, W, 3) image, got shape {a.shape}")
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 255
     if a.dtype.kind != "f":
@@ -108,31 +148,155 @@ def _as_grey(grey):
     return a.astype(np.float32)
 
 
-def preprocess_digit(grey):
-    """Apply the MNIST recipe to a greyscale picture of one digit.
+def _otsu(values):
+    from skimage.filters import threshold_otsu  # imported here: skimage is slow to import
+    return float(threshold_otsu(values))
 
-    ``grey`` is uint8 (0-255) or float in [0, 1], shape (H, W) or (H, W, 1). The result is float32
-    of shape (28, 28, 1) in [0, 1]: a white digit on black, the longer side of the ink 20 pixels,
-    its centre of mass at (14, 14) (shifted less if needed to keep all the ink in the field).
-    Raises ``ImageError`` if there is no ink, ``ShapeError`` if ``grey`` is not a greyscale image.
+
+def _sheet(pixels):
+    """The sheet of paper, if the picture shows one on a darker table: (rows, cols) slices, else None.
+
+    A sheet is a bright region that fills its bounding box (holes, such as the digit, filled),
+    a fifth to 95% of the picture, with a sharp edge: few pixels are halfway between it and the
+    darker rest (a lighting gradient has many).
     """
-    g = _as_grey(grey)
-    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
-    if border.mean() > 0.5:
-        g = 1 - g  # dark ink on light paper: MNIST is the other way round
-        border = 1 - border
+    lum = pixels.mean(axis=2)
+    if lum.max() - lum.min() < MIN_CONTRAST:
+        return None
+    bright = ndimage.binary_fill_holes(lum > _otsu(lum))
+    labels, n = ndimage.label(bright)
+    if n == 0:
+        return None
+    area = ndimage.sum_labels(bright, labels, np.arange(1, n + 1))
+    k = int(np.argmax(area))
+    rows, cols = ndimage.find_objects(labels)[k]
+    inside = labels == k + 1
+    fills = area[k] / ((rows.stop - rows.start) * (cols.stop - cols.start))
+    paper, table = np.median(lum[inside]), np.median(lum[~inside]) if (~inside).any() else 1.0
+    halfway = np.abs(lum - (paper + table) / 2) < (paper - table) / 4
+    if not (0.2 <= area[k] / lum.size <= 0.95 and fills >= 0.9 and table < 0.7 * paper and halfway.mean() < 0.1):
+        return None
+    # Inset a little: the sheet's own edge (blurred, compressed) is not ink.
+    dy, dx = 2 + (rows.stop - rows.start) // 50, 2 + (cols.stop - cols.start) // 50
+    return slice(rows.start + dy, rows.stop - dy), slice(cols.start + dx, cols.stop - dx)
 
-    # The border is mostly paper: its median is the background level, whatever the lighting.
-    ink = np.clip(g - np.median(border), 0, None)
-    peak = ink.max()
-    if peak < MIN_CONTRAST:
+
+def _ink(pixels):
+    """How far each pixel is from the paper's colour there, (H, W) >= 0.
+
+    Per channel, the paper is a closing (dark ink) or an opening (light ink) with a window a third
+    of the picture: it removes strokes and keeps what is larger (uneven light, a table). Which one
+    is decided per channel, so red ink on green paper counts in both its red and green channels.
+    """
+    h, w, _ = pixels.shape
+    window = max(3, min(h, w) // 3)
+    photo = min(h, w) >= 200  # a photo's sensor noise is smoothed a little; small scans are left sharp
+    residue = []
+    for c in range(pixels.shape[2]):
+        p = ndimage.gaussian_filter(pixels[:, :, c], 1.0) if photo else pixels[:, :, c]
+        opened, closed = ndimage.grey_opening(p, size=window), ndimage.grey_closing(p, size=window)
+        # Light ink: the bright pixels are thin strokes, which an opening removes, and the dark
+        # ones are paper, which a closing keeps. Otherwise (paper ruled or not) the ink is dark.
+        t = _otsu(p) if p.max() > p.min() else None
+        if t is not None and (opened[p > t] > t).mean() < 0.5 and (closed[p <= t] <= t).mean() >= 0.5:
+            residue.append(p - opened)
+        else:
+            residue.append(closed - p)
+    ink = np.sqrt(np.mean(np.square(residue), axis=0))
+    return np.clip(ink - np.median(ink), 0, None)  # what is left on plain paper is noise
+
+
+def _rules(strong):
+    """Pixels of long horizontal lines (ruled paper, a page edge): runs of ink across 9/10 of the
+    width. A digit's own bars are shorter: MNIST's span at most 20 of its 28 pixels."""
+    length = max(3, round(0.9 * strong.shape[1])) | 1
+    run = ndimage.uniform_filter1d(strong.astype(np.float32), length, axis=1, mode="constant") > 1 - 1e-3
+    return ndimage.maximum_filter1d(run, length, axis=1) & strong
+
+
+def _digit_mask(ink):
+    """The pixels of the digit: thresholded, long lines rubbed out, components that aren't the digit dropped."""
+    strong = ink > _otsu(ink)
+    strong &= ~_rules(strong)
+    labels, n = ndimage.label(strong, structure=np.ones((3, 3)))
+    if n == 0:
         raise ImageError("no digit found: the image is blank")
-    ink /= peak
-    ink[ink <= INK_THRESHOLD] = 0  # paper texture and compression noise, which MNIST doesn't have
+    index = np.arange(1, n + 1)
+    area = ndimage.sum_labels(strong, labels, index)
+    boxes = ndimage.find_objects(labels)
+    # A page edge, a strip of table, a shadow: along a quarter of a side of the picture or more.
+    # (A stroke that runs off the picture touches it only over its own width.)
+    edge = np.zeros(n + 1, bool)
+    for side in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        edge |= np.bincount(side, minlength=n + 1) >= 0.25 * len(side)
+    edge = edge[1:]
+    # The digit is the largest of the others, unless there are none (a digit drawn edge to edge).
+    inner = np.flatnonzero(~edge)
+    main = inner[np.argmax(area[inner])] if inner.size else int(np.argmax(area))
+    (y0, y1), (x0, x1) = [(s.start, s.stop) for s in boxes[main]]
+    # Keep pieces of it (a 5's separate bar, a broken thin stroke) that lie within its own size of it.
+    my = mx = max(y1 - y0, x1 - x0)
+    keep = np.zeros(n + 1, bool)
+    for k, box in enumerate(boxes):
+        near = (box[0].start < y1 + my and box[0].stop > y0 - my and box[1].start < x1 + mx and box[1].stop > x0 - mx)
+        keep[k + 1] = k == main or (near and not edge[k] and area[k] >= 0.05 * area[main])
+    return keep[labels]
+
+
+def _stroke_width(mask):
+    """Mean stroke width in pixels: the ink's area over the length of its centre line."""
+    from skimage.morphology import skeletonize
+    return mask.sum() / max(1, skeletonize(mask).sum())
+
+
+def preprocess_digit(picture):
+    """Find the digit in a picture and apply the MNIST recipe to it.
+
+    ``picture`` is uint8 (0-255) or float in [0, 1], greyscale (H, W) or (H, W, 1) or RGB (H, W, 3).
+    The result is float32 of shape (28, 28, 1) in [0, 1]: a white digit on black, the longer side
+    of the ink 20 pixels, its centre of mass at (14, 14) (shifted less if needed to keep all the
+    ink in the field). Raises ``ImageError`` if there is no ink, ``ShapeError`` if ``picture`` is
+    not an image; warns (``ImageWarning``) if the digit had to be enlarged much.
+    """
+    pixels = _as_pixels(picture)
+    thumbnail = max(pixels.shape[:2]) < SIZE
+    zoom = 4 if thumbnail else 1  # a thumbnail is enlarged smoothly first, so its strokes have a width
+    if thumbnail:
+        pixels = np.clip(ndimage.zoom(pixels, (zoom, zoom, 1), order=3, grid_mode=True, mode="nearest"), 0, 1)
+    sheet = _sheet(pixels)
+    ink = _ink(pixels if sheet is None else pixels[sheet])
+    if ink.max() < MIN_CONTRAST:
+        raise ImageError("no digit found: the image is blank")
+    digit = _digit_mask(ink)
+    # Its faint anti-aliased edge too: pixels above INK_THRESHOLD within a pixel or two of it.
+    rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
+    side = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+    scale = BOX / side
+    near = ndimage.binary_dilation(digit, iterations=max(1, round(1.5 / scale)))
+    ink = np.where(near & (ink > INK_THRESHOLD * ink[digit].max()), ink, 0)
+    width = _stroke_width(digit) * scale
+    if width < THIN:  # a fine pen: MNIST's strokes are two to three pixels wide
+        radius = (STROKE - width) / 2 / scale
+        r = int(np.ceil(radius))
+        disk = np.hypot(*np.mgrid[-r:r + 1, -r:r + 1]) <= radius
+        ink = ndimage.grey_dilation(ink, footprint=disk)
+    if scale * zoom > UPSCALED:
+        warnings.warn(ImageWarning(f"the digit is only {round(side / zoom)} pixels tall or wide: enlarged "
+                                   f"{scale * zoom:.1f} times to MNIST's {BOX}; a larger picture reads better"),
+                      stacklevel=2)
+    out = _mnist_field(ink)
+    if thumbnail:
+        # An enlarged blur has no solid core; MNIST strokes do (levels tried on other seeds' thumbnails).
+        out = np.clip((out - 0.25) / 0.35, 0, 1)
+    return out
+
+
+def _mnist_field(ink):
+    """Crop to the ink, scale its longer side to 20 pixels, centre it by centre of mass in 28x28."""
     rows = np.flatnonzero(ink.any(axis=1))
     cols = np.flatnonzero(ink.any(axis=0))
-    crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-
+    crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float32)
+    crop /= crop.max()
     h, w = crop.shape
     scale = BOX / max(h, w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))

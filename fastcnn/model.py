@@ -148,4 +148,9 @@ def _as_input(x):
         raise ShapeError(f"x: expected floating-point images (e.g. uint8 / 255), got dtype {x.dtype}")
     if x.ndim < 2 or x.shape[0] == 0:
         raise ShapeError(f"x: expected a non-empty batch (N, ...), got shape {x.shape}")
+    # Two reductions, no temporary: NaN propagates through min and max, so one test catches
+    # NaN, Inf and unscaled 0-255 pixels; only then is the slower check_images run, for its message.
+    from .data import MAX_ABS_PIXEL, check_images
+    if not (-MAX_ABS_PIXEL <= x.min() and x.max() <= MAX_ABS_PIXEL):
+        check_images("x", x.reshape(len(x), -1, 1, 1))
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -255,14 +255,18 @@ def _check_fit(model, optimizer, train, test, epochs, batch_size, seed, checkpoi
 
 def train(out="model.npz", *, epochs=None, batch_size=None, lr=None, momentum=None, decay=None,
           seed=None, dataset=None, data_dir=None, threads=None, resume=False, progress=True,
-          checkpoint_every=None):
+          checkpoint_every=None, overwrite=False):
     """The training script: load the data, build or resume the model, fit, save. Returns the history.
 
     Settings left as None take the defaults (``DEFAULTS``), or on ``resume`` the checkpoint's.
-    Every setting is checked before anything is loaded. Temporary files a killed earlier run left
-    beside ``out`` are removed first. SIGINT or SIGTERM saves ``out`` and raises
-    ``TrainingInterrupted`` (see :func:`fit`).
+    Every setting is checked before anything is loaded. An existing ``out`` is only replaced with
+    ``overwrite`` (else ``ModelFileError``): it may be a model that took an hour to train.
+    Temporary files a killed earlier run left beside ``out`` are removed first. SIGINT or SIGTERM
+    saves ``out`` and raises ``TrainingInterrupted`` (see :func:`fit`).
     """
+    import os
+    import shlex
+
     from .data import load_dataset  # the data module is only needed here and by the CLI
 
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, decay=decay,
@@ -272,6 +276,9 @@ def train(out="model.npz", *, epochs=None, batch_size=None, lr=None, momentum=No
     if checkpoint_every is not None:
         checks.positive_int("checkpoint_every", checkpoint_every)
     threads = set_threads(threads)
+    if not resume and not overwrite and os.path.lexists(out) and not os.path.isdir(out):
+        raise ModelFileError(f"{out}: already exists; continue its run with --resume, train into another "
+                             f"file with --out, or replace it with --overwrite")
     check_writable(out)
     fileio.remove_stale_temps(out)
     if resume:
@@ -290,6 +297,13 @@ def train(out="model.npz", *, epochs=None, batch_size=None, lr=None, momentum=No
         except ShapeError as e:
             raise ModelFileError(f"{out}: damaged training settings: {e}") from None
         model, optimizer, state = saved.model, saved.optimizer, saved.training
+        if state["epoch"] >= settings["epochs"] and state["batch"] == 0:
+            done = state["history"][-1]["test_acc"] if state["history"] else None
+            print(f"{out}: this run has finished its {settings['epochs']} epochs"
+                  + (f" (test accuracy {done:.4f})" if done is not None else "")
+                  + f"; to train further, ask for more: fastcnn train --out {shlex.quote(os.fspath(out))} "
+                    f"--resume --epochs {settings['epochs'] + 5}")
+            return []
     else:
         settings = requested
         model = mnist_network(settings["seed"])

@@ -30,7 +30,7 @@ def test_predict_reads_pictures_like_mnist(trained_model, mnist, tmp_path, capsy
     out = capsys.readouterr().out
     for path, i in zip(paths, right):
         assert f"{path}: digit {y_test[i]} (" in out
-        seen = np.asarray(Image.open(path.replace(".png", ".28x28.png")))
+        seen = np.asarray(Image.open(path + ".28x28.png"))
         assert seen.shape == (28, 28) and seen.max() > 200 and seen[0].max() < 30  # white on black
     assert out.count("%") >= 11 * len(paths)  # every class's probability, and the winner's
 

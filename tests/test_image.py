@@ -84,7 +84,8 @@ def test_grey_background_and_grey_ink():
 def test_small_digit_is_scaled_up():
     im = Image.new("L", (40, 40), 255)
     ImageDraw.Draw(im).rectangle([(5, 10), (9, 19)], fill=0)  # 5 wide, 10 tall
-    out = image.preprocess_digit(np.asarray(im))
+    with pytest.warns(image.ImageWarning, match="only 10 pixels tall or wide: enlarged 2.0 times"):
+        out = image.preprocess_digit(np.asarray(im))
     r0, r1, c0, c1 = bbox(out[..., 0], 0.5)
     assert r1 - r0 + 1 == 20 and c1 - c0 + 1 == 10
     cy, cx = centre_of_mass(out[..., 0])
@@ -211,9 +212,9 @@ def test_pixel_limit_is_configurable(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "bad", [np.zeros((3, 3, 3), np.uint8), np.zeros((0, 5)), np.full((5, 5), 2.0), np.zeros((5, 5), np.int32)]
+    "bad", [np.zeros((3, 3, 4), np.uint8), np.zeros((0, 5)), np.full((5, 5), 2.0), np.zeros((5, 5), np.int32)]
 )
-def test_preprocess_rejects_non_greyscale(bad):
+def test_preprocess_rejects_what_is_not_a_grey_or_rgb_image(bad):
     with pytest.raises(ShapeError):
         image.preprocess_digit(bad)
 

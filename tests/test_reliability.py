@@ -348,7 +348,7 @@ def test_unwritable_outputs_fail_before_the_work(tmp_path, monkeypatch, capsys, 
     blocker.write_text("not a folder")
     picture = tmp_path / "digit.png"
     Image.fromarray((255 - bars(1, 0)[0][0, :, :, 0] * 255).astype(np.uint8)).save(picture)
-    (tmp_path / "digit.28x28.png").mkdir()  # where --save-preprocessed would write
+    (tmp_path / "digit.png.28x28.png").mkdir()  # where --save-preprocessed would write
     model_path = tmp_path / "model.npz"
     mnist_network(seed=0).save(model_path)
     in_a_file = f"cannot write there ({blocker} is a file, not a folder)"
@@ -357,7 +357,7 @@ def test_unwritable_outputs_fail_before_the_work(tmp_path, monkeypatch, capsys, 
         (["evaluate", str(model_path), "--data-dir", str(tmp_path), "--plot", str(blocker / "errors.png")], in_a_file),
         (["evaluate", str(model_path), "--data-dir", str(tmp_path), "--confusion", str(blocker / "c.png")], in_a_file),
         (["predict", str(model_path), str(picture), "--save-preprocessed"],
-         "digit.28x28.png: cannot write there (a folder of that name is in the way)"),
+         "digit.png.28x28.png: cannot write there (a folder of that name is in the way)"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

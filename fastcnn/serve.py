@@ -1,0 +1,84 @@
+"""``fastcnn serve``: a page to draw a digit or drop a photo, and ``POST /predict`` behind it.
+
+``POST /predict`` takes a picture's bytes as the request body (PNG, JPEG, anything Pillow reads)
+and answers ``{"prediction": 7, "probabilities": [10 floats], "classes": [10 names],
+"image": 28 rows of 28 pixels 0-255 (what the model saw), "notes": [...]}``. A bad upload (empty,
+not an image, over ``MAX_UPLOAD`` bytes or ``image.MAX_PIXELS`` pixels, no digit in it) gets a 4xx
+with ``{"error": "what was wrong"}``. The page (``web/index.html``) is plain HTML and JavaScript:
+nothing to build. Flask comes with the ``[web]`` extra.
+"""
+
+import importlib.resources
+import io
+import threading
+import warnings
+
+import numpy as np
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import make_server
+
+from .data import CLASS_NAMES
+from .errors import ImageError
+from .image import ImageWarning, load_digit
+
+__all__ = ["MAX_UPLOAD", "create_app", "serve"]
+
+MAX_UPLOAD = 25_000_000  # bytes: a phone photo is 3-12 MB; more is not a photo of one digit
+
+
+def create_app(model, classes=CLASS_NAMES["mnist"]):
+    """The Flask app that serves the page and ``POST /predict`` for ``model``."""
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD
+    page = (importlib.resources.files(__package__) / "web" / "index.html").read_text(encoding="utf-8")
+    lock = threading.Lock()  # Numba's thread pool is not to be entered from two threads at once
+
+    @app.get("/")
+    def index():
+        return Response(page, mimetype="text/html")
+
+    @app.post("/predict")
+    def predict():
+        body = request.get_data(cache=False)
+        if not body:
+            return _error(400, "empty request: send the picture's bytes (PNG, JPEG, ...) as the body")
+        upload = io.BytesIO(body)
+        upload.name = "the upload"  # what load_digit's messages call it
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", ImageWarning)
+            try:
+                digit = load_digit(upload)
+            except ImageError as e:
+                return _error(400, str(e))
+        with lock:
+            p = model.predict(digit[None])[0]
+        return jsonify(prediction=int(np.argmax(p)), probabilities=[float(q) for q in p], classes=list(classes),
+                       image=np.round(digit[:, :, 0] * 255).astype(int).tolist(),
+                       notes=[str(n.message) for n in notes])
+
+    @app.errorhandler(HTTPException)
+    def http_error(e):  # 404, 405, 413 ... as JSON with the reason, like the rest of the API
+        if e.code == 413:
+            return _error(413, f"upload too large: expected at most {MAX_UPLOAD:,} bytes")
+        return _error(e.code, e.description)
+
+    return app
+
+
+def _error(status, message):
+    response = jsonify(error=message)
+    response.status_code = status
+    return response
+
+
+def serve(model, host="127.0.0.1", port=8000, classes=CLASS_NAMES["mnist"], model_name="the model"):
+    """Serve the page until Ctrl-C. ``port`` 0 takes a free one."""
+    server = make_server(host, port, create_app(model, classes), threaded=True)
+    print(f"Serving {model_name} on http://{host}:{server.server_port}/ (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
