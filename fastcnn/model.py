@@ -122,12 +122,13 @@ class Sequential:
         dtype.
         """
         batch_size = checks.positive_int("batch_size", batch_size)
-        first = _as_input(x[:batch_size] if isinstance(x, np.ndarray) else x)
+        batches = _checked_batches(x, batch_size)
+        _, first = next(batches)
         plan = self.plan(first.shape[1:])
         probs = np.empty((len(x), *plan.output_shape), np.float32)
-        for i in range(0, len(x), batch_size):
-            batch = first if i == 0 else _as_input(x[i:i + batch_size])
-            plan.probabilities_into(probs[i:i + batch_size], batch)
+        plan.probabilities_into(probs[:len(first)], first)
+        for i, batch in batches:
+            plan.probabilities_into(probs[i:i + len(batch)], batch)
         return probs
 
     def save(self, path, optimizer=None):
@@ -138,6 +139,23 @@ class Sequential:
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
         return f"Sequential([\n    {inner}\n], backend={self.backend!r})"
+
+
+def _checked_batches(x, batch_size):
+    """``(start, batch)`` for each ``batch_size`` images of ``x``, checked and as float32. A bad
+    image is named by its index in all of ``x``: the batches before it passed, so the first bad
+    one that ``check_images`` finds up to this batch's end is in this batch."""
+    if not isinstance(x, np.ndarray) or x.ndim < 2 or len(x) == 0:
+        _as_input(x)  # raises, saying what was expected
+    for start in range(0, len(x), batch_size):
+        try:
+            yield start, _as_input(x[start:start + batch_size])
+        except ShapeError:
+            if start:
+                from .data import check_images
+                upto = x[:start + batch_size]
+                check_images("x", upto.reshape(len(upto), -1, 1, 1))
+            raise
 
 
 def _as_input(x):

@@ -133,3 +133,13 @@ def test_forward_and_predict_refuse_nan_inf_and_unscaled_images(bad, message):
     for run in (model.forward, model.predict):
         with pytest.raises(fastcnn.ShapeError, match=message):
             run(x)
+
+
+def test_predict_names_a_bad_image_by_its_index_in_all_of_x():
+    model = mnist_network(seed=0)
+    x = np.zeros((600, 28, 28, 1), np.float32)
+    x[517, 3, 3] = np.nan  # in the third batch of 256
+    with pytest.raises(fastcnn.ShapeError, match="image 517 holds NaN or Inf"):
+        model.predict(x)
+    with pytest.raises(fastcnn.ShapeError, match="non-empty batch"):
+        model.predict(x[:0])
