@@ -24,7 +24,7 @@ from .blas import NO_TRANS, TRANS, gemm
 from .jit import parallel_kernel
 
 # Blocks smaller than these multiply inefficiently, or cost more to hand out than they save:
-# a thread takes at least this many output columns (backward) or rows of w (forward).
+# a thread takes at least this many output columns or rows of w.
 _MIN_COLUMNS = 16
 _MIN_ROWS = 256
 
@@ -73,13 +73,14 @@ def _dense_backward(dx, dw, db, dz, dy, x, w, y, relu, need_dx, tasks):
                  np.float32(0.0), flat_dx[i0:], I)
 
 
-def _tasks(columns):
-    return max(1, min(numba.get_num_threads(), columns // _MIN_COLUMNS))
+def _tasks(blocks):
+    """Threads for ``blocks`` blocks of a useful size: at least one, at most every thread."""
+    return max(1, min(numba.get_num_threads(), blocks))
 
 
 def dense_forward_into(y, x, w, b, relu):
     """y = x @ w + b, then max(., 0) if ``relu``: into y (N, O)."""
-    tasks = max(1, min(numba.get_num_threads(), w.shape[0] // _MIN_ROWS))
+    tasks = _tasks(w.shape[0] // _MIN_ROWS)
     # One task multiplies straight into y (the adding pass reads each element before writing it).
     partial = y.reshape(1, *y.shape) if tasks == 1 else np.empty((tasks, *y.shape), np.float32)
     _dense_forward(y, partial, x, w, b, relu, tasks)
@@ -90,8 +91,9 @@ def dense_backward_into(dx, dw, db, dy, x, w, y, relu):
     x, w and, with ``relu``, its output y (which says where ReLU let the gradient through)."""
     dz = np.empty_like(dy)
     need_dx = dx is not None
-    _dense_backward(dx if need_dx else dz, dw, db, dz, dy, x, w, y if relu else dy, relu, need_dx,
-                    _tasks(max(w.shape[1], w.shape[0] // 64)))
+    # db is split by columns, dw and dx by rows of w: enough of either keeps the threads busy.
+    tasks = _tasks(max(w.shape[1] // _MIN_COLUMNS, w.shape[0] // _MIN_ROWS))
+    _dense_backward(dx if need_dx else dz, dw, db, dz, dy, x, w, y if relu else dy, relu, need_dx, tasks)
 
 
 def _check_dense(x, w, b):
