@@ -1,19 +1,24 @@
 """fastcnn: a small, fast, honest CNN engine for the CPU.
 
 Numba kernels (``fastcnn.kernels``) checked against a plain NumPy reference
-(``fastcnn.kernels.reference``), thin layers over them, a ``Sequential`` model and SGD.
+(``fastcnn.kernels.reference``), layers over them, a ``Sequential`` model with its execution plan, SGD and Adam, and ``fit``.
 """
 
 from .checkpoint import load, load_checkpoint, save
 from .errors import DataError, FastCNNError, ImageError, ModelFileError, ShapeError
-from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Layer,
+                     MaxPool2D, ReLU, Sigmoid, Tanh, register_layer)
 from .loss import SoftmaxCrossEntropy, softmax
 from .model import Sequential
-from .optim import SGD
+from .optim import SGD, Adam
+from .schedules import Constant, Cosine, InverseTime
+from .train import fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Conv2D", "MaxPool2D", "ReLU", "Flatten", "Dense", "SoftmaxCrossEntropy", "Sequential", "SGD",
-    "softmax", "save", "load", "load_checkpoint", "FastCNNError", "ShapeError", "DataError", "ModelFileError", "ImageError",
+    "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "ReLU", "Tanh", "Sigmoid", "Dropout",
+    "BatchNorm2D", "BatchNorm1D", "Flatten", "Dense", "register_layer", "SoftmaxCrossEntropy", "Sequential",
+    "SGD", "Adam", "Constant", "InverseTime", "Cosine", "fit", "softmax", "save", "load", "load_checkpoint",
+    "FastCNNError", "ShapeError", "DataError", "ModelFileError", "ImageError",
 ]

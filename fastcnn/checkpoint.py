@@ -1,8 +1,9 @@
 """Model files: one ``.npz`` that rebuilds a model without re-declaring its layers.
 
-It holds the architecture (JSON), every parameter, and optionally the optimizer state
-(velocities, step count, hyper-parameters) and training state (epoch, position in the epoch,
-seed, history). Nothing is pickled: JSON travels as a string array and loading uses
+It holds the architecture (JSON: the layers, the seed, the input shape), every parameter and
+buffer (BatchNorm's running statistics), and optionally the optimizer (its type,
+hyper-parameters, schedule, step count and state arrays) and the training state (settings,
+epoch, position in the epoch, history). Version 1 files (before Adam and BatchNorm) still load. Nothing is pickled: JSON travels as a string array and loading uses
 ``allow_pickle=False``. Files are written atomically, so a kill never leaves a torn one.
 """
 
@@ -20,10 +21,11 @@ from .fileio import atomic_write
 from .kernels import checks
 from .layers import LAYERS, layer_from_config
 from .model import Sequential
-from .optim import SGD
+from .optim import optimizer_from_config
 
 FORMAT = "fastcnn-model"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 
 
 def save(path, model, optimizer=None, training=None):
@@ -32,14 +34,13 @@ def save(path, model, optimizer=None, training=None):
         "format": np.array(FORMAT), "version": np.array(VERSION),
         "architecture": np.array(json.dumps({
             "layers": [[type(layer).__name__, layer.config()] for layer in model.layers],
-            "seed": model.seed})),
+            "seed": model.seed, "input_shape": model.input_shape})),
     }
     arrays.update({f"param/{name}": p for name, p in model.named_parameters()})
+    arrays.update({f"buffer/{name}": b for name, b in model.named_buffers()})
     if optimizer is not None:
-        arrays["optimizer/velocity"] = optimizer.velocity
-        arrays["optimizer/config"] = np.array(json.dumps(
-            {"lr": optimizer.lr, "momentum": optimizer.momentum, "decay": optimizer.decay,
-             "steps": optimizer.steps}))
+        arrays.update({f"optimizer/{name}": a for name, a in optimizer.state.items()})
+        arrays["optimizer/config"] = np.array(json.dumps(optimizer.config()))
     if training is not None:
         arrays["training"] = np.array(json.dumps(training))
     path = Path(path)
@@ -82,20 +83,19 @@ def load_checkpoint(path, backend="numba"):
         if str(arrays.get("format", "")) != FORMAT:
             raise ModelFileError(f"{path}: not a fastcnn model file (no '{FORMAT}' marker); "
                                  f"was it saved by model.save()?")
-        if arrays["version"].shape != () or int(arrays["version"]) != VERSION:
+        if arrays["version"].shape != () or int(arrays["version"]) not in READS:
             raise ModelFileError(f"{path}: model file version {arrays['version']}, "
-                                 f"this fastcnn reads version {VERSION}")
+                                 f"this fastcnn reads versions {', '.join(map(str, READS))}")
         arch = json.loads(str(arrays["architecture"]))
         _check_shapes(arch["layers"], arrays, path)  # before the layers allocate anything
         layers = [layer_from_config(name, config) for name, config in arch["layers"]]
-        model = Sequential(layers, seed=arch["seed"], backend=backend)
+        model = Sequential(layers, seed=arch["seed"], backend=backend, input_shape=arch.get("input_shape"))
         _fill(model.named_parameters(), arrays, "param/", path)
+        _fill(model.named_buffers(), arrays, "buffer/", path)
         optimizer = None
         if "optimizer/config" in arrays:
-            config = json.loads(str(arrays["optimizer/config"]))
-            optimizer = SGD(model, config["lr"], config["momentum"], config["decay"])
-            optimizer.steps = checks.non_negative_int("steps", config["steps"])
-            _fill([("velocity", optimizer.velocity)], arrays, "optimizer/", path)
+            optimizer = optimizer_from_config(model, json.loads(str(arrays["optimizer/config"])))
+            _fill(optimizer.state.items(), arrays, "optimizer/", path)
         training = None
         if "training" in arrays:
             training = check_training(json.loads(str(arrays["training"])))
@@ -142,9 +142,13 @@ def _check_shapes(layers, arrays, path):
     """Every parameter the architecture declares is in the file with that shape."""
     for i, (name, config) in enumerate(layers):
         if name not in LAYERS:
-            raise ModelFileError(f"{path}: damaged model file: unknown layer type {name!r}")
-        for pname, shape in LAYERS[name].param_shapes(config).items():
-            key = f"param/{i}.{pname}"
+            raise ModelFileError(f"{path}: unknown layer type {name!r}: if it is a layer of your own, import the "
+                                 f"module that defines it (decorated with @fastcnn.register_layer) before loading")
+        cls = LAYERS[name]
+        shapes = [(f"param/{i}.{p}", shape) for p, shape in cls.param_shapes(config).items()]
+        shapes += [(f"buffer/{i}.{b}", shape) for b, shape in cls.buffer_shapes(config).items()]
+        for key, shape in shapes:
+            shape = tuple(shape)
             if key not in arrays:
                 raise ModelFileError(f"{path}: damaged model file: '{key}' is missing")
             a = arrays[key]

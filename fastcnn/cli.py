@@ -1,4 +1,4 @@
-"""The ``fastcnn`` command: ``train``, ``predict``, ``evaluate`` and ``serve``.
+"""The ``fastcnn`` command: ``train``, ``predict``, ``evaluate``, ``history`` and ``serve``.
 
 Errors fastcnn raises on purpose (bad files, bad arguments, a diverging run) and failures to
 write a file end the command with one line on stderr and exit status 2, not a traceback. Output
@@ -14,11 +14,10 @@ from .errors import FastCNNError, ImageError, ModelFileError
 
 
 def _train(args):
+    from .settings import from_arguments
     from .train import train
-    train(args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-          decay=args.decay, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
-          threads=args.threads, resume=args.resume, progress=not args.no_progress,
-          checkpoint_every=args.checkpoint_every, overwrite=args.overwrite)
+    train(args.out, data_dir=args.data_dir, threads=args.threads, resume=args.resume, progress=not args.no_progress,
+          checkpoint_every=args.checkpoint_every, overwrite=args.overwrite, **from_arguments(args))
 
 
 def _resume_command(args):
@@ -125,6 +124,30 @@ def _evaluate(args):
             print(f"confusion matrix: {args.confusion}")
 
 
+def _history(args):
+    from .checkpoint import load_checkpoint
+    if args.plot:
+        _check_writable(args.plot)
+    saved = load_checkpoint(args.model)
+    history = (saved.training or {}).get("history") or []
+    if not history:
+        raise ModelFileError(f"{args.model}: holds no training history (was it written by fastcnn train or fit?)")
+    settings = (saved.training or {}).get("settings") or {}
+    if settings:
+        print(", ".join(f"{k} {v}" for k, v in settings.items() if v is not None))
+    print(f"{'epoch':>5}  {'loss':>8}  {'train acc':>9}  {'val loss':>8}  {'val acc':>8}  {'seconds':>8}")
+    for h in history:
+        val_loss, val_acc = h.get("val_loss"), h.get("val_acc", h.get("test_acc"))
+        print(f"{h['epoch']:>5}  {h['loss']:>8.4f}  {h['train_acc']:>9.4f}  "
+              f"{'' if val_loss is None else f'{val_loss:.4f}':>8}  {'' if val_acc is None else f'{val_acc:.4f}':>8}  "
+              f"{h['seconds']:>8.1f}")
+    if args.plot:
+        from .plots import plot_history
+        title = " on ".join(str(settings[k]) for k in ("model", "dataset") if settings.get(k))
+        plot_history(args.plot, history, title or None)
+        print(f"history plot: {args.plot}")
+
+
 def _serve(args):
     try:
         from .serve import serve
@@ -137,23 +160,18 @@ def _serve(args):
 
 def parser():
     from . import __version__
-    from .train import DEFAULTS
+    from .settings import add_arguments as add_settings
     datasets = ["mnist", "fashion-mnist"]
     p = argparse.ArgumentParser(prog="fastcnn", description="A small, fast CNN engine for the CPU.")
     p.add_argument("--version", action="version", version=f"fastcnn {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train the original MNIST network on every core",
-                       description="Train the original network (Conv 3x3x32, ReLU, MaxPool 2, Dense 128, "
-                                   "ReLU, Dense 10) with SGD; writes a checkpoint after every epoch.")
-    t.add_argument("--epochs", type=int, help=f"default {DEFAULTS['epochs']}")
-    t.add_argument("--batch-size", type=int, help=f"default {DEFAULTS['batch_size']}")
-    t.add_argument("--lr", type=float, help=f"initial learning rate, default {DEFAULTS['lr']}")
-    t.add_argument("--momentum", type=float, help=f"default {DEFAULTS['momentum']}")
-    t.add_argument("--decay", type=float, help=f"lr_t = lr / (1 + decay * t), default {DEFAULTS['decay']}")
-    t.add_argument("--seed", type=int, help=f"weights and shuffling, default {DEFAULTS['seed']}")
+    t = sub.add_parser("train", help="train a network (the original MNIST one by default) on every core",
+                       description="Train a named network (default: the original, Conv 3x3x32, ReLU, MaxPool 2, "
+                                   "Dense 128, ReLU, Dense 10, with SGD); writes a checkpoint after every epoch. "
+                                   "Settings left out take the network's recipe.")
+    add_settings(t)
     t.add_argument("--threads", type=int, help="cores to use, default all")
-    t.add_argument("--dataset", choices=datasets, help="default mnist")
     t.add_argument("--data-dir", help="folder with mnist/ and fashion-mnist/ (default $FASTCNN_DATA, "
                                       "else ~/.cache/fastcnn)")
     t.add_argument("--out", default="model.npz", help="model and checkpoint file, default model.npz")
@@ -184,6 +202,11 @@ def parser():
     e.add_argument("--plot", metavar="PNG", help="draw a grid of wrong predictions")
     e.add_argument("--confusion", metavar="PNG", help="draw the confusion matrix")
     e.set_defaults(run=_evaluate)
+
+    h = sub.add_parser("history", help="a model's training history: loss and accuracy per epoch, and a plot")
+    h.add_argument("model", help=model_help)
+    h.add_argument("--plot", metavar="PNG", help="draw loss and accuracy per epoch")
+    h.set_defaults(run=_history)
 
     s = sub.add_parser("serve", help="a web page to draw a digit or drop a photo, and a JSON endpoint",
                        description="Serve a page where you draw a digit or drop a photo and see what the "

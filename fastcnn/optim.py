@@ -1,31 +1,121 @@
-"""SGD with momentum and learning-rate decay, as in the original project:
-lr_t = lr / (1 + decay * t), t the number of steps taken before this one."""
+"""Optimizers over a model's flat parameter buffer: one fused kernel pass per step each.
+
+- ``SGD``: momentum in the original project's (Keras's) form, v = momentum * v - lr_t * g,
+  p += v, with lr_t = lr / (1 + decay * t) by default.
+- ``Adam``: PyTorch's ``torch.optim.Adam`` update.
+
+``weight_decay`` adds ``weight_decay * p`` to every gradient (L2, as PyTorch's ``weight_decay``);
+BatchNorm's scales and shifts included, as in PyTorch. ``schedule`` (``fastcnn.schedules``) scales
+the learning rate by step. An optimizer's state is its ``state`` arrays (one per parameter each)
+and ``steps``; model files save them with ``config()`` and ``optimizer_from_config`` rebuilds one.
+"""
 
 import math
 
 import numpy as np
 
 from .errors import ShapeError
+from .schedules import Constant, InverseTime, schedule_from_config, schedule_name
 
 
-class SGD:
-    def __init__(self, model, lr, momentum=0.9, decay=1e-3):
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ShapeError(f"lr: expected a learning rate > 0, got {lr!r}")
-        if not 0 <= momentum < 1:
-            raise ShapeError(f"momentum: expected a value in [0, 1), got {momentum!r}")
-        if not decay >= 0:
-            raise ShapeError(f"decay: expected a value >= 0, got {decay!r}")
-        self.model, self.lr, self.momentum, self.decay = model, float(lr), float(momentum), float(decay)
-        self.velocity = np.zeros_like(model.parameters)
+def _number(name, value, ok, expected):
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not math.isfinite(value) or not ok(value)):
+        raise ShapeError(f"{name}: expected {expected}, got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """What every optimizer has: the model, ``lr``, ``weight_decay``, ``schedule``, ``steps``
+    taken, and its ``state`` (name -> flat float32 array like ``model.parameters``)."""
+
+    def __init__(self, model, lr, weight_decay, schedule, state_names):
+        from .model import Sequential
+        if not isinstance(model, Sequential):
+            raise ShapeError(f"model: expected a fastcnn Sequential, got {type(model).__name__}")
+        self.model = model
+        self.lr = _number("lr", lr, lambda v: v > 0, "a learning rate > 0")
+        self.weight_decay = _number("weight_decay", weight_decay, lambda v: v >= 0, "a value >= 0")
+        if not callable(schedule) or not hasattr(schedule, "config"):
+            raise ShapeError(f"schedule: expected one of fastcnn.schedules' schedules, got {schedule!r}")
+        self.schedule = schedule
+        self.state = {name: np.zeros_like(model.parameters) for name in state_names}
         self.steps = 0
 
     @property
     def current_lr(self):
-        return self.lr / (1.0 + self.decay * self.steps)
+        return self.lr * self.schedule(self.steps)
+
+    def config(self):
+        return {"type": type(self).__name__, "lr": self.lr, "weight_decay": self.weight_decay,
+                "schedule": [schedule_name(self.schedule), self.schedule.config()], "steps": self.steps,
+                **self.hyperparameters()}
+
+    def __repr__(self):
+        args = {"lr": self.lr, **self.hyperparameters(), "weight_decay": self.weight_decay}
+        return (f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in args.items())}, "
+                f"schedule={schedule_name(self.schedule)})")
+
+
+class SGD(Optimizer):
+    """SGD with momentum; ``decay`` is the original's inverse-time decay, used unless another
+    ``schedule`` is given."""
+
+    def __init__(self, model, lr, momentum=0.9, decay=1e-3, weight_decay=0.0, schedule=None):
+        super().__init__(model, lr, weight_decay, InverseTime(decay) if schedule is None else schedule,
+                         ["velocity"])
+        self.momentum = _number("momentum", momentum, lambda v: 0 <= v < 1, "a value in [0, 1)")
+
+    @property
+    def velocity(self):
+        return self.state["velocity"]
+
+    def hyperparameters(self):
+        return {"momentum": self.momentum}
 
     def step(self):
-        """Apply the gradients the last ``model.backward`` left in ``model.gradients``."""
+        """Apply the gradients the last backward pass left in ``model.gradients``."""
         self.model.kernels.sgd_momentum_into(self.model.parameters, self.velocity, self.model.gradients,
-                                        self.current_lr, self.momentum)
+                                             self.current_lr, self.momentum, self.weight_decay)
         self.steps += 1
+
+
+class Adam(Optimizer):
+    """Adam, as ``torch.optim.Adam`` (``weight_decay`` is L2 added to the gradient, not AdamW)."""
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, schedule=None):
+        super().__init__(model, lr, weight_decay, Constant() if schedule is None else schedule, ["m", "v"])
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ShapeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
+        self.betas = tuple(_number("betas", b, lambda v: 0 <= v < 1, "values in [0, 1)") for b in betas)
+        self.eps = _number("eps", eps, lambda v: v > 0, "a value > 0")
+
+    def hyperparameters(self):
+        return {"betas": list(self.betas), "eps": self.eps}
+
+    def step(self):
+        self.steps += 1  # Adam's bias corrections count this step as t = 1, 2, ...
+        self.model.kernels.adam_into(self.model.parameters, self.state["m"], self.state["v"], self.model.gradients,
+                                     self.lr * self.schedule(self.steps - 1), self.betas[0], self.betas[1],
+                                     self.eps, self.weight_decay, self.steps)
+
+
+OPTIMIZERS = {"SGD": SGD, "Adam": Adam}
+
+
+def optimizer_from_config(model, config):
+    """The optimizer a model file's ``config()`` describes, with zeroed state (fill it after);
+    files from before Adam hold an SGD config without "type" or "schedule"."""
+    config = dict(config)
+    kind = config.pop("type", "SGD")
+    if kind not in OPTIMIZERS:
+        raise ShapeError(f"optimizer: unknown type {kind!r}; expected one of {sorted(OPTIMIZERS)}")
+    steps = config.pop("steps")
+    schedule = config.pop("schedule", None)
+    if schedule is not None:
+        config["schedule"] = schedule_from_config(*schedule)
+    optimizer = OPTIMIZERS[kind](model, **config)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ShapeError(f"steps: expected a non-negative integer, got {steps!r}")
+    optimizer.steps = steps
+    return optimizer

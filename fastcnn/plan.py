@@ -4,7 +4,13 @@ The user's layers stay as written. ``Plan`` walks them and, at each position, ta
 of ``PATTERNS`` whose layer types match there: Conv2D, ReLU, MaxPool2D become one fused step (the
 full-size convolution output never goes to memory); Dense, ReLU another; ReLU, MaxPool2D pools
 first (relu(max(x)) = max(relu(x)), with the same gradient, on 1/size^2 of the values); any other
-layer is a plain step of its own. Adding a fusion is one entry in ``PATTERNS`` and one step class.
+layer is a plain step of its own, and a layer of the user's own runs its NumPy ``forward`` and
+``backward`` (``Custom``). Adding a fusion is one entry in ``PATTERNS`` and one step class.
+
+Training and evaluation differ (BatchNorm's statistics, Dropout), so a plan holds two lists of
+steps: ``steps`` for training, and ``inference_steps``, which first tries ``FOLDS``: a BatchNorm
+after a Conv2D or Dense is folded into that layer's weight and bias (Conv2D, BatchNorm2D, ReLU,
+MaxPool2D is again one fused pass), and Dropout is the identity. ``Run`` says which a pass is.
 
 A plan is made for one example shape, and making it checks every layer against the shape that
 reaches it, once: a wrong shape is reported with the layer's index before anything runs. Each
@@ -15,26 +21,40 @@ The first step with parameters, and every step before it, skips its input gradie
 """
 
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
 from .errors import ShapeError
-from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Layer,
+                     MaxPool2D, ReLU, Sigmoid, Tanh)
 
 _KEEP = 4  # workspaces kept per plan and mode (the batch size, the last batch of an epoch, ...)
+
+
+class Run(NamedTuple):
+    """What one pass is: training (batch statistics, dropout) or evaluation, and for dropout's
+    masks the run's seed and the optimizer's step."""
+    training: bool
+    seed: int = 0
+    step: int = 0
+
+
+EVALUATION = Run(training=False)
 
 
 class Step:
     """One unit of execution over one or more layers: ``forward`` and ``backward`` side by side.
 
     ``shapes`` are the example shapes into each of the step's layers and out of the last one.
-    ``forward(k, x, ws)`` returns the step's output; ``backward(k, dy, ws)`` fills the layers'
-    ``grads`` and returns the input gradient (None where it is skipped). ``ws`` is the step's
-    workspace: a dict of the buffers ``buffers(n, train)`` asked for, and what forward saved.
+    ``forward(k, x, ws, run)`` returns the step's output; ``backward(k, dy, ws)`` fills the
+    layers' ``grads`` and returns the input gradient (None where it is skipped). ``ws`` is the
+    step's workspace: a dict of the buffers ``buffers(n, train)`` asked for, and what forward saved.
+    ``index`` is the position of the step's first layer in the model.
     """
 
-    def __init__(self, layers, shapes):
-        self.layers, self.in_shape, self.out_shape = layers, shapes[0], shapes[-1]
+    def __init__(self, layers, shapes, index):
+        self.layers, self.in_shape, self.out_shape, self.index = layers, shapes[0], shapes[-1], index
         self.needs_input_grad = True  # the plan clears it where nothing learnable comes before
 
     @property
@@ -48,16 +68,39 @@ class Step:
             need["dx"] = ((n, *self.in_shape), np.float32)
         return need
 
+    def weights(self, ws):
+        """The weight and bias the step's kernel runs with: its first layer's."""
+        params = self.layers[0].params
+        return params["weight"], params["bias"]
+
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(type(layer).__name__ for layer in self.layers)})"
+
+
+class Folded:
+    """Evaluation only: a BatchNorm (the step's second layer) folded into the weight and bias of
+    the Conv2D or Dense before it, so normalising costs nothing; computed on every pass (a few
+    thousand values) into the step's workspace, so it always reflects the current parameters."""
+
+    def buffers(self, n, train):
+        params = self.layers[0].params
+        return {**super().buffers(n, train), "w": (params["weight"].shape, np.float32),
+                "b": (params["bias"].shape, np.float32)}
+
+    def weights(self, ws):
+        params, bn = self.layers[0].params, self.layers[1]
+        scale = bn.params["weight"] / np.sqrt(bn.buffers["running_var"] + np.float32(bn.eps))
+        np.multiply(params["weight"], scale, out=ws["w"])  # scales each output channel (last axis)
+        np.add((params["bias"] - bn.buffers["running_mean"]) * scale, bn.params["bias"], out=ws["b"])
+        return ws["w"], ws["b"]
 
 
 class ConvReluPool(Step):
     """Conv2D -> ReLU -> MaxPool2D in one pass each way (``kernels/conv_pool.py``)."""
 
-    def __init__(self, layers, shapes):
-        super().__init__(layers, shapes)
-        self.conv, _, self.pool = layers
+    def __init__(self, layers, shapes, index):
+        super().__init__(layers, shapes, index)
+        self.conv, self.pool = layers[0], layers[-1]
         self.conv_shape = shapes[1]
 
     def buffers(self, n, train):
@@ -66,35 +109,56 @@ class ConvReluPool(Step):
             need["argmax"] = ((n, *self.out_shape), np.int32)
         return need
 
-    def forward(self, k, x, ws):
+    def forward(self, k, x, ws, run):
         conv, pool = self.conv, self.pool
+        w, b = self.weights(ws)
         ws["x"] = x
-        k.conv_relu_pool_forward_into(ws["y"], ws.get("argmax"), x, conv.params["weight"], conv.params["bias"],
-                                      conv.stride, conv.padding, pool.size, pool.stride, self.conv_shape[1])
+        k.conv_relu_pool_forward_into(ws["y"], ws.get("argmax"), x, w, b, conv.stride, conv.pad, pool.size,
+                                      pool.stride, self.conv_shape[1])
         return ws["y"]
 
     def backward(self, k, dy, ws):
         conv, pool = self.conv, self.pool
         dx = ws.get("dx")
         k.conv_relu_pool_backward_into(dx, conv.grads["weight"], conv.grads["bias"], dy, ws["x"],
-                                       conv.params["weight"], ws["y"], ws["argmax"], conv.stride, conv.padding,
+                                       conv.params["weight"], ws["y"], ws["argmax"], conv.stride, conv.pad,
                                        pool.size, pool.stride, (len(dy), *self.conv_shape))
         return dx
 
 
+class FoldedConvReluPool(Folded, ConvReluPool):
+    """Conv2D -> BatchNorm2D -> ReLU -> MaxPool2D in evaluation: one fused pass."""
+
+
 class Conv(Step):
-    def forward(self, k, x, ws):
+    """Conv2D; with ``relu``, the ReLU after it applied in place (inference only)."""
+
+    relu = False
+
+    def forward(self, k, x, ws, run):
         conv = self.layers[0]
+        w, b = self.weights(ws)
         ws["x"] = x
-        k.conv2d_forward_into(ws["y"], x, conv.params["weight"], conv.params["bias"], conv.stride, conv.padding)
+        k.conv2d_forward_into(ws["y"], x, w, b, conv.stride, conv.pad)
+        if self.relu:
+            k.relu_forward_into(ws["y"], ws["y"])
         return ws["y"]
 
     def backward(self, k, dy, ws):
         conv = self.layers[0]
         dx = ws.get("dx")
         k.conv2d_backward_into(dx, conv.grads["weight"], conv.grads["bias"], dy, ws["x"], conv.params["weight"],
-                               conv.stride, conv.padding)
+                               conv.stride, conv.pad)
         return dx
+
+
+class FoldedConv(Folded, Conv):
+    """Conv2D -> BatchNorm2D in evaluation."""
+
+
+class FoldedConvRelu(FoldedConv):
+    """Conv2D -> BatchNorm2D -> ReLU in evaluation."""
+    relu = True
 
 
 class DenseStep(Step):
@@ -102,10 +166,10 @@ class DenseStep(Step):
 
     relu = False
 
-    def forward(self, k, x, ws):
-        dense = self.layers[0]
+    def forward(self, k, x, ws, run):
+        w, b = self.weights(ws)
         ws["x"] = x
-        k.dense_forward_into(ws["y"], x, dense.params["weight"], dense.params["bias"], self.relu)
+        k.dense_forward_into(ws["y"], x, w, b, self.relu)
         return ws["y"]
 
     def backward(self, k, dy, ws):
@@ -120,6 +184,84 @@ class DenseRelu(DenseStep):
     relu = True
 
 
+class FoldedDense(Folded, DenseStep):
+    """Dense -> BatchNorm1D in evaluation."""
+
+
+class FoldedDenseRelu(Folded, DenseRelu):
+    """Dense -> BatchNorm1D -> ReLU in evaluation."""
+
+
+class BatchNorm(Step):
+    """BatchNorm2D or BatchNorm1D over the last axis, or either followed by a ReLU, fused. In
+    training: the batch's statistics, which also move the running ones; in evaluation: the
+    running statistics."""
+
+    relu = False
+
+    def buffers(self, n, train):
+        need = super().buffers(n, train)
+        if train:
+            channels = self.in_shape[-1]
+            need.update(mean=((channels,), np.float32), var=((channels,), np.float32))
+        return need
+
+    def forward(self, k, x, ws, run):
+        bn = self.layers[0]
+        rows = x.reshape(-1, x.shape[-1])
+        y = ws["y"].reshape(rows.shape)
+        if not run.training:
+            k.batchnorm_eval_forward_into(y, rows, bn.params["weight"], bn.params["bias"], bn.buffers["running_mean"],
+                                          bn.buffers["running_var"], bn.eps, self.relu)
+            return ws["y"]
+        mean, var = ws["mean"], ws["var"]
+        k.batchnorm_forward_into(y, mean, var, rows, bn.params["weight"], bn.params["bias"], bn.eps, self.relu)
+        m, r = np.float32(bn.momentum), len(rows)
+        bn.buffers["running_mean"] *= 1 - m
+        bn.buffers["running_mean"] += m * mean
+        bn.buffers["running_var"] *= 1 - m
+        bn.buffers["running_var"] += (m * r / max(r - 1, 1)) * var  # the unbiased variance, as PyTorch keeps
+        ws["x"] = rows
+        return ws["y"]
+
+    def backward(self, k, dy, ws):
+        bn = self.layers[0]
+        rows = ws["x"]
+        dx = ws.get("dx")
+        k.batchnorm_backward_into(None if dx is None else dx.reshape(rows.shape), bn.grads["weight"], bn.grads["bias"],
+                                  dy.reshape(rows.shape), rows, ws["y"].reshape(rows.shape), bn.params["weight"],
+                                  ws["mean"], ws["var"], bn.eps, self.relu)
+        return dx
+
+
+class BatchNormRelu(BatchNorm):
+    relu = True
+
+
+class DropoutStep(Step):
+    """Inverted dropout in training, the identity (no buffers, no work) in evaluation."""
+
+    def buffers(self, n, train):
+        return super().buffers(n, train) if train else {}
+
+    def forward(self, k, x, ws, run):
+        p = self.layers[0].p
+        if not run.training or p == 0:
+            return x
+        ws["key"] = k.dropout_key(run.seed, run.step, self.index)
+        k.dropout_forward_into(ws["y"], x, p, ws["key"])
+        return ws["y"]
+
+    def backward(self, k, dy, ws):
+        dx = ws.get("dx")
+        if dx is None:
+            return None
+        if "key" not in ws:  # p == 0
+            return dy
+        k.dropout_backward_into(dx, dy, self.layers[0].p, ws["key"])
+        return dx
+
+
 class Pool(Step):
     """MaxPool2D, or ReLU -> MaxPool2D run as pool then ReLU."""
 
@@ -132,7 +274,7 @@ class Pool(Step):
             need["dpool"] = ((n, *self.out_shape), np.float32)  # dy through the ReLU
         return need
 
-    def forward(self, k, x, ws):
+    def forward(self, k, x, ws, run):
         pool = self.layers[-1]
         k.maxpool_forward_into(ws["y"], ws["argmax"], x, pool.size, pool.stride)
         if self.relu:
@@ -153,16 +295,57 @@ class ReluPool(Pool):
     relu = True
 
 
-class Relu(Step):
-    def forward(self, k, x, ws):
-        k.relu_forward_into(ws["y"], x)
+class AvgPool(Step):
+    def forward(self, k, x, ws, run):
+        pool = self.layers[0]
+        k.avgpool_forward_into(ws["y"], x, pool.size, pool.stride)
+        return ws["y"]
+
+    def backward(self, k, dy, ws):
+        pool, dx = self.layers[0], ws.get("dx")
+        if dx is not None:
+            k.avgpool_backward_into(dx, dy, pool.size, pool.stride)
+        return dx
+
+
+class GlobalAvgPool(Step):
+    def forward(self, k, x, ws, run):
+        k.global_avgpool_forward_into(ws["y"], x)
         return ws["y"]
 
     def backward(self, k, dy, ws):
         dx = ws.get("dx")
         if dx is not None:
-            k.relu_backward_into(dx, dy, ws["y"])
+            k.global_avgpool_backward_into(dx, dy)
         return dx
+
+
+class Elementwise(Step):
+    """An activation: ``y = f(x)`` forward, ``dx = dy * f'(x)`` computed from y backward."""
+
+    kernel = None  # "relu": the kernels relu_forward_into and relu_backward_into
+
+    def forward(self, k, x, ws, run):
+        getattr(k, f"{self.kernel}_forward_into")(ws["y"], x)
+        return ws["y"]
+
+    def backward(self, k, dy, ws):
+        dx = ws.get("dx")
+        if dx is not None:
+            getattr(k, f"{self.kernel}_backward_into")(dx, dy, ws["y"])
+        return dx
+
+
+class Relu(Elementwise):
+    kernel = "relu"
+
+
+class TanhStep(Elementwise):
+    kernel = "tanh"
+
+
+class SigmoidStep(Elementwise):
+    kernel = "sigmoid"
 
 
 class FlattenStep(Step):
@@ -171,11 +354,42 @@ class FlattenStep(Step):
     def buffers(self, n, train):
         return {}
 
-    def forward(self, k, x, ws):
+    def forward(self, k, x, ws, run):
         return x.reshape(len(x), -1)
 
     def backward(self, k, dy, ws):
         return dy.reshape(len(dy), *self.in_shape) if self.needs_input_grad else None
+
+
+class Custom(Step):
+    """A layer of the user's own (see ``Layer``): its ``forward`` and ``backward`` in NumPy. Its
+    ``training`` attribute tells it the mode of each pass; its results are checked every call,
+    since the plan can't know them in advance."""
+
+    def buffers(self, n, train):
+        return {}
+
+    def forward(self, k, x, ws, run):
+        layer = self.layers[0]
+        layer.training = run.training
+        y = layer.forward(x)
+        return self._checked(y, (len(x), *self.out_shape), "forward", "output")
+
+    def backward(self, k, dy, ws):
+        layer = self.layers[0]
+        views = {name: id(g) for name, g in layer.grads.items()}
+        dx = layer.backward(dy)
+        if {name: id(g) for name, g in layer.grads.items()} != views:
+            raise ShapeError(f"layer {self.index} {layer!r}: backward replaced an array of self.grads; write the "
+                             f"gradients into them in place (self.grads[name][...] = ...)")
+        return self._checked(dx, (len(dy), *self.in_shape), "backward", "input gradient") if self.needs_input_grad else None
+
+    def _checked(self, a, shape, method, what):
+        if not isinstance(a, np.ndarray) or a.shape != shape:
+            got = a.shape if isinstance(a, np.ndarray) else type(a).__name__
+            raise ShapeError(f"layer {self.index} {self.layers[0]!r}: {method} returned {got}; expected the {what} "
+                             f"of shape {shape}")
+        return np.ascontiguousarray(a, dtype=np.float32)
 
 
 # Tried in order at each position: the first whose layer types match there wins.
@@ -183,12 +397,45 @@ PATTERNS = [
     ((Conv2D, ReLU, MaxPool2D), ConvReluPool),
     ((Dense, ReLU), DenseRelu),
     ((ReLU, MaxPool2D), ReluPool),
+    ((BatchNorm2D, ReLU), BatchNormRelu),
+    ((BatchNorm1D, ReLU), BatchNormRelu),
     ((Conv2D,), Conv),
     ((Dense,), DenseStep),
+    ((BatchNorm2D,), BatchNorm),
+    ((BatchNorm1D,), BatchNorm),
     ((MaxPool2D,), Pool),
+    ((AvgPool2D,), AvgPool),
+    ((GlobalAvgPool2D,), GlobalAvgPool),
     ((ReLU,), Relu),
+    ((Tanh,), TanhStep),
+    ((Sigmoid,), SigmoidStep),
+    ((Dropout,), DropoutStep),
     ((Flatten,), FlattenStep),
 ]
+# Evaluation runs these first: a BatchNorm after a Conv2D or Dense is folded into its weights.
+FOLDS = [
+    ((Conv2D, BatchNorm2D, ReLU, MaxPool2D), FoldedConvReluPool),
+    ((Conv2D, BatchNorm2D, ReLU), FoldedConvRelu),
+    ((Conv2D, BatchNorm2D), FoldedConv),
+    ((Dense, BatchNorm1D, ReLU), FoldedDenseRelu),
+    ((Dense, BatchNorm1D), FoldedDense),
+]
+
+
+def _steps(layers, shapes, patterns):
+    steps, i = [], 0
+    while i < len(layers):
+        for types, step in patterns:
+            run = layers[i:i + len(types)]
+            if len(run) == len(types) and all(type(layer) is t for layer, t in zip(run, types)):
+                break
+        else:
+            if type(layers[i]).__module__ == Layer.__module__:
+                raise ShapeError(f"layer {i} {layers[i]!r}: no step of the execution plan runs this layer type")
+            run, step = layers[i:i + 1], Custom  # a layer of the user's own
+        steps.append(step(run, shapes[i:i + len(run) + 1], i))
+        i += len(run)
+    return steps
 
 
 class Plan:
@@ -202,17 +449,8 @@ class Plan:
                 shapes.append(tuple(layer.output_shape(shapes[-1])))
             except ShapeError as e:
                 raise ShapeError(f"layer {i} {layer!r}: {e}") from None
-        self.steps = []
-        i = 0
-        while i < len(layers):
-            for types, step in PATTERNS:
-                run = layers[i:i + len(types)]
-                if len(run) == len(types) and all(type(layer) is t for layer, t in zip(run, types)):
-                    self.steps.append(step(run, shapes[i:i + len(types) + 1]))
-                    i += len(types)
-                    break
-            else:
-                raise ShapeError(f"layer {i} {layers[i]!r}: no step of the execution plan runs this layer type")
+        self.steps = _steps(layers, shapes, PATTERNS)  # training
+        self.inference_steps = _steps(layers, shapes, FOLDS + PATTERNS)
         learnable_before = False
         for step in self.steps:
             step.needs_input_grad = learnable_before
@@ -227,7 +465,7 @@ class Plan:
         ws = cache.pop(n, None)
         if ws is None:
             ws = [{name: np.empty(shape, dtype) for name, (shape, dtype) in step.buffers(n, train).items()}
-                  for step in self.steps]
+                  for step in (self.steps if train else self.inference_steps)]
             if train:
                 ws.append({"dlogits": np.empty((n, *self.output_shape), np.float32),
                            "row_loss": np.empty(n, np.float32)})
@@ -236,9 +474,10 @@ class Plan:
         cache[n] = ws  # most recently used last
         return ws
 
-    def forward(self, x, ws):
-        for step, buffers in zip(self.steps, ws):
-            x = step.forward(self.kernels, x, buffers)
+    def forward(self, x, ws, run):
+        """The logits of a checked batch, in the workspace ``ws`` made for ``run.training``."""
+        for step, buffers in zip(self.steps if run.training else self.inference_steps, ws):
+            x = step.forward(self.kernels, x, buffers, run)
         return x
 
     def backward(self, dy, ws):
@@ -247,11 +486,12 @@ class Plan:
             if not step.needs_input_grad:
                 break
 
-    def train_step(self, x, labels):
+    def train_step(self, x, labels, seed=0, step=0):
         """Forward, softmax cross-entropy and backward for a checked batch: fills every layer's
-        ``grads``; returns the mean loss and the logits (the workspace's: read, don't keep)."""
+        ``grads``; returns the mean loss and the logits (the workspace's: read, don't keep).
+        ``seed`` and ``step`` (the optimizer's) draw dropout's masks."""
         ws = self.workspace(len(x), train=True)
-        logits = self.forward(x, ws)
+        logits = self.forward(x, ws, Run(True, seed, step))
         loss = ws[-1]
         self.kernels.softmax_cross_entropy_into(loss["dlogits"], loss["row_loss"], logits, labels)
         self.backward(loss["dlogits"], ws)
@@ -259,7 +499,7 @@ class Plan:
 
     def probabilities_into(self, probs, x):
         """probs (N, classes) = softmax of the logits of a checked batch x, keeping no state."""
-        self.kernels.softmax_into(probs, self.forward(x, self.workspace(len(x), train=False)))
+        self.kernels.softmax_into(probs, self.forward(x, self.workspace(len(x), train=False), EVALUATION))
 
     def __repr__(self):
         return "Plan([" + ", ".join(map(repr, self.steps)) + "])"

@@ -48,3 +48,28 @@ def plot_confusion(path, confusion, class_names):
     ax.set_ylabel("true")
     ax.set_title(f"accuracy {np.trace(confusion) / confusion.sum():.2%}")
     _save(fig, path)
+
+
+def plot_history(path, history, title=None):
+    """Loss and accuracy per epoch, training beside validation (where the run had validation data)."""
+    epochs = [h["epoch"] for h in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key, name in ((loss_ax, "loss", "loss"), (acc_ax, "train_acc", "accuracy")):
+        ax.plot(epochs, [h[key] for h in history], "o-", label="training")
+        val_key = "val_loss" if key == "loss" else "val_acc"
+        val = [(h["epoch"], h.get(val_key, h.get("test_acc") if key != "loss" else None)) for h in history]
+        val = [(e, v) for e, v in val if v is not None]
+        if val:
+            ax.plot(*zip(*val), "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if val:
+        best = max(val, key=lambda ev: ev[1])
+        acc_ax.set_title(f"best validation accuracy {best[1]:.2%} (epoch {best[0]})", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)

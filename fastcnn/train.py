@@ -1,4 +1,5 @@
-"""Training: the original network, the epoch loop, checkpoints, resume, and stopping safely.
+"""Training: ``fit`` (the epoch loop, validation, checkpoints, resume, stopping safely) and
+``train`` (the training script: a named network and its settings, the data, fit, save).
 
 The shuffle of epoch ``e`` is ``default_rng([seed, e]).permutation(N)``: the seed and the epoch
 are the whole RNG state, so a resumed run draws exactly the batches an uninterrupted one would.
@@ -26,11 +27,7 @@ from . import checkpoint, fileio
 from .errors import FastCNNError, ModelFileError, ShapeError
 from .inference import check_batch
 from .kernels import checks, jit
-from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
-from .model import Sequential
-from .optim import SGD
-
-DEFAULTS = dict(epochs=5, batch_size=64, lr=0.07, momentum=0.9, decay=1e-3, seed=0, dataset="mnist")
+from .optim import Optimizer
 
 
 class TrainingDiverged(FastCNNError, FloatingPointError):
@@ -52,9 +49,10 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def mnist_network(seed=0, backend="numba"):
-    """The original project's network: Conv 3x3x32 pad 1, ReLU, MaxPool 2, Dense 128, ReLU, Dense 10."""
-    return Sequential([Conv2D(1, 32, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(),
-                       Dense(14 * 14 * 32, 128), ReLU(), Dense(128, 10)], seed=seed, backend=backend)
+    """The original project's network for MNIST: Conv 3x3x32 pad 1, ReLU, MaxPool 2, Dense 128,
+    ReLU, Dense 10."""
+    from .architectures import ARCHITECTURES
+    return ARCHITECTURES["original"].build((28, 28, 1), 10, seed, backend)
 
 
 def set_threads(threads):
@@ -93,27 +91,6 @@ def check_writable(path, need=0):
         raise ModelFileError(f"{path}: cannot write there ({e.strerror or e}); choose another --out") from None
 
 
-def _number(name, value, ok, expected):
-    """A finite real number for which ``ok`` holds, else ``ShapeError`` naming ``name``."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
-            or not math.isfinite(value) or not ok(value)):
-        raise ShapeError(f"{name}: expected {expected}, got {value!r}")
-    return float(value)
-
-
-def check_settings(settings):
-    """The hyper-parameters of a run, checked before anything is loaded; ``ShapeError`` if not."""
-    from .data import DATASETS
-    checks.positive_int("epochs", settings["epochs"])
-    checks.positive_int("batch_size", settings["batch_size"])
-    checks.non_negative_int("seed", settings["seed"])
-    _number("lr", settings["lr"], lambda v: v > 0, "a learning rate > 0")
-    _number("momentum", settings["momentum"], lambda v: 0 <= v < 1, "a value in [0, 1)")
-    _number("decay", settings["decay"], lambda v: v >= 0, "a value >= 0")
-    if settings["dataset"] not in DATASETS:
-        raise ShapeError(f"dataset: expected one of {', '.join(DATASETS)}, got {settings['dataset']!r}")
-
-
 def fresh_state():
     """Where a new run starts: epoch 0, batch 0, no running totals (loss sum, correct, seen,
     seconds) and no history."""
@@ -122,6 +99,14 @@ def fresh_state():
 
 def accuracy(model, x, y, batch_size=128):
     return float((model.predict(x, batch_size).argmax(axis=1) == y).mean())
+
+
+def loss_and_accuracy(model, x, y, batch_size=256):
+    """The mean cross-entropy and the accuracy of ``model`` (evaluation mode) on checked x, y."""
+    probs = model.predict(x, batch_size)
+    picked = probs[np.arange(len(y)), y].astype(np.float64)
+    loss = -np.log(np.maximum(picked, np.finfo(np.float32).tiny)).mean()
+    return float(loss), float((probs.argmax(axis=1) == y).mean())
 
 
 @contextlib.contextmanager
@@ -146,7 +131,8 @@ def _stop_on_signals():
 
 def _save(out, model, optimizer, state):
     """Write a checkpoint, unless the weights hold NaN or Inf: then the last good one stays."""
-    if not (np.isfinite(model.parameters).all() and np.isfinite(optimizer.velocity).all()):
+    if not (np.isfinite(model.parameters).all() and all(np.isfinite(a).all() for a in optimizer.state.values())
+            and all(np.isfinite(b).all() for _, b in model.named_buffers())):
         raise TrainingDiverged(f"the weights became NaN or Inf by step {optimizer.steps}; "
                                f"{out} keeps the last good checkpoint")
     checkpoint.save(out, model, optimizer, state)
@@ -159,25 +145,34 @@ def _interrupted(signum, steps, epochs, batches, out, state):
                                f"{where}", signum, out, state)
 
 
-def fit(model, optimizer, train, test, *, epochs, batch_size, seed, out=None, training=None, progress=True,
-        checkpoint_every=None):
-    """Train ``model`` for ``epochs`` on ``train`` = (x, y), reporting accuracy on ``test`` = (x, y).
+def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, seed=0, validation_split=0.0,
+        out=None, training=None, progress=True, checkpoint_every=None):
+    """Train ``model`` with ``optimizer`` on ``train`` = (images, labels); returns the history.
 
     Images are float32 (N, H, W, C) that fit the model, finite and scaled to about [0, 1]; labels
     integers in 0..classes-1. Everything is checked once, up front (``ShapeError`` naming the
     argument; for NaN or Inf, the index of the first bad image); other float images (float64) are
     converted to float32 once here, not per batch, which costs one float32 copy of the data.
 
+    Each epoch shuffles the training set with ``seed`` and the epoch (``default_rng([seed,
+    epoch])``), and runs batches of ``batch_size`` (the last may be smaller); dropout's masks
+    come from ``seed`` and the optimizer's step. After each epoch the model is evaluated on
+    ``validation`` = (images, labels), or on the last ``validation_split`` of ``train`` (held out,
+    as Keras does), if either is given. The history is one dict per epoch: ``epoch``, ``loss``
+    and ``train_acc`` (the running means over the epoch's batches), ``val_loss`` and ``val_acc``
+    (None without validation data), ``seconds`` and ``samples_per_s``.
+
     ``training`` is the state from a checkpoint to resume from (None for a fresh run). The model,
     optimizer and state are written to ``out`` after every epoch, and also every
     ``checkpoint_every`` batches if given. SIGINT or SIGTERM stops training at the next batch
     boundary, writes ``out`` there and raises ``TrainingInterrupted``. A NaN or Inf loss raises
-    ``TrainingDiverged`` at that step. Returns the history.
+    ``TrainingDiverged`` at that step.
     """
-    x_train, y_train, x_test, y_test = _check_fit(model, optimizer, train, test, epochs, batch_size, seed,
-                                                  checkpoint_every)
+    x_train, y_train, val = _check_fit(model, optimizer, train, validation, epochs, batch_size, seed,
+                                       validation_split, checkpoint_every)
     if out is not None:
-        check_writable(out, need=2 * model.parameters.nbytes + 2**16)  # weights and velocities
+        state_bytes = sum(a.nbytes for a in optimizer.state.values())
+        check_writable(out, need=model.parameters.nbytes + state_bytes + 2**16)
     n = len(x_train)
     batches = -(-n // batch_size)
     state = training or fresh_state()
@@ -208,7 +203,7 @@ def fit(model, optimizer, train, test, *, epochs, batch_size, seed, out=None, tr
                 idx = order[b * batch_size:(b + 1) * batch_size]
                 batch = np.take(x_train, idx, axis=0, out=x[:len(idx)])
                 y = y_train[idx]
-                loss, logits = plan.train_step(batch, y)
+                loss, logits = plan.train_step(batch, y, seed, optimizer.steps)
                 if not np.isfinite(loss):
                     raise TrainingDiverged(
                         f"the loss became {loss} at step {optimizer.steps + 1} (epoch {epoch + 1}, batch {b + 1}); "
@@ -223,56 +218,91 @@ def fit(model, optimizer, train, test, *, epochs, batch_size, seed, out=None, tr
                                         f"{seen / (time.perf_counter() - start):,.0f} samples/s")
             bar.close()
             seconds = time.perf_counter() - start
-            test_acc = accuracy(model, x_test, y_test)
+            val_loss, val_acc = loss_and_accuracy(model, *val) if val is not None else (None, None)
             record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
-                      "test_acc": test_acc, "seconds": seconds, "samples_per_s": seen / seconds}
+                      "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds, "samples_per_s": seen / seconds}
             state["history"].append(record)
             state.update(epoch=epoch + 1, batch=0, totals=fresh_state()["totals"])
-            print(f"Epoch {epoch + 1}/{epochs}  loss {record['loss']:.4f}  train acc {record['train_acc']:.4f}  "
-                  f"test acc {test_acc:.4f}  {seconds:.1f} s  {record['samples_per_s']:,.0f} samples/s", flush=True)
+            checked = f"  val loss {val_loss:.4f}  val acc {val_acc:.4f}" if val is not None else ""
+            print(f"Epoch {epoch + 1}/{epochs}  loss {record['loss']:.4f}  train acc {record['train_acc']:.4f}"
+                  f"{checked}  {seconds:.1f} s  {record['samples_per_s']:,.0f} samples/s", flush=True)
             if out is not None:
                 _save(out, model, optimizer, state)
     return state["history"]
 
 
-def _check_fit(model, optimizer, train, test, epochs, batch_size, seed, checkpoint_every):
-    """fit's arguments, checked once: returns the train and test arrays as float32 / int64."""
+def _check_fit(model, optimizer, train, validation, epochs, batch_size, seed, validation_split, checkpoint_every):
+    """fit's arguments, checked once: returns the training images and labels (float32, int64)
+    and the validation pair (or None)."""
     checks.positive_int("epochs", epochs)
     checks.positive_int("batch_size", batch_size)
     checks.non_negative_int("seed", seed)
     if checkpoint_every is not None:
         checks.positive_int("checkpoint_every", checkpoint_every)
-    if not isinstance(optimizer, SGD) or optimizer.model is not model:
-        raise ShapeError(f"optimizer: expected an SGD made for this model, got {type(optimizer).__name__}")
-    _number("optimizer.lr", optimizer.lr, lambda v: v > 0, "a learning rate > 0")
-    arrays = []
-    for name, pair in (("train", train), ("test", test)):
+    if not isinstance(optimizer, Optimizer) or optimizer.model is not model:
+        raise ShapeError(f"optimizer: expected a fastcnn optimizer (SGD, Adam) made for this model, "
+                         f"got {type(optimizer).__name__}")
+    if (isinstance(validation_split, bool) or not isinstance(validation_split, (int, float))
+            or not 0 <= validation_split < 1):
+        raise ShapeError(f"validation_split: expected a fraction in [0, 1), got {validation_split!r}")
+    if validation is not None and validation_split:
+        raise ShapeError("validation: give validation data or a validation_split, not both")
+    pairs = {}
+    for name, pair in (("train", train), ("validation", validation)):
+        if pair is None and name == "validation":
+            continue
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise ShapeError(f"{name}: expected a pair (images, labels), got {type(pair).__name__}")
-        arrays += check_batch(model, *pair, f"{name} images", f"{name} labels")[:2]
-    return arrays
+        pairs[name] = check_batch(model, *pair, f"{name} images", f"{name} labels")[:2]
+    x, y = pairs["train"]
+    if validation_split:
+        held = int(round(len(x) * validation_split))
+        if not 1 <= held < len(x):
+            raise ShapeError(f"validation_split: {validation_split} of {len(x)} images leaves "
+                             f"{held} to validate on and {len(x) - held} to train on; both need at least one")
+        pairs["validation"] = x[-held:], y[-held:]
+        x, y = x[:-held], y[:-held]
+    return x, y, pairs.get("validation")
 
 
-def train(out="model.npz", *, epochs=None, batch_size=None, lr=None, momentum=None, decay=None,
-          seed=None, dataset=None, data_dir=None, threads=None, resume=False, progress=True,
-          checkpoint_every=None, overwrite=False):
+def make_optimizer(model, settings, steps_per_epoch):
+    """The optimizer and schedule ``settings`` (resolved) ask for."""
+    from .optim import SGD, Adam
+    from .schedules import Constant, Cosine, InverseTime
+    schedule = {"constant": lambda: Constant(), "inverse-time": lambda: InverseTime(settings.decay),
+                "cosine": lambda: Cosine(settings.epochs * steps_per_epoch)}[settings.schedule]()
+    if settings.optimizer == "adam":
+        return Adam(model, settings.lr, weight_decay=settings.weight_decay, schedule=schedule)
+    return SGD(model, settings.lr, settings.momentum, weight_decay=settings.weight_decay, schedule=schedule)
+
+
+def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progress=True, checkpoint_every=None,
+          overwrite=False, **given):
     """The training script: load the data, build or resume the model, fit, save. Returns the history.
 
-    Settings left as None take the defaults (``DEFAULTS``), or on ``resume`` the checkpoint's.
-    Every setting is checked before anything is loaded. An existing ``out`` is only replaced with
+    ``given`` are settings (``fastcnn.settings.Settings``'s fields: ``model="deep"``,
+    ``epochs=15``, ``optimizer="adam"``, ...); the rest take the named network's recipe, or on
+    ``resume`` the checkpoint's (which may only change ``epochs``). Every setting is checked
+    before anything is loaded. The model is validated on the test set after each epoch, or on a
+    ``validation_split`` of the training set. An existing ``out`` is only replaced with
     ``overwrite`` (else ``ModelFileError``): it may be a model that took an hour to train.
     Temporary files a killed earlier run left beside ``out`` are removed first. SIGINT or SIGTERM
     saves ``out`` and raises ``TrainingInterrupted`` (see :func:`fit`).
     """
+    import dataclasses
     import os
     import shlex
 
+    from .architectures import ARCHITECTURES
     from .data import load_dataset  # the data module is only needed here and by the CLI
+    from .settings import Settings, fixed_on_resume, from_checkpoint
 
-    given = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, decay=decay,
-                 seed=seed, dataset=dataset)
-    requested = {**DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
-    check_settings(requested)
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise ShapeError(f"{unknown[0]}: not a setting; the settings are {', '.join(sorted(fields))}")
+    given = {k: v for k, v in given.items() if v is not None}
+    requested = Settings(**given).resolved()
     if checkpoint_every is not None:
         checks.positive_int("checkpoint_every", checkpoint_every)
     threads = set_threads(threads)
@@ -285,40 +315,49 @@ def train(out="model.npz", *, epochs=None, batch_size=None, lr=None, momentum=No
         saved = checkpoint.load_checkpoint(out)
         if saved.optimizer is None or saved.training is None:
             raise ModelFileError(f"{out}: holds a model but no training state to resume from")
-        settings = {**DEFAULTS, **saved.training.get("settings", {})}
-        for key in ("lr", "momentum", "decay", "seed", "dataset", "batch_size"):
-            if given[key] is not None and given[key] != settings[key]:
-                raise ShapeError(f"--{key.replace('_', '-')} {given[key]} differs from the checkpoint's "
-                                 f"{settings[key]}; a resumed run keeps its settings")
-        if epochs is not None:
-            settings["epochs"] = epochs
         try:
-            check_settings(settings)
-        except ShapeError as e:
+            settings = from_checkpoint(saved.training.get("settings", {}))
+        except (ShapeError, TypeError) as e:
             raise ModelFileError(f"{out}: damaged training settings: {e}") from None
+        for key in fixed_on_resume():
+            if key in given and given[key] != getattr(settings, key):
+                raise ShapeError(f"--{key.replace('_', '-')} {given[key]} differs from the checkpoint's "
+                                 f"{getattr(settings, key)}; a resumed run keeps its settings")
+        stretched = "epochs" in given and given["epochs"] != settings.epochs
+        settings = dataclasses.replace(settings, epochs=given.get("epochs", settings.epochs))
         model, optimizer, state = saved.model, saved.optimizer, saved.training
-        if state["epoch"] >= settings["epochs"] and state["batch"] == 0:
-            done = state["history"][-1]["test_acc"] if state["history"] else None
-            print(f"{out}: this run has finished its {settings['epochs']} epochs"
-                  + (f" (test accuracy {done:.4f})" if done is not None else "")
+        if state["epoch"] >= settings.epochs and state["batch"] == 0:
+            done = state["history"][-1].get("val_acc", state["history"][-1].get("test_acc")) if state["history"] else None
+            print(f"{out}: this run has finished its {settings.epochs} epochs"
+                  + (f" (validation accuracy {done:.4f})" if done is not None else "")
                   + f"; to train further, ask for more: fastcnn train --out {shlex.quote(os.fspath(out))} "
-                    f"--resume --epochs {settings['epochs'] + 5}")
+                    f"--resume --epochs {settings.epochs + 5}")
             return []
     else:
-        settings = requested
-        model = mnist_network(settings["seed"])
-        optimizer = SGD(model, settings["lr"], settings["momentum"], settings["decay"])
-        state = None
-    train_data = load_dataset(settings["dataset"], "train", data_dir)
-    test_data = load_dataset(settings["dataset"], "test", data_dir)
-    print(f"Training on {settings['dataset']}: {len(train_data[0]):,} images, {threads} threads, "
-          f"batch {settings['batch_size']}, lr {settings['lr']:g}, momentum {settings['momentum']:g}, "
-          f"decay {settings['decay']:g}, seed {settings['seed']}" + (" (resumed)" if resume else ""), flush=True)
+        settings, stretched, state = requested, False, None
+    train_data = load_dataset(settings.dataset, "train", data_dir)
+    test_data = load_dataset(settings.dataset, "test", data_dir)
+    classes = int(max(train_data[1].max(), test_data[1].max())) + 1
+    batches = -(-int(len(train_data[0]) * (1 - settings.validation_split)) // settings.batch_size)
+    if resume:
+        if stretched and settings.schedule == "cosine":  # the curve now spans the longer (or shorter) run
+            optimizer.schedule = make_optimizer(model, settings, batches).schedule
+    else:
+        model = ARCHITECTURES[settings.model].build(train_data[0].shape[1:], classes, settings.seed)
+        optimizer = make_optimizer(model, settings, batches)
+    print(f"Training on {settings.dataset}: {len(train_data[0]):,} images, {threads} threads, "
+          f"{settings.describe()}" + (" (resumed)" if resume else ""), flush=True)
     state = state or fresh_state()
-    state["settings"] = settings
+    state["settings"] = dataclasses.asdict(settings)
     warm_up(model, train_data[0].shape[1:])
-    history = fit(model, optimizer, train_data, test_data, epochs=settings["epochs"],
-                  batch_size=settings["batch_size"], seed=settings["seed"], out=out, training=state,
-                  progress=progress, checkpoint_every=checkpoint_every)
-    print(f"Saved {out}: test accuracy {history[-1]['test_acc']:.4f}" if history else f"{out}: nothing to do")
+    validation = None if settings.validation_split else test_data
+    history = fit(model, optimizer, train_data, validation, epochs=settings.epochs,
+                  batch_size=settings.batch_size, seed=settings.seed, validation_split=settings.validation_split,
+                  out=out, training=state, progress=progress, checkpoint_every=checkpoint_every)
+    if history:
+        _, test_acc = loss_and_accuracy(model, *check_batch(model, *test_data)[:2]) if settings.validation_split \
+            else (None, history[-1]["val_acc"])
+        print(f"Saved {out}: test accuracy {test_acc:.4f}")
+    else:
+        print(f"{out}: nothing to do")
     return history

@@ -33,7 +33,7 @@ def test_save_load_gives_identical_predictions_and_optimizer(tmp_path):
     x = np.random.default_rng(1).random((20, 28, 28, 1), np.float32)
     assert np.array_equal(saved.model.predict(x), model.predict(x))
     assert saved.optimizer.steps == 3 and np.array_equal(saved.optimizer.velocity, opt.velocity)
-    assert (saved.optimizer.lr, saved.optimizer.momentum, saved.optimizer.decay) == (0.05, 0.9, 1e-3)
+    assert (saved.optimizer.lr, saved.optimizer.momentum, saved.optimizer.schedule.decay) == (0.05, 0.9, 1e-3)
     assert np.array_equal(fastcnn.load(path).parameters, model.parameters)
     assert fastcnn.load(path, backend="numpy").backend == "numpy"
     with zipfile.ZipFile(path) as z:  # nothing pickled: every member is a plain .npy array

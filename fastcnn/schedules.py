@@ -1,0 +1,64 @@
+"""Learning-rate schedules: the factor by which an optimizer scales its ``lr`` at step ``t``
+(the number of steps taken before this one). Each is a small value object that model files
+save by ``config()`` and rebuild with ``schedule_from_config``."""
+
+import math
+
+from .errors import ShapeError
+
+
+def _number(name, value, ok, expected):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ShapeError(f"{name}: expected {expected}, got {value!r}")
+    return value
+
+
+class Constant:
+    """lr_t = lr."""
+
+    def __call__(self, t):
+        return 1.0
+
+    def config(self):
+        return {}
+
+
+class InverseTime:
+    """lr_t = lr / (1 + decay * t): the original project's decay."""
+
+    def __init__(self, decay=1e-3):
+        self.decay = float(_number("decay", decay, lambda v: v >= 0, "a value >= 0"))
+
+    def __call__(self, t):
+        return 1.0 / (1.0 + self.decay * t)
+
+    def config(self):
+        return {"decay": self.decay}
+
+
+class Cosine:
+    """lr_t = lr * (final + (1 - final) * (1 + cos(pi * t / steps)) / 2): from lr down to
+    ``final * lr`` over ``steps`` steps (the whole run), then held there."""
+
+    def __init__(self, steps, final=0.0):
+        self.steps = int(_number("steps", steps, lambda v: v >= 1 and v == int(v), "a whole number of steps >= 1"))
+        self.final = float(_number("final", final, lambda v: 0 <= v <= 1, "a fraction of lr in [0, 1]"))
+
+    def __call__(self, t):
+        return self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * min(t, self.steps) / self.steps))
+
+    def config(self):
+        return {"steps": self.steps, "final": self.final}
+
+
+SCHEDULES = {"constant": Constant, "inverse-time": InverseTime, "cosine": Cosine}
+
+
+def schedule_name(schedule):
+    return next(name for name, cls in SCHEDULES.items() if type(schedule) is cls)
+
+
+def schedule_from_config(name, config):
+    if name not in SCHEDULES:
+        raise ShapeError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {name!r}")
+    return SCHEDULES[name](**config)

@@ -1,0 +1,121 @@
+"""The settings of a training run, in one place.
+
+``Settings`` is the one list of them: the ``fastcnn train`` options are made from its fields
+(``add_arguments``), checkpoints store it (``asdict``), and ``--resume`` rebuilds it from there
+and refuses a change to any setting but those marked ``resumable``. A field left None takes the
+named network's recipe (``architectures.py``), so ``--model deep`` brings its own optimizer and
+schedule unless told otherwise.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .architectures import ARCHITECTURES
+from .data import DATASETS
+from .errors import ShapeError
+from .schedules import SCHEDULES
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def _setting(help, type=None, choices=None, resumable=False, default=None):
+    return field(default=default, metadata={"help": help, "type": type, "choices": choices, "resumable": resumable})
+
+
+@dataclass
+class Settings:
+    model: str = _setting("the network (default original): " + "; ".join(
+        f"{name}: {a.about}" for name, a in ARCHITECTURES.items()), str, tuple(ARCHITECTURES), default="original")
+    dataset: Optional[str] = _setting("the data set (default: the network's; mnist for original and deep)", str,
+                                      DATASETS)
+    epochs: Optional[int] = _setting("passes over the training set (default: the network's; 5 for original)", int,
+                                     resumable=True)
+    batch_size: Optional[int] = _setting("the batch (default 64)", int)
+    optimizer: Optional[str] = _setting("sgd or adam (default: the network's; sgd for original)", str, OPTIMIZERS)
+    lr: Optional[float] = _setting("initial learning rate (default: the network's, 0.07 for original; "
+                                   "adam: 0.001)", float)
+    momentum: Optional[float] = _setting("SGD's momentum (default 0.9)", float)
+    schedule: Optional[str] = _setting("learning-rate schedule: inverse-time (lr / (1 + decay * t)), cosine "
+                                       "(down to 0 over the run) or constant (default: the network's)", str,
+                                       tuple(SCHEDULES))
+    decay: Optional[float] = _setting("the inverse-time schedule's decay (default 1e-3)", float)
+    weight_decay: Optional[float] = _setting("L2 weight decay added to the gradients (default: the network's; 0 "
+                                             "for original)", float)
+    validation_split: Optional[float] = _setting("hold out this fraction of the training set (its end) to "
+                                                 "validate on after each epoch, instead of the test set", float)
+    seed: Optional[int] = _setting("initial weights, shuffling and dropout (default 0)", int)
+
+    def resolved(self):
+        """These settings with every None filled in from the network's recipe and the defaults;
+        checked (``ShapeError`` naming the setting)."""
+        if self.model not in ARCHITECTURES:
+            raise ShapeError(f"model: expected one of {', '.join(ARCHITECTURES)}, got {self.model!r}")
+        recipe = dict(ARCHITECTURES[self.model].recipe, validation_split=0.0, seed=0)
+        if self.optimizer == "adam" and recipe["optimizer"] != "adam":
+            recipe.update(lr=1e-3, schedule="constant")  # Adam's own defaults, unless asked otherwise
+        given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        settings = Settings(**{**recipe, **given})
+        settings.check()
+        return settings
+
+    def check(self):
+        from .kernels import checks
+        _choice("model", self.model, ARCHITECTURES)
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        checks.positive_int("epochs", self.epochs)
+        checks.positive_int("batch_size", self.batch_size)
+        checks.non_negative_int("seed", self.seed)
+        _number("lr", self.lr, lambda v: v > 0, "a learning rate > 0")
+        _number("momentum", self.momentum, lambda v: 0 <= v < 1, "a value in [0, 1)")
+        _number("decay", self.decay, lambda v: v >= 0, "a value >= 0")
+        _number("weight_decay", self.weight_decay, lambda v: v >= 0, "a value >= 0")
+        _number("validation_split", self.validation_split, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+
+    def describe(self):
+        opt = (f"SGD lr {self.lr:g} momentum {self.momentum:g}" if self.optimizer == "sgd"
+               else f"Adam lr {self.lr:g}")
+        schedule = f"inverse-time decay {self.decay:g}" if self.schedule == "inverse-time" else self.schedule
+        return (f"{self.model} network, batch {self.batch_size}, {opt}, {schedule} schedule, weight decay "
+                f"{self.weight_decay:g}, seed {self.seed}")
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise ShapeError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def _number(name, value, ok, expected):
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not ok(value)):
+        raise ShapeError(f"{name}: expected {expected}, got {value!r}")
+
+
+def add_arguments(parser):
+    """One ``--option`` per setting, named after the field (``batch_size``: ``--batch-size``)."""
+    for f in dataclasses.fields(Settings):
+        meta = f.metadata
+        parser.add_argument("--" + f.name.replace("_", "-"), type=meta["type"], choices=meta["choices"],
+                            default=None, help=meta["help"].replace("%", "%%"))
+
+
+def from_arguments(args):
+    """The settings an ``argparse`` namespace made by ``add_arguments`` holds (None: not given)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings) if getattr(args, f.name) is not None}
+
+
+def fixed_on_resume():
+    return [f.name for f in dataclasses.fields(Settings) if not f.metadata["resumable"]]
+
+
+def from_checkpoint(saved):
+    """The settings a checkpoint's training state holds; files from before ``Settings`` hold the
+    original network's run and no model name."""
+    known = {f.name for f in dataclasses.fields(Settings)}
+    saved = {k: v for k, v in saved.items() if k in known}
+    if "optimizer" not in saved:  # a version 1 checkpoint: the original's recipe, as it was
+        saved.update(model="original", optimizer="sgd", schedule="inverse-time", weight_decay=0.0)
+    return Settings(**saved).resolved()
