@@ -27,5 +27,5 @@ class SGD:
     def step(self):
         """Apply the gradients the last ``model.backward`` left in ``model.gradients``."""
         self.model.kernels.sgd_momentum_into(self.model.parameters, self.velocity, self.model.gradients,
-                                        self.current_lr, self.momentum)
+                                        self.current_lr, self.momentum, 0.0)
         self.steps += 1
