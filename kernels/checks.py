@@ -80,3 +80,51 @@ def pool_output_size(x_shape, size, stride):
     if n < 1:
         raise ShapeError(f"x: expected at least one image, got shape {tuple(x_shape)}")
     return (h - size) // stride + 1, (w - size) // stride + 1
+
+
+def channels_last(name, a, dtype=None):
+    """Check that ``a`` is a floating array of rank >= 2 with channels on its last axis, and at
+    least one row and one channel; with ``dtype``, return it as a C-contiguous array of that dtype."""
+    if isinstance(a, np.ndarray) and a.ndim < 2:
+        raise ShapeError(f"{name}: expected at least 2 dimensions (rows..., channels), got shape {a.shape}")
+    a = array(name, a, np.ndim(a), dtype)
+    if a.size == 0:
+        raise ShapeError(f"{name}: expected at least one row and one channel, got shape {a.shape}")
+    return a
+
+
+def flat_buffer(name, a, size):
+    """Check that ``a`` is a contiguous float32 buffer of shape (size,), to be updated in place."""
+    array(name, a, 1)
+    if a.dtype != np.float32 or not a.flags.c_contiguous:
+        raise ShapeError(f"{name}: expected a contiguous float32 buffer, got {a.dtype}")
+    same_shape(name, a, (size,), "one entry per parameter")
+
+
+def shape(name, s, ndim):
+    """Check that ``s`` is a shape of ``ndim`` positive integers; return it as a tuple of ints."""
+    if not isinstance(s, (tuple, list)) or len(s) != ndim:
+        raise ShapeError(f"{name}: expected a shape of {ndim} sizes, got {s!r}")
+    return tuple(positive_int(f"{name}[{i}]", v) for i, v in enumerate(s))
+
+
+def fraction(name, v):
+    """Check that ``v`` is a number in [0, 1) (a probability, a decay rate); return it as a float."""
+    v = _number(name, v)
+    if not 0.0 <= v < 1.0:
+        raise ShapeError(f"{name}: expected a value in [0, 1), got {v!r}")
+    return v
+
+
+def positive_real(name, v):
+    """Check that ``v`` is a finite number > 0 (an epsilon, a learning rate); return it as a float."""
+    v = _number(name, v)
+    if not (0.0 < v < np.inf):
+        raise ShapeError(f"{name}: expected a finite number > 0, got {v!r}")
+    return v
+
+
+def _number(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ShapeError(f"{name}: expected a number, got {v!r}")
+    return float(v)

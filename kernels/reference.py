@@ -14,6 +14,9 @@ import numpy as np
 from fastcnn.errors import ShapeError
 
 from . import checks
+from .avgpool import check_avgpool_backward
+from .dropout import GOLDEN, MIX1, MIX2, check_dropout, dropout_key  # noqa: F401 - dropout_key: the same helper
+from .optim import check_adam
 from .pool import _check_argmax
 
 
@@ -82,6 +85,40 @@ def maxpool_backward(dy, argmax, x_shape):
     return dx.reshape(x_shape)
 
 
+# --- average pooling ------------------------------------------------------------------------------
+
+def avgpool_forward(x, size, stride=None):
+    x = checks.array("x", x, 4)
+    stride = size if stride is None else stride
+    oh, ow = checks.pool_output_size(x.shape, size, stride)
+    return _windows(x, size, size, stride)[:, :oh, :ow].mean(axis=(3, 4))
+
+
+def avgpool_backward(dy, x_shape, size, stride=None):
+    dy = checks.array("dy", dy, 4)
+    x_shape, stride = check_avgpool_backward(dy, x_shape, size, stride)
+    oh, ow = dy.shape[1:3]
+    # Every output (i, j) read the window starting at (i*stride, j*stride), each element 1/S^2.
+    dx = np.zeros(x_shape, dy.dtype)
+    for a in range(size):
+        for b in range(size):
+            dx[:, a:a + oh * stride:stride, b:b + ow * stride:stride] += dy / (size * size)
+    return dx
+
+
+def global_avgpool_forward(x):
+    x = checks.array("x", x, 4)
+    checks.shape("x.shape", x.shape, 4)
+    return x.mean(axis=(1, 2))
+
+
+def global_avgpool_backward(dy, x_shape):
+    dy = checks.array("dy", dy, 2)
+    n, h, w, c = checks.shape("x_shape", x_shape, 4)
+    checks.same_shape("dy", dy, (n, c), f"(N, C) of x {(n, h, w, c)}")
+    return np.broadcast_to(dy[:, None, None, :] / (h * w), (n, h, w, c)).copy()
+
+
 # --- dense and ReLU ------------------------------------------------------------------------------
 
 def _check_dense(x, w):
@@ -118,6 +155,89 @@ def relu_forward(x):
 def relu_backward(dy, y):
     checks.same_shape("dy", dy, y.shape, "the forward output's shape")
     return np.where(y > 0, dy, 0).astype(dy.dtype)
+
+
+# --- tanh and sigmoid ----------------------------------------------------------------------------
+
+def tanh_forward(x):
+    return np.tanh(checks.array("x", x, np.ndim(x)))
+
+
+def tanh_backward(dy, y):
+    checks.same_shape("dy", dy, y.shape, "the forward output's shape")
+    return dy * (1 - y * y)
+
+
+def sigmoid_forward(x):
+    x = checks.array("x", x, np.ndim(x))
+    e = np.exp(-np.abs(x))  # <= 1: never overflows
+    return np.where(x >= 0, 1, e) / (1 + e)
+
+
+def sigmoid_backward(dy, y):
+    checks.same_shape("dy", dy, y.shape, "the forward output's shape")
+    return dy * y * (1 - y)
+
+
+# --- batch normalisation over the last axis ------------------------------------------------------
+
+def _check_batchnorm(x, **vectors):
+    x = checks.channels_last("x", x)
+    for name, v in vectors.items():
+        checks.same_shape(name, checks.array(name, v, 1), (x.shape[-1],), f"one per channel of x {x.shape}")
+    return x
+
+
+def batchnorm_forward(x, weight, bias, eps=1e-5, relu=False):
+    x = _check_batchnorm(x, weight=weight, bias=bias)
+    axes = tuple(range(x.ndim - 1))
+    mean, var = x.mean(axis=axes), x.var(axis=axes)
+    y = (x - mean) / np.sqrt(var + checks.positive_real("eps", eps)) * weight + bias
+    return (relu_forward(y) if relu else y), mean, var
+
+
+def batchnorm_eval_forward(x, weight, bias, running_mean, running_var, eps=1e-5, relu=False):
+    x = _check_batchnorm(x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    y = (x - running_mean) / np.sqrt(running_var + checks.positive_real("eps", eps)) * weight + bias
+    return relu_forward(y) if relu else y
+
+
+def batchnorm_backward(dy, x, y, weight, mean, var, eps=1e-5, relu=False, need_dx=True):
+    x = _check_batchnorm(x, weight=weight, mean=mean, var=var)
+    checks.same_shape("dy", checks.channels_last("dy", dy), x.shape, "x's shape")
+    g = relu_backward(dy, y) if relu else dy
+    axes = tuple(range(x.ndim - 1))
+    rows = x.size // x.shape[-1]
+    rstd = 1 / np.sqrt(var + checks.positive_real("eps", eps))
+    xhat = (x - mean) * rstd
+    dbias, dweight = g.sum(axis=axes), (g * xhat).sum(axis=axes)
+    # y depends on x directly and through the batch's mean and var: the last two terms.
+    dx = weight * rstd * (g - dbias / rows - xhat * dweight / rows) if need_dx else None
+    return dx, dweight, dbias
+
+
+# --- dropout -------------------------------------------------------------------------------------
+
+def dropout_mask(shape, p, key):
+    """Which elements the mask of ``key`` keeps: u_i >= p, u_i the top 53 bits of the i-th
+    splitmix64 number from ``key``, as a float in [0, 1) (exact in float64)."""
+    z = np.uint64(key) + (np.arange(int(np.prod(shape)), dtype=np.uint64) + np.uint64(1)) * GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * MIX1
+    z = (z ^ (z >> np.uint64(27))) * MIX2
+    z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return (u >= p).reshape(shape)
+
+
+def dropout_forward(x, p, key):
+    p, key = check_dropout(p, key)
+    x = checks.array("x", x, np.ndim(x))
+    # The scale rounded to x's dtype first, as the kernel multiplies by it.
+    return np.where(dropout_mask(x.shape, p, key), x * x.dtype.type(1 / (1 - p)), 0).astype(x.dtype)
+
+
+def dropout_backward(dy, p, key):
+    return dropout_forward(dy, p, key)  # the same diagonal map
 
 
 # --- conv -> ReLU -> max-pool, fused in the kernels: here their composition ------------------------
@@ -159,10 +279,22 @@ def softmax(logits):
 
 # --- SGD with momentum ---------------------------------------------------------------------------
 
-def sgd_momentum(params, velocity, grads, lr, momentum):
+def sgd_momentum(params, velocity, grads, lr, momentum, weight_decay=0.0):
     velocity *= momentum
-    velocity -= lr * grads
+    velocity -= lr * (grads + weight_decay * params)
     params += velocity
+
+
+# --- Adam (torch.optim.Adam's rule, L2 weight decay in the gradient) ------------------------------
+
+def adam(params, m, v, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=1):
+    check_adam(beta1, beta2, eps, step)
+    g = grads + weight_decay * params
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * g * g
+    params -= lr / (1 - beta1 ** step) * m / (np.sqrt(v) / np.sqrt(1 - beta2 ** step) + eps)
 
 
 # --- the engine's calling convention ---------------------------------------------------------------
@@ -223,5 +355,61 @@ def softmax_cross_entropy_into(dlogits, row_loss, logits, labels):
     _fill((row_loss, dlogits), _row_losses(logits, labels))
 
 
-def sgd_momentum_into(params, velocity, grads, lr, momentum):
-    sgd_momentum(params, velocity, grads, lr, momentum)
+def sgd_momentum_into(params, velocity, grads, lr, momentum, weight_decay):
+    sgd_momentum(params, velocity, grads, lr, momentum, weight_decay)
+
+
+def adam_into(params, m, v, grads, lr, beta1, beta2, eps, weight_decay, step):
+    adam(params, m, v, grads, lr, beta1, beta2, eps, weight_decay, step)
+
+
+def avgpool_forward_into(y, x, size, stride):
+    y[...] = avgpool_forward(x, size, stride)
+
+
+def avgpool_backward_into(dx, dy, size, stride):
+    dx[...] = avgpool_backward(dy, dx.shape, size, stride)
+
+
+def global_avgpool_forward_into(y, x):
+    y[...] = global_avgpool_forward(x)
+
+
+def global_avgpool_backward_into(dx, dy):
+    dx[...] = global_avgpool_backward(dy, dx.shape)
+
+
+def tanh_forward_into(y, x):
+    y[...] = tanh_forward(x)
+
+
+def tanh_backward_into(dx, dy, y):
+    dx[...] = tanh_backward(dy, y)
+
+
+def sigmoid_forward_into(y, x):
+    y[...] = sigmoid_forward(x)
+
+
+def sigmoid_backward_into(dx, dy, y):
+    dx[...] = sigmoid_backward(dy, y)
+
+
+def batchnorm_forward_into(y, mean, var, x, weight, bias, eps, relu):
+    _fill((y, mean, var), batchnorm_forward(x, weight, bias, eps, relu))
+
+
+def batchnorm_eval_forward_into(y, x, weight, bias, running_mean, running_var, eps, relu):
+    y[...] = batchnorm_eval_forward(x, weight, bias, running_mean, running_var, eps, relu)
+
+
+def batchnorm_backward_into(dx, dweight, dbias, dy, x, y, weight, mean, var, eps, relu):
+    _fill((dx, dweight, dbias), batchnorm_backward(dy, x, y, weight, mean, var, eps, relu, dx is not None))
+
+
+def dropout_forward_into(y, x, p, key):
+    y[...] = dropout_forward(x, p, key)
+
+
+def dropout_backward_into(dx, dy, p, key):
+    dx[...] = dropout_backward(dy, p, key)

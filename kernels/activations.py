@@ -1,0 +1,95 @@
+"""Tanh and the logistic sigmoid, elementwise on any shape; backward from the forward's output y.
+
+tanh:    y = tanh(x),            dx = dy * (1 - y^2)
+sigmoid: y = 1 / (1 + exp(-x)),  dx = dy * y * (1 - y)
+The sigmoid is computed from e = exp(-|x|) <= 1, as 1 / (1 + e) for x >= 0 and e / (1 + e) for
+x < 0: no exp ever overflows, so x = -1e4 gives 0, not inf / inf = NaN.
+"""
+
+import numpy as np
+from numba import prange
+
+from . import checks
+from .jit import parallel_kernel
+
+
+@parallel_kernel
+def _tanh_forward(y, x):
+    flat_x, flat_y = x.reshape(-1), y.reshape(-1)
+    for i in prange(flat_x.size):
+        flat_y[i] = np.tanh(flat_x[i])
+
+
+@parallel_kernel
+def _tanh_backward(dx, dy, y):
+    flat_dx, flat_dy, flat_y = dx.reshape(-1), dy.reshape(-1), y.reshape(-1)
+    for i in prange(flat_dy.size):
+        flat_dx[i] = flat_dy[i] * (np.float32(1.0) - flat_y[i] * flat_y[i])
+
+
+@parallel_kernel
+def _sigmoid_forward(y, x):
+    flat_x, flat_y = x.reshape(-1), y.reshape(-1)
+    for i in prange(flat_x.size):
+        v = flat_x[i]
+        e = np.exp(-abs(v))
+        flat_y[i] = (np.float32(1.0) if v >= 0 else e) / (np.float32(1.0) + e)
+
+
+@parallel_kernel
+def _sigmoid_backward(dx, dy, y):
+    flat_dx, flat_dy, flat_y = dx.reshape(-1), dy.reshape(-1), y.reshape(-1)
+    for i in prange(flat_dy.size):
+        flat_dx[i] = flat_dy[i] * flat_y[i] * (np.float32(1.0) - flat_y[i])
+
+
+def tanh_forward_into(y, x):
+    _tanh_forward(y, x)
+
+
+def tanh_backward_into(dx, dy, y):
+    _tanh_backward(dx, dy, y)
+
+
+def sigmoid_forward_into(y, x):
+    _sigmoid_forward(y, x)
+
+
+def sigmoid_backward_into(dx, dy, y):
+    _sigmoid_backward(dx, dy, y)
+
+
+def _elementwise(fn, x):
+    x = checks.array("x", x, np.ndim(x), np.float32)
+    y = np.empty_like(x)
+    fn(y, x)
+    return y
+
+
+def _backward(fn, dy, y):
+    dy = checks.array("dy", dy, np.ndim(dy), np.float32)
+    y = checks.array("y", y, np.ndim(y), np.float32)
+    checks.same_shape("dy", dy, y.shape, "the forward output's shape")
+    dx = np.empty_like(dy)
+    fn(dx, dy, y)
+    return dx
+
+
+def tanh_forward(x):
+    """y = tanh(x), any shape."""
+    return _elementwise(_tanh_forward, x)
+
+
+def tanh_backward(dy, y):
+    """dx = dy * (1 - y^2), given tanh_forward's output y."""
+    return _backward(_tanh_backward, dy, y)
+
+
+def sigmoid_forward(x):
+    """y = 1 / (1 + exp(-x)), any shape, stable for any x."""
+    return _elementwise(_sigmoid_forward, x)
+
+
+def sigmoid_backward(dy, y):
+    """dx = dy * y * (1 - y), given sigmoid_forward's output y."""
+    return _backward(_sigmoid_backward, dy, y)

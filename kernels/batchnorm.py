@@ -1,0 +1,176 @@
+"""Batch normalisation over the last (channel) axis, forward and backward, with the ReLU that
+follows it fused.
+
+Legend: R rows (N*H*W for NHWC images, N for features), C channels. The kernels see x as its
+(R, C) view (the cores take C-contiguous arrays of any rank >= 2, channels last, and view them
+so); weight, bias, mean, var, running_mean, running_var are (C,).
+Training: mean = x.mean(0), var = x.var(0) (biased, as PyTorch normalises with),
+xhat = (x - mean) / sqrt(var + eps), y = xhat * weight + bias, then max(y, 0) if ``relu``.
+Forward saves exactly what backward needs besides x and y: ``mean`` and ``var``.
+Backward, with g = dy (masked by y > 0 if ``relu``):
+dbias = sum_r g, dweight = sum_r g * xhat, dx = weight / sqrt(var + eps) * (g - (dbias + xhat * dweight) / R).
+
+The per-channel sums run over row blocks, one per task, each into its own float64 partials
+(no races; added in task order, so a result is the same bit for bit for a given thread count).
+The statistics take one pass, shifted by the first row: sum(x - x0) and sum((x - x0)^2) in
+float64 lose nothing even when a channel's mean is far larger than its spread.
+"""
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from . import checks
+from .jit import parallel_kernel
+
+# A task sums at least this many rows: fewer cost more to hand out than they save.
+_MIN_ROWS = 64
+
+
+@parallel_kernel
+def _channel_moments(mean, var, x, tasks):
+    R, C = x.shape
+    sums = np.zeros((tasks, 2, C))
+    for task in prange(tasks):
+        for r in range(task * R // tasks, (task + 1) * R // tasks):
+            for c in range(C):
+                d = np.float64(x[r, c]) - np.float64(x[0, c])
+                sums[task, 0, c] += d
+                sums[task, 1, c] += d * d
+    for c in range(C):
+        s, q = 0.0, 0.0
+        for task in range(tasks):
+            s += sums[task, 0, c]
+            q += sums[task, 1, c]
+        shift = s / R
+        mean[c] = np.float64(x[0, c]) + shift
+        var[c] = max(q / R - shift * shift, 0.0)
+
+
+@parallel_kernel
+def _normalize(y, x, mean, scale, bias, relu):
+    # (x - mean) * scale + bias: subtracting the mean first keeps the digits that a folded
+    # x * scale + (bias - mean * scale) loses when the mean is large against the spread.
+    R, C = x.shape
+    for r in prange(R):
+        for c in range(C):
+            v = (x[r, c] - mean[c]) * scale[c] + bias[c]
+            y[r, c] = max(v, np.float32(0.0)) if relu else v
+
+
+@parallel_kernel
+def _batchnorm_backward(dx, dweight, dbias, dy, x, y, weight, mean, var, eps, relu, need_dx, tasks):
+    R, C = x.shape
+    rstd = np.empty(C, np.float32)
+    for c in range(C):
+        rstd[c] = 1.0 / math.sqrt(np.float64(var[c]) + eps)
+    sums = np.zeros((tasks, 2, C))
+    for task in prange(tasks):
+        for r in range(task * R // tasks, (task + 1) * R // tasks):
+            for c in range(C):
+                g = dy[r, c] if (not relu or y[r, c] > 0) else np.float32(0.0)
+                sums[task, 0, c] += g
+                sums[task, 1, c] += g * ((x[r, c] - mean[c]) * rstd[c])
+    a = np.empty(C, np.float32)   # dx = a * (g - b - xhat * d): per-channel factors
+    b = np.empty(C, np.float32)
+    d = np.empty(C, np.float32)
+    for c in range(C):
+        s, q = 0.0, 0.0
+        for task in range(tasks):
+            s += sums[task, 0, c]
+            q += sums[task, 1, c]
+        dbias[c] = s
+        dweight[c] = q
+        a[c] = weight[c] * rstd[c]
+        b[c] = s / R
+        d[c] = q / R
+    if need_dx:
+        for r in prange(R):
+            for c in range(C):
+                g = dy[r, c] if (not relu or y[r, c] > 0) else np.float32(0.0)
+                dx[r, c] = a[c] * (g - b[c] - (x[r, c] - mean[c]) * rstd[c] * d[c])
+
+
+def _rows(a):
+    """The (R, C) view of a C-contiguous channels-last array (a view: writes go through)."""
+    return a.reshape(-1, a.shape[-1])
+
+
+def _tasks(rows):
+    return max(1, min(numba.get_num_threads(), rows // _MIN_ROWS))
+
+
+def batchnorm_forward_into(y, mean, var, x, weight, bias, eps, relu):
+    """Training mode: fill y like x, and the batch's mean (C,) and biased var (C,)."""
+    x = _rows(x)
+    _channel_moments(mean, var, x, _tasks(x.shape[0]))
+    _normalize(_rows(y), x, mean, weight / np.sqrt(var + np.float32(eps)), bias, bool(relu))
+
+
+def batchnorm_eval_forward_into(y, x, weight, bias, running_mean, running_var, eps, relu):
+    """Evaluation mode: y like x, normalised with the running statistics."""
+    scale = weight / np.sqrt(running_var + np.float32(eps))
+    _normalize(_rows(y), _rows(x), running_mean, scale, bias, bool(relu))
+
+
+def batchnorm_backward_into(dx, dweight, dbias, dy, x, y, weight, mean, var, eps, relu):
+    """Fill dx like x (or skip it: dx=None), dweight and dbias (C,) from dy and the training
+    forward's x, y (which says where the ReLU let through; read only with ``relu``), mean and var."""
+    x = _rows(x)
+    need_dx = dx is not None
+    dx = _rows(dx) if need_dx else np.empty((0, x.shape[1]), np.float32)
+    dy = _rows(dy)
+    y = _rows(y) if relu else dy  # y is read only to mask by the ReLU
+    _batchnorm_backward(dx, dweight, dbias, dy, x, y, weight, mean, var, float(eps), bool(relu), need_dx,
+                        _tasks(x.shape[0]))
+
+
+def _check_channels(x, **vectors):
+    c = x.shape[-1]
+    out = []
+    for name, v in vectors.items():
+        v = checks.array(name, v, 1, np.float32)
+        checks.same_shape(name, v, (c,), f"one per channel of x {x.shape}")
+        out.append(v)
+    return out
+
+
+def batchnorm_forward(x, weight, bias, eps=1e-5, relu=False):
+    """Training mode over the last axis of x (rank >= 2, channels last): (y like x, mean (C,), var (C,))."""
+    x = checks.channels_last("x", x, np.float32)
+    weight, bias = _check_channels(x, weight=weight, bias=bias)
+    eps = checks.positive_real("eps", eps)
+    y = np.empty_like(x)
+    mean, var = np.empty(x.shape[-1], np.float32), np.empty(x.shape[-1], np.float32)
+    batchnorm_forward_into(y, mean, var, x, weight, bias, eps, relu)
+    return y, mean, var
+
+
+def batchnorm_eval_forward(x, weight, bias, running_mean, running_var, eps=1e-5, relu=False):
+    """Evaluation mode over the last axis of x, with the running statistics: y like x."""
+    x = checks.channels_last("x", x, np.float32)
+    weight, bias, running_mean, running_var = _check_channels(
+        x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    eps = checks.positive_real("eps", eps)
+    y = np.empty_like(x)
+    batchnorm_eval_forward_into(y, x, weight, bias, running_mean, running_var, eps, relu)
+    return y
+
+
+def batchnorm_backward(dy, x, y, weight, mean, var, eps=1e-5, relu=False, need_dx=True):
+    """Gradients of batchnorm_forward: (dx like x or None, dweight (C,), dbias (C,)), given the
+    forward's x, its output y (read only with ``relu``) and the mean and var it returned."""
+    x = checks.channels_last("x", x, np.float32)
+    dy = checks.channels_last("dy", dy, np.float32)
+    checks.same_shape("dy", dy, x.shape, "x's shape")
+    if relu:
+        y = checks.channels_last("y", y, np.float32)
+        checks.same_shape("y", y, x.shape, "the forward output's shape")
+    weight, mean, var = _check_channels(x, weight=weight, mean=mean, var=var)
+    eps = checks.positive_real("eps", eps)
+    dx = np.empty_like(x) if need_dx else None
+    dweight, dbias = np.empty(x.shape[-1], np.float32), np.empty(x.shape[-1], np.float32)
+    batchnorm_backward_into(dx, dweight, dbias, dy, x, y, weight, mean, var, eps, relu)
+    return dx, dweight, dbias
