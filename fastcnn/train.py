@@ -242,6 +242,9 @@ def _check_fit(model, optimizer, train, validation, epochs, batch_size, seed, va
     if not isinstance(optimizer, Optimizer) or optimizer.model is not model:
         raise ShapeError(f"optimizer: expected a fastcnn optimizer (SGD, Adam) made for this model, "
                          f"got {type(optimizer).__name__}")
+    lr = optimizer.lr  # checked again: it may have been changed since the optimizer was made
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ShapeError(f"optimizer.lr: expected a learning rate > 0, got {lr!r}")
     if (isinstance(validation_split, bool) or not isinstance(validation_split, (int, float))
             or not 0 <= validation_split < 1):
         raise ShapeError(f"validation_split: expected a fraction in [0, 1), got {validation_split!r}")

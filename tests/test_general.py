@@ -112,14 +112,16 @@ def test_evaluation_folds_batchnorm_and_agrees_with_the_layers_one_by_one():
 def test_both_backends_train_the_deep_network_alike():
     fast, ref = deep(backend="numba"), deep(backend="numpy")
     for model in (fast, ref):
-        opt = Adam(model, lr=3e-3, weight_decay=1e-4)
+        # SGD, not Adam: a conv bias before a BatchNorm gets a gradient of 0 up to rounding, which
+        # Adam's normalised step would turn into +-lr either way (torch's tests avoid it too).
+        opt = SGD(model, lr=0.05, weight_decay=1e-4)
         for step in range(5):
             x, y = bars(32, step)
             model.train_step(x, y)
             opt.step()
     np.testing.assert_allclose(fast.parameters, ref.parameters, rtol=1e-3, atol=1e-4)
     for (_, a), (_, b) in zip(fast.named_buffers(), ref.named_buffers()):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
 def test_dropout_masks_depend_on_seed_and_step_only():

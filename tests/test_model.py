@@ -90,7 +90,7 @@ def test_the_plan_fuses_by_pattern_and_leaves_the_layers_as_built():
     np.testing.assert_allclose(dense1.forward(x), x @ w + b, rtol=1e-5, atol=1e-5)  # no ReLU in it
     assert (dense1.forward(x) < 0).any()
     assert (relu1.forward(conv.forward(np.ones((1, 5, 5, 1), np.float32) - 2)) >= 0).all()
-    assert vars(relu1) == vars(relu2) == {"params": {}, "grads": {}, "_owner": relu1._owner}
+    assert vars(relu1) == vars(relu2) == {"params": {}, "grads": {}, "buffers": {}, "_owner": relu1._owner}
 
 
 @pytest.mark.parametrize("layers,steps", [

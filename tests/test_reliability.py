@@ -78,14 +78,14 @@ BAD_FIT = {
     "no images": (dict(train=(X[:0], Y[:0])), r"train images: expected at least one"),
     "a list": (dict(train=([[0.5]], Y)), r"train images: expected a NumPy array .* got list"),
     "NaN image": (dict(train=(changed(X, (37, 3, 3, 0), np.nan), Y)), r"train images: image 37 holds NaN or Inf"),
-    "Inf test image": (dict(test=(changed(TEST[0], (5, 0, 0, 0), -np.inf), TEST[1])),
-                       r"test images: image 5 holds NaN or Inf"),
+    "Inf test image": (dict(validation=(changed(TEST[0], (5, 0, 0, 0), -np.inf), TEST[1])),
+                       r"validation images: image 5 holds NaN or Inf"),
     "32x32 images": (dict(train=(np.zeros((4, 32, 32, 1), np.float32), Y[:4])),
                      r"train images: images of shape \(32, 32, 1\) do not fit the model: layer 4 Dense.*6272"),
     "RGB images": (dict(train=(np.zeros((4, 28, 28, 3), np.float32), Y[:4])),
                    r"train images: .*do not fit the model: layer 0 Conv2D.*expected 1 input channels"),
     "label 10": (dict(train=(X, changed(Y, 9, 10))), r"train labels: label 10 at index 9 is outside 0\.\.9"),
-    "label -1": (dict(test=(TEST[0], changed(TEST[1], 4, -1))), r"test labels: label -1 at index 4 is outside 0\.\.9"),
+    "label -1": (dict(validation=(TEST[0], changed(TEST[1], 4, -1))), r"validation labels: label -1 at index 4 is outside 0\.\.9"),
     "float labels": (dict(train=(X, Y.astype(float))), r"train labels: expected integer .* float64; convert"),
     "too few labels": (dict(train=(X, Y[:-1])), r"train labels: expected shape \(64,\), one label per image, got \(63,\)"),
     "no pair": (dict(train=X), r"train: expected a pair \(images, labels\), got ndarray"),
@@ -95,7 +95,7 @@ BAD_FIT = {
     "seed -1": (dict(seed=-1), r"seed: expected a non-negative integer, got -1"),
     "checkpoint every 0": (dict(checkpoint_every=0), r"checkpoint_every: expected a positive integer, got 0"),
     "another model's optimizer": (dict(optimizer=lambda model: SGD(mnist_network(seed=2), 0.1)),
-                                  r"optimizer: expected an SGD made for this model"),
+                                  r"optimizer: expected a fastcnn optimizer \(SGD, Adam\) made for this model"),
     "lr made infinite after construction": (dict(optimizer=lambda model: _lr_set_to(SGD(model, 0.1), float("inf"))),
                                             r"optimizer.lr: expected a learning rate > 0, got inf"),
     "position past the data": (dict(training={"epoch": 0, "batch": 2, "totals": [0.0, 0, 0, 0.0], "history": []}),
@@ -113,7 +113,7 @@ def net():
 @pytest.mark.parametrize("case", BAD_FIT)
 def test_fit_refuses_bad_arguments_before_training(case, net, tmp_path, tried):
     changes, message = BAD_FIT[case]
-    args = dict(optimizer=SGD(net, 0.05), train=(X, Y), test=TEST, epochs=1, batch_size=32, seed=0,
+    args = dict(optimizer=SGD(net, 0.05), train=(X, Y), validation=TEST, epochs=1, batch_size=32, seed=0,
                 out=tmp_path / "m.npz", progress=False)
     args.update({k: v(net) if callable(v) else v for k, v in changes.items()})
     before = net.parameters.copy()
@@ -187,7 +187,7 @@ def test_float64_images_are_converted_once_not_per_batch(tmp_path):
         seen = []
         plan = model.plan(x.shape[1:])
         step = plan.train_step
-        plan.train_step = lambda batch, labels, step=step, seen=seen: seen.append(batch.dtype) or step(batch, labels)
+        plan.train_step = lambda batch, *rest, step=step, seen=seen: seen.append(batch.dtype) or step(batch, *rest)
         fit(model, SGD(model, 0.05), (images, y), TEST, epochs=1, batch_size=32, seed=0, progress=False)
         runs.append((model.parameters, seen))
     assert runs[1][1] == [np.float32] * 3
