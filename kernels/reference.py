@@ -188,16 +188,17 @@ def _check_batchnorm(x, **vectors):
     return x
 
 
-def _channel_mean(a):
-    """The mean of each channel (the last axis), summed in float64 (NumPy would add float32 row
-    by row over the other axes, and lose digits over 50,000 rows), returned in a's dtype."""
-    return a.mean(axis=tuple(range(a.ndim - 1)), dtype=np.float64).astype(a.dtype)
+def _channel_sum(a):
+    """The sum of each channel (the last axis) in float64: NumPy would add float32 row by row
+    over the other axes, and lose digits over 50,000 rows."""
+    return a.sum(axis=tuple(range(a.ndim - 1)), dtype=np.float64)
 
 
 def batchnorm_forward(x, weight, bias, eps=1e-5, relu=False):
     x = _check_batchnorm(x, weight=weight, bias=bias)
-    mean = _channel_mean(x)
-    var = _channel_mean(np.square(x - mean, dtype=np.float64)).astype(x.dtype)
+    rows = x.size // x.shape[-1]
+    mean = (_channel_sum(x) / rows).astype(x.dtype)
+    var = (_channel_sum(np.square(x - mean, dtype=np.float64)) / rows).astype(x.dtype)
     y = (x - mean) / np.sqrt(var + checks.positive_real("eps", eps)) * weight + bias
     return (relu_forward(y) if relu else y), mean, var
 
@@ -215,7 +216,7 @@ def batchnorm_backward(dy, x, y, weight, mean, var, eps=1e-5, relu=False, need_d
     rows = x.size // x.shape[-1]
     rstd = 1 / np.sqrt(var + checks.positive_real("eps", eps))
     xhat = (x - mean) * rstd
-    dbias, dweight = _channel_mean(g) * rows, _channel_mean(g * xhat) * rows
+    dbias, dweight = _channel_sum(g).astype(x.dtype), _channel_sum(g * xhat).astype(x.dtype)
     # y depends on x directly and through the batch's mean and var: the last two terms.
     dx = weight * rstd * (g - dbias / rows - xhat * dweight / rows) if need_dx else None
     return dx, dweight, dbias
