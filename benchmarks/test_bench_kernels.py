@@ -8,7 +8,7 @@ from common import IMPLS, rand
 
 # (N, H, W, C_in, C_out, kernel, padding)
 CONV = {"mnist": (64, 28, 28, 1, 32, 3, 1), "large": (32, 32, 32, 16, 32, 3, 1)}
-# (N, H, W, C) pooled 2x2
+# (N, H, W, C): pooled 2x2; also the input of the elementwise and batch-norm kernels
 POOL = {"mnist": (64, 28, 28, 32), "large": (32, 32, 32, 64)}
 # (N, in, out)
 DENSE = {"mnist": (64, 6272, 128), "mnist-out": (64, 128, 10), "large": (256, 4096, 1024)}
@@ -114,3 +114,60 @@ def test_sgd_momentum(bench, impl, size):
     p, v, g = rand(rng, size), np.zeros(size, np.float32), rand(rng, size) * np.float32(1e-6)
     bench(f"sgd_momentum[{'mnist' if size < 10**6 else 'large'}]", impl, IMPLS[impl].sgd_momentum,
           p, v, g, np.float32(0.01), np.float32(0.9))
+
+
+@pytest.mark.parametrize("shape", list(POOL))
+def test_batchnorm_forward(bench, impl, shape):
+    rng = np.random.default_rng(0)
+    x, c = rand(rng, *POOL[shape]), POOL[shape][3]
+    bench(f"batchnorm_forward[{shape},relu]", impl, IMPLS[impl].batchnorm_forward, x, rand(rng, c), rand(rng, c),
+          1e-5, True)
+
+
+@pytest.mark.parametrize("shape", list(POOL))
+def test_batchnorm_backward(bench, impl, shape):
+    rng = np.random.default_rng(0)
+    x, c = rand(rng, *POOL[shape]), POOL[shape][3]
+    weight = rand(rng, c)
+    y, mean, var = IMPLS[impl].batchnorm_forward(x, weight, rand(rng, c), 1e-5, True)
+    bench(f"batchnorm_backward[{shape},relu]", impl, IMPLS[impl].batchnorm_backward, rand(rng, *x.shape), x, y,
+          weight, mean, var, 1e-5, True)
+
+
+@pytest.mark.parametrize("shape", list(POOL))
+def test_dropout_forward(bench, impl, shape):
+    x = rand(np.random.default_rng(0), *POOL[shape])
+    bench(f"dropout_forward[{shape}]", impl, IMPLS[impl].dropout_forward, x, 0.5, IMPLS[impl].dropout_key(0, 1, 0))
+
+
+@pytest.mark.parametrize("shape", list(POOL))
+def test_avgpool_forward(bench, impl, shape):
+    x = rand(np.random.default_rng(0), *POOL[shape])
+    bench(f"avgpool_forward[{shape}]", impl, IMPLS[impl].avgpool_forward, x, 2, 2)
+
+
+@pytest.mark.parametrize("shape", list(POOL))
+def test_avgpool_backward(bench, impl, shape):
+    x = rand(np.random.default_rng(0), *POOL[shape])
+    dy = IMPLS[impl].avgpool_forward(x, 2, 2)
+    bench(f"avgpool_backward[{shape}]", impl, IMPLS[impl].avgpool_backward, dy, x.shape, 2, 2)
+
+
+@pytest.mark.parametrize("shape", list(POOL))
+def test_global_avgpool(bench, impl, shape):
+    x = rand(np.random.default_rng(0), *POOL[shape])
+    bench(f"global_avgpool_forward[{shape}]", impl, IMPLS[impl].global_avgpool_forward, x)
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("shape", list(POOL))
+def test_activation(bench, impl, shape, act):
+    x = rand(np.random.default_rng(0), *POOL[shape])
+    bench(f"{act}_forward[{shape}]", impl, getattr(IMPLS[impl], f"{act}_forward"), x)
+
+
+@pytest.mark.parametrize("size", [805_802, 8_000_000], ids=["mnist", "large"])
+def test_adam(bench, impl, size):
+    rng = np.random.default_rng(0)
+    p, m, v, g = rand(rng, size), np.zeros(size, np.float32), np.zeros(size, np.float32), rand(rng, size)
+    bench(f"adam[{'mnist' if size < 10**6 else 'large'}]", impl, IMPLS[impl].adam, p, m, v, g, 1e-3)

@@ -109,7 +109,7 @@ def avgpool_backward(dy, x_shape, size, stride=None):
 def global_avgpool_forward(x):
     x = checks.array("x", x, 4)
     checks.shape("x.shape", x.shape, 4)
-    return x.mean(axis=(1, 2))
+    return x.mean(axis=(1, 2), dtype=np.float64).astype(x.dtype)  # float64 sums, as the kernel
 
 
 def global_avgpool_backward(dy, x_shape):
@@ -188,10 +188,17 @@ def _check_batchnorm(x, **vectors):
     return x
 
 
+def _channel_sum(a):
+    """The sum of each channel (the last axis) in float64: NumPy would add float32 row by row
+    over the other axes, and lose digits over 50,000 rows."""
+    return a.sum(axis=tuple(range(a.ndim - 1)), dtype=np.float64)
+
+
 def batchnorm_forward(x, weight, bias, eps=1e-5, relu=False):
     x = _check_batchnorm(x, weight=weight, bias=bias)
-    axes = tuple(range(x.ndim - 1))
-    mean, var = x.mean(axis=axes), x.var(axis=axes)
+    rows = x.size // x.shape[-1]
+    mean = (_channel_sum(x) / rows).astype(x.dtype)
+    var = (_channel_sum(np.square(x - mean, dtype=np.float64)) / rows).astype(x.dtype)
     y = (x - mean) / np.sqrt(var + checks.positive_real("eps", eps)) * weight + bias
     return (relu_forward(y) if relu else y), mean, var
 
@@ -206,11 +213,10 @@ def batchnorm_backward(dy, x, y, weight, mean, var, eps=1e-5, relu=False, need_d
     x = _check_batchnorm(x, weight=weight, mean=mean, var=var)
     checks.same_shape("dy", checks.channels_last("dy", dy), x.shape, "x's shape")
     g = relu_backward(dy, y) if relu else dy
-    axes = tuple(range(x.ndim - 1))
     rows = x.size // x.shape[-1]
     rstd = 1 / np.sqrt(var + checks.positive_real("eps", eps))
     xhat = (x - mean) * rstd
-    dbias, dweight = g.sum(axis=axes), (g * xhat).sum(axis=axes)
+    dbias, dweight = _channel_sum(g).astype(x.dtype), _channel_sum(g * xhat).astype(x.dtype)
     # y depends on x directly and through the batch's mean and var: the last two terms.
     dx = weight * rstd * (g - dbias / rows - xhat * dweight / rows) if need_dx else None
     return dx, dweight, dbias
@@ -229,15 +235,19 @@ def dropout_mask(shape, p, key):
     return (u >= p).reshape(shape)
 
 
-def dropout_forward(x, p, key):
+def _dropout(name, a, p, key):
     p, key = check_dropout(p, key)
-    x = checks.array("x", x, np.ndim(x))
-    # The scale rounded to x's dtype first, as the kernel multiplies by it.
-    return np.where(dropout_mask(x.shape, p, key), x * x.dtype.type(1 / (1 - p)), 0).astype(x.dtype)
+    a = checks.array(name, a, np.ndim(a))
+    # The scale rounded to a's dtype first, as the kernel multiplies by it.
+    return np.where(dropout_mask(a.shape, p, key), a * a.dtype.type(1 / (1 - p)), 0).astype(a.dtype)
+
+
+def dropout_forward(x, p, key):
+    return _dropout("x", x, p, key)
 
 
 def dropout_backward(dy, p, key):
-    return dropout_forward(dy, p, key)  # the same diagonal map
+    return _dropout("dy", dy, p, key)  # the same diagonal map as the forward, the same mask
 
 
 # --- conv -> ReLU -> max-pool, fused in the kernels: here their composition ------------------------

@@ -1,0 +1,86 @@
+"""The oracle of the general layers proven: the NumPy reference's forward passes against their
+textbook definitions, and every backward against central finite differences in float64, as in
+test_reference.py (L = sum(f(...) * r), tolerance 1e-6 relative to the largest gradient)."""
+
+import numpy as np
+import pytest
+
+from fastcnn.kernels import reference as R
+from test_reference import assert_grad
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 3), (5, 4), (1, 3, 2, 2)], ids=str)
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+def test_batchnorm_backward(shape, relu):
+    rng = np.random.default_rng(len(shape) + relu)
+    c = shape[-1]
+    x, weight, bias = rng.standard_normal(shape) * 2 + 1, rng.standard_normal(c), rng.standard_normal(c)
+    y, mean, var = R.batchnorm_forward(x, weight, bias, 1e-3, relu)
+    r = rng.standard_normal(shape)
+    loss = lambda: (R.batchnorm_forward(x, weight, bias, 1e-3, relu)[0] * r).sum()  # noqa: E731
+    dx, dweight, dbias = R.batchnorm_backward(r, x, y, weight, mean, var, 1e-3, relu)
+    if relu:
+        assert (y == 0).any() and (y > 0).any()  # the ReLU really gates something
+    assert_grad(dx, loss, x)
+    assert_grad(dweight, loss, weight)
+    assert_grad(dbias, loss, bias)
+
+
+def test_batchnorm_forward_is_the_textbook_one():
+    rng = np.random.default_rng(1)
+    x, weight, bias = rng.standard_normal((4, 3, 5, 2)), rng.standard_normal(2), rng.standard_normal(2)
+    y, mean, var = R.batchnorm_forward(x, weight, bias, 1e-5)
+    for c in range(2):
+        xc = x[..., c]
+        np.testing.assert_allclose(mean[c], xc.mean(), rtol=1e-12)
+        np.testing.assert_allclose(var[c], ((xc - xc.mean()) ** 2).mean(), rtol=1e-12)
+        np.testing.assert_allclose(y[..., c], (xc - xc.mean()) / np.sqrt(xc.var() + 1e-5) * weight[c] + bias[c],
+                                   rtol=1e-12, atol=1e-12)
+    # Eval mode with the batch's own statistics is the training forward.
+    np.testing.assert_allclose(R.batchnorm_eval_forward(x, weight, bias, mean, var, 1e-5), y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size,stride", [(2, 2), (3, 2), (2, 1), (2, 3)])
+def test_avgpool_backward(size, stride):
+    rng = np.random.default_rng(size * 10 + stride)
+    x = rng.standard_normal((2, 7, 6, 3))
+    y = R.avgpool_forward(x, size, stride)
+    for n, i, j, c in np.ndindex(y.shape):
+        window = x[n, stride * i:stride * i + size, stride * j:stride * j + size, c]
+        assert y[n, i, j, c] == pytest.approx(window.mean(), rel=1e-12)
+    r = rng.standard_normal(y.shape)
+    loss = lambda: (R.avgpool_forward(x, size, stride) * r).sum()  # noqa: E731
+    assert_grad(R.avgpool_backward(r, x.shape, size, stride), loss, x)
+
+
+def test_global_avgpool_backward():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 5, 4))
+    np.testing.assert_allclose(R.global_avgpool_forward(x)[1, 2], x[1, :, :, 2].mean(), rtol=1e-12)
+    r = rng.standard_normal((2, 4))
+    loss = lambda: (R.global_avgpool_forward(x) * r).sum()  # noqa: E731
+    assert_grad(R.global_avgpool_backward(r, x.shape), loss, x)
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid"])
+def test_activation_backward(act):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 4, 5)) * 3
+    fwd, bwd = getattr(R, f"{act}_forward"), getattr(R, f"{act}_backward")
+    want = np.tanh(x) if act == "tanh" else 1 / (1 + np.exp(-x))
+    np.testing.assert_allclose(fwd(x), want, rtol=1e-14)
+    r = rng.standard_normal(x.shape)
+    loss = lambda: (fwd(x) * r).sum()  # noqa: E731
+    assert_grad(bwd(r, fwd(x)), loss, x)
+
+
+def test_dropout_backward():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 4, 5))
+    key = R.dropout_key(0, 3, 1)
+    y = R.dropout_forward(x, 0.4, key)
+    assert (y == 0).any() and (y != 0).any()
+    np.testing.assert_allclose(y[y != 0], x[y != 0] / 0.6, rtol=1e-15)
+    r = rng.standard_normal(x.shape)
+    loss = lambda: (R.dropout_forward(x, 0.4, key) * r).sum()  # noqa: E731
+    assert_grad(R.dropout_backward(r, 0.4, key), loss, x)
