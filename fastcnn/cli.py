@@ -134,7 +134,12 @@ def _history(args):
         raise ModelFileError(f"{args.model}: holds no training history (was it written by fastcnn train or fit?)")
     settings = (saved.training or {}).get("settings") or {}
     if settings:
-        print(", ".join(f"{k} {v}" for k, v in settings.items() if v is not None))
+        from .settings import from_checkpoint
+        try:
+            settings = from_checkpoint(settings).relevant()
+        except (FastCNNError, TypeError):
+            pass  # damaged or foreign settings: print them as they are
+        print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in settings.items() if v is not None))
     print(f"{'epoch':>5}  {'loss':>8}  {'train acc':>9}  {'val loss':>8}  {'val acc':>8}  {'seconds':>8}")
     for h in history:
         val_loss, val_acc = h.get("val_loss"), h.get("val_acc", h.get("test_acc"))

@@ -264,3 +264,43 @@ def test_resume_with_dropout_and_batchnorm_is_bit_identical(tmp_path):
     assert np.array_equal(straight.parameters, resumed.parameters)
     for (_, a), (_, b) in zip(straight.named_buffers(), resumed.named_buffers()):
         assert np.array_equal(a, b)
+
+
+def test_the_training_script_resumes_the_deep_network_bit_for_bit(tmp_path, monkeypatch, capsys):
+    """Settings come from the named network's recipe; a resume rebuilds them from the file, and
+    warming up the kernels leaves BatchNorm's statistics as they were. (Not the recipe's cosine
+    schedule: asking a 1-epoch run for a second epoch stretches the cosine over 2 epochs.)"""
+    from fakes import fake_mnist
+    from fastcnn import data
+    from fastcnn.train import train
+    monkeypatch.setitem(data.CHECKSUMS, "mnist", fake_mnist(tmp_path))
+    common = dict(model="deep", data_dir=tmp_path, progress=False, batch_size=80, schedule="inverse-time")
+    train(tmp_path / "straight.npz", epochs=2, **common)
+    train(tmp_path / "resumed.npz", epochs=1, **common)
+    train(tmp_path / "resumed.npz", epochs=2, resume=True, data_dir=tmp_path, progress=False)
+    assert "deep network, batch 80, SGD lr 0.05 momentum 0.9, inverse-time decay 0.001 schedule, weight decay 0.0005" \
+        in capsys.readouterr().out
+    a, b = (fastcnn.load_checkpoint(tmp_path / f"{name}.npz") for name in ("straight", "resumed"))
+    assert np.array_equal(a.model.parameters, b.model.parameters)
+    assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(a.model.named_buffers(), b.model.named_buffers()))
+    assert a.training["settings"] == b.training["settings"] and a.training["settings"]["model"] == "deep"
+    with pytest.raises(ShapeError, match="--optimizer adam differs from the checkpoint's sgd"):
+        train(tmp_path / "resumed.npz", epochs=3, optimizer="adam", resume=True, data_dir=tmp_path, progress=False)
+    with pytest.raises(ShapeError, match="colour: not a setting"):
+        train(tmp_path / "other.npz", colour=True, data_dir=tmp_path)
+
+
+def test_every_setting_is_a_train_option():
+    import dataclasses
+
+    from fastcnn.cli import parser
+    from fastcnn.settings import Settings
+    args = parser().parse_args(["train", "--model", "deep", "--optimizer", "adam", "--weight-decay", "0.01",
+                                "--schedule", "cosine", "--validation-split", "0.1"])
+    for f in dataclasses.fields(Settings):
+        assert hasattr(args, f.name), f.name
+    from fastcnn.settings import from_arguments
+    resolved = Settings(**from_arguments(args)).resolved()
+    assert (resolved.optimizer, resolved.lr, resolved.weight_decay, resolved.epochs) == ("adam", 1e-3, 0.01, 15)
+    with pytest.raises(ShapeError, match="model: expected one of original, deep, cifar"):
+        Settings(model="resnet").resolved()
