@@ -304,3 +304,36 @@ def test_every_setting_is_a_train_option():
     assert (resolved.optimizer, resolved.lr, resolved.weight_decay, resolved.epochs) == ("adam", 1e-3, 0.01, 15)
     with pytest.raises(ShapeError, match="model: expected one of original, deep, cifar"):
         Settings(model="resnet").resolved()
+
+
+def test_a_version_1_model_file_still_loads_and_resumes(tmp_path, monkeypatch):
+    """Files written before Adam, BatchNorm and settings: SGD state without a type, no buffers,
+    no input shape, the original's settings without a model name."""
+    import json
+
+    from fakes import fake_mnist
+    from fastcnn import data
+    from fastcnn.train import mnist_network, train
+    monkeypatch.setitem(data.CHECKSUMS, "mnist", fake_mnist(tmp_path))
+    model = mnist_network(seed=0)
+    velocity = np.random.default_rng(0).normal(0, 1e-3, model.parameters.size).astype(np.float32)
+    settings = dict(epochs=1, batch_size=64, lr=0.07, momentum=0.9, decay=1e-3, seed=0, dataset="mnist")
+    arrays = {"format": np.array("fastcnn-model"), "version": np.array(1),
+              "architecture": np.array(json.dumps({"layers": [[type(layer).__name__, layer.config()] for layer in
+                                                              model.layers], "seed": 0})),
+              "optimizer/velocity": velocity,
+              "optimizer/config": np.array(json.dumps({"lr": 0.07, "momentum": 0.9, "decay": 1e-3, "steps": 5})),
+              "training": np.array(json.dumps({"epoch": 1, "batch": 0, "totals": [0.0, 0, 0, 0.0],
+                                               "history": [{"epoch": 1, "loss": 1.0, "train_acc": 0.5,
+                                                            "test_acc": 0.6, "seconds": 1.0,
+                                                            "samples_per_s": 320.0}],
+                                               "settings": settings}))}
+    arrays.update({f"param/{name}": p for name, p in model.named_parameters()})
+    np.savez(tmp_path / "v1.npz", **arrays)
+    saved = fastcnn.load_checkpoint(tmp_path / "v1.npz")
+    assert isinstance(saved.optimizer, SGD) and saved.optimizer.steps == 5
+    assert saved.optimizer.schedule.decay == 1e-3 and np.array_equal(saved.optimizer.velocity, velocity)
+    assert saved.model.input_shape is None and np.array_equal(saved.model.parameters, model.parameters)
+    history = train(tmp_path / "v1.npz", epochs=2, resume=True, data_dir=tmp_path, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert fastcnn.load_checkpoint(tmp_path / "v1.npz").training["settings"]["model"] == "original"
