@@ -131,8 +131,7 @@ def test_the_loader_follows_the_models_input():
     assert inference.picture_loader(colour_model()) is image.load_photo
     assert inference.picture_loader(mnist_network(seed=0)) is image.load_digit
     assert inference.picture_loader(Sequential([Flatten(), Dense(784, 10)])) is image.load_digit  # says nothing
-    stated = Sequential([Flatten(), Dense(32 * 32 * 3, 10)])
-    stated.input_shape = (32, 32, 3)  # a model that states its input: that wins over the first layer
+    stated = Sequential([Flatten(), Dense(32 * 32 * 3, 10)], input_shape=(32, 32, 3))  # its input says it
     assert inference.input_channels(stated) == 3 and inference.picture_loader(stated) is image.load_photo
     with pytest.raises(ShapeError, match="takes 2-channel images"):
         inference.picture_loader(Sequential([Conv2D(2, 4, 3), Flatten(), Dense(26 * 26 * 4, 10)]))
