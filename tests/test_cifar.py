@@ -9,6 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 
+import fastcnn
 from fastcnn import data
 from fastcnn.errors import DataError, DataMissingError
 
@@ -296,3 +297,28 @@ def test_download_all_mirrors_fail(tmp_path, server, fake_checksums, monkeypatch
 def test_no_test_reaches_the_real_site():
     # Every download test above replaces the mirrors; the real one is the publisher's, over HTTPS.
     assert data.MIRRORS["cifar10"] == ["https://www.cs.toronto.edu/~kriz/"]
+
+
+def test_the_cifar_network_trains_predicts_and_evaluates_from_the_cli(tmp_path, fake_checksums, capsys):
+    """RGB end to end: `train --model cifar` on a small archive in the official format, then
+    `predict` on a colour picture and `evaluate` with its plots."""
+    from PIL import Image
+
+    from fastcnn.cli import main
+    files, _ = fake_batches()
+    put_archive(tmp_path, fake_checksums, official_archive(files))
+    out = tmp_path / "cifar.npz"
+    assert main(["train", "--model", "cifar", "--epochs", "1", "--batch-size", "20", "--data-dir", str(tmp_path),
+                 "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "Training on cifar10: 100 images" in printed and "cifar network" in printed
+    model = fastcnn.load(out)
+    assert model.input_shape == (32, 32, 3) and len(model.predict(np.zeros((1, 32, 32, 3), np.float32))[0]) == 10
+    picture = tmp_path / "ship.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(picture)
+    assert main(["predict", str(out), str(picture), "--save-preprocessed"]) == 0
+    printed = capsys.readouterr().out
+    assert any(name in printed for name in data.CLASS_NAMES["cifar10"]) and "airplane:" in printed
+    assert Image.open(f"{picture}.32x32.png").size == (32, 32)
+    assert main(["evaluate", str(out), "--data-dir", str(tmp_path), "--plot", str(tmp_path / "e.png")]) == 0
+    assert "on 20 cifar10 images" in capsys.readouterr().out and (tmp_path / "e.png").stat().st_size > 0
