@@ -34,6 +34,24 @@ _MIN_ROWS = 64
 _BLOCK = 64
 
 
+@numba.njit(inline="always")
+def add_block(sums, task, block):
+    """Add a block's float32 sums (2, C) into the task's float64 ones, and zero the block."""
+    for i in range(2):
+        for c in range(block.shape[1]):
+            sums[task, i, c] += block[i, c]
+            block[i, c] = 0.0
+
+
+@numba.njit(inline="always")
+def total(sums, i, c):
+    """Sum ``i`` of channel ``c`` over all tasks, in task order."""
+    acc = 0.0
+    for task in range(sums.shape[0]):
+        acc += sums[task, i, c]
+    return acc
+
+
 @parallel_kernel
 def _channel_moments(mean, var, x, tasks):
     R, C = x.shape
@@ -41,28 +59,19 @@ def _channel_moments(mean, var, x, tasks):
     for task in prange(tasks):
         # float32 sums over blocks of _BLOCK rows (the loop over channels vectorises), each block
         # added into the task's float64 sums: exact enough, and no float64 work per element.
-        s1 = np.empty(C, np.float32)
-        s2 = np.empty(C, np.float32)
+        block = np.zeros((2, C), np.float32)
         lo, hi = task * R // tasks, (task + 1) * R // tasks
         for start in range(lo, hi, _BLOCK):
-            s1[:] = 0.0
-            s2[:] = 0.0
             for r in range(start, min(start + _BLOCK, hi)):
                 for c in range(C):
                     d = x[r, c] - x[0, c]
-                    s1[c] += d
-                    s2[c] += d * d
-            for c in range(C):
-                sums[task, 0, c] += s1[c]
-                sums[task, 1, c] += s2[c]
+                    block[0, c] += d
+                    block[1, c] += d * d
+            add_block(sums, task, block)
     for c in range(C):
-        s, q = 0.0, 0.0
-        for task in range(tasks):
-            s += sums[task, 0, c]
-            q += sums[task, 1, c]
-        shift = s / R
+        shift = total(sums, 0, c) / R
         mean[c] = np.float64(x[0, c]) + shift
-        var[c] = max(q / R - shift * shift, 0.0)
+        var[c] = max(total(sums, 1, c) / R - shift * shift, 0.0)
 
 
 @parallel_kernel
@@ -84,28 +93,20 @@ def _batchnorm_backward(dx, dweight, dbias, dy, x, y, weight, mean, var, eps, re
         rstd[c] = 1.0 / math.sqrt(np.float64(var[c]) + eps)
     sums = np.zeros((tasks, 2, C))
     for task in prange(tasks):
-        s1 = np.empty(C, np.float32)  # block sums, as in _channel_moments
-        s2 = np.empty(C, np.float32)
+        block = np.zeros((2, C), np.float32)  # as in _channel_moments
         lo, hi = task * R // tasks, (task + 1) * R // tasks
         for start in range(lo, hi, _BLOCK):
-            s1[:] = 0.0
-            s2[:] = 0.0
             for r in range(start, min(start + _BLOCK, hi)):
                 for c in range(C):
                     g = dy[r, c] if (not relu or y[r, c] > 0) else np.float32(0.0)
-                    s1[c] += g
-                    s2[c] += g * ((x[r, c] - mean[c]) * rstd[c])
-            for c in range(C):
-                sums[task, 0, c] += s1[c]
-                sums[task, 1, c] += s2[c]
+                    block[0, c] += g
+                    block[1, c] += g * ((x[r, c] - mean[c]) * rstd[c])
+            add_block(sums, task, block)
     a = np.empty(C, np.float32)   # dx = a * (g - b - xhat * d): per-channel factors
     b = np.empty(C, np.float32)
     d = np.empty(C, np.float32)
     for c in range(C):
-        s, q = 0.0, 0.0
-        for task in range(tasks):
-            s += sums[task, 0, c]
-            q += sums[task, 1, c]
+        s, q = total(sums, 0, c), total(sums, 1, c)
         dbias[c] = s
         dweight[c] = q
         a[c] = weight[c] * rstd[c]
