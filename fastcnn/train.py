@@ -22,7 +22,7 @@ import numba
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint, fileio
+from . import checkpoint, distributed, fileio
 from .errors import FastCNNError, ModelFileError, ShapeError
 from .inference import check_batch
 from .kernels import checks, jit
@@ -173,9 +173,17 @@ def fit(model, optimizer, train, test, *, epochs, batch_size, seed, out=None, tr
     ``checkpoint_every`` batches if given. SIGINT or SIGTERM stops training at the next batch
     boundary, writes ``out`` there and raises ``TrainingInterrupted``. A NaN or Inf loss raises
     ``TrainingDiverged`` at that step. Returns the history.
+
+    Started by mpiexec, the processes train one model data-parallel (``fastcnn.distributed``):
+    ``batch_size`` is the global batch, and only rank 0 writes ``out``, shows progress and evaluates.
     """
     x_train, y_train, x_test, y_test = _check_fit(model, optimizer, train, test, epochs, batch_size, seed,
                                                   checkpoint_every)
+    world = distributed.world()  # data parallel under mpiexec; one process: does nothing
+    world.check_batches(len(x_train), batch_size)
+    world.broadcast(model.parameters)  # every process starts from rank 0's weights and velocities
+    world.broadcast(optimizer.velocity)
+    out, progress = (out, progress) if world.is_root else (None, False)  # only rank 0 saves and shows
     if out is not None:
         check_writable(out, need=2 * model.parameters.nbytes + 2**16)  # weights and velocities
     n = len(x_train)
@@ -197,33 +205,40 @@ def fit(model, optimizer, train, test, *, epochs, batch_size, seed, out=None, tr
             start = time.perf_counter() - seconds
             first = state["batch"]
             for b in range(first, batches):
-                if caught or (checkpoint_every and b > first and b % checkpoint_every == 0):
+                signum = world.stop_requested(caught)  # a signal to any process stops them all here
+                if signum or (checkpoint_every and b > first and b % checkpoint_every == 0):
                     # Batch b is next: that, and the totals so far, are all a resumed run needs.
                     state.update(batch=b, totals=[loss_sum, correct, seen, time.perf_counter() - start])
                     if out is not None:
                         _save(out, model, optimizer, state)
-                    if caught:
+                    if signum:
                         bar.close()
-                        raise _interrupted(caught[0], optimizer.steps, epochs, batches, out, state)
-                idx = order[b * batch_size:(b + 1) * batch_size]
+                        world.barrier()  # the others leave once rank 0 has written the checkpoint
+                        raise _interrupted(signum, optimizer.steps, epochs, batches, out, state)
+                rows = order[b * batch_size:(b + 1) * batch_size]
+                idx = world.slice(rows)  # this process's contiguous part of the batch
                 batch = np.take(x_train, idx, axis=0, out=x[:len(idx)])
                 y = y_train[idx]
                 loss, logits = plan.train_step(batch, y)
+                world.allreduce_gradients(model.gradients, len(y), len(rows))
+                step_loss, step_correct = world.sum([loss * len(y), (logits.argmax(axis=1) == y).sum()])
+                loss = step_loss / len(rows)
                 if not np.isfinite(loss):
                     raise TrainingDiverged(
                         f"the loss became {loss} at step {optimizer.steps + 1} (epoch {epoch + 1}, batch {b + 1}); "
                         f"the learning rate {optimizer.lr:g} is probably too high")
                 optimizer.step()
-                loss_sum += loss * len(y)
-                correct += int((logits.argmax(axis=1) == y).sum())
-                seen += len(y)
+                loss_sum += step_loss
+                correct += int(step_correct)
+                seen += len(rows)
                 bar.update()
                 if b % 20 == 0 or b == batches - 1:
                     bar.set_postfix_str(f"loss {loss_sum / seen:.4f}  acc {correct / seen:.4f}  "
                                         f"{seen / (time.perf_counter() - start):,.0f} samples/s")
             bar.close()
             seconds = time.perf_counter() - start
-            test_acc = accuracy(model, x_test, y_test)
+            world.check_same("the weights", model.parameters)
+            test_acc = accuracy(model, x_test, y_test) if world.is_root else float("nan")  # rank 0 evaluates
             record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
                       "test_acc": test_acc, "seconds": seconds, "samples_per_s": seen / seconds}
             state["history"].append(record)
@@ -275,12 +290,14 @@ def train(out="model.npz", *, epochs=None, batch_size=None, lr=None, momentum=No
     check_settings(requested)
     if checkpoint_every is not None:
         checks.positive_int("checkpoint_every", checkpoint_every)
-    threads = set_threads(threads)
+    world = distributed.world()
+    threads = set_threads(world.default_threads() if threads is None else threads)
     if not resume and not overwrite and os.path.lexists(out) and not os.path.isdir(out):
         raise ModelFileError(f"{out}: already exists; continue its run with --resume, train into another "
                              f"file with --out, or replace it with --overwrite")
     check_writable(out)
-    fileio.remove_stale_temps(out)
+    if world.is_root:  # the one process that writes out
+        fileio.remove_stale_temps(out)
     if resume:
         saved = checkpoint.load_checkpoint(out)
         if saved.optimizer is None or saved.training is None:
@@ -311,7 +328,8 @@ def train(out="model.npz", *, epochs=None, batch_size=None, lr=None, momentum=No
         state = None
     train_data = load_dataset(settings["dataset"], "train", data_dir)
     test_data = load_dataset(settings["dataset"], "test", data_dir)
-    print(f"Training on {settings['dataset']}: {len(train_data[0]):,} images, {threads} threads, "
+    cores = f"{threads} threads" + (f" in each of {world.size} processes" if world.size > 1 else "")
+    print(f"Training on {settings['dataset']}: {len(train_data[0]):,} images, {cores}, "
           f"batch {settings['batch_size']}, lr {settings['lr']:g}, momentum {settings['momentum']:g}, "
           f"decay {settings['decay']:g}, seed {settings['seed']}" + (" (resumed)" if resume else ""), flush=True)
     state = state or fresh_state()
