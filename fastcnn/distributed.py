@@ -17,12 +17,15 @@ the next step (one small Allreduce per step), so they stop at the same step with
 
 When a process dies, the launcher ends the others: mpich's mpiexec (Hydra) kills them within
 milliseconds of a SIGKILL and prints "BAD TERMINATION ... PID n ... Killed (signal 9)"; Open
-MPI's mpirun does the same. What the launcher cannot see is a process that leaves on its own
-(an error) while the others wait in a collective: mpich's MPI_Finalize would then wait for them
-forever. So a process that stops on an error ends them all with MPI_Abort (``abort_if_parallel``,
-and an uncaught exception does the same), and every collective is bounded by a watchdog: no
-answer for ``FASTCNN_MPI_TIMEOUT`` seconds (default 300, more than rank 0 needs to evaluate and
-write a checkpoint while the others wait) ends the whole job with a message saying so.
+MPI's within a second ("process rank 1 with PID n ... exited on signal 9 (Killed)"). What no
+launcher sees is a process that leaves on its own (an error) while the others wait for it in a
+collective: its MPI_Finalize, and they, would wait forever (seen with MPICH 5.0 and Open MPI 5.0). So a process
+that stops on an error ends them all with MPI_Abort (``abort_if_parallel``; an uncaught
+exception does the same), and a watchdog bounds every collective: no answer for
+``FASTCNN_MPI_TIMEOUT`` seconds (default 300: rank 0 evaluates and writes checkpoints while the
+others wait for it; ``inf`` waits forever) ends the job, saying so. Ctrl-C reaches only mpiexec
+(each process has its own process group): mpich's passes SIGINT on to every process, Open MPI's
+sends them SIGTERM; either way they stop at one step with one checkpoint.
 
 Layers with state across the batch (BatchNorm): each process computes the batch statistics of
 its own part of the batch, as PyTorch's DistributedDataParallel does by default (not
@@ -74,6 +77,16 @@ def abort_if_parallel(status):
 def this_process():
     """`` (process r of K)`` to name this process in a message when there are several, else ``""``."""
     return _world.describe() if _world is not None else ""
+
+
+def _seconds(text):
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise FastCNNError(f"FASTCNN_MPI_TIMEOUT: expected a number of seconds > 0, got {text!r}")
+    return seconds
 
 
 def _part(n, rank, size):
@@ -137,7 +150,7 @@ class MPIWorld:
         self.is_root = self.rank == 0
         self.local_size = self._comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
         self._flag = np.zeros(1, np.int64)
-        self.timeout = float(os.environ.get("FASTCNN_MPI_TIMEOUT", DEFAULT_TIMEOUT))
+        self.timeout = _seconds(os.environ.get("FASTCNN_MPI_TIMEOUT", DEFAULT_TIMEOUT))
         self._waiting = None  # (what, since) while in a collective, for the watchdog
         threading.Thread(target=self._watch, name="fastcnn-mpi-watchdog", daemon=True).start()
         previous = sys.excepthook
