@@ -49,7 +49,8 @@ def main():
         start = time.perf_counter()
         for _ in range(50):
             world.allreduce_gradients(grads, 1, world.size)
-        line += f"; one all-reduce of the {grads.nbytes / 1e6:.2f} MB gradients {1e3 * (time.perf_counter() - start) / 50:.2f} ms"
+        ms = 1e3 * (time.perf_counter() - start) / 50
+        line += f"; one all-reduce of the {grads.nbytes / 1e6:.2f} MB gradients {ms:.2f} ms"
     print(line, flush=True)
 
 

@@ -19,9 +19,9 @@ When a process dies, the launcher ends the others: mpich's mpiexec (Hydra) kills
 milliseconds of a SIGKILL and prints "BAD TERMINATION ... PID n ... Killed (signal 9)"; Open
 MPI's within a second ("process rank 1 with PID n ... exited on signal 9 (Killed)"). What no
 launcher sees is a process that leaves on its own (an error) while the others wait for it in a
-collective: its MPI_Finalize, and they, would wait forever (seen with MPICH 5.0 and Open MPI 5.0). So a process
-that stops on an error ends them all with MPI_Abort (``abort_if_parallel``; an uncaught
-exception does the same), and a watchdog bounds every collective: no answer for
+collective: its MPI_Finalize, and they, would wait forever (seen with MPICH 5.0 and Open MPI
+5.0). So a process that stops on an error ends them all with MPI_Abort (``abort_if_parallel``;
+an uncaught exception does the same), and a watchdog bounds every collective: no answer for
 ``FASTCNN_MPI_TIMEOUT`` seconds (default 300: rank 0 evaluates and writes checkpoints while the
 others wait for it; ``inf`` waits forever) ends the job, saying so. Ctrl-C reaches only mpiexec
 (each process has its own process group): mpich's passes SIGINT on to every process, Open MPI's
@@ -144,8 +144,9 @@ class MPIWorld:
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
         if self.size != launched:
             # Each process is alone in its own world: mpiexec and mpi4py's library are two MPIs.
+            library = " ".join(MPI.Get_library_version().split()[:3])
             raise FastCNNError(f"mpiexec started {launched} processes but MPI sees {self.size}: the mpiexec "
-                               f"that ran this belongs to another MPI than mpi4py's ({' '.join(MPI.Get_library_version().split()[:3])}); "
+                               f"that ran this belongs to another MPI than mpi4py's ({library}); "
                                f"use the mpiexec installed beside it (e.g. .venv/bin/mpiexec)")
         self.is_root = self.rank == 0
         self.local_size = self._comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
@@ -177,10 +178,10 @@ class MPIWorld:
 
     def check_batches(self, n, batch_size):
         """Every process gets at least one image of every batch of ``n`` images, else ShapeError."""
-        last = n % batch_size or batch_size
-        if min(batch_size, last) < self.size:
-            raise ShapeError(f"batch_size: {n} images in batches of {batch_size} leave a batch of {min(batch_size, last)}, "
-                             f"fewer than the {self.size} processes; choose a batch size with no batch smaller than that")
+        smallest = min(batch_size, n % batch_size or batch_size)
+        if smallest < self.size:
+            raise ShapeError(f"batch_size: {n} images in batches of {batch_size} leave a batch of {smallest}, "
+                             f"fewer than the {self.size} processes; choose a batch size with no batch smaller")
 
     def broadcast(self, array):
         """Overwrite ``array`` with rank 0's, in every process."""
@@ -216,7 +217,8 @@ class MPIWorld:
             sums = self._comm.allgather(zlib.crc32(array))
         if len(set(sums)) > 1:
             differ = [r for r, s in enumerate(sums) if s != sums[0]]
-            raise FastCNNError(f"{name} of processes {differ} differ from rank 0's; the processes no longer train one model")
+            raise FastCNNError(f"{name} of processes {differ} differ from rank 0's; "
+                               f"the processes no longer train one model")
 
     def barrier(self):
         with self._bounded("a barrier"):

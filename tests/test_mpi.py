@@ -71,12 +71,13 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def launch(data_dir):
-    def run(k, out, *args, fault=None, timeout=LAUNCH_TIMEOUT, env=None):
+    def run(k, out, *args, fault=None, timeout=LAUNCH_TIMEOUT, env=None, threads=1):
         """``fastcnn train --out out --threads 1 args`` in ``k`` processes (k=1: plain python)."""
         environ = {name: v for name, v in os.environ.items() if not name.startswith(("PMI_", "OMPI_", "MPI_TEST"))}
         environ.update(env or {}, **({"MPI_TEST_FAULT": fault} if fault else {}))
         cmd = ([MPIEXEC, "-n", str(k)] if k > 1 else []) + [sys.executable, DRIVER, str(data_dir),
-                                                          "--out", str(out), "--threads", "1", *args]
+                                                          "--out", str(out), *args]
+        cmd += ["--threads", str(threads)] if threads else []
         started = time.monotonic()
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environ)
         done.seconds = time.monotonic() - started
@@ -149,6 +150,14 @@ def test_a_signal_to_one_process_stops_both_at_one_step_with_one_checkpoint(laun
     assert resume[:4] == ["mpiexec", "-n", "2", "fastcnn"] and resume[4:7] == ["train", "--out", str(out)]
     ok(launch(2, out, *resume[7:]))
     assert np.array_equal(weights(out), weights(folder / "two.npz"))  # as if never stopped
+
+
+@needs_mpi
+def test_threads_default_to_the_cores_shared_and_a_batch_too_small_to_share_is_refused(launch, tmp_path):
+    import numba
+    done = launch(2, tmp_path / "m.npz", "--batch-size", "319", threads=None)  # 320 images: a last batch of 1
+    assert f"{max(1, numba.config.NUMBA_NUM_THREADS // 2)} threads in each of 2 processes" in done.stdout
+    assert done.returncode == 2 and "leave a batch of 1, fewer than the 2 processes" in done.stderr, done.stderr
 
 
 @needs_mpi
