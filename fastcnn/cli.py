@@ -23,7 +23,9 @@ def _train(args):
 def _resume_command(args):
     """The command that continues an interrupted ``train``: the checkpoint keeps the settings;
     the data, thread count (for identical weights), epochs and output options come from here."""
-    cmd = ["fastcnn", "train", "--out", args.out, "--resume"]
+    from . import distributed
+    size = distributed.world().size
+    cmd = ["mpiexec", "-n", str(size)] * (size > 1) + ["fastcnn", "train", "--out", args.out, "--resume"]
     for flag in ("--data-dir", "--threads", "--epochs", "--checkpoint-every"):
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
@@ -231,19 +233,23 @@ def parser():
 
 
 def main(argv=None):
+    # Under mpiexec a process that leaves on an error ends the others (abort_if_parallel): they
+    # may be waiting for it. A TrainingInterrupted is agreed on by all; rank 0 alone says so.
+    from .distributed import abort_if_parallel, this_process, world
     from .train import TrainingInterrupted
     args = parser().parse_args(argv)
     try:
         status = args.run(args)
     except (FastCNNError, OSError) as e:  # OSError: a file not written after all (disk full, ...)
-        print(f"fastcnn {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        print(f"fastcnn {args.command}{this_process()}: error: {e}", file=sys.stderr)
+        return abort_if_parallel(2)
     except TrainingInterrupted as e:
-        print(f"fastcnn {args.command}: {e}; resume with: {_resume_command(args)}", file=sys.stderr)
+        if world().is_root:
+            print(f"fastcnn {args.command}: {e}; resume with: {_resume_command(args)}", file=sys.stderr)
         return e.exit_status
     except KeyboardInterrupt:
-        print(f"fastcnn {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"fastcnn {args.command}{this_process()}: interrupted", file=sys.stderr)
+        return abort_if_parallel(130)
     return status or 0
 
 

@@ -34,10 +34,12 @@ _KEEP = 4  # workspaces kept per plan and mode (the batch size, the last batch o
 
 class Run(NamedTuple):
     """What one pass is: training (batch statistics, dropout) or evaluation, and for dropout's
-    masks the run's seed and the optimizer's step."""
+    masks the run's seed, the optimizer's step, and where this batch starts in the global batch
+    (data-parallel processes each run a slice of it, and draw that slice's part of its masks)."""
     training: bool
     seed: int = 0
     step: int = 0
+    first_row: int = 0
 
 
 EVALUATION = Run(training=False)
@@ -248,7 +250,7 @@ class DropoutStep(Step):
         p = self.layers[0].p
         if not run.training or p == 0:
             return x
-        ws["key"] = k.dropout_key(run.seed, run.step, self.index)
+        ws["key"] = k.dropout_key(run.seed, run.step, self.index, run.first_row * x[0].size)
         k.dropout_forward_into(ws["y"], x, p, ws["key"])
         return ws["y"]
 
@@ -486,12 +488,12 @@ class Plan:
             if not step.needs_input_grad:
                 break
 
-    def train_step(self, x, labels, seed=0, step=0):
+    def train_step(self, x, labels, seed=0, step=0, first_row=0):
         """Forward, softmax cross-entropy and backward for a checked batch: fills every layer's
         ``grads``; returns the mean loss and the logits (the workspace's: read, don't keep).
-        ``seed`` and ``step`` (the optimizer's) draw dropout's masks."""
+        ``seed``, ``step`` (the optimizer's) and ``first_row`` (see ``Run``) draw dropout's masks."""
         ws = self.workspace(len(x), train=True)
-        logits = self.forward(x, ws, Run(True, seed, step))
+        logits = self.forward(x, ws, Run(True, seed, step, first_row))
         loss = ws[-1]
         self.kernels.softmax_cross_entropy_into(loss["dlogits"], loss["row_loss"], logits, labels)
         self.backward(loss["dlogits"], ws)

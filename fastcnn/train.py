@@ -23,7 +23,7 @@ import numba
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint, fileio
+from . import checkpoint, distributed, fileio
 from .errors import FastCNNError, ModelFileError, ShapeError
 from .inference import check_batch
 from .kernels import checks, jit
@@ -170,9 +170,19 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     ``checkpoint_every`` batches if given. SIGINT or SIGTERM stops training at the next batch
     boundary, writes ``out`` there and raises ``TrainingInterrupted``. A NaN or Inf loss raises
     ``TrainingDiverged`` at that step.
+
+    Started by mpiexec, the processes train one model data-parallel (``fastcnn.distributed``):
+    ``batch_size`` is the global batch, each process takes its contiguous slice of every batch,
+    the gradients are summed over the processes before every step, and only rank 0 writes
+    ``out``, shows progress and validates.
     """
     x_train, y_train, val = _check_fit(model, optimizer, train, validation, epochs, batch_size, seed,
                                        validation_split, checkpoint_every)
+    world = distributed.world()  # data parallel under mpiexec; one process: does nothing
+    world.check_batches(len(x_train), batch_size)
+    for a in (model.parameters, *optimizer.state.values(), *(b for _, b in model.named_buffers())):
+        world.broadcast(a)  # every process starts from rank 0's weights, optimizer state and statistics
+    out, progress = (out, progress) if world.is_root else (None, False)  # only rank 0 saves and shows
     if out is not None:
         state_bytes = sum(a.nbytes for a in optimizer.state.values())
         check_writable(out, need=model.parameters.nbytes + state_bytes + 2**16)
@@ -195,38 +205,46 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
             start = time.perf_counter() - seconds
             first = state["batch"]
             for b in range(first, batches):
-                if caught or (checkpoint_every and b > first and b % checkpoint_every == 0):
+                signum = world.stop_requested(caught)  # a signal to any process stops them all here
+                if signum or (checkpoint_every and b > first and b % checkpoint_every == 0):
                     # Batch b is next: that, and the totals so far, are all a resumed run needs.
                     state.update(batch=b, totals=[loss_sum, correct, seen, time.perf_counter() - start])
                     if out is not None:
                         _save(out, model, optimizer, state)
-                    if caught:
+                    if signum:
                         bar.close()
-                        raise _interrupted(caught[0], optimizer.steps, epochs, batches, out, state)
-                idx = order[b * batch_size:(b + 1) * batch_size]
+                        world.barrier()  # the others leave once rank 0 has written the checkpoint
+                        raise _interrupted(signum, optimizer.steps, epochs, batches, out, state)
+                rows = order[b * batch_size:(b + 1) * batch_size]
+                first_row, idx = world.slice(rows)  # this process's contiguous part of the batch
                 batch = np.take(x_train, idx, axis=0, out=x[:len(idx)])
                 y = y_train[idx]
-                loss, logits = plan.train_step(batch, y, seed, optimizer.steps)
+                loss, logits = plan.train_step(batch, y, seed, optimizer.steps, first_row)
+                world.allreduce_gradients(model.gradients, len(y), len(rows))
+                step_loss, step_correct = world.sum([loss * len(y), (logits.argmax(axis=1) == y).sum()])
+                loss = step_loss / len(rows)
                 if not np.isfinite(loss):
                     raise TrainingDiverged(
                         f"the loss became {loss} at step {optimizer.steps + 1} (epoch {epoch + 1}, batch {b + 1}); "
                         f"the learning rate {optimizer.lr:g} is probably too high")
                 optimizer.step()
-                loss_sum += loss * len(y)
-                correct += int((logits.argmax(axis=1) == y).sum())
-                seen += len(y)
+                loss_sum += step_loss
+                correct += int(step_correct)
+                seen += len(rows)
                 bar.update()
                 if b % 20 == 0 or b == batches - 1:
                     bar.set_postfix_str(f"loss {loss_sum / seen:.4f}  acc {correct / seen:.4f}  "
                                         f"{seen / (time.perf_counter() - start):,.0f} samples/s")
             bar.close()
             seconds = time.perf_counter() - start
-            val_loss, val_acc = loss_and_accuracy(model, *val) if val is not None else (None, None)
+            world.check_same("the weights", model.parameters)
+            # rank 0 validates; the others' records are never saved or shown
+            val_loss, val_acc = loss_and_accuracy(model, *val) if val is not None and world.is_root else (None, None)
             record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
                       "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds, "samples_per_s": seen / seconds}
             state["history"].append(record)
             state.update(epoch=epoch + 1, batch=0, totals=fresh_state()["totals"])
-            checked = f"  val loss {val_loss:.4f}  val acc {val_acc:.4f}" if val is not None else ""
+            checked = f"  val loss {val_loss:.4f}  val acc {val_acc:.4f}" if val_acc is not None else ""
             print(f"Epoch {epoch + 1}/{epochs}  loss {record['loss']:.4f}  train acc {record['train_acc']:.4f}"
                   f"{checked}  {seconds:.1f} s  {record['samples_per_s']:,.0f} samples/s", flush=True)
             if out is not None:
@@ -311,12 +329,14 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
     requested = Settings(**given).resolved()
     if checkpoint_every is not None:
         checks.positive_int("checkpoint_every", checkpoint_every)
-    threads = set_threads(threads)
+    world = distributed.world()
+    threads = set_threads(world.default_threads() if threads is None else threads)
     if not resume and not overwrite and os.path.lexists(out) and not os.path.isdir(out):
         raise ModelFileError(f"{out}: already exists; continue its run with --resume, train into another "
                              f"file with --out, or replace it with --overwrite")
     check_writable(out)
-    fileio.remove_stale_temps(out)
+    if world.is_root:  # the one process that writes out
+        fileio.remove_stale_temps(out)
     if resume:
         saved = checkpoint.load_checkpoint(out)
         if saved.optimizer is None or saved.training is None:
@@ -351,7 +371,8 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
     else:
         model = ARCHITECTURES[settings.model].build(train_data[0].shape[1:], classes, settings.seed)
         optimizer = make_optimizer(model, settings, batches)
-    print(f"Training on {settings.dataset}: {len(train_data[0]):,} images, {threads} threads, "
+    cores = f"{threads} threads" + (f" in each of {world.size} processes" if world.size > 1 else "")
+    print(f"Training on {settings.dataset}: {len(train_data[0]):,} images, {cores}, "
           f"{settings.describe()}" + (" (resumed)" if resume else ""), flush=True)
     state = state or fresh_state()
     state["settings"] = dataclasses.asdict(settings)
@@ -360,10 +381,10 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
     history = fit(model, optimizer, train_data, validation, epochs=settings.epochs,
                   batch_size=settings.batch_size, seed=settings.seed, validation_split=settings.validation_split,
                   out=out, training=state, progress=progress, checkpoint_every=checkpoint_every)
-    if history:
+    if history and world.is_root:
         _, test_acc = loss_and_accuracy(model, *check_batch(model, *test_data)[:2]) if settings.validation_split \
             else (None, history[-1]["val_acc"])
         print(f"Saved {out}: test accuracy {test_acc:.4f}")
-    else:
+    elif not history:
         print(f"{out}: nothing to do")
     return history

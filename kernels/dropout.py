@@ -39,12 +39,17 @@ def _dropout(out, inp, key, threshold, scale):
         out[i] = inp[i] * scale if (z >> np.uint64(11)) >= threshold else np.float32(0.0)
 
 
-def dropout_key(seed, step, salt):
+def dropout_key(seed, step, salt, offset=0):
     """The uint64 key of one dropout mask: ``np.random.SeedSequence([seed, step, salt])``'s first
     64-bit word, so every (run seed, optimizer step, layer index) gets an unrelated key, and the
-    same three numbers always the same key. All three are non-negative integers."""
+    same three numbers always the same key. All are non-negative integers.
+
+    ``offset``: the mask of elements ``offset``, ``offset + 1``, ... of that key's mask (element i
+    hashes key + (i + 1) * GOLDEN, so this is the key moved by offset * GOLDEN): a process
+    holding rows 32..63 of a batch draws exactly those rows' part of the whole batch's mask."""
     entropy = [checks.non_negative_int(name, v) for name, v in (("seed", seed), ("step", step), ("salt", salt))]
-    return np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
+    key = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+    return np.uint64((key + checks.non_negative_int("offset", offset) * int(GOLDEN)) % 2**64)
 
 
 def _keep_threshold(p):

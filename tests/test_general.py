@@ -337,3 +337,16 @@ def test_a_version_1_model_file_still_loads_and_resumes(tmp_path, monkeypatch):
     history = train(tmp_path / "v1.npz", epochs=2, resume=True, data_dir=tmp_path, progress=False)
     assert [h["epoch"] for h in history] == [1, 2]
     assert fastcnn.load_checkpoint(tmp_path / "v1.npz").training["settings"]["model"] == "original"
+
+
+def test_a_slice_of_a_batch_draws_its_rows_of_the_batchs_dropout_mask():
+    """Data-parallel processes each run a slice of the global batch (first_row, see plan.Run): the
+    masks they draw are the whole batch's, so K processes drop what one process would."""
+    from fastcnn.plan import Run
+    model = Sequential([Flatten(), Dropout(0.5)], input_shape=(3, 5, 2), seed=1)
+    plan = model.plan((3, 5, 2))
+    x = np.ones((10, 3, 5, 2), np.float32)
+    whole = plan.forward(x, plan.workspace(10, train=True), Run(True, 1, 4)).copy()
+    parts = [plan.forward(x[a:b], plan.workspace(b - a, train=True), Run(True, 1, 4, a)).copy()
+             for a, b in ((0, 4), (4, 10))]
+    assert np.array_equal(np.concatenate(parts), whole)
