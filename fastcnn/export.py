@@ -91,6 +91,10 @@ def to_onnx(model, input_shape=None, logits=False, dataset=None, network=None):
 
     from . import __version__
     from .data import CLASS_NAMES
+    from .model import Sequential
+    if not isinstance(model, Sequential):
+        raise ShapeError(f"model: expected a fastcnn.Sequential (fastcnn.load reads a model file), "
+                         f"got {type(model).__name__}")
     shape = _input_shape(model, input_shape)
     if dataset is not None and dataset not in PREPROCESSING:
         raise ExportError(f"dataset: expected one of {', '.join(PREPROCESSING)} or None, got {dataset!r}")
