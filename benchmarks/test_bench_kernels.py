@@ -1,5 +1,5 @@
 """Every kernel, Numba against its NumPy reference, at the MNIST network's shapes (batch 64) and
-at one larger shape."""
+at one larger shape; the convolutions also at the shapes of a deeper network's later blocks."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,10 @@ import pytest
 from common import IMPLS, rand
 
 # (N, H, W, C_in, C_out, kernel, padding)
-CONV = {"mnist": (64, 28, 28, 1, 32, 3, 1), "large": (32, 32, 32, 16, 32, 3, 1)}
+CONV = {"mnist": (64, 28, 28, 1, 32, 3, 1), "large": (32, 32, 32, 16, 32, 3, 1),
+        # two or three conv blocks of 32-128 channels: every conv but the first needs its dx
+        "deep 14x14 32-64": (64, 14, 14, 32, 64, 3, 1), "deep 28x28 32-32": (64, 28, 28, 32, 32, 3, 1),
+        "deep 16x16 64-64": (64, 16, 16, 64, 64, 3, 1), "deep 8x8 128-128": (64, 8, 8, 128, 128, 3, 1)}
 # (N, H, W, C): pooled 2x2; also the input of the elementwise and batch-norm kernels
 POOL = {"mnist": (64, 28, 28, 32), "large": (32, 32, 32, 64)}
 # (N, in, out)

@@ -42,14 +42,16 @@ def _check_writable(path):
 
 def _model_and_classes(args):
     """The model, the data set it was trained on and its class names: the one recorded in the
-    model file, unless ``--dataset`` says otherwise (then with a warning)."""
+    model file, unless ``--dataset`` says otherwise (then with a warning); with no record, CIFAR-10
+    for a model of colour images, else MNIST."""
     from .checkpoint import load_checkpoint
     from .data import CLASS_NAMES
+    from .inference import input_channels
     saved = load_checkpoint(args.model)
     recorded = ((saved.training or {}).get("settings") or {}).get("dataset")
     recorded = recorded if recorded in CLASS_NAMES else None  # older or damaged files: no record
     asked = getattr(args, "dataset", None)
-    dataset = asked or recorded or "mnist"
+    dataset = asked or recorded or ("cifar10" if input_channels(saved.model) == 3 else "mnist")
     if asked and recorded and asked != recorded:
         print(f"fastcnn {args.command}: warning: {args.model} was trained on {recorded}, "
               f"but --dataset {asked} was given; using {asked}", file=sys.stderr)
@@ -61,11 +63,14 @@ def _predict(args):
 
     import numpy as np
 
-    from .image import ImageWarning, load_digit, save_preprocessed
+    from .image import PHOTO_SIDE, SIZE, ImageWarning, load_photo, save_preprocessed
+    from .inference import picture_loader
+    model, dataset, names = _model_and_classes(args)
+    load = picture_loader(model)
+    side = PHOTO_SIDE if load is load_photo else SIZE
     if args.save_preprocessed:
         for path in args.images:
-            _check_writable(preprocessed_path(path))
-    model, dataset, names = _model_and_classes(args)
+            _check_writable(preprocessed_path(path, side))
     noun = "digit " if dataset == "mnist" else ""
     failed = 0
     for path in args.images:
@@ -73,7 +78,7 @@ def _predict(args):
         with warnings.catch_warnings(record=True) as notes:
             warnings.simplefilter("always", ImageWarning)
             try:
-                image = load_digit(path)
+                image = load(path)
             except ImageError as e:
                 print(f"fastcnn predict: error: {e}", file=sys.stderr)
                 failed += 1
@@ -87,16 +92,17 @@ def _predict(args):
         for note in notes:
             print(f"  note: {note.message}")
         if args.save_preprocessed:
-            out = preprocessed_path(path)
+            out = preprocessed_path(path, side)
             save_preprocessed(image, out)
-            print(f"  the 28x28 it saw: {out}")
+            print(f"  the {side}x{side} it saw: {out}")
     return 2 if failed else 0
 
 
-def preprocessed_path(path):
-    """Where ``--save-preprocessed`` writes the 28x28 of ``path``: beside it, the whole name kept
-    (``a.png.28x28.png``, ``a.jpg.28x28.png``), so two pictures never share one."""
-    return f"{path}.28x28.png"
+def preprocessed_path(path, side=28):
+    """Where ``--save-preprocessed`` writes the ``side`` x ``side`` image the model saw of ``path``:
+    beside it, the whole name kept (``a.png.28x28.png``, ``a.jpg.28x28.png``; ``a.jpg.32x32.png``
+    for a colour model), so two pictures never share one."""
+    return f"{path}.{side}x{side}.png"
 
 
 def _evaluate(args):
@@ -134,7 +140,12 @@ def _history(args):
         raise ModelFileError(f"{args.model}: holds no training history (was it written by fastcnn train or fit?)")
     settings = (saved.training or {}).get("settings") or {}
     if settings:
-        print(", ".join(f"{k} {v}" for k, v in settings.items() if v is not None))
+        from .settings import from_checkpoint
+        try:
+            settings = from_checkpoint(settings).relevant()
+        except (FastCNNError, TypeError):
+            pass  # damaged or foreign settings: print them as they are
+        print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in settings.items() if v is not None))
     print(f"{'epoch':>5}  {'loss':>8}  {'train acc':>9}  {'val loss':>8}  {'val acc':>8}  {'seconds':>8}")
     for h in history:
         val_loss, val_acc = h.get("val_loss"), h.get("val_acc", h.get("test_acc"))
@@ -177,8 +188,8 @@ def _export(args):
 
 def parser():
     from . import __version__
+    from .data import DATASETS
     from .settings import add_arguments as add_settings
-    datasets = ["mnist", "fashion-mnist"]
     p = argparse.ArgumentParser(prog="fastcnn", description="A small, fast CNN engine for the CPU.")
     p.add_argument("--version", action="version", version=f"fastcnn {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -202,19 +213,20 @@ def parser():
 
     model_help = "a model file written by train"
     dataset_help = "the class names to use (default: the data set the model was trained on)"
-    pr = sub.add_parser("predict", help="the digit in your own pictures")
+    pr = sub.add_parser("predict", help="what your own pictures show (a digit, or a CIFAR-10 class)")
     pr.add_argument("model", help=model_help)
-    pr.add_argument("images", nargs="+", help="pictures of one digit each, any format Pillow reads; "
-                                              "a bad one is reported and the rest are still read")
-    pr.add_argument("--dataset", choices=datasets, help=dataset_help)
+    pr.add_argument("images", nargs="+", help="pictures of one digit (or, for a colour model, one object) each, "
+                                              "any format Pillow reads; a bad one is reported and the rest are still read")
+    pr.add_argument("--dataset", choices=DATASETS, help=dataset_help)
     pr.add_argument("--save-preprocessed", action="store_true",
-                    help="write the 28x28 image the model saw beside each picture (PICTURE.28x28.png)")
+                    help="write the image the model saw beside each picture (PICTURE.28x28.png, or "
+                         "PICTURE.32x32.png in colour for a colour model)")
     pr.set_defaults(run=_predict)
 
     e = sub.add_parser("evaluate", help="test accuracy, per class, confusion matrix and plots")
     e.add_argument("model", help=model_help)
-    e.add_argument("--dataset", choices=datasets, help="the test set (default: the one the model was trained on)")
-    e.add_argument("--data-dir", help="folder with mnist/ and fashion-mnist/ (default $FASTCNN_DATA, "
+    e.add_argument("--dataset", choices=DATASETS, help="the test set (default: the one the model was trained on)")
+    e.add_argument("--data-dir", help="folder with mnist/, fashion-mnist/ and cifar10/ (default $FASTCNN_DATA, "
                                       "else ~/.cache/fastcnn)")
     e.add_argument("--plot", metavar="PNG", help="draw a grid of wrong predictions")
     e.add_argument("--confusion", metavar="PNG", help="draw the confusion matrix")

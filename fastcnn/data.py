@@ -1,23 +1,30 @@
-"""MNIST and Fashion-MNIST: find, download, verify and load the IDX files.
+"""MNIST, Fashion-MNIST and CIFAR-10: find, download, verify and load the published files.
 
-Each data set lives in its own folder under the data directory (``mnist/``, ``fashion-mnist/``),
-as the published ``.gz`` files or decompressed. Every file is checked against the SHA-256 of its
-decompressed content, so a recompressed copy (Debian ships one) is accepted and a corrupt one is
-not. Every problem raises :class:`~fastcnn.errors.DataError` (or ``DataMissingError``) with a
-message naming the file, what was wrong and what was expected.
+Each data set lives in its own folder under the data directory (``mnist/``, ``fashion-mnist/``,
+``cifar10/``). MNIST and Fashion-MNIST are IDX files, as the published ``.gz`` files or
+decompressed, each checked against the SHA-256 of its decompressed content, so a recompressed copy
+(Debian ships one) is accepted and a corrupt one is not. CIFAR-10 is the publisher's *binary*
+archive ``cifar-10-binary.tar.gz`` (records of a label byte and 32x32 red, green, blue planes:
+nothing is unpickled), checked against its published MD5 and read straight from the archive in
+memory, or the ``cifar-10-batches-bin/`` files extracted from it. Every problem raises
+:class:`~fastcnn.errors.DataError` (or ``DataMissingError``) with a message naming the file, what
+was wrong and what was expected.
 """
 
 import gzip
 import hashlib
 import http.client
+import io
 import math
 import os
 import struct
 import sys
+import tarfile
 import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -27,6 +34,9 @@ from .fileio import atomic_write
 
 __all__ = [
     "CHECKSUMS",
+    "CIFAR10_ARCHIVE",
+    "CIFAR10_BATCHES",
+    "CIFAR10_FOLDER",
     "CLASS_NAMES",
     "DATASETS",
     "ENV_VAR",
@@ -37,18 +47,30 @@ __all__ = [
     "clear_cache",
     "data_dir",
     "load_dataset",
+    "read_cifar10_batch",
     "read_idx",
 ]
 
 ENV_VAR = "FASTCNN_DATA"
 
-# The split -> (images, labels) file names, without ".gz"; both data sets use the same names.
+# The split -> (images, labels) file names, without ".gz"; both IDX data sets use the same names.
 SPLITS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
-# SHA-256 of the *decompressed* files: recompressed copies have other .gz sums but the same content.
+# CIFAR-10's binary version: one archive holding a folder of batches of 10,000 records each.
+CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-bin"
+CIFAR10_BATCHES = {
+    "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+    "test": ("test_batch.bin",),
+}
+
+# MNIST's: SHA-256 of the *decompressed* files: recompressed copies have other .gz sums but the
+# same content. CIFAR-10's: the MD5 of the archive, because MD5 is the only sum its publisher gives
+# (it catches a corrupt or truncated download, which is what it is for here; the extracted batches
+# have no published sum, so only their structure is checked). A sum's length says its kind.
 # Looked up at call time, so tests can swap in the sums of the small files they generate.
 CHECKSUMS = {
     "mnist": {
@@ -62,6 +84,9 @@ CHECKSUMS = {
         "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
         "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
         "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+    "cifar10": {
+        CIFAR10_ARCHIVE: "c32a1d4ab5d03f1284b67883e8d87530",  # https://www.cs.toronto.edu/~kriz/cifar.html
     },
 }
 
@@ -77,6 +102,9 @@ MIRRORS = {
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
     ],
+    "cifar10": [
+        "https://www.cs.toronto.edu/~kriz/",
+    ],
 }
 
 CLASS_NAMES = {
@@ -85,14 +113,20 @@ CLASS_NAMES = {
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
     ),
+    "cifar10": (
+        "airplane", "automobile", "bird", "cat", "deer",
+        "dog", "frog", "horse", "ship", "truck",
+    ),
 }
 
 TIMEOUT = 30  # seconds per network operation, not for the whole download
-MAX_DOWNLOAD = 100 * 2**20  # the largest published file is ~26 MB; more means a wrong URL
+MAX_DOWNLOAD = 200 * 2**20  # the largest published file is CIFAR-10's 170 MB archive; more means a wrong URL
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _UINT8 = 0x08
-_CACHE_SIZE = 4  # converted splits kept in memory; MNIST train alone is 188 MB as float32
+_CACHE_SIZE = 4  # converted splits kept in memory; MNIST train is 188 MB as float32, CIFAR-10's 614 MB
+_HASHES = {32: ("md5", "MD5"), 64: ("sha256", "SHA-256")}  # a CHECKSUMS entry's hex digits -> its hash
+_CIFAR10_RECORD = 1 + 3 * 32 * 32  # a label byte, then the red, green and blue 32x32 planes, row by row
 _cache = {}
 
 
@@ -105,6 +139,19 @@ def _decompress(raw, label):
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{label}: corrupt gzip stream ({e}); expected a valid gzip file") from None
+
+
+def _check_sum(content, expected, label, what):
+    """Raise ``DataError`` unless ``content`` has the checksum ``expected`` (MD5 or SHA-256, by its length)."""
+    if len(expected) not in _HASHES:
+        raise DataError(f"{label}: checksum {expected!r} is neither MD5 (32 hex digits) nor SHA-256 (64)")
+    kind, kind_name = _HASHES[len(expected)]
+    actual = hashlib.new(kind, content, usedforsecurity=False).hexdigest()  # integrity, not secrecy
+    if actual != expected.lower():
+        raise DataError(
+            f"{label}: checksum mismatch: {kind_name} of {what} is {actual}, "
+            f"expected {expected} (corrupt, or not the published file)"
+        )
 
 
 def _parse_idx(content, label, expected_sha256=None):
@@ -136,12 +183,7 @@ def _parse_idx(content, label, expected_sha256=None):
             f"{label}: {have - need} trailing bytes: header says {shape} = {need} bytes, file has {have}"
         )
     if expected_sha256 is not None:
-        actual = hashlib.sha256(content).hexdigest()
-        if actual != expected_sha256.lower():
-            raise DataError(
-                f"{label}: checksum mismatch: SHA-256 of the content is {actual}, expected "
-                f"{expected_sha256} (corrupt, or not the published file)"
-            )
+        _check_sum(content, expected_sha256, label, "the content")
     return np.frombuffer(content, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -155,13 +197,40 @@ def read_idx(path, expected_sha256=None):
     if not isinstance(path, (str, os.PathLike)):
         raise DataError(f"path: expected the path of an IDX file, got {type(path).__name__}")
     path = Path(path)
+    return _parse_idx(_decompress(_read_bytes(path), path), path, expected_sha256)
+
+
+def _read_bytes(path):
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise DataMissingError(f"{path}: no such file") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
-    return _parse_idx(_decompress(raw, path), path, expected_sha256)
+
+
+def read_cifar10_batch(content, label):
+    """The images (N, 32, 32, 3) and labels (N,), both uint8, of one CIFAR-10 binary batch.
+
+    ``content`` is the batch's bytes: N records of a label byte (0 to 9) and 3072 pixel bytes, the
+    red 32x32 plane row by row, then green, then blue. ``label`` names the file in errors. The
+    arrays are read-only views on ``content``.
+    """
+    if not content:
+        raise DataError(f"{label}: empty, expected records of {_CIFAR10_RECORD} bytes")
+    if len(content) % _CIFAR10_RECORD:
+        whole, extra = divmod(len(content), _CIFAR10_RECORD)
+        raise DataError(
+            f"{label}: truncated or not a CIFAR-10 batch: {len(content)} bytes is {whole} records of "
+            f"{_CIFAR10_RECORD} bytes (1 label + 3x32x32 pixels) and {extra} bytes over"
+        )
+    records = np.frombuffer(content, np.uint8).reshape(-1, _CIFAR10_RECORD)
+    labels = records[:, 0]
+    bad = labels > 9
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{label}: record {i} has label {labels[i]}, expected labels 0 to 9")
+    return records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
 def _resolve_data_dir(explicit):
@@ -178,14 +247,6 @@ def _resolve_data_dir(explicit):
 def data_dir(explicit=None):
     """The folder holding the data sets: ``explicit``, else ``$FASTCNN_DATA``, else ``~/.cache/fastcnn``."""
     return _resolve_data_dir(explicit)
-
-
-def _find(folder, base):
-    """The file on disk for ``base``, compressed or not, or None."""
-    for candidate in (folder / f"{base}.gz", folder / base):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def _fetch(url, label):
@@ -225,22 +286,20 @@ def _missing_error(name, folder, files, why):
     )
 
 
-def _download(name, folder, bases):
-    """Download the files ``bases`` of data set ``name`` into ``folder``, verified, or raise."""
+def _download(name, folder, filenames):
+    """Download the files ``filenames`` of data set ``name`` into ``folder``, verified, or raise."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        why = f"cannot create the folder: {e.strerror or e}"
-        raise _missing_error(name, folder, [f"{b}.gz" for b in bases], why) from None
-    for i, base in enumerate(bases):
-        filename = f"{base}.gz"
+        raise _missing_error(name, folder, filenames, f"cannot create the folder: {e.strerror or e}") from None
+    for i, filename in enumerate(filenames):
         failures = []
         for mirror in MIRRORS[name]:
             url = mirror + filename
             try:
                 raw = _fetch(url, filename)
                 # Verify before anything touches the disk: a bad mirror must leave no file behind.
-                _parse_idx(_decompress(raw, url), url, CHECKSUMS[name][base])
+                _FORMATS[name].verify(name, filename, raw, url)
                 with atomic_write(folder / filename, "wb") as f:
                     f.write(raw)
                 break
@@ -249,7 +308,118 @@ def _download(name, folder, bases):
                 failures.append(f"{url}: {_short_reason(e)}")
         else:
             why = "download failed: " + ("; ".join(failures) or "no mirrors configured")
-            raise _missing_error(name, folder, [f"{b}.gz" for b in bases[i:]], why)
+            raise _missing_error(name, folder, filenames[i:], why)
+
+
+# --- the two ways data sets are stored ------------------------------------------------------------
+
+
+def _find(folder, base):
+    """The file on disk for ``base``, compressed or not, or None."""
+    for candidate in (folder / f"{base}.gz", folder / base):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _idx_files(folder, split):
+    """The images and labels files of ``split``, and the ``.gz`` names of those not on disk."""
+    bases = SPLITS[split]
+    paths = [_find(folder, base) for base in bases]
+    return paths, [f"{base}.gz" for base, path in zip(bases, paths) if path is None]
+
+
+def _idx_verify(name, filename, raw, label):
+    _parse_idx(_decompress(raw, label), label, CHECKSUMS[name][filename.removesuffix(".gz")])
+
+
+def _idx_read(name, split, paths):
+    image_path, label_path = paths
+    images = read_idx(image_path, CHECKSUMS[name][SPLITS[split][0]])
+    labels = read_idx(label_path, CHECKSUMS[name][SPLITS[split][1]])
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DataError(f"{image_path}: images of shape {images.shape}, expected (N, 28, 28)")
+    if labels.ndim != 1:
+        raise DataError(f"{label_path}: labels of shape {labels.shape}, expected (N,)")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{image_path} has {len(images)} images but {label_path} has {len(labels)} labels; "
+            "expected the same count"
+        )
+    if labels.max() > 9:
+        raise DataError(f"{label_path}: label {int(labels.max())} found, expected labels 0 to 9")
+    return images[..., None], labels
+
+
+def _cifar10_files(folder, split):
+    """The archive if it is there, else the extracted batches of ``split``; else the archive's name."""
+    archive = folder / CIFAR10_ARCHIVE
+    if archive.is_file():
+        return [archive], []
+    batches = [folder / CIFAR10_FOLDER / batch for batch in CIFAR10_BATCHES[split]]
+    if all(path.is_file() for path in batches):
+        return batches, []
+    return [], [CIFAR10_ARCHIVE]
+
+
+def _cifar10_verify(name, filename, raw, label):
+    _check_sum(raw, CHECKSUMS[name][filename], label, "the file")
+
+
+def _cifar10_members(path, batches, expected):
+    """The bytes of each of ``batches`` in the archive at ``path``, read in memory (nothing is
+    extracted to disk, so a member's name can't point anywhere)."""
+    raw = _read_bytes(path)
+    _check_sum(raw, expected, path, "the file")
+    wanted = {f"{CIFAR10_FOLDER}/{batch}": batch for batch in batches}
+    found = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
+            for member in tar:
+                batch = wanted.get(member.name.removeprefix("./"))
+                if batch is None:
+                    continue
+                if not member.isfile():
+                    raise DataError(f"{path}: {member.name} is not a regular file, expected a CIFAR-10 batch")
+                found[batch] = tar.extractfile(member).read()
+                if len(found) == len(wanted):
+                    break
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: not a readable .tar.gz archive ({e}); expected {CIFAR10_ARCHIVE} "
+                        f"as published") from None
+    missing = [name for name, batch in wanted.items() if batch not in found]
+    if missing:
+        raise DataError(f"{path}: no member {', '.join(missing)}; expected the published archive's batches")
+    return [(f"{path}:{CIFAR10_FOLDER}/{batch}", found[batch]) for batch in batches]
+
+
+def _cifar10_read(name, split, paths):
+    if paths[0].name == CIFAR10_ARCHIVE:
+        contents = _cifar10_members(paths[0], CIFAR10_BATCHES[split], CHECKSUMS[name][CIFAR10_ARCHIVE])
+    else:
+        contents = [(path, _read_bytes(path)) for path in paths]
+    batches = [read_cifar10_batch(content, label) for label, content in contents]
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+
+class _Format(NamedTuple):
+    """How a data set is stored: where a split's files are, how a download is checked, how they are read."""
+    files: Callable  # (folder, split) -> (paths to read, names of files to download if some are missing)
+    verify: Callable  # (name, filename, downloaded bytes, url) -> None, else DataError
+    read: Callable  # (name, split, paths) -> (uint8 images (N, H, W, C), uint8 labels (N,)), all checked
+    stored: str  # how the files may be stored, for the message when they are missing
+
+
+_IDX = _Format(_idx_files, _idx_verify, _idx_read, "as .gz or raw")
+_FORMATS = {
+    "mnist": _IDX,
+    "fashion-mnist": _IDX,
+    "cifar10": _Format(_cifar10_files, _cifar10_verify, _cifar10_read,
+                       f"the archive, or extracted: {CIFAR10_FOLDER}/*.bin"),
+}
+
+
+# --- loading --------------------------------------------------------------------------------------
 
 
 def clear_cache():
@@ -263,10 +433,11 @@ def _frozen(a):
 
 
 def load_dataset(name="mnist", split="train", data_dir=None, download=True):
-    """Load a split of MNIST or Fashion-MNIST as ``(images, labels)``.
+    """Load a split of MNIST, Fashion-MNIST or CIFAR-10 as ``(images, labels)``.
 
-    ``images`` is float32 of shape (N, 28, 28, 1) in [0, 1], ``labels`` is int64 of shape (N,).
-    Missing files are downloaded (unless ``download=False``) into ``data_dir(data_dir)/name/``.
+    ``images`` is float32 of shape (N, 28, 28, 1) (MNIST, Fashion-MNIST) or (N, 32, 32, 3)
+    (CIFAR-10, RGB) in [0, 1], ``labels`` is int64 of shape (N,). Missing files are downloaded
+    (unless ``download=False``) into ``data_dir(data_dir)/name/``.
 
     The converted arrays are cached in memory and returned **read-only** (views of the cached
     arrays that cannot be made writeable), so a caller can't corrupt what the next call returns;
@@ -276,39 +447,25 @@ def load_dataset(name="mnist", split="train", data_dir=None, download=True):
         raise DataError(f"unknown data set {name!r}; expected one of {', '.join(map(repr, CHECKSUMS))}")
     if not isinstance(split, str) or split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(map(repr, SPLITS))}")
+    form = _FORMATS[name]
     folder = _resolve_data_dir(data_dir) / name
-    bases = SPLITS[split]
-    missing = [b for b in bases if _find(folder, b) is None]
+    paths, missing = form.files(folder, split)
     if missing:
         if not download:
-            raise _missing_error(name, folder, missing, "as .gz or raw; download=False")
+            raise _missing_error(name, folder, missing, f"{form.stored}; download=False")
         _download(name, folder, missing)
-    image_path, label_path = (_find(folder, b).resolve() for b in bases)
-    sums = tuple(CHECKSUMS[name][b] for b in bases)
+        paths, _ = form.files(folder, split)
 
     # Keyed on what determines the result, so a replaced file or a new checksum is read afresh.
-    stats = [p.stat() for p in (image_path, label_path)]
-    key = (image_path, label_path, tuple((s.st_size, s.st_mtime_ns) for s in stats), sums)
+    stats = tuple((s.st_size, s.st_mtime_ns) for s in (path.stat() for path in paths))
+    key = (name, split, tuple(p.resolve() for p in paths), stats, tuple(sorted(CHECKSUMS[name].items())))
     if key in _cache:
         images, labels = _cache[key]
         return _frozen(images), _frozen(labels)
 
-    raw_images = read_idx(image_path, sums[0])
-    raw_labels = read_idx(label_path, sums[1])
-    if raw_images.ndim != 3 or raw_images.shape[1:] != (28, 28):
-        raise DataError(f"{image_path}: images of shape {raw_images.shape}, expected (N, 28, 28)")
-    if raw_labels.ndim != 1:
-        raise DataError(f"{label_path}: labels of shape {raw_labels.shape}, expected (N,)")
-    if len(raw_images) != len(raw_labels):
-        raise DataError(
-            f"{image_path} has {len(raw_images)} images but {label_path} has {len(raw_labels)} labels; "
-            "expected the same count"
-        )
-    if raw_labels.max() > 9:
-        raise DataError(f"{label_path}: label {int(raw_labels.max())} found, expected labels 0 to 9")
-
+    raw_images, raw_labels = form.read(name, split, paths)
     # astype last, so each cached array owns its memory: then marking it read-only is final.
-    images = raw_images.reshape(-1, 28, 28, 1).astype(np.float32)
+    images = raw_images.astype(np.float32, order="C")  # (N, H, W, C) in memory, whatever the file's order
     images /= 255  # exact at both ends: 0 -> 0.0, 255 -> 1.0
     labels = raw_labels.astype(np.int64)
     for a in (images, labels):

@@ -17,7 +17,7 @@ class ShapeError(FastCNNError, ValueError):
 
 
 class DataError(FastCNNError, ValueError):
-    """A data file (IDX) is missing, truncated, corrupt or not what it claims to be."""
+    """A data file (IDX, CIFAR-10 archive or batch) is missing, truncated, corrupt or not what it claims to be."""
 
 
 class DataMissingError(DataError, FileNotFoundError):

@@ -1,4 +1,5 @@
-"""Turn a user's picture of a digit (a scan, a drawing, a phone photo) into what an MNIST image looks like.
+"""Turn a user's picture into what a model's training images look like: a digit (a scan, a drawing, a
+phone photo) into an MNIST digit (:func:`load_digit`), a colour photo into a CIFAR-10 image (:func:`load_photo`).
 
 MNIST digits are white on black, scaled so the longer side of the ink is 20 pixels, and placed in a
 28x28 field so that their centre of mass is at the centre. A photo of a digit is dark (or coloured)
@@ -15,6 +16,9 @@ MNIST's recipe to it:
    keep the digit: the largest one not touching the picture's edge and its neighbours, not specks,
    not the table, not page edges. Faint pixels next to it are kept (its anti-aliased edge).
 4. Thicken a thin pen's strokes to MNIST's width, crop to the ink, fit 20x20, centre by centre of mass.
+
+A CIFAR-10 image is a whole small photo of one object, roughly centred and filling the frame, so
+a photo needs no search: its centre square is shrunk to 32x32.
 """
 
 import os
@@ -27,11 +31,14 @@ from scipy import ndimage
 
 from .errors import ImageError, ShapeError
 from .fileio import atomic_write
+from .kernels import checks
 
-__all__ = ["MAX_PIXELS", "ImageWarning", "load_digit", "preprocess_digit", "save_preprocessed"]
+__all__ = ["MAX_PIXELS", "PHOTO_SIDE", "ImageWarning", "load_digit", "load_photo", "preprocess_digit",
+           "save_preprocessed"]
 
 MAX_PIXELS = 40_000_000  # a 40-megapixel photo is plenty for one digit; more is likely a bomb
 SIZE = 28  # the MNIST field
+PHOTO_SIDE = 32  # CIFAR-10's images
 BOX = 20  # the longer side of the ink in MNIST
 WORK_SIDE = 640  # larger pictures are shrunk to this first: plenty for a 20-pixel digit, and fast
 INK_THRESHOLD = 0.1  # fainter than this (relative to the digit's strongest ink) is paper, not ink
@@ -74,13 +81,8 @@ def _to_pixels(im):
     return np.asarray(im.convert("RGB"), dtype=np.float32) / 255
 
 
-def load_digit(path_or_file):
-    """Read a picture of one digit (any format Pillow reads) and preprocess it like MNIST.
-
-    Returns float32 of shape (28, 28, 1) in [0, 1]. Raises ``ImageError`` if the file is missing,
-    is not an image, is corrupt, is larger than ``MAX_PIXELS``, or shows no digit; warns
-    (``ImageWarning``) if the digit was so small it had to be enlarged.
-    """
+def _read(path_or_file, convert):
+    """``convert(im)`` of the picture at ``path_or_file``, upright, every failure an ``ImageError``."""
     if not isinstance(path_or_file, (str, bytes, os.PathLike)) and not hasattr(path_or_file, "read"):
         raise ImageError(f"path_or_file: expected a path or a binary file object, got {type(path_or_file).__name__}")
     label = _describe(path_or_file)
@@ -96,7 +98,7 @@ def load_digit(path_or_file):
                         f"{label}: image of {w}x{h} = {w * h} pixels, expected at most {MAX_PIXELS}"
                     )
                 im = ImageOps.exif_transpose(im)  # phones store portrait photos sideways
-                pixels = _to_pixels(_shrink(im))
+                return convert(im)
     except ImageError:
         raise
     except FileNotFoundError:
@@ -109,6 +111,17 @@ def load_digit(path_or_file):
         raise ImageError(f"{label}: cannot read the image: {e}") from None
     except Exception as e:  # noqa: BLE001 - see _PILLOW_ERRORS
         raise ImageError(f"{label}: cannot read the image ({type(e).__name__}: {e})") from None
+
+
+def load_digit(path_or_file):
+    """Read a picture of one digit (any format Pillow reads) and preprocess it like MNIST.
+
+    Returns float32 of shape (28, 28, 1) in [0, 1]. Raises ``ImageError`` if the file is missing,
+    is not an image, is corrupt, is larger than ``MAX_PIXELS``, or shows no digit; warns
+    (``ImageWarning``) if the digit was so small it had to be enlarged.
+    """
+    pixels = _read(path_or_file, lambda im: _to_pixels(_shrink(im)))
+    label = _describe(path_or_file)
     try:
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always", ImageWarning)
@@ -118,6 +131,36 @@ def load_digit(path_or_file):
     for w in said:
         warnings.warn(ImageWarning(f"{label}: {w.message}"), stacklevel=2)
     return digit
+
+
+def load_photo(path_or_file, side=PHOTO_SIDE):
+    """Read a colour photo (any format Pillow reads) as a CIFAR-10 image: float32 (side, side, 3) in [0, 1].
+
+    The photo is turned upright (EXIF), transparency is shown on white, palette and greyscale
+    pictures become RGB; then its centre square (CIFAR-10 shows the whole object, filling the
+    frame) is shrunk to ``side`` x ``side``. Raises ``ImageError`` if the file is missing, is not an
+    image, is corrupt or is larger than ``MAX_PIXELS``.
+    """
+    side = checks.positive_int("side", side)
+    return _read(path_or_file, lambda im: _square_photo(im, side))
+
+
+def _square_photo(im, side):
+    """The centre square of ``im`` shrunk to ``side`` x ``side``, as float32 RGB in [0, 1]."""
+    s = min(im.size)
+    left, top = (im.width - s) // 2, (im.height - s) // 2
+    im = im.crop((left, top, left + s, top + s))
+    if im.mode.startswith(("I", "F")):
+        # 16- and 32-bit grey: scaled to [0, 1] as for a digit, shrunk as floats, then made RGB.
+        grey = Image.fromarray(_to_pixels(im)[:, :, 0]).resize((side, side), Image.Resampling.LANCZOS)
+        return np.repeat(np.clip(np.asarray(grey), 0, 1)[:, :, None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, im.convert("RGBA"))
+    # Lanczos widens with the reduction, so it averages a large photo without aliasing and keeps
+    # edges sharp; reducing_gap first box-averages big ones, for speed, with the same result to the eye.
+    small = im.convert("RGB").resize((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return np.asarray(small, dtype=np.float32) / 255
 
 
 def _shrink(im):
@@ -320,13 +363,15 @@ def _mnist_field(ink):
 
 
 def save_preprocessed(arr, path):
-    """Write a preprocessed (28, 28) or (28, 28, 1) image in [0, 1] as an 8-bit PNG, atomically."""
+    """Write a preprocessed image in [0, 1] as an 8-bit PNG, atomically: a digit (28, 28) or
+    (28, 28, 1) as greyscale, a photo (32, 32, 3) as RGB."""
     a = np.asarray(arr)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
-    if a.shape != (SIZE, SIZE) or a.dtype.kind not in "fiub":
+    if a.shape not in ((SIZE, SIZE), (PHOTO_SIDE, PHOTO_SIDE, 3)) or a.dtype.kind not in "fiub":
         raise ShapeError(
-            f"expected a (28, 28) or (28, 28, 1) image, got shape {np.shape(arr)}, dtype {a.dtype}"
+            f"expected a (28, 28) or (28, 28, 1) digit or a (32, 32, 3) photo, got shape {np.shape(arr)}, "
+            f"dtype {a.dtype}"
         )
     pixels = np.round(np.clip(np.nan_to_num(a.astype(np.float64)), 0, 1) * 255).astype(np.uint8)
     try:

@@ -1,4 +1,5 @@
-"""Using a trained model: predict the digit in a user's pictures, and evaluate on a test set.
+"""Using a trained model: predict what a user's pictures show (a digit for a greyscale model, a
+CIFAR-10 class for a colour one), and evaluate on a test set.
 
 Both check what they are given first and raise ``ShapeError`` (arrays, arguments) or
 ``ImageError`` (pictures) naming the argument, what was expected and what came.
@@ -10,7 +11,7 @@ import numpy as np
 
 from .data import check_images, check_labels
 from .errors import ShapeError
-from .image import load_digit
+from .image import load_digit, load_photo
 from .kernels import checks
 from .model import Sequential
 
@@ -41,18 +42,55 @@ def check_batch(model, x, y, x_name="x", y_name="y"):
     return x, check_labels(y_name, y, len(x), classes), classes
 
 
+def input_channels(model):
+    """The colour channels of the images ``model`` takes, or None if it does not say: from its
+    ``input_shape`` (H, W, C) if it has one, else from its first layer's ``in_channels`` (a Conv2D)."""
+    shape = getattr(check_model(model), "input_shape", None)
+    if shape is not None:
+        return int(shape[-1])
+    channels = getattr(model.layers[0], "in_channels", None)
+    return None if channels is None else int(channels)
+
+
+def picture_loader(model):
+    """The function that reads a user's picture for ``model``: :func:`~fastcnn.image.load_photo`
+    (a 32x32 colour photo) for a model of 3-channel images, :func:`~fastcnn.image.load_digit` (an
+    MNIST-like 28x28 digit) for 1 channel, and for models that do not say (a first layer with no
+    channels). Every command that reads a user's picture chooses with this one function."""
+    channels = input_channels(model)
+    if channels == 3:
+        return load_photo
+    if channels in (1, None):
+        return load_digit
+    raise ShapeError(f"model: takes {channels}-channel images; pictures can be read for models of "
+                     f"1 channel (digits) or 3 (colour photos)")
+
+
+def predict_pictures(model, paths):
+    """Read each picture as ``model`` needs it (:func:`picture_loader`) and classify it.
+
+    Returns ``(probabilities (N, classes), images)``: the images are what the model saw, (N, 28,
+    28, 1) digits or (N, 32, 32, 3) photos.
+    """
+    return _predict(model, paths, picture_loader(model))
+
+
 def predict_digits(model, paths):
     """Preprocess each picture like MNIST and classify it.
 
     Returns ``(probabilities (N, 10), images (N, 28, 28, 1))``: the images are what the model saw.
     """
+    return _predict(model, paths, load_digit)
+
+
+def _predict(model, paths, load):
     check_model(model)
     if isinstance(paths, (str, bytes, os.PathLike)):
         raise ShapeError(f"paths: expected a list of pictures, got one {type(paths).__name__}; wrap it: [path]")
     paths = list(paths)
     if not paths:
         raise ShapeError("paths: expected at least one picture, got none")
-    images = np.stack([load_digit(p) for p in paths])
+    images = np.stack([load(p) for p in paths])
     model_classes(model, images, "paths")
     return model.predict(images), images
 

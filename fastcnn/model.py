@@ -122,15 +122,17 @@ class Sequential:
                 shape = layer.output_shape(shape)
             except ShapeError as e:
                 raise ShapeError(f"layer {i} {layer!r}: {e}") from None
-            rows.append((f"{i} {layer!r}", str((None, *shape)), f"{sum(p.size for p in layer.params.values()):,}"))
+            rows.append((f"{i} {type(layer).__name__}", str((None, *shape)),
+                         f"{sum(p.size for p in layer.params.values()):,}"))
         widths = [max(len(row[c]) for row in rows) for c in range(3)]
         rule = "-" * (sum(widths) + 4)
         lines = [f"{rows[0][0]:<{widths[0]}}  {rows[0][1]:<{widths[1]}}  {rows[0][2]:>{widths[2]}}", rule]
         lines += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows[1:]]
         frozen = sum(b.size for _, b in self.named_buffers())
-        lines += [rule, f"Total params: {self.parameters.size:,} ({self.parameters.nbytes / 2**20:.2f} MiB)",
+        total = self.parameters.size + frozen
+        lines += [rule, f"Total params: {total:,} ({4 * total / 2**20:.2f} MiB)",
                   f"Trainable params: {self.parameters.size:,}",
-                  f"Non-trainable (BatchNorm's running statistics): {frozen:,}"]
+                  f"Non-trainable params: {frozen:,}" + (" (BatchNorm's running statistics)" if frozen else "")]
         text = "\n".join(lines)
         print(text, file=file)
         return text

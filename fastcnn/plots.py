@@ -16,15 +16,21 @@ def _save(fig, path):
 
 
 def plot_errors(path, images, true, predicted, probabilities, class_names, most=36):
-    """A grid of up to ``most`` wrongly classified images, each titled with its guess and truth."""
+    """A grid of up to ``most`` wrongly classified images (greyscale (N, H, W, 1) or RGB (N, H, W, 3)),
+    each titled with its guess and truth."""
     wrong = np.flatnonzero(predicted != true)[:most]
     cols = 6
     rows = max(1, -(-len(wrong) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
+    # Wide enough for the longest title at 8 points ("guess automobile (100%)"), so titles never overlap.
+    width = max(1.6, 0.08 * len(f"guess {max(class_names, key=len)} (100%)"))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * width, rows * (width + 0.3)), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), wrong):
-        ax.imshow(images[i, :, :, 0], cmap="gray", vmin=0, vmax=1)
+        if images.shape[-1] == 3:
+            ax.imshow(np.clip(images[i], 0, 1))
+        else:
+            ax.imshow(images[i, :, :, 0], cmap="gray", vmin=0, vmax=1)
         p = probabilities[i, predicted[i]]
         ax.set_title(f"guess {class_names[predicted[i]]} ({p:.0%})\ntrue {class_names[true[i]]}",
                      fontsize=8, color="firebrick")
@@ -36,11 +42,13 @@ def plot_confusion(path, confusion, class_names):
     """The confusion matrix: true class down, predicted across, counts in the cells."""
     k = len(class_names)
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.6 * k))
-    ax.imshow(np.log1p(confusion), cmap="Blues")
+    shade = np.log1p(confusion)  # a log scale, so the few big mistakes don't hide the many small ones
+    top = max(float(shade.max()), 1.0)
+    ax.imshow(shade, cmap="Blues", vmin=0, vmax=top)  # from zero: equal counts look equal
     for t in range(k):
         for p in range(k):
             if confusion[t, p]:
-                color = "white" if t == p else "black"
+                color = "white" if shade[t, p] > 0.6 * top else "black"  # readable on light and dark cells
                 ax.text(p, t, str(confusion[t, p]), ha="center", va="center", fontsize=7, color=color)
     ax.set_xticks(range(k), class_names, rotation=45 if max(map(len, class_names)) > 2 else 0, ha="right")
     ax.set_yticks(range(k), class_names)

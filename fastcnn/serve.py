@@ -2,9 +2,11 @@
 
 ``POST /predict`` takes a picture's bytes as the request body (PNG, JPEG, anything Pillow reads)
 and answers ``{"prediction": 7, "probabilities": [10 floats], "classes": [10 names],
-"image": 28 rows of 28 pixels 0-255 (what the model saw), "notes": [...]}``. A bad upload (empty,
-not an image, over ``MAX_UPLOAD`` bytes or ``image.MAX_PIXELS`` pixels, no digit in it) gets a 4xx
-with ``{"error": "what was wrong"}``. The page (``web/index.html``) is plain HTML and JavaScript:
+"image": 28 rows of 28 pixels 0-255 (what the model saw), "notes": [...]}``. For a model of colour
+images (CIFAR-10) the picture is read as a photo and ``"image"`` is 32 rows of 32 ``[r, g, b]``;
+the page then takes photos only (drawing one makes no sense). A bad upload (empty, not an image,
+over ``MAX_UPLOAD`` bytes or ``image.MAX_PIXELS`` pixels, no digit in it) gets a 4xx with
+``{"error": "what was wrong"}``. The page (``web/index.html``) is plain HTML and JavaScript:
 nothing to build. Flask comes with the ``[web]`` extra.
 """
 
@@ -20,7 +22,8 @@ from werkzeug.serving import make_server
 
 from .data import CLASS_NAMES
 from .errors import ImageError
-from .image import ImageWarning, load_digit
+from .image import ImageWarning, load_photo
+from .inference import picture_loader
 
 __all__ = ["MAX_UPLOAD", "create_app", "serve"]
 
@@ -31,7 +34,10 @@ def create_app(model, classes=CLASS_NAMES["mnist"]):
     """The Flask app that serves the page and ``POST /predict`` for ``model``."""
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD
+    load = picture_loader(model)
     page = (importlib.resources.files(__package__) / "web" / "index.html").read_text(encoding="utf-8")
+    if load is load_photo:
+        page = page.replace('<body data-input="digit">', '<body data-input="photo">', 1)
     lock = threading.Lock()  # Numba's thread pool is not to be entered from two threads at once
 
     @app.get("/")
@@ -44,17 +50,18 @@ def create_app(model, classes=CLASS_NAMES["mnist"]):
         if not body:
             return _error(400, "empty request: send the picture's bytes (PNG, JPEG, ...) as the body")
         upload = io.BytesIO(body)
-        upload.name = "the upload"  # what load_digit's messages call it
+        upload.name = "the upload"  # what the loader's messages call it
         with warnings.catch_warnings(record=True) as notes:
             warnings.simplefilter("always", ImageWarning)
             try:
-                digit = load_digit(upload)
+                seen = load(upload)
             except ImageError as e:
                 return _error(400, str(e))
         with lock:
-            p = model.predict(digit[None])[0]
+            p = model.predict(seen[None])[0]
+        pixels = np.round(seen * 255).astype(int)
         return jsonify(prediction=int(np.argmax(p)), probabilities=[float(q) for q in p], classes=list(classes),
-                       image=np.round(digit[:, :, 0] * 255).astype(int).tolist(),
+                       image=(pixels if pixels.shape[2] == 3 else pixels[:, :, 0]).tolist(),
                        notes=[str(n.message) for n in notes])
 
     @app.errorhandler(HTTPException)

@@ -54,7 +54,7 @@ class Settings:
             raise ShapeError(f"model: expected one of {', '.join(ARCHITECTURES)}, got {self.model!r}")
         recipe = dict(ARCHITECTURES[self.model].recipe, validation_split=0.0, seed=0)
         if self.optimizer == "adam" and recipe["optimizer"] != "adam":
-            recipe.update(lr=1e-3, schedule="constant")  # Adam's own defaults, unless asked otherwise
+            recipe.update(lr=1e-3)  # Adam's own default, unless asked otherwise
         given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
         settings = Settings(**{**recipe, **given})
         settings.check()
@@ -74,6 +74,15 @@ class Settings:
         _number("decay", self.decay, lambda v: v >= 0, "a value >= 0")
         _number("weight_decay", self.weight_decay, lambda v: v >= 0, "a value >= 0")
         _number("validation_split", self.validation_split, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+
+    def relevant(self):
+        """The settings that shaped this run (SGD's momentum is no part of an Adam run, ...)."""
+        out = dataclasses.asdict(self)
+        if self.optimizer != "sgd":
+            del out["momentum"]
+        if self.schedule != "inverse-time":
+            del out["decay"]
+        return out
 
     def describe(self):
         opt = (f"SGD lr {self.lr:g} momentum {self.momentum:g}" if self.optimizer == "sgd"

@@ -74,10 +74,13 @@ def warm_up(model, example_shape):
         started.append(time.perf_counter())
     started = []
     x = np.zeros((2, *example_shape), np.float32)
+    kept = [(b, b.copy()) for _, b in model.named_buffers()]  # a training pass moves BatchNorm's statistics
     with jit.when_compiling(say):
-        model.train_step(x, np.zeros(2, np.int64))  # fills grads only: no optimizer step
+        model.plan(example_shape).train_step(x, np.zeros(2, np.int64))  # fills grads only: no optimizer step
         model.predict(x[:1])
     model.gradients[...] = 0
+    for b, saved in kept:
+        b[...] = saved
     if started:
         print(f"compiled in {time.perf_counter() - started[0]:.1f} s", file=sys.stderr, flush=True)
 

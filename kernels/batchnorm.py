@@ -10,8 +10,9 @@ Forward saves exactly what backward needs besides x and y: ``mean`` and ``var``.
 Backward, with g = dy (masked by y > 0 if ``relu``):
 dbias = sum_r g, dweight = sum_r g * xhat, dx = weight / sqrt(var + eps) * (g - (dbias + xhat * dweight) / R).
 
-The per-channel sums run over row blocks, one per task, each into its own float64 partials
-(no races; added in task order, so a result is the same bit for bit for a given thread count).
+The per-channel sums run over row ranges, one per task, each into its own float64 partials
+(no races; added in task order, so a result is the same bit for bit for a given thread count),
+by blocks of rows summed in float32 first.
 The statistics take one pass, shifted by the first row: sum(x - x0) and sum((x - x0)^2) in
 float64 lose nothing even when a channel's mean is far larger than its spread.
 """
@@ -27,6 +28,28 @@ from .jit import parallel_kernel
 
 # A task sums at least this many rows: fewer cost more to hand out than they save.
 _MIN_ROWS = 64
+# Rows summed in float32 before they are added into float64: a sum of 64 values loses at most 6
+# of float32's 24 bits (the tests' largest relative error in var: 3e-6; with float64 per element
+# 1e-7), and the float64 work drops to one add per channel per 64 rows.
+_BLOCK = 64
+
+
+@numba.njit(inline="always")
+def add_block(sums, task, block):
+    """Add a block's float32 sums (2, C) into the task's float64 ones, and zero the block."""
+    for i in range(2):
+        for c in range(block.shape[1]):
+            sums[task, i, c] += block[i, c]
+            block[i, c] = 0.0
+
+
+@numba.njit(inline="always")
+def total(sums, i, c):
+    """Sum ``i`` of channel ``c`` over all tasks, in task order."""
+    acc = 0.0
+    for task in range(sums.shape[0]):
+        acc += sums[task, i, c]
+    return acc
 
 
 @parallel_kernel
@@ -34,19 +57,21 @@ def _channel_moments(mean, var, x, tasks):
     R, C = x.shape
     sums = np.zeros((tasks, 2, C))
     for task in prange(tasks):
-        for r in range(task * R // tasks, (task + 1) * R // tasks):
-            for c in range(C):
-                d = np.float64(x[r, c]) - np.float64(x[0, c])
-                sums[task, 0, c] += d
-                sums[task, 1, c] += d * d
+        # float32 sums over blocks of _BLOCK rows (the loop over channels vectorises), each block
+        # added into the task's float64 sums: exact enough, and no float64 work per element.
+        block = np.zeros((2, C), np.float32)
+        lo, hi = task * R // tasks, (task + 1) * R // tasks
+        for start in range(lo, hi, _BLOCK):
+            for r in range(start, min(start + _BLOCK, hi)):
+                for c in range(C):
+                    d = x[r, c] - x[0, c]
+                    block[0, c] += d
+                    block[1, c] += d * d
+            add_block(sums, task, block)
     for c in range(C):
-        s, q = 0.0, 0.0
-        for task in range(tasks):
-            s += sums[task, 0, c]
-            q += sums[task, 1, c]
-        shift = s / R
+        shift = total(sums, 0, c) / R
         mean[c] = np.float64(x[0, c]) + shift
-        var[c] = max(q / R - shift * shift, 0.0)
+        var[c] = max(total(sums, 1, c) / R - shift * shift, 0.0)
 
 
 @parallel_kernel
@@ -68,19 +93,20 @@ def _batchnorm_backward(dx, dweight, dbias, dy, x, y, weight, mean, var, eps, re
         rstd[c] = 1.0 / math.sqrt(np.float64(var[c]) + eps)
     sums = np.zeros((tasks, 2, C))
     for task in prange(tasks):
-        for r in range(task * R // tasks, (task + 1) * R // tasks):
-            for c in range(C):
-                g = dy[r, c] if (not relu or y[r, c] > 0) else np.float32(0.0)
-                sums[task, 0, c] += g
-                sums[task, 1, c] += g * ((x[r, c] - mean[c]) * rstd[c])
+        block = np.zeros((2, C), np.float32)  # as in _channel_moments
+        lo, hi = task * R // tasks, (task + 1) * R // tasks
+        for start in range(lo, hi, _BLOCK):
+            for r in range(start, min(start + _BLOCK, hi)):
+                for c in range(C):
+                    g = dy[r, c] if (not relu or y[r, c] > 0) else np.float32(0.0)
+                    block[0, c] += g
+                    block[1, c] += g * ((x[r, c] - mean[c]) * rstd[c])
+            add_block(sums, task, block)
     a = np.empty(C, np.float32)   # dx = a * (g - b - xhat * d): per-channel factors
     b = np.empty(C, np.float32)
     d = np.empty(C, np.float32)
     for c in range(C):
-        s, q = 0.0, 0.0
-        for task in range(tasks):
-            s += sums[task, 0, c]
-            q += sums[task, 1, c]
+        s, q = total(sums, 0, c), total(sums, 1, c)
         dbias[c] = s
         dweight[c] = q
         a[c] = weight[c] * rstd[c]

@@ -13,7 +13,9 @@ and KW*C consecutive rows of w. A task first copies the KH input rows under its 
 row into a strip with ``pad`` zero pixels left and right, so the hot loops need no bounds checks.
 One output row is computed by ``conv_row`` and one output row's share of the weight gradient by
 ``weight_row``; the fused conv -> ReLU -> max-pool kernels (``conv_pool.py``) call the same two.
-They index whole arrays rather than views: then Numba tells LLVM that the arrays do not
+The input gradient is a forward convolution too, of dy with the weights turned around
+(``input_gradient_into``), so it runs on the same kernel.
+The helpers index whole arrays rather than views: then Numba tells LLVM that the arrays do not
 overlap, and the loops vectorise without run-time overlap checks.
 
 ``*_into`` are the unchecked cores, which the execution plan calls with its own buffers.
@@ -162,34 +164,6 @@ def _conv2d_forward(y, x, w, b, C, stride, pad, tasks):
 
 
 @parallel_kernel
-def _conv2d_backward_input(dx, dy, w, stride, pad):
-    # Gather form: each task owns one input row of dx and collects every output that read it,
-    # so no two threads ever write the same element.
-    N, H, W, C = dx.shape
-    KH, KW, _, K = w.shape
-    OH, OW = dy.shape[1], dy.shape[2]
-    for row in prange(N * H):
-        n, ih = row // H, row % H
-        dx[n, ih, :, :] = 0.0
-        for kh in range(KH):
-            t = ih + pad - kh  # = oh * stride for the output row that read this input row
-            if t < 0 or t % stride != 0 or t // stride >= OH:
-                continue
-            oh = t // stride
-            for iw in range(W):
-                for kw in range(KW):
-                    u = iw + pad - kw
-                    if u < 0 or u % stride != 0 or u // stride >= OW:
-                        continue
-                    g = dy[n, oh, u // stride]
-                    for c in range(C):
-                        acc = np.float32(0.0)
-                        for k in range(K):
-                            acc += g[k] * w[kh, kw, c, k]
-                        dx[n, ih, iw, c] += acc
-
-
-@parallel_kernel
 def _conv2d_backward_weight(dw, db, partial, partial_db, dy, x, C, stride, pad):
     # dy viewed as (N * OH, OW, K). Each chunk sums a contiguous slice of the batch into its own
     # partial dw and db (db in float64: tens of thousands of pixels); race-free.
@@ -245,7 +219,60 @@ def conv2d_backward_into(dx, dw, db, dy, x, w, stride, pad):
     _conv2d_backward_weight(taps(dw), db, partial, partial_db, dy.reshape(n * oh, dy.shape[2], dy.shape[3]),
                             rows(x), x.shape[3], stride, pad)
     if dx is not None:
-        _conv2d_backward_input(dx, dy, w, stride, pad)
+        input_gradient_into(dx, dy, w, stride, pad)
+
+
+def input_gradient_into(dx, dy, w, stride, pad):
+    """dx (N, H, W, C) from dy (N, OH, OW, K), as forward convolutions, so that the tuned forward
+    kernel does the work and nothing more is compiled.
+
+    At stride 1, dx is the convolution of dy with w turned by 180 degrees and its channels swapped,
+    w'[a, b, k, c] = w[KH-1-a, KW-1-b, c, k], and padding KH-1-pad: each input pixel gathers the
+    outputs that read it. At stride s, the input pixels (p + s*i, q + s*j) of one phase (p, q)
+    were read by the kernel taps (kh0 + s*m, kw0 + s*n) alone, kh0 = (p + pad) % s, and their
+    gradient is the stride-1 convolution of dy with those taps turned: s*s small convolutions
+    that add up to the work of one. Where the padding this needs is not the same on both sides
+    and axes, or is < 0 (pad > KH-1), dy is first copied into a zero frame (``framed``)."""
+    KH, KW, C, _ = w.shape
+    no_bias = np.zeros(C, np.float32)
+    if stride == 1 and KH == KW and pad <= KH - 1:
+        conv2d_forward_into(dx, dy, _turned(w), no_bias, 1, KH - 1 - pad)
+        return
+    for p in range(stride):
+        for q in range(stride):
+            phase = dx[:, p::stride, q::stride]
+            sub = w[(p + pad) % stride::stride, (q + pad) % stride::stride]
+            if phase.size == 0:
+                continue
+            if sub.size == 0:  # a stride larger than the kernel: these pixels were never read
+                phase[...] = 0.0
+                continue
+            # Phase row i took dy row i + (p + pad) // stride - m through tap row m of sub.
+            M, Mw = sub.shape[0], sub.shape[1]
+            shape = (dy.shape[0], phase.shape[1] + M - 1, phase.shape[2] + Mw - 1, dy.shape[3])
+            src = framed(dy, shape, M - 1 - (p + pad) // stride, Mw - 1 - (q + pad) // stride)
+            out = np.empty(phase.shape, np.float32)
+            conv2d_forward_into(out, src, _turned(sub), no_bias, 1, 0)
+            phase[...] = out
+
+
+def _turned(w):
+    """w (KH, KW, C, K) turned by 180 degrees, as (KH, KW, K, C): a small copy."""
+    return np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
+
+
+def framed(dy, shape, top, left):
+    """dy (N, OH, OW, K) at (top, left) in a zero image of ``shape``; what falls outside is cut."""
+    out = np.zeros(shape, np.float32)
+    (to_h, from_h), (to_w, from_w) = (_overlap(dy.shape[a], shape[a], at) for a, at in ((1, top), (2, left)))
+    out[:, to_h, to_w] = dy[:, from_h, from_w]
+    return out
+
+
+def _overlap(size, frame, at):
+    """Along one axis: the frame positions at + i of the dy indices i that land in 0..frame-1."""
+    lo, hi = max(0, -at), min(size, frame - at)
+    return slice(at + lo, at + hi), slice(lo, hi)
 
 
 def conv2d_forward(x, w, b, stride=1, padding=0):

@@ -13,7 +13,9 @@ gives it (first maximum wins, a NaN wins).
 Backward: the gradient of the P convolution rows under one pooled row is rebuilt from dy, the
 ReLU (y > 0) and the argmax, and its share added to the weight gradient (``conv.weight_row``):
 the full-size gradient never goes to memory either. Where the input gradient is wanted too (a block that is
-not the first layer) the convolution's gradient is made whole and the plain backward runs.
+not the first layer) the convolution's gradient is made whole and the plain backward runs: the input
+gradient is a convolution of that whole gradient (``conv.input_gradient_into``), and making it costs
+under a millisecond at batch 64 against the two convolutions' 10-40 (measured).
 
 The reference twin is the composition of the reference kernels (reference.py).
 """

@@ -1,7 +1,11 @@
 """Shared test helpers: a kernel-vs-reference comparison that records the largest error it saw,
 and prints them all at the end of the run (so every test run also reports the kernels' accuracy)."""
 
+import contextlib
+import http.server
 import os
+import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +77,71 @@ def trained_model(mnist, tmp_path_factory):
     fit(model, opt, (x[:12000], y[:12000]), (test[0][:1000], test[1][:1000]), epochs=1, batch_size=64,
         seed=0, out=path, progress=False)
     return model, path
+
+
+# --- fake data sets and a loopback server to download them from (test_data, test_cifar) ----------
+
+
+@pytest.fixture
+def fake_checksums(monkeypatch):
+    """Replace the published checksums with those of the fake files a test registers."""
+    from fastcnn import data
+    table = {name: {} for name in data.CHECKSUMS}
+    monkeypatch.setattr(data, "CHECKSUMS", table)
+    return table
+
+
+class Server:
+    """A loopback HTTP server serving ``files`` (URL path -> bytes); anything else is a 404.
+    With ``send_length`` False it sends no Content-Length: the body ends when the connection closes."""
+
+    def __init__(self):
+        self.files = {}
+        self.requests = []
+        self.send_length = True
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                if server.send_length:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05})
+        self.thread.daemon = True
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def server(monkeypatch):
+    from fastcnn import data
+    monkeypatch.setattr(data, "TIMEOUT", 5)
+    for var in ("no_proxy", "NO_PROXY"):  # a proxy in the environment must not see loopback requests
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    s = Server()
+    yield s
+    s.close()
+
+
+def closed_port_url():
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"

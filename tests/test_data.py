@@ -1,13 +1,9 @@
 """Tests of fastcnn.data: the IDX reader, the data folder, loading, caching and downloading."""
 
-import contextlib
 import gzip
 import hashlib
-import http.server
 import os
-import socket
 import struct
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +11,8 @@ import pytest
 
 from fastcnn import data
 from fastcnn.errors import DataError, DataMissingError
+
+from conftest import closed_port_url
 
 RNG = np.random.default_rng(0)
 
@@ -164,14 +162,6 @@ def fake_split(n, seed=1):
     return images, labels
 
 
-@pytest.fixture
-def fake_checksums(monkeypatch):
-    """Replace the published checksums with those of the fake files a test registers."""
-    table = {name: {} for name in data.CHECKSUMS}
-    monkeypatch.setattr(data, "CHECKSUMS", table)
-    return table
-
-
 def make_fake_dataset(root, checksums, n=5, name="mnist", split="train", compress=True, seed=1):
     images, labels = fake_split(n, seed)
     folder = root / name
@@ -282,63 +272,15 @@ def test_tables():
     assert data.CLASS_NAMES["fashion-mnist"][0] == "T-shirt/top"
     assert data.CLASS_NAMES["fashion-mnist"][9] == "Ankle boot"
     assert len(data.CLASS_NAMES["fashion-mnist"]) == 10
-    assert set(data.MIRRORS) == set(data.CHECKSUMS) == set(data.DATASETS) == {"mnist", "fashion-mnist"}
-    assert all(len(s) == 64 for sums in data.CHECKSUMS.values() for s in sums.values())
+    assert data.CLASS_NAMES["cifar10"] == ("airplane", "automobile", "bird", "cat", "deer",
+                                           "dog", "frog", "horse", "ship", "truck")
+    assert set(data.MIRRORS) == set(data.CHECKSUMS) == set(data.DATASETS) == set(data.CLASS_NAMES)
+    assert set(data.DATASETS) == {"mnist", "fashion-mnist", "cifar10"}
+    assert all(len(s) == 64 for name in ("mnist", "fashion-mnist") for s in data.CHECKSUMS[name].values())
+    assert data.CHECKSUMS["cifar10"] == {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"}
 
 
 # ---------------------------------------------------------------- downloading
-
-
-class Server:
-    """A loopback HTTP server serving ``files`` (URL path -> bytes); anything else is a 404."""
-
-    def __init__(self):
-        self.files = {}
-        self.requests = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05})
-        self.thread.daemon = True
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
-@pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setattr(data, "TIMEOUT", 5)
-    for var in ("no_proxy", "NO_PROXY"):  # a proxy in the environment must not see loopback requests
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
-    s = Server()
-    yield s
-    s.close()
-
-
-def closed_port_url():
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
 
 
 def serve_split(server, checksums, prefix, n=6, split="train", seed=3, name="mnist"):

@@ -1,5 +1,6 @@
 """Every compiled kernel against its NumPy reference, over shapes chosen to break assumptions:
-batch 1, odd and non-square images, several input channels, stride 2 and 3, padding 0/1/2.
+batch 1, odd and non-square images and kernels, several input channels, stride 2 and 3, padding
+0 up to more than the kernel's size - 1.
 
 Tolerances (float32, relative to the largest magnitude of the reference result): 1e-5 for
 forward passes, 5e-5 for gradients (they sum up to tens of thousands of terms), exact for
@@ -25,6 +26,12 @@ CONV_SHAPES = [
     (2, 10, 9, 2, 3, 4, 3, 2),
     (4, 13, 10, 16, 20, 1, 1, 0),
     (64, 28, 28, 1, 32, 3, 1, 1),   # the MNIST network's convolution
+    (2, 5, 6, 3, 2, 1, 1, 2),       # padding > kernel - 1: dx's border reads only padding
+    (1, 4, 7, 2, 3, 2, 2, 3),
+    (2, 7, 9, 3, 4, (3, 1), 1, 1),  # kernels that are not square
+    (3, 8, 7, 2, 5, (2, 4), 2, 1),
+    (2, 6, 6, 5, 3, (1, 3), 1, 0),
+    (1, 9, 10, 8, 6, (5, 3), 1, 2),
 ]
 
 
@@ -35,8 +42,9 @@ def rand(rng, *shape):
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
 def test_conv2d_matches_reference(shape, assert_close):
     n, h, w, c, k, ks, stride, pad = shape
-    rng = np.random.default_rng(sum(shape))
-    x, wt, b = rand(rng, n, h, w, c), rand(rng, ks, ks, c, k), rand(rng, k)
+    kh, kw = ks if isinstance(ks, tuple) else (ks, ks)
+    rng = np.random.default_rng(sum(shape[:5]) + kh + 7 * kw + stride + pad)
+    x, wt, b = rand(rng, n, h, w, c), rand(rng, kh, kw, c, k), rand(rng, k)
     y = K.conv2d_forward(x, wt, b, stride, pad)
     assert_close("conv2d_forward", y, R.conv2d_forward(x, wt, b, stride, pad), FWD)
     dy = rand(rng, *y.shape)

@@ -51,12 +51,12 @@ def values(seed, shape, ties):
 
 @KERNELS
 @given(n=st.integers(1, 3), dh=st.integers(0, 7), dw=st.integers(0, 7), c=st.integers(1, 4),
-       k=st.integers(1, 5), ks=st.integers(1, 5), stride=st.integers(1, 3), pad=st.integers(0, 2),
-       seed=seeds, ties=st.booleans())
-def test_conv2d(n, dh, dw, c, k, ks, stride, pad, seed, ties, assert_close, tried):
+       k=st.integers(1, 5), kh=st.integers(1, 5), kw=st.integers(1, 5), stride=st.integers(1, 3),
+       pad=st.integers(0, 3), seed=seeds, ties=st.booleans())
+def test_conv2d(n, dh, dw, c, k, kh, kw, stride, pad, seed, ties, assert_close, tried):
     # Image sides from the smallest that fits the kernel (with padding) up to 7 more.
-    h, w = max(1, ks - 2 * pad + dh), max(1, ks - 2 * pad + dw)
-    x, wt, b = values(seed, (n, h, w, c), ties), values(seed + 1, (ks, ks, c, k), ties), values(seed + 2, (k,), ties)
+    h, w = max(1, kh - 2 * pad + dh), max(1, kw - 2 * pad + dw)
+    x, wt, b = values(seed, (n, h, w, c), ties), values(seed + 1, (kh, kw, c, k), ties), values(seed + 2, (k,), ties)
     y = K.conv2d_forward(x, wt, b, stride, pad)
     assert_close("conv2d_forward", y, R.conv2d_forward(x, wt, b, stride, pad), FWD)
     dy = values(seed + 3, y.shape, ties)

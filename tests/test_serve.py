@@ -171,6 +171,43 @@ def test_a_photo_chosen_on_the_page_is_read(browser, server, tmp_path):
     assert read_answer(browser)[0] == "7"
 
 
+@pytest.fixture
+def colour_server():
+    from werkzeug.serving import make_server
+    from fastcnn import data
+    from test_colour import colour_model
+    httpd = make_server("127.0.0.1", 0, serve.create_app(colour_model(), data.CLASS_NAMES["cifar10"]), threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}/"
+    httpd.shutdown()
+    thread.join(10)
+
+
+def test_the_page_of_a_colour_model_takes_photos(browser, colour_server, tmp_path):
+    from fastcnn import data
+    browser.get(colour_server)
+    assert browser.find_element("id", "title").text.startswith("Drop a photo")
+    assert "not drawings" in browser.find_element("id", "hint").text
+    draw(browser, browser.find_element("id", "pad"), [[(140, 40), (140, 240)]])  # ignored: nothing is sent
+    time.sleep(0.5)
+    assert browser.find_element("id", "prediction").text == ""
+    photo = np.zeros((60, 80, 3), np.uint8)
+    photo[:30] = 255, 0, 0  # red over green
+    photo[30:] = 0, 255, 0
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    browser.find_element("id", "file").send_keys(str(tmp_path / "photo.png"))
+    name, widths = read_answer(browser)
+    assert name in data.CLASS_NAMES["cifar10"] and len(widths) == 10
+    assert browser.find_element("id", "side").text == "32x32"
+    seen = browser.execute_script(
+        "const c = document.getElementById('seen'); return [c.width, c.height, "
+        "Array.from(c.getContext('2d').getImageData(0, 0, 32, 32).data)]")
+    assert seen[:2] == [32, 32]
+    rgba = np.array(seen[2]).reshape(32, 32, 4)
+    assert rgba[2, 16].tolist() == [255, 0, 0, 255] and rgba[-3, 16].tolist() == [0, 255, 0, 255]
+
+
 def test_the_serve_command(trained_model):
     import json
     import subprocess
