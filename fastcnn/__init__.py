@@ -5,7 +5,7 @@ Numba kernels (``fastcnn.kernels``) checked against a plain NumPy reference
 """
 
 from .checkpoint import load, load_checkpoint, save
-from .errors import DataError, FastCNNError, ImageError, ModelFileError, ShapeError
+from .errors import DataError, ExportError, FastCNNError, ImageError, ModelFileError, ShapeError
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Layer,
                      MaxPool2D, ReLU, Sigmoid, Tanh, register_layer)
 from .loss import SoftmaxCrossEntropy, softmax
@@ -13,6 +13,7 @@ from .model import Sequential
 from .optim import SGD, Adam
 from .schedules import Constant, Cosine, InverseTime
 from .train import fit
+from .export import export_onnx
 
 __version__ = "0.1.0"
 
@@ -20,5 +21,5 @@ __all__ = [
     "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "ReLU", "Tanh", "Sigmoid", "Dropout",
     "BatchNorm2D", "BatchNorm1D", "Flatten", "Dense", "register_layer", "SoftmaxCrossEntropy", "Sequential",
     "SGD", "Adam", "Constant", "InverseTime", "Cosine", "fit", "softmax", "save", "load", "load_checkpoint",
-    "FastCNNError", "ShapeError", "DataError", "ModelFileError", "ImageError",
+    "FastCNNError", "ShapeError", "DataError", "ModelFileError", "ImageError", "export_onnx", "ExportError",
 ]

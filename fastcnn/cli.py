@@ -171,6 +171,23 @@ def _serve(args):
     serve(model, host=args.host, port=args.port, classes=names, model_name=args.model)
 
 
+def _export(args):
+    from .checkpoint import load_checkpoint
+    from .export import PREPROCESSING, export_onnx
+    saved = load_checkpoint(args.model)
+    settings = (saved.training or {}).get("settings") or {}
+    recorded = settings.get("dataset") if settings.get("dataset") in PREPROCESSING else None  # older files: none
+    network = settings.get("model") if isinstance(settings.get("model"), str) else None
+    proto = export_onnx(saved.model, args.out, input_shape=args.input_shape, logits=args.logits,
+                        dataset=args.dataset or recorded, overwrite=args.overwrite, network=network)
+
+    def shape(value):
+        return "(" + ", ".join(str(d.dim_value or d.dim_param) for d in value.type.tensor_type.shape.dim) + ")"
+    print(f"{args.out}: ONNX opset {proto.opset_import[0].version}, input {proto.graph.input[0].name} "
+          f"{shape(proto.graph.input[0])} float32 NHWC; outputs "
+          + ", ".join(f"{v.name} {shape(v)}" for v in proto.graph.output))
+
+
 def parser():
     from . import __version__
     from .data import DATASETS
@@ -229,6 +246,20 @@ def parser():
     s.add_argument("--host", default="127.0.0.1", help="address to listen on, default 127.0.0.1 (this machine only)")
     s.add_argument("--port", type=int, default=8000, help="default 8000")
     s.set_defaults(run=_serve)
+
+    x = sub.add_parser("export", help="the model as an ONNX file, for ONNX Runtime and other runtimes",
+                       description="Write the model as a standard ONNX graph: input 'image' (batch, H, W, C) "
+                                   "float32 NHWC, output 'probabilities' (softmax); the class names and the "
+                                   "preprocessing in its metadata. Needs the onnx extra: pip install 'fastcnn[onnx]'.")
+    x.add_argument("model", help=model_help)
+    x.add_argument("out", help="the .onnx file to write")
+    x.add_argument("--logits", action="store_true", help="also output the logits (a second output, 'logits')")
+    x.add_argument("--input-shape", type=int, nargs=3, metavar=("H", "W", "C"),
+                   help="the image shape, for model files of older versions that do not record it")
+    x.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10"],
+                   help="the class names and preprocessing to record (default: the data set it was trained on)")
+    x.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    x.set_defaults(run=_export)
     return p
 
 

@@ -31,3 +31,8 @@ class ModelFileError(FastCNNError, ValueError):
 class ImageError(FastCNNError, ValueError):
     """An image file cannot be read (or written: a preprocessed picture, a plot), or is too large
     to be a sane input."""
+
+
+class ExportError(FastCNNError, ValueError):
+    """A model cannot be exported as asked (a layer the exporter does not know, an output file
+    that exists or cannot be written)."""
