@@ -1,10 +1,8 @@
 """Shared test helpers: a kernel-vs-reference comparison that records the largest error it saw,
 and prints them all at the end of the run (so every test run also reports the kernels' accuracy)."""
 
-import contextlib
 import http.server
 import os
-import socket
 import threading
 from pathlib import Path
 
@@ -138,10 +136,3 @@ def server(monkeypatch):
     s = Server()
     yield s
     s.close()
-
-
-def closed_port_url():
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"

@@ -1,7 +1,9 @@
 """Small synthetic data the tests share: digit-like images, and a fake MNIST folder of them."""
 
+import contextlib
 import gzip
 import hashlib
+import socket
 import struct
 
 import numpy as np
@@ -33,3 +35,11 @@ def fake_mnist(root):
             (folder / f"{base}.gz").write_bytes(gzip.compress(content))
             sums[base] = hashlib.sha256(content).hexdigest()
     return sums
+
+
+def closed_port_url():
+    """A loopback URL that nothing listens on: a download from it fails at once."""
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"

@@ -13,7 +13,7 @@ import fastcnn
 from fastcnn import data
 from fastcnn.errors import DataError, DataMissingError
 
-from conftest import closed_port_url
+from fakes import closed_port_url
 
 ARCHIVE, FOLDER = data.CIFAR10_ARCHIVE, data.CIFAR10_FOLDER
 PER_BATCH = 20  # records in each small batch: 100 training images, 20 test images

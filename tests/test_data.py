@@ -12,7 +12,7 @@ import pytest
 from fastcnn import data
 from fastcnn.errors import DataError, DataMissingError
 
-from conftest import closed_port_url
+from fakes import closed_port_url
 
 RNG = np.random.default_rng(0)
 
