@@ -69,7 +69,9 @@ def warm_up(model, example_shape):
     """Compile (or load from Numba's cache) every kernel a training step and ``predict`` run, before
     training starts, saying so on stderr when it compiles: the first run on a machine."""
     def say():
-        print(f"compiling kernels for this machine (first run only, about {jit.COMPILE_SECONDS} s)...",
+        seconds = jit.COMPILE_SECONDS
+        print(f"compiling kernels for this machine (first run only, about {seconds['original']} s for the "
+              f"original network, up to {seconds['deeper']} s for deeper ones)...",
               file=sys.stderr, flush=True)
         started.append(time.perf_counter())
     started = []
