@@ -47,9 +47,10 @@ class Settings:
                                                  "validate on after each epoch, instead of the test set", float)
     seed: Optional[int] = _setting("initial weights, shuffling and dropout (default 0)", int)
 
-    def resolved(self):
+    def resolved(self, strict=True):
         """These settings with every None filled in from the network's recipe and the defaults;
-        checked (``ShapeError`` naming the setting)."""
+        checked (``ShapeError`` naming the setting). ``strict``: a setting given for a part the
+        run doesn't use (SGD's momentum in an Adam run, ...) is an error, not silently ignored."""
         if self.model not in ARCHITECTURES:
             raise ShapeError(f"model: expected one of {', '.join(ARCHITECTURES)}, got {self.model!r}")
         recipe = dict(ARCHITECTURES[self.model].recipe, validation_split=0.0, seed=0)
@@ -58,6 +59,12 @@ class Settings:
         given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
         settings = Settings(**{**recipe, **given})
         settings.check()
+        if strict:
+            for name, value in given.items():
+                if name not in settings.relevant():
+                    used = (f"--optimizer {settings.optimizer}" if name == "momentum"
+                            else f"the {settings.schedule} schedule")
+                    raise ShapeError(f"{name}: {value} was given, but {used} doesn't use it")
         return settings
 
     def check(self):
@@ -127,4 +134,4 @@ def from_checkpoint(saved):
     saved = {k: v for k, v in saved.items() if k in known}
     if "optimizer" not in saved:  # a version 1 checkpoint: the original's recipe, as it was
         saved.update(model="original", optimizer="sgd", schedule="inverse-time", weight_decay=0.0)
-    return Settings(**saved).resolved()
+    return Settings(**saved).resolved(strict=False)

@@ -304,6 +304,10 @@ def test_every_setting_is_a_train_option():
     assert (resolved.optimizer, resolved.lr, resolved.weight_decay, resolved.epochs) == ("adam", 1e-3, 0.01, 15)
     with pytest.raises(ShapeError, match="model: expected one of original, deep, cifar"):
         Settings(model="resnet").resolved()
+    with pytest.raises(ShapeError, match="momentum: 0.5 was given, but --optimizer adam doesn't use it"):
+        Settings(optimizer="adam", momentum=0.5).resolved()
+    with pytest.raises(ShapeError, match="decay: 0.1 was given, but the cosine schedule doesn't use it"):
+        Settings(model="deep", decay=0.1).resolved()
 
 
 def test_a_version_1_model_file_still_loads_and_resumes(tmp_path, monkeypatch):
