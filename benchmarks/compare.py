@@ -28,39 +28,12 @@ import subprocess
 import sys
 import time
 
+from timing import latency, rate
+
 TRAIN_FLOP = 2 * (28 * 28 * 32 * 9) * 2 + 2 * 6272 * 128 * 3 + 2 * 128 * 10 * 3
 INFER_FLOP = 2 * (28 * 28 * 32 * 9) + 2 * 6272 * 128 + 2 * 128 * 10
 DEEP_TRAIN_FLOP = (2 * (28 * 28 * 9 * 32) * 2 + 2 * (14 * 14 * 9 * 32 * 64) * 3 + 2 * 3136 * 128 * 3
                    + 2 * 128 * 10 * 3)
-
-
-def timed_rounds(step, items, seconds, rounds):
-    """Median items/s over ``rounds`` rounds of about ``seconds`` each (after a warm-up)."""
-    t, calls = time.perf_counter(), 0
-    while time.perf_counter() - t < max(0.5, seconds / 4):  # warm-up, and how long a call takes
-        step()
-        calls += 1
-    per_round = max(1, int(seconds / ((time.perf_counter() - t) / calls)))
-    rates = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(per_round):
-            step()
-        rates.append(per_round * items / (time.perf_counter() - t))
-    return sorted(rates)[len(rates) // 2]
-
-
-def latency(fn, seconds):
-    """Median seconds of one call."""
-    for _ in range(20):
-        fn()
-    times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 50:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
 
 
 def data(batch):
@@ -109,10 +82,10 @@ def run_fastcnn(args):
         deep.train_step(x, y)
         deep_opt.step()
 
-    result = {"train": timed_rounds(step, args.batch, args.seconds, args.rounds), "epoch": epoch_rate(epoch),
-              "infer": timed_rounds(lambda: model.predict(big), 1000, args.seconds, args.rounds),
+    result = {"train": rate(step, args.batch, args.seconds, args.rounds), "epoch": epoch_rate(epoch),
+              "infer": rate(lambda: model.predict(big), 1000, args.seconds, args.rounds),
               "one": latency(lambda: model.predict(big[:1]), args.seconds),
-              "deep": timed_rounds(deep_step, args.batch, args.seconds, args.rounds)}
+              "deep": rate(deep_step, args.batch, args.seconds, args.rounds)}
     # The machine's SGEMM ceiling with the same threads, through NumPy's BLAS; measured last,
     # since NumPy's OpenBLAS threads spin on after it and would take the cores from fastcnn's.
     a = np.random.default_rng(0).random((4096, 4096), np.float32)
@@ -163,10 +136,10 @@ def run_torch(args):
         loss_fn(deep(x), y).backward()
         deep_opt.step()
 
-    return {"train": timed_rounds(step, args.batch, args.seconds, args.rounds), "epoch": epoch_rate(epoch),
-            "infer": timed_rounds(lambda: infer(big), 1000, args.seconds, args.rounds),
+    return {"train": rate(step, args.batch, args.seconds, args.rounds), "epoch": epoch_rate(epoch),
+            "infer": rate(lambda: infer(big), 1000, args.seconds, args.rounds),
             "one": latency(lambda: infer(big[:1]), args.seconds),
-            "deep": timed_rounds(deep_step, args.batch, args.seconds, args.rounds), "version": torch.__version__}
+            "deep": rate(deep_step, args.batch, args.seconds, args.rounds), "version": torch.__version__}
 
 
 def run_tensorflow(args):
@@ -214,10 +187,10 @@ def run_tensorflow(args):
             loss = loss_fn(y, deep(x, training=True))
         deep_opt.apply_gradients(zip(tape.gradient(loss, deep.trainable_variables), deep.trainable_variables))
 
-    return {"train": timed_rounds(lambda: step(), args.batch, args.seconds, args.rounds), "epoch": epoch_rate(epoch),
-            "infer": timed_rounds(lambda: infer(big).numpy(), 1000, args.seconds, args.rounds),
+    return {"train": rate(lambda: step(), args.batch, args.seconds, args.rounds), "epoch": epoch_rate(epoch),
+            "infer": rate(lambda: infer(big).numpy(), 1000, args.seconds, args.rounds),
             "one": latency(lambda: infer(one).numpy(), args.seconds),
-            "deep": timed_rounds(lambda: deep_step(), args.batch, args.seconds, args.rounds), "version": tf.__version__}
+            "deep": rate(lambda: deep_step(), args.batch, args.seconds, args.rounds), "version": tf.__version__}
 
 
 ENGINES = {"fastcnn": run_fastcnn, "PyTorch": run_torch, "TensorFlow/Keras": run_tensorflow}

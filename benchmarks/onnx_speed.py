@@ -18,33 +18,7 @@ import time
 
 import numpy as np
 
-
-def rate(fn, items, seconds, rounds):
-    """Median items/s over ``rounds`` rounds of about ``seconds`` each, after a warm-up."""
-    t, calls = time.perf_counter(), 0
-    while time.perf_counter() - t < max(0.5, seconds / 4):
-        fn()
-        calls += 1
-    per_round = max(1, int(seconds / ((time.perf_counter() - t) / calls)))
-    rates = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(per_round):
-            fn()
-        rates.append(per_round * items / (time.perf_counter() - t))
-    return sorted(rates)[len(rates) // 2]
-
-
-def latency(fn, seconds):
-    """Median seconds of one call, over at least ``seconds`` and 200 calls, after 50 warm-up calls."""
-    for _ in range(50):
-        fn()
-    times, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 200:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+from timing import latency, rate
 
 
 def main():
@@ -64,7 +38,7 @@ def main():
     one = x[:1]
 
     results = {"fastcnn predict": (rate(lambda: model.predict(x), len(x), args.seconds, args.rounds),
-                                   latency(lambda: model.predict(one), args.seconds))}
+                                   latency(lambda: model.predict(one), args.seconds, 50, 200))}
     time.sleep(1.0)
 
     with tempfile.TemporaryDirectory() as folder:
@@ -77,7 +51,7 @@ def main():
     difference = float(np.abs(session.run(None, {"image": x})[0] - model.predict(x)).max())
     results[f"ONNX Runtime {ort.__version__}"] = (
         rate(lambda: session.run(None, {"image": x}), len(x), args.seconds, args.rounds),
-        latency(lambda: session.run(None, {"image": one}), args.seconds))
+        latency(lambda: session.run(None, {"image": one}), args.seconds, 50, 200))
 
     print(f"original network (Conv 3x3x32, ReLU, MaxPool 2, Dense 128, ReLU, Dense 10), {args.threads} threads, "
           f"fastcnn {fastcnn.__version__}; largest probability difference {difference:.1e}")

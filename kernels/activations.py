@@ -59,14 +59,16 @@ def sigmoid_backward_into(dx, dy, y):
     _sigmoid_backward(dx, dy, y)
 
 
-def _elementwise(fn, x):
+def elementwise(fn, x):
+    """The checked form of an activation's forward core ``fn(y, x)``."""
     x = checks.array("x", x, np.ndim(x), np.float32)
     y = np.empty_like(x)
     fn(y, x)
     return y
 
 
-def _backward(fn, dy, y):
+def elementwise_backward(fn, dy, y):
+    """The checked form of an activation's backward core ``fn(dx, dy, y)``."""
     dy = checks.array("dy", dy, np.ndim(dy), np.float32)
     y = checks.array("y", y, np.ndim(y), np.float32)
     checks.same_shape("dy", dy, y.shape, "the forward output's shape")
@@ -77,19 +79,19 @@ def _backward(fn, dy, y):
 
 def tanh_forward(x):
     """y = tanh(x), any shape."""
-    return _elementwise(_tanh_forward, x)
+    return elementwise(_tanh_forward, x)
 
 
 def tanh_backward(dy, y):
     """dx = dy * (1 - y^2), given tanh_forward's output y."""
-    return _backward(_tanh_backward, dy, y)
+    return elementwise_backward(_tanh_backward, dy, y)
 
 
 def sigmoid_forward(x):
     """y = 1 / (1 + exp(-x)), any shape, stable for any x."""
-    return _elementwise(_sigmoid_forward, x)
+    return elementwise(_sigmoid_forward, x)
 
 
 def sigmoid_backward(dy, y):
     """dx = dy * y * (1 - y), given sigmoid_forward's output y."""
-    return _backward(_sigmoid_backward, dy, y)
+    return elementwise_backward(_sigmoid_backward, dy, y)

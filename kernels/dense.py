@@ -20,6 +20,7 @@ from numba import prange
 from fastcnn.errors import ShapeError
 
 from . import checks
+from .activations import elementwise, elementwise_backward
 from .blas import NO_TRANS, TRANS, gemm
 from .jit import parallel_kernel
 
@@ -173,17 +174,9 @@ def relu_backward_into(dx, dy, y):
 
 def relu_forward(x):
     """y = max(x, 0), any shape."""
-    x = checks.array("x", x, np.ndim(x), np.float32)
-    y = np.empty_like(x)
-    _relu_forward(y, x)
-    return y
+    return elementwise(_relu_forward, x)
 
 
 def relu_backward(dy, y):
     """dx = dy where the forward output y was positive, else 0."""
-    dy = checks.array("dy", dy, np.ndim(dy), np.float32)
-    y = checks.array("y", y, np.ndim(y), np.float32)
-    checks.same_shape("dy", dy, y.shape, "the forward output's shape")
-    dx = np.empty_like(dy)
-    _relu_backward(dx, dy, y)
-    return dx
+    return elementwise_backward(_relu_backward, dy, y)
