@@ -15,7 +15,7 @@ from .schedules import Constant, Cosine, InverseTime
 from .train import fit
 from .export import export_onnx
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "ReLU", "Tanh", "Sigmoid", "Dropout",
