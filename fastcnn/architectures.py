@@ -48,7 +48,7 @@ _ORIGINAL_RECIPE = dict(dataset="mnist", epochs=5, batch_size=64, optimizer="sgd
 
 ARCHITECTURES = {
     "original": Architecture(original, _ORIGINAL_RECIPE,
-                             "the original project's network and recipe (SGD, 5 epochs): ~98.8% on MNIST"),
+                             "the original project's network and recipe (SGD, 5 epochs): 98.9% on MNIST"),
     "deep": Architecture(deep, dict(_ORIGINAL_RECIPE, epochs=15, lr=0.05, schedule="cosine", weight_decay=5e-4),
                          "two conv blocks with BatchNorm, Dropout; SGD with a cosine schedule, 15 epochs"),
     "cifar": Architecture(cifar, dict(_ORIGINAL_RECIPE, dataset="cifar10", epochs=30, lr=0.05, schedule="cosine",
