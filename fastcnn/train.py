@@ -366,7 +366,8 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
     train_data = load_dataset(settings.dataset, "train", data_dir)
     test_data = load_dataset(settings.dataset, "test", data_dir)
     classes = int(max(train_data[1].max(), test_data[1].max())) + 1
-    batches = -(-int(len(train_data[0]) * (1 - settings.validation_split)) // settings.batch_size)
+    trained_on = len(train_data[0]) - int(round(len(train_data[0]) * settings.validation_split))  # as fit holds out
+    batches = -(-trained_on // settings.batch_size)
     if resume:
         if stretched and settings.schedule == "cosine":  # the curve now spans the longer (or shorter) run
             optimizer.schedule = make_optimizer(model, settings, batches).schedule
