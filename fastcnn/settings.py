@@ -26,6 +26,9 @@ def _setting(help, type=None, choices=None, resumable=False, default=None):
 
 @dataclass
 class Settings:
+    """One training run's settings; each field is a ``fastcnn train`` option (its metadata holds
+    the help, the type, the choices and whether ``--resume`` may change it)."""
+
     model: str = _setting("the network (default original): " + "; ".join(
         f"{name}: {a.about}" for name, a in ARCHITECTURES.items()), str, tuple(ARCHITECTURES), default="original")
     dataset: Optional[str] = _setting("the data set (default: the network's; mnist for original and deep)", str,
