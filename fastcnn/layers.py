@@ -217,9 +217,7 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) or not 0 <= p < 1:
-            raise ShapeError(f"p: expected a drop probability in [0, 1), got {p!r}")
-        self.p = float(p)
+        self.p = checks.number("p", p, lambda v: 0 <= v < 1, "a drop probability in [0, 1)")
 
     def config(self):
         return {"p": self.p}
@@ -245,8 +243,8 @@ class BatchNorm2D(Layer):
     def __init__(self, channels=None, momentum=0.1, eps=1e-5):
         super().__init__()
         self.channels = None if channels is None else checks.positive_int("channels", channels)
-        self.momentum = _fraction("momentum", momentum, lambda v: 0 <= v <= 1, "a value in [0, 1]")
-        self.eps = _fraction("eps", eps, lambda v: v > 0, "a value > 0")
+        self.momentum = checks.number("momentum", momentum, lambda v: 0 <= v <= 1, "a value in [0, 1]")
+        self.eps = checks.number("eps", eps, lambda v: v > 0, "a value > 0")
         if self.channels is not None:
             self._allocate()
 
@@ -369,12 +367,6 @@ class Dense(Layer):
 
     def forward(self, x, k=kernels):
         return k.dense_forward(x, self.params["weight"], self.params["bias"])
-
-
-def _fraction(name, value, ok, expected):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not ok(value):
-        raise ShapeError(f"{name}: expected {expected}, got {value!r}")
-    return float(value)
 
 
 def init_weight(rng, shape, fan_in, fan_out, feeds_relu):

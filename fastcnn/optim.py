@@ -10,19 +10,11 @@ the learning rate by step. An optimizer's state is its ``state`` arrays (one per
 and ``steps``; model files save them with ``config()`` and ``optimizer_from_config`` rebuilds one.
 """
 
-import math
-
 import numpy as np
 
 from .errors import ShapeError
+from .kernels.checks import non_negative_int, number
 from .schedules import Constant, InverseTime, schedule_from_config, schedule_name
-
-
-def _number(name, value, ok, expected):
-    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
-            or not math.isfinite(value) or not ok(value)):
-        raise ShapeError(f"{name}: expected {expected}, got {value!r}")
-    return float(value)
 
 
 class Optimizer:
@@ -34,8 +26,8 @@ class Optimizer:
         if not isinstance(model, Sequential):
             raise ShapeError(f"model: expected a fastcnn Sequential, got {type(model).__name__}")
         self.model = model
-        self.lr = _number("lr", lr, lambda v: v > 0, "a learning rate > 0")
-        self.weight_decay = _number("weight_decay", weight_decay, lambda v: v >= 0, "a value >= 0")
+        self.lr = number("lr", lr, lambda v: v > 0, "a learning rate > 0")
+        self.weight_decay = number("weight_decay", weight_decay, lambda v: v >= 0, "a value >= 0")
         if not callable(schedule) or not hasattr(schedule, "config"):
             raise ShapeError(f"schedule: expected one of fastcnn.schedules' schedules, got {schedule!r}")
         self.schedule = schedule
@@ -64,7 +56,7 @@ class SGD(Optimizer):
     def __init__(self, model, lr, momentum=0.9, decay=1e-3, weight_decay=0.0, schedule=None):
         super().__init__(model, lr, weight_decay, InverseTime(decay) if schedule is None else schedule,
                          ["velocity"])
-        self.momentum = _number("momentum", momentum, lambda v: 0 <= v < 1, "a value in [0, 1)")
+        self.momentum = number("momentum", momentum, lambda v: 0 <= v < 1, "a value in [0, 1)")
 
     @property
     def velocity(self):
@@ -87,8 +79,8 @@ class Adam(Optimizer):
         super().__init__(model, lr, weight_decay, Constant() if schedule is None else schedule, ["m", "v"])
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ShapeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
-        self.betas = tuple(_number("betas", b, lambda v: 0 <= v < 1, "values in [0, 1)") for b in betas)
-        self.eps = _number("eps", eps, lambda v: v > 0, "a value > 0")
+        self.betas = tuple(number("betas", b, lambda v: 0 <= v < 1, "values in [0, 1)") for b in betas)
+        self.eps = number("eps", eps, lambda v: v > 0, "a value > 0")
 
     def hyperparameters(self):
         return {"betas": list(self.betas), "eps": self.eps}
@@ -115,7 +107,5 @@ def optimizer_from_config(model, config):
     if schedule is not None:
         config["schedule"] = schedule_from_config(*schedule)
     optimizer = OPTIMIZERS[kind](model, **config)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ShapeError(f"steps: expected a non-negative integer, got {steps!r}")
-    optimizer.steps = steps
+    optimizer.steps = non_negative_int("steps", steps)
     return optimizer

@@ -5,12 +5,7 @@ save by ``config()`` and rebuild with ``schedule_from_config``."""
 import math
 
 from .errors import ShapeError
-
-
-def _number(name, value, ok, expected):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise ShapeError(f"{name}: expected {expected}, got {value!r}")
-    return value
+from .kernels.checks import number
 
 
 class Constant:
@@ -27,7 +22,7 @@ class InverseTime:
     """lr_t = lr / (1 + decay * t): the original project's decay."""
 
     def __init__(self, decay=1e-3):
-        self.decay = float(_number("decay", decay, lambda v: v >= 0, "a value >= 0"))
+        self.decay = number("decay", decay, lambda v: v >= 0, "a value >= 0")
 
     def __call__(self, t):
         return 1.0 / (1.0 + self.decay * t)
@@ -41,8 +36,8 @@ class Cosine:
     ``final * lr`` over ``steps`` steps (the whole run), then held there."""
 
     def __init__(self, steps, final=0.0):
-        self.steps = int(_number("steps", steps, lambda v: v >= 1 and v == int(v), "a whole number of steps >= 1"))
-        self.final = float(_number("final", final, lambda v: 0 <= v <= 1, "a fraction of lr in [0, 1]"))
+        self.steps = int(number("steps", steps, lambda v: v >= 1 and v == int(v), "a whole number of steps >= 1"))
+        self.final = number("final", final, lambda v: 0 <= v <= 1, "a fraction of lr in [0, 1]")
 
     def __call__(self, t):
         return self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * min(t, self.steps) / self.steps))

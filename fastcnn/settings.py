@@ -8,13 +8,13 @@ schedule unless told otherwise.
 """
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 from .architectures import ARCHITECTURES
 from .data import DATASETS
 from .errors import ShapeError
+from .kernels import checks
 from .schedules import SCHEDULES
 
 OPTIMIZERS = ("sgd", "adam")
@@ -71,7 +71,6 @@ class Settings:
         return settings
 
     def check(self):
-        from .kernels import checks
         _choice("model", self.model, ARCHITECTURES)
         _choice("dataset", self.dataset, DATASETS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -79,11 +78,11 @@ class Settings:
         checks.positive_int("epochs", self.epochs)
         checks.positive_int("batch_size", self.batch_size)
         checks.non_negative_int("seed", self.seed)
-        _number("lr", self.lr, lambda v: v > 0, "a learning rate > 0")
-        _number("momentum", self.momentum, lambda v: 0 <= v < 1, "a value in [0, 1)")
-        _number("decay", self.decay, lambda v: v >= 0, "a value >= 0")
-        _number("weight_decay", self.weight_decay, lambda v: v >= 0, "a value >= 0")
-        _number("validation_split", self.validation_split, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+        checks.number("lr", self.lr, lambda v: v > 0, "a learning rate > 0")
+        checks.number("momentum", self.momentum, lambda v: 0 <= v < 1, "a value in [0, 1)")
+        checks.number("decay", self.decay, lambda v: v >= 0, "a value >= 0")
+        checks.number("weight_decay", self.weight_decay, lambda v: v >= 0, "a value >= 0")
+        checks.number("validation_split", self.validation_split, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
 
     def relevant(self):
         """The settings that shaped this run (SGD's momentum is no part of an Adam run, ...)."""
@@ -105,12 +104,6 @@ class Settings:
 def _choice(name, value, choices):
     if value not in choices:
         raise ShapeError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
-
-
-def _number(name, value, ok, expected):
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or not ok(value)):
-        raise ShapeError(f"{name}: expected {expected}, got {value!r}")
 
 
 def add_arguments(parser):

@@ -13,7 +13,6 @@ NaN or Inf weights, so the file always holds the last good state.
 """
 
 import contextlib
-import math
 import signal
 import sys
 import threading
@@ -265,12 +264,9 @@ def _check_fit(model, optimizer, train, validation, epochs, batch_size, seed, va
     if not isinstance(optimizer, Optimizer) or optimizer.model is not model:
         raise ShapeError(f"optimizer: expected a fastcnn optimizer (SGD, Adam) made for this model, "
                          f"got {type(optimizer).__name__}")
-    lr = optimizer.lr  # checked again: it may have been changed since the optimizer was made
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ShapeError(f"optimizer.lr: expected a learning rate > 0, got {lr!r}")
-    if (isinstance(validation_split, bool) or not isinstance(validation_split, (int, float))
-            or not 0 <= validation_split < 1):
-        raise ShapeError(f"validation_split: expected a fraction in [0, 1), got {validation_split!r}")
+    # optimizer.lr checked again: it may have been changed since the optimizer was made
+    checks.number("optimizer.lr", optimizer.lr, lambda v: v > 0, "a learning rate > 0")
+    checks.number("validation_split", validation_split, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
     if validation is not None and validation_split:
         raise ShapeError("validation: give validation data or a validation_split, not both")
     pairs = {}

@@ -48,6 +48,15 @@ def non_negative_int(name, v):
     return int(v)
 
 
+def number(name, v, ok, expected):
+    """A finite real number (Python's or NumPy's, not a bool) for which ``ok`` holds, as a float;
+    else ``ShapeError`` naming ``name`` and what was ``expected``."""
+    if (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
+            or not np.isfinite(v) or not ok(v)):
+        raise ShapeError(f"{name}: expected {expected}, got {v!r}")
+    return float(v)
+
+
 def same_shape(name, a, shape, what):
     if tuple(a.shape) != tuple(shape):
         raise ShapeError(f"{name}: expected shape {tuple(shape)} ({what}), got {a.shape}")
