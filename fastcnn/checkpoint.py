@@ -99,6 +99,10 @@ def load_checkpoint(path, backend="numba"):
         training = None
         if "training" in arrays:
             training = check_training(json.loads(str(arrays["training"])))
+            for record in training["history"]:  # version 1 validated on the test set and said so
+                if isinstance(record, dict) and "test_acc" in record:
+                    record.setdefault("val_acc", record.pop("test_acc"))
+                    record.setdefault("val_loss", None)
     except ModelFileError:
         raise
     except _DAMAGED as e:

@@ -150,7 +150,7 @@ def _history(args):
         print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in settings.items() if v is not None))
     print(f"{'epoch':>5}  {'loss':>8}  {'train acc':>9}  {'val loss':>8}  {'val acc':>8}  {'seconds':>8}")
     for h in history:
-        val_loss, val_acc = h.get("val_loss"), h.get("val_acc", h.get("test_acc"))
+        val_loss, val_acc = h.get("val_loss"), h.get("val_acc")
         print(f"{h['epoch']:>5}  {h['loss']:>8.4f}  {h['train_acc']:>9.4f}  "
               f"{'' if val_loss is None else f'{val_loss:.4f}':>8}  {'' if val_acc is None else f'{val_acc:.4f}':>8}  "
               f"{h['seconds']:>8.1f}")

@@ -65,7 +65,7 @@ def plot_history(path, history, title=None):
     for ax, key, name in ((loss_ax, "loss", "loss"), (acc_ax, "train_acc", "accuracy")):
         ax.plot(epochs, [h[key] for h in history], "o-", label="training")
         val_key = "val_loss" if key == "loss" else "val_acc"
-        val = [(h["epoch"], h.get(val_key, h.get("test_acc") if key != "loss" else None)) for h in history]
+        val = [(h["epoch"], h.get(val_key)) for h in history]
         val = [(e, v) for e, v in val if v is not None]
         if val:
             ax.plot(*zip(*val), "s-", label="validation")

@@ -351,7 +351,7 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
         settings = dataclasses.replace(settings, epochs=given.get("epochs", settings.epochs))
         model, optimizer, state = saved.model, saved.optimizer, saved.training
         if state["epoch"] >= settings.epochs and state["batch"] == 0:
-            done = state["history"][-1].get("val_acc", state["history"][-1].get("test_acc")) if state["history"] else None
+            done = state["history"][-1].get("val_acc") if state["history"] else None
             print(f"{out}: this run has finished its {settings.epochs} epochs"
                   + (f" (validation accuracy {done:.4f})" if done is not None else "")
                   + f"; to train further, ask for more: fastcnn train --out {shlex.quote(os.fspath(out))} "

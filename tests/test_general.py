@@ -338,6 +338,7 @@ def test_a_version_1_model_file_still_loads_and_resumes(tmp_path, monkeypatch):
     assert isinstance(saved.optimizer, SGD) and saved.optimizer.steps == 5
     assert saved.optimizer.schedule.decay == 1e-3 and np.array_equal(saved.optimizer.velocity, velocity)
     assert saved.model.input_shape is None and np.array_equal(saved.model.parameters, model.parameters)
+    assert saved.training["history"][0]["val_acc"] == 0.6 and saved.training["history"][0]["val_loss"] is None
     history = train(tmp_path / "v1.npz", epochs=2, resume=True, data_dir=tmp_path, progress=False)
     assert [h["epoch"] for h in history] == [1, 2]
     assert fastcnn.load_checkpoint(tmp_path / "v1.npz").training["settings"]["model"] == "original"
