@@ -245,10 +245,7 @@ class _Graph:
 
 
 def _folded(layer, bn):
-    """The layer's weight and bias, with ``bn`` (its evaluation form) folded in, computed in float64:
-    per output channel (the weight's last axis), w * s and (b - mean) * s + shift, s = scale / sqrt(var + eps)."""
+    """The layer's weight and bias in float64, with ``bn`` (its evaluation form) folded in
+    (``BatchNorm2D.folded_into``)."""
     w, b = layer.params["weight"].astype(np.float64), layer.params["bias"].astype(np.float64)
-    if bn is None:
-        return w, b
-    s = bn.params["weight"] / np.sqrt(bn.buffers["running_var"].astype(np.float64) + bn.eps)
-    return w * s, (b - bn.buffers["running_mean"]) * s + bn.params["bias"]
+    return (w, b) if bn is None else bn.folded_into(w, b)

@@ -283,6 +283,14 @@ class BatchNorm2D(Layer):
         self.buffers["running_mean"][...] = 0
         self.buffers["running_var"][...] = 1
 
+    def folded_into(self, weight, bias):
+        """The weight and bias of the Conv2D or Dense just before this layer, with this layer's
+        evaluation form folded in, in ``weight``'s dtype: per output channel (the weight's last
+        axis), w * s and (b - running_mean) * s + bias, s = weight / sqrt(running_var + eps)."""
+        eps = weight.dtype.type(self.eps)
+        s = self.params["weight"] / np.sqrt(self.buffers["running_var"].astype(weight.dtype) + eps)
+        return weight * s, (bias - self.buffers["running_mean"]) * s + self.params["bias"]
+
     def forward(self, x, k=kernels):
         """Evaluation mode (the running statistics); the model's plan runs the training mode."""
         return k.batchnorm_eval_forward(x, self.params["weight"], self.params["bias"], self.buffers["running_mean"],

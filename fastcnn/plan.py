@@ -82,19 +82,11 @@ class Step:
 class Folded:
     """Evaluation only: a BatchNorm (the step's second layer) folded into the weight and bias of
     the Conv2D or Dense before it, so normalising costs nothing; computed on every pass (a few
-    thousand values) into the step's workspace, so it always reflects the current parameters."""
-
-    def buffers(self, n, train):
-        params = self.layers[0].params
-        return {**super().buffers(n, train), "w": (params["weight"].shape, np.float32),
-                "b": (params["bias"].shape, np.float32)}
+    thousand values), so it always reflects the current parameters."""
 
     def weights(self, ws):
-        params, bn = self.layers[0].params, self.layers[1]
-        scale = bn.params["weight"] / np.sqrt(bn.buffers["running_var"] + np.float32(bn.eps))
-        np.multiply(params["weight"], scale, out=ws["w"])  # scales each output channel (last axis)
-        np.add((params["bias"] - bn.buffers["running_mean"]) * scale, bn.params["bias"], out=ws["b"])
-        return ws["w"], ws["b"]
+        params = self.layers[0].params
+        return self.layers[1].folded_into(params["weight"], params["bias"])
 
 
 class ConvReluPool(Step):
