@@ -42,6 +42,11 @@ def _check_writable(path):
         raise ImageError(f"{path}: cannot write there ({e.strerror or e})") from None
 
 
+def _recorded_settings(saved):
+    """The training settings a loaded model file records ({} for files with none)."""
+    return (saved.training or {}).get("settings") or {}
+
+
 def _model_and_classes(args):
     """The model, the data set it was trained on and its class names: the one recorded in the
     model file, unless ``--dataset`` says otherwise (then with a warning); with no record, CIFAR-10
@@ -50,7 +55,7 @@ def _model_and_classes(args):
     from .data import CLASS_NAMES
     from .inference import input_channels
     saved = load_checkpoint(args.model)
-    recorded = ((saved.training or {}).get("settings") or {}).get("dataset")
+    recorded = _recorded_settings(saved).get("dataset")
     recorded = recorded if recorded in CLASS_NAMES else None  # older or damaged files: no record
     asked = getattr(args, "dataset", None)
     dataset = asked or recorded or ("cifar10" if input_channels(saved.model) == 3 else "mnist")
@@ -140,7 +145,7 @@ def _history(args):
     history = (saved.training or {}).get("history") or []
     if not history:
         raise ModelFileError(f"{args.model}: holds no training history (was it written by fastcnn train or fit?)")
-    settings = (saved.training or {}).get("settings") or {}
+    settings = _recorded_settings(saved)
     if settings:
         from .settings import from_checkpoint
         try:
@@ -175,7 +180,7 @@ def _export(args):
     from .checkpoint import load_checkpoint
     from .export import PREPROCESSING, export_onnx
     saved = load_checkpoint(args.model)
-    settings = (saved.training or {}).get("settings") or {}
+    settings = _recorded_settings(saved)
     recorded = settings.get("dataset") if settings.get("dataset") in PREPROCESSING else None  # older files: none
     network = settings.get("model") if isinstance(settings.get("model"), str) else None
     proto = export_onnx(saved.model, args.out, input_shape=args.input_shape, logits=args.logits,
@@ -256,7 +261,7 @@ def parser():
     x.add_argument("--logits", action="store_true", help="also output the logits (a second output, 'logits')")
     x.add_argument("--input-shape", type=int, nargs=3, metavar=("H", "W", "C"),
                    help="the image shape, for model files of older versions that do not record it")
-    x.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10"],
+    x.add_argument("--dataset", choices=DATASETS,
                    help="the class names and preprocessing to record (default: the data set it was trained on)")
     x.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     x.set_defaults(run=_export)
