@@ -287,12 +287,20 @@ def _check_fit(model, optimizer, train, validation, epochs, batch_size, seed, va
     return x, y, pairs.get("validation")
 
 
+def make_schedule(settings, steps_per_epoch):
+    """The learning-rate schedule ``settings`` (resolved) ask for: a cosine spans the whole run."""
+    from .schedules import Constant, Cosine, InverseTime
+    if settings.schedule == "cosine":
+        return Cosine(settings.epochs * steps_per_epoch)
+    if settings.schedule == "inverse-time":
+        return InverseTime(settings.decay)
+    return Constant()
+
+
 def make_optimizer(model, settings, steps_per_epoch):
     """The optimizer and schedule ``settings`` (resolved) ask for."""
     from .optim import SGD, Adam
-    from .schedules import Constant, Cosine, InverseTime
-    schedule = {"constant": lambda: Constant(), "inverse-time": lambda: InverseTime(settings.decay),
-                "cosine": lambda: Cosine(settings.epochs * steps_per_epoch)}[settings.schedule]()
+    schedule = make_schedule(settings, steps_per_epoch)
     if settings.optimizer == "adam":
         return Adam(model, settings.lr, weight_decay=settings.weight_decay, schedule=schedule)
     return SGD(model, settings.lr, settings.momentum, weight_decay=settings.weight_decay, schedule=schedule)
@@ -366,7 +374,7 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
     batches = -(-trained_on // settings.batch_size)
     if resume:
         if stretched and settings.schedule == "cosine":  # the curve now spans the longer (or shorter) run
-            optimizer.schedule = make_optimizer(model, settings, batches).schedule
+            optimizer.schedule = make_schedule(settings, batches)
     else:
         model = ARCHITECTURES[settings.model].build(train_data[0].shape[1:], classes, settings.seed)
         optimizer = make_optimizer(model, settings, batches)
