@@ -355,3 +355,16 @@ def test_a_slice_of_a_batch_draws_its_rows_of_the_batchs_dropout_mask():
     parts = [plan.forward(x[a:b], plan.workspace(b - a, train=True), Run(True, 1, 4, a)).copy()
              for a, b in ((0, 4), (4, 10))]
     assert np.array_equal(np.concatenate(parts), whole)
+
+
+def test_asking_a_cosine_run_for_more_epochs_stretches_its_schedule(tmp_path, monkeypatch):
+    from fakes import fake_mnist
+    from fastcnn import data
+    from fastcnn.train import train
+    monkeypatch.setitem(data.CHECKSUMS, "mnist", fake_mnist(tmp_path))
+    out = tmp_path / "cosine.npz"
+    train(out, model="deep", epochs=1, batch_size=80, data_dir=tmp_path, progress=False)  # 320 images: 4 batches
+    assert fastcnn.load_checkpoint(out).optimizer.schedule.steps == 4
+    train(out, epochs=3, resume=True, data_dir=tmp_path, progress=False)
+    saved = fastcnn.load_checkpoint(out)
+    assert saved.optimizer.schedule.steps == 12 and saved.optimizer.steps == 12
