@@ -52,6 +52,10 @@ from .errors import FastCNNError, ShapeError
 # PMI_SIZE, Open MPI's mpirun OMPI_COMM_WORLD_SIZE.
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 DEFAULT_TIMEOUT = 300.0  # seconds without an answer in a collective before the job is ended
+# mpiexec passes on each process's output through pipes, and on MPI_Abort it kills them all: what
+# a process said just before its abort could be lost with the pipes (seen once, on a busy 2-core
+# CI machine: an empty stderr). A pause before aborting lets mpiexec pass the last lines on.
+ABORT_GRACE = 1.0  # seconds
 
 _world = None
 
@@ -231,6 +235,7 @@ class MPIWorld:
         """End every process of the job with ``status`` (MPI_Abort); does not return."""
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE)
         self._comm.Abort(status)
 
     @contextlib.contextmanager
