@@ -32,6 +32,10 @@ CONV_SHAPES = [
     (3, 8, 7, 2, 5, (2, 4), 2, 1),
     (2, 6, 6, 5, 3, (1, 3), 1, 0),
     (1, 9, 10, 8, 6, (5, 3), 1, 2),
+    # From 8 input channels the forward pass and the weight gradient are GEMMs over gathered taps:
+    (3, 11, 9, 9, 7, 3, 2, 1),
+    (1, 7, 12, 12, 5, (2, 3), 3, 4),
+    (2, 14, 14, 32, 64, 3, 1, 1),   # the deep network's second convolution
 ]
 
 
