@@ -210,11 +210,7 @@ class BatchNorm(Step):
             return ws["y"]
         mean, var = ws["mean"], ws["var"]
         k.batchnorm_forward_into(y, mean, var, rows, bn.params["weight"], bn.params["bias"], bn.eps, self.relu)
-        m, r = np.float32(bn.momentum), len(rows)
-        bn.buffers["running_mean"] *= 1 - m
-        bn.buffers["running_mean"] += m * mean
-        bn.buffers["running_var"] *= 1 - m
-        bn.buffers["running_var"] += (m * r / max(r - 1, 1)) * var  # the unbiased variance, as PyTorch keeps
+        update_running_statistics(bn, mean, var, len(rows))
         ws["x"] = rows
         return ws["y"]
 
@@ -230,6 +226,95 @@ class BatchNorm(Step):
 
 class BatchNormRelu(BatchNorm):
     relu = True
+
+
+def update_running_statistics(bn, mean, var, rows):
+    """Move a BatchNorm's running statistics towards a batch's ``mean`` and biased ``var`` over
+    ``rows`` values per channel (the unbiased variance is kept, as PyTorch does)."""
+    m = np.float32(bn.momentum)
+    bn.buffers["running_mean"] *= 1 - m
+    bn.buffers["running_mean"] += m * mean
+    bn.buffers["running_var"] *= 1 - m
+    bn.buffers["running_var"] += (m * rows / max(rows - 1, 1)) * var
+
+
+class ConvBatchNorm(Step):
+    """Training: Conv2D -> BatchNorm2D (-> ReLU). The convolution adds up the batch statistics of
+    its output as it writes it (``conv2d_moments_forward_into``), so BatchNorm needs no pass of its
+    own for them; backward: BatchNorm's backward, then the convolution's."""
+
+    relu = False
+
+    def __init__(self, layers, shapes, index):
+        super().__init__(layers, shapes, index)
+        self.conv, self.bn = layers[0], layers[1]
+        self.conv_shape = shapes[1]
+
+    def buffers(self, n, train):
+        need = super().buffers(n, train)
+        channels = self.conv_shape[-1]
+        need.update(conv=((n, *self.conv_shape), np.float32), dconv=((n, *self.conv_shape), np.float32),
+                    mean=((channels,), np.float32), var=((channels,), np.float32))
+        return need
+
+    def forward(self, k, x, ws, run):
+        conv, bn = self.conv, self.bn
+        ws["x"] = x
+        k.conv2d_moments_forward_into(ws["conv"], ws["mean"], ws["var"], x, conv.params["weight"],
+                                      conv.params["bias"], conv.stride, conv.pad)
+        update_running_statistics(bn, ws["mean"], ws["var"], ws["conv"].size // ws["conv"].shape[-1])
+        self.normalize(k, ws)
+        return ws["y"]
+
+    def normalize(self, k, ws):
+        bn = self.bn
+        k.batchnorm_eval_forward_into(ws["y"], ws["conv"], bn.params["weight"], bn.params["bias"], ws["mean"],
+                                      ws["var"], bn.eps, self.relu)
+
+    def backward(self, k, dy, ws):
+        bn = self.bn
+        k.batchnorm_backward_into(ws["dconv"], bn.grads["weight"], bn.grads["bias"], dy, ws["conv"], ws["y"],
+                                  bn.params["weight"], ws["mean"], ws["var"], bn.eps, self.relu)
+        return self.conv_backward(k, ws)
+
+    def conv_backward(self, k, ws):
+        conv = self.conv
+        dx = ws.get("dx")
+        k.conv2d_backward_into(dx, conv.grads["weight"], conv.grads["bias"], ws["dconv"], ws["x"],
+                               conv.params["weight"], conv.stride, conv.pad)
+        return dx
+
+
+class ConvBatchNormRelu(ConvBatchNorm):
+    relu = True
+
+
+class ConvBatchNormReluPool(ConvBatchNorm):
+    """Training: Conv2D -> BatchNorm2D -> ReLU -> MaxPool2D: the convolution with its batch
+    statistics, then one pass that normalises, pools and applies the ReLU
+    (``batchnorm_relu_pool_forward_into``); backward, BatchNorm's two passes through the pool's
+    argmax, then the convolution's."""
+
+    def __init__(self, layers, shapes, index):
+        super().__init__(layers, shapes, index)
+        self.pool = layers[-1]
+
+    def buffers(self, n, train):
+        need = super().buffers(n, train)
+        need["argmax"] = ((n, *self.out_shape), np.int32)
+        return need
+
+    def normalize(self, k, ws):
+        bn, pool = self.bn, self.pool
+        k.batchnorm_relu_pool_forward_into(ws["y"], ws["argmax"], ws["conv"], ws["mean"], ws["var"],
+                                           bn.params["weight"], bn.params["bias"], bn.eps, pool.size, pool.stride)
+
+    def backward(self, k, dy, ws):
+        bn, pool = self.bn, self.pool
+        k.batchnorm_relu_pool_backward_into(ws["dconv"], bn.grads["weight"], bn.grads["bias"], dy, ws["conv"],
+                                            ws["y"], ws["argmax"], bn.params["weight"], ws["mean"], ws["var"], bn.eps,
+                                            pool.size, pool.stride)
+        return self.conv_backward(k, ws)
 
 
 class DropoutStep(Step):
@@ -388,6 +473,9 @@ class Custom(Step):
 
 # Tried in order at each position: the first whose layer types match there wins.
 PATTERNS = [
+    ((Conv2D, BatchNorm2D, ReLU, MaxPool2D), ConvBatchNormReluPool),
+    ((Conv2D, BatchNorm2D, ReLU), ConvBatchNormRelu),
+    ((Conv2D, BatchNorm2D), ConvBatchNorm),
     ((Conv2D, ReLU, MaxPool2D), ConvReluPool),
     ((Dense, ReLU), DenseRelu),
     ((ReLU, MaxPool2D), ReluPool),

@@ -29,15 +29,11 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import checks
+from . import algorithms, checks, winograd
 from .blas import NO_TRANS, TRANS, gemm
 from .jit import parallel_kernel
 
-# Input channels from which the forward pass is a GEMM over gathered taps (im2col): at 3x3 and
-# batch 64 it ran 1.34-1.88x the direct kernel from 8 to 128 channels, and 0.47x at 1 channel
-# (the first layer; measured 2026-12-02, AMD EPYC). Output pixels per GEMM: up to 256 (a whole
-# 14x14 image; 9 rows of 28).
-_GEMM_CHANNELS = 8
+# Output pixels per GEMM of the im2col forward pass: up to 256 (a whole 14x14 image; 9 rows of 28).
 _GEMM_PIXELS = 256
 # Output pixels per GEMM of the weight gradient (the product's inner dimension). At 3x3, batch 64,
 # 8x8 to 28x28 images, 32 to 128 channels, blocks of 32 pixels ran 1.0-1.7x the direct kernel
@@ -164,19 +160,45 @@ def add_partials(dw, db, partial, partial_db):
         db[k] = acc64
 
 
+@numba.njit(inline="always")
+def add_moments(s1, s2, y, r0, r1, b):
+    """Add rows r0..r1-1 of y (rows, OW, K) less the bias into the float64 sums s1 and s2 (K,)
+    of each channel's values and squares: BatchNorm's statistics, while the rows are in cache."""
+    for r in range(r0, r1):
+        for ow in range(y.shape[1]):
+            for k in range(y.shape[2]):
+                v = np.float64(y[r, ow, k] - b[k])
+                s1[k] += v
+                s2[k] += v * v
+
+
+@numba.njit(inline="always")
+def store_moments(moments, task, s1, s2):
+    for k in range(s1.shape[0]):
+        moments[task, 0, k] = s1[k]
+        moments[task, 1, k] = s2[k]
+
+
 @parallel_kernel
-def _conv2d_forward(y, x, w, b, C, stride, pad, tasks):
-    # y viewed as (N * OH, OW, K); each task owns a contiguous range of output rows.
+def _conv2d_forward(y, moments, x, w, b, C, stride, pad, tasks):
+    # y viewed as (N * OH, OW, K); each task owns a contiguous range of output rows. moments
+    # (tasks, 2, K), or (0, 2, K) for none: see add_moments.
     N, H, WC = x.shape
-    KH = w.shape[0]
+    KH, K = w.shape[0], w.shape[2]
     OH = y.shape[0] // N
+    stats = moments.shape[0] > 0
     for task in prange(tasks):
         strip = np.zeros((KH, WC + 2 * pad * C), np.float32)
+        s1, s2 = np.zeros(K), np.zeros(K)
         for row in range(task * N * OH // tasks, (task + 1) * N * OH // tasks):
             n = row // OH
             ih0, kh_lo, kh_hi = strip_rows(row - n * OH, stride, pad, KH, H)
             fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
             conv_row(y, row, strip, w, b, kh_lo, kh_hi, stride * C)
+            if stats:
+                add_moments(s1, s2, y, row, row + 1, b)
+        if stats:
+            store_moments(moments, task, s1, s2)
 
 
 @numba.njit(inline="always")
@@ -201,7 +223,7 @@ def gather_taps(cols, x, n, oh0, rows, OW, stride, pad, KH, KW):
 
 
 @parallel_kernel
-def _conv2d_forward_gemm(y, x, w, b, KH, KW, stride, pad, block, tasks):
+def _conv2d_forward_gemm(y, moments, x, w, b, KH, KW, stride, pad, block, tasks):
     # y viewed as (N * OH, OW, K), w as (KH*KW*C, K). Each task owns a contiguous range of output
     # rows and takes them ``block`` rows of one image at a time: their taps are gathered into
     # ``cols`` (im2col), then one GEMM (block*OW, D) @ (D, K) adds them onto the bias.
@@ -209,8 +231,10 @@ def _conv2d_forward_gemm(y, x, w, b, KH, KW, stride, pad, block, tasks):
     OH, OW, K = y.shape[0] // N, y.shape[1], y.shape[2]
     D = KH * KW * C
     flat_w, flat_y = w.reshape(-1), y.reshape(-1)
+    stats = moments.shape[0] > 0
     for task in prange(tasks):
         cols = np.empty((block * OW, D), np.float32)
+        s1, s2 = np.zeros(K), np.zeros(K)
         row, end = task * N * OH // tasks, (task + 1) * N * OH // tasks
         while row < end:
             n, oh = row // OH, row % OH
@@ -222,7 +246,11 @@ def _conv2d_forward_gemm(y, x, w, b, KH, KW, stride, pad, block, tasks):
                         y[r, ow, k] = b[k]
             gemm(NO_TRANS, NO_TRANS, rows * OW, K, D, np.float32(1.0), cols.reshape(-1), D, flat_w, K,
                  np.float32(1.0), flat_y[row * OW * K:], K)
+            if stats:
+                add_moments(s1, s2, y, row, row + rows, b)
             row += rows
+        if stats:
+            store_moments(moments, task, s1, s2)
 
 
 @parallel_kernel
@@ -298,32 +326,84 @@ def partials(n, w):
 
 
 def conv2d_forward_into(y, x, w, b, stride, pad):
-    """y (N, OH, OW, K) = conv(x, w) + b: with a GEMM over gathered taps (im2col) where the
-    input has enough channels for the product's inner dimension to pay, else directly."""
-    n, oh, ow = y.shape[0], y.shape[1], y.shape[2]
-    y_rows = y.reshape(n * oh, ow, y.shape[3])
-    if x.shape[3] >= _GEMM_CHANNELS:
-        block = max(1, _GEMM_PIXELS // ow)
-        _conv2d_forward_gemm(y_rows, x, w.reshape(-1, w.shape[3]), b, w.shape[0], w.shape[1], stride, pad, block,
-                             tasks(-(-n * oh // block)))
+    """y (N, OH, OW, K) = conv(x, w) + b, by the path ``algorithms.conv_forward`` chooses."""
+    _forward(y, None, x, w, b, stride, pad)
+
+
+def conv2d_moments_forward_into(y, mean, var, x, w, b, stride, pad):
+    """conv2d_forward_into, and the batch statistics of y per channel (BatchNorm's, the biased
+    variance) added up in the same pass over y: mean (K,), var (K,)."""
+    sums = np.empty((2, w.shape[3]))
+    _forward(y, sums, x, w, b, stride, pad)
+    count = y.size // y.shape[3]
+    shift = sums[0] / count  # the sums are of y - b: the bias shifts them towards 0
+    mean[...] = b + shift
+    var[...] = np.maximum(sums[1] / count - shift * shift, 0.0)
+
+
+def _forward(y, sums, x, w, b, stride, pad):
+    path = algorithms.conv_forward(x.shape, w.shape, stride, pad)
+    if path == "winograd":
+        winograd.forward_into(y, x, winograd.transform_weights(w), b, pad, sums)
+    elif path == "gemm":
+        forward_gemm_into(y, sums, x, w, b, stride, pad)
     else:
-        _conv2d_forward(y_rows, rows(x), taps(w), b, x.shape[3], stride, pad, tasks(n * oh))
+        forward_direct_into(y, sums, x, w, b, stride, pad)
+
+
+def _moments(sums, K):
+    """Per-task sums for a kernel to fill: (tasks, 2, K), or none (0, 2, K)."""
+    return np.empty((0 if sums is None else numba.get_num_threads(), 2, K))
+
+
+def forward_gemm_into(y, sums, x, w, b, stride, pad):
+    """The forward pass as GEMMs over gathered taps (im2col); sums (2, K) or None as in _forward."""
+    n, oh, ow, K = y.shape
+    block = max(1, _GEMM_PIXELS // ow)
+    count = tasks(-(-n * oh // block))
+    parts = _moments(sums, K)[:count]
+    _conv2d_forward_gemm(y.reshape(n * oh, ow, K), parts, x, w.reshape(-1, K), b, w.shape[0], w.shape[1], stride,
+                         pad, block, count)
+    if sums is not None:
+        sums[...] = parts.sum(axis=0)
+
+
+def forward_direct_into(y, sums, x, w, b, stride, pad):
+    """The forward pass summed tap by tap, row by row (few input channels)."""
+    n, oh, ow, K = y.shape
+    count = tasks(n * oh)
+    parts = _moments(sums, K)[:count]
+    _conv2d_forward(y.reshape(n * oh, ow, K), parts, rows(x), taps(w), b, x.shape[3], stride, pad, count)
+    if sums is not None:
+        sums[...] = parts.sum(axis=0)
 
 
 def conv2d_backward_into(dx, dw, db, dy, x, w, stride, pad):
     """Fill dw (KH, KW, C, K), db (K,) and, unless it is None, dx (N, H, W, C) from dy."""
-    n, oh, ow = dy.shape[0], dy.shape[1], dy.shape[2]
-    dy_rows = dy.reshape(n * oh, ow, dy.shape[3])
-    if x.shape[3] >= _GEMM_CHANNELS:
-        block = max(1, _GEMM_DW_PIXELS // ow)
-        partial, partial_db = partials(-(-n * oh // block), w)
-        _conv2d_backward_weight_gemm(taps(dw), db, partial, partial_db, dy_rows, x, w.shape[0], w.shape[1],
-                                     stride, pad, block)
+    path = algorithms.conv_weight_gradient(x.shape, w.shape, stride, pad)
+    if path == "winograd":
+        winograd.weight_gradient_into(dw, db, dy, x, pad)
+    elif path == "gemm":
+        weight_gradient_gemm_into(dw, db, dy, x, stride, pad)
     else:
-        partial, partial_db = partials(n, w)
-        _conv2d_backward_weight(taps(dw), db, partial, partial_db, dy_rows, rows(x), x.shape[3], stride, pad)
+        weight_gradient_direct_into(dw, db, dy, x, stride, pad)
     if dx is not None:
         input_gradient_into(dx, dy, w, stride, pad)
+
+
+def weight_gradient_gemm_into(dw, db, dy, x, stride, pad):
+    n, oh, ow, K = dy.shape
+    block = max(1, _GEMM_DW_PIXELS // ow)
+    partial, partial_db = partials(-(-n * oh // block), dw)
+    _conv2d_backward_weight_gemm(taps(dw), db, partial, partial_db, dy.reshape(n * oh, ow, K), x, dw.shape[0],
+                                 dw.shape[1], stride, pad, block)
+
+
+def weight_gradient_direct_into(dw, db, dy, x, stride, pad):
+    n, oh, ow, K = dy.shape
+    partial, partial_db = partials(n, dw)
+    _conv2d_backward_weight(taps(dw), db, partial, partial_db, dy.reshape(n * oh, ow, K), rows(x), x.shape[3],
+                            stride, pad)
 
 
 def input_gradient_into(dx, dy, w, stride, pad):
@@ -379,16 +459,29 @@ def _overlap(size, frame, at):
     return slice(at + lo, at + hi), slice(lo, hi)
 
 
-def conv2d_forward(x, w, b, stride=1, padding=0):
-    """y = conv(x, w) + b. x (N, H, W, C), w (KH, KW, C, K), b (K,) -> y (N, OH, OW, K) float32."""
+def _checked(x, w, b, stride, padding):
     x = checks.array("x", x, 4, np.float32)
     w = checks.array("w", w, 4, np.float32)
     b = checks.array("b", b, 1, np.float32)
     checks.same_shape("b", b, (w.shape[3],), "one bias per output channel")
     oh, ow = checks.conv_output_size(x.shape, w.shape, stride, padding)
-    y = np.empty((x.shape[0], oh, ow, w.shape[3]), np.float32)
+    return x, w, b, np.empty((x.shape[0], oh, ow, w.shape[3]), np.float32)
+
+
+def conv2d_forward(x, w, b, stride=1, padding=0):
+    """y = conv(x, w) + b. x (N, H, W, C), w (KH, KW, C, K), b (K,) -> y (N, OH, OW, K) float32."""
+    x, w, b, y = _checked(x, w, b, stride, padding)
     conv2d_forward_into(y, x, w, b, stride, padding)
     return y
+
+
+def conv2d_moments_forward(x, w, b, stride=1, padding=0):
+    """(y, mean, var): conv2d_forward's y and the batch statistics of each of its channels (the
+    biased variance, as BatchNorm normalises with), added up in the same pass."""
+    x, w, b, y = _checked(x, w, b, stride, padding)
+    mean, var = np.empty(y.shape[3], np.float32), np.empty(y.shape[3], np.float32)
+    conv2d_moments_forward_into(y, mean, var, x, w, b, stride, padding)
+    return y, mean, var
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, need_dx=True):

@@ -23,14 +23,12 @@ The reference twin is the composition of the reference kernels (reference.py).
 import numpy as np
 from numba import prange
 
-from fastcnn.errors import ShapeError
-
-from . import checks
-from .conv import (add_partials, conv2d_backward_into, conv_row, fill_strip, partials, rows, strip_rows, taps,
-                   tasks, weight_row, zero_partials)
-from .dense import relu_backward_into
-from .jit import parallel_kernel, serial_kernel
-from .pool import maxpool_backward_into, pool_window
+from . import algorithms, checks
+from .conv import (add_partials, conv2d_backward_into, conv2d_forward_into, conv_row, fill_strip, partials, rows,
+                   strip_rows, taps, tasks, weight_row, zero_partials)
+from .dense import relu_backward_into, relu_forward_into
+from .jit import parallel_kernel
+from .pool import check_window_argmax, maxpool_backward_into, maxpool_forward_into, pool_window
 
 
 @parallel_kernel
@@ -97,8 +95,17 @@ def _conv_relu_pool_backward_weight(dw, db, partial, partial_db, grad, dy, y, ar
 
 def conv_relu_pool_forward_into(y, argmax, x, w, b, stride, pad, size, pool_stride, conv_width):
     """y (N, PH, PW, K) = max-pool(relu(conv(x, w) + b)), and argmax as maxpool_forward's, or
-    with argmax None (inference) not kept. ``conv_width`` is OW, the convolution output's width."""
+    with argmax None (inference) not kept. ``conv_width`` is OW, the convolution output's width.
+    Fused where the convolution runs directly (few input channels); on the other paths (GEMMs,
+    Winograd) the convolution's output is made whole, then pooled."""
     n, ph = y.shape[0], y.shape[1]
+    if algorithms.conv_forward(x.shape, w.shape, stride, pad) != "direct":
+        oh, ow = checks.conv_output_size(x.shape, w.shape, stride, pad)
+        conv = np.empty((n, oh, ow, w.shape[3]), np.float32)
+        conv2d_forward_into(conv, x, w, b, stride, pad)
+        maxpool_forward_into(y, np.empty(y.shape, np.int32) if argmax is None else argmax, conv, size, pool_stride)
+        relu_forward_into(y, y)
+        return
     save = argmax is not None
     _conv_relu_pool_forward(y, argmax if save else _NO_ARGMAX, rows(x), taps(w), b, x.shape[3], stride, pad,
                             conv_width, size, pool_stride, save, tasks(n * ph))
@@ -110,7 +117,7 @@ _NO_ARGMAX = np.zeros((1, 1, 1, 1), np.int32)  # never written: the kernel's bra
 def conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, stride, pad, size, pool_stride, conv_shape):
     """Fill dw, db and, unless it is None, dx, from dy (N, PH, PW, K) and the forward's x, w, y
     and argmax. ``conv_shape`` is the convolution output's (N, OH, OW, K)."""
-    if dx is None:
+    if dx is None and algorithms.conv_weight_gradient(x.shape, w.shape, stride, pad) == "direct":
         partial, partial_db = partials(x.shape[0], w)
         grad = np.empty((len(partial) * size, conv_shape[2], conv_shape[3]), np.float32)
         _conv_relu_pool_backward_weight(taps(dw), db, partial, partial_db, grad, dy, y, argmax, rows(x), x.shape[3],
@@ -155,32 +162,8 @@ def conv_relu_pool_backward(dy, x, w, y, argmax, stride=1, padding=0, size=2, po
     conv_shape, shape = output_shapes(x.shape, w.shape, stride, padding, size, pool_stride)
     checks.same_shape("dy", dy, shape, "the forward output's shape")
     checks.same_shape("y", y, shape, "the forward output's shape")
-    _check_window_argmax(argmax, shape, conv_shape, size, pool_stride)
+    check_window_argmax(argmax, shape, conv_shape[2], size, pool_stride)
     dx = np.empty_like(x) if need_dx else None
     dw, db = np.empty_like(w), np.empty(w.shape[3], np.float32)
     conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, stride, padding, size, pool_stride, conv_shape)
     return dx, dw, db
-
-
-def _check_window_argmax(argmax, shape, conv_shape, size, pool_stride):
-    """The argmax that conv_relu_pool_forward returned: each index inside its own window."""
-    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int32:
-        raise ShapeError("argmax: expected the int32 array that conv_relu_pool_forward returned")
-    checks.same_shape("argmax", argmax, shape, "the forward output's shape")
-    if not _in_windows(np.ascontiguousarray(argmax), conv_shape[2], size, pool_stride):
-        raise ShapeError("argmax: an index lies outside its pooling window; expected the argmax that "
-                         "conv_relu_pool_forward returned for these shapes")
-
-
-@serial_kernel
-def _in_windows(argmax, OW, size, pool_stride):
-    N, PH, PW, K = argmax.shape
-    for n in range(N):
-        for ph in range(PH):
-            for pw in range(PW):
-                for k in range(K):
-                    r, c = argmax[n, ph, pw, k] // OW, argmax[n, ph, pw, k] % OW
-                    if (argmax[n, ph, pw, k] < 0 or not ph * pool_stride <= r < ph * pool_stride + size
-                            or not pw * pool_stride <= c < pw * pool_stride + size):
-                        return False
-    return True

@@ -16,7 +16,7 @@ from numba import prange
 from fastcnn.errors import ShapeError
 
 from . import checks
-from .jit import parallel_kernel
+from .jit import parallel_kernel, serial_kernel
 
 
 @parallel_kernel
@@ -195,3 +195,28 @@ def _check_argmax(argmax, dy, x_shape, indices=True):
     h, w = x_shape[1], x_shape[2]
     if indices and argmax.size and (argmax.min() < 0 or argmax.max() >= h * w):
         raise ShapeError(f"argmax: indices must lie in 0..{h * w - 1} for a {h}x{w} input")
+
+
+def check_window_argmax(argmax, shape, width, size, stride):
+    """The argmax that a fused max-pool's forward returned: int32 of ``shape``, each index
+    ``h * width + w`` inside its own window (``width``: the pooled input's)."""
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int32:
+        raise ShapeError("argmax: expected the int32 array that the forward pass returned")
+    checks.same_shape("argmax", argmax, shape, "the forward output's shape")
+    if not _in_windows(np.ascontiguousarray(argmax), width, size, stride):
+        raise ShapeError("argmax: an index lies outside its pooling window; expected the argmax that the forward "
+                         "pass returned for these shapes")
+
+
+@serial_kernel
+def _in_windows(argmax, width, size, stride):
+    N, PH, PW, K = argmax.shape
+    for n in range(N):
+        for ph in range(PH):
+            for pw in range(PW):
+                for k in range(K):
+                    r, c = argmax[n, ph, pw, k] // width, argmax[n, ph, pw, k] % width
+                    if (argmax[n, ph, pw, k] < 0 or not ph * stride <= r < ph * stride + size
+                            or not pw * stride <= c < pw * stride + size):
+                        return False
+    return True

@@ -263,6 +263,27 @@ def conv_relu_pool_backward(dy, x, w, y, argmax, stride=1, padding=0, size=2, po
     return conv2d_backward(dconv, x, w, stride, padding, need_dx)
 
 
+# --- the fusions around BatchNorm in training: here their composition --------------------------------
+
+def conv2d_moments_forward(x, w, b, stride=1, padding=0):
+    """(y, mean, var): the convolution and the batch statistics of its output per channel."""
+    y = conv2d_forward(x, w, b, stride, padding)
+    rows = y.size // y.shape[-1]
+    mean = _channel_sum(y) / rows
+    var = _channel_sum(np.square(y - mean, dtype=np.float64)) / rows
+    return y, mean.astype(y.dtype), var.astype(y.dtype)
+
+
+def batchnorm_relu_pool_forward(x, mean, var, weight, bias, eps=1e-5, size=2, stride=None):
+    pooled, argmax = maxpool_forward(batchnorm_eval_forward(x, weight, bias, mean, var, eps), size, stride)
+    return relu_forward(pooled), argmax
+
+
+def batchnorm_relu_pool_backward(dy, x, y, argmax, weight, mean, var, eps=1e-5, size=2, stride=None):
+    g = maxpool_backward(relu_backward(dy, y), argmax, x.shape)
+    return batchnorm_backward(g, x, None, weight, mean, var, eps)
+
+
 # --- softmax + cross-entropy ---------------------------------------------------------------------
 
 def softmax_cross_entropy(logits, labels):
@@ -329,6 +350,18 @@ def conv_relu_pool_forward_into(y, argmax, x, w, b, stride, pad, size, pool_stri
 
 def conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, stride, pad, size, pool_stride, conv_shape):
     _fill((dx, dw, db), conv_relu_pool_backward(dy, x, w, y, argmax, stride, pad, size, pool_stride, dx is not None))
+
+
+def conv2d_moments_forward_into(y, mean, var, x, w, b, stride, pad):
+    _fill((y, mean, var), conv2d_moments_forward(x, w, b, stride, pad))
+
+
+def batchnorm_relu_pool_forward_into(y, argmax, x, mean, var, weight, bias, eps, size, stride):
+    _fill((y, argmax), batchnorm_relu_pool_forward(x, mean, var, weight, bias, eps, size, stride))
+
+
+def batchnorm_relu_pool_backward_into(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, size, stride):
+    _fill((dx, dweight, dbias), batchnorm_relu_pool_backward(dy, x, y, argmax, weight, mean, var, eps, size, stride))
 
 
 def maxpool_forward_into(y, argmax, x, size, stride):

@@ -84,3 +84,25 @@ def test_dropout_backward():
     r = rng.standard_normal(x.shape)
     loss = lambda: (R.dropout_forward(x, 0.4, key) * r).sum()  # noqa: E731
     assert_grad(R.dropout_backward(r, 0.4, key), loss, x)
+
+
+@pytest.mark.parametrize("size,stride", [(2, 2), (3, 2), (2, 1)])
+def test_batchnorm_relu_pool_backward(size, stride):
+    """The fused block's reference, with the batch statistics as functions of x (as in training)."""
+    rng = np.random.default_rng(size * 7 + stride)
+    x = rng.standard_normal((2, 6, 5, 3)) * 2 + 1
+    weight, bias = rng.standard_normal(3), rng.standard_normal(3)
+
+    def forward():
+        mean, var = x.reshape(-1, 3).mean(0), x.reshape(-1, 3).var(0)
+        return R.batchnorm_relu_pool_forward(x, mean, var, weight, bias, 1e-3, size, stride)
+
+    y, argmax = forward()
+    assert (y == 0).any() and (y > 0).any()
+    r = rng.standard_normal(y.shape)
+    loss = lambda: (forward()[0] * r).sum()  # noqa: E731
+    mean, var = x.reshape(-1, 3).mean(0), x.reshape(-1, 3).var(0)
+    dx, dweight, dbias = R.batchnorm_relu_pool_backward(r, x, y, argmax, weight, mean, var, 1e-3, size, stride)
+    assert_grad(dx, loss, x)
+    assert_grad(dweight, loss, weight)
+    assert_grad(dbias, loss, bias)

@@ -1,0 +1,76 @@
+"""Which algorithm computes a convolution: chosen at run time from its shape and the CPU.
+
+Numba compiles the kernels for the CPU it runs on (or the one NUMBA_CPU_NAME and
+NUMBA_CPU_FEATURES name), so the same loop runs 16 floats wide with AVX-512 and 8 with AVX2, and
+the matrix products run OpenBLAS's kernels for the core it detects (OPENBLAS_CORETYPE). The paths:
+
+- ``direct``: the taps summed row by row (conv.conv_row, conv.weight_row): few input channels.
+- ``gemm``: the taps of a block of output pixels gathered into rows (im2col), then GEMMs.
+- ``winograd``: F(4x4, 3x3) (winograd.py), 3x3 kernels at stride 1: a quarter of the products.
+
+The rules below were measured on this project's 2-core AMD EPYC machines, on AVX-512 and with the
+AVX2 code (``NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=-avx512f OPENBLAS_CORETYPE=Haswell``):
+``benchmarks/conv_paths.py`` times every path on a grid of shapes and prints the thresholds.
+``paths()`` tells which path each convolution shape took in this process.
+"""
+
+import numba
+
+# Input channels from which the GEMM paths beat the direct one (forward and weight gradient).
+GEMM_CHANNELS = 8
+# Input channels from which Winograd beats both, for a 3x3 stride-1 convolution.
+WINOGRAD_CHANNELS = {"avx512": 4, "avx2": 4}
+
+_TAKEN = {}  # (pass, shape description) -> path, in the order first seen
+
+
+def isa():
+    """'avx512' or 'avx2' (or 'other'): what the compiled kernels use, from Numba's target."""
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        from numba.core.codegen import get_host_cpu_features
+        features = get_host_cpu_features()
+    if "+avx512f" in features:
+        return "avx512"
+    return "avx2" if "+avx2" in features else "other"
+
+
+def _describe(x_shape, w_shape, stride, pad):
+    n, h, w, c = x_shape
+    return f"{h}x{w}x{c}->{w_shape[3]} {w_shape[0]}x{w_shape[1]} stride {stride} pad {pad}"
+
+
+def _winograd_fits(x_shape, w_shape, stride, pad):
+    return (w_shape[0] == 3 and w_shape[1] == 3 and stride == 1 and pad <= 2
+            and x_shape[3] >= WINOGRAD_CHANNELS.get(isa(), 8))
+
+
+def _record(kind, x_shape, w_shape, stride, pad, path):
+    key = (kind, _describe(x_shape, w_shape, stride, pad))
+    if key not in _TAKEN:
+        _TAKEN[key] = path
+    return path
+
+
+def conv_forward(x_shape, w_shape, stride, pad):
+    """The path of a forward convolution (also an input gradient's, which is one)."""
+    if _winograd_fits(x_shape, w_shape, stride, pad):
+        path = "winograd"
+    else:
+        path = "gemm" if x_shape[3] >= GEMM_CHANNELS else "direct"
+    return _record("forward", x_shape, w_shape, stride, pad, path)
+
+
+def conv_weight_gradient(x_shape, w_shape, stride, pad):
+    """The path of a convolution's weight gradient."""
+    if _winograd_fits(x_shape, w_shape, stride, pad):
+        path = "winograd"
+    else:
+        path = "gemm" if x_shape[3] >= GEMM_CHANNELS else "direct"
+    return _record("weight gradient", x_shape, w_shape, stride, pad, path)
+
+
+def paths():
+    """{"forward 16x16x32->64 3x3 stride 1 pad 1": "winograd", ...}: what ran in this process,
+    with the CPU's instruction set under "isa"."""
+    return {"isa": isa(), **{f"{kind} {shape}": path for (kind, shape), path in _TAKEN.items()}}

@@ -1,0 +1,216 @@
+"""BatchNorm -> ReLU -> max-pool fused, in training: the block after a convolution that has already
+added up the batch statistics of its output (conv.conv2d_moments_forward_into).
+
+Legend: N batch, H/W the convolution output's height and width, C its channels, P the pooling
+window, T its stride, PH/PW the pooled height and width, R = N*H*W. x (N, H, W, C) the convolution's
+output; mean, var (C,) its batch statistics; weight, bias (C,) BatchNorm's. y (N, PH, PW, C) and
+argmax (N, PH, PW, C) int32.
+
+Forward, one pass over x: each window's values are normalised, z = (x - mean) * rstd * weight +
+bias, and pooled; the ReLU is applied to the pooled value (relu(max(z)) = max(relu(z))). argmax
+holds, for each output, the index ``h * W + w`` of the z it took, as maxpool_forward on z gives it.
+Only y and argmax go to memory, a quarter of x each for 2x2 windows.
+
+Backward, two passes, as BatchNorm's maths needs: its input gradient
+dx = weight * rstd * (g - sum(g) / R - xhat * sum(g * xhat) / R), xhat = (x - mean) * rstd, needs
+two sums over the whole batch of g, the gradient at BatchNorm's output, before any dx. g is dy
+routed through the pool and the ReLU: non-zero only where an argmax points and y > 0. So:
+1. over the pooled outputs only: sum(g) and sum(g * xhat) per channel (dbias and dweight),
+2. over x: dx, from x, and dy where an argmax points at the pixel (a select, so it vectorises).
+
+The reference twin is the composition of the reference BatchNorm (with the given statistics),
+max-pool and ReLU (reference.py).
+"""
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from . import checks
+from .jit import parallel_kernel
+from .pool import beats, check_window_argmax
+
+
+@numba.njit(inline="always")
+def rstd_of(var, eps):
+    out = np.empty(var.shape[0], np.float32)
+    for c in range(var.shape[0]):
+        out[c] = 1.0 / math.sqrt(np.float64(var[c]) + eps)
+    return out
+
+
+@parallel_kernel
+def _forward(y, argmax, x, mean, var, weight, bias, eps, size, stride, tasks):
+    # Each task owns a range of pooled rows (n, ph). Per output pixel, the window's elements are
+    # visited channel by channel (so each visit vectorises over the channels), the pixel's own
+    # output holding the running maximum, as pool.pool_window does.
+    N, H, W, C = x.shape
+    PH, PW = y.shape[1], y.shape[2]
+    rstd = rstd_of(var, eps)
+    scale = np.empty(C, np.float32)
+    for c in range(C):
+        scale[c] = rstd[c] * weight[c]
+    for task in prange(tasks):
+        for row in range(task * N * PH // tasks, (task + 1) * N * PH // tasks):
+            n = row // PH
+            ph = row - n * PH
+            h0 = ph * stride
+            for pw in range(PW):
+                w0 = pw * stride
+                first = np.int32(h0 * W + w0)
+                if size == 2:  # the common window: its four values compared in registers
+                    for c in range(C):
+                        best = (x[n, h0, w0, c] - mean[c]) * scale[c] + bias[c]
+                        z1 = (x[n, h0, w0 + 1, c] - mean[c]) * scale[c] + bias[c]
+                        z2 = (x[n, h0 + 1, w0, c] - mean[c]) * scale[c] + bias[c]
+                        z3 = (x[n, h0 + 1, w0 + 1, c] - mean[c]) * scale[c] + bias[c]
+                        at = first
+                        take = beats(z1, best)
+                        best, at = z1 if take else best, first + 1 if take else at
+                        take = beats(z2, best)
+                        best, at = z2 if take else best, first + W if take else at
+                        take = beats(z3, best)
+                        best, at = z3 if take else best, first + W + 1 if take else at
+                        y[n, ph, pw, c] = np.float32(0.0) if best < 0 else best  # the ReLU; a NaN stays
+                        argmax[n, ph, pw, c] = at
+                    continue
+                for c in range(C):
+                    y[n, ph, pw, c] = (x[n, h0, w0, c] - mean[c]) * scale[c] + bias[c]
+                    argmax[n, ph, pw, c] = first
+                for i in range(size):
+                    for j in range(size):
+                        if i + j == 0:
+                            continue
+                        at = np.int32(first + i * W + j)
+                        for c in range(C):
+                            z = (x[n, h0 + i, w0 + j, c] - mean[c]) * scale[c] + bias[c]
+                            best, where = y[n, ph, pw, c], argmax[n, ph, pw, c]
+                            take = beats(z, best)
+                            y[n, ph, pw, c] = z if take else best
+                            argmax[n, ph, pw, c] = at if take else where
+                for c in range(C):  # the ReLU; a NaN stays a NaN
+                    best = y[n, ph, pw, c]
+                    y[n, ph, pw, c] = np.float32(0.0) if best < 0 else best
+
+
+@parallel_kernel
+def _backward(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, size, stride, tasks):
+    N, H, W, C = x.shape
+    PH, PW = y.shape[1], y.shape[2]
+    rstd = rstd_of(var, eps)
+    # 1. sum(g) and sum(g * xhat) per channel, over the outputs that passed a gradient. The x an
+    # argmax points at is picked from its window by selects (no division, no gather: vectorised),
+    # summed in float32 over a pooled row, then in float64. (Throughout, values are loaded before
+    # a conditional expression picks one: a load inside one branch keeps LLVM from vectorising.)
+    sums = np.zeros((tasks, 2, C))
+    for task in prange(tasks):
+        picked = np.empty(C, np.float32)
+        row_s, row_q = np.zeros(C, np.float32), np.zeros(C, np.float32)
+        for row in range(task * N * PH // tasks, (task + 1) * N * PH // tasks):
+            n = row // PH
+            ph = row - n * PH
+            h0 = ph * stride
+            for pw in range(PW):
+                w0 = pw * stride
+                first = np.int32(h0 * W + w0)
+                for i in range(size):
+                    for j in range(size):
+                        at = np.int32(first + i * W + j)
+                        for c in range(C):
+                            v, before = x[n, h0 + i, w0 + j, c], picked[c]
+                            picked[c] = v if argmax[n, ph, pw, c] == at else before
+                for c in range(C):
+                    g = dy[n, ph, pw, c]
+                    g = g if y[n, ph, pw, c] > 0 else np.float32(0.0)
+                    row_s[c] += g
+                    row_q[c] += g * ((picked[c] - mean[c]) * rstd[c])
+            for c in range(C):
+                sums[task, 0, c] += row_s[c]
+                sums[task, 1, c] += row_q[c]
+                row_s[c], row_q[c] = 0.0, 0.0
+    a, b, d = np.empty(C, np.float32), np.empty(C, np.float32), np.empty(C, np.float32)
+    R = N * H * W
+    for c in range(C):
+        s, q = 0.0, 0.0
+        for task in range(tasks):  # in task order: the same bits whatever thread ran which task
+            s += sums[task, 0, c]
+            q += sums[task, 1, c]
+        dbias[c], dweight[c] = s, q
+        a[c], b[c], d[c] = weight[c] * rstd[c], s / R, q / R
+    # 2. dx row by row: the terms every pixel has, then dy where an argmax points at the pixel.
+    for row in prange(N * H):
+        n = row // H
+        h = row - n * H
+        for w in range(W):
+            for c in range(C):
+                dx[n, h, w, c] = -a[c] * (b[c] + (x[n, h, w, c] - mean[c]) * rstd[c] * d[c])
+        # The pooled rows whose windows cover input row h.
+        for ph in range(max(0, (h - size + stride) // stride), min(PH - 1, h // stride) + 1):
+            for pw in range(PW):
+                for j in range(size):
+                    w = pw * stride + j
+                    at = np.int32(h * W + w)
+                    for c in range(C):
+                        hit = (argmax[n, ph, pw, c] == at) & (y[n, ph, pw, c] > 0)
+                        g = a[c] * dy[n, ph, pw, c]
+                        dx[n, h, w, c] += g if hit else np.float32(0.0)
+
+
+def _tasks(rows):
+    return max(1, min(numba.get_num_threads(), rows))
+
+
+def batchnorm_relu_pool_forward_into(y, argmax, x, mean, var, weight, bias, eps, size, stride):
+    """y (N, PH, PW, C) = max-pool(relu(batchnorm(x))) with the given batch statistics, and argmax."""
+    _forward(y, argmax, x, mean, var, weight, bias, float(eps), size, stride, _tasks(y.shape[0] * y.shape[1]))
+
+
+def batchnorm_relu_pool_backward_into(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, size, stride):
+    """dx like x, dweight and dbias (C,), from dy (N, PH, PW, C) and the forward's x, y, argmax."""
+    _backward(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, float(eps), size, stride,
+              _tasks(y.shape[0] * y.shape[1]))
+
+
+def _check_statistics(x, **vectors):
+    out = []
+    for name, v in vectors.items():
+        v = checks.array(name, v, 1, np.float32)
+        checks.same_shape(name, v, (x.shape[3],), f"one per channel of x {x.shape}")
+        out.append(v)
+    return out
+
+
+def batchnorm_relu_pool_forward(x, mean, var, weight, bias, eps=1e-5, size=2, stride=None):
+    """(y, argmax) = max-pool(relu(batchnorm(x))) over ``size`` windows every ``stride`` (default
+    ``size``) pixels, x (N, H, W, C) normalised with the batch statistics mean and var (C,)."""
+    x = checks.array("x", x, 4, np.float32)
+    mean, var, weight, bias = _check_statistics(x, mean=mean, var=var, weight=weight, bias=bias)
+    eps = checks.positive_real("eps", eps)
+    stride = size if stride is None else stride
+    ph, pw = checks.pool_output_size(x.shape, size, stride)
+    y, argmax = np.empty((x.shape[0], ph, pw, x.shape[3]), np.float32), np.empty((x.shape[0], ph, pw, x.shape[3]),
+                                                                                 np.int32)
+    batchnorm_relu_pool_forward_into(y, argmax, x, mean, var, weight, bias, eps, size, stride)
+    return y, argmax
+
+
+def batchnorm_relu_pool_backward(dy, x, y, argmax, weight, mean, var, eps=1e-5, size=2, stride=None):
+    """Gradients of batchnorm_relu_pool_forward: (dx like x, dweight (C,), dbias (C,)), given the
+    forward's x, y and argmax, with the batch statistics as the gradient of their own (x's mean and
+    variance depend on every x)."""
+    x = checks.array("x", x, 4, np.float32)
+    weight, mean, var = _check_statistics(x, weight=weight, mean=mean, var=var)
+    eps = checks.positive_real("eps", eps)
+    stride = size if stride is None else stride
+    ph, pw = checks.pool_output_size(x.shape, size, stride)
+    shape = (x.shape[0], ph, pw, x.shape[3])
+    dy, y = checks.array("dy", dy, 4, np.float32), checks.array("y", y, 4, np.float32)
+    checks.same_shape("dy", dy, shape, "the forward output's shape")
+    checks.same_shape("y", y, shape, "the forward output's shape")
+    check_window_argmax(argmax, shape, x.shape[2], size, stride)
+    dx = np.empty_like(x)
+    dweight, dbias = np.empty(x.shape[3], np.float32), np.empty(x.shape[3], np.float32)
+    batchnorm_relu_pool_backward_into(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, size, stride)
+    return dx, dweight, dbias

@@ -1,0 +1,208 @@
+"""Engine v3's kernels against the NumPy reference: every convolution path (direct, GEMM, Winograd
+F(4x4, 3x3)) on the same shapes whichever the CPU's rules pick, the convolution that adds up its
+batch statistics, and BatchNorm -> ReLU -> max-pool fused both ways; then the plan's fused steps
+against the layers run one by one.
+
+Tolerances (float32, relative to the largest magnitude of the reference result), as in
+test_kernels.py: 1e-5 for forward passes, 5e-5 for gradients; Winograd's forward 2e-5 (its
+transforms' coefficients, up to 8 and down to 1/24, cost a few bits: 7e-6 measured at 256 input
+channels against a float64 reference); max-pool's argmax exact.
+"""
+
+import numpy as np
+import pytest
+
+from fastcnn import BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU, Sequential
+from fastcnn import kernels as K
+from fastcnn.kernels import algorithms, conv, winograd
+from fastcnn.kernels import reference as R
+
+FWD, BWD, WINOGRAD = 1e-5, 5e-5, 2e-5
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+# (N, H, W, C_in, C_out, padding): 3x3 stride-1 convolutions, Winograd's domain. Batch 1, odd and
+# non-square images, sizes that are not a multiple of the 4x4 tile, images smaller than a tile,
+# padding 0 to 2, and from 1 to 256 input channels.
+WINOGRAD_SHAPES = [
+    (1, 5, 5, 1, 1, 1),
+    (2, 7, 9, 3, 4, 0),
+    (2, 8, 8, 5, 7, 2),
+    (3, 13, 6, 16, 9, 1),
+    (1, 1, 1, 8, 4, 1),
+    (1, 2, 3, 8, 4, 1),
+    (2, 14, 14, 32, 64, 1),   # the deep network's second convolution
+    (2, 16, 16, 32, 64, 1),   # the cifar network's second
+    (2, 8, 8, 64, 128, 1),    # and third
+    (1, 9, 7, 128, 32, 1),
+    (2, 4, 5, 256, 16, 1),
+]
+
+
+def _each_forward_path(x, w, b, pad):
+    y = np.empty((x.shape[0], x.shape[1] + 2 * pad - 2, x.shape[2] + 2 * pad - 2, w.shape[3]), np.float32)
+    for name, run in (("direct", lambda: conv.forward_direct_into(y, None, x, w, b, 1, pad)),
+                      ("gemm", lambda: conv.forward_gemm_into(y, None, x, w, b, 1, pad)),
+                      ("winograd", lambda: winograd.forward_into(y, x, winograd.transform_weights(w), b, pad))):
+        run()
+        yield name, y.copy()
+
+
+def _each_weight_path(dy, x, pad):
+    dw, db = np.empty((3, 3, x.shape[3], dy.shape[3]), np.float32), np.empty(dy.shape[3], np.float32)
+    for name, run in (("direct", lambda: conv.weight_gradient_direct_into(dw, db, dy, x, 1, pad)),
+                      ("gemm", lambda: conv.weight_gradient_gemm_into(dw, db, dy, x, 1, pad)),
+                      ("winograd", lambda: winograd.weight_gradient_into(dw, db, dy, x, pad))):
+        run()
+        yield name, dw.copy(), db.copy()
+
+
+@pytest.mark.parametrize("shape", WINOGRAD_SHAPES, ids=str)
+def test_every_convolution_path_matches_the_reference(shape, assert_close):
+    """Whichever path this CPU's rules pick, every path is right on every shape."""
+    n, h, w, c, k, pad = shape
+    rng = np.random.default_rng(sum(shape))
+    x, wt, b = rand(rng, n, h, w, c), rand(rng, 3, 3, c, k) / np.float32(np.sqrt(9 * c)), rand(rng, k)
+    want = R.conv2d_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64), 1, pad)
+    for name, y in _each_forward_path(x, wt, b, pad):
+        assert_close(f"conv2d_forward ({name})", y, want, WINOGRAD if name == "winograd" else FWD)
+    dy = rand(rng, *want.shape)
+    _, dw_want, db_want = R.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), wt.astype(np.float64), 1,
+                                            pad, need_dx=False)
+    for name, dw, db in _each_weight_path(dy, x, pad):
+        assert_close(f"conv2d_backward.dw ({name})", dw, dw_want, BWD)
+        assert_close(f"conv2d_backward.db ({name})", db, db_want, BWD)
+    # And the public kernels, on the path chosen here, with the input gradient (a Winograd
+    # forward pass of dy with the weights turned around, where it fits).
+    y = K.conv2d_forward(x, wt, b, 1, pad)
+    assert_close("conv2d_forward", y, want, WINOGRAD)
+    got = K.conv2d_backward(dy, x, wt, 1, pad)
+    for name, g, r in zip(("dx", "dw", "db"), got, R.conv2d_backward(dy, x, wt, 1, pad)):
+        assert_close(f"conv2d_backward.{name}", g, r, BWD)
+
+
+def test_the_winograd_matrices_compute_both_correlations():
+    """AT [(G g) * (BT d)] is the 4 outputs of a 3-tap correlation (forward), and with the roles
+    exchanged, G^T [(AT^T h) * (BT d)] the 3 taps' gradient from 4 outputs (weight gradient)."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        d, g, h = rng.standard_normal(6), rng.standard_normal(3), rng.standard_normal(4)
+        direct = np.array([d[i:i + 3] @ g for i in range(4)])
+        np.testing.assert_allclose(winograd.AT @ ((winograd.G @ g) * (winograd.BT @ d)), direct, rtol=1e-12,
+                                   atol=1e-12)
+        taps = np.array([d[j:j + 4] @ h for j in range(3)])
+        np.testing.assert_allclose(winograd.G.T @ ((winograd.AT.T @ h) * (winograd.BT @ d)), taps, rtol=1e-12,
+                                   atol=1e-12)
+
+
+def test_the_paths_taken_are_reported():
+    rng = np.random.default_rng(1)
+    K.conv2d_forward(rand(rng, 1, 6, 6, 16), rand(rng, 3, 3, 16, 8), rand(rng, 8), 1, 1)
+    K.conv2d_forward(rand(rng, 1, 6, 6, 1), rand(rng, 3, 3, 1, 8), rand(rng, 8), 2, 1)
+    taken = K.paths()
+    assert taken["isa"] in ("avx512", "avx2", "other")
+    assert taken["forward 6x6x16->8 3x3 stride 1 pad 1"] == "winograd"
+    assert taken["forward 6x6x1->8 3x3 stride 2 pad 1"] == "direct"
+
+
+# (N, H, W, C_in, C_out, kernel, stride, padding): every path's forward with its batch statistics.
+MOMENT_SHAPES = [(2, 7, 5, 3, 4, 3, 1, 1), (3, 9, 8, 2, 5, 3, 2, 0), (2, 8, 8, 9, 6, 3, 2, 1),
+                 (2, 10, 9, 12, 7, 3, 1, 1), (1, 6, 6, 16, 8, 1, 1, 0), (64, 16, 16, 32, 64, 3, 1, 1)]
+
+
+@pytest.mark.parametrize("shape", MOMENT_SHAPES, ids=str)
+@pytest.mark.parametrize("offset", [0.0, 1000.0], ids=["centred", "offset"])
+def test_conv2d_moments_forward_matches_reference(shape, offset, assert_close):
+    """The statistics come from sums of y - bias in float64: a mean far from 0 loses nothing."""
+    n, h, w, c, k, ks, stride, pad = shape
+    rng = np.random.default_rng(sum(shape))
+    x, wt, b = rand(rng, n, h, w, c), rand(rng, ks, ks, c, k), rand(rng, k) + np.float32(offset)
+    y, mean, var = K.conv2d_moments_forward(x, wt, b, stride, pad)
+    y_ref, mean_ref, var_ref = R.conv2d_moments_forward(x, wt, b, stride, pad)
+    assert_close("conv2d_moments_forward.y", y, y_ref, WINOGRAD)
+    assert_close("conv2d_moments_forward.mean", mean, mean_ref, FWD)
+    assert_close("conv2d_moments_forward.var", var, var_ref, FWD)
+
+
+# (N, H, W, C, pool size, pool stride): windows that tile, overlap, skip rows, leave a remainder.
+BN_POOL_SHAPES = [(1, 4, 4, 1, 2, 2), (2, 9, 7, 5, 2, 2), (3, 9, 8, 4, 3, 2), (2, 8, 9, 3, 2, 1),
+                  (2, 9, 9, 6, 2, 3), (2, 7, 7, 3, 3, 3), (64, 32, 32, 32, 2, 2)]
+
+
+@pytest.mark.parametrize("shape", BN_POOL_SHAPES, ids=str)
+def test_batchnorm_relu_pool_matches_reference(shape, assert_close):
+    n, h, w, c, size, stride = shape
+    rng = np.random.default_rng(sum(shape))
+    x = rand(rng, n, h, w, c) * np.float32(3) + np.float32(1)
+    mean, var = x.reshape(-1, c).mean(0), x.reshape(-1, c).var(0)
+    weight, bias = rand(rng, c), rand(rng, c)
+    weight[0] = -1.0  # a negative scale: the maximum of BatchNorm's output is then x's minimum
+    bias[-1] = -2.0  # a channel the ReLU mostly closes
+    y, argmax = K.batchnorm_relu_pool_forward(x, mean, var, weight, bias, 1e-5, size, stride)
+    y_ref, argmax_ref = R.batchnorm_relu_pool_forward(x, mean, var, weight, bias, 1e-5, size, stride)
+    assert_close("batchnorm_relu_pool_forward", y, y_ref, FWD)
+    np.testing.assert_array_equal(argmax, argmax_ref)
+    assert y.size < 16 or ((y == 0).any() and (y > 0).any())  # the ReLU really gates something
+    dy = rand(rng, *y.shape)
+    got = K.batchnorm_relu_pool_backward(dy, x, y, argmax, weight, mean, var, 1e-5, size, stride)
+    want = R.batchnorm_relu_pool_backward(dy, x, y_ref, argmax_ref, weight, mean, var, 1e-5, size, stride)
+    for name, g, r in zip(("dx", "dweight", "dbias"), got, want):
+        assert_close(f"batchnorm_relu_pool_backward.{name}", g, r, BWD)
+
+
+def test_batchnorm_relu_pool_keeps_a_nan_and_refuses_a_foreign_argmax():
+    rng = np.random.default_rng(3)
+    x = rand(rng, 1, 4, 4, 2)
+    x[0, 1, 1, 0] = np.nan
+    ones, zeros = np.ones(2, np.float32), np.zeros(2, np.float32)
+    y, argmax = K.batchnorm_relu_pool_forward(x, zeros, ones, ones, zeros)
+    assert np.isnan(y[0, 0, 0, 0]) and argmax[0, 0, 0, 0] == 1 * 4 + 1
+    with pytest.raises(K.checks.ShapeError, match="argmax: an index lies outside its pooling window"):
+        K.batchnorm_relu_pool_backward(y, x, y, np.zeros_like(argmax) + 15, ones, zeros, ones)
+    with pytest.raises(K.checks.ShapeError, match="mean: expected shape \\(2,\\)"):
+        K.batchnorm_relu_pool_forward(x, np.zeros(3, np.float32), ones, ones, zeros)
+
+
+# --- the plan's fused steps against the layers run one by one ---------------------------------------
+
+def _training_forward_one_by_one(layers, x):
+    """The training forward of Conv/BatchNorm/ReLU/MaxPool/... layers, each on its own (NumPy reference)."""
+    for layer in layers:
+        if isinstance(layer, BatchNorm2D):
+            x = R.batchnorm_forward(x, layer.params["weight"], layer.params["bias"], layer.eps)[0]
+        else:
+            x = layer.forward(x, R)
+    return x
+
+
+@pytest.mark.parametrize("layers,steps", [
+    (lambda: [Conv2D(3, 16, 3, padding=1), BatchNorm2D(16), ReLU(), MaxPool2D(2),
+              Conv2D(16, 8, 3, padding=1), BatchNorm2D(8), ReLU(), Conv2D(8, 4, 3), BatchNorm2D(4),
+              GlobalAvgPool2D(), Dense(4, 3)],
+     ["ConvBatchNormReluPool", "ConvBatchNormRelu", "ConvBatchNorm", "GlobalAvgPool", "DenseStep"]),
+    (lambda: [Conv2D(3, 8, 3, padding=1), BatchNorm2D(8), ReLU(), MaxPool2D(3, 2), Flatten(), Dense(128, 3)],
+     ["ConvBatchNormReluPool", "FlattenStep", "DenseStep"]),
+], ids=["conv-bn-blocks", "overlapping-pool"])
+def test_the_fused_batchnorm_steps_run_the_layers_as_written(layers, steps):
+    fast, ref = Sequential(layers(), seed=1), Sequential(layers(), seed=1, backend="numpy")
+    x = np.random.default_rng(0).standard_normal((5, 9, 10, 3)).astype(np.float32)
+    y = np.arange(5) % 3
+    assert [type(step).__name__ for step in fast.plan(x.shape[1:]).steps] == steps
+    one_by_one = _training_forward_one_by_one(ref.layers, x)
+    np.testing.assert_allclose(ref.forward(x), one_by_one, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fast.forward(x), one_by_one, rtol=1e-4, atol=1e-4)
+    loss_fast, _ = fast.train_step(x, y)
+    loss_ref, _ = ref.train_step(x, y)
+    assert loss_fast == pytest.approx(loss_ref, rel=1e-5)
+    scale = np.abs(ref.gradients).max()
+    assert scale > 0 and np.abs(fast.gradients - ref.gradients).max() <= 5e-5 * scale
+    for (_, a), (_, b) in zip(fast.named_buffers(), ref.named_buffers()):  # the running statistics
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_paths_follow_the_instruction_set():
+    assert algorithms.isa() in ("avx512", "avx2", "other")
+    assert set(algorithms.WINOGRAD_CHANNELS) >= {"avx512", "avx2"}
