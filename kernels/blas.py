@@ -47,6 +47,24 @@ def gemm(trans_a, trans_b, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc):
            c.ctypes, ints[5:].ctypes)
 
 
+def _scipy_blas():
+    """threadpoolctl's controllers of the BLAS that ``gemm`` calls: SciPy's (NumPy's wheel brings
+    its own copy, in numpy's folders), or the one BLAS both share."""
+    import scipy.linalg.cython_blas  # noqa: F401 - loads SciPy's BLAS, so the controller sees it
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+    numpy_libs = (os.path.join(numpy_dir, "numpy"), os.path.join(numpy_dir, "numpy.libs"))
+    controllers = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
+    return [lib for lib in controllers if not lib.filepath.startswith(numpy_libs) or len(controllers) == 1]
+
+
+def core():
+    """The CPU core whose kernels SciPy's OpenBLAS runs ("SkylakeX", "Haswell", ...; "unknown"
+    for another BLAS): OPENBLAS_CORETYPE sets it."""
+    for lib in _scipy_blas():
+        return str(getattr(lib, "architecture", None) or "unknown")
+    return "unknown"
+
+
 def hold_to_one_thread():
     """Keep the BLAS that ``gemm`` calls on one thread (each Numba thread calls it for its block).
 
@@ -54,10 +72,5 @@ def hold_to_one_thread():
     each bring an OpenBLAS), keeps its threads, so a user's ``a @ b`` is not slowed down. Where
     both use one shared BLAS, that one is held to one thread.
     """
-    import scipy.linalg.cython_blas  # noqa: F401 - loads SciPy's BLAS, so the controller sees it
-    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
-    numpy_libs = (os.path.join(numpy_dir, "numpy"), os.path.join(numpy_dir, "numpy.libs"))
-    controller = threadpoolctl.ThreadpoolController().select(user_api="blas")
-    for lib in controller.lib_controllers:
-        if not lib.filepath.startswith(numpy_libs) or len(controller.lib_controllers) == 1:
-            lib.set_num_threads(1)
+    for lib in _scipy_blas():
+        lib.set_num_threads(1)

@@ -28,7 +28,8 @@ from .conv import (add_partials, conv2d_backward_into, conv2d_forward_into, conv
                    strip_rows, taps, tasks, weight_row, zero_partials)
 from .dense import relu_backward_into, relu_forward_into
 from .jit import parallel_kernel
-from .pool import check_window_argmax, maxpool_backward_into, maxpool_forward_into, pool_window
+from .pool import (check_window_argmax, maxpool_backward_into, maxpool_forward_into, pool_window,
+                   pool_window_2x2_relu)
 
 
 @parallel_kernel
@@ -49,6 +50,9 @@ def _conv_relu_pool_forward(y, argmax, x, w, b, C, stride, pad, OW, size, pool_s
                 fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
                 conv_row(conv, s, strip, w, b, kh_lo, kh_hi, stride * C)
             for pw in range(PW):
+                if size == 2:
+                    pool_window_2x2_relu(y, argmax, save_argmax, n, ph, pw, conv, 0, oh0, pw * pool_stride, OW)
+                    continue
                 pool_window(y, argmax, save_argmax, n, ph, pw, conv, 0, oh0, pw * pool_stride, size, OW)
                 for k in range(K):
                     if y[n, ph, pw, k] < 0:  # the ReLU; a NaN stays a NaN

@@ -15,9 +15,9 @@ weights U[e] (C, K): 36 GEMMs (``blas.gemm``) doing 36 products per tile and cha
 direct sum does 144 (16 pixels x 9 taps).
 
 - Forward: U is made from w once per call (``transform_weights``). Each task takes a range of
-  tiles, ``block`` tiles at a time: their inputs are transformed into V (36, block, C), multiplied
-  into M (36, block, K), and transformed back into y with the bias, while all of it is still in the
-  core's L2 cache. With ``moments``, the same pass adds up each channel's sum and sum of squares of
+  tiles, ``block`` tiles at a time (``algorithms.WINOGRAD_BLOCK``: it depends on OpenBLAS's kernels):
+  their inputs are transformed into V (36, block, C), multiplied into M (36, block, K), and
+  transformed back into y with the bias, while the block is still in the core's cache. With ``moments``, the same pass adds up each channel's sum and sum of squares of
   the output, less its bias, in float64 (BatchNorm's batch statistics, with no pass of their own).
 - Input gradient: the forward pass of dy with the weights turned around and the padding 2 - pad
   (conv.input_gradient_into).
@@ -34,6 +34,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from . import algorithms
 from .blas import NO_TRANS, TRANS, gemm
 from .jit import parallel_kernel, serial_kernel
 
@@ -282,21 +283,13 @@ def tiles(out_shape):
     return n * ((oh + 3) // 4) * ((ow + 3) // 4)
 
 
-def block_size(C, K):
-    """Tiles per block: V and M of a block (36 x block x (C + K) floats) in about 256 KB of L2,
-    at least 8 tiles (shorter GEMMs waste more than a spill costs), at most 64."""
-    return int(min(64, max(8, 256 * 1024 // (36 * 4 * (C + K)))))
-
-
 def forward_into(y, x, U, b, pad, moments=None):
     """y (N, OH, OW, K) = conv(x, w) + b at stride 1 with ``pad`` on each side, from U =
     transform_weights(w). With ``moments`` (2, K) float64: also each channel's sum and sum of
     squares of y - b."""
-    C, K = U.shape[1], U.shape[2]
-    T = tiles(y.shape)
-    tasks = max(1, min(numba.get_num_threads(), T))
-    parts = np.empty((tasks if moments is not None else 0, 2, K))
-    _forward(y, parts, x, U, b, pad, block_size(C, K), tasks)
+    tasks = max(1, min(numba.get_num_threads(), tiles(y.shape)))
+    parts = np.empty((tasks if moments is not None else 0, 2, U.shape[2]))
+    _forward(y, parts, x, U, b, pad, algorithms.winograd_block(), tasks)
     if moments is not None:
         moments[...] = parts.sum(axis=0)
 
@@ -306,5 +299,5 @@ def weight_gradient_into(dw, db, dy, x, pad):
     C, K = x.shape[3], dy.shape[3]
     tasks = max(1, min(numba.get_num_threads(), tiles(dy.shape)))
     partial, partial_db = np.empty((tasks, 36, C, K), np.float32), np.empty((tasks, K))
-    _weight_gradient(partial, partial_db, x, dy, pad, block_size(C, K))
+    _weight_gradient(partial, partial_db, x, dy, pad, algorithms.WINOGRAD_WEIGHT_BLOCK)
     _finish_weight_gradient(dw, db, partial, partial_db)
