@@ -98,25 +98,29 @@ class ConvReluPool(Step):
         self.conv_shape = shapes[1]
 
     def buffers(self, n, train):
+        # "conv" (and "dconv") is room for the convolution's output (and gradient) where the kernel
+        # makes it whole (np.empty: no memory is touched where it runs fused).
         need = super().buffers(n, train)
+        need["conv"] = ((n, *self.conv_shape), np.float32)
         if train:
             need["argmax"] = ((n, *self.out_shape), np.int32)
+            need["dconv"] = ((n, *self.conv_shape), np.float32)
         return need
 
     def forward(self, k, x, ws, run):
         conv, pool = self.conv, self.pool
         w, b = self.weights(ws)
         ws["x"] = x
-        k.conv_relu_pool_forward_into(ws["y"], ws.get("argmax"), x, w, b, conv.stride, conv.pad, pool.size,
-                                      pool.stride, self.conv_shape[1])
+        k.conv_relu_pool_forward_into(ws["y"], ws.get("argmax"), ws["conv"], x, w, b, conv.stride, conv.pad,
+                                      pool.size, pool.stride)
         return ws["y"]
 
     def backward(self, k, dy, ws):
         conv, pool = self.conv, self.pool
         dx = ws.get("dx")
         k.conv_relu_pool_backward_into(dx, conv.grads["weight"], conv.grads["bias"], dy, ws["x"],
-                                       conv.params["weight"], ws["y"], ws["argmax"], conv.stride, conv.pad,
-                                       pool.size, pool.stride, (len(dy), *self.conv_shape))
+                                       conv.params["weight"], ws["y"], ws["argmax"], ws["dconv"], conv.stride,
+                                       conv.pad, pool.size, pool.stride)
         return dx
 
 

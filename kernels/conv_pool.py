@@ -97,39 +97,37 @@ def _conv_relu_pool_backward_weight(dw, db, partial, partial_db, grad, dy, y, ar
     add_partials(dw, db, partial, partial_db)
 
 
-def conv_relu_pool_forward_into(y, argmax, x, w, b, stride, pad, size, pool_stride, conv_width):
+def conv_relu_pool_forward_into(y, argmax, conv, x, w, b, stride, pad, size, pool_stride):
     """y (N, PH, PW, K) = max-pool(relu(conv(x, w) + b)), and argmax as maxpool_forward's, or
-    with argmax None (inference) not kept. ``conv_width`` is OW, the convolution output's width.
-    Fused where the convolution runs directly (few input channels); on the other paths (GEMMs,
-    Winograd) the convolution's output is made whole, then pooled."""
+    with argmax None (inference) not kept. ``conv`` (N, OH, OW, K) is room for the convolution's
+    output: fused, where the convolution runs directly (few input channels), it is not touched;
+    on the other paths (GEMMs, Winograd) the output is made whole there, then pooled."""
     n, ph = y.shape[0], y.shape[1]
     if algorithms.conv_forward(x.shape, w.shape, stride, pad) != "direct":
-        oh, ow = checks.conv_output_size(x.shape, w.shape, stride, pad)
-        conv = np.empty((n, oh, ow, w.shape[3]), np.float32)
         conv2d_forward_into(conv, x, w, b, stride, pad)
         maxpool_forward_into(y, np.empty(y.shape, np.int32) if argmax is None else argmax, conv, size, pool_stride)
         relu_forward_into(y, y)
         return
     save = argmax is not None
     _conv_relu_pool_forward(y, argmax if save else _NO_ARGMAX, rows(x), taps(w), b, x.shape[3], stride, pad,
-                            conv_width, size, pool_stride, save, tasks(n * ph))
+                            conv.shape[2], size, pool_stride, save, tasks(n * ph))
 
 
 _NO_ARGMAX = np.zeros((1, 1, 1, 1), np.int32)  # never written: the kernel's branch is off
 
 
-def conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, stride, pad, size, pool_stride, conv_shape):
+def conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, dconv, stride, pad, size, pool_stride):
     """Fill dw, db and, unless it is None, dx, from dy (N, PH, PW, K) and the forward's x, w, y
-    and argmax. ``conv_shape`` is the convolution output's (N, OH, OW, K)."""
+    and argmax. ``dconv`` (N, OH, OW, K) is room for the convolution's gradient where it is made
+    whole: for the input gradient, or where the weight gradient does not run directly."""
     if dx is None and algorithms.conv_weight_gradient(x.shape, w.shape, stride, pad) == "direct":
         partial, partial_db = partials(x.shape[0], w)
-        grad = np.empty((len(partial) * size, conv_shape[2], conv_shape[3]), np.float32)
+        grad = np.empty((len(partial) * size, dconv.shape[2], dconv.shape[3]), np.float32)
         _conv_relu_pool_backward_weight(taps(dw), db, partial, partial_db, grad, dy, y, argmax, rows(x), x.shape[3],
                                         stride, pad, size, pool_stride)
         return
     dpool = np.empty_like(dy)
     relu_backward_into(dpool, dy, y)
-    dconv = np.empty(conv_shape, np.float32)
     maxpool_backward_into(dconv, dpool, argmax)
     conv2d_backward_into(dx, dw, db, dconv, x, w, stride, pad)
 
@@ -152,7 +150,8 @@ def conv_relu_pool_forward(x, w, b, stride=1, padding=0, size=2, pool_stride=Non
     pool_stride = size if pool_stride is None else pool_stride
     conv_shape, shape = output_shapes(x.shape, w.shape, stride, padding, size, pool_stride)
     y, argmax = np.empty(shape, np.float32), np.empty(shape, np.int32)
-    conv_relu_pool_forward_into(y, argmax, x, w, b, stride, padding, size, pool_stride, conv_shape[2])
+    conv_relu_pool_forward_into(y, argmax, np.empty(conv_shape, np.float32), x, w, b, stride, padding, size,
+                                pool_stride)
     return y, argmax
 
 
@@ -169,5 +168,6 @@ def conv_relu_pool_backward(dy, x, w, y, argmax, stride=1, padding=0, size=2, po
     check_window_argmax(argmax, shape, conv_shape[2], size, pool_stride)
     dx = np.empty_like(x) if need_dx else None
     dw, db = np.empty_like(w), np.empty(w.shape[3], np.float32)
-    conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, stride, padding, size, pool_stride, conv_shape)
+    conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, np.empty(conv_shape, np.float32), stride, padding,
+                                 size, pool_stride)
     return dx, dw, db

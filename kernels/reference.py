@@ -344,11 +344,11 @@ def conv2d_backward_into(dx, dw, db, dy, x, w, stride, pad):
     _fill((dx, dw, db), conv2d_backward(dy, x, w, stride, pad, dx is not None))
 
 
-def conv_relu_pool_forward_into(y, argmax, x, w, b, stride, pad, size, pool_stride, conv_width):
+def conv_relu_pool_forward_into(y, argmax, conv, x, w, b, stride, pad, size, pool_stride):
     _fill((y, argmax), conv_relu_pool_forward(x, w, b, stride, pad, size, pool_stride))
 
 
-def conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, stride, pad, size, pool_stride, conv_shape):
+def conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, dconv, stride, pad, size, pool_stride):
     _fill((dx, dw, db), conv_relu_pool_backward(dy, x, w, y, argmax, stride, pad, size, pool_stride, dx is not None))
 
 
