@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 
+import networks  # fastcnn is imported only where a network is built: in the coordinator, never in a peer's worker
 from engines import ENGINES, SGEMM_SIZE
 from workers import Worker, WorkerError, serve
 
@@ -50,7 +51,6 @@ CHECK_TOLERANCE = 1e-4  # largest difference between ONNX Runtime's and fastcnn'
 
 
 def arguments(argv=None):
-    from networks import INPUT_SHAPES
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -72,7 +72,7 @@ def arguments(argv=None):
             return value
         return parse
 
-    p.add_argument("--networks", type=choices(list(INPUT_SHAPES)), default=list(INPUT_SHAPES))
+    p.add_argument("--networks", type=choices(list(networks.INPUT_SHAPES)), default=list(networks.INPUT_SHAPES))
     p.add_argument("--engines", type=choices(ENGINE_NAMES), default=list(ENGINE_NAMES),
                    help="fastcnn-1thread is left out when --threads is 1")
     p.add_argument("--workloads", type=choices(WORKLOADS), default=list(WORKLOADS),
@@ -131,7 +131,6 @@ def worker_env(name, threads):
 
 
 def run(args):
-    import networks
     results = {"machine": machine(), "settings": {k: getattr(args, k) for k in (
         "networks", "engines", "workloads", "threads", "batch", "seconds", "rounds", "loop_images", "python")},
                "engines": {}, "networks": {}, "samples": {}, "idle_cpu": {}}
@@ -142,12 +141,7 @@ def run(args):
                                     "layers": [layer["kind"] for layer in layers[net]], "first_call": {},
                                     "checks": {}}
     with tempfile.TemporaryDirectory(prefix="fastcnn-compare-") as folder:
-        onnx = {}
-        if "onnxruntime" in args.engines:
-            from fastcnn import export_onnx
-            for net in args.networks:
-                onnx[net] = os.path.join(folder, f"{net}.onnx")
-                export_onnx(networks.build(net), onnx[net])  # the same seed as fastcnn's worker builds
+        onnx = export(args, folder, results)
         workers = start(args, folder, results)
         try:
             built = build(args, workers, layers, onnx, results)
@@ -163,6 +157,24 @@ def run(args):
     results["machine"]["load_average_end"] = os.getloadavg()[0]
     summarize(results)
     return results
+
+
+def export(args, folder, results):
+    """ONNX Runtime's files: each network as ``fastcnn.export_onnx`` writes it, from the same seed
+    as fastcnn's worker builds. Without the onnx package ONNX Runtime is reported missing."""
+    if "onnxruntime" not in args.engines:
+        return {}
+    from fastcnn import FastCNNError, export_onnx
+    onnx = {}
+    try:
+        for net in args.networks:
+            onnx[net] = os.path.join(folder, f"{net}.onnx")
+            export_onnx(networks.build(net), onnx[net])
+    except FastCNNError as e:
+        args.engines.remove("onnxruntime")
+        results["engines"]["onnxruntime"] = {"engine": "onnxruntime", "status": f"missing ({e})"}
+        return {}
+    return onnx
 
 
 def start(args, folder, results):
@@ -307,7 +319,7 @@ def machine():
 
 def label(results, key):
     entry = results["engines"][key]
-    return LABELS[key].format(v=entry.get("version", "")).replace("  ", " ")
+    return LABELS[key].format(v=entry.get("version", "")).replace("  ", " ").strip()
 
 
 def cell(summary, fmt, scale=1.0):
@@ -316,6 +328,10 @@ def cell(summary, fmt, scale=1.0):
         return "failed"
     m, lo, hi = (summary[k] * scale for k in ("median", "min", "max"))
     return f"{m:{fmt}} ({lo:{fmt}}-{hi:{fmt}})"
+
+
+def ratio(key, row):
+    return "-" if key == "fastcnn" else cell(row.get("fastcnn_x"), ".2f")
 
 
 HEADINGS = {"train": "training step at batch {batch}, samples/s", "infer": "inference at batch 1000, images/s",
@@ -338,10 +354,15 @@ def report(results):
                   and "cpu_capability" in e["info"]), None)
     if torch:
         lines.append(f"PyTorch's CPU capability: {torch['cpu_capability']}")
-    if "paths" in fast:
-        paths = fast["paths"]
-        lines.append("fastcnn kernel paths: " + ("not reported" if paths is None else
-                                                 "; ".join(f"{k}: {v}" for k, v in paths.items())))
+    for key in ("fastcnn", "fastcnn-1thread"):
+        info = results["engines"].get(key, {}).get("info", {})
+        if "paths" not in info or (key != "fastcnn" and info["paths"] == fast.get("paths")):
+            continue  # the one-thread worker's paths are shown only where they differ
+        title = f"{label(results, key)} kernel paths" if key != "fastcnn" else "fastcnn kernel paths"
+        if info["paths"] is None:
+            lines.append(f"{title}: not reported")
+        else:
+            lines += [f"{title}:"] + [f"    {what}: {path}" for what, path in info["paths"].items()]
     lines.append(f"{s['threads']} threads, batch {s['batch']}, synthetic data; {s['rounds']} interleaved rounds "
                  f"of {s['seconds']:g} s per timing, medians (ranges); load average {m['load_average_start']:.2f} "
                  f"at the start, {m['load_average_end']:.2f} at the end")
@@ -350,7 +371,7 @@ def report(results):
                      f"{cell(c, ',.1f')} GFLOP/s")
     for key, entry in results["engines"].items():
         if entry["status"] != "ok":
-            lines.append(f"{LABELS[key].format(v='').replace('  ', ' ')}: {entry['status']}")
+            lines.append(f"{label(results, key)}: {entry['status']}")
         for what, why in entry.get("failed", {}).items():
             lines.append(f"{label(results, key)}: {what} failed: {why}")
 
@@ -367,15 +388,15 @@ def report(results):
             if wl == "one":
                 lines += ["| engine | µs | fastcnn x |", "|---|---:|---:|"]
                 for key, row in table.items():
-                    lines.append(f"| {label(results, key)} | {cell(row, ',.0f', 1e6)} | {cell(row.get('fastcnn_x'), '.2f')} |")
+                    lines.append(f"| {label(results, key)} | {cell(row, ',.0f', 1e6)} | {ratio(key, row)} |")
                 continue
             lines += ["| engine | median (range) | GFLOP/s | % of SGEMM ceiling | fastcnn x |", "|---|---:|---:|---:|---:|"]
             for key, row in table.items():
                 gf = f"{row['gflops']:.1f}" if row["gflops"] else "-"
                 lines.append(f"| {label(results, key)} | {cell(row, ',.0f')} | {gf} | "
-                             f"{cell(row['ceiling_share'], '.1f', 100)} | {cell(row.get('fastcnn_x'), '.2f')} |")
-    lines += ["", "First call of each workload, s: compiling and tracing (torch.compile; fastcnn's Numba when its "
-                  "cache is cold), in none of the rates above", "",
+                             f"{cell(row['ceiling_share'], '.1f', 100)} | {ratio(key, row)} |")
+    lines += ["", "First call of each workload, s: compiling and tracing, in none of the rates above (with the "
+                  "caches as found: Numba's beside fastcnn's kernels, Inductor's for torch.compile)", "",
               "| engine | " + " | ".join(results["networks"]) + " |", "|---|" + "---|" * len(results["networks"])]
     for key in results["engines"]:
         calls = [results["networks"][net]["first_call"].get(key) for net in results["networks"]]

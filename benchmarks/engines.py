@@ -157,7 +157,8 @@ class Fastcnn(Engine):
 
 def blas_info(threadpoolctl):
     """The BLAS libraries loaded in this process: file, core type (OpenBLAS's kernels), threads."""
-    return [{"library": os.path.basename(lib.get("filepath", "")), "api": lib.get("internal_api"),
+    return [{"library": os.path.join(*os.path.normpath(lib.get("filepath", "?")).split(os.sep)[-2:]),  # scipy.libs/...
+             "api": lib.get("internal_api"),
              "core": lib.get("architecture"), "threads": lib.get("num_threads")}
             for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
 
