@@ -46,7 +46,6 @@ LABELS = {"fastcnn": "fastcnn {v}", "fastcnn-1thread": "fastcnn {v}, 1 thread",
           "sgemm": "SGEMM ceiling", "sgemm-1thread": "SGEMM ceiling, 1 thread"}
 CEILING = "ceiling"  # the "network" of the SGEMM workers, and its one workload:
 SGEMM = "sgemm"
-PAUSE = 0.3  # seconds between two timings, for the engine just timed to let its threads fall asleep
 CHECK_TOLERANCE = 1e-4  # largest difference between ONNX Runtime's and fastcnn's probabilities
 
 
@@ -64,11 +63,11 @@ def arguments(argv=None):
             return list(dict.fromkeys(names))
         return parse
 
-    def positive(kind):
+    def positive(kind, least=0, strictly=True):
         def parse(text):
             value = kind(text)
-            if value <= 0:
-                raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+            if value < least or (strictly and value == least):
+                raise argparse.ArgumentTypeError(f"expected a number {'>' if strictly else '>='} {least}, got {text}")
             return value
         return parse
 
@@ -81,6 +80,8 @@ def arguments(argv=None):
     p.add_argument("--batch", type=positive(int), default=64, help="of the training step and the loop")
     p.add_argument("--seconds", type=positive(float), default=2.0, help="length of one timing")
     p.add_argument("--rounds", type=positive(int), default=5)
+    p.add_argument("--pause", type=positive(float, strictly=False), default=0.3,
+                   help="seconds before each timing, for the threads of the engine timed last to fall asleep")
     p.add_argument("--loop-images", type=positive(int), default=60_000, help="images in the real loop's epoch")
     p.add_argument("--python", default=sys.executable, help="the interpreter with PyTorch, TensorFlow, ONNX Runtime")
     p.add_argument("--json", help="also write the results to this file (machine-readable)")
@@ -132,9 +133,8 @@ def worker_env(name, threads):
 
 def run(args):
     results = {"machine": machine(), "settings": {k: getattr(args, k) for k in (
-        "networks", "engines", "workloads", "threads", "batch", "seconds", "rounds", "loop_images", "python")},
+        "networks", "engines", "workloads", "threads", "batch", "seconds", "rounds", "pause", "loop_images", "python")},
                "engines": {}, "networks": {}, "samples": {}, "idle_cpu": {}}
-    results["settings"]["pause"] = PAUSE
     layers = {net: networks.describe(networks.build(net), networks.INPUT_SHAPES[net]) for net in args.networks}
     for net in args.networks:
         results["networks"][net] = {"input": list(networks.INPUT_SHAPES[net]), "flops": networks.flops(layers[net]),
@@ -178,7 +178,7 @@ def export(args, folder, results):
 
 
 def start(args, folder, results):
-    """A worker per engine; one that does not import is recorded as missing."""
+    """A worker per engine, all importing at once; one that does not import is recorded as missing."""
     workers = {}
     for key, (name, threads, python) in rows(args).items():
         command = [python, os.path.abspath(__file__), "--worker", name, "--threads", str(threads)]
@@ -186,11 +186,19 @@ def start(args, folder, results):
         print(f"starting {key} ({threads} thread{'s' * (threads > 1)})...", file=sys.stderr, flush=True)
         try:
             workers[key] = Worker(command, worker_env(name, threads), os.path.join(folder, f"{key}.log"))
-        except (WorkerError, OSError) as e:
-            entry["status"] = f"missing ({e})" if getattr(e, "missing", False) else f"failed to start ({e})"
+        except OSError as e:
+            entry["status"] = f"failed to start ({e})"
             print(f"  {key}: {entry['status']}", file=sys.stderr)
+    for key, w in list(workers.items()):
+        entry = results["engines"][key]
+        try:
+            w.ready()
+        except WorkerError as e:
+            entry["status"] = f"missing ({e})" if e.missing else f"failed to start ({e})"
+            print(f"  {key}: {entry['status']}", file=sys.stderr)
+            del workers[key]
             continue
-        entry.update(status="ok", version=workers[key].version)
+        entry.update(status="ok", version=w.version)
     if "sgemm" not in workers:
         raise SystemExit(f"the SGEMM ceiling's worker did not start: {results['engines']['sgemm']['status']}")
     return workers
@@ -236,7 +244,7 @@ def measure(args, workers, built, results):
                 if key not in workers:
                     continue  # died earlier in this round
                 print(f"round {r + 1}/{args.rounds}: {net} {wl} on {key}", file=sys.stderr, flush=True)
-                time.sleep(PAUSE)
+                time.sleep(args.pause)
                 others = {k: w.cpu_seconds() for k, w in workers.items() if k != key}
                 t = time.perf_counter()
                 try:

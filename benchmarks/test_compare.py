@@ -48,7 +48,7 @@ def test_compare_shortest_run(tmp_path):
     threads = min(2, os.cpu_count())
     command = [sys.executable, str(COMPARE), "--networks", "original", "--engines",
                "fastcnn,fastcnn-1thread,keras,onnxruntime", "--threads", str(threads), "--seconds", "0.05",
-               "--rounds", "2", "--loop-images", "256", "--json", str(out)]
+               "--rounds", "2", "--pause", "0.05", "--loop-images", "256", "--json", str(out)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())

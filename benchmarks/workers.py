@@ -53,11 +53,14 @@ class Worker:
     """The coordinator's side: one worker process running ``command``, its stderr in ``log``."""
 
     def __init__(self, command, env, log):
-        self.log = log
+        self.log, self.version = log, None
         with open(log, "w") as err:
             self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                                             env=env, text=True, bufsize=1)
-        hello = self._answer(timeout=600)
+
+    def ready(self, timeout=600):
+        """Wait for the worker's engine to import (workers started together import side by side)."""
+        hello = self._answer(timeout)
         if "missing" in hello:
             self.close()
             raise WorkerError(hello["missing"], missing=True)
@@ -68,8 +71,8 @@ class Worker:
         try:
             self.process.stdin.write(json.dumps(dict(op=op, **arguments)) + "\n")
             self.process.stdin.flush()
-        except (BrokenPipeError, OSError):
-            raise self._died("it is gone") from None
+        except OSError:  # a broken pipe: it has exited
+            raise self._died(f"it exited with status {self.process.wait()}") from None
         answer = self._answer(timeout)
         if "error" in answer:
             raise WorkerError(answer["error"])
