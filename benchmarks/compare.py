@@ -44,6 +44,11 @@ LABELS = {"fastcnn": "fastcnn {v}", "fastcnn-1thread": "fastcnn {v}, 1 thread",
           "torch": "PyTorch {v} eager (NCHW)", "torch-channels-last": "PyTorch {v} eager, channels_last",
           "torch-compile": "torch.compile {v} (NCHW)", "keras": "Keras {v}", "onnxruntime": "ONNX Runtime {v}",
           "sgemm": "SGEMM ceiling", "sgemm-1thread": "SGEMM ceiling, 1 thread"}
+# What each library compiles or dispatches for, forced (documented by Numba, OpenBLAS, PyTorch and
+# oneDNN, which PyTorch and TensorFlow use): on an AVX-512 machine, NUMBA_CPU_NAME=haswell
+# OPENBLAS_CORETYPE=Haswell ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 run AVX2 code throughout
+# (ONNX Runtime has no such switch).
+OVERRIDES = ("NUMBA_CPU_NAME", "OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 CEILING = "ceiling"  # the "network" of the SGEMM workers, and its one workload:
 SGEMM = "sgemm"
 CHECK_TOLERANCE = 1e-4  # largest difference between ONNX Runtime's and fastcnn's probabilities
@@ -321,7 +326,7 @@ def machine():
         import platform
         name = platform.processor()
     return {"cpu": name, "cores": os.cpu_count(), "avx": sorted(flags),
-            "overrides": {v: os.environ.get(v) for v in ("NUMBA_CPU_NAME", "OPENBLAS_CORETYPE")},
+            "overrides": {v: os.environ.get(v) for v in OVERRIDES},
             "load_average_start": os.getloadavg()[0]}
 
 
@@ -351,6 +356,10 @@ def report(results):
     s, m = results["settings"], results["machine"]
     lines = [f"CPU: {m['cpu']}, {m['cores']} cores; {' '.join(m['avx']) or 'no AVX'}",
              "overrides: " + ", ".join(f"{k}={v}" if v else f"{k} not set" for k, v in m["overrides"].items())]
+    forced = [k for k, v in m["overrides"].items() if v]
+    if forced and len(forced) < len(OVERRIDES):
+        lines.append(f"  only {', '.join(forced)} set: the engines behind the others pick their own kernels for this "
+                     f"CPU (ONNX Runtime always does)")
     fast = results["engines"].get("fastcnn", {}).get("info", {})
     if "numba_cpu" in fast:
         lines.append(f"fastcnn: Numba compiles for {fast['numba_cpu']} (threading layer {fast['threading_layer']}); "

@@ -151,7 +151,8 @@ class Fastcnn(Engine):
             layer = numba.threading_layer()
         except ValueError:  # no parallel kernel has run yet
             layer = None
-        return {"paths": paths, "numba_cpu": llvmlite.binding.get_host_cpu_name(), "threading_layer": layer,
+        return {"paths": paths, "numba_cpu": numba.config.CPU_NAME or llvmlite.binding.get_host_cpu_name(),
+                "threading_layer": layer,
                 "blas": blas_info(threadpoolctl)}
 
 
