@@ -12,15 +12,17 @@ with their own (``networks.describe``, ``engines.py``), on the same random data:
 
 The machine is noisy, so the engines are measured in one interleaved run: each has a worker
 process for the whole run, and every round times each workload on each engine in turn (one at a
-time, the others idle; the order reversed every other round), with NumPy's SGEMM as the
-machine's ceiling at the start of each round. Figures are medians over the rounds, with their
+time, the others idle, after a ``--pause``; the order reversed every other round), with NumPy's
+SGEMM as the machine's ceiling at the start of each round. The idle workers' CPU time is read
+from /proc during every timing, and the most any used is reported: none should spin. Figures are medians over the rounds, with their
 range; "fastcnn x" is fastcnn's speed over the engine's, taken round by round, and "% of
 ceiling" is the engine's GFLOP/s over that round's SGEMM ceiling with the same threads. FLOPs
 are those of a direct convolution from the layer shapes (``networks.flops``). Compiling and
 tracing are not in any rate: each workload's first call is reported on its own.
 
 PyTorch, TensorFlow and ONNX Runtime are optional: an engine that does not import in
-``--python`` is reported missing. Run it alone on the machine.
+``--python`` is reported missing. ``--json`` writes every figure of every round. Run it alone
+on the machine; ``--seconds 0.5 --rounds 2 --loop-images 6400`` checks quickly that all runs.
 """
 
 import argparse
