@@ -1,33 +1,36 @@
-"""Timing helpers the benchmark scripts share (standard library only: ``compare.py`` runs them in
-PyTorch's and TensorFlow's environments too, where fastcnn may not be installed)."""
+"""Timing helpers the benchmark scripts share (standard library only: ``compare.py``'s workers run
+them in PyTorch's and TensorFlow's environments too, where fastcnn may not be installed).
+
+Both measure for a given time rather than a given number of calls, so that the engines of an
+interleaved run take turns of the same length whatever their speed.
+"""
 
 import time
 
 
-def rate(fn, items, seconds, rounds):
-    """Median items/s over ``rounds`` rounds of about ``seconds`` each (after a warm-up that also
-    finds how long a call takes)."""
-    t, calls = time.perf_counter(), 0
-    while time.perf_counter() - t < max(0.5, seconds / 4):
+def throughput(fn, items, seconds):
+    """Items/s of ``fn`` (``items`` per call), calling it until ``seconds`` have passed: at least
+    once, so a call longer than ``seconds`` (an epoch) is timed whole."""
+    start, calls = time.perf_counter(), 0
+    while True:
         fn()
         calls += 1
-    per_round = max(1, int(seconds / ((time.perf_counter() - t) / calls)))
-    rates = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(per_round):
-            fn()
-        rates.append(per_round * items / (time.perf_counter() - t))
-    return sorted(rates)[len(rates) // 2]
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return calls * items / elapsed
 
 
-def latency(fn, seconds, warm_up=20, calls=50):
-    """Median seconds of one call, over at least ``seconds`` and ``calls`` calls, after ``warm_up``."""
-    for _ in range(warm_up):
-        fn()
+def latency(fn, seconds, min_calls=20):
+    """Median seconds of one call of ``fn``, over ``seconds`` and at least ``min_calls`` calls."""
     times, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < calls:
+    while time.perf_counter() < end or len(times) < min_calls:
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    return median(times)
+
+
+def median(values):
+    """The middle value (the mean of the two middle ones for an even count)."""
+    s, n = sorted(values), len(values)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
