@@ -48,9 +48,11 @@ LABELS = {"fastcnn": "fastcnn {v}", "fastcnn-1thread": "fastcnn {v}, 1 thread",
           "sgemm": "SGEMM ceiling", "sgemm-1thread": "SGEMM ceiling, 1 thread"}
 # What each library compiles or dispatches for, forced (documented by Numba, OpenBLAS, PyTorch and
 # oneDNN, which PyTorch and TensorFlow use): on an AVX-512 machine, NUMBA_CPU_NAME=haswell
-# OPENBLAS_CORETYPE=Haswell ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 run AVX2 code throughout
-# (ONNX Runtime has no such switch).
-OVERRIDES = ("NUMBA_CPU_NAME", "OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+# NUMBA_CPU_FEATURES=-avx512f OPENBLAS_CORETYPE=Haswell ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+# run AVX2 code throughout (ONNX Runtime has no such switch). NUMBA_CPU_NAME alone is not enough:
+# Numba then still takes the host's features, AVX-512 included, and LLVM emits AVX-512 code.
+OVERRIDES = ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY",
+             "ONEDNN_MAX_CPU_ISA")
 CEILING = "ceiling"  # the "network" of the SGEMM workers, and its one workload:
 SGEMM = "sgemm"
 CHECK_TOLERANCE = 1e-4  # largest difference between ONNX Runtime's and fastcnn's probabilities

@@ -137,9 +137,7 @@ class Conv(Step):
         conv = self.layers[0]
         w, b = self.weights(ws)
         ws["x"] = x
-        k.conv2d_forward_into(ws["y"], x, w, b, conv.stride, conv.pad)
-        if self.relu:
-            k.relu_forward_into(ws["y"], ws["y"])
+        (k.conv2d_relu_forward_into if self.relu else k.conv2d_forward_into)(ws["y"], x, w, b, conv.stride, conv.pad)
         return ws["y"]
 
     def backward(self, k, dy, ws):

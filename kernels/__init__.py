@@ -16,7 +16,7 @@ from .batchnorm import (batchnorm_backward, batchnorm_backward_into, batchnorm_e
 from .batchnorm_pool import (batchnorm_relu_pool_backward, batchnorm_relu_pool_backward_into,
                              batchnorm_relu_pool_forward, batchnorm_relu_pool_forward_into)
 from .conv import (conv2d_backward, conv2d_backward_into, conv2d_forward, conv2d_forward_into, conv2d_moments_forward,
-                   conv2d_moments_forward_into)
+                   conv2d_moments_forward_into, conv2d_relu_forward, conv2d_relu_forward_into)
 from .conv_pool import (conv_relu_pool_backward, conv_relu_pool_backward_into, conv_relu_pool_forward,
                         conv_relu_pool_forward_into)
 from .dense import (dense_backward, dense_backward_into, dense_forward, dense_forward_into, dense_relu_backward,
@@ -29,7 +29,7 @@ from .algorithms import paths  # which algorithm ran each convolution (not a ker
 from .pool import maxpool_backward, maxpool_backward_into, maxpool_forward, maxpool_forward_into
 
 CHECKED = [
-    "conv2d_forward", "conv2d_moments_forward", "conv2d_backward", "batchnorm_relu_pool_forward",
+    "conv2d_forward", "conv2d_relu_forward", "conv2d_moments_forward", "conv2d_backward", "batchnorm_relu_pool_forward",
     "batchnorm_relu_pool_backward", "conv_relu_pool_forward", "conv_relu_pool_backward",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward", "global_avgpool_forward",
     "global_avgpool_backward", "dense_forward", "dense_backward", "dense_relu_forward", "dense_relu_backward",
@@ -38,7 +38,7 @@ CHECKED = [
     "softmax", "softmax_cross_entropy", "sgd_momentum", "adam",
 ]
 CORES = [
-    "conv2d_forward_into", "conv2d_moments_forward_into", "conv2d_backward_into", "batchnorm_relu_pool_forward_into",
+    "conv2d_forward_into", "conv2d_relu_forward_into", "conv2d_moments_forward_into", "conv2d_backward_into", "batchnorm_relu_pool_forward_into",
     "batchnorm_relu_pool_backward_into", "conv_relu_pool_forward_into", "conv_relu_pool_backward_into",
     "maxpool_forward_into", "maxpool_backward_into", "avgpool_forward_into", "avgpool_backward_into",
     "global_avgpool_forward_into", "global_avgpool_backward_into", "dense_forward_into", "dense_backward_into",

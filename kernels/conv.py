@@ -31,6 +31,7 @@ from numba import prange
 
 from . import algorithms, checks, winograd
 from .blas import NO_TRANS, TRANS, gemm
+from .dense import relu_forward_into
 from .jit import parallel_kernel
 
 # Output pixels per GEMM of the im2col forward pass: up to 256 (a whole 14x14 image; 9 rows of 28).
@@ -377,6 +378,15 @@ def conv2d_forward_into(y, x, w, b, stride, pad):
     _forward(y, None, x, w, b, stride, pad)
 
 
+def conv2d_relu_forward_into(y, x, w, b, stride, pad):
+    """y = relu(conv(x, w) + b): the ReLU applied as Winograd's tiles are written, else after."""
+    if algorithms.conv_forward(x.shape, w.shape, stride, pad) == "winograd":
+        winograd.forward_into(y, x, winograd.transform_weights(w), b, pad, relu=True)
+        return
+    _forward(y, None, x, w, b, stride, pad)
+    relu_forward_into(y, y)
+
+
 def conv2d_moments_forward_into(y, mean, var, x, w, b, stride, pad):
     """conv2d_forward_into, and the batch statistics of y per channel (BatchNorm's, the biased
     variance) added up in the same pass over y: mean (K,), var (K,)."""
@@ -519,6 +529,13 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
     """y = conv(x, w) + b. x (N, H, W, C), w (KH, KW, C, K), b (K,) -> y (N, OH, OW, K) float32."""
     x, w, b, y = _checked(x, w, b, stride, padding)
     conv2d_forward_into(y, x, w, b, stride, padding)
+    return y
+
+
+def conv2d_relu_forward(x, w, b, stride=1, padding=0):
+    """y = relu(conv(x, w) + b), x (N, H, W, C), w (KH, KW, C, K), b (K,) -> y (N, OH, OW, K)."""
+    x, w, b, y = _checked(x, w, b, stride, padding)
+    conv2d_relu_forward_into(y, x, w, b, stride, padding)
     return y
 
 

@@ -23,7 +23,7 @@ The reference twin is the composition of the reference kernels (reference.py).
 import numpy as np
 from numba import prange
 
-from . import algorithms, checks
+from . import algorithms, checks, winograd
 from .conv import (add_partials, conv2d_backward_into, conv2d_forward_into, conv_row, fill_strip, partials, rows,
                    strip_rows, taps, tasks, weight_row, zero_partials)
 from .dense import relu_backward_into, relu_forward_into
@@ -100,10 +100,16 @@ def _conv_relu_pool_backward_weight(dw, db, partial, partial_db, grad, dy, y, ar
 def conv_relu_pool_forward_into(y, argmax, conv, x, w, b, stride, pad, size, pool_stride):
     """y (N, PH, PW, K) = max-pool(relu(conv(x, w) + b)), and argmax as maxpool_forward's, or
     with argmax None (inference) not kept. ``conv`` (N, OH, OW, K) is room for the convolution's
-    output: fused, where the convolution runs directly (few input channels), it is not touched;
-    on the other paths (GEMMs, Winograd) the output is made whole there, then pooled."""
+    output: fused, where the convolution runs directly (few input channels) or by Winograd's
+    transforms with a 2x2 pool, it is not touched; on the other paths (GEMMs, other pools) the
+    output is made whole there, then pooled."""
     n, ph = y.shape[0], y.shape[1]
-    if algorithms.conv_forward(x.shape, w.shape, stride, pad) != "direct":
+    path = algorithms.conv_forward(x.shape, w.shape, stride, pad)
+    if path == "winograd" and size == 2 and pool_stride == 2:  # pooled as each tile is made
+        winograd.forward_relu_pool_into(y, argmax, x, winograd.transform_weights(w), b, pad, conv.shape[1],
+                                        conv.shape[2])
+        return
+    if path != "direct":
         conv2d_forward_into(conv, x, w, b, stride, pad)
         maxpool_forward_into(y, np.empty(y.shape, np.int32) if argmax is None else argmax, conv, size, pool_stride)
         relu_forward_into(y, y)

@@ -265,6 +265,10 @@ def conv_relu_pool_backward(dy, x, w, y, argmax, stride=1, padding=0, size=2, po
 
 # --- the fusions around BatchNorm in training: here their composition --------------------------------
 
+def conv2d_relu_forward(x, w, b, stride=1, padding=0):
+    return relu_forward(conv2d_forward(x, w, b, stride, padding))
+
+
 def conv2d_moments_forward(x, w, b, stride=1, padding=0):
     """(y, mean, var): the convolution and the batch statistics of its output per channel."""
     y = conv2d_forward(x, w, b, stride, padding)
@@ -350,6 +354,10 @@ def conv_relu_pool_forward_into(y, argmax, conv, x, w, b, stride, pad, size, poo
 
 def conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, dconv, stride, pad, size, pool_stride):
     _fill((dx, dw, db), conv_relu_pool_backward(dy, x, w, y, argmax, stride, pad, size, pool_stride, dx is not None))
+
+
+def conv2d_relu_forward_into(y, x, w, b, stride, pad):
+    y[...] = conv2d_relu_forward(x, w, b, stride, pad)
 
 
 def conv2d_moments_forward_into(y, mean, var, x, w, b, stride, pad):

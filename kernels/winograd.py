@@ -37,6 +37,7 @@ from numba import prange
 from . import algorithms
 from .blas import NO_TRANS, TRANS, gemm
 from .jit import parallel_kernel, serial_kernel
+from .pool import beats
 
 # The matrices, for the tests and the reference; the kernels spell them out as sums (bt6, at6, ...).
 BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -121,14 +122,96 @@ def transform_input(V, tl, patch, tmp, x, n, ih0, iw0):
                 tmp[i, 0, c], tmp[i, 1, c], tmp[i, 2, c], tmp[i, 3, c], tmp[i, 4, c], tmp[i, 5, c])
 
 
-@parallel_kernel
-def _forward(y, moments, x, U, b, pad, block, tasks):
-    # y (N, OH, OW, K); U (36, C, K); moments (tasks, 2, K) float64, or (0, 2, K) for none.
-    N, C = x.shape[0], x.shape[3]
+# What the forward pass does with a tile's outputs (its epilogue).
+PLAIN, RELU, RELU_POOL = 0, 1, 2
+
+
+@numba.njit(inline="always")
+def store_tile(y, rows, n, oh0, ow0, b, relu, stats, s1, s2):
+    """The tile's outputs (AT on each of rows' four rows) + bias into y, then the ReLU if asked;
+    with ``stats``, their sums and squares less the bias into s1, s2 (float64). A whole tile row
+    is written in straight code, so the loop over the channels vectorises."""
     OH, OW, K = y.shape[1], y.shape[2], y.shape[3]
+    width = min(4, OW - ow0)
+    zero = np.float32(0.0)
+    for i in range(min(4, OH - oh0)):
+        out = y[n, oh0 + i]
+        for k in range(K):
+            o0, o1, o2, o3 = at6(rows[i, 0, k], rows[i, 1, k], rows[i, 2, k], rows[i, 3, k], rows[i, 4, k],
+                                 rows[i, 5, k])
+            if width == 4:
+                v0, v1, v2, v3 = o0 + b[k], o1 + b[k], o2 + b[k], o3 + b[k]
+                if relu:
+                    v0, v1, v2, v3 = max(v0, zero), max(v1, zero), max(v2, zero), max(v3, zero)
+                out[ow0, k], out[ow0 + 1, k], out[ow0 + 2, k], out[ow0 + 3, k] = v0, v1, v2, v3
+                if stats:
+                    s1[k] += np.float64(o0) + np.float64(o1) + np.float64(o2) + np.float64(o3)
+                    s2[k] += np.float64(o0) * o0 + np.float64(o1) * o1 + np.float64(o2) * o2 + np.float64(o3) * o3
+            else:
+                o = (o0, o1, o2, o3)
+                for j in range(width):
+                    v = o[j] + b[k]
+                    out[ow0 + j, k] = max(v, zero) if relu else v
+                    if stats:
+                        s1[k] += o[j]
+                        s2[k] += np.float64(o[j]) * o[j]
+
+
+@numba.njit(inline="always")
+def max4(v0, v1, v2, v3, first, W):
+    """The maximum of a 2x2 window (v0 v1 / v2 v3) and its index, ``first`` being v0's and W the
+    row length: the first maximum wins, a NaN wins (as maxpool_forward)."""
+    best, at = v0, first
+    take = beats(v1, best)
+    best, at = v1 if take else best, first + 1 if take else at
+    take = beats(v2, best)
+    best, at = v2 if take else best, first + W if take else at
+    take = beats(v3, best)
+    best, at = v3 if take else best, first + W + 1 if take else at
+    return best, at
+
+
+@numba.njit(inline="always")
+def pool_tile(y, argmax, save_argmax, rows, n, oh0, ow0, OH, OW, b):
+    """max-pool 2x2 (stride 2) of the tile's outputs, + bias, then the ReLU, into y (N, OH // 2,
+    OW // 2, K): the tile's four pooled pixels that lie inside y; argmax as maxpool_forward's
+    (the index oh * OW + ow in the convolution's output)."""
+    PH, PW, K = y.shape[1], y.shape[2], y.shape[3]
+    zero = np.float32(0.0)
+    pw = ow0 // 2
+    if pw >= PW:  # an odd width's last column, which no window takes
+        return
+    for pi in range(2):
+        ph, i = oh0 // 2 + pi, 2 * pi
+        if ph >= PH:
+            break
+        first = np.int32((oh0 + i) * OW + ow0)
+        for k in range(K):
+            t0, t1, t2, t3 = at6(rows[i, 0, k], rows[i, 1, k], rows[i, 2, k], rows[i, 3, k], rows[i, 4, k],
+                                 rows[i, 5, k])
+            u0, u1, u2, u3 = at6(rows[i + 1, 0, k], rows[i + 1, 1, k], rows[i + 1, 2, k], rows[i + 1, 3, k],
+                                 rows[i + 1, 4, k], rows[i + 1, 5, k])
+            best, at = max4(t0, t1, u0, u1, first, OW)
+            best += b[k]
+            y[n, ph, pw, k] = zero if best < 0 else best  # the ReLU; a NaN stays a NaN
+            if save_argmax:
+                argmax[n, ph, pw, k] = at
+            if pw + 1 < PW:
+                best, at = max4(t2, t3, u2, u3, first + 2, OW)
+                best += b[k]
+                y[n, ph, pw + 1, k] = zero if best < 0 else best
+                if save_argmax:
+                    argmax[n, ph, pw + 1, k] = at
+
+
+@parallel_kernel
+def _forward(y, argmax, moments, x, U, b, pad, OH, OW, epilogue, block, tasks):
+    # U (36, C, K); y (N, OH, OW, K), or with RELU_POOL (N, OH // 2, OW // 2, K) and argmax like it
+    # (or (0, 1, 1, 1): not kept); moments (tasks, 2, K) float64, or (0, 2, K) for none.
+    N, C, K = x.shape[0], x.shape[3], y.shape[3]
     tiles_h, tiles_w = (OH + 3) // 4, (OW + 3) // 4
     T = N * tiles_h * tiles_w
-    stats = moments.shape[0] > 0
+    stats, save_argmax = moments.shape[0] > 0, argmax.shape[0] > 0
     flat_u = U.reshape(-1)
     for task in prange(tasks):
         patch, tmp = np.empty((6, 6, C), np.float32), np.empty((6, 6, C), np.float32)
@@ -152,26 +235,10 @@ def _forward(y, moments, x, U, b, pad, block, tasks):
                         rows[0, j, k], rows[1, j, k], rows[2, j, k], rows[3, j, k] = at6(
                             M[j, tl, k], M[6 + j, tl, k], M[12 + j, tl, k], M[18 + j, tl, k], M[24 + j, tl, k],
                             M[30 + j, tl, k])
-                width = min(4, OW - ow0)
-                for i in range(min(4, OH - oh0)):
-                    out = y[n, oh0 + i]
-                    for k in range(K):
-                        o0, o1, o2, o3 = at6(rows[i, 0, k], rows[i, 1, k], rows[i, 2, k], rows[i, 3, k],
-                                             rows[i, 4, k], rows[i, 5, k])
-                        if width == 4:
-                            out[ow0, k], out[ow0 + 1, k] = o0 + b[k], o1 + b[k]
-                            out[ow0 + 2, k], out[ow0 + 3, k] = o2 + b[k], o3 + b[k]
-                            if stats:
-                                s1[k] += np.float64(o0) + np.float64(o1) + np.float64(o2) + np.float64(o3)
-                                s2[k] += (np.float64(o0) * o0 + np.float64(o1) * o1 + np.float64(o2) * o2
-                                          + np.float64(o3) * o3)
-                        else:
-                            o = (o0, o1, o2, o3)
-                            for j in range(width):
-                                out[ow0 + j, k] = o[j] + b[k]
-                                if stats:
-                                    s1[k] += o[j]
-                                    s2[k] += np.float64(o[j]) * o[j]
+                if epilogue == RELU_POOL:
+                    pool_tile(y, argmax, save_argmax, rows, n, oh0, ow0, OH, OW, b)
+                else:
+                    store_tile(y, rows, n, oh0, ow0, b, epilogue == RELU, stats, s1, s2)
         if stats:
             for k in range(K):
                 moments[task, 0, k] = s1[k]
@@ -283,15 +350,30 @@ def tiles(out_shape):
     return n * ((oh + 3) // 4) * ((ow + 3) // 4)
 
 
-def forward_into(y, x, U, b, pad, moments=None):
+def forward_into(y, x, U, b, pad, moments=None, relu=False):
     """y (N, OH, OW, K) = conv(x, w) + b at stride 1 with ``pad`` on each side, from U =
-    transform_weights(w). With ``moments`` (2, K) float64: also each channel's sum and sum of
-    squares of y - b."""
+    transform_weights(w); then the ReLU with ``relu``. With ``moments`` (2, K) float64 (and no
+    ReLU): also each channel's sum and sum of squares of y - b."""
     tasks = max(1, min(numba.get_num_threads(), tiles(y.shape)))
     parts = np.empty((tasks if moments is not None else 0, 2, U.shape[2]))
-    _forward(y, parts, x, U, b, pad, algorithms.winograd_block(), tasks)
+    _forward(y, _NO_ARGMAX, parts, x, U, b, pad, y.shape[1], y.shape[2], RELU if relu else PLAIN,
+             algorithms.winograd_block(), tasks)
     if moments is not None:
         moments[...] = parts.sum(axis=0)
+
+
+def forward_relu_pool_into(y, argmax, x, U, b, pad, conv_h, conv_w):
+    """y (N, conv_h // 2, conv_w // 2, K) = max-pool 2x2 (relu(conv(x, w) + b)) from U, and argmax
+    as maxpool_forward's on the convolution's output (None: not kept): the convolution's output
+    never goes to memory."""
+    n = y.shape[0]
+    tasks = max(1, min(numba.get_num_threads(), tiles((n, conv_h, conv_w))))
+    _forward(y, _NO_ARGMAX if argmax is None else argmax, _NO_MOMENTS, x, U, b, pad, conv_h, conv_w, RELU_POOL,
+             algorithms.winograd_block(), tasks)
+
+
+_NO_ARGMAX = np.zeros((0, 1, 1, 1), np.int32)
+_NO_MOMENTS = np.zeros((0, 2, 1))
 
 
 def weight_gradient_into(dw, db, dy, x, pad):

@@ -108,6 +108,29 @@ def test_the_paths_taken_are_reported():
     assert taken["forward 6x6x1->8 3x3 stride 2 pad 1"] == "direct"
 
 
+@pytest.mark.parametrize("shape", WINOGRAD_SHAPES, ids=str)
+def test_relu_and_pooling_fused_into_the_convolution(shape, assert_close):
+    """conv -> ReLU (and -> 2x2 max-pool) with the epilogue applied as each tile is made. Where
+    two values of a window are equal up to rounding the argmax may differ from the reference's:
+    the values and the gradients routed through it are compared, not the indices."""
+    n, h, w, c, k, pad = shape
+    rng = np.random.default_rng(sum(shape) + 1)
+    x, wt, b = rand(rng, n, h, w, c), rand(rng, 3, 3, c, k) / np.float32(np.sqrt(9 * c)), rand(rng, k)
+    assert_close("conv2d_relu_forward", K.conv2d_relu_forward(x, wt, b, 1, pad),
+                 R.conv2d_relu_forward(x, wt, b, 1, pad), WINOGRAD)
+    if min(h, w) + 2 * pad - 2 < 2:
+        return
+    y, argmax = K.conv_relu_pool_forward(x, wt, b, 1, pad, 2)
+    y_ref, argmax_ref = R.conv_relu_pool_forward(x, wt, b, 1, pad, 2)
+    assert_close("conv_relu_pool_forward", y, y_ref, WINOGRAD)
+    assert (argmax == argmax_ref).mean() > 0.999
+    dy = rand(rng, *y.shape)
+    got = K.conv_relu_pool_backward(dy, x, wt, y, argmax, 1, pad, 2)
+    want = R.conv_relu_pool_backward(dy, x, wt, y, argmax, 1, pad, 2)  # the same argmax
+    for name, g, r in zip(("dx", "dw", "db"), got, want):
+        assert_close(f"conv_relu_pool_backward.{name}", g, r, BWD)
+
+
 # (N, H, W, C_in, C_out, kernel, stride, padding): every path's forward with its batch statistics.
 MOMENT_SHAPES = [(2, 7, 5, 3, 4, 3, 1, 1), (3, 9, 8, 2, 5, 3, 2, 0), (2, 8, 8, 9, 6, 3, 2, 1),
                  (2, 10, 9, 12, 7, 3, 1, 1), (1, 6, 6, 16, 8, 1, 1, 0), (64, 16, 16, 32, 64, 3, 1, 1)]
