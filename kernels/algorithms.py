@@ -22,8 +22,13 @@ from . import blas
 
 # Input channels from which the GEMM paths beat the direct one (forward and weight gradient).
 GEMM_CHANNELS = 8
-# Input channels from which Winograd beats both, for a 3x3 stride-1 convolution.
-WINOGRAD_CHANNELS = {"avx512": 4, "avx2": 4}
+# Input channels from which Winograd beats both, for a 3x3 stride-1 convolution, by OpenBLAS's
+# kernels (which multiply its 36 products) and pass. Measured with benchmarks/conv_paths.py on one
+# thread, 4x4 to 32x32 images, 1 to 256 channels: with AVX-512 it won the forward pass from 4
+# channels and the weight gradient from 8 (at 4, ties with the direct sum); with AVX2 from 16 (at 8
+# it lost to im2col's GEMM on 14x14 and 28x28) and 8.
+WINOGRAD_CHANNELS = {("avx512", "forward"): 4, ("avx512", "weight gradient"): 8,
+                     ("avx2", "forward"): 16, ("avx2", "weight gradient"): 8}
 
 # OpenBLAS cores with AVX-512 GEMM kernels: small products run without packing their operands.
 AVX512_BLAS = {"SkylakeX", "Cooperlake", "SapphireRapids"}
@@ -65,9 +70,9 @@ def _describe(x_shape, w_shape, stride, pad):
     return f"{h}x{w}x{c}->{w_shape[3]} {w_shape[0]}x{w_shape[1]} stride {stride} pad {pad}"
 
 
-def _winograd_fits(x_shape, w_shape, stride, pad):
+def _winograd_fits(kind, x_shape, w_shape, stride, pad):
     return (w_shape[0] == 3 and w_shape[1] == 3 and stride == 1 and pad <= 2
-            and x_shape[3] >= WINOGRAD_CHANNELS.get(isa(), 8))
+            and x_shape[3] >= WINOGRAD_CHANNELS[blas_kind(), kind])
 
 
 def _record(kind, x_shape, w_shape, stride, pad, path):
@@ -79,7 +84,7 @@ def _record(kind, x_shape, w_shape, stride, pad, path):
 
 def conv_forward(x_shape, w_shape, stride, pad):
     """The path of a forward convolution (also an input gradient's, which is one)."""
-    if _winograd_fits(x_shape, w_shape, stride, pad):
+    if _winograd_fits("forward", x_shape, w_shape, stride, pad):
         path = "winograd"
     else:
         path = "gemm" if x_shape[3] >= GEMM_CHANNELS else "direct"
@@ -88,7 +93,7 @@ def conv_forward(x_shape, w_shape, stride, pad):
 
 def conv_weight_gradient(x_shape, w_shape, stride, pad):
     """The path of a convolution's weight gradient."""
-    if _winograd_fits(x_shape, w_shape, stride, pad):
+    if _winograd_fits("weight gradient", x_shape, w_shape, stride, pad):
         path = "winograd"
     else:
         path = "gemm" if x_shape[3] >= GEMM_CHANNELS else "direct"

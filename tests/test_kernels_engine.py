@@ -100,11 +100,11 @@ def test_the_winograd_matrices_compute_both_correlations():
 
 def test_the_paths_taken_are_reported():
     rng = np.random.default_rng(1)
-    K.conv2d_forward(rand(rng, 1, 6, 6, 16), rand(rng, 3, 3, 16, 8), rand(rng, 8), 1, 1)
+    K.conv2d_forward(rand(rng, 1, 6, 6, 32), rand(rng, 3, 3, 32, 8), rand(rng, 8), 1, 1)
     K.conv2d_forward(rand(rng, 1, 6, 6, 1), rand(rng, 3, 3, 1, 8), rand(rng, 8), 2, 1)
     taken = K.paths()
     assert taken["isa"] in ("avx512", "avx2", "other")
-    assert taken["forward 6x6x16->8 3x3 stride 1 pad 1"] == "winograd"
+    assert taken["forward 6x6x32->8 3x3 stride 1 pad 1"] == "winograd"
     assert taken["forward 6x6x1->8 3x3 stride 2 pad 1"] == "direct"
 
 
@@ -226,6 +226,6 @@ def test_the_fused_batchnorm_steps_run_the_layers_as_written(layers, steps):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_paths_follow_the_instruction_set():
-    assert algorithms.isa() in ("avx512", "avx2", "other")
-    assert set(algorithms.WINOGRAD_CHANNELS) >= {"avx512", "avx2"}
+def test_paths_are_chosen_for_both_kinds_of_blas_kernels():
+    assert algorithms.isa() in ("avx512", "avx2", "other") and algorithms.blas_kind() in ("avx512", "avx2")
+    assert {kind for kind, _ in algorithms.WINOGRAD_CHANNELS} == set(algorithms.WINOGRAD_BLOCK) == {"avx512", "avx2"}
