@@ -288,6 +288,35 @@ def batchnorm_relu_pool_backward(dy, x, y, argmax, weight, mean, var, eps=1e-5, 
     return batchnorm_backward(g, x, None, weight, mean, var, eps)
 
 
+# --- data augmentation ---------------------------------------------------------------------------
+
+def augment(x, params):
+    """Each image moved by its affine map (augment.py): source = c + R (flip(i, j) - c) + shift,
+    bilinear, zero outside."""
+    x = checks.array("x", x, 4)
+    n, h, w, c = x.shape
+    ci, cj = (h - 1) / 2, (w - 1) / 2
+    i, j = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    out = np.zeros_like(x)
+    for k in range(n):
+        cos, sin, si, sj, flip = params[k, :5]
+        jj = (w - 1 - j) if flip > 0.5 else j
+        y = np.round((ci + cos * (i - ci) - sin * (jj - cj) + si) * 1e9) / 1e9
+        z = np.round((cj + sin * (i - ci) + cos * (jj - cj) + sj) * 1e9) / 1e9
+        i0, j0 = np.floor(y).astype(int), np.floor(z).astype(int)
+        fy, fz = y - i0, z - j0
+        for di, dj, weight in ((0, 0, (1 - fy) * (1 - fz)), (0, 1, (1 - fy) * fz), (1, 0, fy * (1 - fz)),
+                               (1, 1, fy * fz)):
+            a, b = i0 + di, j0 + dj
+            inside = (a >= 0) & (a < h) & (b >= 0) & (b < w)
+            out[k][inside] += weight[inside][:, None] * x[k, a[inside], b[inside]]
+    return out
+
+
+def augment_into(out, x, params):
+    out[...] = augment(x, params)
+
+
 # --- softmax + cross-entropy ---------------------------------------------------------------------
 
 def softmax_cross_entropy(logits, labels):
