@@ -247,7 +247,7 @@ def test_fit_with_a_validation_split_returns_the_history(tmp_path):
         fit(model, SGD(model, 0.05), (x, y), (x, y), validation_split=0.1)
     with pytest.raises(ShapeError, match=r"validation_split: expected a fraction in \[0, 1\)"):
         fit(model, SGD(model, 0.05), (x, y), validation_split=1.0)
-    no_val = fit(model, SGD(model, 0.05), (x, y), progress=False)
+    no_val = fit(model, SGD(model, 0.05), (x, y), validation_split=0, progress=False)
     assert no_val[0]["val_acc"] is None
 
 

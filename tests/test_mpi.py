@@ -156,7 +156,8 @@ def test_a_signal_to_one_process_stops_both_at_one_step_with_one_checkpoint(laun
 @needs_mpi
 def test_threads_default_to_the_cores_shared_and_a_batch_too_small_to_share_is_refused(launch, tmp_path):
     import numba
-    done = launch(2, tmp_path / "m.npz", "--batch-size", "319", threads=None)  # 320 images: a last batch of 1
+    done = launch(2, tmp_path / "m.npz", "--batch-size", "319", "--validation", "test",  # all 320 images
+                  threads=None)  # in batches of 319: a last batch of 1
     assert f"{max(1, numba.config.NUMBA_NUM_THREADS // 2)} threads in each of 2 processes" in done.stdout
     assert done.returncode == 2 and "leave a batch of 1, fewer than the 2 processes" in done.stderr, done.stderr
 
