@@ -58,8 +58,9 @@ def plot_confusion(path, confusion, class_names):
     _save(fig, path)
 
 
-def plot_history(path, history, title=None):
-    """Loss and accuracy per epoch, training beside validation (where the run had validation data)."""
+def plot_history(path, history, title=None, validation="validation"):
+    """Loss and accuracy per epoch, training beside validation (where the run had validation data),
+    which ``validation`` names (say, "test set (as validation)")."""
     epochs = [h["epoch"] for h in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, key, name in ((loss_ax, "loss", "loss"), (acc_ax, "train_acc", "accuracy")):
@@ -68,7 +69,7 @@ def plot_history(path, history, title=None):
         val = [(h["epoch"], h.get(val_key)) for h in history]
         val = [(e, v) for e, v in val if v is not None]
         if val:
-            ax.plot(*zip(*val), "s-", label="validation")
+            ax.plot(*zip(*val), "s-", label=validation)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -76,7 +77,7 @@ def plot_history(path, history, title=None):
         ax.xaxis.get_major_locator().set_params(integer=True)
     if val:
         best = max(val, key=lambda ev: ev[1])
-        acc_ax.set_title(f"best validation accuracy {best[1]:.2%} (epoch {best[0]})", fontsize=9)
+        acc_ax.set_title(f"best {validation} accuracy {best[1]:.2%} (epoch {best[0]})", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
