@@ -169,7 +169,7 @@ def _unused(settings, name):
     if name == "decay":
         return f"the {settings.schedule} schedule"
     if name in ("image_size", "color"):
-        return "--dataset (only --data folders are resized)"
+        return "a --dataset run (only --data folders are resized)"
     if name == "validation_split":
         return "--validation test"
     return "a run without --keep-best, --early-stopping or --reduce-lr-on-plateau"
