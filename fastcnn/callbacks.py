@@ -110,7 +110,7 @@ class _Monitored(Callback):
     def on_train_begin(self):
         if self.monitor.startswith("val_") and not self.run.validates:
             raise ShapeError(f"{type(self).__name__} monitors {self.monitor}, but fit has no validation data: "
-                             f"give validation data or a validation_split")
+                             f"give validation data or a validation_split (fastcnn train: --validation-split > 0)")
 
     def _value(self, logs):
         value = logs.get(self.monitor)
