@@ -23,7 +23,7 @@ OPTIMIZERS = ("sgd", "adam")
 
 VALIDATIONS = ("split", "test")  # and "end", the held-out end of the training set, for runs of fastcnn 0.2
 MONITORS = ("val_loss", "val_acc")
-DEFAULT_VALIDATION_SPLIT = 1 / 12  # as fit's VALIDATION_SPLIT: 5,000 of MNIST's 60,000
+DEFAULT_VALIDATION_SPLIT = 1 / 12  # held out of the training set (fit's too): 5,000 of MNIST's 60,000
 
 
 def _setting(help, type=None, choices=None, resumable=False, default=None, nargs=None, metavar=None, flag=False):

@@ -10,6 +10,10 @@ It is written after every epoch, every ``checkpoint_every`` batches if asked, an
 and raises ``TrainingInterrupted``. Resuming from any of these ends with the weights of an
 uninterrupted run, bit for bit (for the same thread count). A checkpoint is never written with
 NaN or Inf weights, so the file always holds the last good state.
+
+Validation is held out of the training data (``holdout``: a fraction of each class, drawn from
+the seed, never trained on); callbacks (``fastcnn.callbacks``) choose on it after each epoch,
+and their states go into the checkpoint too. The test set is evaluated once, at the end.
 """
 
 import contextlib
@@ -31,9 +35,10 @@ from .folders import release_pages
 from .inference import check_batch
 from .kernels import checks, jit
 from .optim import Optimizer
+from .settings import DEFAULT_VALIDATION_SPLIT
 
 
-VALIDATION_SPLIT = 1 / 12  # held out of the training data by default: 5,000 of MNIST's 60,000
+VALIDATION_SPLIT = DEFAULT_VALIDATION_SPLIT  # held out of the training data by default: 1/12, MNIST's 5,000
 _HOLDOUT_STREAM = 2**32 - 1  # the seed's random stream for the held-out rows (epochs use [seed, epoch])
 _RELEASE_EVERY = 64  # batches between letting go of a memory-mapped data set's pages
 
@@ -504,6 +509,9 @@ def _validation_plan(settings, data, out):
             f"validating on the test set after each epoch (--validation test, as the original project did)")
     if settings.validation == "end":  # a run of fastcnn 0.2: the end of the training set, as it held out
         held = int(round(len(y) * settings.validation_split))
+        if not 1 <= held < len(y):
+            raise ShapeError(f"validation_split: {settings.validation_split} of {len(y)} images leaves {held} to "
+                             f"validate on and {len(y) - held} to train on; both need at least one")
         return (x[:-held], y[:-held]), Split(x[-held:], y[-held:], name="held-out end"), 0.0, data.test, \
             len(y) - held, f"validating on the last {held:,} training images (as fastcnn 0.2 held out)"
     if data.val is not None:
@@ -656,7 +664,8 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
 
 def _saved_message(out, last, settings, state, callbacks, data):
     """What ``train`` says at the end: where the model is, and its test accuracy."""
-    best = next((c for c in callbacks if type(c).__name__ == "KeepBest"), None)
+    from .callbacks import KeepBest
+    best = next((c for c in callbacks if isinstance(c, KeepBest)), None)
     kept = best.best_epoch if best is not None and best.best_epoch is not None else state["epoch"]
     which = (f" (the best epoch, {kept}: {best.monitor} {best.best:.4f}; the last, to resume from: {last})"
              if best is not None else "")
