@@ -16,8 +16,8 @@ def _save(fig, path):
 
 
 def plot_errors(path, images, true, predicted, probabilities, class_names, most=36):
-    """A grid of up to ``most`` wrongly classified images (greyscale (N, H, W, 1) or RGB (N, H, W, 3)),
-    each titled with its guess and truth."""
+    """A grid of up to ``most`` wrongly classified images (greyscale (N, H, W, 1) or RGB (N, H, W, 3),
+    floats in [0, 1] or uint8 pixels), each titled with its guess and truth."""
     wrong = np.flatnonzero(predicted != true)[:most]
     cols = 6
     rows = max(1, -(-len(wrong) // cols))
@@ -27,10 +27,11 @@ def plot_errors(path, images, true, predicted, probabilities, class_names, most=
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), wrong):
+        image = images[i] / 255 if images.dtype == np.uint8 else images[i]  # an image folder's pixels
         if images.shape[-1] == 3:
-            ax.imshow(np.clip(images[i], 0, 1))
+            ax.imshow(np.clip(image, 0, 1))
         else:
-            ax.imshow(images[i, :, :, 0], cmap="gray", vmin=0, vmax=1)
+            ax.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=1)
         p = probabilities[i, predicted[i]]
         ax.set_title(f"guess {class_names[predicted[i]]} ({p:.0%})\ntrue {class_names[true[i]]}",
                      fontsize=8, color="firebrick")

@@ -303,9 +303,15 @@ def test_predict_evaluate_and_export_use_the_folders_classes(trained_folder, tmp
     said = capsys.readouterr().out
     assert f"{big}: light (" in said and "dark: " in said and "digit" not in said
     assert Image.open(f"{big}.10x10.png").size == (10, 10)
-    assert main(["evaluate", str(out)]) == 0
+    assert main(["evaluate", str(out), "--plot", str(tmp_path / "wrong.png")]) == 0
     said = capsys.readouterr().out
     assert f"on 20 pictures of {root}/test" in said and "dark" in said
+    pytest.importorskip("matplotlib")
+    from fastcnn.plots import plot_errors
+    pixels = np.zeros((2, 4, 4, 1), np.uint8)  # uint8 pictures are drawn as pixels, not clipped to white
+    plot_errors(tmp_path / "two.png", pixels, np.array([0, 1]), np.array([1, 0]), np.ones((2, 2)) / 2, ["a", "b"])
+    drawn = np.asarray(Image.open(tmp_path / "two.png").convert("L"))
+    assert drawn.min() == 0
     assert main(["evaluate", str(out), "--data", str(tmp_path / "elsewhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
     pytest.importorskip("onnx")
