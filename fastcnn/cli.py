@@ -247,7 +247,9 @@ def _validated_on(training, settings):
         images = f"{what['images']:,} images" if isinstance(what.get("images"), int) else "images"
         return {"held-out": f"{images} held out of the training set ({what.get('fraction', 0):.4g} of each class)",
                 "test": f"the test set ({images}), as the original project did: --validation test",
-                "val": f"the data set's val/ folder ({images})"}.get(what["on"], f"{images} given to fit ({what['on']})")
+                "val": f"the data set's val/ folder ({images})",
+                "held-out end": f"the last {images} of the training set, as fastcnn 0.2 held them out",
+                }.get(what["on"], f"{images} given to fit ({what['on']})")
     return {"test": "the test set, as the original project (and fastcnn 0.2) did",
             "end": "the end of the training set, as fastcnn 0.2 held it out"}.get(settings.get("validation"))
 

@@ -229,3 +229,35 @@ def test_early_stopping_and_reduce_lr_on_the_command_line(tmp_path, fake_data, c
         main(["train", "--monitor", "accuracy", *fake_data])
     assert main(["train", "--out", str(tmp_path / "y.npz"), "--monitor", "val_acc", *fake_data]) == 2
     assert "monitor: val_acc was given, but a run without --keep-best" in capsys.readouterr().err
+
+
+def test_a_fastcnn_0_2_run_resumes_as_it_was_made(tmp_path, monkeypatch, capsys):
+    """A checkpoint of fastcnn 0.2 that held out the end of the training set (its
+    --validation-split) resumes holding out the same end, to the weights 0.2 would have reached."""
+    import numba
+
+    from fastcnn import data
+    from fastcnn.architectures import ARCHITECTURES
+    from fastcnn.schedules import InverseTime
+    from fastcnn.train import fresh_state, train
+    monkeypatch.setitem(data.CHECKSUMS, "mnist", fake_mnist(tmp_path / "data"))
+    x, y = data.load_dataset("mnist", "train", tmp_path / "data")
+    held = 80  # 0.25 of 320: the end
+    settings = dict(model="original", dataset="mnist", epochs=1, batch_size=64, optimizer="sgd", lr=0.07,
+                    momentum=0.9, schedule="inverse-time", decay=1e-3, weight_decay=0.0, validation_split=0.25, seed=0)
+
+    def as_0_2(epochs, out):  # what fastcnn 0.2's train did
+        model = ARCHITECTURES["original"].build((28, 28, 1), 10, 0)
+        state = dict(fresh_state(), settings=dict(settings, epochs=epochs))
+        fit(model, SGD(model, 0.07, 0.9, schedule=InverseTime(1e-3)), (x[:-held], y[:-held]), (x[-held:], y[-held:]),
+            epochs=epochs, batch_size=64, seed=0, out=out, training=state, progress=False)
+        return model
+    straight = as_0_2(2, tmp_path / "straight.npz")
+    as_0_2(1, tmp_path / "old.npz")
+    train(tmp_path / "old.npz", resume=True, epochs=2, data_dir=tmp_path / "data", progress=False,
+          threads=numba.get_num_threads())
+    resumed = fastcnn.load_checkpoint(tmp_path / "old.npz")
+    assert np.array_equal(resumed.model.parameters, straight.parameters)
+    assert "validating on the last 80 training images (as fastcnn 0.2 held out)" in capsys.readouterr().out
+    assert main(["history", str(tmp_path / "old.npz")]) == 0
+    assert "validation: the last 80 images of the training set, as fastcnn 0.2 held them out" in capsys.readouterr().out
