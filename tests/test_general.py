@@ -341,7 +341,9 @@ def test_a_version_1_model_file_still_loads_and_resumes(tmp_path, monkeypatch):
     assert saved.training["history"][0]["val_acc"] == 0.6 and saved.training["history"][0]["val_loss"] is None
     history = train(tmp_path / "v1.npz", epochs=2, resume=True, data_dir=tmp_path, progress=False)
     assert [h["epoch"] for h in history] == [1, 2]
-    assert fastcnn.load_checkpoint(tmp_path / "v1.npz").training["settings"]["model"] == "original"
+    resumed = fastcnn.load_checkpoint(tmp_path / "v1.npz").training
+    assert resumed["settings"]["model"] == "original"
+    assert resumed["validation"]["on"] == "test" and resumed["settings"]["validation"] == "test"  # as it was made
 
 
 def test_a_slice_of_a_batch_draws_its_rows_of_the_batchs_dropout_mask():
