@@ -512,6 +512,8 @@ def _decode_into(entry, root, listing, image_size, color, pool, verbose):
     if free < need + 2**20:
         raise DataError(f"{entry.parent}: {need:,} bytes needed to cache the decoded pictures of {root}, "
                         f"{free:,} free; set {CACHE_ENV_VAR} to a folder with room")
+    for stale in entry.parent.glob(f".{entry.name}.*"):  # left by a decoding that was killed (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     fresh = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
         skipped, labels = [], {}

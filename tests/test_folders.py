@@ -172,9 +172,11 @@ def test_the_cache_is_used_until_the_folder_changes(tmp_path, cache):
         assert not image_folder(root, verbose=False).decoded
     assert folder.train[1].tolist() == [0, 0, 1, 1]
     assert np.array_equal(folder.train[0][0, :, :, 0], shade(3, 3))
-    # An entry whose arrays were damaged is decoded again too.
+    # An entry whose arrays were damaged is decoded again too, and what a killed decoding left goes.
     (folder.entry / "train.u8").write_bytes(b"short")
+    (folder.entry.parent / f".{folder.entry.name}.killed").mkdir()
     assert image_folder(root, verbose=False).decoded
+    assert sorted(p.name for p in folder.entry.parent.iterdir()) == ["6x8-grey", "auto.json", "lock"]
     # Another size or colour is another entry; the first stays.
     assert image_folder(root, image_size=(3, 4), verbose=False).decoded
     assert not image_folder(root, verbose=False).decoded
