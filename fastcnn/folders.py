@@ -26,6 +26,7 @@ modification time), so a folder whose pictures changed is decoded again; deletin
 folder is always safe.
 """
 
+import array
 import collections
 import concurrent.futures
 import contextlib
@@ -246,9 +247,10 @@ def _layout(root):
 
 def _list(root, files=False):
     """A fingerprint of every picture of every split and class (its path, size and modification
-    time): what the cache is checked against. With ``files``, also the pictures themselves, as
-    (path relative to root, label) per split; without, nothing is kept per picture, so checking
-    a large folder against its cache takes little memory."""
+    time): what the cache is checked against. With ``files``, also the pictures themselves: per
+    split their paths relative to root and their labels (compact: 300,000 pictures take about 25
+    MB); without, nothing is kept per picture, so checking a large folder against its cache takes
+    little memory."""
     splits, taken, left_out = _layout(root)
     listing = {"splits": {}, "ignored": [f"{n}/ (not train, val or test)" for n in left_out], "empty": [],
                "with_files": files, "pictures": 0}
@@ -256,7 +258,7 @@ def _list(root, files=False):
     for split, folder in splits.items():
         classes = [n for n in _subfolders(folder) if not (folder == root and n in taken)]
         digest.update(f"{split}\0{classes}\n".encode("utf-8", "surrogateescape"))
-        kept = []
+        paths, labels = [], array.array("i")
         for label, name in enumerate(classes):
             count = 0
             for rel, size, mtime in _pictures(folder / name, root, listing["ignored"]):
@@ -264,10 +266,11 @@ def _list(root, files=False):
                 count += 1
                 listing["pictures"] += 1
                 if files:
-                    kept.append((rel, label))
+                    paths.append(rel)
+                    labels.append(label)
             if not count:
                 listing["empty"].append(os.fspath((folder / name).relative_to(root)) + "/")
-        listing["splits"][split] = {"classes": classes, "files": kept}
+        listing["splits"][split] = {"classes": classes, "paths": paths, "labels": labels}
     if not listing["splits"]["train"]["classes"]:
         raise DataError(f"{root}: no class folders in it; expected one subfolder of pictures per class "
                         f"(e.g. {root}/cat/1.jpg, {root}/dog/2.jpg), or train/ and test/ folders of them")
@@ -366,16 +369,28 @@ def _reason(error, path):
     return text[len(prefix):] if text.startswith(prefix) else text
 
 
-def _survey_chunk(paths):
-    return [_survey(p) for p in paths]
+def _survey_chunk(paths, root):
+    """How many pictures of ``paths`` (under ``root``) have each (height, width), whether they are
+    all grey, and (index, why) for those that can't be read: little to send back."""
+    sizes, grey, bad = collections.Counter(), True, []
+    for i, rel in enumerate(paths):
+        found = _survey(os.path.join(root, rel))
+        if isinstance(found, str):
+            bad.append((i, found))
+        else:
+            sizes[found[:2]] += 1
+            grey = grey and found[2]
+    return sizes, grey, bad
 
 
-def _decode_chunk(paths, image_size, color):
-    """The pictures of ``paths`` that can be read, as one uint8 array, and (index, why) for the rest."""
+def _decode_chunk(paths, root, image_size, color):
+    """The pictures of ``paths`` (under ``root``) that can be read, as one uint8 array, and
+    (index, why) for the rest."""
     h, w = image_size
     out = np.empty((len(paths), h, w, 1 if color == "grey" else 3), np.uint8)
     good, bad = 0, []
-    for i, path in enumerate(paths):
+    for i, rel in enumerate(paths):
+        path = os.path.join(root, rel)
         try:
             if os.path.getsize(path) == 0:
                 raise ImageError("empty file (0 bytes)")
@@ -460,16 +475,24 @@ def _defaults(root, listing, folder_cache, image_size, color, pool, verbose):
             raise ValueError("stale")
     except (OSError, ValueError, KeyError, TypeError):
         listing = _list(root, files=True)
-        files = [os.path.join(root, rel) for split in listing["splits"].values() for rel, _ in split["files"]]
-        headers = [s for chunk in pool.map(_survey_chunk, files, (), verbose, "reading picture sizes") for s in chunk]
-        good = [s for s in headers if not isinstance(s, str)]
-        if not good:
-            raise _nothing_left(root, files, headers)
-        (h, w), _ = collections.Counter((s[0], s[1]) for s in good).most_common(1)[0]
+        sizes, grey, bad = collections.Counter(), True, []
+        for split in listing["splits"].values():
+            start = 0
+            for chunk_sizes, chunk_grey, chunk_bad in pool.map(_survey_chunk, split["paths"], (str(root),), verbose,
+                                                               "reading picture sizes"):
+                sizes.update(chunk_sizes)
+                grey = grey and chunk_grey
+                bad += [(split["paths"][start + i], why) for i, why in chunk_bad][:5 - len(bad)]
+                start += CHUNK
+        if not sizes:
+            raise DataError(f"{root}: none of its {listing['pictures']:,} pictures can be read ("
+                            + "; ".join(f"{rel}: {why}" for rel, why in bad)
+                            + (" ..." if listing["pictures"] > len(bad) else "") + ")")
+        (h, w), _ = sizes.most_common(1)[0]
         scale = min(1.0, DEFAULT_MAX_SIDE / max(h, w))
-        auto = {"fingerprint": listing["fingerprint"], "color": "grey" if all(s[2] for s in good) else "rgb",
+        auto = {"fingerprint": listing["fingerprint"], "color": "grey" if grey else "rgb",
                 "image_size": [max(1, round(h * scale)), max(1, round(w * scale))], "common": [h, w],
-                "sizes": len({(s[0], s[1]) for s in good})}
+                "sizes": len(sizes)}
         with contextlib.suppress(OSError), atomic_write(remembered, "w") as f:
             json.dump(auto, f)
         if verbose and image_size is None:
@@ -479,12 +502,6 @@ def _defaults(root, listing, folder_cache, image_size, color, pool, verbose):
             print(f"{root}: pictures of {ch}x{cw} ({how}){shrunk}; --image-size H W (image_size=) chooses "
                   f"another", file=sys.stderr)
     return image_size or tuple(auto["image_size"]), color or auto["color"], listing
-
-
-def _nothing_left(root, files, reasons):
-    shown = "; ".join(f"{os.path.relpath(f, root)}: {r}" for f, r in list(zip(files, reasons))[:5])
-    return DataError(f"{root}: none of its {len(files):,} pictures can be read ({shown}"
-                     + (" ..." if len(files) > 5 else "") + ")")
 
 
 def _valid_manifest(entry, fingerprint):
@@ -506,7 +523,7 @@ def _decode_into(entry, root, listing, image_size, color, pool, verbose):
     """Decode every picture into a new cache entry (written beside it, then swapped in)."""
     started = time.perf_counter()
     channels = 1 if color == "grey" else 3
-    total = sum(len(s["files"]) for s in listing["splits"].values())
+    total = listing["pictures"]
     need = total * image_size[0] * image_size[1] * channels
     free = shutil.disk_usage(entry.parent).free
     if free < need + 2**20:
@@ -518,18 +535,18 @@ def _decode_into(entry, root, listing, image_size, color, pool, verbose):
     try:
         skipped, labels = [], {}
         for split, content in listing["splits"].items():
-            files = [os.path.join(root, rel) for rel, _ in content["files"]]
-            kept = np.ones(len(files), bool)
+            paths = content["paths"]
+            kept = np.ones(len(paths), bool)
             with open(fresh / f"{split}.u8", "wb") as out:
                 start = 0
-                for images, bad in pool.map(_decode_chunk, files, (image_size, color), verbose,
+                for images, bad in pool.map(_decode_chunk, paths, (str(root), image_size, color), verbose,
                                             f"decoding {split} pictures"):
                     images.tofile(out)
                     for i, why in bad:
                         kept[start + i] = False
-                        skipped.append([content["files"][start + i][0], why])
+                        skipped.append([paths[start + i], why])
                     start += len(images) + len(bad)
-            labels[split] = np.array([label for _, label in content["files"]], np.int64)[kept]
+            labels[split] = np.asarray(content["labels"], np.int64)[kept]
         classes, labels = _classes(root, listing, labels)
         for split, y in labels.items():
             np.save(fresh / f"{split}.labels.npy", y)
@@ -560,7 +577,7 @@ def _classes(root, listing, labels):
     counts = np.bincount(labels["train"], minlength=len(names))
     classes = [n for n, c in zip(names, counts) if c]
     if not classes:
-        tried = len(listing["splits"]["train"]["files"])
+        tried = len(listing["splits"]["train"]["paths"])
         raise DataError(f"{root}: no picture in it can be read ({tried:,} tried: see the skipped ones above)"
                         if tried else f"{root}: its class folders hold no pictures "
                         f"(expected files ending in {', '.join(sorted(PICTURE_EXTENSIONS))})")
