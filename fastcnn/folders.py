@@ -18,7 +18,8 @@ longer side) and grey if every picture is grey.
 
 The pictures are decoded once, in parallel processes, into a cache of uint8 arrays on disk, and
 read after that as memory-mapped arrays: a data set larger than memory trains (``fit`` takes
-uint8 images and scales each batch as it gathers it). The cache lives in ``cache_dir()``
+uint8 images, reads each batch's rows from the file with :func:`row_reader` and scales them as
+it gathers them). The cache lives in ``cache_dir()``
 (``$FASTCNN_CACHE``, else ``$XDG_CACHE_HOME/fastcnn/folders``, else ``~/.cache/fastcnn/folders``),
 one folder per data set folder (named by a hash of its real path) and one entry per image size
 and colour. Each entry records a fingerprint of the listing (every picture's path, size and
@@ -39,6 +40,7 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +52,7 @@ from .fileio import atomic_write
 from .image import MAX_PIXELS, _read, _to_pixels
 
 __all__ = ["COLORS", "DEFAULT_MAX_SIDE", "ImageFolder", "PICTURE_EXTENSIONS", "Split", "cache_dir",
-           "image_folder", "load_picture", "read_picture", "release_pages"]
+           "image_folder", "load_picture", "read_picture", "row_reader"]
 
 # What counts as a picture by its name (torchvision's list, with GIF); anything else is ignored.
 PICTURE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
@@ -610,12 +612,27 @@ def _open(entry, manifest):
     return splits
 
 
-def release_pages(array):
-    """Let go of the pages of a memory-mapped ``array`` that this process has touched (they stay
-    in the kernel's page cache, and are read from there again when needed), so reading a data set
-    larger than memory doesn't hold it all in this process. For other arrays: nothing."""
-    base = array
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "base", None)
-    if base is not None and hasattr(mmap, "MADV_DONTNEED"):
-        base.madvise(mmap.MADV_DONTNEED)
+def row_reader(images):
+    """A function ``take(rows, out)`` that copies ``images[rows]`` into ``out``, as ``np.take``.
+
+    For a memory map of a whole file (what :func:`image_folder` gives), the rows are read from the
+    file (``os.preadv``), not through the mapping: a random row touched through a mapping maps far
+    more than the row into the process (the kernel maps whole folios around a fault, about 1.5 MB
+    each on Linux 6.18), so a few batches would map the whole data set and count in its memory.
+    Read with ``preadv``, the rows come from the kernel's page cache, which it lets go of under
+    pressure: a data set larger than memory trains in the memory of a batch."""
+    preadv = getattr(os, "preadv", None)
+    if not (isinstance(images, np.memmap) and isinstance(images.base, mmap.mmap) and images.flags.c_contiguous
+            and preadv is not None):
+        return lambda rows, out: np.take(images, rows, axis=0, out=out)
+    fd = os.open(images.filename, os.O_RDONLY)
+    start, size = images.offset, images[0].nbytes
+
+    def take(rows, out):
+        flat = out.reshape(len(out), -1)
+        for k, row in enumerate(rows.tolist()):
+            if preadv(fd, (flat[k],), start + row * size) != size:
+                raise DataError(f"{images.filename}: shorter than its {len(images):,} images; decode the folder again")
+        return out
+    weakref.finalize(take, os.close, fd)  # the file is closed with the reader
+    return take

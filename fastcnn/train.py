@@ -31,7 +31,7 @@ from . import checkpoint, distributed, fileio
 from .callbacks import TrainingRun, check_callbacks, restore_states, saved_states
 from .data import as_float_pixels
 from .errors import FastCNNError, ModelFileError, ShapeError
-from .folders import release_pages
+from .folders import row_reader
 from .inference import check_batch
 from .kernels import checks, jit
 from .optim import Optimizer
@@ -40,7 +40,6 @@ from .settings import DEFAULT_VALIDATION_SPLIT
 
 VALIDATION_SPLIT = DEFAULT_VALIDATION_SPLIT  # held out of the training data by default: 1/12, MNIST's 5,000
 _HOLDOUT_STREAM = 2**32 - 1  # the seed's random stream for the held-out rows (epochs use [seed, epoch])
-_RELEASE_EVERY = 64  # batches between letting go of a memory-mapped data set's pages
 
 
 class TrainingDiverged(FastCNNError, FloatingPointError):
@@ -121,23 +120,19 @@ def accuracy(model, x, y, batch_size=128):
 
 def loss_and_accuracy(model, x, y, rows=None, batch_size=256):
     """The mean cross-entropy and the accuracy of ``model`` (evaluation mode) on checked x, y,
-    or on their ``rows``; read ``batch_size`` images at a time, so memory stays bounded."""
-    n = len(y) if rows is None else len(rows)
+    or on their ``rows``; read ``batch_size`` images at a time (:func:`fastcnn.folders.row_reader`),
+    so memory stays bounded."""
+    rows = np.arange(len(y)) if rows is None else rows
+    take = row_reader(x)
+    images = np.empty((min(batch_size, len(rows)), *x.shape[1:]), x.dtype)
     loss, correct = 0.0, 0
-    for start in range(0, n, batch_size):
-        if start % (16 * batch_size) == 0:
-            release_pages(x)  # a memory-mapped data set: its pages go back to the page cache
-        if rows is None:
-            images, labels = x[start:start + batch_size], y[start:start + batch_size]
-        else:
-            chunk = rows[start:start + batch_size]
-            images, labels = np.take(x, chunk, axis=0), y[chunk]
-        probs = model.predict(images, batch_size)
-        picked = probs[np.arange(len(labels)), labels].astype(np.float64)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        probs = model.predict(take(chunk, images[:len(chunk)]), batch_size)
+        picked = probs[np.arange(len(chunk)), y[chunk]].astype(np.float64)
         loss -= np.log(np.maximum(picked, np.finfo(np.float32).tiny)).sum()
-        correct += int((probs.argmax(axis=1) == labels).sum())
-    release_pages(x)
-    return float(loss / n), correct / n
+        correct += int((probs.argmax(axis=1) == y[chunk]).sum())
+    return float(loss / len(rows)), correct / len(rows)
 
 
 def holdout(labels, fraction, seed):
@@ -274,6 +269,7 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     x = np.empty((batch_size, *shape), np.float32)  # the batch, gathered in place
     raw = np.empty((batch_size, *shape), np.uint8) if x_train.dtype == np.uint8 else None  # before scaling
     plan = model.plan(shape)  # the data were checked above: the plan runs them as they are
+    take = row_reader(x_train)  # a memory-mapped image folder: rows read from its file
     trained = False
     with _stop_on_signals() as caught:
         while state["epoch"] < epochs and "stopped" not in state:
@@ -302,7 +298,7 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
                         raise _interrupted(signum, optimizer.steps, epochs, batches, out, state)
                 batch_rows = order[b * batch_size:(b + 1) * batch_size]
                 first_row, idx = world.slice(batch_rows)  # this process's contiguous part of the batch
-                batch = _gather(x_train, idx, x, raw)
+                batch = _gather(take, idx, x, raw)
                 y = y_train[idx]
                 loss, logits = plan.train_step(batch, y, seed, optimizer.steps, first_row)
                 world.allreduce_gradients(model.gradients, len(y), len(batch_rows))
@@ -321,8 +317,6 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
                 if b % 20 == 0 or b == batches - 1:
                     bar.set_postfix_str(f"loss {loss_sum / seen:.4f}  acc {correct / seen:.4f}  "
                                         f"{seen / (time.perf_counter() - start):,.0f} samples/s")
-                if b % _RELEASE_EVERY == _RELEASE_EVERY - 1:
-                    release_pages(x_train)  # a memory-mapped data set: its pages go back to the page cache
                 if callbacks:
                     logs = {"loss": float(loss), "acc": float(step_correct) / len(batch_rows), "step": optimizer.steps}
                     for c in callbacks:
@@ -435,12 +429,12 @@ def _check_fit(model, optimizer, train, validation, test, epochs, batch_size, se
     return _FitData(x, y, rows, val, test, classes, validated_on)
 
 
-def _gather(images, idx, out, raw):
-    """The batch ``images[idx]`` as float32, gathered into ``out`` (by way of ``raw`` for uint8
-    pixels, which are scaled to [0, 1] there)."""
+def _gather(take, idx, out, raw):
+    """The batch of rows ``idx`` as float32, gathered by ``take`` (a :func:`~fastcnn.folders.row_reader`)
+    into ``out`` (by way of ``raw`` for uint8 pixels, which are scaled to [0, 1] there)."""
     if raw is None:
-        return np.take(images, idx, axis=0, out=out[:len(idx)])
-    return as_float_pixels(np.take(images, idx, axis=0, out=raw[:len(idx)]), out[:len(idx)])
+        return take(idx, out[:len(idx)])
+    return as_float_pixels(take(idx, raw[:len(idx)]), out[:len(idx)])
 
 
 def make_schedule(settings, steps_per_epoch):

@@ -14,7 +14,7 @@ from fastcnn import SGD, DataError, ShapeError, fit
 from fastcnn.architectures import ARCHITECTURES
 from fastcnn.cli import main
 from fastcnn.data import image_folder
-from fastcnn.folders import Split, load_picture, read_picture, release_pages
+from fastcnn.folders import Split, load_picture, read_picture, row_reader
 
 
 @pytest.fixture(autouse=True)
@@ -237,21 +237,27 @@ def test_fit_on_memory_mapped_pixels_equals_fit_on_floats(tmp_path):
     assert [h["val_loss"] for h in runs[0][1]] == [h["val_loss"] for h in runs[1][1]]
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads the mapping's resident size in /proc")
-def test_release_pages_lets_go_of_a_memory_map(tmp_path):
-    path = tmp_path / "big.u8"
-    path.write_bytes(np.ones(8 << 20, np.uint8).tobytes())
-    mapped = np.memmap(path, np.uint8, "r", shape=(1024, 8192))
-
-    def resident_kb():
+def test_row_reader_reads_rows_from_the_file_not_the_mapping(tmp_path):
+    path = tmp_path / "rows.u8"
+    data = np.random.default_rng(0).integers(0, 256, (500, 7, 5, 3), np.uint8)
+    data.tofile(path)
+    mapped = np.memmap(path, np.uint8, "r", shape=data.shape)
+    rows = np.array([499, 0, 17, 17, 250])
+    out = np.empty((5, 7, 5, 3), np.uint8)
+    assert np.array_equal(row_reader(mapped)(rows, out), data[rows])
+    for other in (mapped[100:], data, data.astype(np.float32)):  # a view, an array: np.take
+        want = np.take(other, rows[rows < len(other)], axis=0)
+        assert np.array_equal(row_reader(other)(rows[rows < len(other)], np.empty_like(want)), want)
+    from_row_3 = np.memmap(path, np.uint8, "r", offset=3 * 105, shape=(10, 7, 5, 3))  # a row is 105 bytes
+    assert np.array_equal(row_reader(from_row_3)(np.array([9, 1]), out[:2]), data[[12, 4]])
+    if os.path.exists("/proc/self/smaps"):  # and nothing of the file was mapped into this process by it
+        big = tmp_path / "big.u8"
+        np.ones((4096, 1024), np.uint8).tofile(big)
+        mapped = np.memmap(big, np.uint8, "r", shape=(4096, 1024))
+        row_reader(mapped)(np.arange(0, 4096, 7), np.empty((586, 1024), np.uint8))
         lines = open("/proc/self/smaps").read().splitlines()
-        at = next(i for i, line in enumerate(lines) if line.endswith(str(path)))
-        return next(int(line.split()[1]) for line in lines[at + 1:] if line.startswith("Rss:"))
-    assert int(mapped[::16].sum()) == 64 * 8192  # touches every page
-    assert resident_kb() >= 8 << 10
-    release_pages(mapped[10:20])  # a view of it will do
-    assert resident_kb() == 0 and int(mapped[5, 5]) == 1  # and it still reads
-    release_pages(np.zeros(3))  # not a memory map: nothing to do
+        at = next(i for i, line in enumerate(lines) if line.endswith(str(big)))
+        assert next(int(line.split()[1]) for line in lines[at + 1:] if line.startswith("Rss:")) == 0
 
 
 def test_split_is_a_pair_with_names():
