@@ -499,8 +499,8 @@ def _validation_plan(settings, data, out):
         if data.test is None:
             raise ShapeError(f"validation: --validation test needs a test set, and {data.name} has none (a test/ "
                              f"folder of class folders); hold out a split of the training pictures instead")
-        return data.train, data.test, 0.0, None, len(y), (
-            f"validating on the test set after each epoch (--validation test, as the original project did)")
+        return data.train, data.test, 0.0, None, len(y), \
+            "validating on the test set after each epoch (--validation test, as the original project did)"
     if settings.validation == "end":  # a run of fastcnn 0.2: the end of the training set, as it held out
         held = int(round(len(y) * settings.validation_split))
         if not 1 <= held < len(y):
