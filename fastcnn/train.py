@@ -489,37 +489,47 @@ def _load_data(settings, data_dir, verbose):
     return _Data(train_data, test_data, None, None, settings.dataset, ""), None
 
 
-def _validation_plan(settings, data, out):
-    """How ``settings`` validate on ``data``: (training pair, validation pair or None, the fraction
-    to hold out, the test pair or None, the number of training images, and a sentence for the
-    start of the run)."""
+class _Validation(NamedTuple):
+    """How a run validates: fit's training pair, validation pair (or None), fraction to hold out
+    and test pair (or None), the number of images it trains on, and a phrase saying so."""
+    train: tuple
+    validation: Optional[tuple]
+    split: float
+    test: Optional[tuple]
+    trained_on: int
+    about: str
+
+
+def _validation_plan(settings, data):
+    """How ``settings`` validate on ``data``: a :class:`_Validation`."""
     from .folders import Split
     x, y = data.train
     if settings.validation == "test":
         if data.test is None:
             raise ShapeError(f"validation: --validation test needs a test set, and {data.name} has none (a test/ "
                              f"folder of class folders); hold out a split of the training pictures instead")
-        return data.train, data.test, 0.0, None, len(y), \
-            "validating on the test set after each epoch (--validation test, as the original project did)"
+        return _Validation(data.train, data.test, 0.0, None, len(y),
+                     "validating on the test set after each epoch (--validation test, as the original project did)")
     if settings.validation == "end":  # a run of fastcnn 0.2: the end of the training set, as it held out
         held = int(round(len(y) * settings.validation_split))
         if not 1 <= held < len(y):
             raise ShapeError(f"validation_split: {settings.validation_split} of {len(y)} images leaves {held} to "
                              f"validate on and {len(y) - held} to train on; both need at least one")
-        return (x[:-held], y[:-held]), Split(x[-held:], y[-held:], name="held-out end"), 0.0, data.test, \
-            len(y) - held, f"validating on the last {held:,} training images (as fastcnn 0.2 held out)"
+        return _Validation((x[:-held], y[:-held]), Split(x[-held:], y[-held:], name="held-out end"), 0.0, data.test,
+                     len(y) - held, f"validating on the last {held:,} training images (as fastcnn 0.2 held out)")
     if data.val is not None:
-        return data.train, data.val, 0.0, data.test, len(y), f"validating on its val/ folder ({len(data.val[1]):,})"
+        return _Validation(data.train, data.val, 0.0, data.test, len(y),
+                           f"validating on its val/ folder ({len(data.val[1]):,})")
     split = settings.validation_split
     rows, held = holdout(y, split, settings.seed) if split else (y, ())
     if not len(held):
         if split:
             print(f"{data.name}: too few pictures of each class to hold out {split:.3g} of them: training without "
                   f"validation (a larger --validation-split holds some out)", file=sys.stderr)
-        return data.train, None, 0.0, data.test, len(y), "no validation"
-    return data.train, None, split, data.test, len(rows), (
-        f"{len(held):,} held out to validate on ({split:.3g} of each class"
-        + (f"; the test set, {len(data.test[1]):,}, is evaluated at the end)" if data.test is not None else ")"))
+        return _Validation(data.train, None, 0.0, data.test, len(y), "no validation")
+    tested = f"; the test set, {len(data.test[1]):,}, is evaluated at the end" if data.test is not None else ""
+    return _Validation(data.train, None, split, data.test, len(rows),
+                       f"{len(held):,} held out to validate on ({split:.3g} of each class{tested})")
 
 
 def make_callbacks(settings, out):
@@ -626,9 +636,9 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
                   f"resumed run trains on them as they are now, {len(folder.train[1]):,} (it had "
                   f"{before.get('images', 'an unknown number')})", file=sys.stderr)
         settings = dataclasses.replace(settings, image_size=folder.image_size, color=folder.color)
-    train_data, validation, split, test_data, trained_on, validating = _validation_plan(settings, data, out)
+    validating = _validation_plan(settings, data)
     classes = len(data.classes) if data.classes else int(max(data.train[1].max(), data.test[1].max())) + 1
-    batches = -(-trained_on // settings.batch_size)
+    batches = -(-validating.trained_on // settings.batch_size)
     if resume:
         if stretched and settings.schedule == "cosine":  # the curve now spans the longer (or shorter) run
             optimizer.schedule = make_schedule(settings, batches)
@@ -637,7 +647,7 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
         optimizer = make_optimizer(model, settings, batches)
     cores = f"{threads} threads" + (f" in each of {world.size} processes" if world.size > 1 else "")
     shape = "x".join(map(str, data.train[0].shape[1:]))
-    print(f"Training on {data.name}{data.how}: {len(data.train[1]):,} images of {shape}, {validating}; {cores}, "
+    print(f"Training on {data.name}{data.how}: {len(data.train[1]):,} images of {shape}, {validating.about}; {cores}, "
           f"{settings.describe()}" + (" (resumed)" if resume else ""), flush=True)
     state = state or fresh_state()
     state["settings"] = dataclasses.asdict(settings)
@@ -645,8 +655,9 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
         state["folder"] = {"fingerprint": folder.fingerprint, "images": len(folder.train[1])}
     callbacks = make_callbacks(settings, out)
     warm_up(model, data.train[0].shape[1:])
-    history = fit(model, optimizer, train_data, validation, epochs=settings.epochs,
-                  batch_size=settings.batch_size, seed=settings.seed, validation_split=split, test=test_data,
+    history = fit(model, optimizer, validating.train, validating.validation, epochs=settings.epochs,
+                  batch_size=settings.batch_size, seed=settings.seed, validation_split=validating.split,
+                  test=validating.test,
                   callbacks=callbacks, classes=data.classes, out=last if settings.keep_best else out,
                   training=state, progress=progress, checkpoint_every=checkpoint_every)
     if history and world.is_root:
