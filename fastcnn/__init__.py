@@ -1,9 +1,11 @@
 """fastcnn: a small, fast, honest CNN engine for the CPU.
 
 Numba kernels (``fastcnn.kernels``) checked against a plain NumPy reference
-(``fastcnn.kernels.reference``), layers over them, a ``Sequential`` model with its execution plan, SGD and Adam, and ``fit``.
+(``fastcnn.kernels.reference``), layers over them, a ``Sequential`` model with its execution plan, SGD and Adam, ``fit``
+and its callbacks; ``fastcnn.data`` loads MNIST, Fashion-MNIST, CIFAR-10 and folders of one's own pictures.
 """
 
+from .callbacks import Callback, EarlyStopping, KeepBest, ReduceLROnPlateau
 from .checkpoint import load, load_checkpoint, save
 from .errors import DataError, ExportError, FastCNNError, ImageError, ModelFileError, ShapeError
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Layer,
@@ -22,4 +24,5 @@ __all__ = [
     "BatchNorm2D", "BatchNorm1D", "Flatten", "Dense", "register_layer", "SoftmaxCrossEntropy", "Sequential",
     "SGD", "Adam", "Constant", "InverseTime", "Cosine", "fit", "softmax", "save", "load", "load_checkpoint",
     "FastCNNError", "ShapeError", "DataError", "ModelFileError", "ImageError", "export_onnx", "ExportError",
+    "Callback", "EarlyStopping", "KeepBest", "ReduceLROnPlateau",
 ]

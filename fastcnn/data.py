@@ -42,10 +42,12 @@ __all__ = [
     "ENV_VAR",
     "MIRRORS",
     "SPLITS",
+    "as_float_pixels",
     "check_images",
     "check_labels",
     "clear_cache",
     "data_dir",
+    "image_folder",
     "load_dataset",
     "read_cifar10_batch",
     "read_idx",
@@ -483,10 +485,12 @@ _CHUNK = 1000  # images checked at a time, so a check of 60,000 images needs no 
 
 
 def check_images(name, x):
-    """``x`` as float32 images (N, H, W, C): finite, |value| <= ``MAX_ABS_PIXEL``, at least one.
+    """``x`` as float32 images (N, H, W, C): finite, |value| <= ``MAX_ABS_PIXEL``, at least one;
+    or as uint8 pixels 0-255, which are returned as they are (each batch is scaled to [0, 1] as it
+    is read: :func:`as_float_pixels`), so a data set stays a quarter of the size, or on disk.
 
     Other float dtypes (float64) are converted here, once: one float32 copy of the whole set
-    (188 MB for MNIST's training images), not one per batch. Integer images are refused, as
+    (188 MB for MNIST's training images), not one per batch. Other integer images are refused, as
     ``model.forward`` does: scale them to [0, 1] first (``x / 255``).
     Raises ``ShapeError`` naming ``name``, what was expected and what came (for NaN, Inf and values
     out of range: the index of the first such image).
@@ -498,8 +502,10 @@ def check_images(name, x):
         raise ShapeError(f"{name}: expected 4 dimensions (N, H, W, C), got shape {x.shape}{hint}")
     if x.size == 0:
         raise ShapeError(f"{name}: expected at least one non-empty image, got shape {x.shape}")
+    if x.dtype == np.uint8:
+        return x
     if x.dtype.kind in "biu":
-        raise ShapeError(f"{name}: expected floating-point images in [0, 1], got dtype {x.dtype}; "
+        raise ShapeError(f"{name}: expected floating-point images in [0, 1] or uint8 pixels, got dtype {x.dtype}; "
                          f"scale 0-255 pixels first: x / 255")
     if x.dtype.kind != "f":
         raise ShapeError(f"{name}: expected floating-point images in [0, 1], got dtype {x.dtype}")
@@ -517,6 +523,12 @@ def check_images(name, x):
     return x if x.dtype == np.float32 else x.astype(np.float32)
 
 
+def as_float_pixels(raw, out=None):
+    """uint8 pixels as float32 in [0, 1] (into ``out`` if given): the same numbers as
+    :func:`load_dataset`'s, ``pixel / 255`` in float32."""
+    return np.divide(raw, np.float32(255), out=out, dtype=np.float32)
+
+
 def check_labels(name, y, n, classes):
     """``y`` as int64 class labels of shape (n,), each in 0..classes-1; else ``ShapeError``."""
     if not isinstance(y, np.ndarray):
@@ -531,3 +543,7 @@ def check_labels(name, y, n, classes):
         i = int(np.argmax(bad))
         raise ShapeError(f"{name}: label {y[i]} at index {i} is outside 0..{classes - 1}, the model's classes")
     return y.astype(np.int64, copy=False)
+
+
+# Image folders (one's own pictures) live in their own module; they are data sets too.
+from .folders import image_folder  # noqa: E402

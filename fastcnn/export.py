@@ -57,14 +57,16 @@ def _onnx():
     return onnx
 
 
-def export_onnx(model, path, input_shape=None, logits=False, dataset=None, overwrite=False, network=None):
+def export_onnx(model, path, input_shape=None, logits=False, dataset=None, overwrite=False, network=None,
+                classes=None):
     """Write ``model`` (a ``Sequential``) to ``path`` as an ONNX file; returns the ``ModelProto``.
 
     ``input_shape`` (H, W, C) is needed only for a model that does not know its own (files saved
     by older versions); ``logits`` adds the logits as a second output. ``dataset`` (mnist,
     fashion-mnist, cifar10: the one it was trained on) gives the class names and preprocessing
-    in the metadata; ``network`` the named architecture, if it is one. An existing ``path`` is
-    replaced only with ``overwrite=True``; the file is written atomically.
+    in the metadata; or ``classes``, the class names of a model trained on an image folder
+    (whose pictures were resized to H x W). ``network`` is the named architecture, if it is one.
+    An existing ``path`` is replaced only with ``overwrite=True``; the file is written atomically.
     """
     _onnx()
     path = Path(path)
@@ -75,7 +77,7 @@ def export_onnx(model, path, input_shape=None, logits=False, dataset=None, overw
         check_writable(path)  # before the work, as every output of fastcnn's
     except OSError as e:
         raise ExportError(f"{path}: cannot write the ONNX file there ({e.strerror or e})") from None
-    proto = to_onnx(model, input_shape, logits, dataset, network)
+    proto = to_onnx(model, input_shape, logits, dataset, network, classes)
     try:
         with atomic_write(path) as f:
             f.write(proto.SerializeToString())
@@ -84,7 +86,7 @@ def export_onnx(model, path, input_shape=None, logits=False, dataset=None, overw
     return proto
 
 
-def to_onnx(model, input_shape=None, logits=False, dataset=None, network=None):
+def to_onnx(model, input_shape=None, logits=False, dataset=None, network=None, classes=None):
     """The ONNX ``ModelProto`` of ``model``, checked by ``onnx.checker``; see :func:`export_onnx`."""
     onnx = _onnx()
     from onnx import TensorProto, helper
@@ -96,6 +98,9 @@ def to_onnx(model, input_shape=None, logits=False, dataset=None, network=None):
         raise ShapeError(f"model: expected a fastcnn.Sequential (fastcnn.load reads a model file), "
                          f"got {type(model).__name__}")
     shape = _input_shape(model, input_shape)
+    own = classes  # the class names of an image folder, if given; ``classes`` becomes their number below
+    if own is not None and (isinstance(own, str) or not all(isinstance(n, str) for n in own)):
+        raise ExportError(f"classes: expected a list of class names, got {own!r}")
     if dataset is not None and dataset not in PREPROCESSING:
         raise ExportError(f"dataset: expected one of {', '.join(PREPROCESSING)} or None, got {dataset!r}")
     graph = _Graph(onnx)
@@ -103,9 +108,16 @@ def to_onnx(model, input_shape=None, logits=False, dataset=None, network=None):
     if len(out_shape) != 1:
         raise ExportError(f"the model's output is {out_shape} per example; a classifier's is (classes,)")
     classes = out_shape[0]
-    names = CLASS_NAMES.get(dataset) if dataset else None
+    if dataset is not None and own is not None:
+        raise ExportError("give the class names of a data set (dataset) or of a folder (classes), not both")
+    names = CLASS_NAMES.get(dataset) if dataset else own
     if names is not None and len(names) != classes:
-        raise ExportError(f"the model scores {classes} classes, {dataset} has {len(names)}")
+        raise ExportError(f"the model scores {classes} classes, {dataset or 'classes='} has {len(names)}")
+    preprocessing = PREPROCESSING.get(dataset)
+    if own is not None:
+        preprocessing = (f"float32 in [0, 1], {shape[0]}x{shape[1]} {'greyscale (C = 1)' if shape[-1] == 1 else 'RGB'}"
+                         f": the picture resized (stretched) to {shape[1]}x{shape[0]} with Lanczos filtering, "
+                         f"transparency on white, as fastcnn reads an image folder")
     graph.nodes.append(helper.make_node("Softmax", [out], ["probabilities"], axis=-1, name="softmax"))
 
     batch = "batch"
@@ -117,15 +129,15 @@ def to_onnx(model, input_shape=None, logits=False, dataset=None, network=None):
     dims = ", ".join(map(str, shape))
     doc = (f"fastcnn {__version__} model. Input '{INPUT}': float32 (batch, {dims}), "
            + ("NHWC as fastcnn's predict takes it (the graph transposes to NCHW itself); " if len(shape) == 3 else "")
-           + f"{PREPROCESSING.get(dataset, 'scaled as the training data was')}. Output 'probabilities': "
+           + f"{preprocessing or 'scaled as the training data was'}. Output 'probabilities': "
            f"softmax over {classes} classes" + ("; 'logits': the scores before it." if logits else "."))
     g = helper.make_graph(graph.nodes, "fastcnn", [image], outputs, initializer=graph.weights, doc_string=doc)
     proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
                               producer_name="fastcnn", producer_version=__version__, doc_string=doc)
     metadata = {
         "class_names": json.dumps(list(names) if names else [str(k) for k in range(classes)]),
-        "preprocessing": PREPROCESSING.get(dataset, "not recorded: the model file does not say what it was "
-                                                    "trained on; scale images as its training data was"),
+        "preprocessing": preprocessing or ("not recorded: the model file does not say what it was "
+                                           "trained on; scale images as its training data was"),
         "input_layout": "NHWC",
         "dataset": dataset or "",
         "fastcnn_version": __version__,

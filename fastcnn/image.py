@@ -81,8 +81,11 @@ def _to_pixels(im):
     return np.asarray(im.convert("RGB"), dtype=np.float32) / 255
 
 
-def _read(path_or_file, convert):
-    """``convert(im)`` of the picture at ``path_or_file``, upright, every failure an ``ImageError``."""
+def _read(path_or_file, convert, draft=None):
+    """``convert(im)`` of the picture at ``path_or_file``, upright, every failure an ``ImageError``.
+
+    ``draft`` (W, H): a JPEG may be decoded at a reduced scale that is still at least that large
+    (its DCT does it for free), for a caller that will shrink it to that size anyway."""
     if not isinstance(path_or_file, (str, bytes, os.PathLike)) and not hasattr(path_or_file, "read"):
         raise ImageError(f"path_or_file: expected a path or a binary file object, got {type(path_or_file).__name__}")
     label = _describe(path_or_file)
@@ -97,6 +100,8 @@ def _read(path_or_file, convert):
                     raise ImageError(
                         f"{label}: image of {w}x{h} = {w * h} pixels, expected at most {MAX_PIXELS}"
                     )
+                if draft is not None:
+                    im.draft(None, draft)
                 im = ImageOps.exif_transpose(im)  # phones store portrait photos sideways
                 return convert(im)
     except ImageError:
@@ -362,13 +367,16 @@ def _mnist_field(ink):
     return out
 
 
-def save_preprocessed(arr, path):
+def save_preprocessed(arr, path, shape=None):
     """Write a preprocessed image in [0, 1] as an 8-bit PNG, atomically: a digit (28, 28) or
-    (28, 28, 1) as greyscale, a photo (32, 32, 3) as RGB."""
+    (28, 28, 1) as greyscale, a photo (32, 32, 3) as RGB; or, given ``shape`` (H, W, C), an
+    image of that shape (a picture read for a model trained on an image folder)."""
     a = np.asarray(arr)
+    if shape is not None and a.shape != tuple(shape):
+        raise ShapeError(f"expected an image of shape {tuple(shape)}, got {a.shape}")
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
-    if a.shape not in ((SIZE, SIZE), (PHOTO_SIDE, PHOTO_SIDE, 3)) or a.dtype.kind not in "fiub":
+    if (shape is None and a.shape not in ((SIZE, SIZE), (PHOTO_SIDE, PHOTO_SIDE, 3))) or a.dtype.kind not in "fiub":
         raise ShapeError(
             f"expected a (28, 28) or (28, 28, 1) digit or a (32, 32, 3) photo, got shape {np.shape(arr)}, "
             f"dtype {a.dtype}"

@@ -5,6 +5,7 @@ Both check what they are given first and raise ``ShapeError`` (arrays, arguments
 ``ImageError`` (pictures) naming the argument, what was expected and what came.
 """
 
+import functools
 import os
 
 import numpy as np
@@ -52,11 +53,20 @@ def input_channels(model):
     return None if channels is None else int(channels)
 
 
-def picture_loader(model):
+def picture_loader(model, folder=False):
     """The function that reads a user's picture for ``model``: :func:`~fastcnn.image.load_photo`
     (a 32x32 colour photo) for a model of 3-channel images, :func:`~fastcnn.image.load_digit` (an
     MNIST-like 28x28 digit) for 1 channel, and for models that do not say (a first layer with no
-    channels). Every command that reads a user's picture chooses with this one function."""
+    channels). ``folder``: the model was trained on an image folder (its file records class names
+    of its own), so a picture is read as the folder's were, resized to the model's input
+    (:func:`~fastcnn.folders.load_picture`). Every command that reads a user's picture chooses
+    with this one function."""
+    if folder:
+        shape = getattr(check_model(model), "input_shape", None)
+        if shape is None or len(shape) != 3 or shape[2] not in (1, 3):
+            raise ShapeError(f"model: expected one trained on images (H, W, 1 or 3), it takes {shape}")
+        from .folders import load_picture
+        return functools.partial(load_picture, image_size=tuple(shape[:2]), color="grey" if shape[2] == 1 else "rgb")
     channels = input_channels(model)
     if channels == 3:
         return load_photo

@@ -188,7 +188,8 @@ class Sequential:
 
         Keeps no state, so several threads may call it on one model at once. Each batch is
         checked and converted to float32 on its own, so memory stays bounded whatever the input's
-        dtype.
+        dtype; uint8 images are pixels 0-255, scaled to [0, 1] batch by batch (a memory-mapped
+        image folder is read a batch at a time).
         """
         batch_size = checks.positive_int("batch_size", batch_size)
         batches = _checked_batches(x, batch_size)
@@ -223,6 +224,11 @@ def _checked_batches(x, batch_size):
     one that ``check_images`` finds up to this batch's end is in this batch."""
     if not isinstance(x, np.ndarray) or x.ndim < 2 or len(x) == 0:
         _as_input(x)  # raises, saying what was expected
+    if x.dtype == np.uint8:  # pixels 0-255: always in range, scaled batch by batch
+        from .data import as_float_pixels
+        for start in range(0, len(x), batch_size):
+            yield start, as_float_pixels(x[start:start + batch_size])
+        return
     for start in range(0, len(x), batch_size):
         try:
             yield start, _as_input(x[start:start + batch_size])

@@ -16,8 +16,8 @@ def _save(fig, path):
 
 
 def plot_errors(path, images, true, predicted, probabilities, class_names, most=36):
-    """A grid of up to ``most`` wrongly classified images (greyscale (N, H, W, 1) or RGB (N, H, W, 3)),
-    each titled with its guess and truth."""
+    """A grid of up to ``most`` wrongly classified images (greyscale (N, H, W, 1) or RGB (N, H, W, 3),
+    floats in [0, 1] or uint8 pixels), each titled with its guess and truth."""
     wrong = np.flatnonzero(predicted != true)[:most]
     cols = 6
     rows = max(1, -(-len(wrong) // cols))
@@ -27,10 +27,11 @@ def plot_errors(path, images, true, predicted, probabilities, class_names, most=
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), wrong):
+        image = images[i] / 255 if images.dtype == np.uint8 else images[i]  # an image folder's pixels
         if images.shape[-1] == 3:
-            ax.imshow(np.clip(images[i], 0, 1))
+            ax.imshow(np.clip(image, 0, 1))
         else:
-            ax.imshow(images[i, :, :, 0], cmap="gray", vmin=0, vmax=1)
+            ax.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=1)
         p = probabilities[i, predicted[i]]
         ax.set_title(f"guess {class_names[predicted[i]]} ({p:.0%})\ntrue {class_names[true[i]]}",
                      fontsize=8, color="firebrick")
@@ -58,8 +59,9 @@ def plot_confusion(path, confusion, class_names):
     _save(fig, path)
 
 
-def plot_history(path, history, title=None):
-    """Loss and accuracy per epoch, training beside validation (where the run had validation data)."""
+def plot_history(path, history, title=None, validation="validation"):
+    """Loss and accuracy per epoch, training beside validation (where the run had validation data),
+    which ``validation`` names (say, "test set (as validation)")."""
     epochs = [h["epoch"] for h in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, key, name in ((loss_ax, "loss", "loss"), (acc_ax, "train_acc", "accuracy")):
@@ -68,7 +70,7 @@ def plot_history(path, history, title=None):
         val = [(h["epoch"], h.get(val_key)) for h in history]
         val = [(e, v) for e, v in val if v is not None]
         if val:
-            ax.plot(*zip(*val), "s-", label="validation")
+            ax.plot(*zip(*val), "s-", label=validation)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -76,7 +78,7 @@ def plot_history(path, history, title=None):
         ax.xaxis.get_major_locator().set_params(integer=True)
     if val:
         best = max(val, key=lambda ev: ev[1])
-        acc_ax.set_title(f"best validation accuracy {best[1]:.2%} (epoch {best[0]})", fontsize=9)
+        acc_ax.set_title(f"best {validation} accuracy {best[1]:.2%} (epoch {best[0]})", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -4,12 +4,15 @@
 and answers ``{"prediction": 7, "probabilities": [10 floats], "classes": [10 names],
 "image": 28 rows of 28 pixels 0-255 (what the model saw), "notes": [...]}``. For a model of colour
 images (CIFAR-10) the picture is read as a photo and ``"image"`` is 32 rows of 32 ``[r, g, b]``;
-the page then takes photos only (drawing one makes no sense). A bad upload (empty, not an image,
+the page then takes photos only (drawing one makes no sense). For a model trained on an image
+folder, the picture is read as the folder's were (resized to the model's H x W), ``"image"`` is
+H rows of W, and the page takes pictures only. A bad upload (empty, not an image,
 over ``MAX_UPLOAD`` bytes or ``image.MAX_PIXELS`` pixels, no digit in it) gets a 4xx with
 ``{"error": "what was wrong"}``. The page (``web/index.html``) is plain HTML and JavaScript:
 nothing to build. Flask comes with the ``[web]`` extra.
 """
 
+import html
 import importlib.resources
 import io
 import threading
@@ -30,13 +33,19 @@ __all__ = ["MAX_UPLOAD", "create_app", "serve"]
 MAX_UPLOAD = 25_000_000  # bytes: a phone photo is 3-12 MB; more is not a photo of one digit
 
 
-def create_app(model, classes=CLASS_NAMES["mnist"]):
-    """The Flask app that serves the page and ``POST /predict`` for ``model``."""
+def create_app(model, classes=CLASS_NAMES["mnist"], folder=False):
+    """The Flask app that serves the page and ``POST /predict`` for ``model``; ``folder``: it was
+    trained on an image folder, and reads a picture as the folder's were read."""
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD
-    load = picture_loader(model)
+    load = picture_loader(model, folder)
     page = (importlib.resources.files(__package__) / "web" / "index.html").read_text(encoding="utf-8")
-    if load is load_photo:
+    if folder:
+        h, w, c = model.input_shape
+        hint = html.escape(f"This model reads a picture as it was trained: resized to {h}x{w}, in "
+                           f"{'grey' if c == 1 else 'colour'}; its classes: {', '.join(classes)}.")
+        page = page.replace('<body data-input="digit">', f'<body data-input="picture" data-hint="{hint}">', 1)
+    elif load is load_photo:
         page = page.replace('<body data-input="digit">', '<body data-input="photo">', 1)
     lock = threading.Lock()  # Numba's thread pool is not to be entered from two threads at once
 
@@ -79,9 +88,9 @@ def _error(status, message):
     return response
 
 
-def serve(model, host="127.0.0.1", port=8000, classes=CLASS_NAMES["mnist"], model_name="the model"):
+def serve(model, host="127.0.0.1", port=8000, classes=CLASS_NAMES["mnist"], model_name="the model", folder=False):
     """Serve the page until Ctrl-C. ``port`` 0 takes a free one."""
-    server = make_server(host, port, create_app(model, classes), threaded=True)
+    server = make_server(host, port, create_app(model, classes, folder), threaded=True)
     print(f"Serving {model_name} on http://{host}:{server.server_port}/ (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()

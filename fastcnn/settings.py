@@ -9,19 +9,26 @@ schedule unless told otherwise.
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Tuple
 
 from .architectures import ARCHITECTURES
 from .data import DATASETS
 from .errors import ShapeError
+from .folders import COLORS, DEFAULT_MAX_SIDE
 from .kernels import checks
 from .schedules import SCHEDULES
 
 OPTIMIZERS = ("sgd", "adam")
 
 
-def _setting(help, type=None, choices=None, resumable=False, default=None):
-    return field(default=default, metadata={"help": help, "type": type, "choices": choices, "resumable": resumable})
+VALIDATIONS = ("split", "test")  # and "end", the held-out end of the training set, for runs of fastcnn 0.2
+MONITORS = ("val_loss", "val_acc")
+DEFAULT_VALIDATION_SPLIT = 1 / 12  # held out of the training set (fit's too): 5,000 of MNIST's 60,000
+
+
+def _setting(help, type=None, choices=None, resumable=False, default=None, nargs=None, metavar=None, flag=False):
+    return field(default=default, metadata={"help": help, "type": type, "choices": choices, "resumable": resumable,
+                                            "nargs": nargs, "metavar": metavar, "flag": flag})
 
 
 @dataclass
@@ -33,6 +40,15 @@ class Settings:
         f"{name}: {a.about}" for name, a in ARCHITECTURES.items()), str, tuple(ARCHITECTURES), default="original")
     dataset: Optional[str] = _setting("the data set (default: the network's; mnist for original and deep)", str,
                                       DATASETS)
+    data: Optional[str] = _setting("a folder of your own pictures to train on instead of --dataset: one subfolder "
+                                   "of pictures per class (train/ and test/ folders of them, or a test/ beside the "
+                                   "classes, are used as such); decoded once into a cache", str, resumable=True,
+                                   metavar="FOLDER")
+    image_size: Optional[Tuple[int, int]] = _setting(
+        "resize the --data pictures to H x W pixels (default: their most common size, shrunk to at most "
+        f"{DEFAULT_MAX_SIDE} on the longer side)", int, nargs=2, metavar=("H", "W"))
+    color: Optional[str] = _setting("read the --data pictures as grey (1 channel) or rgb (3) (default: grey if "
+                                    "every picture is)", str, COLORS)
     epochs: Optional[int] = _setting("passes over the training set (default: the network's; 5 for original)", int,
                                      resumable=True)
     batch_size: Optional[int] = _setting("the batch (default 64)", int)
@@ -46,9 +62,26 @@ class Settings:
     decay: Optional[float] = _setting("the inverse-time schedule's decay (default 1e-3)", float)
     weight_decay: Optional[float] = _setting("L2 weight decay added to the gradients (default: the network's; 0 "
                                              "for original)", float)
-    validation_split: Optional[float] = _setting("hold out this fraction of the training set (its end) to "
-                                                 "validate on after each epoch, instead of the test set", float)
-    seed: Optional[int] = _setting("initial weights, shuffling and dropout (default 0)", int)
+    validation: Optional[str] = _setting("what each epoch is validated on: split (default) holds out "
+                                         "--validation-split of the training set (of each class, drawn from the "
+                                         "seed; a val/ folder beside train/ instead, if there is one) and tests on "
+                                         "the test set once, at the end; test validates on the test set, as the "
+                                         "original project did", str, VALIDATIONS)
+    validation_split: Optional[float] = _setting("the fraction of the training set held out to validate on "
+                                                 "(default 1/12)", float)
+    keep_best: Optional[bool] = _setting("--out holds the epoch with the best --monitor, and OUT.last.npz (e.g. "
+                                         "model.last.npz) the last epoch, to resume from", flag=True)
+    early_stopping: Optional[int] = _setting("stop when --monitor has not improved for this many epochs", int,
+                                             metavar="PATIENCE")
+    reduce_lr_on_plateau: Optional[int] = _setting("multiply the learning rate by 0.1 when --monitor has not "
+                                                   "improved for this many epochs", int, metavar="PATIENCE")
+    monitor: Optional[str] = _setting("what --keep-best, --early-stopping and --reduce-lr-on-plateau watch "
+                                      "(default val_loss)", str, MONITORS)
+    seed: Optional[int] = _setting("initial weights, shuffling, the held-out split and dropout (default 0)", int)
+
+    def __post_init__(self):
+        if isinstance(self.image_size, list):  # from JSON (a checkpoint) or argparse
+            self.image_size = tuple(self.image_size)
 
     def resolved(self, strict=True):
         """These settings with every None filled in from the network's recipe and the defaults;
@@ -56,25 +89,47 @@ class Settings:
         run doesn't use (SGD's momentum in an Adam run, ...) is an error, not silently ignored."""
         if self.model not in ARCHITECTURES:
             raise ShapeError(f"model: expected one of {', '.join(ARCHITECTURES)}, got {self.model!r}")
-        recipe = dict(ARCHITECTURES[self.model].recipe, validation_split=0.0, seed=0)
+        if self.data is not None and self.dataset is not None:
+            raise ShapeError(f"data: a folder of pictures ({self.data}) and a dataset ({self.dataset}) were both "
+                             f"given; give one")
+        recipe = dict(ARCHITECTURES[self.model].recipe, validation="split", keep_best=False, monitor="val_loss",
+                      seed=0)
+        if self.data is not None:
+            del recipe["dataset"]
         if self.optimizer == "adam" and recipe["optimizer"] != "adam":
             recipe.update(lr=1e-3)  # Adam's own default, unless asked otherwise
         given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
         settings = Settings(**{**recipe, **given})
+        if settings.validation_split is None:
+            settings.validation_split = DEFAULT_VALIDATION_SPLIT if settings.validation != "test" else 0.0
         settings.check()
         if strict:
             for name, value in given.items():
                 if name not in settings.relevant():
-                    used = (f"--optimizer {settings.optimizer}" if name == "momentum"
-                            else f"the {settings.schedule} schedule")
-                    raise ShapeError(f"{name}: {value} was given, but {used} doesn't use it")
+                    raise ShapeError(f"{name}: {value} was given, but {_unused(settings, name)} doesn't use it")
         return settings
 
     def check(self):
         _choice("model", self.model, ARCHITECTURES)
-        _choice("dataset", self.dataset, DATASETS)
+        if self.data is None:
+            _choice("dataset", self.dataset, DATASETS)
+        elif not isinstance(self.data, str) or not self.data:
+            raise ShapeError(f"data: expected the path of a folder of pictures, got {self.data!r}")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
+        _choice("validation", self.validation, VALIDATIONS + ("end",))
+        _choice("monitor", self.monitor, MONITORS)
+        if self.color is not None:
+            _choice("color", self.color, COLORS)
+        if self.image_size is not None and (
+                not isinstance(self.image_size, tuple) or len(self.image_size) != 2
+                or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 4096 for d in self.image_size)):
+            raise ShapeError(f"image_size: expected H W, each 1 to 4096 pixels, got {self.image_size!r}")
+        if not isinstance(self.keep_best, bool):
+            raise ShapeError(f"keep_best: expected True or False, got {self.keep_best!r}")
+        for name in ("early_stopping", "reduce_lr_on_plateau"):
+            if getattr(self, name) is not None:
+                checks.non_negative_int(name, getattr(self, name))
         checks.positive_int("epochs", self.epochs)
         checks.positive_int("batch_size", self.batch_size)
         checks.non_negative_int("seed", self.seed)
@@ -91,6 +146,12 @@ class Settings:
             del out["momentum"]
         if self.schedule != "inverse-time":
             del out["decay"]
+        for name in ("dataset",) if self.data is not None else ("data", "image_size", "color"):
+            del out[name]
+        if self.validation == "test":
+            del out["validation_split"]
+        if not (self.keep_best or self.early_stopping is not None or self.reduce_lr_on_plateau is not None):
+            del out["monitor"]
         return out
 
     def describe(self):
@@ -99,6 +160,19 @@ class Settings:
         schedule = f"inverse-time decay {self.decay:g}" if self.schedule == "inverse-time" else self.schedule
         return (f"{self.model} network, batch {self.batch_size}, {opt}, {schedule} schedule, weight decay "
                 f"{self.weight_decay:g}, seed {self.seed}")
+
+
+def _unused(settings, name):
+    """What makes setting ``name`` idle in a run of ``settings``, for the message refusing it."""
+    if name == "momentum":
+        return f"--optimizer {settings.optimizer}"
+    if name == "decay":
+        return f"the {settings.schedule} schedule"
+    if name in ("image_size", "color"):
+        return "a --dataset run (only --data folders are resized)"
+    if name == "validation_split":
+        return "--validation test"
+    return "a run without --keep-best, --early-stopping or --reduce-lr-on-plateau"
 
 
 def _choice(name, value, choices):
@@ -110,8 +184,12 @@ def add_arguments(parser):
     """One ``--option`` per setting, named after the field (``batch_size``: ``--batch-size``)."""
     for f in dataclasses.fields(Settings):
         meta = f.metadata
-        parser.add_argument("--" + f.name.replace("_", "-"), type=meta["type"], choices=meta["choices"],
-                            default=None, help=meta["help"].replace("%", "%%"))
+        name, help = "--" + f.name.replace("_", "-"), meta["help"].replace("%", "%%")
+        if meta["flag"]:
+            parser.add_argument(name, action="store_const", const=True, default=None, help=help)
+        else:
+            parser.add_argument(name, type=meta["type"], choices=meta["choices"], nargs=meta["nargs"],
+                                metavar=meta["metavar"], default=None, help=help)
 
 
 def from_arguments(args):
@@ -125,9 +203,12 @@ def fixed_on_resume():
 
 def from_checkpoint(saved):
     """The settings a checkpoint's training state holds; files from before ``Settings`` hold the
-    original network's run and no model name."""
+    original network's run and no model name, and files from before held-out validation
+    validated on the test set (or on the end of the training set, with a validation_split)."""
     known = {f.name for f in dataclasses.fields(Settings)}
     saved = {k: v for k, v in saved.items() if k in known}
     if "optimizer" not in saved:  # a version 1 checkpoint: the original's recipe, as it was
         saved.update(model="original", optimizer="sgd", schedule="inverse-time", weight_decay=0.0)
+    if "validation" not in saved:  # fastcnn 0.2
+        saved["validation"] = "end" if saved.get("validation_split") else "test"
     return Settings(**saved).resolved(strict=False)

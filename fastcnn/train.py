@@ -10,6 +10,10 @@ It is written after every epoch, every ``checkpoint_every`` batches if asked, an
 and raises ``TrainingInterrupted``. Resuming from any of these ends with the weights of an
 uninterrupted run, bit for bit (for the same thread count). A checkpoint is never written with
 NaN or Inf weights, so the file always holds the last good state.
+
+Validation is held out of the training data (``holdout``: a fraction of each class, drawn from
+the seed, never trained on); callbacks (``fastcnn.callbacks``) choose on it after each epoch,
+and their states go into the checkpoint too. The test set is evaluated once, at the end.
 """
 
 import contextlib
@@ -17,16 +21,25 @@ import signal
 import sys
 import threading
 import time
+from typing import NamedTuple, Optional
 
 import numba
 import numpy as np
 from tqdm import tqdm
 
 from . import checkpoint, distributed, fileio
+from .callbacks import TrainingRun, check_callbacks, restore_states, saved_states
+from .data import as_float_pixels
 from .errors import FastCNNError, ModelFileError, ShapeError
+from .folders import row_reader
 from .inference import check_batch
 from .kernels import checks, jit
 from .optim import Optimizer
+from .settings import DEFAULT_VALIDATION_SPLIT
+
+
+VALIDATION_SPLIT = DEFAULT_VALIDATION_SPLIT  # held out of the training data by default: 1/12, MNIST's 5,000
+_HOLDOUT_STREAM = 2**32 - 1  # the seed's random stream for the held-out rows (epochs use [seed, epoch])
 
 
 class TrainingDiverged(FastCNNError, FloatingPointError):
@@ -105,12 +118,37 @@ def accuracy(model, x, y, batch_size=128):
     return float((model.predict(x, batch_size).argmax(axis=1) == y).mean())
 
 
-def loss_and_accuracy(model, x, y, batch_size=256):
-    """The mean cross-entropy and the accuracy of ``model`` (evaluation mode) on checked x, y."""
-    probs = model.predict(x, batch_size)
-    picked = probs[np.arange(len(y)), y].astype(np.float64)
-    loss = -np.log(np.maximum(picked, np.finfo(np.float32).tiny)).mean()
-    return float(loss), float((probs.argmax(axis=1) == y).mean())
+def loss_and_accuracy(model, x, y, rows=None, batch_size=256):
+    """The mean cross-entropy and the accuracy of ``model`` (evaluation mode) on checked x, y,
+    or on their ``rows``; read ``batch_size`` images at a time (:func:`fastcnn.folders.row_reader`),
+    so memory stays bounded."""
+    rows = np.arange(len(y)) if rows is None else rows
+    take = row_reader(x)
+    images = np.empty((min(batch_size, len(rows)), *x.shape[1:]), x.dtype)
+    loss, correct = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        probs = model.predict(take(chunk, images[:len(chunk)]), batch_size)
+        picked = probs[np.arange(len(chunk)), y[chunk]].astype(np.float64)
+        loss -= np.log(np.maximum(picked, np.finfo(np.float32).tiny)).sum()
+        correct += int((probs.argmax(axis=1) == y[chunk]).sum())
+    return float(loss / len(rows)), correct / len(rows)
+
+
+def holdout(labels, fraction, seed):
+    """The rows of ``labels`` to train on and the rows to validate on, both sorted: ``fraction``
+    of each class, rounded (so the held-out rows keep the classes' proportions), but never a
+    class's last row to train on; which ones is drawn from ``seed``."""
+    rng = np.random.default_rng([seed, _HOLDOUT_STREAM])
+    held = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        k = min(len(rows) - 1, int(round(len(rows) * fraction)))
+        held.append(rng.permutation(rows)[:k])
+    val = np.sort(np.concatenate(held))
+    keep = np.ones(len(labels), bool)
+    keep[val] = False
+    return np.flatnonzero(keep), val
 
 
 @contextlib.contextmanager
@@ -133,13 +171,23 @@ def _stop_on_signals():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
 
 
-def _save(out, model, optimizer, state):
-    """Write a checkpoint, unless the weights hold NaN or Inf: then the last good one stays."""
+def _save(out, model, optimizer, state, callbacks=()):
+    """Write a checkpoint (with the callbacks' states), unless the weights hold NaN or Inf: then
+    the last good one stays."""
     if not (np.isfinite(model.parameters).all() and all(np.isfinite(a).all() for a in optimizer.state.values())
             and all(np.isfinite(b).all() for _, b in model.named_buffers())):
         raise TrainingDiverged(f"the weights became NaN or Inf by step {optimizer.steps}; "
                                f"{out} keeps the last good checkpoint")
+    if callbacks:
+        state["callbacks"] = saved_states(callbacks)
     checkpoint.save(out, model, optimizer, state)
+
+
+def _record(out, state):
+    """Write ``state`` into the checkpoint ``out``, keeping its weights (the model may hold
+    others by now: the best epoch's, put back by KeepBest)."""
+    saved = checkpoint.load_checkpoint(out)
+    checkpoint.save(out, saved.model, saved.optimizer, state)
 
 
 def _interrupted(signum, steps, epochs, batches, out, state):
@@ -149,81 +197,113 @@ def _interrupted(signum, steps, epochs, batches, out, state):
                                f"{where}", signum, out, state)
 
 
-def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, seed=0, validation_split=0.0,
-        out=None, training=None, progress=True, checkpoint_every=None):
+def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, seed=0, validation_split=None,
+        test=None, callbacks=None, classes=None, out=None, training=None, progress=True, checkpoint_every=None):
     """Train ``model`` with ``optimizer`` on ``train`` = (images, labels); returns the history.
 
-    Images are float32 (N, H, W, C) that fit the model, finite and scaled to about [0, 1]; labels
+    Images are float32 (N, H, W, C) that fit the model, finite and scaled to about [0, 1], or
+    uint8 pixels 0-255 (each batch is scaled to [0, 1] as it is gathered, so the images may be a
+    memory-mapped array larger than memory, as :func:`fastcnn.data.image_folder` gives); labels
     integers in 0..classes-1. Everything is checked once, up front (``ShapeError`` naming the
     argument; for NaN or Inf, the index of the first bad image); other float images (float64) are
     converted to float32 once here, not per batch, which costs one float32 copy of the data.
 
-    Each epoch shuffles the training set with ``seed`` and the epoch (``default_rng([seed,
-    epoch])``), and runs batches of ``batch_size`` (the last may be smaller); dropout's masks
-    come from ``seed`` and the optimizer's step. After each epoch the model is evaluated on
-    ``validation`` = (images, labels), or on the last ``validation_split`` of ``train`` (held out,
-    as Keras does), if either is given. The history is one dict per epoch: ``epoch``, ``loss``
-    and ``train_acc`` (the running means over the epoch's batches), ``val_loss`` and ``val_acc``
-    (None without validation data), ``seconds`` and ``samples_per_s``.
+    Validation: on ``validation`` = (images, labels) if given; else a ``validation_split`` of
+    ``train`` is held out (default ``VALIDATION_SPLIT``, 1/12: that fraction of each class, drawn
+    from ``seed``; 0 holds out nothing and validates on nothing). The model is evaluated on it
+    after each epoch, and callbacks choose on it. ``test`` = (images, labels) is evaluated once,
+    at the end, and recorded in the training state as ``"test"``.
 
-    ``training`` is the state from a checkpoint to resume from (None for a fresh run). The model,
-    optimizer and state are written to ``out`` after every epoch, and also every
-    ``checkpoint_every`` batches if given. SIGINT or SIGTERM stops training at the next batch
-    boundary, writes ``out`` there and raises ``TrainingInterrupted``. A NaN or Inf loss raises
-    ``TrainingDiverged`` at that step.
+    Each epoch shuffles the training rows with ``seed`` and the epoch (``default_rng([seed,
+    epoch])``), and runs batches of ``batch_size`` (the last may be smaller); dropout's masks
+    come from ``seed`` and the optimizer's step. The history is one dict per epoch: ``epoch``,
+    ``loss`` and ``train_acc`` (the running means over the epoch's batches), ``val_loss`` and
+    ``val_acc`` (None without validation data), ``seconds`` and ``samples_per_s``.
+
+    ``callbacks``: :class:`fastcnn.callbacks.Callback` instances (``EarlyStopping``, ``KeepBest``,
+    ``ReduceLROnPlateau``, one's own), called after every batch and epoch; one may stop training.
+    ``classes``: the class names to record (default: ``train.classes`` if it has them, as an
+    image folder's splits do), which ``predict`` and ``serve`` then show.
+
+    ``training`` is the state from a checkpoint to resume from (None for a fresh run); it keeps
+    the callbacks' states too. The model, optimizer and state are written to ``out`` after every
+    epoch, and also every ``checkpoint_every`` batches if given. SIGINT or SIGTERM stops training
+    at the next batch boundary, writes ``out`` there and raises ``TrainingInterrupted``. A NaN or
+    Inf loss raises ``TrainingDiverged`` at that step.
 
     Started by mpiexec, the processes train one model data-parallel (``fastcnn.distributed``):
     ``batch_size`` is the global batch, each process takes its contiguous slice of every batch,
     the gradients are summed over the processes before every step, and only rank 0 writes
-    ``out``, shows progress and validates.
+    ``out``, shows progress, validates (and sends the results to the others, for the callbacks)
+    and tests.
     """
-    x_train, y_train, val = _check_fit(model, optimizer, train, validation, epochs, batch_size, seed,
-                                       validation_split, checkpoint_every)
+    data = _check_fit(model, optimizer, train, validation, test, epochs, batch_size, seed, validation_split,
+                      checkpoint_every, classes)
+    callbacks = check_callbacks(callbacks)
+    x_train, y_train, rows, val = data.x, data.y, data.rows, data.validation
+    n = len(x_train) if rows is None else len(rows)
     world = distributed.world()  # data parallel under mpiexec; one process: does nothing
-    world.check_batches(len(x_train), batch_size)
+    world.check_batches(n, batch_size)
     for a in (model.parameters, *optimizer.state.values(), *(b for _, b in model.named_buffers())):
         world.broadcast(a)  # every process starts from rank 0's weights, optimizer state and statistics
     out, progress = (out, progress) if world.is_root else (None, False)  # only rank 0 saves and shows
     if out is not None:
         state_bytes = sum(a.nbytes for a in optimizer.state.values())
         check_writable(out, need=model.parameters.nbytes + state_bytes + 2**16)
-    n = len(x_train)
     batches = -(-n // batch_size)
     state = training or fresh_state()
     checkpoint.check_training(state)
     if not 0 <= state["batch"] < batches:
         raise ShapeError(f"training: batch {state['batch']} is outside this run's 0..{batches - 1}; "
                          f"was the checkpoint made with other data or another batch size?")
-    x = np.empty((batch_size, *x_train.shape[1:]), np.float32)  # the batch, gathered in place
-    plan = model.plan(x_train.shape[1:])  # the data were checked above: the plan runs them as they are
+    state["validation"] = data.validated_on
+    if data.classes is not None:
+        state["classes"] = list(data.classes)
+    run = TrainingRun(model, optimizer, state, epochs, val is not None, world.is_root, out)
+    for c in callbacks:
+        c.run = run
+    restore_states(callbacks, state.get("callbacks"))
+    for c in callbacks:
+        c.on_train_begin()
+    shape = x_train.shape[1:]
+    x = np.empty((batch_size, *shape), np.float32)  # the batch, gathered in place
+    raw = np.empty((batch_size, *shape), np.uint8) if x_train.dtype == np.uint8 else None  # before scaling
+    plan = model.plan(shape)  # the data were checked above: the plan runs them as they are
+    take = row_reader(x_train)  # a memory-mapped image folder: rows read from its file
+    trained = False
     with _stop_on_signals() as caught:
-        while state["epoch"] < epochs:
+        while state["epoch"] < epochs and "stopped" not in state:
             epoch = state["epoch"]
             order = np.random.default_rng([seed, epoch]).permutation(n)
+            if rows is not None:
+                order = rows[order]
             loss_sum, correct, seen, seconds = state["totals"]
             bar = tqdm(total=batches, initial=state["batch"], desc=f"Epoch {epoch + 1}/{epochs}",
                        disable=not progress, leave=False, unit="batch", dynamic_ncols=True)
             start = time.perf_counter() - seconds
             first = state["batch"]
+            if first == 0:
+                for c in callbacks:
+                    c.on_epoch_begin(epoch + 1)
             for b in range(first, batches):
                 signum = world.stop_requested(caught)  # a signal to any process stops them all here
                 if signum or (checkpoint_every and b > first and b % checkpoint_every == 0):
                     # Batch b is next: that, and the totals so far, are all a resumed run needs.
                     state.update(batch=b, totals=[loss_sum, correct, seen, time.perf_counter() - start])
                     if out is not None:
-                        _save(out, model, optimizer, state)
+                        _save(out, model, optimizer, state, callbacks)
                     if signum:
                         bar.close()
                         world.barrier()  # the others leave once rank 0 has written the checkpoint
                         raise _interrupted(signum, optimizer.steps, epochs, batches, out, state)
-                rows = order[b * batch_size:(b + 1) * batch_size]
-                first_row, idx = world.slice(rows)  # this process's contiguous part of the batch
-                batch = np.take(x_train, idx, axis=0, out=x[:len(idx)])
+                batch_rows = order[b * batch_size:(b + 1) * batch_size]
+                first_row, idx = world.slice(batch_rows)  # this process's contiguous part of the batch
+                batch = _gather(take, idx, x, raw)
                 y = y_train[idx]
                 loss, logits = plan.train_step(batch, y, seed, optimizer.steps, first_row)
-                world.allreduce_gradients(model.gradients, len(y), len(rows))
+                world.allreduce_gradients(model.gradients, len(y), len(batch_rows))
                 step_loss, step_correct = world.sum([loss * len(y), (logits.argmax(axis=1) == y).sum()])
-                loss = step_loss / len(rows)
+                loss = step_loss / len(batch_rows)
                 if not np.isfinite(loss):
                     raise TrainingDiverged(
                         f"the loss became {loss} at step {optimizer.steps + 1} (epoch {epoch + 1}, batch {b + 1}); "
@@ -231,16 +311,27 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
                 optimizer.step()
                 loss_sum += step_loss
                 correct += int(step_correct)
-                seen += len(rows)
+                seen += len(batch_rows)
+                trained = True
                 bar.update()
                 if b % 20 == 0 or b == batches - 1:
                     bar.set_postfix_str(f"loss {loss_sum / seen:.4f}  acc {correct / seen:.4f}  "
                                         f"{seen / (time.perf_counter() - start):,.0f} samples/s")
+                if callbacks:
+                    logs = {"loss": float(loss), "acc": float(step_correct) / len(batch_rows), "step": optimizer.steps}
+                    for c in callbacks:
+                        c.on_batch_end(b + 1, logs)
+                    if run.stop_reason:
+                        break
             bar.close()
             seconds = time.perf_counter() - start
             world.check_same("the weights", model.parameters)
-            # rank 0 validates; the others' records are never saved or shown
-            val_loss, val_acc = loss_and_accuracy(model, *val) if val is not None and world.is_root else (None, None)
+            # rank 0 validates, and tells the others (their callbacks decide on the same numbers)
+            val_loss, val_acc = None, None
+            if val is not None:
+                scores = np.array(loss_and_accuracy(model, *val) if world.is_root else (np.nan, np.nan))
+                world.broadcast(scores)
+                val_loss, val_acc = float(scores[0]), float(scores[1])
             record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
                       "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds, "samples_per_s": seen / seconds}
             state["history"].append(record)
@@ -248,14 +339,47 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
             checked = f"  val loss {val_loss:.4f}  val acc {val_acc:.4f}" if val_acc is not None else ""
             print(f"Epoch {epoch + 1}/{epochs}  loss {record['loss']:.4f}  train acc {record['train_acc']:.4f}"
                   f"{checked}  {seconds:.1f} s  {record['samples_per_s']:,.0f} samples/s", flush=True)
+            for c in callbacks:
+                c.on_epoch_end(epoch + 1, record)
+            if run.stop_reason:
+                state["stopped"] = {"epoch": epoch + 1, "reason": run.stop_reason}
+                print(f"Stopped after epoch {epoch + 1}: {run.stop_reason}", flush=True)
             if out is not None:
-                _save(out, model, optimizer, state)
+                _save(out, model, optimizer, state, callbacks)
+    if not trained:
+        return state["history"]
+    run.weights_epoch = state["epoch"]
+    for c in callbacks:
+        c.on_train_end()  # KeepBest may put the best epoch's weights back
+    if data.test is not None and world.is_root:
+        test_loss, test_acc = loss_and_accuracy(model, *data.test)
+        result = {"loss": test_loss, "accuracy": test_acc, "images": len(data.test[1]), "epoch": run.weights_epoch}
+        state["test"] = result
+        which = f" (the weights of epoch {run.weights_epoch})" if run.weights_epoch != state["epoch"] else ""
+        print(f"Test accuracy {test_acc:.4f}  loss {test_loss:.4f}  on {len(data.test[1]):,} images{which}", flush=True)
+        for c in callbacks:
+            c.on_test_end(result)
+        if out is not None:
+            _record(out, state)
     return state["history"]
 
 
-def _check_fit(model, optimizer, train, validation, epochs, batch_size, seed, validation_split, checkpoint_every):
-    """fit's arguments, checked once: returns the training images and labels (float32, int64)
-    and the validation pair (or None)."""
+class _FitData(NamedTuple):
+    """fit's data, checked: the training images and labels, the rows of them to train on (None:
+    all), the validation triple (images, labels, rows or None) or None, the test pair or None,
+    the class names or None, and what the validation is, for the history."""
+    x: np.ndarray
+    y: np.ndarray
+    rows: Optional[np.ndarray]
+    validation: Optional[tuple]
+    test: Optional[tuple]
+    classes: Optional[tuple]
+    validated_on: Optional[dict]
+
+
+def _check_fit(model, optimizer, train, validation, test, epochs, batch_size, seed, validation_split,
+               checkpoint_every, classes):
+    """fit's arguments, checked once (see :class:`_FitData`)."""
     checks.positive_int("epochs", epochs)
     checks.positive_int("batch_size", batch_size)
     checks.non_negative_int("seed", seed)
@@ -266,25 +390,51 @@ def _check_fit(model, optimizer, train, validation, epochs, batch_size, seed, va
                          f"got {type(optimizer).__name__}")
     # optimizer.lr checked again: it may have been changed since the optimizer was made
     checks.number("optimizer.lr", optimizer.lr, lambda v: v > 0, "a learning rate > 0")
+    default_split = validation_split is None
+    if default_split:
+        validation_split = 0.0 if validation is not None else VALIDATION_SPLIT
     checks.number("validation_split", validation_split, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
     if validation is not None and validation_split:
         raise ShapeError("validation: give validation data or a validation_split, not both")
     pairs = {}
-    for name, pair in (("train", train), ("validation", validation)):
-        if pair is None and name == "validation":
+    for name, pair in (("train", train), ("validation", validation), ("test", test)):
+        if pair is None and name != "train":
             continue
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise ShapeError(f"{name}: expected a pair (images, labels), got {type(pair).__name__}")
-        pairs[name] = check_batch(model, *pair, f"{name} images", f"{name} labels")[:2]
-    x, y = pairs["train"]
-    if validation_split:
-        held = int(round(len(x) * validation_split))
-        if not 1 <= held < len(x):
+        pairs[name] = check_batch(model, *pair, f"{name} images", f"{name} labels")
+    x, y, outputs = pairs["train"]
+    if classes is None:
+        classes = getattr(train, "classes", None)
+    if classes is not None:
+        if (isinstance(classes, str) or not hasattr(classes, "__len__") or len(classes) != outputs
+                or not all(isinstance(c, str) for c in classes)):
+            raise ShapeError(f"classes: expected {outputs} class names (the model's outputs), got {classes!r}")
+        classes = tuple(classes)
+    rows, val, validated_on = None, None, None
+    if validation is not None:
+        val = (*pairs["validation"][:2], None)
+        validated_on = {"on": getattr(validation, "name", None) or "given", "images": len(val[1])}
+    elif validation_split:
+        rows, held = holdout(y, validation_split, seed)
+        if len(held) and len(rows):
+            val = (x, y, held)
+            validated_on = {"on": "held-out", "fraction": validation_split, "images": len(held)}
+        elif default_split:  # too few images per class to hold any out: train on all of them
+            rows = None
+        else:
             raise ShapeError(f"validation_split: {validation_split} of {len(x)} images leaves "
-                             f"{held} to validate on and {len(x) - held} to train on; both need at least one")
-        pairs["validation"] = x[-held:], y[-held:]
-        x, y = x[:-held], y[:-held]
-    return x, y, pairs.get("validation")
+                             f"{len(held)} to validate on and {len(rows)} to train on; both need at least one")
+    test = pairs["test"][:2] if test is not None else None
+    return _FitData(x, y, rows, val, test, classes, validated_on)
+
+
+def _gather(take, idx, out, raw):
+    """The batch of rows ``idx`` as float32, gathered by ``take`` (a :func:`~fastcnn.folders.row_reader`)
+    into ``out`` (by way of ``raw`` for uint8 pixels, which are scaled to [0, 1] there)."""
+    if raw is None:
+        return take(idx, out[:len(idx)])
+    return as_float_pixels(take(idx, raw[:len(idx)]), out[:len(idx)])
 
 
 def make_schedule(settings, steps_per_epoch):
@@ -306,25 +456,116 @@ def make_optimizer(model, settings, steps_per_epoch):
     return SGD(model, settings.lr, settings.momentum, weight_decay=settings.weight_decay, schedule=schedule)
 
 
+def last_epoch_path(out):
+    """Where a ``--keep-best`` run keeps its last epoch, to resume from: ``model.npz`` ->
+    ``model.last.npz`` beside it (``out`` itself holds the best epoch)."""
+    from pathlib import Path
+    out = Path(out)
+    return out.with_name(f"{out.stem}.last{out.suffix}")
+
+
+class _Data(NamedTuple):
+    """A run's data: the splits (the training pair, and the test and val pairs or None), the class
+    names to record (None for the published data sets), what it is called and how it was read."""
+    train: tuple
+    test: Optional[tuple]
+    val: Optional[tuple]
+    classes: Optional[tuple]
+    name: str
+    how: str
+
+
+def _load_data(settings, data_dir, verbose):
+    """The data ``settings`` name: a folder of pictures (decoded once, then from its cache), or a
+    published data set."""
+    from .data import load_dataset
+    from .folders import Split, image_folder
+    if settings.data is not None:
+        folder = image_folder(settings.data, settings.image_size, settings.color, verbose=verbose)
+        how = f" ({'decoded' if folder.decoded else 'read from the cache'} in {folder.seconds:.1f} s)"
+        return _Data(folder.train, folder.test, folder.val, folder.classes, f"{folder.root}", how), folder
+    train_data = Split(*load_dataset(settings.dataset, "train", data_dir), name="train")
+    test_data = Split(*load_dataset(settings.dataset, "test", data_dir), name="test")
+    return _Data(train_data, test_data, None, None, settings.dataset, ""), None
+
+
+class _Validation(NamedTuple):
+    """How a run validates: fit's training pair, validation pair (or None), fraction to hold out
+    and test pair (or None), the number of images it trains on, and a phrase saying so."""
+    train: tuple
+    validation: Optional[tuple]
+    split: float
+    test: Optional[tuple]
+    trained_on: int
+    about: str
+
+
+def _validation_plan(settings, data):
+    """How ``settings`` validate on ``data``: a :class:`_Validation`."""
+    from .folders import Split
+    x, y = data.train
+    if settings.validation == "test":
+        if data.test is None:
+            raise ShapeError(f"validation: --validation test needs a test set, and {data.name} has none (a test/ "
+                             f"folder of class folders); hold out a split of the training pictures instead")
+        return _Validation(data.train, data.test, 0.0, None, len(y),
+                     "validating on the test set after each epoch (--validation test, as the original project did)")
+    if settings.validation == "end":  # a run of fastcnn 0.2: the end of the training set, as it held out
+        held = int(round(len(y) * settings.validation_split))
+        if not 1 <= held < len(y):
+            raise ShapeError(f"validation_split: {settings.validation_split} of {len(y)} images leaves {held} to "
+                             f"validate on and {len(y) - held} to train on; both need at least one")
+        return _Validation((x[:-held], y[:-held]), Split(x[-held:], y[-held:], name="held-out end"), 0.0, data.test,
+                     len(y) - held, f"validating on the last {held:,} training images (as fastcnn 0.2 held out)")
+    if data.val is not None:
+        return _Validation(data.train, data.val, 0.0, data.test, len(y),
+                           f"validating on its val/ folder ({len(data.val[1]):,})")
+    split = settings.validation_split
+    rows, held = holdout(y, split, settings.seed) if split else (y, ())
+    if not len(held):
+        if split:
+            print(f"{data.name}: too few pictures of each class to hold out {split:.3g} of them: training without "
+                  f"validation (a larger --validation-split holds some out)", file=sys.stderr)
+        return _Validation(data.train, None, 0.0, data.test, len(y), "no validation")
+    tested = f"; the test set, {len(data.test[1]):,}, is evaluated at the end" if data.test is not None else ""
+    return _Validation(data.train, None, split, data.test, len(rows),
+                       f"{len(held):,} held out to validate on ({split:.3g} of each class{tested})")
+
+
+def make_callbacks(settings, out):
+    """The callbacks ``settings`` ask for: KeepBest into ``out``, EarlyStopping, ReduceLROnPlateau."""
+    from .callbacks import EarlyStopping, KeepBest, ReduceLROnPlateau
+    callbacks = []
+    if settings.keep_best:
+        callbacks.append(KeepBest(out, settings.monitor))
+    if settings.early_stopping is not None:
+        callbacks.append(EarlyStopping(settings.monitor, settings.early_stopping))
+    if settings.reduce_lr_on_plateau is not None:
+        callbacks.append(ReduceLROnPlateau(settings.monitor, patience=settings.reduce_lr_on_plateau))
+    return callbacks
+
+
 def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progress=True, checkpoint_every=None,
           overwrite=False, **given):
     """The training script: load the data, build or resume the model, fit, save. Returns the history.
 
     ``given`` are settings (``fastcnn.settings.Settings``'s fields: ``model="deep"``,
-    ``epochs=15``, ``optimizer="adam"``, ...); the rest take the named network's recipe, or on
-    ``resume`` the checkpoint's (which may only change ``epochs``). Every setting is checked
-    before anything is loaded. The model is validated on the test set after each epoch, or on a
-    ``validation_split`` of the training set. An existing ``out`` is only replaced with
-    ``overwrite`` (else ``ModelFileError``): it may be a model that took an hour to train.
-    Temporary files a killed earlier run left beside ``out`` are removed first. SIGINT or SIGTERM
-    saves ``out`` and raises ``TrainingInterrupted`` (see :func:`fit`).
+    ``epochs=15``, ``optimizer="adam"``, ``data="pictures/"``, ...); the rest take the named
+    network's recipe, or on ``resume`` the checkpoint's (which may only change ``epochs`` and
+    ``data``, the folder's place). Every setting is checked before anything is loaded. By default
+    1/12 of the training set is held out to validate on (``validation="test"``: the test set, as
+    the original project did), and the test set is evaluated once, at the end. With
+    ``keep_best``, ``out`` holds the best epoch and :func:`last_epoch_path` the last, to resume
+    from. An existing ``out`` is only replaced with ``overwrite`` (else ``ModelFileError``): it
+    may be a model that took an hour to train. Temporary files a killed earlier run left beside
+    ``out`` are removed first. SIGINT or SIGTERM saves the checkpoint and raises
+    ``TrainingInterrupted`` (see :func:`fit`).
     """
     import dataclasses
     import os
     import shlex
 
     from .architectures import ARCHITECTURES
-    from .data import load_dataset  # the data module is only needed here and by the CLI
     from .settings import Settings, fixed_on_resume, from_checkpoint
 
     fields = {f.name for f in dataclasses.fields(Settings)}
@@ -337,27 +578,42 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
         checks.positive_int("checkpoint_every", checkpoint_every)
     world = distributed.world()
     threads = set_threads(world.default_threads() if threads is None else threads)
-    if not resume and not overwrite and os.path.lexists(out) and not os.path.isdir(out):
-        raise ModelFileError(f"{out}: already exists; continue its run with --resume, train into another "
-                             f"file with --out, or replace it with --overwrite")
+    last = last_epoch_path(out)
+    if not resume and not overwrite:
+        for path in (out, last) if requested.keep_best else (out,):
+            if os.path.lexists(path) and not os.path.isdir(path):
+                raise ModelFileError(f"{path}: already exists; continue its run with --resume, train into another "
+                                     f"file with --out, or replace it with --overwrite")
     check_writable(out)
     if world.is_root:  # the one process that writes out
         fileio.remove_stale_temps(out)
+        fileio.remove_stale_temps(last)
     if resume:
-        saved = checkpoint.load_checkpoint(out)
+        resume_from = last if os.path.isfile(last) else out
+        saved = checkpoint.load_checkpoint(resume_from)
         if saved.optimizer is None or saved.training is None:
+            if (saved.training or {}).get("best"):
+                raise ModelFileError(f"{out}: holds the best epoch of a --keep-best run; the last epoch, to resume "
+                                     f"from, was kept in {last}, which is missing")
             raise ModelFileError(f"{out}: holds a model but no training state to resume from")
         try:
             settings = from_checkpoint(saved.training.get("settings", {}))
         except (ShapeError, TypeError) as e:
-            raise ModelFileError(f"{out}: damaged training settings: {e}") from None
+            raise ModelFileError(f"{resume_from}: damaged training settings: {e}") from None
+        resumed = Settings(**given).resolved(strict=False) if given else settings
         for key in fixed_on_resume():
-            if key in given and given[key] != getattr(settings, key):
+            if key in given and getattr(resumed, key) != getattr(settings, key):
                 raise ShapeError(f"--{key.replace('_', '-')} {given[key]} differs from the checkpoint's "
                                  f"{getattr(settings, key)}; a resumed run keeps its settings")
         stretched = "epochs" in given and given["epochs"] != settings.epochs
-        settings = dataclasses.replace(settings, epochs=given.get("epochs", settings.epochs))
+        settings = dataclasses.replace(settings, epochs=given.get("epochs", settings.epochs),
+                                       data=os.path.abspath(given["data"]) if "data" in given else settings.data)
         model, optimizer, state = saved.model, saved.optimizer, saved.training
+        if "stopped" in state:
+            stop = state["stopped"]
+            print(f"{out}: this run stopped after epoch {stop['epoch']} of {settings.epochs}: {stop['reason']}; "
+                  f"there is nothing to resume")
+            return []
         if state["epoch"] >= settings.epochs and state["batch"] == 0:
             done = state["history"][-1].get("val_acc") if state["history"] else None
             print(f"{out}: this run has finished its {settings.epochs} epochs"
@@ -367,31 +623,63 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
             return []
     else:
         settings, stretched, state = requested, False, None
-    train_data = load_dataset(settings.dataset, "train", data_dir)
-    test_data = load_dataset(settings.dataset, "test", data_dir)
-    classes = int(max(train_data[1].max(), test_data[1].max())) + 1
-    trained_on = len(train_data[0]) - int(round(len(train_data[0]) * settings.validation_split))  # as fit holds out
-    batches = -(-trained_on // settings.batch_size)
+        if settings.data is not None:
+            settings = dataclasses.replace(settings, data=os.path.abspath(settings.data))
+    data, folder = _load_data(settings, data_dir, world.is_root)
+    if folder is not None:
+        if resume and list(folder.classes) != state.get("classes"):
+            raise ShapeError(f"data: {folder.root} has the classes {', '.join(folder.classes)}, the run being "
+                             f"resumed had {', '.join(state.get('classes') or [])}")
+        before = state.get("folder") or {} if resume else {"fingerprint": folder.fingerprint}
+        if before.get("fingerprint") != folder.fingerprint and world.is_root:
+            print(f"{folder.root}: its pictures changed since this run started (added, removed or modified): the "
+                  f"resumed run trains on them as they are now, {len(folder.train[1]):,} (it had "
+                  f"{before.get('images', 'an unknown number')})", file=sys.stderr)
+        settings = dataclasses.replace(settings, image_size=folder.image_size, color=folder.color)
+    validating = _validation_plan(settings, data)
+    classes = len(data.classes) if data.classes else int(max(data.train[1].max(), data.test[1].max())) + 1
+    batches = -(-validating.trained_on // settings.batch_size)
     if resume:
         if stretched and settings.schedule == "cosine":  # the curve now spans the longer (or shorter) run
             optimizer.schedule = make_schedule(settings, batches)
     else:
-        model = ARCHITECTURES[settings.model].build(train_data[0].shape[1:], classes, settings.seed)
+        model = ARCHITECTURES[settings.model].build(data.train[0].shape[1:], classes, settings.seed)
         optimizer = make_optimizer(model, settings, batches)
     cores = f"{threads} threads" + (f" in each of {world.size} processes" if world.size > 1 else "")
-    print(f"Training on {settings.dataset}: {len(train_data[0]):,} images, {cores}, "
+    shape = "x".join(map(str, data.train[0].shape[1:]))
+    print(f"Training on {data.name}{data.how}: {len(data.train[1]):,} images of {shape}, {validating.about}; {cores}, "
           f"{settings.describe()}" + (" (resumed)" if resume else ""), flush=True)
     state = state or fresh_state()
     state["settings"] = dataclasses.asdict(settings)
-    warm_up(model, train_data[0].shape[1:])
-    validation = None if settings.validation_split else test_data
-    history = fit(model, optimizer, train_data, validation, epochs=settings.epochs,
-                  batch_size=settings.batch_size, seed=settings.seed, validation_split=settings.validation_split,
-                  out=out, training=state, progress=progress, checkpoint_every=checkpoint_every)
+    if folder is not None:
+        state["folder"] = {"fingerprint": folder.fingerprint, "images": len(folder.train[1])}
+    callbacks = make_callbacks(settings, out)
+    warm_up(model, data.train[0].shape[1:])
+    history = fit(model, optimizer, validating.train, validating.validation, epochs=settings.epochs,
+                  batch_size=settings.batch_size, seed=settings.seed, validation_split=validating.split,
+                  test=validating.test,
+                  callbacks=callbacks, classes=data.classes, out=last if settings.keep_best else out,
+                  training=state, progress=progress, checkpoint_every=checkpoint_every)
     if history and world.is_root:
-        _, test_acc = loss_and_accuracy(model, *check_batch(model, *test_data)[:2]) if settings.validation_split \
-            else (None, history[-1]["val_acc"])
-        print(f"Saved {out}: test accuracy {test_acc:.4f}")
+        print(_saved_message(out, last, settings, state, callbacks, data))
     elif not history:
         print(f"{out}: nothing to do")
     return history
+
+
+def _saved_message(out, last, settings, state, callbacks, data):
+    """What ``train`` says at the end: where the model is, and its test accuracy."""
+    from .callbacks import KeepBest
+    best = next((c for c in callbacks if isinstance(c, KeepBest)), None)
+    kept = best.best_epoch if best is not None and best.best_epoch is not None else state["epoch"]
+    which = (f" (the best epoch, {kept}: {best.monitor} {best.best:.4f}; the last, to resume from: {last})"
+             if best is not None else "")
+    if settings.validation == "test":
+        record = next(h for h in state["history"] if h["epoch"] == kept)
+        return (f"Saved {out}{which}: test accuracy {record['val_acc']:.4f} (the test set was also the validation "
+                f"set: --validation test)")
+    if "test" in state:
+        return f"Saved {out}{which}: test accuracy {state['test']['accuracy']:.4f}"
+    record = next(h for h in state["history"] if h["epoch"] == kept)
+    return (f"Saved {out}{which}: validation accuracy {record['val_acc']:.4f} (no test set: {data.name} has no "
+            f"test/ folder)" if record.get("val_acc") is not None else f"Saved {out}{which}")

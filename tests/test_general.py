@@ -247,7 +247,7 @@ def test_fit_with_a_validation_split_returns_the_history(tmp_path):
         fit(model, SGD(model, 0.05), (x, y), (x, y), validation_split=0.1)
     with pytest.raises(ShapeError, match=r"validation_split: expected a fraction in \[0, 1\)"):
         fit(model, SGD(model, 0.05), (x, y), validation_split=1.0)
-    no_val = fit(model, SGD(model, 0.05), (x, y), progress=False)
+    no_val = fit(model, SGD(model, 0.05), (x, y), validation_split=0, progress=False)
     assert no_val[0]["val_acc"] is None
 
 
@@ -341,7 +341,9 @@ def test_a_version_1_model_file_still_loads_and_resumes(tmp_path, monkeypatch):
     assert saved.training["history"][0]["val_acc"] == 0.6 and saved.training["history"][0]["val_loss"] is None
     history = train(tmp_path / "v1.npz", epochs=2, resume=True, data_dir=tmp_path, progress=False)
     assert [h["epoch"] for h in history] == [1, 2]
-    assert fastcnn.load_checkpoint(tmp_path / "v1.npz").training["settings"]["model"] == "original"
+    resumed = fastcnn.load_checkpoint(tmp_path / "v1.npz").training
+    assert resumed["settings"]["model"] == "original"
+    assert resumed["validation"]["on"] == "test" and resumed["settings"]["validation"] == "test"  # as it was made
 
 
 def test_a_slice_of_a_batch_draws_its_rows_of_the_batchs_dropout_mask():

@@ -156,7 +156,8 @@ def test_a_signal_to_one_process_stops_both_at_one_step_with_one_checkpoint(laun
 @needs_mpi
 def test_threads_default_to_the_cores_shared_and_a_batch_too_small_to_share_is_refused(launch, tmp_path):
     import numba
-    done = launch(2, tmp_path / "m.npz", "--batch-size", "319", threads=None)  # 320 images: a last batch of 1
+    done = launch(2, tmp_path / "m.npz", "--batch-size", "319", "--validation", "test",  # all 320 images
+                  threads=None)  # in batches of 319: a last batch of 1
     assert f"{max(1, numba.config.NUMBA_NUM_THREADS // 2)} threads in each of 2 processes" in done.stdout
     assert done.returncode == 2 and "leave a batch of 1, fewer than the 2 processes" in done.stderr, done.stderr
 
@@ -181,3 +182,30 @@ def test_a_process_that_hangs_ends_the_job_after_the_timeout(launch, tmp_path):
     # Rank 0 aborts with status 3; mpiexec then kills the stopped rank, and reports either status.
     assert done.returncode != 0 and done.seconds < 30, (done.returncode, done.seconds, done.stderr)
     assert "process 0 of 2: no answer from the other processes for 2 s" in done.stderr
+
+
+@needs_mpi
+def test_a_folder_and_callbacks_under_two_processes(launch, tmp_path):
+    """Both processes read the folder's cache (one decodes, the other waits for it), rank 0
+    validates and sends its results, so both stop, keep and lower the rate alike, as one process does."""
+    from PIL import Image
+    from fakes import bars
+    x, y = bars(320, 0)
+    for i, (image, label) in enumerate(zip(x, y)):
+        folder = tmp_path / "pics" / ("train" if i < 260 else "test") / f"c{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((np.clip(image[:, :, 0], 0, 1) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    flags = ["--data", str(tmp_path / "pics"), "--epochs", "4", "--keep-best", "--early-stopping", "1",
+             "--reduce-lr-on-plateau", "0", "--monitor", "val_acc"]
+    env = {"FASTCNN_CACHE": str(tmp_path / "cache")}
+    runs = {k: ok(launch(k, tmp_path / f"{k}.npz", *flags, env=env)) for k in (2, 1)}
+    assert runs[2].stdout.count("Test accuracy") == 1  # rank 0 tests, and alone says so
+    files = {k: (fastcnn.load_checkpoint(tmp_path / f"{k}.npz"), fastcnn.load_checkpoint(tmp_path / f"{k}.last.npz"))
+             for k in (1, 2)}
+    (best1, last1), (best2, last2) = files[1], files[2]
+    assert best2.training["best"]["epoch"] == best1.training["best"]["epoch"]
+    assert len(last2.training["history"]) == len(last1.training["history"])
+    assert last2.training.get("stopped", {}).get("epoch") == last1.training.get("stopped", {}).get("epoch")
+    assert last2.optimizer.lr == last1.optimizer.lr
+    assert relative_difference(best2.model.parameters, best1.model.parameters) <= 1e-4
+    assert best2.training["classes"] == [f"c{k}" for k in range(10)]
