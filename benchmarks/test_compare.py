@@ -68,7 +68,8 @@ def test_compare_shortest_run(tmp_path):
         assert results["networks"]["original"]["onnx_difference"] < 1e-4
         assert set(table["infer"]) >= {"fastcnn", "onnxruntime"} and "onnxruntime" not in table["train"]
     text = done.stdout
-    assert "CPU: " in text and "NUMBA_CPU_NAME" in text and "fastcnn kernel paths: " in text
+    assert "CPU: " in text and "NUMBA_CPU_NAME" in text and "fastcnn kernel paths:" in text
+    assert "forward 28x28x1->32 3x3 stride 1 pad 1: direct" in text  # kernels.paths(), as it ran
     assert "## original" in text and "| fastcnn " in text
 
     # The JSON file is never replaced unasked.
