@@ -4,6 +4,9 @@ Numba kernels (``fastcnn.kernels``) checked against a plain NumPy reference
 (``fastcnn.kernels.reference``), layers over them, a ``Sequential`` model with its execution plan, SGD and Adam, and ``fit``.
 """
 
+# First: the kernels' cache (kernels/jit.py) is keyed by it, and they are imported below.
+__version__ = "0.2.0"
+
 from .checkpoint import load, load_checkpoint, save
 from .errors import DataError, ExportError, FastCNNError, ImageError, ModelFileError, ShapeError
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Layer,
@@ -15,7 +18,6 @@ from .schedules import Constant, Cosine, InverseTime
 from .train import fit
 from .export import export_onnx
 
-__version__ = "0.2.0"
 
 __all__ = [
     "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "ReLU", "Tanh", "Sigmoid", "Dropout",

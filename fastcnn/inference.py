@@ -23,15 +23,15 @@ def check_model(model):
 
 
 def model_classes(model, x, name):
-    """The number of classes ``model`` scores, found by running the first image of ``x`` through it,
-    so images that don't fit the model fail here, naming ``name``, not deep inside a batch."""
+    """The number of classes ``model`` scores for images like ``x``'s, from the plan it makes for
+    them, so images that don't fit the model fail here, naming ``name``, not deep inside a batch."""
     try:
-        out = check_model(model).predict(x[:1])
+        out = check_model(model).plan(x.shape[1:]).output_shape
     except ShapeError as e:
         raise ShapeError(f"{name}: images of shape {x.shape[1:]} do not fit the model: {e}") from None
-    if out.ndim != 2:
-        raise ShapeError(f"model: expected it to end in (N, classes) scores, it gives shape {out.shape}")
-    return out.shape[1]
+    if len(out) != 1:
+        raise ShapeError(f"model: expected it to end in (N, classes) scores, it gives shape (N, {', '.join(map(str, out))})")
+    return out[0]
 
 
 def check_batch(model, x, y, x_name="x", y_name="y"):

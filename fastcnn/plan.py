@@ -18,6 +18,9 @@ step's buffers (its output, the argmax it saves, its input gradient) live in a w
 once per batch size and reused; the steps call the kernels' unchecked ``*_into`` cores, on either
 backend. The softmax cross-entropy that ends a training step is the plan's too (``train_step``).
 The first step with parameters, and every step before it, skips its input gradient.
+
+Before its first pass of each mode a plan has the kernels it will call compiled, all at once and
+saying so (``compiling.prepare``), found by a rehearsal of the pass (``rehearse``).
 """
 
 import threading
@@ -25,6 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import compiling
 from .errors import ShapeError
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Layer,
                      MaxPool2D, ReLU, Sigmoid, Tanh)
@@ -35,11 +39,13 @@ _KEEP = 4  # workspaces kept per plan and mode (the batch size, the last batch o
 class Run(NamedTuple):
     """What one pass is: training (batch statistics, dropout) or evaluation, and for dropout's
     masks the run's seed, the optimizer's step, and where this batch starts in the global batch
-    (data-parallel processes each run a slice of it, and draw that slice's part of its masks)."""
+    (data-parallel processes each run a slice of it, and draw that slice's part of its masks);
+    ``rehearsal``: see ``Plan.rehearse``."""
     training: bool
     seed: int = 0
     step: int = 0
     first_row: int = 0
+    rehearsal: bool = False
 
 
 EVALUATION = Run(training=False)
@@ -364,12 +370,17 @@ class Custom(Step):
         return {}
 
     def forward(self, k, x, ws, run):
+        ws["rehearsal"] = run.rehearsal
+        if run.rehearsal:  # the user's code is not run for that: zeros stand in
+            return np.zeros((len(x), *self.out_shape), np.float32)
         layer = self.layers[0]
         layer.training = run.training
         y = layer.forward(x)
         return self._checked(y, (len(x), *self.out_shape), "forward", "output")
 
     def backward(self, k, dy, ws):
+        if ws.get("rehearsal"):
+            return np.zeros((len(dy), *self.in_shape), np.float32) if self.needs_input_grad else None
         layer = self.layers[0]
         views = {name: id(g) for name, g in layer.grads.items()}
         dx = layer.backward(dy)
@@ -449,27 +460,53 @@ class Plan:
         for step in self.steps:
             step.needs_input_grad = learnable_before
             learnable_before = learnable_before or step.has_params
-        self.output_shape = shapes[-1]
+        self.example_shape, self.output_shape = shapes[0], shapes[-1]
+        self.layers = list(layers)
         self._train = {}
         self._infer = threading.local()  # each thread predicts in workspaces of its own
+        self.prepared = set()  # the modes (training: True) whose kernels compiling.prepare has seen to
 
     def workspace(self, n, train):
         """The buffers of every step for a batch of ``n``, made on first use and then reused."""
         cache = self._train if train else self._infer.__dict__.setdefault("cache", {})
         ws = cache.pop(n, None)
         if ws is None:
-            ws = [{name: np.empty(shape, dtype) for name, (shape, dtype) in step.buffers(n, train).items()}
-                  for step in (self.steps if train else self.inference_steps)]
-            if train:
-                ws.append({"dlogits": np.empty((n, *self.output_shape), np.float32),
-                           "row_loss": np.empty(n, np.float32)})
+            ws = self._new_workspace(n, train)
             while len(cache) >= _KEEP:
                 cache.pop(next(iter(cache)))
         cache[n] = ws  # most recently used last
         return ws
 
+    def _new_workspace(self, n, train):
+        ws = [{name: np.empty(shape, dtype) for name, (shape, dtype) in step.buffers(n, train).items()}
+              for step in (self.steps if train else self.inference_steps)]
+        if train:
+            ws.append({"dlogits": np.empty((n, *self.output_shape), np.float32), "row_loss": np.empty(n, np.float32)})
+        return ws
+
+    def rehearse(self, train):
+        """A pass of ``train``'s mode (a training step: forward, loss, backward) on two zero images,
+        in a workspace of its own, for ``compiling`` to see each kernel call a real pass makes and
+        its argument types (it stops the calls that would compile). Layers of the user's own are
+        not run (zeros stand in), and what a training pass changes in the layers (BatchNorm's
+        running statistics, the gradients) is put back."""
+        kept = [(a, a.copy()) for layer in self.layers for a in (*layer.buffers.values(), *layer.grads.values())]
+        x, ws = np.zeros((2, *self.example_shape), np.float32), self._new_workspace(2, train)
+        with np.errstate(all="ignore"):  # the stopped kernels leave their outputs as they were
+            logits = self.forward(x, ws, Run(train, rehearsal=True))
+            if train:
+                self.kernels.softmax_cross_entropy_into(ws[-1]["dlogits"], ws[-1]["row_loss"], logits,
+                                                        np.zeros(2, np.int64))
+                self.backward(ws[-1]["dlogits"], ws)
+            else:
+                self.kernels.softmax_into(np.empty_like(logits), logits)
+        for a, saved in kept:
+            a[...] = saved
+
     def forward(self, x, ws, run):
         """The logits of a checked batch, in the workspace ``ws`` made for ``run.training``."""
+        if run.training not in self.prepared and not run.rehearsal:
+            compiling.prepare(self, (run.training,))
         for step, buffers in zip(self.steps if run.training else self.inference_steps, ws):
             x = step.forward(self.kernels, x, buffers, run)
         return x

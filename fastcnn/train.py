@@ -22,10 +22,10 @@ import numba
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint, distributed, fileio
+from . import checkpoint, compiling, distributed, fileio
 from .errors import FastCNNError, ModelFileError, ShapeError
 from .inference import check_batch
-from .kernels import checks, jit
+from .kernels import checks
 from .optim import Optimizer
 
 
@@ -64,26 +64,10 @@ def set_threads(threads):
     return int(n)
 
 
-def warm_up(model, example_shape):
-    """Compile (or load from Numba's cache) every kernel a training step and ``predict`` run, before
-    training starts, saying so on stderr when it compiles: the first run on a machine."""
-    def say():
-        seconds = jit.COMPILE_SECONDS
-        print(f"compiling kernels for this machine (first run only, about {seconds['original']} s for the "
-              f"original network, up to {seconds['deeper']} s for deeper ones)...",
-              file=sys.stderr, flush=True)
-        started.append(time.perf_counter())
-    started = []
-    x = np.zeros((2, *example_shape), np.float32)
-    kept = [(b, b.copy()) for _, b in model.named_buffers()]  # a training pass moves BatchNorm's statistics
-    with jit.when_compiling(say):
-        model.plan(example_shape).train_step(x, np.zeros(2, np.int64))  # fills grads only: no optimizer step
-        model.predict(x[:1])
-    model.gradients[...] = 0
-    for b, saved in kept:
-        b[...] = saved
-    if started:
-        print(f"compiled in {time.perf_counter() - started[0]:.1f} s", file=sys.stderr, flush=True)
+def warm_up(model, example_shape, optimizer=None):
+    """Have every kernel that a training step, ``optimizer``'s update and ``predict`` run compiled
+    (or in the cache) before training starts; compiling says so on stderr, in the first process."""
+    compiling.prepare(model.plan(example_shape), (True, False), optimizer, say=distributed.world().is_root)
 
 
 def check_writable(path, need=0):
@@ -196,6 +180,7 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
                          f"was the checkpoint made with other data or another batch size?")
     x = np.empty((batch_size, *x_train.shape[1:]), np.float32)  # the batch, gathered in place
     plan = model.plan(x_train.shape[1:])  # the data were checked above: the plan runs them as they are
+    compiling.prepare(plan, (True, False) if val is not None else (True,), optimizer, say=world.is_root)
     with _stop_on_signals() as caught:
         while state["epoch"] < epochs:
             epoch = state["epoch"]
@@ -383,7 +368,7 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
           f"{settings.describe()}" + (" (resumed)" if resume else ""), flush=True)
     state = state or fresh_state()
     state["settings"] = dataclasses.asdict(settings)
-    warm_up(model, train_data[0].shape[1:])
+    warm_up(model, train_data[0].shape[1:], optimizer)
     validation = None if settings.validation_split else test_data
     history = fit(model, optimizer, train_data, validation, epochs=settings.epochs,
                   batch_size=settings.batch_size, seed=settings.seed, validation_split=settings.validation_split,
