@@ -104,7 +104,7 @@ def test_evaluation_folds_batchnorm_and_agrees_with_the_layers_one_by_one():
     x, y = bars(64, 0)
     fit(model, SGD(model, 0.05), (x, y), epochs=1, batch_size=16, progress=False)  # moves the statistics
     names = [type(step).__name__ for step in model.plan((28, 28, 1)).inference_steps]
-    assert names[:2] == ["FoldedConvReluPool", "FoldedConv"] and "DropoutStep" in names
+    assert names[:2] == ["FoldedConvPoolRelu", "FoldedConv"] and "DropoutStep" in names
     model.eval()
     np.testing.assert_allclose(model.forward(x), _layer_by_layer(model, x), rtol=2e-4, atol=2e-5)
 
