@@ -38,6 +38,7 @@ from numba.core.registry import CPUDispatcher
 from tqdm import tqdm
 
 from . import fileio
+from .errors import FastCNNError
 from . import kernels as compiled_kernels
 from .kernels import jit
 
@@ -46,6 +47,8 @@ from .kernels import jit
 _START_GUESS = 1.0
 # Said ahead of a compile that nobody prepared once it has run this long (seconds).
 _SILENT_AT_MOST = 1.0
+# Processes compiling at once, this one included (default: the kernels' thread count).
+PROCESSES_ENV = "FASTCNN_COMPILE_PROCESSES"
 
 
 class Job(NamedTuple):
@@ -60,7 +63,8 @@ _ANNOUNCED = threading.local()  # .on: this thread's compiles were announced (co
 def prepare(plan, modes=(True, False), optimizer=None, processes=None, say=True):
     """Make sure the kernels of ``plan``'s passes in ``modes`` (True: a training step, forward,
     loss and backward; False: evaluation) and of ``optimizer``'s step are compiled, compiling
-    those that are not, with ``processes`` processes (default: the kernels' thread count).
+    those that are not, with ``processes`` processes (default: ``$FASTCNN_COMPILE_PROCESSES``,
+    else the kernels' thread count).
     Returns the number of kernels compiled. ``say``: the message and the progress bar on stderr."""
     if plan.kernels is not compiled_kernels:  # the NumPy reference compiles nothing
         return 0
@@ -154,7 +158,7 @@ def compile_jobs(jobs, processes=None, say=True):
     ``processes - 1`` helpers, saying so (``say``) with an estimate and a progress bar when it
     takes a second or more. Returns how many kernels were compiled. A kernel that fails to compile
     is left to its first call, which raises Numba's error where it belongs."""
-    processes = max(1, processes or numba.get_num_threads())
+    processes = processes or _processes_setting() or numba.get_num_threads()
     times = Records.load()
     groups = {}
     for job in jobs:
@@ -194,6 +198,15 @@ def compile_jobs(jobs, processes=None, say=True):
     times.save()
     progress.close(time.perf_counter() - started)
     return len(jobs)
+
+
+def _processes_setting():
+    text = os.environ.get(PROCESSES_ENV, "")
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise FastCNNError(f"{PROCESSES_ENV}: expected a number of processes, 1 or more, got {text!r}")
+    return int(text)
 
 
 def _compile_here(kernel, signatures, announced=True):

@@ -11,7 +11,6 @@ import numpy as np
 
 from .data import check_images, check_labels
 from .errors import ShapeError
-from .image import load_digit, load_photo
 from .kernels import checks
 from .model import Sequential
 
@@ -57,6 +56,7 @@ def picture_loader(model):
     (a 32x32 colour photo) for a model of 3-channel images, :func:`~fastcnn.image.load_digit` (an
     MNIST-like 28x28 digit) for 1 channel, and for models that do not say (a first layer with no
     channels). Every command that reads a user's picture chooses with this one function."""
+    from .image import load_digit, load_photo  # here: SciPy's ndimage is a tenth of a second to import
     channels = input_channels(model)
     if channels == 3:
         return load_photo
@@ -80,6 +80,7 @@ def predict_digits(model, paths):
 
     Returns ``(probabilities (N, 10), images (N, 28, 28, 1))``: the images are what the model saw.
     """
+    from .image import load_digit
     return _predict(model, paths, load_digit)
 
 
