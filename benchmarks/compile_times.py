@@ -104,22 +104,28 @@ def predict_cli(env):
 
 
 def fit(all_records):
-    """The cost model (compiling._model_seconds) refitted to these records: its coefficients and,
-    per kernel, measured against modelled."""
+    """The cost model (compiling._model_seconds: a * (instructions + k * loops) ** b + d * pranges)
+    refitted to these records, for relative errors: its coefficients and, per kernel, measured
+    against refitted and against the model as it is."""
     import numpy as np
-    from scipy.optimize import nnls
+    from scipy.optimize import least_squares
 
     from fastcnn import compiling
     from fastcnn.kernels import jit
     names = sorted(k for k in all_records if k in jit.KERNELS)
-    sizes = np.array([[1.0, *compiling._source_size(jit.KERNELS[k].py_func)] for k in names])
+    instructions, loops, pranges = np.array([compiling._source_size(jit.KERNELS[k].py_func) for k in names], float).T
     seconds = np.array([all_records[k] for k in names])
-    coefficients, _ = nnls(sizes, seconds)
-    print(f"\ncost model refitted: {coefficients[0]:.3f} + {coefficients[1]:.4f} * instructions + "
-          f"{coefficients[2]:.3f} * loops + {coefficients[3]:.3f} * pranges (CPU seconds)")
+
+    def model(p):
+        return p[0] * (instructions + p[1] * loops) ** p[2] + p[3] * pranges
+
+    p = least_squares(lambda p: model(p) / seconds - 1, [6e-5, 28, 1.5, 0.35],
+                      bounds=([0, 0, 0.5, 0], [1, 200, 3, 3])).x
+    print(f"\ncost model refitted: {p[0]:.2e} * (instructions + {p[1]:.1f} * loops) ** {p[2]:.2f} + "
+          f"{p[3]:.2f} * pranges (CPU seconds)")
     print(f"  {'kernel':44s} {'measured':>9s} {'refitted':>9s} {'model now':>9s}")
-    for name, size, s in zip(names, sizes, seconds):
-        print(f"  {name:44s} {s:8.2f}s {size @ coefficients:8.2f}s {compiling._model_seconds(name):8.2f}s")
+    for name, s, fitted in zip(names, seconds, model(p)):
+        print(f"  {name:44s} {s:8.2f}s {fitted:8.2f}s {compiling._model_seconds(name):8.2f}s")
 
 
 def main():

@@ -8,9 +8,9 @@ which a plan runs before its first pass of each mode, *rehearses* those passes
 compile is noted with its argument types instead, and returns True (the kernels that return
 something return whether they succeeded; a wrong guess only means that a kernel compiles later,
 in the pass itself). The kernels not in the cache are then compiled, the costliest first, by
-this process and up to ``processes - 1`` others (fresh interpreters started with ``python -c``,
-so no user script runs again), each kernel's signatures in one process so that no two write one
-cache file; the passes then load them from the cache.
+this process and helpers, one per idle core (fresh interpreters started with ``python -c``, so no
+user script runs again), each kernel's signatures in one process so that no two write one cache
+file; the passes then load them from the cache.
 
 What each compile cost (CPU seconds) is recorded beside the cache, in ``compile-times.json``:
 estimates come from this build's records, else from another build's on this CPU (an earlier
@@ -64,7 +64,7 @@ def prepare(plan, modes=(True, False), optimizer=None, processes=None, say=True)
     """Make sure the kernels of ``plan``'s passes in ``modes`` (True: a training step, forward,
     loss and backward; False: evaluation) and of ``optimizer``'s step are compiled, compiling
     those that are not, with ``processes`` processes (default: ``$FASTCNN_COMPILE_PROCESSES``,
-    else the kernels' thread count).
+    else the kernels' thread count, as far as cores are idle).
     Returns the number of kernels compiled. ``say``: the message and the progress bar on stderr."""
     if plan.kernels is not compiled_kernels:  # the NumPy reference compiles nothing
         return 0
@@ -158,7 +158,7 @@ def compile_jobs(jobs, processes=None, say=True):
     ``processes - 1`` helpers, saying so (``say``) with an estimate and a progress bar when it
     takes a second or more. Returns how many kernels were compiled. A kernel that fails to compile
     is left to its first call, which raises Numba's error where it belongs."""
-    processes = processes or _processes_setting() or numba.get_num_threads()
+    processes = processes or _processes_setting() or min(numba.get_num_threads(), _idle_cores())
     times = Records.load()
     groups = {}
     for job in jobs:
@@ -171,9 +171,11 @@ def compile_jobs(jobs, processes=None, say=True):
     progress = _Progress(groups, say)
     if not times.measured():  # nothing measured on this CPU yet: the smallest kernel, compiled first, does
         progress.announce()  # (at once: that takes a moment too)
-        progress.finished.append(queue.pop())
-        _compile_here(progress.finished[0], groups[progress.finished[0]])
-        estimate = times.estimates(groups, measured=(progress.finished[0], _LISTENER.seconds_of(progress.finished[0])))
+        smallest = queue.pop()
+        progress.finished.append(smallest)
+        t = time.perf_counter()
+        _compile_here(smallest, groups[smallest])  # wall time: how busy the machine is counts too
+        estimate = times.estimates(groups, measured=(smallest, time.perf_counter() - t))
     wall = _makespan([estimate[k] for k in queue], helpers + 1, times.start) + (time.perf_counter() - started)
     progress.begin(estimate, wall, helpers + 1)
     take = threading.Lock()
@@ -198,6 +200,17 @@ def compile_jobs(jobs, processes=None, say=True):
     times.save()
     progress.close(time.perf_counter() - started)
     return len(jobs)
+
+
+def _idle_cores():
+    """The cores nobody else is using: this process's cores less the load average (over the last
+    minute). On a busy machine a helper gets no core of its own, and only adds its start (measured
+    with 9-10 processes running on 2 cores: 12.8 s of CPU serially, 15.0 with a helper, and longer)."""
+    try:
+        cores, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    except (AttributeError, OSError):  # not Linux, or no load average
+        return os.cpu_count() or 1
+    return max(1, round(cores - load))
 
 
 def _processes_setting():
@@ -244,11 +257,12 @@ def _makespan(costs, processes, start):
 
 def _model_seconds(kernel):
     """A rough CPU cost of compiling ``kernel`` once, in seconds on the machine it was fitted on
-    (AMD EPYC, 2026-12-05): from the size of its source, the inlined helpers counted at every call
-    site. Fitted (non-negative least squares) to the compile times of fastcnn 0.2's 20 kernels,
-    within 50% for most (benchmarks/compile_times.py --fit shows them)."""
+    (AMD EPYC, 2026-12-05), from the size of its source (the inlined helpers counted at every call
+    site): LLVM's work grows faster than the code, and each prange loop is compiled as a function
+    of its own. Fitted to the compile times of fastcnn 0.2's 20 kernels, within 40% for each
+    (``benchmarks/compile_times.py --fit`` refits it)."""
     instructions, loops, pranges = _source_size(jit.KERNELS[kernel].py_func)
-    return 0.05 + 0.0018 * instructions + 0.059 * loops + 0.354 * pranges
+    return 6.0e-5 * (instructions + 28 * loops) ** 1.5 + 0.35 * pranges
 
 
 def _source_size(fn):
@@ -516,10 +530,6 @@ class _Listener(event.Listener):
         if len(self.names) != len(jit.KERNELS):
             self.names = {id(d): name for name, d in jit.KERNELS.items()}
         return self.names.get(id(dispatcher))
-
-    def seconds_of(self, kernel):
-        with self.lock:
-            return sum(cpu for name, _, cpu in self.records if name == kernel)
 
     def take_records(self):
         with self.lock:
