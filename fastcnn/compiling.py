@@ -38,8 +38,8 @@ from numba.core.registry import CPUDispatcher
 from tqdm import tqdm
 
 from . import fileio
-from .errors import FastCNNError
 from . import kernels as compiled_kernels
+from .errors import FastCNNError
 from .kernels import jit
 
 # A helper process pays once its share of the work exceeds what starting it costs (importing
@@ -167,7 +167,7 @@ def compile_jobs(jobs, processes=None, say=True):
     queue = sorted(groups, key=estimate.get, reverse=True)  # costliest first: a short tail
     helpers = _helpers_worth([estimate[k] for k in queue], processes, times.start)
     started = time.perf_counter()
-    pool = [_Helper.start() for _ in range(helpers)]
+    pool = [helper for helper in (_Helper.start() for _ in range(helpers)) if helper is not None]
     progress = _Progress(groups, say)
     if not times.measured():  # nothing measured on this CPU yet: the smallest kernel, compiled first, does
         progress.announce()  # (at once: that takes a moment too)
@@ -191,7 +191,7 @@ def compile_jobs(jobs, processes=None, say=True):
     for _ in range(2):  # the second time: what a helper that failed left
         while (kernel := next_kernel()) is not None:
             progress.start(kernel)
-            _compile_here(kernel, groups[kernel], announced=progress.shown)
+            _compile_here(kernel, groups[kernel], announced=progress.shown or not say)
             progress.done(kernel)
         for thread in threads:
             thread.join()
@@ -271,9 +271,9 @@ def _source_size(fn):
     for ins in dis.get_instructions(fn.__code__):
         instructions += 1
         loops += ins.opname == "FOR_ITER"
+        pranges += ins.argval == "prange" and ins.opname in ("LOAD_GLOBAL", "LOAD_ATTR", "LOAD_METHOD")
         if ins.opname == "LOAD_GLOBAL":
             called = fn.__globals__.get(ins.argval)
-            pranges += ins.argval == "prange"
             if isinstance(called, CPUDispatcher) and called.targetoptions.get("inline") == "always":
                 more = _source_size(called.py_func)
                 instructions, loops, pranges = instructions + more[0], loops + more[1], pranges + more[2]
@@ -289,9 +289,13 @@ class _Helper:
 
     @classmethod
     def start(cls):
+        """A new helper, or None if no process can be started (this one then compiles it all)."""
         launched = time.perf_counter()
-        process = subprocess.Popen([sys.executable, "-c", "from fastcnn.compiling import _helper; _helper()"],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            process = subprocess.Popen([sys.executable, "-c", "from fastcnn.compiling import _helper; _helper()"],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        except OSError:
+            return None
         return cls(process, launched)
 
     def serve(self, next_kernel, groups, progress, queue, take):
