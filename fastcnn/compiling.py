@@ -155,14 +155,18 @@ def missing(calls):
 
 def compile_jobs(jobs, processes=None, say=True):
     """Compile ``jobs`` into the cache, the costliest kernels first, in this process and up to
-    ``processes - 1`` helpers, saying so (``say``) with an estimate and a progress bar when it
+    ``processes - 1`` helpers (default: ``$FASTCNN_COMPILE_PROCESSES``, else one per idle core, up
+    to the kernels' thread count), saying so (``say``) with an estimate and a progress bar when it
     takes a second or more. Returns how many kernels were compiled. A kernel that fails to compile
     is left to its first call, which raises Numba's error where it belongs."""
-    processes = processes or _processes_setting() or min(numba.get_num_threads(), _idle_cores())
     times = Records.load()
     groups = {}
     for job in jobs:
         groups.setdefault(job.kernel, []).append(job.signature)
+    if processes is None:  # else asked for: as many as asked
+        processes = _processes_setting() or numba.get_num_threads()
+        if len(groups) > 1 and processes > 1 and not _processes_setting():
+            processes = min(processes, _idle_cores())
     estimate = times.estimates(groups)
     queue = sorted(groups, key=estimate.get, reverse=True)  # costliest first: a short tail
     helpers = _helpers_worth([estimate[k] for k in queue], processes, times.start)
@@ -173,9 +177,8 @@ def compile_jobs(jobs, processes=None, say=True):
         progress.announce()  # (at once: that takes a moment too)
         smallest = queue.pop()
         progress.finished.append(smallest)
-        t = time.perf_counter()
-        _compile_here(smallest, groups[smallest])  # wall time: how busy the machine is counts too
-        estimate = times.estimates(groups, measured=(smallest, time.perf_counter() - t))
+        _compile_here(smallest, groups[smallest])
+        estimate = times.estimates(groups, measured=(smallest, _LISTENER.seconds_of(smallest)))
     wall = _makespan([estimate[k] for k in queue], helpers + 1, times.start) + (time.perf_counter() - started)
     progress.begin(estimate, wall, helpers + 1)
     take = threading.Lock()
@@ -202,15 +205,33 @@ def compile_jobs(jobs, processes=None, say=True):
     return len(jobs)
 
 
-def _idle_cores():
-    """The cores nobody else is using: this process's cores less the load average (over the last
-    minute). On a busy machine a helper gets no core of its own, and only adds its start (measured
-    with 9-10 processes running on 2 cores: 12.8 s of CPU serially, 15.0 with a helper, and longer)."""
+def _idle_cores(interval=0.1):
+    """How many of this process's cores sat idle over the next ``interval`` seconds (from Linux's
+    /proc/stat; elsewhere, all of them), at least one. On a busy machine a helper gets no core of
+    its own and only adds its start: measured with 9-10 processes running on 2 cores, 12.8 s of
+    CPU in one process against 15.0 with a helper, and a longer wait. (Not the load average: it
+    lags a minute behind, and counts the command that just ended.)"""
     try:
-        cores, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
-    except (AttributeError, OSError):  # not Linux, or no load average
+        cores = set(os.sched_getaffinity(0))
+        before = _cpu_ticks(cores)
+        time.sleep(interval)
+        after = _cpu_ticks(cores)
+    except (AttributeError, OSError, ValueError):
         return os.cpu_count() or 1
-    return max(1, round(cores - load))
+    idle = sum((after[c][0] - before[c][0]) / max(after[c][1] - before[c][1], 1) for c in after if c in before)
+    return max(1, round(idle))
+
+
+def _cpu_ticks(cores):
+    """{cpu: (idle ticks, all ticks)} of ``cores``, from /proc/stat."""
+    ticks = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *counts = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+                counts = [int(c) for c in counts[:8]]  # user nice system idle iowait irq softirq steal
+                ticks[int(name[3:])] = (counts[3] + counts[4], sum(counts))
+    return ticks
 
 
 def _processes_setting():
@@ -375,7 +396,7 @@ class _Progress:
         print(f": about {_seconds(wall)}" + (f" with {processes} processes" if processes > 1 else ""),
               file=sys.stderr, flush=True)
         self.bar = tqdm(total=sum(self.estimate.values()), file=sys.stderr, leave=False, disable=None,
-                        bar_format="compiling kernels {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
         if self.bar.disable:  # not a terminal: the two lines only
             self.bar = None
             return
@@ -408,7 +429,7 @@ class _Progress:
         running = sum(min(now - t, 0.9 * self.estimate[k]) for k, t in self.running.items())
         self.bar.n = min(finished + running, self.bar.total)
         compiled = sum(len(self.groups[k]) for k in self.finished)
-        self.bar.set_postfix_str(f"{compiled}/{self.count}", refresh=False)
+        self.bar.set_description_str(f"compiling kernels {compiled}/{self.count}", refresh=False)
         self.bar.refresh()
 
     def close(self, seconds):
@@ -499,7 +520,8 @@ def _mtime(path):
 
 
 class _Listener(event.Listener):
-    """Sees every compile of a fastcnn kernel in this process: records its CPU seconds, and
+    """Sees every compile of a fastcnn kernel in this process: records its CPU seconds (the
+    compiling thread's: not the kernels' threads, not the progress bar's), and
     says so when one that nobody prepared runs longer than ``_SILENT_AT_MOST``."""
 
     def __init__(self):
@@ -516,7 +538,7 @@ class _Listener(event.Listener):
             timer = threading.Timer(_SILENT_AT_MOST, _say_unprepared, (name,))
             timer.daemon = True
             timer.start()
-        self.current.started = (name, ev.data["args"], time.process_time(), timer)
+        self.current.started = (name, ev.data["args"], time.thread_time(), timer)
 
     def on_end(self, ev):
         name = self._name(ev.data["dispatcher"])
@@ -528,12 +550,16 @@ class _Listener(event.Listener):
         if timer is not None:
             timer.cancel()
         with self.lock:
-            self.records.append((name, str(tuple(args)), time.process_time() - cpu))
+            self.records.append((name, str(tuple(args)), time.thread_time() - cpu))
 
     def _name(self, dispatcher):
         if len(self.names) != len(jit.KERNELS):
             self.names = {id(d): name for name, d in jit.KERNELS.items()}
         return self.names.get(id(dispatcher))
+
+    def seconds_of(self, kernel):
+        with self.lock:
+            return sum(cpu for name, _, cpu in self.records if name == kernel)
 
     def take_records(self):
         with self.lock:
