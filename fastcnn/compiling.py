@@ -66,7 +66,7 @@ def prepare(plan, modes=(True, False), optimizer=None, processes=None, say=True)
     those that are not, with ``processes`` processes (default: ``$FASTCNN_COMPILE_PROCESSES``,
     else the kernels' thread count, as far as cores are idle).
     Returns the number of kernels compiled. ``say``: the message and the progress bar on stderr."""
-    if plan.kernels is not compiled_kernels:  # the NumPy reference compiles nothing
+    if plan.kernels is not compiled_kernels or not jit.KERNELS:  # the NumPy reference (or no JIT) compiles nothing
         return 0
     with _PREPARING:
         modes = [m for m in modes if m not in plan.prepared]

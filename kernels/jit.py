@@ -61,6 +61,8 @@ def serial_kernel(fn):
 
 def _kernel(fn, parallel):
     dispatcher = numba.njit(parallel=parallel, fastmath=FASTMATH, nogil=True, error_model="numpy")(fn)
+    if numba.config.DISABLE_JIT:  # NUMBA_DISABLE_JIT=1: the plain Python function, for debugging
+        return dispatcher
     dispatcher._cache = _cache_for(fn)  # the one place Numba lets a cache be chosen per function
     KERNELS[kernel_name(dispatcher)] = dispatcher
     return dispatcher
