@@ -244,3 +244,18 @@ def test_compile_command_on_a_filled_cache_and_with_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["compile", "--model", "resnet"])
     assert "invalid choice: 'resnet'" in capsys.readouterr().err
+
+
+def test_only_the_most_recently_used_builds_are_kept(tmp_path, monkeypatch):
+    # Edited kernels make a new build folder; the oldest of more than KEEP_BUILDS go when one is made.
+    cpu = tmp_path / fastcnn.__version__ / jit.cpu_key()
+    for age, name in enumerate(["b0", "b1", "b2", "b3", "b4"]):
+        (cpu / name).mkdir(parents=True)
+        os.utime(cpu / name, (1000.0 * (age + 1),) * 2)
+    monkeypatch.setattr(jit, "cache_dir", lambda: cpu / "new")
+    jit._prepared_cache_dir.cache_clear()
+    try:
+        assert jit._prepared_cache_dir() == cpu / "new"
+        assert sorted(p.name for p in cpu.iterdir()) == ["b2", "b3", "b4", "new"][-jit.KEEP_BUILDS:]
+    finally:
+        jit._prepared_cache_dir.cache_clear()
