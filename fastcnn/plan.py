@@ -131,9 +131,10 @@ class FoldedConvPoolRelu(Folded, Step):
     """Conv2D -> BatchNorm2D -> ReLU -> MaxPool2D in evaluation: the folded convolution, the
     max-pool, then the ReLU on the pooled values (relu(max(x)) = max(relu(x))). These are the
     kernels that training such a block runs (Conv, Pool; the ReLU is applied flat), so evaluating
-    compiles nothing more: the fused conv -> ReLU -> max-pool kernel took 2.5-3.5 s to compile,
-    and ran the deep network's prediction no faster (batch 256 at 0.96-1.04x, one image 0.72x
-    this way; measured 2026-12-05 on a busy 2-core AMD EPYC)."""
+    compiles nothing more: the fused conv -> ReLU -> max-pool kernel (direct convolution only)
+    took 2.5-3.5 s to compile for prediction alone. Predicting 256 images this way: deep 1.41x
+    as fast (1.44x on one thread), cifar 0.98-1.01x; one image: deep 1.0x (1.2x on one thread),
+    cifar unclear (0.65-0.84x, other jobs running; 2-core AMD EPYC, 2026-12-05)."""
 
     def __init__(self, layers, shapes, index):
         super().__init__(layers, shapes, index)
