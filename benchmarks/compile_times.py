@@ -11,6 +11,7 @@ time much less. Per kernel: what compiling it cost (CPU seconds, from the cache'
     python benchmarks/compile_times.py --cpu haswell        # code for an AVX2 CPU (Haswell), on this one
     python benchmarks/compile_times.py --processes 1        # without helper processes
     python benchmarks/compile_times.py --fit                # also: the cost model against the records
+    python benchmarks/compile_times.py --passes             # where each kernel's compile goes (one process)
 """
 
 import argparse
@@ -28,10 +29,13 @@ NETWORKS = {"original": (28, 28, 1), "deep": (28, 28, 1), "cifar": (32, 32, 3)}
 CPUS = {"host": {}, "haswell": {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "OPENBLAS_CORETYPE": "Haswell"}}
 
 # In the child: import, build, first training step, first predict; the times, and the kernels'
-# compile times as the cache recorded them.
+# compile times as the cache recorded them. With a third argument, where each kernel's compile went
+# (PASSES, below).
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
+if len(sys.argv) > 3:
+    exec(sys.argv[3])
 import numpy as np
 import fastcnn
 from fastcnn.architectures import ARCHITECTURES
@@ -47,7 +51,61 @@ times["first training step"] = time.perf_counter() - t
 t = time.perf_counter()
 model.predict(x[:1])
 times["first predict"] = time.perf_counter() - t
+if len(sys.argv) > 3:
+    times["passes"] = KERNELS
 print(json.dumps(times))
+"""
+
+# Listens to Numba's compiler events (numba.core.event) in the child: for each kernel, the CPU
+# seconds (the compiling thread's) of its compile and of its parts: LLVM (every call into llvmlite:
+# optimising and generating code), Numba's type inference, its parfor passes (finding the prange
+# loops, inlining the helpers, and lowering the loops to LLVM IR as functions of their own, LLVM's
+# own work excluded), and the rest of Numba's Python.
+PASSES = r"""
+import time
+from numba.core import event
+KERNELS, _stack, _passes, _llvm = {}, [], [], [None]
+def _kind(name):
+    if "type_inference" in name:
+        return "typing"
+    if "parfor" in name or "inline" in name:
+        return "parfor passes"
+    return None
+class _Compile(event.Listener):
+    def on_start(self, ev):
+        f = ev.data["dispatcher"].py_func
+        _stack.append(dict(name=f"{f.__module__.rsplit('.', 1)[-1]}.{f.__qualname__}", t=time.thread_time(),
+                           llvm=0.0, typing=0.0, parfor=0.0))
+    def on_end(self, ev):
+        k = _stack.pop()
+        if not _stack and k["name"].split(".")[0] in ("activations", "avgpool", "batchnorm", "conv", "conv_pool",
+                                                     "dense", "dropout", "loss", "optim", "pool"):
+            cpu = time.thread_time() - k["t"]
+            KERNELS[k["name"]] = {"cpu": cpu, "LLVM": k["llvm"], "typing": k["typing"], "parfor passes": k["parfor"],
+                                  "other Numba": cpu - k["llvm"] - k["typing"] - k["parfor"]}
+class _Pass(event.Listener):
+    def on_start(self, ev):
+        _passes.append([ev.data["name"].split(" ")[0], time.thread_time(), 0.0, 0.0])
+    def on_end(self, ev):
+        name, t, nested, llvm = _passes.pop()
+        spent = time.thread_time() - t
+        kind = _kind(name)
+        if kind and _stack:
+            _stack[0]["typing" if kind == "typing" else "parfor"] += spent - nested - llvm
+        if _passes:
+            _passes[-1][2] += spent  # (its LLVM time is in there: not the parent's own)
+class _Llvm(event.Listener):
+    def on_start(self, ev):
+        _llvm[0] = time.thread_time()
+    def on_end(self, ev):
+        spent = time.thread_time() - _llvm[0]
+        if _stack:
+            _stack[0]["llvm"] += spent
+        if _passes:
+            _passes[-1][3] += spent
+event.register("numba:compile", _Compile())
+event.register("numba:run_pass", _Pass())
+event.register("numba:llvm_lock", _Llvm())
 """
 
 # Writes what `fastcnn predict` reads: an untrained original network and one picture of a digit.
@@ -81,11 +139,11 @@ def records(cache):
     return found
 
 
-def network(name, env):
+def network(name, env, passes=False):
     """Cold and warm runs of ``name``: ({step: seconds}, wall, cpu) each, and the kernel records."""
     with tempfile.TemporaryDirectory() as cache:
         env = dict(env, FASTCNN_CACHE_DIR=cache)
-        command = [sys.executable, "-c", CHILD, name, json.dumps(NETWORKS[name])]
+        command = [sys.executable, "-c", CHILD, name, json.dumps(NETWORKS[name])] + [PASSES] * passes
         runs = []
         for _ in ("cold", "warm"):
             out, wall, cpu = measured(command, env)
@@ -134,7 +192,11 @@ def main():
     p.add_argument("--cpu", choices=tuple(CPUS), default="host", help="compile for this CPU, or for an AVX2 one")
     p.add_argument("--processes", type=int, help="processes compiling at once (default: one per core)")
     p.add_argument("--fit", action="store_true", help="also refit the cost model to the kernels' compile times")
+    p.add_argument("--passes", action="store_true",
+                   help="where each kernel's compile goes: LLVM, Numba's typing, its parfor passes (in one process)")
     args = p.parse_args()
+    if args.passes:
+        args.processes = 1  # every compile in the process that listens
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTCNN_CACHE", "NUMBA_CPU"))}
     env.update(CPUS[args.cpu])
     if args.processes is not None:
@@ -147,13 +209,17 @@ def main():
     print(f"{'':18s} {'import':>7s} {'first step':>11s} {'first predict':>14s} {'total (wall)':>13s} {'CPU':>7s}")
     all_records = {}
     for name in args.networks:
-        runs, kernels = network(name, env)
+        runs, kernels = network(name, env, args.passes)
         all_records.update(kernels)
         for label, (steps, wall, cpu_seconds) in zip(("cold", "warm"), runs):
             print(f"{name + ' ' + label:18s} {steps['import']:6.2f}s {steps['first training step']:10.2f}s "
                   f"{steps['first predict']:13.2f}s {wall:12.2f}s {cpu_seconds:6.1f}s")
+        passes = runs[0][0].get("passes", {})
         for kernel, seconds in sorted(kernels.items(), key=lambda kv: -kv[1]):
-            print(f"    {kernel:46s} {seconds:6.2f}s CPU to compile")
+            split = passes.get(kernel)
+            where = "" if split is None else "; of it " + ", ".join(
+                f"{part} {split[part]:.2f}s" for part in ("LLVM", "typing", "parfor passes", "other Numba"))
+            print(f"    {kernel:46s} {seconds:6.2f}s CPU to compile{where}")
     (cold_wall, cold_cpu), (warm_wall, warm_cpu) = predict_cli(env)
     print(f"{'fastcnn predict':18s} cold {cold_wall:.2f}s wall, {cold_cpu:.1f}s CPU; warm {warm_wall:.2f}s wall, "
           f"{warm_cpu:.1f}s CPU (the original network, one picture)")
