@@ -133,8 +133,9 @@ class FoldedConvPoolRelu(Folded, Step):
     kernels that training such a block runs (Conv, Pool; the ReLU is applied flat), so evaluating
     compiles nothing more: the fused conv -> ReLU -> max-pool kernel (direct convolution only)
     took 2.5-3.5 s to compile for prediction alone. Predicting 256 images this way: deep 1.41x
-    as fast (1.44x on one thread), cifar 0.98-1.01x; one image: deep 1.0x (1.2x on one thread),
-    cifar unclear (0.65-0.84x, other jobs running; 2-core AMD EPYC, 2026-12-05)."""
+    as fast (1.44x on one thread), cifar 1.09x; one image: deep 1.0x (1.2x on one thread), cifar
+    0.92x (its 16x16 GEMM convolution runs one image on one thread; 2-core AMD EPYC, 2026-12-05,
+    interleaved, other jobs running)."""
 
     def __init__(self, layers, shapes, index):
         super().__init__(layers, shapes, index)
