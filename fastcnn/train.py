@@ -14,7 +14,6 @@ NaN or Inf weights, so the file always holds the last good state.
 
 import contextlib
 import signal
-import sys
 import threading
 import time
 
