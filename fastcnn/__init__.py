@@ -5,6 +5,9 @@ Numba kernels (``fastcnn.kernels``) checked against a plain NumPy reference
 and its callbacks; ``fastcnn.data`` loads MNIST, Fashion-MNIST, CIFAR-10 and folders of one's own pictures.
 """
 
+# First: the kernels' cache (kernels/jit.py) is keyed by it, and they are imported below.
+__version__ = "0.2.0"
+
 from .callbacks import Callback, EarlyStopping, KeepBest, ReduceLROnPlateau
 from .checkpoint import load, load_checkpoint, save
 from .errors import DataError, ExportError, FastCNNError, ImageError, ModelFileError, ShapeError
@@ -17,7 +20,6 @@ from .schedules import Constant, Cosine, InverseTime
 from .train import fit
 from .export import export_onnx
 
-__version__ = "0.2.0"
 
 __all__ = [
     "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "ReLU", "Tanh", "Sigmoid", "Dropout",

@@ -1,4 +1,5 @@
-"""The ``fastcnn`` command: ``train``, ``predict``, ``evaluate``, ``history`` and ``serve``.
+"""The ``fastcnn`` command: ``train``, ``predict``, ``evaluate``, ``history``, ``serve``, ``export`` and
+``compile``.
 
 Errors fastcnn raises on purpose (bad files, bad arguments, a diverging run) and failures to
 write a file end the command with one line on stderr and exit status 2, not a traceback. Output
@@ -283,8 +284,21 @@ def _export(args):
           + ", ".join(f"{v.name} {shape(v)}" for v in proto.graph.output))
 
 
+def _compile(args):
+    from .architectures import ARCHITECTURES
+    from .compiling import compile_networks
+    from .kernels import checks, jit
+    names = list(dict.fromkeys(args.model or ARCHITECTURES))
+    processes = None if args.processes is None else checks.positive_int("--processes", args.processes)
+    calls, compiled = compile_networks(names, processes)
+    cpu = jit.cpu_key().split("-")[0]
+    print(f"the {calls} kernels of {', '.join(names)} are compiled for this CPU ({cpu})"
+          + (f"; {compiled} of them just now" if compiled else ", all of them already") + f": {jit.cache_dir()}")
+
+
 def parser():
     from . import __version__
+    from .architectures import ARCHITECTURES
     from .data import DATASETS
     from .settings import add_arguments as add_settings
     p = argparse.ArgumentParser(prog="fastcnn", description="A small, fast CNN engine for the CPU.")
@@ -343,6 +357,15 @@ def parser():
     s.add_argument("--host", default="127.0.0.1", help="address to listen on, default 127.0.0.1 (this machine only)")
     s.add_argument("--port", type=int, default=8000, help="default 8000")
     s.set_defaults(run=_serve)
+
+    c = sub.add_parser("compile", help="compile the kernels of the named networks now, once for every later run",
+                       description="Compile (into the cache, once per fastcnn version and CPU) every kernel that "
+                                   "training and using the named networks needs, so that the first train, predict, "
+                                   "evaluate or serve starts at once. Optional: they compile on first use otherwise.")
+    c.add_argument("--model", action="append", choices=tuple(ARCHITECTURES),
+                   help="a named network (repeat for several; default: all of them)")
+    c.add_argument("--processes", type=int, help="processes to compile in, default: one per core")
+    c.set_defaults(run=_compile)
 
     x = sub.add_parser("export", help="the model as an ONNX file, for ONNX Runtime and other runtimes",
                        description="Write the model as a standard ONNX graph: input 'image' (batch, H, W, C) "

@@ -121,6 +121,8 @@ CLASS_NAMES = {
     ),
 }
 
+IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion-mnist": (28, 28, 1), "cifar10": (32, 32, 3)}  # (H, W, C) of one image
+
 TIMEOUT = 30  # seconds per network operation, not for the whole download
 MAX_DOWNLOAD = 200 * 2**20  # the largest published file is CIFAR-10's 170 MB archive; more means a wrong URL
 

@@ -12,7 +12,6 @@ import numpy as np
 
 from .data import check_images, check_labels
 from .errors import ShapeError
-from .image import load_digit, load_photo
 from .kernels import checks
 from .model import Sequential
 
@@ -24,15 +23,15 @@ def check_model(model):
 
 
 def model_classes(model, x, name):
-    """The number of classes ``model`` scores, found by running the first image of ``x`` through it,
-    so images that don't fit the model fail here, naming ``name``, not deep inside a batch."""
+    """The number of classes ``model`` scores for images like ``x``'s, from the plan it makes for
+    them, so images that don't fit the model fail here, naming ``name``, not deep inside a batch."""
     try:
-        out = check_model(model).predict(x[:1])
+        out = check_model(model).plan(x.shape[1:]).output_shape
     except ShapeError as e:
         raise ShapeError(f"{name}: images of shape {x.shape[1:]} do not fit the model: {e}") from None
-    if out.ndim != 2:
-        raise ShapeError(f"model: expected it to end in (N, classes) scores, it gives shape {out.shape}")
-    return out.shape[1]
+    if len(out) != 1:
+        raise ShapeError(f"model: expected it to end in (N, classes) scores, it gives shape (N, {', '.join(map(str, out))})")
+    return out[0]
 
 
 def check_batch(model, x, y, x_name="x", y_name="y"):
@@ -67,6 +66,7 @@ def picture_loader(model, folder=False):
             raise ShapeError(f"model: expected one trained on images (H, W, 1 or 3), it takes {shape}")
         from .folders import load_picture
         return functools.partial(load_picture, image_size=tuple(shape[:2]), color="grey" if shape[2] == 1 else "rgb")
+    from .image import load_digit, load_photo  # here: SciPy's ndimage is a tenth of a second to import
     channels = input_channels(model)
     if channels == 3:
         return load_photo
@@ -90,6 +90,7 @@ def predict_digits(model, paths):
 
     Returns ``(probabilities (N, 10), images (N, 28, 28, 1))``: the images are what the model saw.
     """
+    from .image import load_digit
     return _predict(model, paths, load_digit)
 
 

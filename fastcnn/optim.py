@@ -38,6 +38,16 @@ class Optimizer:
     def current_lr(self):
         return self.lr * self.schedule(self.steps)
 
+    def step(self):
+        """Apply the gradients the last backward pass left in ``model.gradients``."""
+        self._update(self.model.parameters, self.state, self.model.gradients, self.steps)
+        self.steps += 1
+
+    def rehearse(self):
+        """The step on copies of the parameters, gradients and state: for ``compiling.prepare``."""
+        self._update(self.model.parameters.copy(), {k: v.copy() for k, v in self.state.items()},
+                     self.model.gradients.copy(), self.steps)
+
     def config(self):
         return {"type": type(self).__name__, "lr": self.lr, "weight_decay": self.weight_decay,
                 "schedule": [schedule_name(self.schedule), self.schedule.config()], "steps": self.steps,
@@ -65,11 +75,9 @@ class SGD(Optimizer):
     def hyperparameters(self):
         return {"momentum": self.momentum}
 
-    def step(self):
-        """Apply the gradients the last backward pass left in ``model.gradients``."""
-        self.model.kernels.sgd_momentum_into(self.model.parameters, self.velocity, self.model.gradients,
-                                             self.current_lr, self.momentum, self.weight_decay)
-        self.steps += 1
+    def _update(self, params, state, grads, taken):
+        self.model.kernels.sgd_momentum_into(params, state["velocity"], grads, self.lr * self.schedule(taken),
+                                             self.momentum, self.weight_decay)
 
 
 class Adam(Optimizer):
@@ -85,11 +93,10 @@ class Adam(Optimizer):
     def hyperparameters(self):
         return {"betas": list(self.betas), "eps": self.eps}
 
-    def step(self):
-        self.steps += 1  # Adam's bias corrections count this step as t = 1, 2, ...
-        self.model.kernels.adam_into(self.model.parameters, self.state["m"], self.state["v"], self.model.gradients,
-                                     self.lr * self.schedule(self.steps - 1), self.betas[0], self.betas[1],
-                                     self.eps, self.weight_decay, self.steps)
+    def _update(self, params, state, grads, taken):
+        # Adam's bias corrections count this step as t = taken + 1 = 1, 2, ...
+        self.model.kernels.adam_into(params, state["m"], state["v"], grads, self.lr * self.schedule(taken),
+                                     self.betas[0], self.betas[1], self.eps, self.weight_decay, taken + 1)
 
 
 OPTIMIZERS = {"SGD": SGD, "Adam": Adam}

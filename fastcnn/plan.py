@@ -10,7 +10,8 @@ layer is a plain step of its own, and a layer of the user's own runs its NumPy `
 Training and evaluation differ (BatchNorm's statistics, Dropout), so a plan holds two lists of
 steps: ``steps`` for training, and ``inference_steps``, which first tries ``FOLDS``: a BatchNorm
 after a Conv2D or Dense is folded into that layer's weight and bias (Conv2D, BatchNorm2D, ReLU,
-MaxPool2D is again one fused pass), and Dropout is the identity. ``Run`` says which a pass is.
+MaxPool2D runs the convolution, pools, then applies the ReLU), and Dropout is the identity.
+``Run`` says which a pass is.
 
 A plan is made for one example shape, and making it checks every layer against the shape that
 reaches it, once: a wrong shape is reported with the layer's index before anything runs. Each
@@ -18,6 +19,9 @@ step's buffers (its output, the argmax it saves, its input gradient) live in a w
 once per batch size and reused; the steps call the kernels' unchecked ``*_into`` cores, on either
 backend. The softmax cross-entropy that ends a training step is the plan's too (``train_step``).
 The first step with parameters, and every step before it, skips its input gradient.
+
+Before its first pass of each mode a plan has the kernels it will call compiled, all at once and
+saying so (``compiling.prepare``), found by a rehearsal of the pass (``rehearse``).
 """
 
 import threading
@@ -25,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import compiling
 from .errors import ShapeError
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Layer,
                      MaxPool2D, ReLU, Sigmoid, Tanh)
@@ -35,11 +40,13 @@ _KEEP = 4  # workspaces kept per plan and mode (the batch size, the last batch o
 class Run(NamedTuple):
     """What one pass is: training (batch statistics, dropout) or evaluation, and for dropout's
     masks the run's seed, the optimizer's step, and where this batch starts in the global batch
-    (data-parallel processes each run a slice of it, and draw that slice's part of its masks)."""
+    (data-parallel processes each run a slice of it, and draw that slice's part of its masks);
+    ``rehearsal``: see ``Plan.rehearse``."""
     training: bool
     seed: int = 0
     step: int = 0
     first_row: int = 0
+    rehearsal: bool = False
 
 
 EVALUATION = Run(training=False)
@@ -125,7 +132,8 @@ class ConvReluPool(Step):
 
 
 class FoldedConvReluPool(Folded, ConvReluPool):
-    """Conv2D -> BatchNorm2D -> ReLU -> MaxPool2D in evaluation: one fused pass."""
+    """Conv2D -> BatchNorm2D -> ReLU -> MaxPool2D in evaluation: the BatchNorm folded into the
+    convolution, then one fused pass (direct, or Winograd's tiles pooled as they are made)."""
 
 
 class Conv(Step):
@@ -359,14 +367,14 @@ class Pool(Step):
         pool = self.layers[-1]
         k.maxpool_forward_into(ws["y"], ws["argmax"], x, pool.size, pool.stride)
         if self.relu:
-            k.relu_forward_into(ws["y"], ws["y"])
+            _relu_in_place(k, ws["y"])
         return ws["y"]
 
     def backward(self, k, dy, ws):
         dx = ws.get("dx")
         if dx is not None:
             if self.relu:
-                k.relu_backward_into(ws["dpool"], dy, ws["y"])
+                k.relu_backward_into(ws["dpool"].reshape(-1), dy.reshape(-1), ws["y"].reshape(-1))
                 dy = ws["dpool"]
             k.maxpool_backward_into(dx, dy, ws["argmax"])
         return dx
@@ -406,14 +414,15 @@ class Elementwise(Step):
 
     kernel = None  # "relu": the kernels relu_forward_into and relu_backward_into
 
+    # The arrays go flat, whatever their rank: one compiled kernel serves every layer.
     def forward(self, k, x, ws, run):
-        getattr(k, f"{self.kernel}_forward_into")(ws["y"], x)
+        getattr(k, f"{self.kernel}_forward_into")(ws["y"].reshape(-1), x.reshape(-1))
         return ws["y"]
 
     def backward(self, k, dy, ws):
         dx = ws.get("dx")
         if dx is not None:
-            getattr(k, f"{self.kernel}_backward_into")(dx, dy, ws["y"])
+            getattr(k, f"{self.kernel}_backward_into")(dx.reshape(-1), dy.reshape(-1), ws["y"].reshape(-1))
         return dx
 
 
@@ -451,12 +460,17 @@ class Custom(Step):
         return {}
 
     def forward(self, k, x, ws, run):
+        ws["rehearsal"] = run.rehearsal
+        if run.rehearsal:  # the user's code is not run for that: zeros stand in
+            return np.zeros((len(x), *self.out_shape), np.float32)
         layer = self.layers[0]
         layer.training = run.training
         y = layer.forward(x)
         return self._checked(y, (len(x), *self.out_shape), "forward", "output")
 
     def backward(self, k, dy, ws):
+        if ws.get("rehearsal"):
+            return np.zeros((len(dy), *self.in_shape), np.float32) if self.needs_input_grad else None
         layer = self.layers[0]
         views = {name: id(g) for name, g in layer.grads.items()}
         dx = layer.backward(dy)
@@ -471,6 +485,12 @@ class Custom(Step):
             raise ShapeError(f"layer {self.index} {self.layers[0]!r}: {method} returned {got}; expected the {what} "
                              f"of shape {shape}")
         return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _relu_in_place(k, y):
+    """y = max(y, 0), through the flat view: one compiled ReLU kernel for arrays of any rank."""
+    flat = y.reshape(-1)
+    k.relu_forward_into(flat, flat)
 
 
 # Tried in order at each position: the first whose layer types match there wins.
@@ -539,27 +559,55 @@ class Plan:
         for step in self.steps:
             step.needs_input_grad = learnable_before
             learnable_before = learnable_before or step.has_params
-        self.output_shape = shapes[-1]
+        self.example_shape, self.output_shape = shapes[0], shapes[-1]
+        self.layers = list(layers)
         self._train = {}
         self._infer = threading.local()  # each thread predicts in workspaces of its own
+        self.prepared = set()  # the modes (training: True) whose kernels compiling.prepare has seen to
 
     def workspace(self, n, train):
         """The buffers of every step for a batch of ``n``, made on first use and then reused."""
         cache = self._train if train else self._infer.__dict__.setdefault("cache", {})
         ws = cache.pop(n, None)
         if ws is None:
-            ws = [{name: np.empty(shape, dtype) for name, (shape, dtype) in step.buffers(n, train).items()}
-                  for step in (self.steps if train else self.inference_steps)]
-            if train:
-                ws.append({"dlogits": np.empty((n, *self.output_shape), np.float32),
-                           "row_loss": np.empty(n, np.float32)})
+            ws = self._new_workspace(n, train)
             while len(cache) >= _KEEP:
                 cache.pop(next(iter(cache)))
         cache[n] = ws  # most recently used last
         return ws
 
+    def _new_workspace(self, n, train):
+        ws = [{name: np.empty(shape, dtype) for name, (shape, dtype) in step.buffers(n, train).items()}
+              for step in (self.steps if train else self.inference_steps)]
+        if train:
+            ws.append({"dlogits": np.empty((n, *self.output_shape), np.float32), "row_loss": np.empty(n, np.float32)})
+        return ws
+
+    def rehearse(self, train, n=2):
+        """A pass of ``train``'s mode (a training step: forward, loss, backward) on ``n`` zero images,
+        in a workspace of its own, for ``compiling`` to see each kernel call a real pass makes and
+        its argument types (it stops the calls that would compile). Some kernels depend on the
+        batch's size (few rows of a dense layer stream its weight instead of a GEMM): ``compiling``
+        rehearses the sizes passes run at. Layers of the user's own are not run (zeros stand in),
+        and what a training pass changes in the layers (BatchNorm's running statistics, the
+        gradients) is put back."""
+        kept = [(a, a.copy()) for layer in self.layers for a in (*layer.buffers.values(), *layer.grads.values())]
+        x, ws = np.zeros((n, *self.example_shape), np.float32), self._new_workspace(n, train)
+        with np.errstate(all="ignore"):  # the stopped kernels leave their outputs as they were
+            logits = self.forward(x, ws, Run(train, rehearsal=True))
+            if train:
+                self.kernels.softmax_cross_entropy_into(ws[-1]["dlogits"], ws[-1]["row_loss"], logits,
+                                                        np.zeros(n, np.int64))
+                self.backward(ws[-1]["dlogits"], ws)
+            else:
+                self.kernels.softmax_into(np.empty_like(logits), logits)
+        for a, saved in kept:
+            a[...] = saved
+
     def forward(self, x, ws, run):
         """The logits of a checked batch, in the workspace ``ws`` made for ``run.training``."""
+        if run.training not in self.prepared and not run.rehearsal:
+            compiling.prepare(self, (run.training,))
         for step, buffers in zip(self.steps if run.training else self.inference_steps, ws):
             x = step.forward(self.kernels, x, buffers, run)
         return x

@@ -23,8 +23,9 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
-from .data import CLASS_NAMES
-from .errors import ImageError
+from . import compiling
+from .data import CLASS_NAMES, IMAGE_SHAPES
+from .errors import ImageError, ShapeError
 from .image import ImageWarning, load_photo
 from .inference import picture_loader
 
@@ -39,6 +40,7 @@ def create_app(model, classes=CLASS_NAMES["mnist"], folder=False):
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD
     load = picture_loader(model, folder)
+    _compile_ahead(model, load)
     page = (importlib.resources.files(__package__) / "web" / "index.html").read_text(encoding="utf-8")
     if folder:
         h, w, c = model.input_shape
@@ -80,6 +82,15 @@ def create_app(model, classes=CLASS_NAMES["mnist"], folder=False):
         return _error(e.code, e.description)
 
     return app
+
+
+def _compile_ahead(model, load):
+    """Compile (or load) the kernels a prediction runs now, not in the first request."""
+    try:
+        plan = model.plan(IMAGE_SHAPES["cifar10" if load is load_photo else "mnist"])
+    except ShapeError:
+        return  # pictures don't fit this model: each request says so
+    compiling.prepare(plan, (False,))
 
 
 def _error(status, message):

@@ -27,13 +27,13 @@ import numba
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint, distributed, fileio
+from . import checkpoint, compiling, distributed, fileio
 from .callbacks import TrainingRun, check_callbacks, restore_states, saved_states
 from .data import as_float_pixels
 from .errors import FastCNNError, ModelFileError, ShapeError
 from .folders import row_reader
 from .inference import check_batch
-from .kernels import checks, jit
+from .kernels import checks
 from .optim import Optimizer
 from .settings import DEFAULT_VALIDATION_SPLIT
 
@@ -77,26 +77,10 @@ def set_threads(threads):
     return int(n)
 
 
-def warm_up(model, example_shape):
-    """Compile (or load from Numba's cache) every kernel a training step and ``predict`` run, before
-    training starts, saying so on stderr when it compiles: the first run on a machine."""
-    def say():
-        seconds = jit.COMPILE_SECONDS
-        print(f"compiling kernels for this machine (first run only, about {seconds['original']} s for the "
-              f"original network, up to {seconds['deeper']} s for deeper ones)...",
-              file=sys.stderr, flush=True)
-        started.append(time.perf_counter())
-    started = []
-    x = np.zeros((2, *example_shape), np.float32)
-    kept = [(b, b.copy()) for _, b in model.named_buffers()]  # a training pass moves BatchNorm's statistics
-    with jit.when_compiling(say):
-        model.plan(example_shape).train_step(x, np.zeros(2, np.int64))  # fills grads only: no optimizer step
-        model.predict(x[:1])
-    model.gradients[...] = 0
-    for b, saved in kept:
-        b[...] = saved
-    if started:
-        print(f"compiled in {time.perf_counter() - started[0]:.1f} s", file=sys.stderr, flush=True)
+def warm_up(model, example_shape, optimizer=None):
+    """Have every kernel that a training step, ``optimizer``'s update and ``predict`` run compiled
+    (or in the cache) before training starts; compiling says so on stderr, in the first process."""
+    compiling.prepare(model.plan(example_shape), (True, False), optimizer, say=distributed.world().is_root)
 
 
 def check_writable(path, need=0):
@@ -269,6 +253,7 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     x = np.empty((batch_size, *shape), np.float32)  # the batch, gathered in place
     raw = np.empty((batch_size, *shape), np.uint8) if x_train.dtype == np.uint8 else None  # before scaling
     plan = model.plan(shape)  # the data were checked above: the plan runs them as they are
+    compiling.prepare(plan, (True, False) if val is not None else (True,), optimizer, say=world.is_root)
     take = row_reader(x_train)  # a memory-mapped image folder: rows read from its file
     trained = False
     with _stop_on_signals() as caught:
@@ -654,7 +639,7 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
     if folder is not None:
         state["folder"] = {"fingerprint": folder.fingerprint, "images": len(folder.train[1])}
     callbacks = make_callbacks(settings, out)
-    warm_up(model, data.train[0].shape[1:])
+    warm_up(model, data.train[0].shape[1:], optimizer)
     history = fit(model, optimizer, validating.train, validating.validation, epochs=settings.epochs,
                   batch_size=settings.batch_size, seed=settings.seed, validation_split=validating.split,
                   test=validating.test,

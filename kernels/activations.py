@@ -43,37 +43,39 @@ def _sigmoid_backward(dx, dy, y):
         flat_dx[i] = flat_dy[i] * flat_y[i] * (np.float32(1.0) - flat_y[i])
 
 
+# The cores hand the kernels flat views (the arrays are contiguous): one compiled kernel serves
+# arrays of every rank, where each rank would compile its own (0.3 s each).
 def tanh_forward_into(y, x):
-    _tanh_forward(y, x)
+    _tanh_forward(y.reshape(-1), x.reshape(-1))
 
 
 def tanh_backward_into(dx, dy, y):
-    _tanh_backward(dx, dy, y)
+    _tanh_backward(dx.reshape(-1), dy.reshape(-1), y.reshape(-1))
 
 
 def sigmoid_forward_into(y, x):
-    _sigmoid_forward(y, x)
+    _sigmoid_forward(y.reshape(-1), x.reshape(-1))
 
 
 def sigmoid_backward_into(dx, dy, y):
-    _sigmoid_backward(dx, dy, y)
+    _sigmoid_backward(dx.reshape(-1), dy.reshape(-1), y.reshape(-1))
 
 
 def elementwise(fn, x):
-    """The checked form of an activation's forward core ``fn(y, x)``."""
+    """The checked form of an activation's forward kernel ``fn(y, x)`` (run on the flat views)."""
     x = checks.array("x", x, np.ndim(x), np.float32)
     y = np.empty_like(x)
-    fn(y, x)
+    fn(y.reshape(-1), x.reshape(-1))
     return y
 
 
 def elementwise_backward(fn, dy, y):
-    """The checked form of an activation's backward core ``fn(dx, dy, y)``."""
+    """The checked form of an activation's backward kernel ``fn(dx, dy, y)`` (on the flat views)."""
     dy = checks.array("dy", dy, np.ndim(dy), np.float32)
     y = checks.array("y", y, np.ndim(y), np.float32)
     checks.same_shape("dy", dy, y.shape, "the forward output's shape")
     dx = np.empty_like(dy)
-    fn(dx, dy, y)
+    fn(dx.reshape(-1), dy.reshape(-1), y.reshape(-1))
     return dx
 
 

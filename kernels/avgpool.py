@@ -58,16 +58,19 @@ def _avgpool_backward(dx, dy, size, stride):
 
 
 @parallel_kernel
-def _global_avgpool_forward(y, x):
+def _global_avgpool_forward(y, total, x):
+    # total: (N, C) float64 sums, one row per image (an image has up to tens of thousands of
+    # pixels); passed in, not allocated inside the loop (that compiled NumPy's zeros too: 0.2 s).
     N, H, W, C = x.shape
     pixels = x.reshape(N, H * W, C)
     for n in prange(N):
-        total = np.zeros(C)  # float64: an image has up to tens of thousands of pixels
+        for c in range(C):
+            total[n, c] = 0.0
         for i in range(H * W):
             for c in range(C):
-                total[c] += pixels[n, i, c]
+                total[n, c] += pixels[n, i, c]
         for c in range(C):
-            y[n, c] = total[c] / (H * W)
+            y[n, c] = total[n, c] / (H * W)
 
 
 @parallel_kernel
@@ -93,7 +96,7 @@ def avgpool_backward_into(dx, dy, size, stride):
 
 def global_avgpool_forward_into(y, x):
     """y (N, C) = the mean of x (N, H, W, C) over H and W."""
-    _global_avgpool_forward(y, x)
+    _global_avgpool_forward(y, np.empty(y.shape, np.float64), x)
 
 
 def global_avgpool_backward_into(dx, dy):

@@ -1,6 +1,9 @@
 """All of fastcnn's Numba policy in one place; the kernels just use these decorators.
 
-- ``cache=True``: a kernel compiles once per machine, later processes load it from Numba's cache.
+- The cache: a kernel compiles once per CPU and is loaded from ``cache_dir()`` by every later
+  process, whatever the install (a reinstall, a second virtual environment, a read-only
+  install): see ``cache_dir``. Numba's own cache sits beside the sources and is keyed by their
+  path, so each of those would compile again.
 - ``fastmath`` without ``nnan``/``ninf``: LLVM may reassociate sums (vectorised reductions) but
   NaN and Inf keep their meaning, so a diverging run is still seen as one.
 - ``error_model="numpy"``: no zero-division checks on the index arithmetic (the sizes are
@@ -12,53 +15,168 @@
   wait (spin a little after a kernel, then sleep): against OMP_WAIT_POLICY=PASSIVE, measured
   3.65 against 4.1 ms per training step and 111 against 370 us for one image.
 - ``nogil=True``: several Python threads may call the kernels at once (e.g. ``predict``).
+
+``KERNELS`` lists every kernel by name (``module.function``), so that other processes can
+compile one by name into the same cache (``fastcnn.compiling``).
 """
 
-import contextlib
+import functools
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
 
+import llvmlite
+import llvmlite.binding
 import numba
-from numba.core import event
+from numba.core import caching, codegen
 
 from . import blas
 
-# What compiling a network's kernels takes on a 2-core machine with an empty cache, said before it
-# starts (import, first training step and predict, measured 2026-12-02 on an AMD EPYC: the
-# original network 11.9-13.4 s; with the weight gradient's GEMM kernel (3.3 s of it), the deep
-# network 27.2-32.5 s, the cifar one 31.7 s).
-COMPILE_SECONDS = {"original": 13, "deeper": 32}
-
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+
+# Where the compiled kernels go: this variable's folder, else NUMBA_CACHE_DIR/fastcnn if the user set
+# that, else $XDG_CACHE_HOME/fastcnn/kernels (~/.cache/fastcnn/kernels).
+CACHE_ENV = "FASTCNN_CACHE_DIR"
+# Builds (kernel sources, Numba, Python) kept per fastcnn version and CPU: edited kernels make a new one.
+KEEP_BUILDS = 4
+
+KERNELS = {}  # "module.function" -> the dispatcher of every kernel made below
 
 blas.hold_to_one_thread()
 
 
 def parallel_kernel(fn):
     """A kernel whose outer ``prange`` loop is spread over Numba's threads."""
-    return numba.njit(parallel=True, cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")(fn)
+    return _kernel(fn, parallel=True)
 
 
 def serial_kernel(fn):
     """A kernel that runs on the calling thread."""
-    return numba.njit(parallel=False, cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")(fn)
+    return _kernel(fn, parallel=False)
 
 
-class _FirstCompile(event.Listener):
-    def __init__(self, say):
-        self.say = say
-
-    def on_start(self, ev):
-        if self.say is not None:
-            self.say()
-            self.say = None
-
-    def on_end(self, ev):
-        pass
+def _kernel(fn, parallel):
+    dispatcher = numba.njit(parallel=parallel, fastmath=FASTMATH, nogil=True, error_model="numpy")(fn)
+    if numba.config.DISABLE_JIT:  # NUMBA_DISABLE_JIT=1: the plain Python function, for debugging
+        return dispatcher
+    dispatcher._cache = _cache_for(fn)  # the one place Numba lets a cache be chosen per function
+    KERNELS[kernel_name(dispatcher)] = dispatcher
+    return dispatcher
 
 
-@contextlib.contextmanager
-def when_compiling(say):
-    """Inside, call ``say()`` once, just before Numba first compiles a kernel: that is, when its
-    cache misses (a first run on this machine, or kernels changed since). Loading from the cache
-    says nothing."""
-    with event.install_listener("numba:compile", _FirstCompile(say)):
-        yield
+def kernel_name(dispatcher):
+    """``conv_pool._conv_relu_pool_forward``: how records, messages and other processes name a kernel."""
+    return f"{dispatcher.py_func.__module__.rsplit('.', 1)[-1]}.{dispatcher.py_func.__qualname__}"
+
+
+def cpu_key():
+    """The CPU the kernels are compiled for, as Numba's code generator targets it: its name and a
+    hash of its features and target triple, e.g. ``znver4-1f0c9a52``. ``NUMBA_CPU_NAME`` and
+    ``NUMBA_CPU_FEATURES`` (code for another CPU than this one) give another key."""
+    name = numba.config.CPU_NAME or llvmlite.binding.get_host_cpu_name()
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = codegen.get_host_cpu_features()
+    described = f"{llvmlite.binding.get_process_triple()} {name} {features}"
+    return f"{name}-{hashlib.sha256(described.encode()).hexdigest()[:8]}"
+
+
+@functools.lru_cache(maxsize=None)
+def _build_key():
+    """What else the compiled code depends on: Numba, llvmlite, Python, and every kernel source
+    file (a kernel inlines helpers from other files, which Numba's own freshness check misses)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    python = f"py{sys.version_info[0]}{sys.version_info[1]}{getattr(sys, 'abiflags', '')}"
+    return f"numba{numba.__version__}-llvmlite{llvmlite.__version__}-{python}-{digest.hexdigest()[:10]}"
+
+
+def cache_root():
+    """The folder that holds every version's compiled kernels (see ``CACHE_ENV``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"]).expanduser() / "fastcnn"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "fastcnn" / "kernels"
+
+
+def cache_dir():
+    """This process's compiled kernels: ``cache_root()/<fastcnn version>/<cpu_key()>/<build>``.
+
+    Nothing in it depends on where fastcnn is installed, so every install of the same version
+    shares it; code for one CPU is never loaded on another (Numba also refuses it, per kernel)."""
+    from fastcnn import __version__
+    return cache_root() / __version__ / cpu_key() / _build_key()
+
+
+class KernelCacheLocator(caching._CacheLocator):
+    """Numba's cache locator (``numba.core.caching``) for fastcnn's kernels: ``cache_dir()``."""
+
+    def __init__(self, py_func, py_file):
+        self._path = str(_prepared_cache_dir())
+        self._lineno = py_func.__code__.co_firstlineno
+
+    def get_cache_path(self):
+        return self._path
+
+    def get_source_stamp(self):
+        return _build_key()  # the folder is already that build's
+
+    def get_disambiguator(self):
+        return str(self._lineno)
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        return cls(py_func, py_file)
+
+
+class _KernelCacheImpl(caching.CompileResultCacheImpl):
+    _locator_classes = [KernelCacheLocator]
+
+
+class KernelCache(caching.FunctionCache):
+    """Numba's function cache, in ``cache_dir()``."""
+
+    _impl_class = _KernelCacheImpl
+
+    def holds(self, signature, dispatcher):
+        """Whether the compiled code for ``signature`` is in the cache (read, not loaded)."""
+        key = self._index_key(signature, dispatcher.targetctx.codegen())
+        return key in self._cache_file._load_index()
+
+
+@functools.lru_cache(maxsize=None)
+def _prepared_cache_dir():
+    """``cache_dir()``, made if it is new (then the least recently used builds beyond
+    ``KEEP_BUILDS`` of this version and CPU are removed); raises OSError if it can't be written."""
+    path = cache_dir()
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        builds = sorted((p for p in path.parent.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        for old in builds[:-KEEP_BUILDS]:
+            shutil.rmtree(old, ignore_errors=True)
+    tempfile.TemporaryFile(dir=path).close()
+    os.utime(path)  # last used now: the pruning above keeps the builds in use
+    return path
+
+
+def _cache_for(fn):
+    """The kernel cache, or, where ``cache_dir()`` can't be written, none (said once)."""
+    try:
+        _prepared_cache_dir()
+    except OSError as e:
+        if not _UNCACHED:
+            _UNCACHED.append(e)
+            warnings.warn(f"fastcnn: the compiled kernels can't be cached in {cache_dir()} ({e.strerror or e}); "
+                          f"they will be compiled again in every process. Set {CACHE_ENV} to a folder that can "
+                          f"be written.", RuntimeWarning, stacklevel=4)
+        return caching.NullCache()
+    return KernelCache(fn)
+
+
+_UNCACHED = []  # why the cache can't be written, once known

@@ -6,6 +6,7 @@ loss = mean_n [logsumexp(z_n) - z_n[y_n]], computed with the row maximum subtrac
 logits of +-1e4 neither overflow nor lose the answer. dlogits = (softmax(z) - onehot(y)) / N.
 """
 
+import numba
 import numpy as np
 
 from fastcnn.errors import ShapeError
@@ -14,13 +15,22 @@ from . import checks
 from .jit import serial_kernel
 
 
+@numba.njit(inline="always")
+def row_max(logits, n):
+    """The largest of row n (a loop: NumPy's max() in Numba compiled two more functions, 0.4 s)."""
+    m = logits[n, 0]
+    for k in range(1, logits.shape[1]):
+        m = max(m, logits[n, k])
+    return m
+
+
 @serial_kernel
 def _softmax_cross_entropy(dlogits, row_loss, logits, labels):
     # Serial: a batch of logits is a few hundred floats, less work than waking a second thread.
     N, K = logits.shape
     for n in range(N):
         z = logits[n]
-        m = z.max()
+        m = row_max(logits, n)
         total = np.float32(0.0)
         for k in range(K):
             e = np.exp(z[k] - m)
@@ -38,7 +48,7 @@ def _softmax_cross_entropy(dlogits, row_loss, logits, labels):
 def _softmax(probs, logits):
     N, K = logits.shape
     for n in range(N):
-        m = logits[n].max()
+        m = row_max(logits, n)
         total = np.float32(0.0)
         for k in range(K):
             e = np.exp(logits[n, k] - m)

@@ -20,8 +20,37 @@ from .jit import parallel_kernel, serial_kernel
 
 
 @parallel_kernel
+def _maxpool_forward_2x2(y, argmax, x, stride):
+    # The common 2x2 window, a kernel of its own (the general one is only compiled for other
+    # windows): its four elements are compared in registers. One output row per task.
+    N, H, W, C = x.shape
+    OH, OW = y.shape[1], y.shape[2]
+    for row in prange(N * OH):
+        n = row // OH
+        oh = row - n * OH
+        h0 = oh * stride
+        for ow in range(OW):
+            w0 = ow * stride
+            at0, at1 = np.int32(h0 * W + w0), np.int32(h0 * W + w0 + 1)
+            at2, at3 = np.int32(at0 + W), np.int32(at1 + W)
+            for c in range(C):
+                best, at = x[n, h0, w0, c], at0
+                v = x[n, h0, w0 + 1, c]
+                take = beats(v, best)
+                best, at = v if take else best, at1 if take else at
+                v = x[n, h0 + 1, w0, c]
+                take = beats(v, best)
+                best, at = v if take else best, at2 if take else at
+                v = x[n, h0 + 1, w0 + 1, c]
+                take = beats(v, best)
+                best, at = v if take else best, at3 if take else at
+                y[n, oh, ow, c] = best
+                argmax[n, oh, ow, c] = at
+
+
+@parallel_kernel
 def _maxpool_forward(y, argmax, x, size, stride):
-    # One output row per task: rows never share an output.
+    # Any window; one output row per task: rows never share an output.
     N, H, W, C = x.shape
     OH, OW = y.shape[1], y.shape[2]
     rows = x.reshape(N * H, W, C)
@@ -30,26 +59,7 @@ def _maxpool_forward(y, argmax, x, size, stride):
         oh = row - n * OH
         h0 = oh * stride
         for ow in range(OW):
-            w0 = ow * stride
-            if size == 2:
-                # The common 2x2 window: its four elements are compared in registers.
-                at0, at1 = np.int32(h0 * W + w0), np.int32(h0 * W + w0 + 1)
-                at2, at3 = np.int32(at0 + W), np.int32(at1 + W)
-                for c in range(C):
-                    best, at = x[n, h0, w0, c], at0
-                    v = x[n, h0, w0 + 1, c]
-                    take = beats(v, best)
-                    best, at = v if take else best, at1 if take else at
-                    v = x[n, h0 + 1, w0, c]
-                    take = beats(v, best)
-                    best, at = v if take else best, at2 if take else at
-                    v = x[n, h0 + 1, w0 + 1, c]
-                    take = beats(v, best)
-                    best, at = v if take else best, at3 if take else at
-                    y[n, oh, ow, c] = best
-                    argmax[n, oh, ow, c] = at
-            else:
-                pool_window(y, argmax, True, n, oh, ow, rows, n * H + h0, h0, w0, size, W)
+            pool_window(y, argmax, True, n, oh, ow, rows, n * H + h0, h0, ow * stride, size, W)
 
 
 @numba.njit(inline="always")
@@ -106,7 +116,10 @@ def beats(v, best):
 
 
 def maxpool_forward_into(y, argmax, x, size, stride):
-    _maxpool_forward(y, argmax, x, size, stride)
+    if size == 2:
+        _maxpool_forward_2x2(y, argmax, x, stride)
+    else:
+        _maxpool_forward(y, argmax, x, size, stride)
 
 
 def maxpool_forward(x, size, stride=None):

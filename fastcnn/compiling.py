@@ -1,0 +1,591 @@
+"""Compiling ahead: the kernels a plan's passes need, compiled before they run (in several
+processes where that pays), with a progress bar and an estimate measured on this machine.
+
+A kernel compiles (a few tenths of a second to a few seconds) the first time it runs on a CPU,
+and every later process loads it from the cache (``kernels/jit.py``). ``prepare(plan, modes)``,
+which a plan runs before its first pass of each mode, *rehearses* those passes
+(``Plan.rehearse``): the plan runs on two zero images while every kernel call that would
+compile is noted with its argument types instead, and returns True (the kernels that return
+something return whether they succeeded; a wrong guess only means that a kernel compiles later,
+in the pass itself). The kernels not in the cache are then compiled, the costliest first, by
+this process and helpers, one per idle core (fresh interpreters started with ``python -c``, so no
+user script runs again), each kernel's signatures in one process so that no two write one cache
+file; the passes then load them from the cache.
+
+What each compile cost (CPU seconds) is recorded beside the cache, in ``compile-times.json``:
+estimates come from this build's records, else from another build's on this CPU (an earlier
+version, edited kernels), else from a rough cost model of the kernel's source (``_model_seconds``)
+scaled to this machine by the first kernel compiled. A compile that nobody prepared (a kernel
+called on its own, an optimizer's first step) says so when it takes more than a second.
+"""
+
+import atexit
+import contextlib
+import dis
+import json
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numba
+from numba.core import event
+from numba.core.registry import CPUDispatcher
+from tqdm import tqdm
+
+from . import fileio
+from . import kernels as compiled_kernels
+from .errors import FastCNNError
+from .kernels import jit
+
+# A helper process pays once its share of the work exceeds what starting it costs (importing
+# fastcnn: about 0.6 s of CPU here); until a start has been timed, this is the guess.
+_START_GUESS = 1.0
+# Said ahead of a compile that nobody prepared once it has run this long (seconds).
+_SILENT_AT_MOST = 1.0
+# Processes compiling at once, this one included (default: the kernels' thread count).
+PROCESSES_ENV = "FASTCNN_COMPILE_PROCESSES"
+
+
+# The batch sizes passes are rehearsed at: training's usual one, and prediction's one picture and
+# its chunks (a dense layer's forward pass takes another kernel for up to 8 rows).
+REHEARSED_BATCHES = {True: (64,), False: (1, 256)}
+
+
+class Job(NamedTuple):
+    kernel: str  # a name in jit.KERNELS
+    signature: tuple  # Numba's types of its arguments
+
+
+_PREPARING = threading.RLock()  # one preparation at a time: threads may predict at once
+_ANNOUNCED = threading.local()  # .on: this thread's compiles were announced (compile_jobs, a helper)
+
+
+def prepare(plan, modes=(True, False), optimizer=None, processes=None, say=True):
+    """Make sure the kernels of ``plan``'s passes in ``modes`` (True: a training step, forward,
+    loss and backward; False: evaluation) and of ``optimizer``'s step are compiled, compiling
+    those that are not, with ``processes`` processes (default: ``$FASTCNN_COMPILE_PROCESSES``,
+    else the kernels' thread count, as far as cores are idle).
+    Returns the number of kernels compiled. ``say``: the message and the progress bar on stderr."""
+    if plan.kernels is not compiled_kernels or not jit.KERNELS:  # the NumPy reference (or no JIT) compiles nothing
+        return 0
+    with _PREPARING:
+        modes = [m for m in modes if m not in plan.prepared]
+        jobs = missing(rehearsed([(plan, m) for m in modes], [optimizer] if optimizer is not None else []))
+        try:
+            return compile_jobs(jobs, processes, say) if jobs else 0
+        finally:
+            plan.prepared.update(modes)
+
+
+def rehearsed(passes, optimizers=()):
+    """The kernel calls (``Job``) that ``passes`` [(plan, training), ...] and ``optimizers``'
+    steps make that would compile, found by rehearsing them."""
+    calls = []
+    with _intercepted(calls):
+        for plan, training in passes:
+            for n in REHEARSED_BATCHES[training]:
+                plan.rehearse(training, n)
+        for optimizer in optimizers:
+            optimizer.rehearse()
+    return calls
+
+
+def compile_networks(names, processes=None):
+    """``fastcnn compile``: compile every kernel that training the named networks (with SGD or
+    Adam) and using them calls, each at its data set's image shape. Returns (the kernels they
+    call, how many of them were compiled now)."""
+    from .architectures import ARCHITECTURES
+    from .data import CLASS_NAMES, IMAGE_SHAPES
+    from .optim import SGD, Adam
+    passes, optimizers = [], []
+    for name in names:
+        dataset = ARCHITECTURES[name].recipe["dataset"]
+        model = ARCHITECTURES[name].build(IMAGE_SHAPES[dataset], len(CLASS_NAMES[dataset]))
+        plan = model.plan(IMAGE_SHAPES[dataset])
+        passes += [(plan, True), (plan, False)]
+        optimizers += [SGD(model, 0.01), Adam(model)]
+    with _PREPARING:
+        calls = set(rehearsed(passes, optimizers))
+        jobs = missing(calls)
+        return len(calls), compile_jobs(jobs, processes) if jobs else 0
+
+
+@contextlib.contextmanager
+def _intercepted(calls):
+    """Inside, on this thread, a kernel call that would compile appends its Job to ``calls`` and
+    returns True instead. (Numba's dispatcher calls ``_compile_for_args`` for a call whose
+    types it has no code for; other threads' calls compile as ever.)"""
+    me = threading.get_ident()
+
+    def interceptor(name, dispatcher):
+        def compile_for_args(*args, **kws):
+            if threading.get_ident() != me:
+                return type(dispatcher)._compile_for_args(dispatcher, *args, **kws)
+            calls.append(Job(name, tuple(dispatcher.typeof_pyval(a) for a in args)))
+            return _stand_in
+        return compile_for_args
+
+    for name, dispatcher in jit.KERNELS.items():
+        dispatcher._compile_for_args = interceptor(name, dispatcher)
+    try:
+        yield
+    finally:
+        for dispatcher in jit.KERNELS.values():
+            del dispatcher._compile_for_args
+
+
+def _stand_in(*args):
+    return True
+
+
+def missing(calls):
+    """The distinct ``calls`` that are neither compiled in this process nor in the cache."""
+    out = []
+    for job in dict.fromkeys(calls):
+        dispatcher = jit.KERNELS[job.kernel]
+        if job.signature in dispatcher.overloads:
+            continue
+        try:
+            if isinstance(dispatcher._cache, jit.KernelCache) and dispatcher._cache.holds(job.signature, dispatcher):
+                continue
+        except Exception:  # noqa: BLE001 - a damaged cache index counts as missing: compiling rewrites it
+            pass
+        out.append(job)
+    return out
+
+
+def compile_jobs(jobs, processes=None, say=True):
+    """Compile ``jobs`` into the cache, the costliest kernels first, in this process and up to
+    ``processes - 1`` helpers (default: ``$FASTCNN_COMPILE_PROCESSES``, else one per idle core, up
+    to the kernels' thread count), saying so (``say``) with an estimate and a progress bar when it
+    takes a second or more. Returns how many kernels were compiled. A kernel that fails to compile
+    is left to its first call, which raises Numba's error where it belongs."""
+    times = Records.load()
+    groups = {}
+    for job in jobs:
+        groups.setdefault(job.kernel, []).append(job.signature)
+    if processes is None:  # else asked for: as many as asked
+        processes = _processes_setting() or numba.get_num_threads()
+        if len(groups) > 1 and processes > 1 and not _processes_setting():
+            processes = min(processes, _idle_cores())
+    estimate = times.estimates(groups)
+    queue = sorted(groups, key=estimate.get, reverse=True)  # costliest first: a short tail
+    helpers = _helpers_worth([estimate[k] for k in queue], processes, times.start)
+    started = time.perf_counter()
+    pool = [helper for helper in (_Helper.start() for _ in range(helpers)) if helper is not None]
+    progress = _Progress(groups, say)
+    if not times.measured():  # nothing measured on this CPU yet: the smallest kernel, compiled first, does
+        progress.announce()  # (at once: that takes a moment too)
+        smallest = queue.pop()
+        progress.finished.append(smallest)
+        _compile_here(smallest, groups[smallest])
+        estimate = times.estimates(groups, measured=(smallest, _LISTENER.seconds_of(smallest)))
+    wall = _makespan([estimate[k] for k in queue], helpers + 1, times.start) + (time.perf_counter() - started)
+    progress.begin(estimate, wall, helpers + 1)
+    take = threading.Lock()
+
+    def next_kernel():
+        with take:
+            return queue.pop(0) if queue else None
+
+    threads = [threading.Thread(target=helper.serve, args=(next_kernel, groups, progress, queue, take), daemon=True)
+               for helper in pool]
+    for thread in threads:
+        thread.start()
+    for _ in range(2):  # the second time: what a helper that failed left
+        while (kernel := next_kernel()) is not None:
+            progress.start(kernel)
+            _compile_here(kernel, groups[kernel], announced=progress.shown or not say)
+            progress.done(kernel)
+        for thread in threads:
+            thread.join()
+    times.add(_LISTENER.take_records(), [r for helper in pool for r in helper.records])
+    times.start_seconds([helper.start_seconds for helper in pool if helper.start_seconds is not None])
+    times.save()
+    progress.close(time.perf_counter() - started)
+    return len(jobs)
+
+
+def _idle_cores(interval=0.1):
+    """How many of this process's cores sat idle over the next ``interval`` seconds (from Linux's
+    /proc/stat; elsewhere, all of them), at least one. On a busy machine a helper gets no core of
+    its own and only adds its start: measured with 9-10 processes running on 2 cores, 12.8 s of
+    CPU in one process against 15.0 with a helper, and a longer wait. (Not the load average: it
+    lags a minute behind, and counts the command that just ended.)"""
+    try:
+        cores = set(os.sched_getaffinity(0))
+        before = _cpu_ticks(cores)
+        time.sleep(interval)
+        after = _cpu_ticks(cores)
+    except (AttributeError, OSError, ValueError):
+        return os.cpu_count() or 1
+    idle = sum((after[c][0] - before[c][0]) / max(after[c][1] - before[c][1], 1) for c in after if c in before)
+    return max(1, round(idle))
+
+
+def _cpu_ticks(cores):
+    """{cpu: (idle ticks, all ticks)} of ``cores``, from /proc/stat."""
+    ticks = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *counts = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+                counts = [int(c) for c in counts[:8]]  # user nice system idle iowait irq softirq steal
+                ticks[int(name[3:])] = (counts[3] + counts[4], sum(counts))
+    return ticks
+
+
+def _processes_setting():
+    text = os.environ.get(PROCESSES_ENV, "")
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise FastCNNError(f"{PROCESSES_ENV}: expected a number of processes, 1 or more, got {text!r}")
+    return int(text)
+
+
+def _compile_here(kernel, signatures, announced=True):
+    """Compile ``kernel`` for ``signatures`` in this process; ``announced``: said already, so
+    the listener doesn't."""
+    dispatcher = jit.KERNELS[kernel]
+    _ANNOUNCED.on = announced
+    try:
+        for signature in signatures:
+            try:
+                dispatcher.compile(signature)
+            except Exception:  # noqa: BLE001 - see compile_jobs: the real call reports it
+                pass
+    finally:
+        _ANNOUNCED.on = False
+
+
+def _helpers_worth(costs, processes, start):
+    """How many helper processes pay for ``costs`` (seconds, costliest first): each must take
+    more work than its start costs, and there are no more than kernels to share."""
+    helpers = min(processes, len(costs)) - 1
+    while helpers > 0 and _makespan(costs, helpers + 1, start) >= _makespan(costs, helpers, start):
+        helpers -= 1
+    return helpers
+
+
+def _makespan(costs, processes, start):
+    """When the last of ``costs`` (costliest first) is done, on this process (free now) and
+    ``processes - 1`` helpers (free after ``start`` s), each taking the next when free."""
+    free = [0.0] + [start] * (processes - 1)
+    for cost in costs:
+        free[free.index(min(free))] += cost
+    return max(free)
+
+
+def _model_seconds(kernel):
+    """A rough CPU cost of compiling ``kernel`` once, in seconds on the machine it was fitted on
+    (AMD EPYC, 2026-12-05), from the size of its source (the inlined helpers counted at every call
+    site): LLVM's work grows faster than the code, and each prange loop is compiled as a function
+    of its own. Fitted to the compile times of fastcnn 0.2's 20 kernels, within 40% for each
+    (``benchmarks/compile_times.py --fit`` refits it)."""
+    instructions, loops, pranges = _source_size(jit.KERNELS[kernel].py_func)
+    return 6.0e-5 * (instructions + 28 * loops) ** 1.5 + 0.35 * pranges
+
+
+def _source_size(fn):
+    """(bytecode instructions, loops, prange loops) of ``fn``, its inlined helpers included."""
+    instructions = loops = pranges = 0
+    for ins in dis.get_instructions(fn.__code__):
+        instructions += 1
+        loops += ins.opname == "FOR_ITER"
+        pranges += ins.argval == "prange" and ins.opname in ("LOAD_GLOBAL", "LOAD_ATTR", "LOAD_METHOD")
+        if ins.opname == "LOAD_GLOBAL":
+            called = fn.__globals__.get(ins.argval)
+            if isinstance(called, CPUDispatcher) and called.targetoptions.get("inline") == "always":
+                more = _source_size(called.py_func)
+                instructions, loops, pranges = instructions + more[0], loops + more[1], pranges + more[2]
+    return instructions, loops, pranges
+
+
+class _Helper:
+    """Another Python process that compiles kernels into the cache, one kernel at a time."""
+
+    def __init__(self, process, launched):
+        self.process, self.launched = process, launched
+        self.records, self.start_seconds = [], None
+
+    @classmethod
+    def start(cls):
+        """A new helper, or None if no process can be started (this one then compiles it all)."""
+        launched = time.perf_counter()
+        try:
+            process = subprocess.Popen([sys.executable, "-c", "from fastcnn.compiling import _helper; _helper()"],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        except OSError:
+            return None
+        return cls(process, launched)
+
+    def serve(self, next_kernel, groups, progress, queue, take):
+        """Feed this helper kernels until none are left (a failed one's goes back in the queue)."""
+        kernel = None
+        try:
+            pickle.dump(str(jit.cache_dir()), self.process.stdin)
+            self.process.stdin.flush()
+            if pickle.load(self.process.stdout) != "ready":
+                return
+            self.start_seconds = time.perf_counter() - self.launched
+            while (kernel := next_kernel()) is not None:
+                progress.start(kernel)
+                pickle.dump((kernel, groups[kernel]), self.process.stdin)
+                self.process.stdin.flush()
+                records = pickle.load(self.process.stdout)
+                self.records += records
+                progress.done(kernel)
+                kernel = None
+            pickle.dump(None, self.process.stdin)
+            self.process.stdin.flush()
+        except (OSError, EOFError, pickle.UnpicklingError):
+            if kernel is not None:
+                with take:
+                    queue.insert(0, kernel)
+        finally:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+            self.process.wait()
+
+
+def _helper():
+    """A helper process (``python -c``): compiles the kernels it is sent, into the cache the
+    parent uses, and answers with what each took: ``Records`` rows."""
+    answer = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything printed goes to stderr; stdout carries the answers
+    ask = sys.stdin.buffer
+    with contextlib.suppress(EOFError, BrokenPipeError):  # the parent left: so does the helper
+        if str(jit.cache_dir()) != pickle.load(ask):  # another cache (other settings): the parent compiles
+            return
+        pickle.dump("ready", answer)
+        answer.flush()
+        while (task := pickle.load(ask)) is not None:
+            kernel, signatures = task
+            _compile_here(kernel, signatures)
+            pickle.dump(_LISTENER.take_records(), answer)
+            answer.flush()
+
+
+class _Progress:
+    """The message before, the bar during (advanced as kernels finish and, smoothly, by the time
+    running ones have taken against their estimates) and the line after a compile."""
+
+    def __init__(self, groups, say):
+        self.groups, self.say, self.shown = groups, say, False
+        self.count = sum(len(sigs) for sigs in groups.values())
+        self.estimate, self.finished, self.running = {}, [], {}
+        self.bar = None
+        self.lock = threading.Lock()
+
+    def announce(self):
+        """What is compiled and where it goes; the estimate follows on the same line (``begin``)."""
+        if self.say and not self.shown:
+            self.shown = True
+            where = str(jit.cache_root()).replace(str(Path.home()), "~", 1)
+            print(f"fastcnn: compiling {self.count} kernel{'s' * (self.count != 1)} for this CPU "
+                  f"({jit.cpu_key().split('-')[0]}), once for every later run (cache: {where})",
+                  end="", file=sys.stderr, flush=True)
+
+    def begin(self, estimate, wall, processes):
+        """The estimate, and the bar (on a terminal); compiles under a second are not said."""
+        self.estimate = estimate
+        if wall >= _SILENT_AT_MOST:
+            self.announce()
+        if not self.shown:
+            return
+        print(f": about {_seconds(wall)}" + (f" with {processes} processes" if processes > 1 else ""),
+              file=sys.stderr, flush=True)
+        self.bar = tqdm(total=sum(self.estimate.values()), file=sys.stderr, leave=False, disable=None,
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+        if self.bar.disable:  # not a terminal: the two lines only
+            self.bar = None
+            return
+        self._show()
+        threading.Thread(target=self._tick, daemon=True).start()
+
+    def start(self, kernel):
+        with self.lock:
+            self.running[kernel] = time.perf_counter()
+
+    def done(self, kernel):
+        with self.lock:
+            self.running.pop(kernel, None)
+            self.finished.append(kernel)
+            self._show()
+
+    def _tick(self):
+        while True:
+            time.sleep(0.25)
+            with self.lock:
+                if self.bar is None:
+                    return
+                self._show()
+
+    def _show(self):
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        finished = sum(self.estimate[k] for k in self.finished)
+        running = sum(min(now - t, 0.9 * self.estimate[k]) for k, t in self.running.items())
+        self.bar.n = min(finished + running, self.bar.total)
+        compiled = sum(len(self.groups[k]) for k in self.finished)
+        self.bar.set_description_str(f"compiling kernels {compiled}/{self.count}", refresh=False)
+        self.bar.refresh()
+
+    def close(self, seconds):
+        with self.lock:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+        if self.shown:
+            print(f"fastcnn: compiled in {seconds:.1f} s", file=sys.stderr, flush=True)
+
+
+def _seconds(s):
+    return f"{s:.0f} s" if s >= 3 else f"{s:.1f} s"
+
+
+class Records:
+    """What compiling each kernel cost here (CPU seconds per signature), and what starting a
+    helper process took: ``compile-times.json`` beside the cache, read and merged on save."""
+
+    NAME = "compile-times.json"
+
+    def __init__(self, path, kernels, start, others):
+        self.path, self.kernels, self.start, self.others = path, kernels, start, others
+
+    @classmethod
+    def load(cls):
+        here = jit.cache_dir() / cls.NAME
+        mine = _read(here)
+        others = {}  # other builds on this CPU, the most recently written first
+        paths = sorted(jit.cache_root().glob(f"*/{jit.cpu_key()}/*/{cls.NAME}"), key=_mtime, reverse=True)
+        for path in paths:
+            if path != here:
+                for kernel, sigs in _read(path).get("kernels", {}).items():
+                    others.setdefault(kernel, sigs)
+        return cls(here, mine.get("kernels", {}), mine.get("start", _START_GUESS), others)
+
+    def estimates(self, groups, measured=None):
+        """CPU seconds of compiling each kernel of ``groups`` {kernel: [signature, ...]}: as
+        recorded (a signature never recorded counts as the kernel's costliest other one), else
+        ``_model_seconds`` scaled to this machine: by the kernels recorded on this CPU, or by
+        ``measured`` = (kernel, seconds) just now."""
+        ratios = sorted(max(sigs.values()) / _model_seconds(k) for k, sigs in {**self.others, **self.kernels}.items()
+                        if k in jit.KERNELS and sigs)
+        if measured is not None:
+            ratios = [measured[1] / _model_seconds(measured[0]) / len(groups[measured[0]])]
+        factor = ratios[len(ratios) // 2] if ratios else 1.0
+        out = {}
+        for kernel, signatures in groups.items():
+            seen = self.kernels.get(kernel) or self.others.get(kernel)
+            out[kernel] = (sum(seen.get(str(s), max(seen.values())) for s in signatures) if seen
+                           else factor * _model_seconds(kernel) * len(signatures))
+        return out
+
+    def measured(self):
+        """Whether a kernel that exists has been recorded on this CPU."""
+        return any(k in jit.KERNELS and sigs for k, sigs in {**self.others, **self.kernels}.items())
+
+    def add(self, *rows):
+        for kernel, signature, cpu in (r for some in rows for r in some):
+            self.kernels.setdefault(kernel, {})[signature] = round(cpu, 3)
+
+    def start_seconds(self, measured):
+        if measured:
+            self.start = round(max(measured), 3)
+
+    def save(self):
+        merged = _read(self.path).get("kernels", {})
+        for kernel, sigs in self.kernels.items():
+            merged.setdefault(kernel, {}).update(sigs)
+        with contextlib.suppress(OSError):  # a cache that can't be written: only estimates are lost
+            with fileio.atomic_write(self.path, "w") as f:
+                json.dump({"kernels": merged, "start": self.start}, f, indent=1, sort_keys=True)
+
+
+def _read(path):
+    try:
+        data = json.loads(Path(path).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _mtime(path):
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+class _Listener(event.Listener):
+    """Sees every compile of a fastcnn kernel in this process: records its CPU seconds (the
+    compiling thread's: not the kernels' threads, not the progress bar's), and
+    says so when one that nobody prepared runs longer than ``_SILENT_AT_MOST``."""
+
+    def __init__(self):
+        self.names = {}
+        self.records, self.lock = [], threading.Lock()
+        self.current = threading.local()
+
+    def on_start(self, ev):
+        name = self._name(ev.data["dispatcher"])
+        if name is None:
+            return
+        timer = None
+        if not getattr(_ANNOUNCED, "on", False):
+            timer = threading.Timer(_SILENT_AT_MOST, _say_unprepared, (name,))
+            timer.daemon = True
+            timer.start()
+        self.current.started = (name, ev.data["args"], time.thread_time(), timer)
+
+    def on_end(self, ev):
+        name = self._name(ev.data["dispatcher"])
+        started = getattr(self.current, "started", None)
+        if name is None or started is None or started[0] != name:
+            return
+        self.current.started = None
+        _, args, cpu, timer = started
+        if timer is not None:
+            timer.cancel()
+        with self.lock:
+            self.records.append((name, str(tuple(args)), time.thread_time() - cpu))
+
+    def _name(self, dispatcher):
+        if len(self.names) != len(jit.KERNELS):
+            self.names = {id(d): name for name, d in jit.KERNELS.items()}
+        return self.names.get(id(dispatcher))
+
+    def seconds_of(self, kernel):
+        with self.lock:
+            return sum(cpu for name, _, cpu in self.records if name == kernel)
+
+    def take_records(self):
+        with self.lock:
+            records, self.records = self.records, []
+        return records
+
+
+def _say_unprepared(name):
+    print(f"fastcnn: compiling the kernel {name} for this CPU (once: later runs load it from the cache)...",
+          file=sys.stderr, flush=True)
+
+
+_LISTENER = _Listener()
+event.register("numba:compile", _LISTENER)
+
+
+@atexit.register
+def _save_records():
+    """Compiles outside ``compile_jobs`` (a kernel called on its own) are recorded at exit."""
+    if _LISTENER.records:
+        times = Records.load()
+        times.add(_LISTENER.take_records())
+        times.save()

@@ -1,0 +1,261 @@
+"""The kernel cache (kernels/jit.py) and compiling ahead (fastcnn/compiling.py).
+
+Each test that compiles runs a fresh Python with a cache folder of its own and small kernels
+(softmax, SGD: a few tenths of a second each), so nothing here depends on what the rest of the
+suite compiled; the rehearsal test uses the ordinary cache, which the suite fills anyway.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import compiling
+from fastcnn.architectures import ARCHITECTURES
+from fastcnn.kernels import jit
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(code, cache, **env):
+    """Run ``code`` in a fresh Python with the kernel cache in ``cache``; returns the process
+    (stdout, stderr as text). FASTCNN_* and NUMBA_CPU_* variables of the test's own are dropped."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FASTCNN_CACHE", "NUMBA_C"))}
+    clean.update(FASTCNN_CACHE_DIR=str(cache), **env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=clean, capture_output=True, text=True,
+                          timeout=300, check=True, cwd="/")  # not the checkout: its fastcnn would come first
+
+
+# Computes a softmax and reports where fastcnn came from and whether the kernel was compiled
+# here or loaded from the cache.
+SOFTMAX = """
+    import json, numpy as np, fastcnn
+    from fastcnn.kernels import jit, loss
+    assert np.allclose(loss.softmax(np.zeros((2, 4), np.float32)), 0.25)
+    stats = loss._softmax.stats
+    print(json.dumps({"file": fastcnn.__file__, "dir": str(jit.cache_dir()), "cpu": jit.cpu_key(),
+                      "loaded": sum(stats.cache_hits.values()), "compiled": sum(stats.cache_misses.values())}))
+"""
+
+
+def install_copy(where):
+    """fastcnn as an install at ``where`` would lay it out: fastcnn/ with the kernels inside."""
+    shutil.copytree(REPO / "fastcnn", where / "fastcnn", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "kernels", where / "fastcnn" / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    return where
+
+
+def test_two_installs_share_the_cache_and_write_nothing_beside_the_sources(tmp_path):
+    cache = tmp_path / "cache"
+    first, second = install_copy(tmp_path / "venv1"), install_copy(tmp_path / "venv2")
+    a = json.loads(run(SOFTMAX, cache, PYTHONPATH=str(first)).stdout)
+    b = json.loads(run(SOFTMAX, cache, PYTHONPATH=str(second)).stdout)
+    assert a["file"].startswith(str(first)) and b["file"].startswith(str(second))
+    assert (a["compiled"], a["loaded"]) == (1, 0)
+    assert (b["compiled"], b["loaded"]) == (0, 1)  # the second install compiled nothing
+    assert a["dir"] == b["dir"] and a["dir"].startswith(str(cache / fastcnn.__version__ / a["cpu"]))
+    assert not list(second.rglob("*.nbi")) and not list(second.rglob("*.nbc"))  # a read-only install is fine
+
+
+def test_code_for_another_cpu_is_never_loaded(tmp_path):
+    cache = tmp_path / "cache"
+    here = json.loads(run(SOFTMAX, cache).stdout)
+    # NUMBA_CPU_NAME alone keeps this CPU's features (AVX-512 here): still another target, another key.
+    for env in ({"NUMBA_CPU_NAME": "haswell"}, {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""}):
+        other = json.loads(run(SOFTMAX, cache, **env).stdout)
+        assert other["cpu"].startswith("haswell-") and other["cpu"] != here["cpu"] and other["dir"] != here["dir"]
+        assert (other["compiled"], other["loaded"]) == (1, 0)
+        again = json.loads(run(SOFTMAX, cache, **env).stdout)
+        assert (again["cpu"], again["compiled"], again["loaded"]) == (other["cpu"], 0, 1)
+    assert len(list((cache / fastcnn.__version__).iterdir())) == 3
+
+
+def test_cache_folder_settings(monkeypatch, tmp_path):
+    for name in ("FASTCNN_CACHE_DIR", "NUMBA_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert jit.cache_root() == tmp_path / "home" / ".cache" / "fastcnn" / "kernels"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert jit.cache_root() == tmp_path / "xdg" / "fastcnn" / "kernels"
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))  # the user's Numba cache: ours inside it
+    assert jit.cache_root() == tmp_path / "numba" / "fastcnn"
+    monkeypatch.setenv("FASTCNN_CACHE_DIR", "~/kernels")
+    assert jit.cache_root() == tmp_path / "home" / "kernels"
+    build = jit.cache_dir().relative_to(jit.cache_root()).parts
+    assert build[:2] == (fastcnn.__version__, jit.cpu_key()) and build[2].startswith("numba")
+
+
+def test_a_cache_that_cannot_be_written_is_said_once_and_the_kernels_still_run(tmp_path):
+    (tmp_path / "a file").write_text("not a folder")
+    done = run(SOFTMAX, tmp_path / "a file" / "cache")
+    assert done.stderr.count("can't be cached in") == 1 and "FASTCNN_CACHE_DIR" in done.stderr
+    assert json.loads(done.stdout)["compiled"] == 1
+
+
+def test_the_rehearsal_finds_every_kernel_a_pass_calls():
+    # In a fresh process, every kernel call the rehearsals note is exactly what training (SGD and
+    # Adam) and predicting each named network then call: nothing missed, nothing extra.
+    code = """
+        import json, numpy as np, fastcnn
+        from fastcnn import compiling
+        from fastcnn.architectures import ARCHITECTURES
+        from fastcnn.kernels import jit
+        noted, called = set(), set()
+        for name, shape in (("original", (28, 28, 1)), ("deep", (28, 28, 1)), ("cifar", (32, 32, 3))):
+            model = ARCHITECTURES[name].build(shape, 10, 0)
+            plan = model.plan(shape)
+            optimizers = [fastcnn.SGD(model, 0.01), fastcnn.Adam(model)]
+            noted |= {(j.kernel, str(j.signature))
+                      for j in compiling.rehearsed([(plan, True), (plan, False)], optimizers)}
+            plan.prepared.update((True, False))  # run as they are: load or compile each kernel on its own
+            model.train_step(np.zeros((64, *shape), np.float32), np.zeros(64, np.int64))
+            for opt in optimizers:
+                opt.step()
+            model.predict(np.zeros((300, *shape), np.float32))
+            model.predict(np.zeros((1, *shape), np.float32))
+        called = {(name, str(sig)) for name, d in jit.KERNELS.items() for sig in d.overloads}
+        print(json.dumps({"missed": sorted(called - noted), "extra": sorted(noted - called), "n": len(called)}))
+    """
+    env = {k: v for k, v in os.environ.items() if k != "FASTCNN_CACHE_DIR"}
+    out = json.loads(subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
+                                    text=True, timeout=900, check=True).stdout)
+    assert out["missed"] == [] and out["extra"] == [] and out["n"] >= 15
+
+
+def test_the_rehearsal_changes_nothing_and_runs_no_layer_of_the_users():
+    calls = []
+
+    class Double(fastcnn.Layer):
+        def forward(self, x):
+            calls.append("forward")
+            return 2 * x
+
+        def backward(self, dy):
+            calls.append("backward")
+            return 2 * dy
+
+    layers = ARCHITECTURES["deep"].layers((28, 28, 1), 10)
+    model = fastcnn.Sequential(layers[:8] + [Double()] + layers[8:], input_shape=(28, 28, 1))
+    opt = fastcnn.SGD(model, 0.1)
+    model.gradients[...] = 1.0
+    before = [a.copy() for a in (model.parameters, model.gradients, opt.velocity, *(b for _, b in model.named_buffers()))]
+    plan = model.plan((28, 28, 1))
+    compiling.rehearsed([(plan, True), (plan, False)], [opt])
+    after = (model.parameters, model.gradients, opt.velocity, *(b for _, b in model.named_buffers()))
+    assert all(np.array_equal(a, b) for a, b in zip(before, after)) and calls == [] and opt.steps == 0
+    model.train_step(np.zeros((4, 28, 28, 1), np.float32), np.zeros(4, np.int64))
+    assert calls == ["forward", "backward"]
+
+
+# A helper process compiles the softmax (this process compiles nothing); then compile_jobs
+# compiles the softmax cross-entropy here, saying so (_SILENT_AT_MOST 0: every compile is said).
+POOL = """
+    import json, threading, numpy as np
+    from fastcnn import compiling
+    from fastcnn.kernels import jit, loss
+    compiling._SILENT_AT_MOST = 0.0
+    f32 = lambda *shape: np.zeros(shape, np.float32)
+    with compiling._intercepted(calls := []):
+        loss.softmax_into(f32(2, 3), f32(2, 3))
+        loss.softmax_cross_entropy_into(f32(2, 3), f32(2), f32(2, 3), np.zeros(2, np.int64))
+    jobs = compiling.missing(calls)
+    helped = 0
+    if jobs:
+        groups, queue, take = {jobs[0].kernel: [jobs[0].signature]}, [jobs[0].kernel], threading.Lock()
+        helper = compiling._Helper.start()
+        helper.serve(lambda: queue.pop(0) if queue else None, groups, compiling._Progress(groups, False), queue, take)
+        helped = len(helper.records)
+        assert not loss._softmax.overloads and not compiling.missing(jobs[:1])  # in the cache, not here
+    compiled = compiling.compile_jobs(compiling.missing(calls), processes=1) if compiling.missing(calls) else 0
+    print(json.dumps({"jobs": len(jobs), "helped": helped, "compiled": compiled, "left": len(compiling.missing(calls)),
+                      "dir": str(jit.cache_dir())}))
+"""
+
+
+def test_a_helper_process_compiles_into_the_cache_and_compile_jobs_says_so_and_records_the_times(tmp_path):
+    done = run(POOL, tmp_path / "cache")
+    out = json.loads(done.stdout)
+    assert (out["jobs"], out["helped"], out["compiled"], out["left"]) == (2, 1, 1, 0)
+    assert "fastcnn: compiling 1 kernel for this CPU" in done.stderr and "fastcnn: compiled in" in done.stderr
+    times = json.loads((Path(out["dir"]) / "compile-times.json").read_text())
+    assert list(times["kernels"]) == ["loss._softmax_cross_entropy"]  # (the helper's went to no compile_jobs)
+    again = run(POOL, tmp_path / "cache")  # all in the cache: nothing compiled, nothing said
+    assert json.loads(again.stdout)["jobs"] == 0 and "compil" not in again.stderr
+
+
+def test_estimates_come_from_the_records_of_this_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTCNN_CACHE_DIR", str(tmp_path))
+    groups = {"loss._softmax": ["sig a", "sig b"], "optim._sgd_momentum": ["sig"]}
+    fresh = compiling.Records.load()
+    assert not fresh.measured()
+    model = {k: compiling._model_seconds(k) for k in groups}
+    assert fresh.estimates(groups) == pytest.approx({"loss._softmax": 2 * model["loss._softmax"],
+                                                     "optim._sgd_momentum": model["optim._sgd_momentum"]})
+    measured = fresh.estimates(groups, measured=("optim._sgd_momentum", 3 * model["optim._sgd_momentum"]))
+    assert measured["loss._softmax"] == pytest.approx(6 * model["loss._softmax"])  # this machine: 3x the model
+    # Another build on this CPU (an earlier version) recorded the softmax: that counts, per signature.
+    other = tmp_path / "0.1.0" / jit.cpu_key() / "an old build"
+    other.mkdir(parents=True)
+    (other / "compile-times.json").write_text(json.dumps({"kernels": {"loss._softmax": {"sig a": 0.5}}}))
+    times = compiling.Records.load()
+    assert times.measured()
+    estimate = times.estimates(groups)
+    assert estimate["loss._softmax"] == pytest.approx(1.0)  # sig b: as the costliest recorded one
+    assert estimate["optim._sgd_momentum"] == pytest.approx(0.5 / model["loss._softmax"] * model["optim._sgd_momentum"])
+    # Another CPU's records don't count.
+    monkeypatch.setattr("numba.config.CPU_NAME", "haswell")
+    assert not compiling.Records.load().measured()
+
+
+def test_the_pool_is_used_only_where_it_pays():
+    assert compiling._helpers_worth([5.0, 4.0, 3.0], processes=2, start=0.7) == 1
+    assert compiling._helpers_worth([5.0, 4.0, 3.0], processes=8, start=0.7) == 2  # no more than kernels
+    assert compiling._helpers_worth([0.3, 0.2], processes=2, start=0.7) == 0  # starting one costs more
+    assert compiling._helpers_worth([5.0], processes=2, start=0.7) == 0
+    assert compiling._makespan([5.0, 4.0, 3.0], 2, 0.7) == pytest.approx(7.7)  # here 5; the helper 0.7 + 4 + 3
+
+
+def test_a_compile_nobody_prepared_says_so_after_a_second(tmp_path):
+    code = """
+        import numpy as np
+        from fastcnn import compiling
+        from fastcnn.kernels import optim
+        compiling._SILENT_AT_MOST = 0.0
+        p = np.zeros(3, np.float32)
+        optim.sgd_momentum(p, p.copy(), p.copy(), 0.1, 0.9)
+    """
+    assert "compiling the kernel optim._sgd_momentum for this CPU" in run(code, tmp_path / "cache").stderr
+
+
+def test_compile_command_on_a_filled_cache_and_with_bad_arguments(capsys):
+    from fastcnn.cli import main
+    assert main(["compile", "--model", "original", "--model", "original"]) == 0  # the suite has them already
+    out = capsys.readouterr()
+    assert "kernels of original are compiled for this CPU" in out.out and str(jit.cache_dir()) in out.out
+    assert main(["compile", "--processes", "0"]) == 2
+    assert "--processes: expected a positive integer, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compile", "--model", "resnet"])
+    assert "invalid choice: 'resnet'" in capsys.readouterr().err
+
+
+def test_only_the_most_recently_used_builds_are_kept(tmp_path, monkeypatch):
+    # Edited kernels make a new build folder; the oldest of more than KEEP_BUILDS go when one is made.
+    cpu = tmp_path / fastcnn.__version__ / jit.cpu_key()
+    for age, name in enumerate(["b0", "b1", "b2", "b3", "b4"]):
+        (cpu / name).mkdir(parents=True)
+        os.utime(cpu / name, (1000.0 * (age + 1),) * 2)
+    monkeypatch.setattr(jit, "cache_dir", lambda: cpu / "new")
+    jit._prepared_cache_dir.cache_clear()
+    try:
+        assert jit._prepared_cache_dir() == cpu / "new"
+        assert sorted(p.name for p in cpu.iterdir()) == ["b2", "b3", "b4", "new"][-jit.KEEP_BUILDS:]
+    finally:
+        jit._prepared_cache_dir.cache_clear()
