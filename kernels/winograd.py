@@ -127,86 +127,65 @@ PLAIN, RELU, RELU_POOL = 0, 1, 2
 
 
 @numba.njit(inline="always")
-def store_tile(y, rows, n, oh0, ow0, b, relu, stats, s1, s2):
-    """The tile's outputs (AT on each of rows' four rows) + bias into y, then the ReLU if asked;
-    with ``stats``, their sums and squares less the bias into s1, s2 (float64). Each case is its
-    own loop over the channels, in straight code, so that it vectorises."""
+def output_tile(tile, rows, M, tl):
+    """tile (4, 4, K) = AT M_tl AT^T: the tile's 16 outputs, less the bias (``rows`` (4, 6, K) is
+    scratch for the first half of the transform)."""
+    K = tile.shape[2]
+    for j in range(6):
+        for k in range(K):
+            rows[0, j, k], rows[1, j, k], rows[2, j, k], rows[3, j, k] = at6(
+                M[j, tl, k], M[6 + j, tl, k], M[12 + j, tl, k], M[18 + j, tl, k], M[24 + j, tl, k], M[30 + j, tl, k])
+    for i in range(4):
+        for k in range(K):
+            tile[i, 0, k], tile[i, 1, k], tile[i, 2, k], tile[i, 3, k] = at6(
+                rows[i, 0, k], rows[i, 1, k], rows[i, 2, k], rows[i, 3, k], rows[i, 4, k], rows[i, 5, k])
+
+
+@numba.njit(inline="always")
+def store_tile(y, tile, n, oh0, ow0, b, relu, stats, s1, s2):
+    """The tile's outputs + bias into y (those inside it), then the ReLU if asked; with
+    ``stats``, their sums and squares less the bias into s1, s2 (float64)."""
     OH, OW, K = y.shape[1], y.shape[2], y.shape[3]
     zero = np.float32(0.0)
-    width = min(4, OW - ow0)
     for i in range(min(4, OH - oh0)):
-        out = y[n, oh0 + i]
-        if width == 4 and not stats:
+        for j in range(min(4, OW - ow0)):
             for k in range(K):
-                o0, o1, o2, o3 = at6(rows[i, 0, k], rows[i, 1, k], rows[i, 2, k], rows[i, 3, k], rows[i, 4, k],
-                                     rows[i, 5, k])
-                v0, v1, v2, v3 = o0 + b[k], o1 + b[k], o2 + b[k], o3 + b[k]
-                if relu:
-                    v0, v1, v2, v3 = max(v0, zero), max(v1, zero), max(v2, zero), max(v3, zero)
-                out[ow0, k], out[ow0 + 1, k], out[ow0 + 2, k], out[ow0 + 3, k] = v0, v1, v2, v3
-        elif width == 4:
-            for k in range(K):
-                o0, o1, o2, o3 = at6(rows[i, 0, k], rows[i, 1, k], rows[i, 2, k], rows[i, 3, k], rows[i, 4, k],
-                                     rows[i, 5, k])
-                out[ow0, k], out[ow0 + 1, k], out[ow0 + 2, k], out[ow0 + 3, k] = o0 + b[k], o1 + b[k], o2 + b[k], \
-                    o3 + b[k]
-                s1[k] += np.float64(o0) + np.float64(o1) + np.float64(o2) + np.float64(o3)
-                s2[k] += np.float64(o0) * o0 + np.float64(o1) * o1 + np.float64(o2) * o2 + np.float64(o3) * o3
-        else:  # a tile that sticks out of the image's right edge
-            for k in range(K):
-                o = at6(rows[i, 0, k], rows[i, 1, k], rows[i, 2, k], rows[i, 3, k], rows[i, 4, k], rows[i, 5, k])
-                for j in range(width):
-                    v = o[j] + b[k]
-                    out[ow0 + j, k] = max(v, zero) if relu else v
-                    if stats:
-                        s1[k] += o[j]
-                        s2[k] += np.float64(o[j]) * o[j]
+                v = tile[i, j, k] + b[k]
+                y[n, oh0 + i, ow0 + j, k] = max(v, zero) if relu else v
+            if stats:
+                for k in range(K):
+                    v = np.float64(tile[i, j, k])
+                    s1[k] += v
+                    s2[k] += v * v
 
 
 @numba.njit(inline="always")
-def max4(v0, v1, v2, v3, first, W):
-    """The maximum of a 2x2 window (v0 v1 / v2 v3) and its index, ``first`` being v0's and W the
-    row length (int32 both): the first maximum wins, a NaN wins (as maxpool_forward)."""
-    one = np.int32(1)
-    best, at = v0, first
-    take = beats(v1, best)
-    best, at = v1 if take else best, first + one if take else at
-    take = beats(v2, best)
-    best, at = v2 if take else best, first + W if take else at
-    take = beats(v3, best)
-    best, at = v3 if take else best, first + W + one if take else at
-    return best, at
-
-
-@numba.njit(inline="always")
-def pool_tile(y, argmax, save_argmax, rows, out, n, oh0, ow0, OH, OW, b):
+def pool_tile(y, argmax, save_argmax, tile, n, oh0, ow0, OW, b):
     """max-pool 2x2 (stride 2) of the tile's outputs, + bias, then the ReLU, into y (N, OH // 2,
     OW // 2, K): the tile's pooled pixels that lie inside y; argmax as maxpool_forward's (the
-    index oh * OW + ow in the convolution's output). ``out`` (2, 4, K) is scratch for two output
-    rows; each loop over the channels is straight code, so it vectorises."""
+    index oh * OW + ow in the convolution's output; the first maximum wins, a NaN wins)."""
     PH, PW, K = y.shape[1], y.shape[2], y.shape[3]
-    zero, W = np.float32(0.0), np.int32(OW)
-    pw = ow0 // 2
-    if pw >= PW:  # an odd width's last column, which no window takes
-        return
-    for pi in range(2):
-        ph, i = oh0 // 2 + pi, 2 * pi
-        if ph >= PH:
-            break
-        for r in range(2):
-            for k in range(K):
-                out[r, 0, k], out[r, 1, k], out[r, 2, k], out[r, 3, k] = at6(
-                    rows[i + r, 0, k], rows[i + r, 1, k], rows[i + r, 2, k], rows[i + r, 3, k], rows[i + r, 4, k],
-                    rows[i + r, 5, k])
-        for half in range(2 if pw + 1 < PW else 1):
-            j = 2 * half
+    zero, one, W = np.float32(0.0), np.int32(1), np.int32(OW)
+    for pi in range(min(2, PH - oh0 // 2)):
+        for pj in range(min(2, PW - ow0 // 2)):
+            i, j = 2 * pi, 2 * pj
             first = np.int32((oh0 + i) * OW + ow0 + j)
+            ph, pw = oh0 // 2 + pi, ow0 // 2 + pj
             for k in range(K):
-                best, at = max4(out[0, j, k], out[0, j + 1, k], out[1, j, k], out[1, j + 1, k], first, W)
+                best, at = tile[i, j, k], first
+                v = tile[i, j + 1, k]
+                take = beats(v, best)
+                best, at = v if take else best, first + one if take else at
+                v = tile[i + 1, j, k]
+                take = beats(v, best)
+                best, at = v if take else best, first + W if take else at
+                v = tile[i + 1, j + 1, k]
+                take = beats(v, best)
+                best, at = v if take else best, first + W + one if take else at
                 best += b[k]
-                y[n, ph, pw + half, k] = zero if best < 0 else best  # the ReLU; a NaN stays a NaN
+                y[n, ph, pw, k] = zero if best < 0 else best  # the ReLU; a NaN stays a NaN
                 if save_argmax:
-                    argmax[n, ph, pw + half, k] = at
+                    argmax[n, ph, pw, k] = at
 
 
 @parallel_kernel
@@ -221,7 +200,7 @@ def _forward(y, argmax, moments, x, U, b, pad, OH, OW, epilogue, block, tasks):
     for task in prange(tasks):
         patch, tmp = np.empty((6, 6, C), np.float32), np.empty((6, 6, C), np.float32)
         V, M = np.empty((36, block, C), np.float32), np.empty((36, block, K), np.float32)
-        rows, out = np.empty((4, 6, K), np.float32), np.empty((2, 4, K), np.float32)
+        rows, tile = np.empty((4, 6, K), np.float32), np.empty((4, 4, K), np.float32)
         flat_v, flat_m = V.reshape(-1), M.reshape(-1)
         s1, s2 = np.zeros(K), np.zeros(K)
         t0, t1 = task * T // tasks, (task + 1) * T // tasks
@@ -235,15 +214,11 @@ def _forward(y, argmax, moments, x, U, b, pad, OH, OW, epilogue, block, tasks):
                      flat_u[e * C * K:], K, np.float32(0.0), flat_m[e * block * K:], K)
             for tl in range(count):
                 n, oh0, ow0 = tile_origin(start + tl, tiles_h, tiles_w)
-                for j in range(6):
-                    for k in range(K):
-                        rows[0, j, k], rows[1, j, k], rows[2, j, k], rows[3, j, k] = at6(
-                            M[j, tl, k], M[6 + j, tl, k], M[12 + j, tl, k], M[18 + j, tl, k], M[24 + j, tl, k],
-                            M[30 + j, tl, k])
+                output_tile(tile, rows, M, tl)
                 if epilogue == RELU_POOL:
-                    pool_tile(y, argmax, save_argmax, rows, out, n, oh0, ow0, OH, OW, b)
+                    pool_tile(y, argmax, save_argmax, tile, n, oh0, ow0, OW, b)
                 else:
-                    store_tile(y, rows, n, oh0, ow0, b, epilogue == RELU, stats, s1, s2)
+                    store_tile(y, tile, n, oh0, ow0, b, epilogue == RELU, stats, s1, s2)
         if stats:
             for k in range(K):
                 moments[task, 0, k] = s1[k]
