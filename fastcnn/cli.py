@@ -172,8 +172,19 @@ def _serve(args):
     except ImportError as e:
         raise FastCNNError(f"serving the page needs the web extra ({e.name} is missing): "
                            f"pip install 'fastcnn[web]'") from None
+    from .settings import server_limits_from_arguments
+    limits = server_limits_from_arguments(args)  # checked before the model is loaded
     model, _, names = _model_and_classes(args)
-    serve(model, host=args.host, port=args.port, classes=names, model_name=args.model)
+    serve(model, host=args.host, port=args.port, classes=names, model_name=args.model, limits=limits,
+          quiet=args.quiet)
+
+
+def _port(text):
+    """A ``--port``: 1-65535, or 0 for any free one."""
+    port = int(text) if text.strip().isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535 (0: any free one), got {text!r}")
+    return port
 
 
 def _export(args):
@@ -197,6 +208,7 @@ def parser():
     from . import __version__
     from .data import DATASETS
     from .settings import add_arguments as add_settings
+    from .settings import add_server_arguments
     p = argparse.ArgumentParser(prog="fastcnn", description="A small, fast CNN engine for the CPU.")
     p.add_argument("--version", action="version", version=f"fastcnn {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -249,7 +261,9 @@ def parser():
                                    "model reads, and POST /predict (the picture's bytes as the body).")
     s.add_argument("model", help=model_help)
     s.add_argument("--host", default="127.0.0.1", help="address to listen on, default 127.0.0.1 (this machine only)")
-    s.add_argument("--port", type=int, default=8000, help="default 8000")
+    s.add_argument("--port", type=_port, default=8000, help="1-65535, default 8000 (0: any free one)")
+    s.add_argument("--quiet", action="store_true", help="no line per request on stderr (warnings only)")
+    add_server_arguments(s)
     s.set_defaults(run=_serve)
 
     x = sub.add_parser("export", help="the model as an ONNX file, for ONNX Runtime and other runtimes",

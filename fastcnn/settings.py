@@ -131,3 +131,51 @@ def from_checkpoint(saved):
     if "optimizer" not in saved:  # a version 1 checkpoint: the original's recipe, as it was
         saved.update(model="original", optimizer="sgd", schedule="inverse-time", weight_decay=0.0)
     return Settings(**saved).resolved(strict=False)
+
+
+def _limit(help, default, type):
+    return field(default=default, metadata={"help": help, "type": type})
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What ``fastcnn serve`` takes on at most; each field is a ``fastcnn serve`` option. With the
+    defaults a server on a 2-core machine stays under 500 MB whatever it is sent (README: Serving)."""
+
+    max_upload: int = _limit("largest request body in bytes, chunked uploads included (default 25,000,000)",
+                             25_000_000, int)
+    max_connections: int = _limit("open connections at most; more wait to be accepted (default 100)", 100, int)
+    threads: int = _limit("requests worked on at once (default 4)", 4, int)
+    request_timeout: float = _limit("seconds to receive a whole request; a slower one is cut off (default 30)",
+                                    30.0, float)
+    idle_timeout: float = _limit("seconds a connection may stay silent between requests (default 15)", 15.0, float)
+    decode_memory: int = _limit("bytes of decoded pictures in memory at once; a picture waits for its share "
+                                "(default 128 MiB; one picture takes at most 64 MiB)", 128 * 2**20, int)
+    batch_window: float = _limit("seconds a prediction waits for requests still being read, to predict them "
+                                 "together (default 0.002)", 0.002, float)
+    max_batch: int = _limit("pictures predicted together at most (default 64)", 64, int)
+
+    def __post_init__(self):
+        from .image import MAX_DECODED_BYTES
+        for name in ("max_upload", "max_connections", "threads", "max_batch"):
+            checks.positive_int(name, getattr(self, name))
+        for name in ("request_timeout", "idle_timeout"):
+            checks.number(name, getattr(self, name), lambda v: v > 0, "a number of seconds > 0")
+        checks.number("batch_window", self.batch_window, lambda v: 0 <= v <= 1, "a number of seconds in [0, 1]")
+        checks.positive_int("decode_memory", self.decode_memory)
+        if self.decode_memory < MAX_DECODED_BYTES:
+            raise ShapeError(f"decode_memory: expected at least {MAX_DECODED_BYTES:,} bytes (one picture's "
+                             f"most), got {self.decode_memory:,}")
+
+
+def add_server_arguments(parser):
+    """One ``--option`` per field of ``ServerLimits`` (``max_upload``: ``--max-upload``)."""
+    for f in dataclasses.fields(ServerLimits):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=f.metadata["type"], default=None,
+                            help=f.metadata["help"])
+
+
+def server_limits_from_arguments(args):
+    """The ``ServerLimits`` an ``argparse`` namespace made by ``add_server_arguments`` holds."""
+    return ServerLimits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerLimits)
+                           if getattr(args, f.name) is not None})
