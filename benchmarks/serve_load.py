@@ -124,10 +124,12 @@ def battery(port, proc, connections, idle_timeout, request_timeout):
         print(f"  {what}: {result}; server peak memory {abuse.peak_memory(proc.pid) / 2**20:.0f} MB", flush=True)
 
     print("abuse battery:", flush=True)
+    line = page_drawing(np.eye(28, dtype=np.float32)[..., None])  # a drawing: a stroke from corner to corner
     bombs = {"1 x 39,000,000 grey PNG": abuse.png_bomb(1, 39_000_000),
              "6,300 x 6,300 RGBA PNG (39.7 MP)": abuse.png_bomb(6300, 6300, 6),
-             "100 x 390,000 grey PNG (39 MP, 39 MB decoded)": abuse.png_bomb(100, 390_000),
-             "4,000 x 4,000 RGBA PNG (61 MB decoded)": abuse.png_bomb(4000, 4000, 6)}
+             "100 x 390,000 grey PNG (39 MP, 40 MiB decoded)": abuse.png_bomb(100, 390_000),
+             "4,000 x 4,000 RGBA PNG (122 MiB decoded and shrunk)": abuse.png_bomb(4000, 4000, 6),
+             "4,000 x 4,000 RGB PNG (61 MiB decoded)": abuse.png_bomb(4000, 4000, 2)}
     for name, body in bombs.items():
         start = time.monotonic()
         status, answer = abuse.post(port, body)
@@ -144,7 +146,7 @@ def battery(port, proc, connections, idle_timeout, request_timeout):
         n = 15 * connections
         sockets = abuse.idle_connections(port, n, half_sent=half)
         start = time.monotonic()
-        status, _ = abuse.post(port, abuse.small_png(), timeout=120)
+        status, _ = abuse.post(port, line, timeout=120)
         served = time.monotonic() - start
         closed = abuse.seconds_until_closed(sockets, 3 * idle_timeout + 60)
         hung = sum(c is None for c in closed)
@@ -154,7 +156,7 @@ def battery(port, proc, connections, idle_timeout, request_timeout):
     closed = abuse.drip(port, 50, 0.5, request_timeout + 20)
     say("50 requests dripping a byte every 0.5 s", f"closed after {min(closed):.1f}-{max(closed):.1f} s"
         if all(closed) else f"{sum(c is None for c in closed)} still open")
-    status, answer = abuse.post(port, page_drawing(np.zeros((28, 28, 1), np.float32) + np.eye(28)[..., None]))
+    status, answer = abuse.post(port, line)
     say("and then a drawing", f"{status}, read as {(answer or {}).get('prediction')}")
 
 

@@ -96,14 +96,16 @@ def _to_pixels(im):
 
 
 def decoded_bytes(im):
-    """The memory ``im`` (opened, not decoded) takes decoded, plus a conversion to RGB or float if
-    shrinking it needs one first (a palette, CMYK, 16-bit grey), as Pillow stores pixels: one byte
-    for "1", "L" and "P", two for 16-bit grey, four for the rest (RGB included); a pointer per row
+    """The memory ``im`` (opened, not decoded) may take decoded and shrunk, as Pillow stores pixels
+    (one byte for "1", "L" and "P", two for 16-bit grey, four for the rest, RGB included): the
+    picture, a converted copy if shrinking needs one first (a palette, CMYK, 16-bit grey), another
+    for transparency (Pillow resizes premultiplied, and it is shown on white), a pointer per row
     (a 1 x 39,000,000 picture has 312 MB of those) and the decoder's row buffer."""
     stored = 1 if im.mode in ("1", "L", "P") else 2 if im.mode.startswith("I;16") else 4
-    plain = im.mode in ("1", "L", "RGB", "RGBA", "LA", "F") and "transparency" not in im.info
-    converted = 0 if plain else 4
-    return im.width * im.height * (stored + converted) + 8 * im.height * (1 + (not plain)) + 8 * im.width
+    transparent = "A" in im.getbands() or "transparency" in im.info
+    converted = im.mode not in ("1", "L", "RGB", "RGBA", "LA", "F") or "transparency" in im.info
+    copies = 4 * converted + 4 * transparent
+    return im.width * im.height * (stored + copies) + 8 * im.height * (1 + converted + transparent) + 8 * im.width
 
 
 def _read(path_or_file, convert, shrink_to=None, budget=None):

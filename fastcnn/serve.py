@@ -18,11 +18,14 @@ take at most ``decode_memory`` bytes together (each picture's size is known from
 """
 
 import contextlib
+import ctypes
+import ctypes.util
 import importlib.resources
 import io
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -45,16 +48,32 @@ __all__ = ["MAX_UPLOAD", "Batcher", "DecodeBudget", "ServerBusy", "create_app", 
 MAX_UPLOAD = ServerLimits.max_upload  # bytes: a phone photo is 3-12 MB; more is not a photo of one digit
 
 log = logging.getLogger("fastcnn.serve")
+LINGER = 2.0  # seconds a refused connection is read from (and what comes thrown away) before it closes
 
 
 class ServerBusy(FastCNNError):
     """The server could not take a request in time (its pictures' memory was all in use): a 503."""
 
 
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None elsewhere (see ``DecodeBudget``)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
 class DecodeBudget:
     """At most ``total`` bytes of decoded pictures at once. ``with budget(n):`` takes ``n`` bytes
     (waiting up to ``timeout`` seconds for others to give theirs back, else ``ServerBusy``) and gives
-    them back at the end. ``image._read`` enters it with a picture's size from its header."""
+    them back at the end. ``image._read`` enters it with a picture's size from its header.
+
+    A large picture's memory is also handed back to the system afterwards: glibc keeps what each
+    thread freed for that thread's next allocations, so without this, four threads that once each
+    decoded a large picture would hold four pictures' worth of memory for good."""
+
+    LARGE = 16 * 2**20
+    _trim = _malloc_trim()
 
     def __init__(self, total, timeout):
         self.total, self.timeout, self.used = total, timeout, 0
@@ -73,6 +92,8 @@ class DecodeBudget:
             with self._free:
                 self.used -= nbytes
                 self._free.notify_all()
+            if nbytes >= self.LARGE and self._trim is not None:
+                self._trim(0)
 
 
 class Batcher:
@@ -283,6 +304,7 @@ def _waitress():
                 message = f"upload too large: expected at most {self.channel.adj.max_request_body_size - 1:,} bytes"
             else:
                 message = f"{e.reason.lower()}: {e.body}"
+            self.channel.refused = True
             body = json.dumps({"error": message}).encode()
             self.status = f"{e.code} {e.reason}"
             self.response_headers.append(("Content-Type", "application/json"))
@@ -298,8 +320,43 @@ def _waitress():
             self.started = time.monotonic()
 
     class Channel(HTTPChannel):
+        """A connection; after a refusal it lingers: a client still sending (the rest of a body
+        over the limit) would otherwise have its connection reset, and the answer with it. So
+        the answer is sent, writing is shut, and what still comes is read and thrown away for
+        ``LINGER`` seconds at most; then the connection closes."""
+
         error_task_class = JSONErrorTask
         parser_class = Parser
+        refused = False
+        lingering = None  # since when
+
+        def handle_close(self):
+            if self.refused and self.lingering is None and self.connected:
+                try:
+                    self.socket.shutdown(socket.SHUT_WR)
+                except OSError:
+                    return super().handle_close()
+                self.lingering, self.will_close = time.monotonic(), False
+                return
+            super().handle_close()
+
+        def readable(self):
+            return self.lingering is not None or super().readable()
+
+        def handle_read(self):
+            if self.lingering is None:
+                return super().handle_read()
+            self.recv(self.adj.recv_bytes)  # thrown away; at the end (b""), recv closes the channel
+
+        def writable(self):
+            if self.lingering is not None:
+                return time.monotonic() - self.lingering > LINGER  # time's up: handle_write closes it
+            return super().writable()
+
+        def handle_write(self):
+            if self.lingering is not None:
+                return HTTPChannel.handle_close(self)
+            super().handle_write()
 
     class Server(TcpWSGIServer):
         channel_class = Channel
@@ -307,15 +364,21 @@ def _waitress():
 
         def maintenance(self, now):
             """Close connections silent for ``idle_timeout`` between requests, and those whose
-            request has not fully arrived within ``request_timeout`` (however slowly it drips)."""
+            request has not fully arrived within ``request_timeout`` (however slowly it drips).
+            While every connection is taken, both are a tenth as long: the slowest make room."""
             clock = time.monotonic()
+            squeeze = 10 if self.in_connection_overflow else 1
             for channel in list(self.active_channels.values()):
                 if channel.requests:
                     continue  # being answered: the request is in
                 receiving = channel.request
-                if ((receiving is not None and clock - receiving.started > self.request_timeout)
-                        or now - channel.last_activity > self.idle_timeout):
+                if ((receiving is not None and clock - receiving.started > self.request_timeout / squeeze)
+                        or now - channel.last_activity > self.idle_timeout / squeeze):
                     channel.will_close = True
+
+        @property
+        def port(self):
+            return int(self.effective_port)
 
         def stop(self):
             """End ``run`` from another thread: the loop ends once every socket is closed."""
@@ -328,7 +391,7 @@ def _waitress():
 def make_server(app, host="127.0.0.1", port=8000, limits=ServerLimits()):
     """A waitress server for ``app`` on ``host``:``port`` held to ``limits``, not yet running:
     ``server.run()`` serves until Ctrl-C or ``server.stop()`` (from another thread);
-    ``server.effective_port`` is the port (``port`` 0 takes a free one)."""
+    ``server.port`` is the port (``port`` 0 takes a free one)."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ShapeError(f"port: expected a port number 1-65535 (0: any free one), got {port!r}")
     from waitress.adjustments import Adjustments
@@ -368,7 +431,7 @@ def serve(model, host="127.0.0.1", port=8000, classes=CLASS_NAMES["mnist"], mode
     """Serve the page until Ctrl-C or SIGTERM. ``port`` 0 takes a free one. ``quiet``: no request log."""
     server = make_server(create_app(model, classes, limits), host, port, limits)
     _plain_log(quiet)
-    print(f"Serving {model_name} on http://{host}:{server.effective_port}/ (Ctrl-C to stop)", flush=True)
+    print(f"Serving {model_name} on http://{host}:{server.port}/ (Ctrl-C to stop)", flush=True)
     with _stop_on_sigterm():
         try:
             server.run()  # returns on KeyboardInterrupt, having stopped the worker threads

@@ -105,7 +105,7 @@ def running(app, limits=ServerLimits()):
     thread = threading.Thread(target=httpd.run, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{httpd.effective_port}/"
+        yield f"http://127.0.0.1:{httpd.port}/"
     finally:
         httpd.stop()
         thread.join(10)
