@@ -5,7 +5,7 @@ Numba kernels (``fastcnn.kernels``) checked against a plain NumPy reference
 """
 
 from .checkpoint import load, load_checkpoint, save
-from .errors import DataError, ExportError, FastCNNError, ImageError, ModelFileError, ShapeError
+from .errors import DataError, ExportError, FastCNNError, ImageError, ModelFileError, ShapeError, UsageError
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Layer,
                      MaxPool2D, ReLU, Sigmoid, Tanh, register_layer)
 from .loss import SoftmaxCrossEntropy, softmax
@@ -22,4 +22,5 @@ __all__ = [
     "BatchNorm2D", "BatchNorm1D", "Flatten", "Dense", "register_layer", "SoftmaxCrossEntropy", "Sequential",
     "SGD", "Adam", "Constant", "InverseTime", "Cosine", "fit", "softmax", "save", "load", "load_checkpoint",
     "FastCNNError", "ShapeError", "DataError", "ModelFileError", "ImageError", "export_onnx", "ExportError",
+    "UsageError",
 ]

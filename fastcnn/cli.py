@@ -1,23 +1,36 @@
-"""The ``fastcnn`` command: ``train``, ``predict``, ``evaluate``, ``history`` and ``serve``.
+"""The ``fastcnn`` command: ``train``, ``predict``, ``evaluate``, ``history``, ``serve`` and ``export``.
 
 Errors fastcnn raises on purpose (bad files, bad arguments, a diverging run) and failures to
 write a file end the command with one line on stderr and exit status 2, not a traceback. Output
-files are checked before the work that makes them. Ctrl-C (SIGINT) or SIGTERM during training
-saves a checkpoint and exits with 130 or 143, printing how to resume.
+files are checked before the work that makes them, and written before anything is printed about
+them; a closed output (``| head``) ends the command quietly with status 141, as a Unix tool
+killed by SIGPIPE ends. ``train`` holds a lock on ``--out``: a second run on it refuses, naming
+the first. Ctrl-C (SIGINT) or SIGTERM during training saves a checkpoint and exits with 130 or
+143, printing how to resume; Ctrl-C before the work starts exits 130 with one line.
 """
 
 import argparse
+import contextlib
+import os
 import shlex
+import signal
 import sys
 
 from .errors import FastCNNError, ImageError, ModelFileError
 
 
 def _train(args):
+    from . import distributed, fileio
     from .settings import from_arguments
-    from .train import train
-    train(args.out, data_dir=args.data_dir, threads=args.threads, resume=args.resume, progress=not args.no_progress,
-          checkpoint_every=args.checkpoint_every, overwrite=args.overwrite, **from_arguments(args))
+    from .train import check_writable, train
+    lock = contextlib.nullcontext()
+    if distributed.world().is_root:  # the one process that writes --out
+        check_writable(args.out)  # (a folder that can't take it is said so, before the lock is looked for)
+        lock = fileio.exclusive(args.out, shlex.join(["fastcnn", "train", "--out", str(args.out)]))
+    with lock:
+        train(args.out, data_dir=args.data_dir, threads=args.threads, resume=args.resume,
+              progress=not args.no_progress, checkpoint_every=args.checkpoint_every, overwrite=args.overwrite,
+              **from_arguments(args))
 
 
 def _resume_command(args):
@@ -93,15 +106,15 @@ def _predict(args):
         p = model.predict(image[None])[0]
         if len(p) != len(names):
             raise ModelFileError(f"{args.model}: the model scores {len(p)} classes, {dataset} has {len(names)}")
+        if args.save_preprocessed:  # written before anything is said about it
+            save_preprocessed(image, preprocessed_path(path, side))
         k = int(np.argmax(p))
         print(f"{path}: {noun}{names[k]} ({p[k]:.1%})")
         print("  " + "  ".join(f"{name}: {100 * q:5.1f}%" for name, q in zip(names, p)))
         for note in notes:
             print(f"  note: {note.message}")
         if args.save_preprocessed:
-            out = preprocessed_path(path, side)
-            save_preprocessed(image, out)
-            print(f"  the {side}x{side} it saw: {out}")
+            print(f"  the {side}x{side} it saw: {preprocessed_path(path, side)}")
     return 2 if failed else 0
 
 
@@ -121,20 +134,22 @@ def _evaluate(args):
     model, dataset, names = _model_and_classes(args)
     x, y = load_dataset(dataset, "test", args.data_dir)
     result = evaluate(model, x, y, classes=len(names))
+    if args.plot or args.confusion:  # the pictures are drawn before anything is printed
+        from .plots import plot_confusion, plot_errors
+        if args.plot:
+            plot_errors(args.plot, x, y, result["predicted"], result["probabilities"], names)
+        if args.confusion:
+            plot_confusion(args.confusion, result["confusion"], names)
     print(f"test accuracy {result['accuracy']:.4f} on {len(y):,} {dataset} images")
     for name, acc in zip(names, result["per_class"]):
         print(f"  {name:>12s}  {acc:.4f}")
     print("confusion matrix (rows: true, columns: predicted):")
     for row in result["confusion"]:
         print("  " + " ".join(f"{v:5d}" for v in row))
-    if args.plot or args.confusion:
-        from .plots import plot_confusion, plot_errors
-        if args.plot:
-            plot_errors(args.plot, x, y, result["predicted"], result["probabilities"], names)
-            print(f"wrong guesses: {args.plot}")
-        if args.confusion:
-            plot_confusion(args.confusion, result["confusion"], names)
-            print(f"confusion matrix: {args.confusion}")
+    if args.plot:
+        print(f"wrong guesses: {args.plot}")
+    if args.confusion:
+        print(f"confusion matrix: {args.confusion}")
 
 
 def _history(args):
@@ -285,22 +300,49 @@ def parser():
 def main(argv=None):
     # Under mpiexec a process that leaves on an error ends the others (abort_if_parallel): they
     # may be waiting for it. A TrainingInterrupted is agreed on by all; rank 0 alone says so.
-    from .distributed import abort_if_parallel, this_process, world
-    from .train import TrainingInterrupted
-    args = parser().parse_args(argv)
+    try:
+        from .distributed import abort_if_parallel, this_process, world
+        from .train import TrainingInterrupted
+        args = parser().parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the modules load
+        _say("fastcnn: interrupted")
+        return 130
     try:
         status = args.run(args)
+    except BrokenPipeError:  # before OSError: the reader of our output has gone (| head)
+        return _closed_pipe()
     except (FastCNNError, OSError) as e:  # OSError: a file not written after all (disk full, ...)
-        print(f"fastcnn {args.command}{this_process()}: error: {e}", file=sys.stderr)
+        _say(f"fastcnn {args.command}{this_process()}: error: {e}")
         return abort_if_parallel(2)
     except TrainingInterrupted as e:
         if world().is_root:
-            print(f"fastcnn {args.command}: {e}; resume with: {_resume_command(args)}", file=sys.stderr)
+            _say(f"fastcnn {args.command}: {e}; resume with: {_resume_command(args)}")
         return e.exit_status
     except KeyboardInterrupt:
-        print(f"fastcnn {args.command}{this_process()}: interrupted", file=sys.stderr)
+        _say(f"fastcnn {args.command}{this_process()}: interrupted")
         return abort_if_parallel(130)
     return status or 0
+
+
+def _say(line):
+    """A line on stderr, unless stderr is a closed pipe too."""
+    with contextlib.suppress(BrokenPipeError):
+        print(line, file=sys.stderr, flush=True)
+
+
+def _closed_pipe():
+    """The end of a command whose output was closed (``fastcnn history m.npz | head -1``): quiet,
+    with the status of a Unix tool killed by SIGPIPE. The closed stream is pointed at /dev/null
+    first, or Python would complain when it flushes it on the way out."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        except (OSError, ValueError):
+            pass
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

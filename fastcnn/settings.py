@@ -18,6 +18,7 @@ from .kernels import checks
 from .schedules import SCHEDULES
 
 OPTIMIZERS = ("sgd", "adam")
+DIVERGENCE = 10.0  # a run stops when its smoothed loss stays above this many times its start (train.Divergence)
 
 
 def _setting(help, type=None, choices=None, resumable=False, default=None):
@@ -49,6 +50,9 @@ class Settings:
     validation_split: Optional[float] = _setting("hold out this fraction of the training set (its end) to "
                                                  "validate on after each epoch, instead of the test set", float)
     seed: Optional[int] = _setting("initial weights, shuffling and dropout (default 0)", int)
+    divergence: Optional[float] = _setting(f"stop when the loss, smoothed, stays above this many times its start "
+                                           f"(at least 1) for 20 steps (default {DIVERGENCE:g}; 0: only a NaN or "
+                                           f"Inf loss stops the run)", float, resumable=True)
 
     def resolved(self, strict=True):
         """These settings with every None filled in from the network's recipe and the defaults;
@@ -56,7 +60,7 @@ class Settings:
         run doesn't use (SGD's momentum in an Adam run, ...) is an error, not silently ignored."""
         if self.model not in ARCHITECTURES:
             raise ShapeError(f"model: expected one of {', '.join(ARCHITECTURES)}, got {self.model!r}")
-        recipe = dict(ARCHITECTURES[self.model].recipe, validation_split=0.0, seed=0)
+        recipe = dict(ARCHITECTURES[self.model].recipe, validation_split=0.0, seed=0, divergence=DIVERGENCE)
         if self.optimizer == "adam" and recipe["optimizer"] != "adam":
             recipe.update(lr=1e-3)  # Adam's own default, unless asked otherwise
         given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -83,6 +87,8 @@ class Settings:
         checks.number("decay", self.decay, lambda v: v >= 0, "a value >= 0")
         checks.number("weight_decay", self.weight_decay, lambda v: v >= 0, "a value >= 0")
         checks.number("validation_split", self.validation_split, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+        checks.number("divergence", self.divergence, lambda v: v == 0 or v > 1, "a factor > 1, or 0 to turn the "
+                                                                                 "check off")
 
     def relevant(self):
         """The settings that shaped this run (SGD's momentum is no part of an Adam run, ...)."""
