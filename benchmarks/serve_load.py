@@ -163,7 +163,7 @@ def battery(port, proc, connections, idle_timeout, request_timeout):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="a model file (fastcnn train)")
-    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--clients", default="32", help="clients at once; several, comma-separated, are run in turn")
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--digits", type=int, default=500, help="MNIST test digits drawn and sent in turn")
     p.add_argument("--abuse", action="store_true", help="then run the abuse battery")
@@ -179,7 +179,10 @@ def main(argv=None):
     proc, port = start_server(args.model, args.server)
     try:
         load(port, bodies[:8], expected[:8], 2, 1.0)  # warm: the kernels load, the first batches run
-        rate, errors, wrong = load(port, bodies, expected, args.clients, args.seconds, proc.pid)
+        errors = wrong = 0
+        for clients in map(int, args.clients.split(",")):
+            _, e, w = load(port, bodies, expected, clients, args.seconds, proc.pid)
+            errors, wrong = errors + e, wrong + w
         print(f"server peak memory {abuse.peak_memory(proc.pid) / 2**20:.0f} MB; load average after: "
               f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
         if args.abuse:
@@ -194,6 +197,7 @@ def main(argv=None):
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
+    print(err.strip().splitlines()[-1] if err.strip() else "", flush=True)  # the server's summary: batches
     if "Traceback" in err:
         print(f"the server's log holds a traceback:\n{err}")
         return 1

@@ -24,6 +24,7 @@ a photo needs no search: its centre square is shrunk to 32x32.
 import contextlib
 import os
 import struct
+import threading
 import warnings
 
 import numpy as np
@@ -95,35 +96,41 @@ def _to_pixels(im):
     return np.asarray(im.convert("RGB"), dtype=np.float32) / 255
 
 
-def decoded_bytes(im):
+def decoded_bytes(im, copies=0):
     """The memory ``im`` (opened, not decoded) may take decoded and shrunk, as Pillow stores pixels
     (one byte for "1", "L" and "P", two for 16-bit grey, four for the rest, RGB included): the
     picture, a converted copy if shrinking needs one first (a palette, CMYK, 16-bit grey), another
     for transparency (Pillow resizes premultiplied, and it is shown on white), a pointer per row
-    (a 1 x 39,000,000 picture has 312 MB of those) and the decoder's row buffer."""
+    (a 1 x 39,000,000 picture has 312 MB of those) and the decoder's row buffer; and ``copies``
+    more of the picture as stored (a photo's centre square, cropped)."""
     stored = 1 if im.mode in ("1", "L", "P") else 2 if im.mode.startswith("I;16") else 4
     transparent = "A" in im.getbands() or "transparency" in im.info
     converted = im.mode not in ("1", "L", "RGB", "RGBA", "LA", "F") or "transparency" in im.info
-    copies = 4 * converted + 4 * transparent
-    return im.width * im.height * (stored + copies) + 8 * im.height * (1 + converted + transparent) + 8 * im.width
+    extra = 4 * converted + 4 * transparent + stored * copies
+    return im.width * im.height * (stored + extra) + 8 * im.height * (1 + converted + transparent + copies) + 8 * im.width
 
 
-def _read(path_or_file, convert, shrink_to=None, budget=None):
+def _read(path_or_file, convert, shrink_to=None, budget=None, copies=0):
     """``convert(im)`` of the picture at ``path_or_file``, upright, every failure an ``ImageError``.
 
     Everything is checked from the header, before decoding: at most ``MAX_PIXELS`` pixels and
     ``MAX_DECODED_BYTES`` decoded. A JPEG is decoded straight at a smaller scale (1/2, 1/4 or 1/8)
-    if that still leaves its longer side ``shrink_to`` pixels or more. ``budget`` (a server's,
+    if that still leaves its longer side ``shrink_to`` pixels or more. ``copies``: full copies
+    ``convert`` makes (see ``decoded_bytes``). ``budget`` (a server's,
     see ``fastcnn.serve``) is entered with the decoded size around decoding and converting, so
     that pictures decoded at once never take more memory together than it holds.
     """
     if not isinstance(path_or_file, (str, bytes, os.PathLike)) and not hasattr(path_or_file, "read"):
         raise ImageError(f"path_or_file: expected a path or a binary file object, got {type(path_or_file).__name__}")
     label = _describe(path_or_file)
+    # Pillow only warns below twice its own limit; that is made the refusal it should be. The
+    # warnings' filters are the process's, so only the main thread changes them: in a server's
+    # threads Pillow's limit (89 megapixels) is far above MAX_PIXELS, which refuses such pictures anyway.
+    main = threading.current_thread() is threading.main_thread()
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns below twice its own limit; treat that as the refusal it should be.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with warnings.catch_warnings() if main else contextlib.nullcontext():
+            if main:
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path_or_file) as im:
                 # Image.open reads only the header, so these checks come before any decoding.
                 w, h = im.size
@@ -134,7 +141,7 @@ def _read(path_or_file, convert, shrink_to=None, budget=None):
                 if shrink_to and max(w, h) > 2 * shrink_to and im.format == "JPEG":
                     scale = shrink_to / max(w, h)  # draft keeps both sides at least what is asked
                     im.draft(im.mode, (int(np.ceil(w * scale)), int(np.ceil(h * scale))))
-                need = decoded_bytes(im)
+                need = decoded_bytes(im, copies)
                 if need > MAX_DECODED_BYTES:
                     raise ImageError(
                         f"{label}: image of {w}x{h} pixels in mode {im.mode} would take {need / 2**20:.1f} MiB "
@@ -158,49 +165,52 @@ def _read(path_or_file, convert, shrink_to=None, budget=None):
         raise ImageError(f"{label}: cannot read the image ({type(e).__name__}: {e})") from None
 
 
-def load_digit(path_or_file, *, budget=None):
+def load_digit(path_or_file, *, budget=None, notes=None):
     """Read a picture of one digit (any format Pillow reads) and preprocess it like MNIST.
 
     Returns float32 of shape (28, 28, 1) in [0, 1]. Raises ``ImageError`` if the file is missing,
     is not an image, is corrupt, is larger than ``MAX_PIXELS`` or ``MAX_DECODED_BYTES`` decoded,
-    or shows no digit; warns (``ImageWarning``) if the digit was so small it had to be enlarged.
-    ``budget``: see ``_read``.
+    or shows no digit; warns (``ImageWarning``) if the digit was so small it had to be enlarged,
+    or with ``notes`` (a list) appends what it would say there instead (warnings are the
+    process's, not a thread's: a server's threads use this). ``budget``: see ``_read``.
     """
     pixels = _read(path_or_file, lambda im: _to_pixels(_shrink(im)), WORK_SIDE, budget)
     label = _describe(path_or_file)
+    said = []
     try:
-        with warnings.catch_warnings(record=True) as said:
-            warnings.simplefilter("always", ImageWarning)
-            digit = preprocess_digit(pixels)
+        digit = _preprocess_digit(pixels, said)
     except (ImageError, ShapeError) as e:  # e.g. NaN pixels in a float TIFF: a bad file, named
         raise ImageError(f"{label}: {e}") from None
-    for w in said:
-        warnings.warn(ImageWarning(f"{label}: {w.message}"), stacklevel=2)
+    for note in said:
+        if notes is None:
+            warnings.warn(ImageWarning(f"{label}: {note}"), stacklevel=2)
+        else:
+            notes.append(f"{label}: {note}")
     return digit
 
 
-def load_photo(path_or_file, side=PHOTO_SIDE, *, budget=None):
+def load_photo(path_or_file, side=PHOTO_SIDE, *, budget=None, notes=None):
     """Read a colour photo (any format Pillow reads) as a CIFAR-10 image: float32 (side, side, 3) in [0, 1].
 
     The photo is turned upright (EXIF), transparency is shown on white, palette and greyscale
     pictures become RGB; then its centre square (CIFAR-10 shows the whole object, filling the
     frame) is shrunk to ``side`` x ``side``. Raises ``ImageError`` if the file is missing, is not an
     image, is corrupt or is larger than ``MAX_PIXELS`` or ``MAX_DECODED_BYTES`` decoded. ``budget``:
-    see ``_read``.
+    see ``_read``; ``notes``: as ``load_digit``'s (a photo has none).
     """
     side = checks.positive_int("side", side)
     # A JPEG is decoded at 1/2 to 1/8 scale if its centre square stays 8 times the side or more.
-    return _read(path_or_file, lambda im: _square_photo(im, side), 8 * side, budget)
+    return _read(path_or_file, lambda im: _square_photo(im, side), 8 * side, budget, copies=1)
 
 
 def _square_photo(im, side):
     """The centre square of ``im`` shrunk to ``side`` x ``side``, as float32 RGB in [0, 1]."""
     s = min(im.size)
     left, top = (im.width - s) // 2, (im.height - s) // 2
-    square = (left, top, left + s, top + s)
+    im = im.crop((left, top, left + s, top + s))  # (not resize's box: its filter would reach outside)
     if im.mode.startswith(("I", "F")):
         # 16- and 32-bit grey: scaled to [0, 1] as for a digit, shrunk as floats, then made RGB.
-        grey = Image.fromarray(_to_pixels(im.crop(square))[:, :, 0]).resize((side, side), Image.Resampling.LANCZOS)
+        grey = Image.fromarray(_to_pixels(im)[:, :, 0]).resize((side, side), Image.Resampling.LANCZOS)
         return np.repeat(np.clip(np.asarray(grey), 0, 1)[:, :, None], 3, axis=2)
     transparent = "A" in im.getbands() or "transparency" in im.info
     if im.mode not in ("L", "RGB", "RGBA", "LA") or "transparency" in im.info:
@@ -208,8 +218,8 @@ def _square_photo(im, side):
     # Lanczos widens with the reduction, so it averages a large photo without aliasing and keeps
     # edges sharp; reducing_gap first box-averages big ones, for speed, with the same result to the eye.
     # Shrunk first and then shown on white: the same as the other way round (Pillow resizes
-    # transparent pixels premultiplied), with no full-size copies.
-    small = im.resize((side, side), Image.Resampling.LANCZOS, box=square, reducing_gap=3.0)
+    # transparent pixels premultiplied), with no full-size copies beyond the crop.
+    small = im.resize((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
     if transparent:
         small = Image.alpha_composite(Image.new("RGBA", small.size, (255, 255, 255, 255)), small.convert("RGBA"))
     return np.asarray(small.convert("RGB"), dtype=np.float32) / 255
@@ -416,6 +426,15 @@ def preprocess_digit(picture):
     ink in the field). Raises ``ImageError`` if there is no ink, ``ShapeError`` if ``picture`` is
     not an image; warns (``ImageWarning``) if the digit had to be enlarged much.
     """
+    notes = []
+    out = _preprocess_digit(picture, notes)
+    for note in notes:
+        warnings.warn(ImageWarning(note), stacklevel=2)
+    return out
+
+
+def _preprocess_digit(picture, notes):
+    """``preprocess_digit``, its notes appended to ``notes`` rather than warned."""
     pixels = _as_pixels(picture)
     thumbnail = max(pixels.shape[:2]) < SIZE
     zoom = 4 if thumbnail else 1  # a thumbnail is enlarged smoothly first, so its strokes have a width
@@ -445,9 +464,8 @@ def preprocess_digit(picture):
         disk = np.hypot(*np.mgrid[-r:r + 1, -r:r + 1]) <= radius
         ink = ndimage.grey_dilation(ink, footprint=disk)
     if scale * zoom > UPSCALED:
-        warnings.warn(ImageWarning(f"the digit is only {round(side / zoom)} pixels tall or wide: enlarged "
-                                   f"{scale * zoom:.1f} times to MNIST's {BOX}; a larger picture reads better"),
-                      stacklevel=2)
+        notes.append(f"the digit is only {round(side / zoom)} pixels tall or wide: enlarged {scale * zoom:.1f} "
+                     f"times to MNIST's {BOX}; a larger picture reads better")
     out = _mnist_field(ink)
     if thumbnail:
         # An enlarged blur has no solid core; MNIST strokes do (levels tried on other seeds' thumbnails).

@@ -29,7 +29,6 @@ import socket
 import sys
 import threading
 import time
-import warnings
 
 import numba
 import numpy as np
@@ -39,7 +38,7 @@ from werkzeug.exceptions import HTTPException
 
 from .data import CLASS_NAMES
 from .errors import FastCNNError, ImageError, ShapeError
-from .image import ImageWarning, load_photo
+from .image import load_photo
 from .inference import check_model, picture_loader
 from .settings import ServerLimits
 
@@ -113,7 +112,8 @@ class Batcher:
         self._waiting = []  # (picture, answer) pairs
         self._reading = 0  # requests that will hand in a picture soon
         self._thread = None
-        self.batches = []  # sizes of the last batches predicted (for tests and the benchmark)
+        self.batches = []  # the sizes of the last 1,000 batches predicted
+        self.pictures = self.calls = self.most = 0  # since the start
 
     @contextlib.contextmanager
     def reading(self):
@@ -126,6 +126,12 @@ class Batcher:
                 self._reading -= 1
                 self._changed.notify_all()
 
+    def summary(self):
+        if not self.calls:
+            return "no pictures predicted"
+        return (f"{self.pictures:,} pictures predicted in {self.calls:,} batches ({self.pictures / self.calls:.1f} "
+                f"on average, at most {self.most})")
+
     def predict(self, picture):
         """The model's probabilities for ``picture`` (one image), predicted with those waiting."""
         answer = _Answer()
@@ -135,7 +141,9 @@ class Batcher:
                 self._thread.start()
             self._waiting.append((picture, answer))
             self._changed.notify_all()
-        return answer.get()
+        return answer.get(self.TIMEOUT)
+
+    TIMEOUT = 60  # seconds a request waits for its prediction (the model takes milliseconds) before a 503
 
     def _run(self):
         # The other cores read pictures: on 2 cores a second thread for the model only takes one
@@ -155,6 +163,8 @@ class Batcher:
                     answer.fail(e)
                 continue
             self.batches = self.batches[-999:] + [len(batch)]
+            self.pictures, self.calls = self.pictures + len(batch), self.calls + 1
+            self.most = max(self.most, len(batch))
             for (_, answer), p in zip(batch, probabilities):
                 answer.set(p)
 
@@ -174,8 +184,9 @@ class _Answer:
         self._error = error
         self._done.set()
 
-    def get(self):
-        self._done.wait()
+    def get(self, timeout):
+        if not self._done.wait(timeout):
+            raise ServerBusy(f"no prediction within {timeout} s: the server is overloaded")
         if self._error is not None:
             raise self._error
         return self._value
@@ -240,20 +251,22 @@ def create_app(model, classes=CLASS_NAMES["mnist"], limits=ServerLimits()):
             return _too_large(limits)
         if not request.content_length:
             return _error(400, "empty request: send the picture's bytes (PNG, JPEG, ...) as the body")
+        notes = []  # not warnings: those are the process's, and requests come in many threads
         with batcher.reading():
-            with warnings.catch_warnings(record=True) as notes:
-                warnings.simplefilter("always", ImageWarning)
-                try:
-                    seen = load(_Upload(_body(request.environ)), budget=budget)
-                except ImageError as e:
-                    return _error(400, str(e))
-                except ServerBusy as e:
-                    return _error(503, str(e))
-        p = batcher.predict(seen)
+            try:
+                seen = load(_Upload(_body(request.environ)), budget=budget, notes=notes)
+            except ImageError as e:
+                return _error(400, str(e))
+            except ServerBusy as e:
+                return _error(503, str(e))
+        try:
+            p = batcher.predict(seen)
+        except ServerBusy as e:
+            return _error(503, str(e))
         pixels = np.round(seen * 255).astype(int)
         return jsonify(prediction=int(np.argmax(p)), probabilities=[float(q) for q in p], classes=list(classes),
                        image=(pixels if pixels.shape[2] == 3 else pixels[:, :, 0]).tolist(),
-                       notes=[str(n.message) for n in notes])
+                       notes=notes)
 
     @app.errorhandler(HTTPException)
     def http_error(e):  # 404, 405, 413 ... as JSON with the reason, like the rest of the API
@@ -429,7 +442,8 @@ def _plain_log(quiet):
 def serve(model, host="127.0.0.1", port=8000, classes=CLASS_NAMES["mnist"], model_name="the model",
           limits=ServerLimits(), quiet=False):
     """Serve the page until Ctrl-C or SIGTERM. ``port`` 0 takes a free one. ``quiet``: no request log."""
-    server = make_server(create_app(model, classes, limits), host, port, limits)
+    app = create_app(model, classes, limits)
+    server = make_server(app, host, port, limits)
     _plain_log(quiet)
     print(f"Serving {model_name} on http://{host}:{server.port}/ (Ctrl-C to stop)", flush=True)
     with _stop_on_sigterm():
@@ -437,6 +451,7 @@ def serve(model, host="127.0.0.1", port=8000, classes=CLASS_NAMES["mnist"], mode
             server.run()  # returns on KeyboardInterrupt, having stopped the worker threads
         finally:
             server.close()
+    print(f"Stopped: {app.extensions['fastcnn'].summary()}", file=sys.stderr, flush=True)
 
 
 def _interrupt(signum, frame):

@@ -229,3 +229,17 @@ def test_the_serve_command(trained_model):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_load_benchmark_in_a_short_mode(trained_model):
+    """benchmarks/serve_load.py, briefly: 4 clients for a second, every answer the in-process one."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    _, model_path = trained_model
+    run = subprocess.run([sys.executable, str(root / "benchmarks" / "serve_load.py"), str(model_path), "--clients", "4",
+                          "--seconds", "1", "--digits", "20"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "4 clients" in run.stdout and "0 errors, 0 digits read otherwise" in run.stdout
+    assert "pictures predicted in" in run.stdout  # the server's summary as it stopped
