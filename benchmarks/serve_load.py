@@ -16,6 +16,7 @@ Run it alone on the machine: the clients take a share of the CPU too (about a te
 
 import argparse
 import concurrent.futures
+import contextlib
 import http.client
 import io
 import json
@@ -170,6 +171,10 @@ def main(argv=None):
     p.add_argument("--server", nargs=argparse.REMAINDER, default=[],
                    help="options for fastcnn serve (everything after --server)")
     args = p.parse_args(argv)
+    with contextlib.suppress(ImportError, ValueError, OSError):  # the crowds of connections need the file descriptors
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     cpu = sorted({f for line in open("/proc/cpuinfo") if line.startswith("flags") for f in line.split()
                   if f.startswith("avx512f") or f == "avx2"}) if os.path.exists("/proc/cpuinfo") else []
     print(f"{os.cpu_count()} cores ({', '.join(cpu)}), load average before: "

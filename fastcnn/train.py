@@ -60,6 +60,7 @@ class Divergence:
             raise TrainingDiverged(f"the loss became {loss} at step {optimizer.steps + 1} ({where}); {advice}")
         if not self.factor:
             return
+        loss = float(loss)  # (Python's floats: a huge factor makes inf, not a NumPy overflow warning)
         if self.start is None:
             self.start = self.smoothed = loss
         self.smoothed = 0.9 * self.smoothed + 0.1 * loss

@@ -118,6 +118,7 @@ def test_every_damaged_field_is_refused_in_one_line_or_works(setup, monkeypatch,
             out, err = capsys.readouterr()
             assert status in (0, 2), (what, argv, status, err)
             assert status == 0 or one_line(err), (what, argv, err)
+            assert "Traceback" not in err and "Warning" not in err, (what, argv, err)
         count = "damaged model files (each JSON field of another type, or gone) through load, history, predict"
         tried[count] = tried.get(count, 0) + 1
     assert outcomes["refused"] > SAMPLE // 3 and outcomes["loaded"] > 10, outcomes  # both kinds were tried

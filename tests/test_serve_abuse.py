@@ -124,7 +124,7 @@ def test_connections_beyond_the_limit_wait_and_a_request_still_gets_through(port
     closed = abuse.seconds_until_closed(crowd, limit=30)
     assert status == 200 and waited < 10, waited
     # Every connection of the crowd was closed, the last ones after a few rounds of the shortened timeouts.
-    assert all(c is not None for c in closed) and max(closed) < 15, closed
+    assert all(c is not None for c in closed) and max(closed) < 25, closed
     tried["idle, half-sent and dripping connections closed on time"] = (
         tried.get("idle, half-sent and dripping connections closed on time", 0) + n)
 
