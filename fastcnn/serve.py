@@ -445,7 +445,8 @@ def serve(model, host="127.0.0.1", port=8000, classes=CLASS_NAMES["mnist"], mode
     app = create_app(model, classes, limits)
     server = make_server(app, host, port, limits)
     _plain_log(quiet)
-    print(f"Serving {model_name} on http://{host}:{server.port}/ (Ctrl-C to stop)", flush=True)
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as URLs write it
+    print(f"Serving {model_name} on http://{shown}:{server.port}/ (Ctrl-C to stop)", flush=True)
     with _stop_on_sigterm():
         try:
             server.run()  # returns on KeyboardInterrupt, having stopped the worker threads
