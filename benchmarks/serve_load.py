@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -50,13 +51,20 @@ def expected_answers(model_path, bodies):
     return model.predict(seen).argmax(axis=1)
 
 
-def start_server(model_path, server_args):
-    proc = subprocess.Popen([sys.executable, "-m", "fastcnn.cli", "serve", str(model_path), "--port", "0",
-                             "--quiet", *server_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_server(model_path, server_args, pythonpath=None):
+    """``fastcnn serve MODEL --port 0 SERVER_ARGS`` in a process of its own (its stderr in a
+    temporary file, ``proc.log``); ``pythonpath``: where to import fastcnn from instead."""
+    env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
+    log = tempfile.TemporaryFile("w+")
+    # (-m puts the working folder first on the path: started in pythonpath, its fastcnn is found first)
+    proc = subprocess.Popen([sys.executable, "-m", "fastcnn.cli", "serve", str(Path(model_path).resolve()), "--port",
+                             "0", *server_args], stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=pythonpath)
+    proc.log = log
     line = proc.stdout.readline()
     if " on http://" not in line:
         proc.kill()
-        raise SystemExit(f"the server did not start: {line}{proc.stderr.read()}")
+        log.seek(0)
+        raise SystemExit(f"the server did not start: {line}{log.read()}")
     port = int(line.split(" on http://")[1].split("/")[0].rsplit(":", 1)[1])
     return proc, port
 
@@ -168,8 +176,10 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--digits", type=int, default=500, help="MNIST test digits drawn and sent in turn")
     p.add_argument("--abuse", action="store_true", help="then run the abuse battery")
-    p.add_argument("--server", nargs=argparse.REMAINDER, default=[],
-                   help="options for fastcnn serve (everything after --server)")
+    p.add_argument("--pythonpath", help="import the server's fastcnn from this folder (an older version, "
+                                        "to compare; give it --server with the options it knows)")
+    p.add_argument("--server", nargs=argparse.REMAINDER, default=None,
+                   help="options for fastcnn serve, everything after --server (default: --quiet)")
     args = p.parse_args(argv)
     with contextlib.suppress(ImportError, ValueError, OSError):  # the crowds of connections need the file descriptors
         import resource
@@ -181,7 +191,8 @@ def main(argv=None):
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     bodies, _ = uploads(args.digits)
     expected = expected_answers(args.model, bodies)
-    proc, port = start_server(args.model, args.server)
+    server_args = ["--quiet"] if args.server is None else args.server
+    proc, port = start_server(args.model, server_args, args.pythonpath)
     try:
         load(port, bodies[:8], expected[:8], 2, 1.0)  # warm: the kernels load, the first batches run
         errors = wrong = 0
@@ -193,15 +204,17 @@ def main(argv=None):
         if args.abuse:
             from fastcnn.settings import ServerLimits
             limits = ServerLimits()
-            connections = (int(args.server[args.server.index("--max-connections") + 1])
-                           if "--max-connections" in args.server else limits.max_connections)
+            connections = (int(server_args[server_args.index("--max-connections") + 1])
+                           if "--max-connections" in server_args else limits.max_connections)
             battery(port, proc, connections, limits.idle_timeout, limits.request_timeout)
             if proc.poll() is not None:
-                print(f"the server died: {proc.stderr.read()}")
+                print("the server died")
                 return 1
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=30)
+        proc.communicate(timeout=30)
+        proc.log.seek(0)
+        err = proc.log.read()
     print(err.strip().splitlines()[-1] if err.strip() else "", flush=True)  # the server's summary: batches
     if "Traceback" in err:
         print(f"the server's log holds a traceback:\n{err}")

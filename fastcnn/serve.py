@@ -124,7 +124,8 @@ class Batcher:
         finally:
             with self._changed:
                 self._reading -= 1
-                self._changed.notify_all()
+                if not self._reading:  # what the predicting thread may be waiting for
+                    self._changed.notify_all()
 
     def summary(self):
         if not self.calls:
