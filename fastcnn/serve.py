@@ -130,8 +130,8 @@ class Batcher:
     def summary(self):
         if not self.calls:
             return "no pictures predicted"
-        return (f"{self.pictures:,} pictures predicted in {self.calls:,} batches ({self.pictures / self.calls:.1f} "
-                f"on average, at most {self.most})")
+        return (f"{self.pictures:,} picture{'s' * (self.pictures > 1)} predicted in {self.calls:,} "
+                f"batch{'es' * (self.calls > 1)} ({self.pictures / self.calls:.1f} on average, at most {self.most})")
 
     def predict(self, picture):
         """The model's probabilities for ``picture`` (one image), predicted with those waiting."""
