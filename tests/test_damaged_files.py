@@ -110,7 +110,7 @@ def test_every_damaged_field_is_refused_in_one_line_or_works(setup, monkeypatch,
             outcomes["refused"] += 1
             saved = None
         commands = [["history", str(path)], ["predict", str(path), str(folder / "one.png")]]
-        if saved is not None and saved.training is not None:
+        if saved is not None and saved.training is not None and " training " in what:  # (damage that resume meets)
             commands.append(["train", "--out", str(path), "--resume", "--epochs", "2", "--data-dir", str(folder),
                              "--threads", "1", "--no-progress"])  # (a damaged epoch count could be 2**70)
         for argv in commands:
