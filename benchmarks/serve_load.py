@@ -147,7 +147,7 @@ def battery(port, proc, connections, idle_timeout, request_timeout):
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             start = time.monotonic()
             statuses = [s for s, _ in pool.map(lambda b: abuse.post(port, b), [body] * 4)]
-        say(f"  four at once", f"{statuses} in {time.monotonic() - start:.2f} s")
+        say("  four at once", f"{statuses} in {time.monotonic() - start:.2f} s")
     status, answer, sent, seconds = abuse.endless_chunked(port, abuse.small_png(), 200 * 2**20)
     say("chunked upload of 200 MB", f"{status} {(answer or {}).get('error')!r} after {sent / 2**20:.0f} MB sent, "
         f"closed after {seconds:.1f} s")

@@ -11,7 +11,6 @@ answers are the in-process ones).
 import concurrent.futures
 import contextlib
 import io
-import json
 import re
 import signal
 import subprocess
