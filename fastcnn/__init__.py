@@ -10,7 +10,7 @@ __version__ = "0.2.0"
 
 from .callbacks import Callback, EarlyStopping, KeepBest, ReduceLROnPlateau
 from .checkpoint import load, load_checkpoint, save
-from .errors import DataError, ExportError, FastCNNError, ImageError, ModelFileError, ShapeError
+from .errors import DataError, ExportError, FastCNNError, ImageError, ModelFileError, ShapeError, UsageError
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Layer,
                      MaxPool2D, ReLU, Sigmoid, Tanh, register_layer)
 from .loss import SoftmaxCrossEntropy, softmax
@@ -27,4 +27,5 @@ __all__ = [
     "SGD", "Adam", "Constant", "InverseTime", "Cosine", "fit", "softmax", "save", "load", "load_checkpoint",
     "FastCNNError", "ShapeError", "DataError", "ModelFileError", "ImageError", "export_onnx", "ExportError",
     "Callback", "EarlyStopping", "KeepBest", "ReduceLROnPlateau",
+    "UsageError",
 ]

@@ -7,9 +7,12 @@ epoch, position in the epoch, history). Version 1 files (before Adam and BatchNo
 ``allow_pickle=False``. Files are written atomically, so a kill never leaves a torn one.
 """
 
+import itertools
 import json
 import math
 import os
+import shlex
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -45,10 +48,39 @@ def save(path, model, optimizer=None, training=None):
         arrays["training"] = np.array(json.dumps(training))
     path = Path(path)
     try:
-        with atomic_write(path) as f:
-            np.savez(f, **arrays)
+        _write(path, arrays)
     except OSError as e:
-        raise ModelFileError(f"{path}: cannot write the model file: {e.strerror or e}") from None
+        rescued = _rescue(path, arrays)
+        where = (f"; it was written to {rescued} instead (move it back when there is room: "
+                 f"mv {shlex.quote(str(rescued))} {shlex.quote(str(path))})" if rescued else
+                 f"; nor could it be written in {', '.join(str(f) for f in _rescue_folders())}")
+        raise ModelFileError(f"{path}: cannot write the model file: {e.strerror or e}{where}") from None
+
+
+def _write(path, arrays):
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
+
+
+def _rescue_folders():
+    return [Path(tempfile.gettempdir()), Path.home() / ".cache" / "fastcnn", Path.cwd()]
+
+
+def _rescue(path, arrays):
+    """Write a model file that could not be written to ``path`` (a full disk, a folder gone
+    read-only) somewhere else: the first of the temporary folder, ``~/.cache/fastcnn`` and the
+    working folder that takes it, as ``NAME.rescued.npz`` (``-2``, ``-3``... beside others). Returns
+    where, or None."""
+    for folder in _rescue_folders():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            target = next(t for t in (folder / f"{path.name}.rescued{f'-{k}' if k > 1 else ''}.npz"
+                                      for k in itertools.count(1)) if not t.exists())
+            _write(target, arrays)
+            return target
+        except OSError:
+            continue
+    return None
 
 
 class Checkpoint:
@@ -105,6 +137,8 @@ def load_checkpoint(path, backend="numba"):
                     record.setdefault("val_loss", None)
     except ModelFileError:
         raise
+    except ShapeError as e:  # a field of the wrong type or out of range, named
+        raise ModelFileError(f"{path}: damaged model file: {e}") from None
     except _DAMAGED as e:
         raise ModelFileError(f"{path}: damaged model file: {type(e).__name__}: {e}") from None
     return Checkpoint(model, optimizer, training)
@@ -173,7 +207,59 @@ def check_training(training):
         raise ShapeError(f"training totals: expected [loss sum, correct, seen, seconds], got {totals!r}")
     if not isinstance(training["history"], list) or not isinstance(training.get("settings", {}), dict):
         raise ShapeError("training: expected a history list and a settings dict")
+    for i, record in enumerate(training["history"]):
+        _check_record(i, record)
+    _check_settings(training.get("settings", {}))
     return training
+
+
+# A history record, as fit writes one: these fields always, as numbers (epoch a count) ...
+_RECORD = ("epoch", "loss", "train_acc", "seconds")
+# ... and these as numbers or None, if there (version 1 files hold test_acc instead of val_acc)
+_MAYBE = ("val_loss", "val_acc", "test_acc", "samples_per_s")
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_record(i, record):
+    where = f"training history entry {i + 1}"
+    if not isinstance(record, dict):
+        raise ShapeError(f"{where}: expected a record of the epoch's loss and accuracy, got {type(record).__name__} "
+                         f"{record!r:.40}")
+    for key in _RECORD:
+        if key not in record:
+            raise ShapeError(f"{where}: '{key}' is missing")
+    for key in _RECORD + _MAYBE:
+        v = record.get(key)
+        if key in _MAYBE and v is None:
+            continue
+        if not _is_number(v) or (key == "epoch" and (not isinstance(v, int) or v < 1)):
+            raise ShapeError(f"{where}: '{key}' is {v!r:.40}, expected {'an epoch number' if key == 'epoch' else 'a number'}")
+
+
+def _check_settings(settings):
+    """Each setting the file records has its field's type (or is None); others are ignored."""
+    import dataclasses
+
+    from .settings import Settings
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for f in dataclasses.fields(Settings):
+        v = settings.get(f.name)
+        kind, nargs = ("flag", None) if f.metadata["flag"] else (f.metadata["type"], f.metadata["nargs"])
+        if kind == "flag":
+            ok, expected = v is None or isinstance(v, bool), "true or false"
+        elif nargs:  # (H, W): a list in the file's JSON, a tuple in memory
+            ok, expected = v is None or (isinstance(v, (list, tuple)) and len(v) == nargs and all(map(whole, v))), \
+                f"{nargs} whole numbers"
+        else:
+            ok = v is None or (isinstance(v, str) if kind is str else whole(v) if kind is int else _is_number(v))
+            expected = {str: "a name", int: "a whole number", float: "a number"}[kind]
+        if not ok:
+            raise ShapeError(f"training settings: '{f.name}' is {v!r:.40}, expected {expected}")
 
 
 def _fill(named, arrays, prefix, path):

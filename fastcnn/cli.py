@@ -3,12 +3,18 @@
 
 Errors fastcnn raises on purpose (bad files, bad arguments, a diverging run) and failures to
 write a file end the command with one line on stderr and exit status 2, not a traceback. Output
-files are checked before the work that makes them. Ctrl-C (SIGINT) or SIGTERM during training
-saves a checkpoint and exits with 130 or 143, printing how to resume.
+files are checked before the work that makes them, and written before anything is printed about
+them; a closed output (``| head``) ends the command quietly with status 141, as a Unix tool
+killed by SIGPIPE ends. ``train`` holds a lock on ``--out``: a second run on it refuses, naming
+the first. Ctrl-C (SIGINT) or SIGTERM during training saves a checkpoint and exits with 130 or
+143, printing how to resume; Ctrl-C before the work starts exits 130 with one line.
 """
 
 import argparse
+import contextlib
+import os
 import shlex
+import signal
 import sys
 from typing import NamedTuple, Optional
 
@@ -18,10 +24,17 @@ from .errors import FastCNNError, ImageError, ModelFileError
 
 
 def _train(args):
+    from . import distributed, fileio
     from .settings import from_arguments
-    from .train import train
-    train(args.out, data_dir=args.data_dir, threads=args.threads, resume=args.resume, progress=not args.no_progress,
-          checkpoint_every=args.checkpoint_every, overwrite=args.overwrite, **from_arguments(args))
+    from .train import check_writable, train
+    lock = contextlib.nullcontext()
+    if distributed.world().is_root:  # the one process that writes --out
+        check_writable(args.out)  # (a folder that can't take it is said so, before the lock is looked for)
+        lock = fileio.exclusive(args.out, shlex.join(["fastcnn", "train", "--out", str(args.out)]))
+    with lock:
+        train(args.out, data_dir=args.data_dir, threads=args.threads, resume=args.resume,
+              progress=not args.no_progress, checkpoint_every=args.checkpoint_every, overwrite=args.overwrite,
+              **from_arguments(args))
 
 
 def _resume_command(args):
@@ -122,15 +135,15 @@ def _predict(args):
         p = model.predict(image[None])[0]
         if len(p) != len(names):
             raise ModelFileError(f"{args.model}: the model scores {len(p)} classes, {dataset} has {len(names)}")
+        if args.save_preprocessed:  # written before anything is said about it
+            save_preprocessed(image, preprocessed_path(path, *image.shape[:2]), shape)
         k = int(np.argmax(p))
         print(f"{path}: {noun}{names[k]} ({p[k]:.1%})")
         print("  " + "  ".join(f"{name}: {100 * q:5.1f}%" for name, q in zip(names, p)))
         for note in notes:
             print(f"  note: {note.message}")
         if args.save_preprocessed:
-            out = preprocessed_path(path, *image.shape[:2])
-            save_preprocessed(image, out, shape)
-            print(f"  the {image.shape[0]}x{image.shape[1]} it saw: {out}")
+            print(f"  the {image.shape[0]}x{image.shape[1]} it saw: {preprocessed_path(path, *image.shape[:2])}")
     return 2 if failed else 0
 
 
@@ -163,6 +176,12 @@ def _evaluate(args):
         x, y = load_dataset(dataset, "test", args.data_dir)
         about = f"{dataset} images"
     result = evaluate(model, x, y, classes=len(names))
+    if args.plot or args.confusion:  # the pictures are drawn before anything is printed
+        from .plots import plot_confusion, plot_errors
+        if args.plot:
+            plot_errors(args.plot, x, y, result["predicted"], result["probabilities"], names)
+        if args.confusion:
+            plot_confusion(args.confusion, result["confusion"], names)
     print(f"test accuracy {result['accuracy']:.4f} on {len(y):,} {about}")
     width = max(12, *map(len, names))
     for name, acc in zip(names, result["per_class"]):
@@ -170,14 +189,10 @@ def _evaluate(args):
     print("confusion matrix (rows: true, columns: predicted):")
     for row in result["confusion"]:
         print("  " + " ".join(f"{v:5d}" for v in row))
-    if args.plot or args.confusion:
-        from .plots import plot_confusion, plot_errors
-        if args.plot:
-            plot_errors(args.plot, x, y, result["predicted"], result["probabilities"], names)
-            print(f"wrong guesses: {args.plot}")
-        if args.confusion:
-            plot_confusion(args.confusion, result["confusion"], names)
-            print(f"confusion matrix: {args.confusion}")
+    if args.plot:
+        print(f"wrong guesses: {args.plot}")
+    if args.confusion:
+        print(f"confusion matrix: {args.confusion}")
 
 
 def _folder_test_set(args, model, names, settings):
@@ -261,8 +276,19 @@ def _serve(args):
     except ImportError as e:
         raise FastCNNError(f"serving the page needs the web extra ({e.name} is missing): "
                            f"pip install 'fastcnn[web]'") from None
+    from .settings import server_limits_from_arguments
+    limits = server_limits_from_arguments(args)  # checked before the model is loaded
     model, _, names, own, _ = _model_and_classes(args)
-    serve(model, host=args.host, port=args.port, classes=names, model_name=args.model, folder=own)
+    serve(model, host=args.host, port=args.port, classes=names, model_name=args.model, limits=limits,
+          quiet=args.quiet, folder=own)
+
+
+def _port(text):
+    """A ``--port``: 1-65535, or 0 for any free one."""
+    port = int(text) if text.strip().isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535 (0: any free one), got {text!r}")
+    return port
 
 
 def _export(args):
@@ -301,6 +327,7 @@ def parser():
     from .architectures import ARCHITECTURES
     from .data import DATASETS
     from .settings import add_arguments as add_settings
+    from .settings import add_server_arguments
     p = argparse.ArgumentParser(prog="fastcnn", description="A small, fast CNN engine for the CPU.")
     p.add_argument("--version", action="version", version=f"fastcnn {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -355,7 +382,9 @@ def parser():
                                    "model reads, and POST /predict (the picture's bytes as the body).")
     s.add_argument("model", help=model_help)
     s.add_argument("--host", default="127.0.0.1", help="address to listen on, default 127.0.0.1 (this machine only)")
-    s.add_argument("--port", type=int, default=8000, help="default 8000")
+    s.add_argument("--port", type=_port, default=8000, help="1-65535, default 8000 (0: any free one)")
+    s.add_argument("--quiet", action="store_true", help="no line per request on stderr (warnings only)")
+    add_server_arguments(s)
     s.set_defaults(run=_serve)
 
     c = sub.add_parser("compile", help="compile the kernels of the named networks now, once for every later run",
@@ -386,22 +415,49 @@ def parser():
 def main(argv=None):
     # Under mpiexec a process that leaves on an error ends the others (abort_if_parallel): they
     # may be waiting for it. A TrainingInterrupted is agreed on by all; rank 0 alone says so.
-    from .distributed import abort_if_parallel, this_process, world
-    from .train import TrainingInterrupted
-    args = parser().parse_args(argv)
+    try:
+        from .distributed import abort_if_parallel, this_process, world
+        from .train import TrainingInterrupted
+        args = parser().parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the modules load
+        _say("fastcnn: interrupted")
+        return 130
     try:
         status = args.run(args)
+    except BrokenPipeError:  # before OSError: the reader of our output has gone (| head)
+        return _closed_pipe()
     except (FastCNNError, OSError) as e:  # OSError: a file not written after all (disk full, ...)
-        print(f"fastcnn {args.command}{this_process()}: error: {e}", file=sys.stderr)
+        _say(f"fastcnn {args.command}{this_process()}: error: {e}")
         return abort_if_parallel(2)
     except TrainingInterrupted as e:
         if world().is_root:
-            print(f"fastcnn {args.command}: {e}; resume with: {_resume_command(args)}", file=sys.stderr)
+            _say(f"fastcnn {args.command}: {e}; resume with: {_resume_command(args)}")
         return e.exit_status
     except KeyboardInterrupt:
-        print(f"fastcnn {args.command}{this_process()}: interrupted", file=sys.stderr)
+        _say(f"fastcnn {args.command}{this_process()}: interrupted")
         return abort_if_parallel(130)
     return status or 0
+
+
+def _say(line):
+    """A line on stderr, unless stderr is a closed pipe too."""
+    with contextlib.suppress(BrokenPipeError):
+        print(line, file=sys.stderr, flush=True)
+
+
+def _closed_pipe():
+    """The end of a command whose output was closed (``fastcnn history m.npz | head -1``): quiet,
+    with the status of a Unix tool killed by SIGPIPE. The closed stream is pointed at /dev/null
+    first, or Python would complain when it flushes it on the way out."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        except (OSError, ValueError):
+            pass
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -33,6 +33,10 @@ class ImageError(FastCNNError, ValueError):
     to be a sane input."""
 
 
+class UsageError(FastCNNError, RuntimeError):
+    """A method called when it cannot be: ``backward`` with no ``forward`` in training mode before it."""
+
+
 class ExportError(FastCNNError, ValueError):
     """A model cannot be exported as asked (a layer the exporter does not know, an output file
     that exists or cannot be written)."""

@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import FastCNNError
+
 
 # The process's umask, read once at import (reading it means setting it, which is not thread-safe).
 _UMASK = os.umask(0o022)
@@ -47,8 +49,9 @@ def atomic_write(path, mode="wb"):
 def check_writable(path, need=0):
     """Raise ``OSError`` now if :func:`atomic_write` to ``path`` would fail later.
 
-    Creates the folder if needed, then writes and syncs a small probe file there (a read-only or
-    full disk fails at that point), and checks ``need`` bytes are free for the new file.
+    Creates the folder if needed, then writes and syncs a small probe file there, named as the
+    temporary file will be (a read-only or full disk, or a name too long, fails at that point),
+    and checks ``need`` bytes are free for the new file.
     """
     path = Path(path)
     if path.is_dir():
@@ -58,10 +61,16 @@ def check_writable(path, need=0):
     if not existing.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file, not a folder", str(path))
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=folder) as probe:
-        probe.write(bytes(4096))
-        probe.flush()
-        os.fsync(probe.fileno())
+    # The probe is named as atomic_write's temporary file will be (14 characters longer than the
+    # file's own name), so a name too long for the folder fails now, not when the work is done.
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(bytes(4096))
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        os.unlink(probe)
     free = shutil.disk_usage(folder).free
     if free < need:
         raise OSError(errno.ENOSPC, f"{need:,} bytes needed, {free:,} free", str(folder))
@@ -78,3 +87,77 @@ def remove_stale_temps(path):
     for tmp in stale_temps(path):
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+# --- one writer per file ---------------------------------------------------------------------------
+
+_HELD = {}  # lock path -> [open file, depth]: this process's locks (taking one twice is fine)
+
+
+class FileLocked(FastCNNError):
+    """Another process is writing the file (see :func:`exclusive`)."""
+
+
+def lock_path(path):
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
+@contextlib.contextmanager
+def exclusive(path, holder):
+    """Hold the lock on writing ``path`` (``.NAME.lock`` beside it) while the block runs, or raise
+    :class:`FileLocked` naming the process that holds it. ``holder`` says who takes it (a command
+    line), for that message.
+
+    The lock is ``flock``'s: the system drops it when its process ends however it ends, so a killed
+    run leaves no stale lock, only the empty file (reused by the next). Where there is no ``flock``
+    (Windows), the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock = lock_path(path)
+    key = os.path.abspath(lock)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    while True:
+        f = open(lock, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            who = f.read().strip() or "another process"
+            f.close()
+            raise FileLocked(f"{path} is being written by process {who}; wait for it to finish or stop "
+                             f"it, or choose another file") from None
+        except BaseException:
+            f.close()
+            raise
+        # The file may have been removed (and made anew) by the holder between our open and lock:
+        # then the lock is on a file nobody else will look at; take the new one.
+        try:
+            same = os.path.samestat(os.fstat(f.fileno()), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()} ({holder})\n")
+        f.flush()
+        _HELD[key] = [f, 1]
+        yield
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)  # still holding it: whoever opens the old file next sees it gone
+        f.close()

@@ -310,21 +310,22 @@ def _pictures(folder, root, ignored):
 # --- reading one picture ------------------------------------------------------------------------
 
 
-def read_picture(source, image_size, color):
+def read_picture(source, image_size, color, *, budget=None):
     """One picture (a path or a binary file) as uint8 (H, W, C), as image folders read it: upright
     (EXIF), transparency on white, 16-bit grey scaled to 8 bits, then converted to grey (C = 1) or
     RGB (C = 3) and resized to ``image_size`` (H, W) with Lanczos filtering. ``ImageError`` if it
-    can't be read."""
+    can't be read. ``budget``: a server's bound on decoded pictures (see ``image._read``)."""
     h, w = _check_size(image_size)
     if color not in COLORS:
         raise ShapeError(f"color: expected one of {', '.join(COLORS)}, got {color!r}")
     side = max(h, w)  # EXIF may turn the picture: a draft at least this large either way
-    return _read(source, lambda im: _pixels(im, h, w, color), draft=(side, side))
+    return _read(source, lambda im: _pixels(im, h, w, color), budget=budget, draft=(side, side))
 
 
-def load_picture(source, image_size, color):
-    """:func:`read_picture` as float32 in [0, 1]: what a model trained on an image folder takes."""
-    return read_picture(source, image_size, color).astype(np.float32) / 255
+def load_picture(source, image_size, color, *, budget=None, notes=None):
+    """:func:`read_picture` as float32 in [0, 1]: what a model trained on an image folder takes
+    (``notes``, as ``image.load_digit``'s: nothing to note here)."""
+    return read_picture(source, image_size, color, budget=budget).astype(np.float32) / 255
 
 
 def _pixels(im, h, w, color):

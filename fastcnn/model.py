@@ -12,7 +12,7 @@ import weakref
 import numpy as np
 
 from . import backends
-from .errors import ShapeError
+from .errors import ShapeError, UsageError
 from .kernels import checks
 from .layers import AvgPool2D, BatchNorm1D, BatchNorm2D, Dropout, Flatten, Layer, MaxPool2D, ReLU
 from .plan import EVALUATION, Plan, Run
@@ -160,12 +160,18 @@ class Sequential:
         return logits.copy()  # the workspace's buffer is overwritten by the next batch
 
     def backward(self, dlogits):
-        """Fill every layer's ``grads`` from the gradient of the loss w.r.t. the logits."""
+        """Fill every layer's ``grads`` from the gradient of the loss w.r.t. the logits: finite,
+        of the logits' shape, once per ``forward`` in training mode (``UsageError`` otherwise)."""
         if self._pending is None:
-            raise RuntimeError("backward() needs a forward() in training mode first (model.train())")
+            raise UsageError("backward() needs a forward() in training mode just before it (model.train(), then "
+                             "forward), and takes one gradient per forward")
         plan, ws = self._pending
         dlogits = checks.array("dlogits", dlogits, 1 + len(plan.output_shape), np.float32)
         checks.same_shape("dlogits", dlogits, ws[-1]["dlogits"].shape, "the logits' shape")
+        if not np.isfinite(dlogits).all():
+            bad = np.argwhere(~np.isfinite(dlogits))[0]
+            raise ShapeError(f"dlogits: holds {dlogits[tuple(bad)]} at {tuple(int(i) for i in bad)}; NaN or Inf "
+                             f"would make every gradient NaN (did the loss overflow?)")
         self._pending = None
         plan.backward(dlogits, ws)
 

@@ -16,6 +16,8 @@ from .errors import ShapeError
 from .kernels.checks import non_negative_int, number
 from .schedules import Constant, InverseTime, schedule_from_config, schedule_name
 
+_F32 = float(np.finfo(np.float32).max)  # the kernels compute in float32: larger would be Inf there
+
 
 class Optimizer:
     """What every optimizer has: the model, ``lr``, ``weight_decay``, ``schedule``, ``steps``
@@ -26,8 +28,9 @@ class Optimizer:
         if not isinstance(model, Sequential):
             raise ShapeError(f"model: expected a fastcnn Sequential, got {type(model).__name__}")
         self.model = model
-        self.lr = number("lr", lr, lambda v: v > 0, "a learning rate > 0")
-        self.weight_decay = number("weight_decay", weight_decay, lambda v: v >= 0, "a value >= 0")
+        self.lr = number("lr", lr, lambda v: 0 < v <= _F32, "a learning rate > 0 (that float32 holds)")
+        self.weight_decay = number("weight_decay", weight_decay, lambda v: 0 <= v <= _F32,
+                                   "a value >= 0 (that float32 holds)")
         if not callable(schedule) or not hasattr(schedule, "config"):
             raise ShapeError(f"schedule: expected one of fastcnn.schedules' schedules, got {schedule!r}")
         self.schedule = schedule
@@ -88,7 +91,7 @@ class Adam(Optimizer):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ShapeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
         self.betas = tuple(number("betas", b, lambda v: 0 <= v < 1, "values in [0, 1)") for b in betas)
-        self.eps = number("eps", eps, lambda v: v > 0, "a value > 0")
+        self.eps = number("eps", eps, lambda v: 0 < v <= _F32, "a value > 0 (that float32 holds)")
 
     def hyperparameters(self):
         return {"betas": list(self.betas), "eps": self.eps}

@@ -24,6 +24,7 @@ Before its first pass of each mode a plan has the kernels it will call compiled,
 saying so (``compiling.prepare``), found by a rehearsal of the pass (``rehearse``).
 """
 
+import os
 import threading
 from typing import NamedTuple
 
@@ -542,6 +543,28 @@ def _steps(layers, shapes, patterns):
     return steps
 
 
+def free_memory():
+    """Bytes of memory free for new allocations now (Linux's MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(n, nbytes):
+    free = free_memory() if nbytes > 2**28 else None  # below 256 MB, not worth the look
+    if free is not None and nbytes > free:
+        raise ShapeError(f"batch_size: a batch of {n:,} needs {nbytes / 2**30:,.1f} GiB for the network's "
+                         f"activations and gradients, and {free / 2**30:,.1f} GiB of memory is free; use a smaller batch")
+
+
 class Plan:
     """The steps for ``layers`` on examples of ``example_shape``, run with ``kernels``."""
 
@@ -566,7 +589,9 @@ class Plan:
         self.prepared = set()  # the modes (training: True) whose kernels compiling.prepare has seen to
 
     def workspace(self, n, train):
-        """The buffers of every step for a batch of ``n``, made on first use and then reused."""
+        """The buffers of every step for a batch of ``n``, made on first use and then reused; a
+        batch whose buffers would not fit in the memory free now is refused (``ShapeError``)
+        before anything is allocated."""
         cache = self._train if train else self._infer.__dict__.setdefault("cache", {})
         ws = cache.pop(n, None)
         if ws is None:
@@ -577,11 +602,12 @@ class Plan:
         return ws
 
     def _new_workspace(self, n, train):
-        ws = [{name: np.empty(shape, dtype) for name, (shape, dtype) in step.buffers(n, train).items()}
-              for step in (self.steps if train else self.inference_steps)]
+        need = [step.buffers(n, train) for step in (self.steps if train else self.inference_steps)]
         if train:
-            ws.append({"dlogits": np.empty((n, *self.output_shape), np.float32), "row_loss": np.empty(n, np.float32)})
-        return ws
+            need.append({"dlogits": ((n, *self.output_shape), np.float32), "row_loss": ((n,), np.float32)})
+        _check_memory(n, sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
+                             for buffers in need for shape, dtype in buffers.values()))
+        return [{name: np.empty(shape, dtype) for name, (shape, dtype) in buffers.items()} for buffers in need]
 
     def rehearse(self, train, n=2):
         """A pass of ``train``'s mode (a training step: forward, loss, backward) on ``n`` zero images,

@@ -19,6 +19,7 @@ from .kernels import checks
 from .schedules import SCHEDULES
 
 OPTIMIZERS = ("sgd", "adam")
+DIVERGENCE = 10.0  # a run stops when its smoothed loss stays above this many times its start (train.Divergence)
 
 
 VALIDATIONS = ("split", "test")  # and "end", the held-out end of the training set, for runs of fastcnn 0.2
@@ -78,6 +79,9 @@ class Settings:
     monitor: Optional[str] = _setting("what --keep-best, --early-stopping and --reduce-lr-on-plateau watch "
                                       "(default val_loss)", str, MONITORS)
     seed: Optional[int] = _setting("initial weights, shuffling, the held-out split and dropout (default 0)", int)
+    divergence: Optional[float] = _setting(f"stop when the loss, smoothed, stays above this many times its start "
+                                           f"(at least 1) for 20 steps (default {DIVERGENCE:g}; 0: only a NaN or "
+                                           f"Inf loss stops the run)", float, resumable=True)
 
     def __post_init__(self):
         if isinstance(self.image_size, list):  # from JSON (a checkpoint) or argparse
@@ -93,7 +97,7 @@ class Settings:
             raise ShapeError(f"data: a folder of pictures ({self.data}) and a dataset ({self.dataset}) were both "
                              f"given; give one")
         recipe = dict(ARCHITECTURES[self.model].recipe, validation="split", keep_best=False, monitor="val_loss",
-                      seed=0)
+                      seed=0, divergence=DIVERGENCE)
         if self.data is not None:
             del recipe["dataset"]
         if self.optimizer == "adam" and recipe["optimizer"] != "adam":
@@ -138,6 +142,8 @@ class Settings:
         checks.number("decay", self.decay, lambda v: v >= 0, "a value >= 0")
         checks.number("weight_decay", self.weight_decay, lambda v: v >= 0, "a value >= 0")
         checks.number("validation_split", self.validation_split, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+        checks.number("divergence", self.divergence, lambda v: v == 0 or v > 1, "a factor > 1, or 0 to turn the "
+                                                                                 "check off")
 
     def relevant(self):
         """The settings that shaped this run (SGD's momentum is no part of an Adam run, ...)."""
@@ -212,3 +218,51 @@ def from_checkpoint(saved):
     if "validation" not in saved:  # fastcnn 0.2
         saved["validation"] = "end" if saved.get("validation_split") else "test"
     return Settings(**saved).resolved(strict=False)
+
+
+def _limit(help, default, type):
+    return field(default=default, metadata={"help": help, "type": type})
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What ``fastcnn serve`` takes on at most; each field is a ``fastcnn serve`` option. With the
+    defaults a server on a 2-core machine stays under 500 MB whatever it is sent (README: Serving)."""
+
+    max_upload: int = _limit("largest request body in bytes, chunked uploads included (default 25,000,000)",
+                             25_000_000, int)
+    max_connections: int = _limit("open connections at most; more wait to be accepted (default 100)", 100, int)
+    threads: int = _limit("requests worked on at once (default 4)", 4, int)
+    request_timeout: float = _limit("seconds to receive a whole request; a slower one is cut off (default 30)",
+                                    30.0, float)
+    idle_timeout: float = _limit("seconds a connection may stay silent between requests (default 15)", 15.0, float)
+    decode_memory: int = _limit("bytes of decoded pictures in memory at once; a picture waits for its share "
+                                "(default 128 MiB; one picture takes at most 64 MiB)", 128 * 2**20, int)
+    batch_window: float = _limit("seconds a prediction waits for requests still being read, to predict them "
+                                 "together (default 0.002)", 0.002, float)
+    max_batch: int = _limit("pictures predicted together at most (default 64)", 64, int)
+
+    def __post_init__(self):
+        from .image import MAX_DECODED_BYTES
+        for name in ("max_upload", "max_connections", "threads", "max_batch"):
+            checks.positive_int(name, getattr(self, name))
+        for name in ("request_timeout", "idle_timeout"):
+            checks.number(name, getattr(self, name), lambda v: v > 0, "a number of seconds > 0")
+        checks.number("batch_window", self.batch_window, lambda v: 0 <= v <= 1, "a number of seconds in [0, 1]")
+        checks.positive_int("decode_memory", self.decode_memory)
+        if self.decode_memory < MAX_DECODED_BYTES:
+            raise ShapeError(f"decode_memory: expected at least {MAX_DECODED_BYTES:,} bytes (one picture's "
+                             f"most), got {self.decode_memory:,}")
+
+
+def add_server_arguments(parser):
+    """One ``--option`` per field of ``ServerLimits`` (``max_upload``: ``--max-upload``)."""
+    for f in dataclasses.fields(ServerLimits):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=f.metadata["type"], default=None,
+                            help=f.metadata["help"])
+
+
+def server_limits_from_arguments(args):
+    """The ``ServerLimits`` an ``argparse`` namespace made by ``add_server_arguments`` holds."""
+    return ServerLimits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerLimits)
+                           if getattr(args, f.name) is not None})

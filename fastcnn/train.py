@@ -35,7 +35,7 @@ from .folders import row_reader
 from .inference import check_batch
 from .kernels import checks
 from .optim import Optimizer
-from .settings import DEFAULT_VALIDATION_SPLIT
+from .settings import DEFAULT_VALIDATION_SPLIT, DIVERGENCE
 
 
 VALIDATION_SPLIT = DEFAULT_VALIDATION_SPLIT  # held out of the training data by default: 1/12, MNIST's 5,000
@@ -43,7 +43,45 @@ _HOLDOUT_STREAM = 2**32 - 1  # the seed's random stream for the held-out rows (e
 
 
 class TrainingDiverged(FastCNNError, FloatingPointError):
-    """The loss, or the weights, became NaN or Inf."""
+    """The loss, or the weights, became NaN or Inf, or the loss ran away (see ``Divergence``)."""
+
+
+class Divergence:
+    """Stops a run whose loss has run away, before it wastes the rest of its time.
+
+    NaN or Inf stops it at once. Otherwise the loss, smoothed over about ten steps, is compared
+    with its value at the run's first step (at least 1: a loss that starts near 0, as a resumed
+    run's may, is not held to a tenth of nothing): above ``factor`` times that for ``PATIENCE``
+    steps in a row, the run stops with the step and the advice. ``factor`` 0 (or None) leaves only
+    the NaN check. (A NaN gradient shows as a NaN loss the step after; no NaN is ever saved.)
+    """
+
+    PATIENCE = 20
+    DEFAULT = DIVERGENCE
+
+    def __init__(self, factor=DEFAULT):
+        self.factor = checks.number("divergence", 0.0 if factor is None else factor,
+                                    lambda v: v == 0 or v > 1, "a factor > 1, or 0 to turn the check off")
+        self.start = self.smoothed = None
+        self.above = 0
+
+    def check(self, loss, optimizer, where):
+        """Raise ``TrainingDiverged`` if ``loss`` (of the step about to be taken) says so."""
+        advice = (f"the learning rate {optimizer.lr:g} is probably too high; try {optimizer.lr / 10:g}")
+        if not np.isfinite(loss):
+            raise TrainingDiverged(f"the loss became {loss} at step {optimizer.steps + 1} ({where}); {advice}")
+        if not self.factor:
+            return
+        loss = float(loss)  # (Python's floats: a huge factor makes inf, not a NumPy overflow warning)
+        if self.start is None:
+            self.start = self.smoothed = loss
+        self.smoothed = 0.9 * self.smoothed + 0.1 * loss
+        self.above = self.above + 1 if self.smoothed > self.factor * max(self.start, 1.0) else 0
+        if self.above >= self.PATIENCE:
+            raise TrainingDiverged(
+                f"the loss ran away: from {self.start:.4g} at the run's first step to {loss:.4g} at step "
+                f"{optimizer.steps + 1} ({where}), above {self.factor:g} times the start for {self.PATIENCE} "
+                f"steps; {advice} (--divergence 0 turns this check off)")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -155,6 +193,34 @@ def _stop_on_signals():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
 
 
+class _ProgressOutput:
+    """stderr for the progress bar. If it is a closed pipe (``fastcnn train 2>&1 | head``), the
+    bar goes quiet and the run stops at the next batch boundary, saved there, as for a signal
+    (SIGPIPE, the one a Unix tool would die of), instead of losing the epoch to an exception."""
+
+    def __init__(self, caught):
+        self.caught = caught
+
+    def write(self, text):
+        try:
+            return sys.stderr.write(text)
+        except BrokenPipeError:
+            self._closed()
+
+    def flush(self):
+        try:
+            sys.stderr.flush()
+        except BrokenPipeError:
+            self._closed()
+
+    def _closed(self):
+        if signal.SIGPIPE not in self.caught:
+            self.caught.append(signal.SIGPIPE)
+
+    def __getattr__(self, name):  # isatty, fileno, encoding: stderr's
+        return getattr(sys.stderr, name)
+
+
 def _save(out, model, optimizer, state, callbacks=()):
     """Write a checkpoint (with the callbacks' states), unless the weights hold NaN or Inf: then
     the last good one stays."""
@@ -182,7 +248,8 @@ def _interrupted(signum, steps, epochs, batches, out, state):
 
 
 def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, seed=0, validation_split=None,
-        test=None, callbacks=None, classes=None, out=None, training=None, progress=True, checkpoint_every=None):
+        test=None, callbacks=None, classes=None, out=None, training=None, progress=True, checkpoint_every=None,
+        divergence=DIVERGENCE):
     """Train ``model`` with ``optimizer`` on ``train`` = (images, labels); returns the history.
 
     Images are float32 (N, H, W, C) that fit the model, finite and scaled to about [0, 1], or
@@ -213,7 +280,9 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     the callbacks' states too. The model, optimizer and state are written to ``out`` after every
     epoch, and also every ``checkpoint_every`` batches if given. SIGINT or SIGTERM stops training
     at the next batch boundary, writes ``out`` there and raises ``TrainingInterrupted``. A NaN or
-    Inf loss raises ``TrainingDiverged`` at that step.
+    Inf loss raises ``TrainingDiverged`` at that step, and so does a loss that stays above
+    ``divergence`` times its start (see ``Divergence``; 0 turns that off). The checkpoint is written
+    before the epoch's line is printed, so a closed output loses nothing.
 
     Started by mpiexec, the processes train one model data-parallel (``fastcnn.distributed``):
     ``batch_size`` is the global batch, each process takes its contiguous slice of every batch,
@@ -226,6 +295,7 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     callbacks = check_callbacks(callbacks)
     x_train, y_train, rows, val = data.x, data.y, data.rows, data.validation
     n = len(x_train) if rows is None else len(rows)
+    watch = Divergence(divergence)
     world = distributed.world()  # data parallel under mpiexec; one process: does nothing
     world.check_batches(n, batch_size)
     for a in (model.parameters, *optimizer.state.values(), *(b for _, b in model.named_buffers())):
@@ -250,8 +320,8 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     for c in callbacks:
         c.on_train_begin()
     shape = x_train.shape[1:]
-    x = np.empty((batch_size, *shape), np.float32)  # the batch, gathered in place
-    raw = np.empty((batch_size, *shape), np.uint8) if x_train.dtype == np.uint8 else None  # before scaling
+    x = np.empty((min(batch_size, n), *shape), np.float32)  # the batch, gathered in place
+    raw = np.empty((min(batch_size, n), *shape), np.uint8) if x_train.dtype == np.uint8 else None  # before scaling
     plan = model.plan(shape)  # the data were checked above: the plan runs them as they are
     compiling.prepare(plan, (True, False) if val is not None else (True,), optimizer, say=world.is_root)
     take = row_reader(x_train)  # a memory-mapped image folder: rows read from its file
@@ -264,7 +334,8 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
                 order = rows[order]
             loss_sum, correct, seen, seconds = state["totals"]
             bar = tqdm(total=batches, initial=state["batch"], desc=f"Epoch {epoch + 1}/{epochs}",
-                       disable=not progress, leave=False, unit="batch", dynamic_ncols=True)
+                       disable=not progress, leave=False, unit="batch", dynamic_ncols=True,
+                       file=_ProgressOutput(caught))
             start = time.perf_counter() - seconds
             first = state["batch"]
             if first == 0:
@@ -289,10 +360,7 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
                 world.allreduce_gradients(model.gradients, len(y), len(batch_rows))
                 step_loss, step_correct = world.sum([loss * len(y), (logits.argmax(axis=1) == y).sum()])
                 loss = step_loss / len(batch_rows)
-                if not np.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"the loss became {loss} at step {optimizer.steps + 1} (epoch {epoch + 1}, batch {b + 1}); "
-                        f"the learning rate {optimizer.lr:g} is probably too high")
+                watch.check(loss, optimizer, f"epoch {epoch + 1}, batch {b + 1}")
                 optimizer.step()
                 loss_sum += step_loss
                 correct += int(step_correct)
@@ -321,16 +389,17 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
                       "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds, "samples_per_s": seen / seconds}
             state["history"].append(record)
             state.update(epoch=epoch + 1, batch=0, totals=fresh_state()["totals"])
-            checked = f"  val loss {val_loss:.4f}  val acc {val_acc:.4f}" if val_acc is not None else ""
-            print(f"Epoch {epoch + 1}/{epochs}  loss {record['loss']:.4f}  train acc {record['train_acc']:.4f}"
-                  f"{checked}  {seconds:.1f} s  {record['samples_per_s']:,.0f} samples/s", flush=True)
             for c in callbacks:
                 c.on_epoch_end(epoch + 1, record)
             if run.stop_reason:
                 state["stopped"] = {"epoch": epoch + 1, "reason": run.stop_reason}
-                print(f"Stopped after epoch {epoch + 1}: {run.stop_reason}", flush=True)
-            if out is not None:
+            if out is not None:  # saved before it is said: a closed output (| head) then loses nothing
                 _save(out, model, optimizer, state, callbacks)
+            checked = f"  val loss {val_loss:.4f}  val acc {val_acc:.4f}" if val_acc is not None else ""
+            print(f"Epoch {epoch + 1}/{epochs}  loss {record['loss']:.4f}  train acc {record['train_acc']:.4f}"
+                  f"{checked}  {seconds:.1f} s  {record['samples_per_s']:,.0f} samples/s", flush=True)
+            if run.stop_reason:
+                print(f"Stopped after epoch {epoch + 1}: {run.stop_reason}", flush=True)
     if not trained:
         return state["history"]
     run.weights_epoch = state["epoch"]
@@ -644,7 +713,8 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
                   batch_size=settings.batch_size, seed=settings.seed, validation_split=validating.split,
                   test=validating.test,
                   callbacks=callbacks, classes=data.classes, out=last if settings.keep_best else out,
-                  training=state, progress=progress, checkpoint_every=checkpoint_every)
+                  training=state, progress=progress, checkpoint_every=checkpoint_every,
+                  divergence=settings.divergence)
     if history and world.is_root:
         print(_saved_message(out, last, settings, state, callbacks, data))
     elif not history:

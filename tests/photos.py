@@ -152,6 +152,21 @@ CONDITIONS = {
 }
 
 
+def page_drawing(digit, pad=280, frame=420):
+    """The bytes the web page sends for ``digit`` drawn on its pad: black strokes with an
+    anti-aliased edge on a white ``pad`` x ``pad`` canvas, in a white ``frame`` x ``frame`` margin,
+    as an opaque RGBA PNG (what a canvas's ``toBlob`` gives). The strokes are the MNIST digit's
+    shape at the pad's scale: 20 to 30 pixels wide, as the page's 22-pixel pen makes them."""
+    big = Image.fromarray(np.asarray(digit[..., 0], np.float32)).resize((2 * pad, 2 * pad), Image.Resampling.BICUBIC)
+    shape = Image.fromarray((np.asarray(big) > 0.4).astype(np.float32)).resize((pad, pad), Image.Resampling.BOX)
+    page = np.full((frame, frame), 255, np.uint8)
+    at = (frame - pad) // 2
+    page[at:at + pad, at:at + pad] = np.round(255 * (1 - np.clip(np.asarray(shape), 0, 1)))
+    buf = io.BytesIO()
+    Image.fromarray(np.dstack([page, page, page, np.full_like(page, 255)]), "RGBA").save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def to_uint8(page):
     return np.round(np.clip(page, 0, 1) * 255).astype(np.uint8)
 

@@ -1,5 +1,6 @@
 """Tests of fastcnn.image: reading a user's picture and reshaping it like an MNIST digit."""
 
+import contextlib
 import io
 import os
 import struct
@@ -249,3 +250,124 @@ def test_real_mnist_digits_come_back_unchanged():
     mean = np.array([np.abs(image.preprocess_digit(d) - d).mean() for d in x[:100]])
     assert (worst <= image.INK_THRESHOLD + 1e-6).mean() >= 0.95  # only faint edge pixels differ
     assert np.median(mean) < 0.003
+
+
+# --- clean drawings: a short way to the same digit ---------------------------------------------
+
+def framed(im, frame=420, value=255):
+    """``im`` (a drawing) in the middle of a ``frame`` x ``frame`` page of ``value``, as the web page frames its pad."""
+    page = Image.new(im.mode, (frame, frame), value)
+    page.paste(im, ((frame - im.width) // 2, (frame - im.height) // 2))
+    return page
+
+
+def thin_seven():
+    im = Image.new("L", (280, 280), 255)
+    ImageDraw.Draw(im).line([(30, 20), (250, 20), (120, 270)], fill=0, width=3)
+    return im
+
+
+def with_a_speck():
+    im = draw_digit((280, 280))
+    ImageDraw.Draw(im).ellipse([(230, 240), (236, 246)], fill=0)
+    return im
+
+
+def canvas_png(im):
+    """``im`` as the page's canvas sends it: an opaque RGBA PNG, read back."""
+    buf = io.BytesIO()
+    im.convert("RGBA").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+CLEAN = {
+    "the page's pad": lambda: framed(draw_digit((280, 280))),
+    "a thin pen": lambda: framed(thin_seven()),
+    "a speck beside it": lambda: framed(with_a_speck()),
+    "a small page": lambda: framed(draw_digit((150, 150)), frame=190),
+    "grey paper": lambda: framed(draw_digit((280, 280), ink=40, paper=200), value=200),
+}
+
+
+def full_search(monkeypatch, picture):
+    with monkeypatch.context() as m:
+        m.setattr(image, "_clean_drawing", lambda pixels: None)
+        return image.preprocess_digit(picture)
+
+
+@pytest.mark.parametrize("case", CLEAN)
+def test_a_clean_drawing_is_read_as_the_full_search_reads_it(case, monkeypatch):
+    data_ = canvas_png(CLEAN[case]())
+    picture = image._read(io.BytesIO(data_), image._to_pixels)
+    assert picture.shape[2] == 1  # an opaque grey RGBA canvas is read as one grey channel
+    assert image._clean_drawing(picture) is not None  # the short way is taken
+    short = image.load_digit(io.BytesIO(data_))
+    np.testing.assert_allclose(short, full_search(monkeypatch, picture), atol=1e-6)
+    assert short.shape == (28, 28, 1) and short.max() == pytest.approx(1.0)
+
+
+NOT_CLEAN = {
+    "sensor noise": lambda a: np.clip(a + np.random.default_rng(0).normal(0, 4, a.shape), 0, 255).astype(np.uint8),
+    "ink at the border": lambda a: np.where(np.arange(420) < 3, 0, a).astype(np.uint8),
+    "ink near the border": lambda a: np.where((np.arange(420)[:, None] == 8) & (np.arange(420) > 200), 0, a),
+    "colour": lambda a: np.dstack([a, a, np.full_like(a, 255)]),
+    "light ink on dark paper": lambda a: 255 - a,
+    "a solid blob wider than the window": lambda a: np.where(np.outer(*[abs(np.arange(420) - 210) < 75] * 2), 0, a),
+}
+
+
+@pytest.mark.parametrize("case", NOT_CLEAN)
+def test_what_is_not_a_clean_drawing_takes_the_full_search(case):
+    a = NOT_CLEAN[case](np.asarray(framed(draw_digit((280, 280)))))
+    pixels = image._as_pixels(a)
+    assert image._clean_drawing(pixels[:, :, :1] if pixels.shape[2] == 1 else pixels) is None
+
+
+def test_page_drawings_of_real_digits_are_read_as_before(monkeypatch):
+    root = os.environ.get("FASTCNN_DATA")
+    if not root or not (Path(root) / "mnist").is_dir():
+        pytest.skip("set FASTCNN_DATA to a folder with mnist/ in it to test on real digits")
+    from photos import page_drawing
+    x, _ = data.load_dataset("mnist", "test", data_dir=root, download=False)
+    for d in x[:60]:
+        content = page_drawing(d)
+        short = image.load_digit(io.BytesIO(content))
+        np.testing.assert_allclose(short, full_search(monkeypatch, image._read(io.BytesIO(content), image._to_pixels)),
+                                   atol=1e-6)
+
+
+# --- memory: known from the header, bounded before decoding ------------------------------------
+
+def test_pictures_too_large_decoded_are_refused_from_their_header():
+    from abuse import png_bomb
+    for bomb, mode in ((png_bomb(1, 39_000_000), "L"), (png_bomb(6300, 6300, 6), "RGBA"),
+                       (png_bomb(4200, 4200, 2), "RGB")):
+        assert len(bomb) < 200_000
+        with pytest.raises(ImageError, match=rf"in mode {mode} would take [\d.]+ MiB decoded, expected at most 64 MiB"):
+            image.load_digit(io.BytesIO(bomb))
+
+
+def test_a_budget_is_entered_with_the_decoded_size_and_a_large_jpeg_is_decoded_shrunk():
+    taken = []
+
+    def budget(nbytes):
+        taken.append(nbytes)
+        return contextlib.nullcontext()
+
+    png = canvas_png(framed(draw_digit((280, 280))))
+    image.load_digit(io.BytesIO(png), budget=budget)
+    assert taken[-1] == image.decoded_bytes(Image.open(io.BytesIO(png))) >= 420 * 420 * 4
+    big = io.BytesIO()
+    draw_digit((280, 280)).resize((2800, 2100)).convert("RGB").save(big, format="JPEG")
+    out = image.load_digit(io.BytesIO(big.getvalue()), budget=budget)
+    assert taken[-1] < 2800 * 2100  # decoded at a quarter of its size: 700 x 525, 4 bytes a pixel
+    check_mnist_like(out)
+    image.load_photo(io.BytesIO(big.getvalue()), budget=budget)
+    assert taken[-1] < 2800 * 2100 * 4 / 16
+
+
+def test_a_very_wide_picture_is_shrunk_in_steps():
+    from abuse import png_bomb
+    wide = png_bomb(3_000_000, 3)  # 9 MB decoded: allowed; shrunk to 640 x 1 without a 3-million-wide filter
+    with pytest.raises(ImageError, match="no digit found"):
+        image.load_digit(io.BytesIO(wide))

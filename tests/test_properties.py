@@ -194,7 +194,8 @@ def model_file(folder):
     model = Sequential([Conv2D(1, 2, 3), ReLU(), MaxPool2D(2), Flatten(), Dense(2 * 13 * 13, 10)], seed=0)
     path = folder / "small.npz"
     checkpoint.save(path, model, SGD(model, 0.1), {"epoch": 1, "batch": 2, "totals": [1.5, 3, 4, 0.2],
-                                                   "history": [{"epoch": 1}], "settings": {"lr": 0.1}})
+                                                   "history": [{"epoch": 1, "loss": 2.0, "train_acc": 0.25, "val_loss": None, "val_acc": None,
+                                                                "seconds": 0.5}], "settings": {"lr": 0.1}})
     return path.read_bytes()
 
 

@@ -541,9 +541,10 @@ def test_sigkill_at_random_moments_leaves_a_loadable_checkpoint_and_loses_nothin
         assert proc.returncode == -signal.SIGKILL, f"run {kill} ended before its kill (seed {seed})"
         saved = fastcnn.load_checkpoint(out)
         assert saved.optimizer.steps == saved.training["epoch"] * 10 + saved.training["batch"]
-        # Nothing else beside the checkpoint but, if the kill hit a write, its temporary file.
+        # Nothing else beside the checkpoint but, if the kill hit a write, its temporary file, and
+        # the lock's empty file (the lock itself went with the process).
         leftovers = fileio.stale_temps(out)
-        assert {p for p in cli.root.glob(".*") if p.is_file()} <= set(leftovers) | {out}
+        assert {p for p in cli.root.glob(".*") if p.is_file()} <= set(leftovers) | {out, fileio.lock_path(out)}
         temps += len(leftovers)
         count(tried, "SIGKILLs during training survived with a loadable checkpoint")
     cli.finish(cli.train_argv(out, resume=True))

@@ -1,5 +1,6 @@
 """fastcnn serve: POST /predict answers in JSON, bad uploads get a 4xx, and the page works in Chromium."""
 
+import contextlib
 import io
 import os
 import shutil
@@ -13,6 +14,7 @@ from PIL import Image, ImageDraw
 pytest.importorskip("flask", reason="fastcnn serve needs the [web] extra: pip install -e '.[web]'")
 
 from fastcnn import serve  # noqa: E402
+from fastcnn.settings import ServerLimits  # noqa: E402
 
 from test_image import bilevel_png  # noqa: E402
 
@@ -64,9 +66,8 @@ def test_bad_uploads_get_a_4xx_with_the_reason(client, body, status, message):
     assert r.status_code == status and message in r.json["error"], r.json
 
 
-def test_too_large_uploads_and_wrong_urls(client, trained_model, monkeypatch):
-    monkeypatch.setattr(serve, "MAX_UPLOAD", 1000)
-    small = serve.create_app(trained_model[0]).test_client()
+def test_too_large_uploads_and_wrong_urls(client, trained_model):
+    small = serve.create_app(trained_model[0], limits=ServerLimits(max_upload=1000)).test_client()
     r = small.post("/predict", data=b"x" * 5000)
     assert r.status_code == 413 and "at most 1,000 bytes" in r.json["error"]
     assert client.get("/predict").status_code == 405 and client.get("/nope").status_code == 404
@@ -97,16 +98,23 @@ def browser(tmp_path):
     driver.quit()
 
 
+@contextlib.contextmanager
+def running(app, limits=ServerLimits()):
+    """``app`` served by waitress (as ``fastcnn serve`` does) on a free port, in a thread: its URL."""
+    httpd = serve.make_server(app, "127.0.0.1", 0, limits)
+    thread = threading.Thread(target=httpd.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.port}/"
+    finally:
+        httpd.stop()
+        thread.join(10)
+
+
 @pytest.fixture
 def server(trained_model):
-    from werkzeug.serving import make_server
-    model, _ = trained_model
-    httpd = make_server("127.0.0.1", 0, serve.create_app(model), threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}/"
-    httpd.shutdown()
-    thread.join(10)
+    with running(serve.create_app(trained_model[0])) as url:
+        yield url
 
 
 def draw(driver, pad, strokes):
@@ -173,15 +181,10 @@ def test_a_photo_chosen_on_the_page_is_read(browser, server, tmp_path):
 
 @pytest.fixture
 def colour_server():
-    from werkzeug.serving import make_server
     from fastcnn import data
     from test_colour import colour_model
-    httpd = make_server("127.0.0.1", 0, serve.create_app(colour_model(), data.CLASS_NAMES["cifar10"]), threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}/"
-    httpd.shutdown()
-    thread.join(10)
+    with running(serve.create_app(colour_model(), data.CLASS_NAMES["cifar10"])) as url:
+        yield url
 
 
 def test_the_page_of_a_colour_model_takes_photos(browser, colour_server, tmp_path):
@@ -226,3 +229,17 @@ def test_the_serve_command(trained_model):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_load_benchmark_in_a_short_mode(trained_model):
+    """benchmarks/serve_load.py, briefly: 4 clients for a second, every answer the in-process one."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    _, model_path = trained_model
+    run = subprocess.run([sys.executable, str(root / "benchmarks" / "serve_load.py"), str(model_path), "--clients", "4",
+                          "--seconds", "1", "--digits", "20"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "4 clients" in run.stdout and "0 errors, 0 digits read otherwise" in run.stdout
+    assert "pictures predicted in" in run.stdout  # the server's summary as it stopped

@@ -1,0 +1,22 @@
+"""The ``fastcnn`` command's entry point (``fastcnn.cli.main`` does the work).
+
+It lives outside the package on purpose: importing ``fastcnn`` loads NumPy, SciPy and Numba,
+which takes half a second, and a Ctrl-C in that half second would otherwise end in a traceback
+through the imports. Here it ends as every other interruption of the command does: one line,
+exit status 130.
+"""
+
+import sys
+
+
+def main():
+    try:
+        from fastcnn.cli import main as run
+    except KeyboardInterrupt:
+        print("fastcnn: interrupted", file=sys.stderr)
+        return 130
+    return run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
