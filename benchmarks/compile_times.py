@@ -78,8 +78,7 @@ class _Compile(event.Listener):
                            llvm=0.0, typing=0.0, parfor=0.0))
     def on_end(self, ev):
         k = _stack.pop()
-        if not _stack and k["name"].split(".")[0] in ("activations", "avgpool", "batchnorm", "conv", "conv_pool",
-                                                     "dense", "dropout", "loss", "optim", "pool"):
+        if not _stack and ev.data["dispatcher"].py_func.__module__.startswith("fastcnn.kernels."):
             cpu = time.thread_time() - k["t"]
             KERNELS[k["name"]] = {"cpu": cpu, "LLVM": k["llvm"], "typing": k["typing"], "parfor passes": k["parfor"],
                                   "other Numba": cpu - k["llvm"] - k["typing"] - k["parfor"]}

@@ -74,9 +74,6 @@ def conv_row(out, r, strip, w, b, kh_lo, kh_hi, step):
     for ow in range(OW):
         for k in range(K):
             out[r, ow, k] = b[k]
-    if w.shape[0] == 3 and kh_lo == 0 and kh_hi == 3:
-        conv_row_3x3(out, r, strip, w, triples, step)
-        return
     for kh in range(kh_lo, kh_hi):
         for j in range(0, triples, 3):
             for ow in range(OW):
@@ -92,14 +89,31 @@ def conv_row(out, r, strip, w, b, kh_lo, kh_hi, step):
 
 
 @numba.njit(inline="always")
-def conv_row_3x3(out, r, strip, w, triples, step):
-    """conv_row's taps for a kernel of three rows, all inside the image: three columns of taps of
-    all three rows at a time (nine products added into an output value per pass, not three), two
+def fill_strip3(strip, x, n, ih0, H, skip):
+    """The three input rows from ih0 of image n (x viewed as (N, H, W*C)) into strip, after
+    ``skip`` zeros; rows outside the image are zeros (so conv_row3 never asks which are in)."""
+    for kh in range(3):
+        if 0 <= ih0 + kh < H:
+            for i in range(x.shape[2]):
+                strip[kh, skip + i] = x[n, ih0 + kh, i]
+        else:
+            for i in range(x.shape[2]):
+                strip[kh, skip + i] = 0.0
+
+
+@numba.njit(inline="always")
+def conv_row3(out, r, strip, w, b, step):
+    """conv_row for a kernel of three rows (strip from fill_strip3): three columns of taps of all
+    three rows at a time (nine products added into an output value per pass, not three), two
     output pixels at a time (each weight loaded once for both). First layers (1 or 3 channels)
     ran 1.1-1.4x the row-by-row passes (measured on one thread, 28x28 and 32x32, 32 and 64 out)."""
     OW, K = out.shape[1], out.shape[2]
     KWC = w.shape[1]
+    triples = KWC - KWC % 3
     pairs = OW - OW % 2
+    for ow in range(OW):
+        for k in range(K):
+            out[r, ow, k] = b[k]
     for j in range(0, triples, 3):
         for ow in range(0, pairs, 2):
             a = np.uint64(ow * step + j)
@@ -243,6 +257,26 @@ def _conv2d_forward(y, moments, x, w, b, C, stride, pad, tasks):
             ih0, kh_lo, kh_hi = strip_rows(row - n * OH, stride, pad, KH, H)
             fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
             conv_row(y, row, strip, w, b, kh_lo, kh_hi, stride * C)
+            if stats:
+                add_moments(s1, s2, y, row, row + 1, b)
+        if stats:
+            store_moments(moments, task, s1, s2)
+
+
+@parallel_kernel
+def _conv2d_forward3(y, moments, x, w, b, C, stride, pad, tasks):
+    # _conv2d_forward for kernels of three rows (conv_row3).
+    N, H, WC = x.shape
+    K = w.shape[2]
+    OH = y.shape[0] // N
+    stats = moments.shape[0] > 0
+    for task in prange(tasks):
+        strip = np.zeros((3, WC + 2 * pad * C), np.float32)
+        s1, s2 = np.zeros(K), np.zeros(K)
+        for row in range(task * N * OH // tasks, (task + 1) * N * OH // tasks):
+            n = row // OH
+            fill_strip3(strip, x, n, (row - n * OH) * stride - pad, H, pad * C)
+            conv_row3(y, row, strip, w, b, stride * C)
             if stats:
                 add_moments(s1, s2, y, row, row + 1, b)
         if stats:
@@ -430,7 +464,8 @@ def forward_direct_into(y, sums, x, w, b, stride, pad):
     n, oh, ow, K = y.shape
     count = tasks(n * oh)
     parts = _moments(sums, K)[:count]
-    _conv2d_forward(y.reshape(n * oh, ow, K), parts, rows(x), taps(w), b, x.shape[3], stride, pad, count)
+    kernel = _conv2d_forward3 if w.shape[0] == 3 else _conv2d_forward  # three rows: nine taps a pass
+    kernel(y.reshape(n * oh, ow, K), parts, rows(x), taps(w), b, x.shape[3], stride, pad, count)
     if sums is not None:
         sums[...] = parts.sum(axis=0)
 

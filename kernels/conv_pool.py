@@ -3,12 +3,15 @@
 Legend as in conv.py and pool.py; P the pooling window, T its stride, PH/PW the pooled height and
 width. x (N, H, W, C), w (KH, KW, C, K) -> y (N, PH, PW, K) and argmax (N, PH, PW, K) int32.
 
-Forward: for each pooled row, the P convolution rows under it are computed into a scratch of
-(P, OW, K) floats that stays in cache (``conv.conv_row``), pooled, and the ReLU is applied to the
-pooled values: relu(max(v)) = max(relu(v)), with the same gradient, on 1/P^2 of the values. Only
-y and, when training, the argmax go to memory: for each output, the index ``oh * OW + ow`` in
-the convolution's output of the value it took, exactly as ``maxpool_forward`` on that output
-gives it (first maximum wins, a NaN wins).
+Forward, for a kernel of three rows and a 2x2 window (the first layers of CNNs; other shapes
+run the convolution whole, then the pool: one fused kernel per common case keeps compiling
+short): for each pooled row, the 2 convolution rows under it are computed into a scratch of
+(2, OW, K) floats that stays in cache (``conv.conv_row3``), pooled, and the ReLU is applied to the
+pooled values: relu(max(v)) = max(relu(v)), with the same gradient, on a quarter of the values.
+Only y and, when training, the argmax go to memory: for each output, the index ``oh * OW + ow``
+in the convolution's output of the value it took, exactly as ``maxpool_forward`` on that output
+gives it (first maximum wins, a NaN wins). Convolutions run by Winograd's transforms pool their
+tiles as they are made instead (``winograd.forward_relu_pool_into``).
 
 Backward: the gradient of the P convolution rows under one pooled row is rebuilt from dy, the
 ReLU (y > 0) and the argmax, and its share added to the weight gradient (``conv.weight_row``):
@@ -24,39 +27,32 @@ import numpy as np
 from numba import prange
 
 from . import algorithms, checks, winograd
-from .conv import (add_partials, conv2d_backward_into, conv2d_forward_into, conv_row, fill_strip, partials, rows,
-                   strip_rows, taps, tasks, weight_row, zero_partials)
+from .conv import (add_partials, conv2d_backward_into, conv2d_forward_into, conv_row3, fill_strip, fill_strip3,
+                   partials, rows, strip_rows, taps, tasks, weight_row, zero_partials)
 from .dense import relu_backward_into, relu_forward_into
 from .jit import parallel_kernel
-from .pool import (check_window_argmax, maxpool_backward_into, maxpool_forward_into, pool_window,
-                   pool_window_2x2_relu)
+from .pool import check_window_argmax, maxpool_backward_into, maxpool_forward_into, pool_window_2x2_relu
 
 
 @parallel_kernel
-def _conv_relu_pool_forward(y, argmax, x, w, b, C, stride, pad, OW, size, pool_stride, save_argmax, tasks):
-    # Each task owns a contiguous range of pooled rows (n, ph).
+def _conv_relu_pool_forward(y, argmax, x, w, b, C, stride, pad, OW, pool_stride, save_argmax, tasks):
+    # A convolution of three kernel rows and a 2x2 window (other shapes are not fused: see
+    # conv_relu_pool_forward_into). Each task owns a contiguous range of pooled rows (n, ph).
     N, H, WC = x.shape
-    KH, _, K = w.shape
+    K = w.shape[2]
     PH, PW = y.shape[1], y.shape[2]
     for task in prange(tasks):
-        strip = np.zeros((KH, WC + 2 * pad * C), np.float32)
-        conv = np.empty((size, OW, K), np.float32)
+        strip = np.zeros((3, WC + 2 * pad * C), np.float32)
+        conv = np.empty((2, OW, K), np.float32)
         for prow in range(task * N * PH // tasks, (task + 1) * N * PH // tasks):
             n = prow // PH
             ph = prow - n * PH
             oh0 = ph * pool_stride
-            for s in range(size):
-                ih0, kh_lo, kh_hi = strip_rows(oh0 + s, stride, pad, KH, H)
-                fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
-                conv_row(conv, s, strip, w, b, kh_lo, kh_hi, stride * C)
+            for s in range(2):
+                fill_strip3(strip, x, n, (oh0 + s) * stride - pad, H, pad * C)
+                conv_row3(conv, s, strip, w, b, stride * C)
             for pw in range(PW):
-                if size == 2:
-                    pool_window_2x2_relu(y, argmax, save_argmax, n, ph, pw, conv, 0, oh0, pw * pool_stride, OW)
-                    continue
-                pool_window(y, argmax, save_argmax, n, ph, pw, conv, 0, oh0, pw * pool_stride, size, OW)
-                for k in range(K):
-                    if y[n, ph, pw, k] < 0:  # the ReLU; a NaN stays a NaN
-                        y[n, ph, pw, k] = np.float32(0.0)
+                pool_window_2x2_relu(y, argmax, save_argmax, n, ph, pw, conv, 0, oh0, pw * pool_stride, OW)
 
 
 @parallel_kernel
@@ -100,23 +96,22 @@ def _conv_relu_pool_backward_weight(dw, db, partial, partial_db, grad, dy, y, ar
 def conv_relu_pool_forward_into(y, argmax, conv, x, w, b, stride, pad, size, pool_stride):
     """y (N, PH, PW, K) = max-pool(relu(conv(x, w) + b)), and argmax as maxpool_forward's, or
     with argmax None (inference) not kept. ``conv`` (N, OH, OW, K) is room for the convolution's
-    output: fused, where the convolution runs directly (few input channels) or by Winograd's
-    transforms with a 2x2 pool, it is not touched; on the other paths (GEMMs, other pools) the
-    output is made whole there, then pooled."""
+    output: fused, for a 2x2 window after a three-row kernel run directly (few input channels) or
+    by Winograd's transforms, it is not touched; otherwise (GEMMs, other kernels and windows: one
+    fused kernel per common case keeps compiling short) the output is made whole there, then pooled."""
     n, ph = y.shape[0], y.shape[1]
     path = algorithms.conv_forward(x.shape, w.shape, stride, pad)
     if path == "winograd" and size == 2 and pool_stride == 2:  # pooled as each tile is made
         winograd.forward_relu_pool_into(y, argmax, x, winograd.transform_weights(w), b, pad, conv.shape[1],
                                         conv.shape[2])
-        return
-    if path != "direct":
+    elif path == "direct" and w.shape[0] == 3 and size == 2:
+        save = argmax is not None
+        _conv_relu_pool_forward(y, argmax if save else _NO_ARGMAX, rows(x), taps(w), b, x.shape[3], stride, pad,
+                                conv.shape[2], pool_stride, save, tasks(n * ph))
+    else:
         conv2d_forward_into(conv, x, w, b, stride, pad)
         maxpool_forward_into(y, np.empty(y.shape, np.int32) if argmax is None else argmax, conv, size, pool_stride)
         relu_forward_into(y, y)
-        return
-    save = argmax is not None
-    _conv_relu_pool_forward(y, argmax if save else _NO_ARGMAX, rows(x), taps(w), b, x.shape[3], stride, pad,
-                            conv.shape[2], size, pool_stride, save, tasks(n * ph))
 
 
 _NO_ARGMAX = np.zeros((1, 1, 1, 1), np.int32)  # never written: the kernel's branch is off
