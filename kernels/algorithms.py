@@ -43,15 +43,27 @@ WINOGRAD_WEIGHT_BLOCK = 32
 _TAKEN = {}  # (pass, shape description) -> path, in the order first seen
 
 
+# CPU models (as NUMBA_CPU_NAME names them) whose instruction sets the kernels are compiled for
+# when NUMBA_CPU_FEATURES lists changes only (``-avx512f``), not the whole set.
+_AVX512_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake", "tigerlake", "rocketlake",
+                "sapphirerapids", "graniterapids", "emeraldrapids", "znver4", "znver5")
+_AVX2_CPUS = ("haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake", "znver1", "znver2", "znver3",
+              "x86-64-v3") + _AVX512_CPUS
+
+
 def isa():
-    """'avx512' or 'avx2' (or 'other'): what the compiled kernels use, from Numba's target."""
+    """'avx512' or 'avx2' (or 'other'): what the compiled kernels use, from Numba's target (the
+    host, or NUMBA_CPU_NAME with NUMBA_CPU_FEATURES' changes)."""
     features = numba.config.CPU_FEATURES
     if features is None:
         from numba.core.codegen import get_host_cpu_features
         features = get_host_cpu_features()
-    if "+avx512f" in features:
+    name = (numba.config.CPU_NAME or "").lower()
+    if "+avx512f" in features or (name.startswith(_AVX512_CPUS) and "-avx512f" not in features):
         return "avx512"
-    return "avx2" if "+avx2" in features else "other"
+    if "+avx2" in features or (name.startswith(_AVX2_CPUS) and "-avx2" not in features):
+        return "avx2"
+    return "other"
 
 
 @functools.lru_cache(maxsize=None)

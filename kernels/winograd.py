@@ -280,12 +280,13 @@ def _finish_weight_gradient(dw, db, partial, partial_db):
     m = np.empty((6, 6, K), np.float32)
     half = np.empty((3, 6, K), np.float32)
     for c in range(C):
-        for e in range(36):
-            for k in range(K):
-                acc = partial[0, e, c, k]
+        for i in range(6):  # the partials added in task order, each loop over the channels innermost
+            for j in range(6):
+                for k in range(K):
+                    m[i, j, k] = partial[0, 6 * i + j, c, k]
                 for task in range(1, tasks):
-                    acc += partial[task, e, c, k]
-                m[e // 6, e % 6, k] = acc
+                    for k in range(K):
+                        m[i, j, k] += partial[task, 6 * i + j, c, k]
         for j in range(6):
             for k in range(K):
                 half[0, j, k], half[1, j, k], half[2, j, k] = gt6(m[0, j, k], m[1, j, k], m[2, j, k], m[3, j, k],
