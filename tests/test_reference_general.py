@@ -62,16 +62,20 @@ def test_global_avgpool_backward():
     assert_grad(R.global_avgpool_backward(r, x.shape), loss, x)
 
 
-@pytest.mark.parametrize("act", ["tanh", "sigmoid"])
+TEXTBOOK = {"tanh": np.tanh, "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+            "leaky_relu": lambda x: np.maximum(x, 0) + 0.1 * np.minimum(x, 0)}
+
+
+@pytest.mark.parametrize("act", TEXTBOOK)
 def test_activation_backward(act):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 4, 5)) * 3
-    fwd, bwd = getattr(R, f"{act}_forward"), getattr(R, f"{act}_backward")
-    want = np.tanh(x) if act == "tanh" else 1 / (1 + np.exp(-x))
-    np.testing.assert_allclose(fwd(x), want, rtol=1e-14)
+    scalars = (0.1,) if act == "leaky_relu" else ()
+    fwd = lambda x: getattr(R, f"{act}_forward")(x, *scalars)  # noqa: E731
+    np.testing.assert_allclose(fwd(x), TEXTBOOK[act](x), rtol=1e-14)
     r = rng.standard_normal(x.shape)
     loss = lambda: (fwd(x) * r).sum()  # noqa: E731
-    assert_grad(bwd(r, fwd(x)), loss, x)
+    assert_grad(getattr(R, f"{act}_backward")(r, fwd(x), *scalars), loss, x)
 
 
 def test_dropout_backward():
