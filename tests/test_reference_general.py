@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastcnn.kernels import reference as R
-from test_reference import assert_grad
+from test_reference import assert_grad, assert_grads
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 4, 3), (5, 4), (1, 3, 2, 2)], ids=str)
@@ -21,9 +21,7 @@ def test_batchnorm_backward(shape, relu):
     dx, dweight, dbias = R.batchnorm_backward(r, x, y, weight, mean, var, 1e-3, relu)
     if relu:
         assert (y == 0).any() and (y > 0).any()  # the ReLU really gates something
-    assert_grad(dx, loss, x)
-    assert_grad(dweight, loss, weight)
-    assert_grad(dbias, loss, bias)
+    assert_grads(loss, (dx, x), (dweight, weight), (dbias, bias))
 
 
 def test_batchnorm_forward_is_the_textbook_one():
@@ -107,6 +105,4 @@ def test_batchnorm_relu_pool_backward(size, stride):
     loss = lambda: (forward()[0] * r).sum()  # noqa: E731
     mean, var = x.reshape(-1, 3).mean(0), x.reshape(-1, 3).var(0)
     dx, dweight, dbias = R.batchnorm_relu_pool_backward(r, x, y, argmax, weight, mean, var, 1e-3, size, stride)
-    assert_grad(dx, loss, x)
-    assert_grad(dweight, loss, weight)
-    assert_grad(dbias, loss, bias)
+    assert_grads(loss, (dx, x), (dweight, weight), (dbias, bias))
