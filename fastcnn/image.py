@@ -59,6 +59,7 @@ MIN_CONTRAST = 0.1  # ink must differ from the paper by this much, or the image 
 STROKE = 2.5  # MNIST's stroke width in the 20-pixel box (median of its test set: 2.7)
 THIN = 1.5  # strokes thinner than this in the 20-pixel box are thickened to STROKE
 UPSCALED = 1.5  # a digit enlarged more than this many times is said to be small
+DRAWN_SIDE = 80  # a clean drawing's digit larger than this is averaged down towards it first
 
 # Errors Pillow raises on files it can't decode; which one depends on the format plug-in, and
 # fuzzing found more than these (a TypeError from a damaged TIFF tag), so load_digit treats any
@@ -367,7 +368,16 @@ def _clean_drawing(pixels):
     if y0 < 0 or x0 < 0 or y1 > h or x1 > w:
         return None
     crop = p[y0:y1, x0:x1]
-    smooth = ndimage.gaussian_filter(crop, 1.0) if photo else crop
+    # A large digit is averaged down by whole blocks (which smooth it as well), to no less than
+    # DRAWN_SIDE pixels: still 4 times the 20-pixel box, and a quarter or less of the pixels for
+    # all that follows. What the blocks leave over at the crop's far edges is paper (the margin).
+    f = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) // DRAWN_SIDE
+    if f >= 2:
+        ch, cw = crop.shape[0] // f * f, crop.shape[1] // f * f
+        smooth = crop[:ch, :cw].reshape(ch // f, f, cw // f, f).mean(axis=(1, 3), dtype=np.float32)
+        h, w = h // f, w // f
+    else:
+        smooth = ndimage.gaussian_filter(crop, 1.0) if photo else crop
     window = max(3, min(h, w) // 3)
     if ndimage.minimum_filter(smooth < paper, size=window, mode="constant", cval=0).any():
         return None  # a window with no pure paper: the closing there is not the paper's value
