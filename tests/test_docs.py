@@ -7,10 +7,12 @@ temporary folder. An HTML comment just above a block says what it needs, and the
 skipped with the reason, where that is missing:
 ``<!-- test: needs data -->`` (MNIST in ``$FASTCNN_DATA``), ``<!-- test: needs MODULE -->`` (an
 importable module, e.g. onnxruntime), ``<!-- test: skip REASON -->`` (never run here: the block
-serves forever, say).
+serves forever, say). ``<!-- test: quote FILE -->`` marks a quotation of the repository's code,
+not run but checked: each run of its lines between lines of ``...`` is in FILE word for word.
 """
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -32,7 +34,6 @@ def _blocks(page):
 
 
 def _data_ready():
-    import os
     path = os.environ.get("FASTCNN_DATA")
     return bool(path) and (Path(path) / "mnist").is_dir()
 
@@ -42,6 +43,8 @@ def _missing(marker):
     if marker is None:
         return None
     what, _, rest = marker.partition(" ")
+    if what == "quote":
+        return None
     if what == "skip":
         return f"not run by the tests: {rest}"
     if what == "needs" and rest == "data":
@@ -60,11 +63,26 @@ def test_python_examples_run(page, tmp_path, monkeypatch):
         reason = _missing(marker)
         if reason:
             pytest.skip(f"{page.relative_to(ROOT)} line {line} on: {reason}")
+        if marker and marker.startswith("quote "):
+            continue
         try:
             exec(compile(code, f"{page.relative_to(ROOT)}:{line}", "exec"), namespace)
         except Exception as e:
             raise AssertionError(f"the python block at {page.relative_to(ROOT)} line {line} failed: "
                                  f"{type(e).__name__}: {e}") from e
+
+
+QUOTES = [(page, marker.split(" ", 1)[1], code, line) for page in PAGES for marker, code, line in _blocks(page)
+          if marker and marker.startswith("quote ")]
+
+
+@pytest.mark.parametrize("page,source,code,line", QUOTES, ids=[f"{p.relative_to(ROOT)}:{n}" for p, _, _, n in QUOTES])
+def test_quoted_code_is_the_code(page, source, code, line):
+    text = (ROOT / source).read_text()
+    pieces = re.split(r"^[ \t]*(?:# )?\.\.\.[ \t]*\n", code, flags=re.MULTILINE)
+    for piece in pieces:
+        assert piece.strip() and piece in text, \
+            f"{page.relative_to(ROOT)} line {line} quotes {source}, which no longer has:\n{piece}"
 
 
 def test_the_site_builds_strictly(tmp_path):
@@ -73,7 +91,8 @@ def test_the_site_builds_strictly(tmp_path):
         pytest.skip(f"the docs' packages are not installed ({', '.join(missing)}): pip install -e '.[docs]'")
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
                            str(ROOT / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     log = done.stdout + done.stderr
     assert done.returncode == 0, log
     warnings = [line for line in log.splitlines() if "WARNING" in line]
