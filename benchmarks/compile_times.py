@@ -111,7 +111,7 @@ event.register("numba:llvm_lock", _Llvm())
 PREDICT_FILES = r"""
 import sys, numpy as np
 from PIL import Image
-from fastcnn.train import mnist_network
+from fastcnn.architectures import mnist_network
 mnist_network(seed=0).save(sys.argv[1])
 digit = np.zeros((28, 28), np.uint8)
 digit[6:22, 12:16] = 255

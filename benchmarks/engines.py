@@ -106,7 +106,7 @@ class Fastcnn(Engine):
     def __init__(self, threads):
         super().__init__(threads)
         import fastcnn
-        from fastcnn.train import set_threads
+        from fastcnn.kernels.jit import set_threads
         set_threads(threads)
         self.version = fastcnn.__version__
         self.models = {}
@@ -114,7 +114,7 @@ class Fastcnn(Engine):
     def build(self, network, layers, data, wanted, onnx):
         import networks
         from fastcnn import SGD
-        from fastcnn.train import fit
+        from fastcnn.fit import fit
         model = self.models[network] = networks.build(network)
         if networks.describe(model, data.input_shape) != layers:
             raise ValueError(f"{network}: the network described to the peers is not the one fastcnn builds")

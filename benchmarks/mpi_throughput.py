@@ -17,7 +17,10 @@ import numpy as np
 
 from fastcnn import SGD, distributed
 from fastcnn.data import load_dataset
-from fastcnn.train import fit, mnist_network, set_threads, warm_up
+from fastcnn.fit import fit
+from fastcnn.architectures import mnist_network
+from fastcnn.kernels.jit import set_threads
+from fastcnn.compiling import warm_up
 
 
 def main():

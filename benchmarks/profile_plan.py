@@ -19,7 +19,7 @@ import numpy as np
 import networks
 from fastcnn import SGD, FastCNNError
 from fastcnn.plan import Run
-from fastcnn.train import set_threads
+from fastcnn.kernels.jit import set_threads
 
 
 def main():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from fastcnn import SGD
-from fastcnn.train import fit, mnist_network
+from fastcnn.fit import fit
+from fastcnn.architectures import mnist_network
 
 THREADS = sorted({1, numba.config.NUMBA_NUM_THREADS})
 

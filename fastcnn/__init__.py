@@ -5,19 +5,21 @@ Numba kernels (``fastcnn.kernels``) checked against a plain NumPy reference
 and its callbacks; ``fastcnn.data`` loads MNIST, Fashion-MNIST, CIFAR-10 and folders of one's own pictures.
 """
 
-# First: the kernels' cache (kernels/jit.py) is keyed by it, and they are imported below.
-__version__ = "0.2.0"
+# (pyproject.toml reads it from here; the kernels' cache is keyed by the installed version.)
+__version__ = "0.3.0"
 
 from .callbacks import Callback, EarlyStopping, KeepBest, ReduceLROnPlateau
-from .checkpoint import load, load_checkpoint, save
-from .errors import DataError, ExportError, FastCNNError, ImageError, ModelFileError, ShapeError, UsageError
+from .checkpoint import save
+from .loading import load, load_checkpoint
+from .errors import (ConfigError, DataError, ExportError, FastCNNError, ImageError, ModelFileError, ShapeError,
+                     UsageError)
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Layer,
                      MaxPool2D, ReLU, Sigmoid, Tanh, register_layer)
 from .loss import SoftmaxCrossEntropy, softmax
 from .model import Sequential
 from .optim import SGD, Adam
 from .schedules import Constant, Cosine, InverseTime
-from .train import fit
+from .fit import fit
 from .export import export_onnx
 
 
@@ -27,5 +29,5 @@ __all__ = [
     "SGD", "Adam", "Constant", "InverseTime", "Cosine", "fit", "softmax", "save", "load", "load_checkpoint",
     "FastCNNError", "ShapeError", "DataError", "ModelFileError", "ImageError", "export_onnx", "ExportError",
     "Callback", "EarlyStopping", "KeepBest", "ReduceLROnPlateau",
-    "UsageError",
+    "UsageError", "ConfigError",
 ]

@@ -55,3 +55,9 @@ ARCHITECTURES = {
                                       weight_decay=5e-4),
                           "three conv blocks with BatchNorm and global average pooling, for CIFAR-10"),
 }
+
+
+def mnist_network(seed=0, backend="numba"):
+    """The original project's network for MNIST: Conv 3x3x32 pad 1, ReLU, MaxPool 2, Dense 128,
+    ReLU, Dense 10."""
+    return ARCHITECTURES["original"].build((28, 28, 1), 10, seed, backend)

@@ -1,7 +1,7 @@
 """The two backends a model can run on: the compiled kernels, or their NumPy reference twins."""
 
 from . import kernels
-from .errors import ShapeError
+from .errors import ConfigError
 from .kernels import reference
 
 BACKENDS = {"numba": kernels, "numpy": reference}
@@ -9,5 +9,5 @@ BACKENDS = {"numba": kernels, "numpy": reference}
 
 def get(name):
     if name not in BACKENDS:
-        raise ShapeError(f"backend: expected one of {sorted(BACKENDS)}, got {name!r}")
+        raise ConfigError(f"backend: expected one of {sorted(BACKENDS)}, got {name!r}")
     return BACKENDS[name]

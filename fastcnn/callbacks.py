@@ -24,7 +24,10 @@ sent to all), so all of them decide alike; only rank 0 writes files and prints (
 import json
 import os
 
+from .checkpoint import save
+from .loading import load_checkpoint
 from .errors import ModelFileError, ShapeError
+from .fileio import check_writable_output
 from .kernels import checks
 
 __all__ = ["Callback", "EarlyStopping", "KeepBest", "ReduceLROnPlateau", "TrainingRun"]
@@ -229,8 +232,7 @@ class KeepBest(_Monitored):
             raise ShapeError(f"KeepBest: {self.path} is also fit's out, which keeps the last epoch to resume from; "
                              f"keep the best one in another file")
         if self.run.is_root:
-            from .train import check_writable
-            check_writable(self.path)
+            check_writable_output(self.path)
 
     def on_epoch_end(self, epoch, logs):
         value = self._value(logs)
@@ -260,7 +262,6 @@ class KeepBest(_Monitored):
         """``path``: the model (holding the best weights) and the training state as it is now."""
         if not self.run.is_root:
             return
-        from .checkpoint import save
         state = json.loads(json.dumps(self.run.state))  # a snapshot: fit goes on changing its own
         state["best"] = {"epoch": self.best_epoch, "monitor": self.monitor, "value": self.best}
         state.pop("callbacks", None)
@@ -271,7 +272,6 @@ class KeepBest(_Monitored):
         super().load_state_dict(state)
         if self.best_epoch is None:
             return
-        from .checkpoint import load_checkpoint
         try:
             saved = load_checkpoint(self.path)
         except ModelFileError as e:

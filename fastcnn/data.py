@@ -29,8 +29,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from .errors import DataError, DataMissingError, ShapeError
+from .errors import ConfigError, DataError, DataMissingError, ShapeError
 from .fileio import atomic_write
+from .validate import as_float_pixels  # noqa: F401 - a data set's uint8 pixels, as float32
 
 __all__ = [
     "CHECKSUMS",
@@ -43,8 +44,6 @@ __all__ = [
     "MIRRORS",
     "SPLITS",
     "as_float_pixels",
-    "check_images",
-    "check_labels",
     "clear_cache",
     "data_dir",
     "image_folder",
@@ -448,9 +447,9 @@ def load_dataset(name="mnist", split="train", data_dir=None, download=True):
     copy them (``images.copy()``) to modify them.
     """
     if not isinstance(name, str) or name not in CHECKSUMS:
-        raise DataError(f"unknown data set {name!r}; expected one of {', '.join(map(repr, CHECKSUMS))}")
+        raise ConfigError(f"unknown data set {name!r}; expected one of {', '.join(map(repr, CHECKSUMS))}")
     if not isinstance(split, str) or split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; expected one of {', '.join(map(repr, SPLITS))}")
+        raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(map(repr, SPLITS))}")
     form = _FORMATS[name]
     folder = _resolve_data_dir(data_dir) / name
     paths, missing = form.files(folder, split)
@@ -481,71 +480,6 @@ def load_dataset(name="mnist", split="train", data_dir=None, download=True):
 
 
 # --- checks on arrays handed to training and evaluation -------------------------------------------
-
-MAX_ABS_PIXEL = 10.0  # beyond this, images are almost surely unscaled 0-255 pixels
-_CHUNK = 1000  # images checked at a time, so a check of 60,000 images needs no full-size temporary
-
-
-def check_images(name, x):
-    """``x`` as float32 images (N, H, W, C): finite, |value| <= ``MAX_ABS_PIXEL``, at least one;
-    or as uint8 pixels 0-255, which are returned as they are (each batch is scaled to [0, 1] as it
-    is read: :func:`as_float_pixels`), so a data set stays a quarter of the size, or on disk.
-
-    Other float dtypes (float64) are converted here, once: one float32 copy of the whole set
-    (188 MB for MNIST's training images), not one per batch. Other integer images are refused, as
-    ``model.forward`` does: scale them to [0, 1] first (``x / 255``).
-    Raises ``ShapeError`` naming ``name``, what was expected and what came (for NaN, Inf and values
-    out of range: the index of the first such image).
-    """
-    if not isinstance(x, np.ndarray):
-        raise ShapeError(f"{name}: expected a NumPy array of images (N, H, W, C), got {type(x).__name__}")
-    if x.ndim != 4:
-        hint = "; add the channel axis: x[..., None]" if x.ndim == 3 else ""
-        raise ShapeError(f"{name}: expected 4 dimensions (N, H, W, C), got shape {x.shape}{hint}")
-    if x.size == 0:
-        raise ShapeError(f"{name}: expected at least one non-empty image, got shape {x.shape}")
-    if x.dtype == np.uint8:
-        return x
-    if x.dtype.kind in "biu":
-        raise ShapeError(f"{name}: expected floating-point images in [0, 1] or uint8 pixels, got dtype {x.dtype}; "
-                         f"scale 0-255 pixels first: x / 255")
-    if x.dtype.kind != "f":
-        raise ShapeError(f"{name}: expected floating-point images in [0, 1], got dtype {x.dtype}")
-    for start in range(0, len(x), _CHUNK):
-        rows = x[start:start + _CHUNK].reshape(min(_CHUNK, len(x) - start), -1)
-        finite = np.isfinite(rows).all(axis=1)
-        if not finite.all():
-            raise ShapeError(f"{name}: image {start + int(np.argmin(finite))} holds NaN or Inf; "
-                             f"expected finite pixel values")
-        big = np.abs(rows).max(axis=1) > MAX_ABS_PIXEL
-        if big.any():
-            i = start + int(np.argmax(big))
-            raise ShapeError(f"{name}: image {i} has values in [{x[i].min():g}, {x[i].max():g}]; expected "
-                             f"pixels scaled to about [0, 1] (|value| <= {MAX_ABS_PIXEL:g}): divide 0-255 by 255")
-    return x if x.dtype == np.float32 else x.astype(np.float32)
-
-
-def as_float_pixels(raw, out=None):
-    """uint8 pixels as float32 in [0, 1] (into ``out`` if given): the same numbers as
-    :func:`load_dataset`'s, ``pixel / 255`` in float32."""
-    return np.divide(raw, np.float32(255), out=out, dtype=np.float32)
-
-
-def check_labels(name, y, n, classes):
-    """``y`` as int64 class labels of shape (n,), each in 0..classes-1; else ``ShapeError``."""
-    if not isinstance(y, np.ndarray):
-        raise ShapeError(f"{name}: expected a NumPy array of integer labels, got {type(y).__name__}")
-    if y.shape != (n,):
-        raise ShapeError(f"{name}: expected shape ({n},), one label per image, got {y.shape}")
-    if y.dtype.kind not in "iu":
-        hint = "; convert them: y.astype(int)" if y.dtype.kind == "f" else ""
-        raise ShapeError(f"{name}: expected integer class labels, got dtype {y.dtype}{hint}")
-    bad = (y < 0) | (y >= classes)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ShapeError(f"{name}: label {y[i]} at index {i} is outside 0..{classes - 1}, the model's classes")
-    return y.astype(np.int64, copy=False)
-
 
 # Image folders (one's own pictures) live in their own module; they are data sets too.
 from .folders import image_folder  # noqa: E402

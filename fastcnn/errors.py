@@ -3,17 +3,13 @@
 Every check in the library raises one of these, so a caller can catch ``FastCNNError`` and know the
 message says what was wrong and what was expected. Each also subclasses the built-in error a
 Python programmer would reach for (``ValueError``, ``FileNotFoundError``), so ordinary ``except``
-clauses keep working. Training adds two that are not about input, in ``fastcnn.train``:
+clauses keep working. Training adds two that are not about input, in ``fastcnn.fit``:
 ``TrainingDiverged`` (a FastCNNError) and ``TrainingInterrupted`` (a KeyboardInterrupt).
+``FastCNNError``, ``ShapeError`` and ``ConfigError`` are the kernels' (``kernels/errors.py``), so
+that the kernels need nothing from the package above them.
 """
 
-
-class FastCNNError(Exception):
-    """Base class of every error fastcnn raises on purpose."""
-
-
-class ShapeError(FastCNNError, ValueError):
-    """An array has the wrong rank, shape, dtype or values for where it was passed."""
+from .kernels.errors import ConfigError, FastCNNError, ShapeError  # noqa: F401 - the root, and the kernels' own
 
 
 class DataError(FastCNNError, ValueError):

@@ -26,6 +26,7 @@ import numpy as np
 
 from .errors import ExportError, FastCNNError, ShapeError
 from .fileio import atomic_write, check_writable
+from .model import checked
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
                      MaxPool2D, ReLU, Sigmoid, Tanh)
 
@@ -93,10 +94,7 @@ def to_onnx(model, input_shape=None, logits=False, dataset=None, network=None, c
 
     from . import __version__
     from .data import CLASS_NAMES
-    from .model import Sequential
-    if not isinstance(model, Sequential):
-        raise ShapeError(f"model: expected a fastcnn.Sequential (fastcnn.load reads a model file), "
-                         f"got {type(model).__name__}")
+    checked(model)
     shape = _input_shape(model, input_shape)
     own = classes  # the class names of an image folder, if given; ``classes`` becomes their number below
     if own is not None and (isinstance(own, str) or not all(isinstance(n, str) for n in own)):

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import FastCNNError
+from .errors import FastCNNError, ModelFileError
 
 
 # The process's umask, read once at import (reading it means setting it, which is not thread-safe).
@@ -74,6 +74,15 @@ def check_writable(path, need=0):
     free = shutil.disk_usage(folder).free
     if free < need:
         raise OSError(errno.ENOSPC, f"{need:,} bytes needed, {free:,} free", str(folder))
+
+
+def check_writable_output(path, need=0):
+    """``check_writable`` for a model file: a ``ModelFileError`` saying so, before the work that
+    makes it (an epoch of training), not after."""
+    try:
+        check_writable(path, need)
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot write there ({e.strerror or e}); choose another --out") from None
 
 
 def stale_temps(path):

@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from .errors import DataError, ImageError, ShapeError
+from .errors import ConfigError, DataError, ImageError, ShapeError
 from .fileio import atomic_write
 from .image import MAX_PIXELS, _read, _to_pixels
 
@@ -163,9 +163,9 @@ def image_folder(path, image_size=None, color=None, *, cache=None, workers=None,
     started = time.perf_counter()
     image_size = _check_size(image_size)
     if color is not None and color not in COLORS:
-        raise ShapeError(f"color: expected one of {', '.join(COLORS)}, got {color!r}")
+        raise ConfigError(f"color: expected one of {', '.join(COLORS)}, got {color!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ShapeError(f"workers: expected a positive number of processes, got {workers!r}")
+        raise ConfigError(f"workers: expected a positive number of processes, got {workers!r}")
     if not isinstance(path, (str, os.PathLike)):
         raise DataError(f"path: expected a folder of pictures, got {type(path).__name__}")
     root = Path(path).expanduser()
@@ -204,7 +204,7 @@ def _check_size(image_size):
     if (isinstance(image_size, (str, bytes)) or not hasattr(image_size, "__len__") or len(image_size) != 2
             or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and 1 <= d <= 4096
                        for d in image_size)):
-        raise ShapeError(f"image_size: expected (height, width) in pixels, each 1 to 4096, got {image_size!r}")
+        raise ConfigError(f"image_size: expected (height, width) in pixels, each 1 to 4096, got {image_size!r}")
     return int(image_size[0]), int(image_size[1])
 
 
@@ -317,7 +317,7 @@ def read_picture(source, image_size, color, *, budget=None):
     can't be read. ``budget``: a server's bound on decoded pictures (see ``image._read``)."""
     h, w = _check_size(image_size)
     if color not in COLORS:
-        raise ShapeError(f"color: expected one of {', '.join(COLORS)}, got {color!r}")
+        raise ConfigError(f"color: expected one of {', '.join(COLORS)}, got {color!r}")
     side = max(h, w)  # EXIF may turn the picture: a draft at least this large either way
     return _read(source, lambda im: _pixels(im, h, w, color), budget=budget, draft=(side, side))
 

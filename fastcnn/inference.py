@@ -10,42 +10,15 @@ import os
 
 import numpy as np
 
-from .data import check_images, check_labels
 from .errors import ShapeError
 from .kernels import checks
-from .model import Sequential
-
-
-def check_model(model):
-    if not isinstance(model, Sequential):
-        raise ShapeError(f"model: expected a fastcnn Sequential, got {type(model).__name__}")
-    return model
-
-
-def model_classes(model, x, name):
-    """The number of classes ``model`` scores for images like ``x``'s, from the plan it makes for
-    them, so images that don't fit the model fail here, naming ``name``, not deep inside a batch."""
-    try:
-        out = check_model(model).plan(x.shape[1:]).output_shape
-    except ShapeError as e:
-        raise ShapeError(f"{name}: images of shape {x.shape[1:]} do not fit the model: {e}") from None
-    if len(out) != 1:
-        raise ShapeError(f"model: expected it to end in (N, classes) scores, it gives shape (N, {', '.join(map(str, out))})")
-    return out[0]
-
-
-def check_batch(model, x, y, x_name="x", y_name="y"):
-    """Images and labels checked against each other and against ``model``:
-    returns ``(x as float32, y as int64, classes)``."""
-    x = check_images(x_name, x)
-    classes = model_classes(model, x, x_name)
-    return x, check_labels(y_name, y, len(x), classes), classes
+from .model import checked, classes_scored, labelled_batch
 
 
 def input_channels(model):
     """The colour channels of the images ``model`` takes, or None if it does not say: from its
     ``input_shape`` (H, W, C) if it has one, else from its first layer's ``in_channels`` (a Conv2D)."""
-    shape = getattr(check_model(model), "input_shape", None)
+    shape = getattr(checked(model), "input_shape", None)
     if shape is not None:
         return int(shape[-1])
     channels = getattr(model.layers[0], "in_channels", None)
@@ -61,7 +34,7 @@ def picture_loader(model, folder=False):
     (:func:`~fastcnn.folders.load_picture`). Every command that reads a user's picture chooses
     with this one function."""
     if folder:
-        shape = getattr(check_model(model), "input_shape", None)
+        shape = getattr(checked(model), "input_shape", None)
         if shape is None or len(shape) != 3 or shape[2] not in (1, 3):
             raise ShapeError(f"model: expected one trained on images (H, W, 1 or 3), it takes {shape}")
         from .folders import load_picture
@@ -95,14 +68,14 @@ def predict_digits(model, paths):
 
 
 def _predict(model, paths, load):
-    check_model(model)
+    checked(model)
     if isinstance(paths, (str, bytes, os.PathLike)):
         raise ShapeError(f"paths: expected a list of pictures, got one {type(paths).__name__}; wrap it: [path]")
     paths = list(paths)
     if not paths:
         raise ShapeError("paths: expected at least one picture, got none")
     images = np.stack([load(p) for p in paths])
-    model_classes(model, images, "paths")
+    classes_scored(model, images.shape[1:], "paths")
     return model.predict(images), images
 
 
@@ -113,7 +86,7 @@ def evaluate(model, x, y, classes=None, batch_size=128):
     ``classes`` defaults to the model's number of outputs; if given it must equal it. Memory stays
     bounded in N beyond the (N, classes) results: ``model.predict`` runs ``batch_size`` at a time.
     """
-    x, y, outputs = check_batch(model, x, y)
+    x, y, outputs = labelled_batch(model, x, y)
     if classes is not None and classes != outputs:
         raise ShapeError(f"classes: the model scores {outputs} classes, got classes={classes!r}")
     probs = model.predict(x, checks.positive_int("batch_size", batch_size))

@@ -13,7 +13,7 @@ gives the shape of one example out of the layer for one example in, and checks t
 import numpy as np
 
 from . import kernels
-from .errors import ShapeError
+from .errors import ConfigError, ShapeError
 from .kernels import checks
 
 
@@ -393,10 +393,10 @@ def register_layer(cls):
     """Make a layer class of your own loadable from model files, by its class name; use it as a
     decorator. The program that loads the file must have imported the class's module first."""
     if not (isinstance(cls, type) and issubclass(cls, Layer)):
-        raise ShapeError(f"register_layer: expected a subclass of fastcnn.Layer, got {cls!r}")
+        raise ConfigError(f"register_layer: expected a subclass of fastcnn.Layer, got {cls!r}")
     known = LAYERS.get(cls.__name__)
     if known is not None and known is not cls and known.__module__ == __name__:
-        raise ShapeError(f"register_layer: {cls.__name__} is a built-in layer's name; choose another")
+        raise ConfigError(f"register_layer: {cls.__name__} is a built-in layer's name; choose another")
     LAYERS[cls.__name__] = cls
     return cls
 

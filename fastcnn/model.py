@@ -11,7 +11,7 @@ import weakref
 
 import numpy as np
 
-from . import backends
+from . import backends, checkpoint, validate
 from .errors import ShapeError, UsageError
 from .kernels import checks
 from .layers import AvgPool2D, BatchNorm1D, BatchNorm2D, Dropout, Flatten, Layer, MaxPool2D, ReLU
@@ -148,7 +148,7 @@ class Sequential:
     def forward(self, x):
         """Logits for a batch ``x``, in this model's mode (``train()``, ``eval()``); in training
         mode, remembers what ``backward`` needs."""
-        x = _as_input(x)
+        x = validate.input_batch(x)
         plan = self.plan(x.shape[1:])
         if not self.training:
             self._pending = None
@@ -181,7 +181,7 @@ class Sequential:
         the plan's buffer, overwritten by the next step. ``step`` (the optimizer's) draws
         dropout's masks, with the model's seed; by default, a count of this model's passes.
         (``fit`` checks all its data once and calls the plan's ``train_step`` itself.)"""
-        x = _as_input(x)
+        x = validate.input_batch(x)
         plan = self.plan(x.shape[1:])
         labels = checks.labels("labels", labels, len(x), plan.output_shape[0])
         self._pending = None
@@ -198,7 +198,7 @@ class Sequential:
         image folder is read a batch at a time).
         """
         batch_size = checks.positive_int("batch_size", batch_size)
-        batches = _checked_batches(x, batch_size)
+        batches = validate.batches(x, batch_size)
         _, first = next(batches)
         plan = self.plan(first.shape[1:])
         probs = np.empty((len(x), *plan.output_shape), np.float32)
@@ -209,8 +209,7 @@ class Sequential:
 
     def save(self, path, optimizer=None):
         """Write this model (and ``optimizer``'s state) to one ``.npz``; ``fastcnn.load`` reads it."""
-        from .checkpoint import save  # checkpoint builds Sequentials: import late, no cycle
-        save(path, self, optimizer)
+        checkpoint.save(path, self, optimizer)
 
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
@@ -224,39 +223,29 @@ def _example_shape(shape):
     return tuple(checks.positive_int("input_shape", d) for d in shape)
 
 
-def _checked_batches(x, batch_size):
-    """``(start, batch)`` for each ``batch_size`` images of ``x``, checked and as float32. A bad
-    image is named by its index in all of ``x``: the batches before it passed, so the first bad
-    one that ``check_images`` finds up to this batch's end is in this batch."""
-    if not isinstance(x, np.ndarray) or x.ndim < 2 or len(x) == 0:
-        _as_input(x)  # raises, saying what was expected
-    if x.dtype == np.uint8:  # pixels 0-255: always in range, scaled batch by batch
-        from .data import as_float_pixels
-        for start in range(0, len(x), batch_size):
-            yield start, as_float_pixels(x[start:start + batch_size])
-        return
-    for start in range(0, len(x), batch_size):
-        try:
-            yield start, _as_input(x[start:start + batch_size])
-        except ShapeError:
-            if start:
-                from .data import check_images
-                upto = x[:start + batch_size]
-                check_images("x", upto.reshape(len(upto), -1, 1, 1))
-            raise
+def checked(model):
+    """``model``, if it is a fastcnn model; else ``ShapeError`` saying what it is."""
+    if not isinstance(model, Sequential):
+        raise ShapeError(f"model: expected a fastcnn Sequential (fastcnn.load reads a model file), got "
+                         f"{type(model).__name__}")
+    return model
 
 
-def _as_input(x):
-    """A float32 C-contiguous batch; integer images are refused (scale them to [0, 1] first)."""
-    if not isinstance(x, np.ndarray):
-        raise ShapeError(f"x: expected a NumPy array, got {type(x).__name__}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ShapeError(f"x: expected floating-point images (e.g. uint8 / 255), got dtype {x.dtype}")
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ShapeError(f"x: expected a non-empty batch (N, ...), got shape {x.shape}")
-    # Two reductions, no temporary: NaN propagates through min and max, so one test catches
-    # NaN, Inf and unscaled 0-255 pixels; only then is the slower check_images run, for its message.
-    from .data import MAX_ABS_PIXEL, check_images
-    if not (-MAX_ABS_PIXEL <= x.min() and x.max() <= MAX_ABS_PIXEL):
-        check_images("x", x.reshape(len(x), -1, 1, 1))
-    return np.ascontiguousarray(x, dtype=np.float32)
+def classes_scored(model, example_shape, name):
+    """The number of classes ``model`` scores for examples of ``example_shape``, from the plan it
+    makes for them: examples that don't fit fail here, naming ``name``, not deep inside a batch."""
+    try:
+        out = checked(model).plan(example_shape).output_shape
+    except ShapeError as e:
+        raise ShapeError(f"{name}: images of shape {tuple(example_shape)} do not fit the model: {e}") from None
+    if len(out) != 1:
+        raise ShapeError(f"model: expected it to end in (N, classes) scores, it gives shape (N, {', '.join(map(str, out))})")
+    return out[0]
+
+
+def labelled_batch(model, x, y, x_name="x", y_name="y"):
+    """Images and labels checked against each other and against ``model``: returns ``(x as float32
+    or uint8 pixels, y as int64, classes)``."""
+    x = validate.images(x_name, x)
+    classes = classes_scored(model, x.shape[1:], x_name)
+    return x, validate.labels(y_name, y, len(x), classes), classes

@@ -14,7 +14,8 @@ import numpy as np
 
 from .errors import ShapeError
 from .kernels.checks import non_negative_int, number
-from .schedules import Constant, InverseTime, schedule_from_config, schedule_name
+from .model import checked
+from .schedules import Constant, InverseTime, make_schedule, schedule_from_config, schedule_name
 
 _F32 = float(np.finfo(np.float32).max)  # the kernels compute in float32: larger would be Inf there
 
@@ -24,10 +25,7 @@ class Optimizer:
     taken, and its ``state`` (name -> flat float32 array like ``model.parameters``)."""
 
     def __init__(self, model, lr, weight_decay, schedule, state_names):
-        from .model import Sequential
-        if not isinstance(model, Sequential):
-            raise ShapeError(f"model: expected a fastcnn Sequential, got {type(model).__name__}")
-        self.model = model
+        self.model = checked(model)
         self.lr = number("lr", lr, lambda v: 0 < v <= _F32, "a learning rate > 0 (that float32 holds)")
         self.weight_decay = number("weight_decay", weight_decay, lambda v: 0 <= v <= _F32,
                                    "a value >= 0 (that float32 holds)")
@@ -75,6 +73,10 @@ class SGD(Optimizer):
     def velocity(self):
         return self.state["velocity"]
 
+    @classmethod
+    def from_settings(cls, model, settings, schedule):
+        return cls(model, settings.lr, settings.momentum, weight_decay=settings.weight_decay, schedule=schedule)
+
     def hyperparameters(self):
         return {"momentum": self.momentum}
 
@@ -93,6 +95,10 @@ class Adam(Optimizer):
         self.betas = tuple(number("betas", b, lambda v: 0 <= v < 1, "values in [0, 1)") for b in betas)
         self.eps = number("eps", eps, lambda v: 0 < v <= _F32, "a value > 0 (that float32 holds)")
 
+    @classmethod
+    def from_settings(cls, model, settings, schedule):
+        return cls(model, settings.lr, weight_decay=settings.weight_decay, schedule=schedule)
+
     def hyperparameters(self):
         return {"betas": list(self.betas), "eps": self.eps}
 
@@ -102,7 +108,14 @@ class Adam(Optimizer):
                                      self.betas[0], self.betas[1], self.eps, self.weight_decay, taken + 1)
 
 
-OPTIMIZERS = {"SGD": SGD, "Adam": Adam}
+# A run's settings name its optimizer here (``--optimizer``); model files record its class's name.
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+_BY_CLASS_NAME = {cls.__name__: cls for cls in OPTIMIZERS.values()}
+
+
+def make_optimizer(model, settings, steps_per_epoch):
+    """The optimizer, with its schedule, that a run's ``settings`` (resolved) ask for."""
+    return OPTIMIZERS[settings.optimizer].from_settings(model, settings, make_schedule(settings, steps_per_epoch))
 
 
 def optimizer_from_config(model, config):
@@ -110,12 +123,12 @@ def optimizer_from_config(model, config):
     files from before Adam hold an SGD config without "type" or "schedule"."""
     config = dict(config)
     kind = config.pop("type", "SGD")
-    if kind not in OPTIMIZERS:
-        raise ShapeError(f"optimizer: unknown type {kind!r}; expected one of {sorted(OPTIMIZERS)}")
+    if kind not in _BY_CLASS_NAME:
+        raise ShapeError(f"optimizer: unknown type {kind!r}; expected one of {sorted(_BY_CLASS_NAME)}")
     steps = config.pop("steps")
     schedule = config.pop("schedule", None)
     if schedule is not None:
         config["schedule"] = schedule_from_config(*schedule)
-    optimizer = OPTIMIZERS[kind](model, **config)
+    optimizer = _BY_CLASS_NAME[kind](model, **config)
     optimizer.steps = non_negative_int("steps", steps)
     return optimizer

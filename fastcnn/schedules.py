@@ -4,12 +4,16 @@ save by ``config()`` and rebuild with ``schedule_from_config``."""
 
 import math
 
-from .errors import ShapeError
+from .errors import ConfigError
 from .kernels.checks import number
 
 
 class Constant:
     """lr_t = lr."""
+
+    @classmethod
+    def from_settings(cls, settings, steps_per_epoch):
+        return cls()
 
     def __call__(self, t):
         return 1.0
@@ -23,6 +27,10 @@ class InverseTime:
 
     def __init__(self, decay=1e-3):
         self.decay = number("decay", decay, lambda v: v >= 0, "a value >= 0")
+
+    @classmethod
+    def from_settings(cls, settings, steps_per_epoch):
+        return cls(settings.decay)
 
     def __call__(self, t):
         return 1.0 / (1.0 + self.decay * t)
@@ -39,6 +47,10 @@ class Cosine:
         self.steps = int(number("steps", steps, lambda v: v >= 1 and v == int(v), "a whole number of steps >= 1"))
         self.final = number("final", final, lambda v: 0 <= v <= 1, "a fraction of lr in [0, 1]")
 
+    @classmethod
+    def from_settings(cls, settings, steps_per_epoch):
+        return cls(settings.epochs * steps_per_epoch)  # the curve spans the whole run
+
     def __call__(self, t):
         return self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * min(t, self.steps) / self.steps))
 
@@ -46,7 +58,13 @@ class Cosine:
         return {"steps": self.steps, "final": self.final}
 
 
+# A run's settings name its schedule here (``--schedule``); model files record it by this name too.
 SCHEDULES = {"constant": Constant, "inverse-time": InverseTime, "cosine": Cosine}
+
+
+def make_schedule(settings, steps_per_epoch):
+    """The schedule a run's ``settings`` (resolved) ask for, with ``steps_per_epoch`` steps an epoch."""
+    return SCHEDULES[settings.schedule].from_settings(settings, steps_per_epoch)
 
 
 def schedule_name(schedule):
@@ -55,5 +73,5 @@ def schedule_name(schedule):
 
 def schedule_from_config(name, config):
     if name not in SCHEDULES:
-        raise ShapeError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {name!r}")
+        raise ConfigError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {name!r}")
     return SCHEDULES[name](**config)

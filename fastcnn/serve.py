@@ -43,7 +43,8 @@ from . import compiling
 from .data import CLASS_NAMES, IMAGE_SHAPES
 from .errors import FastCNNError, ImageError, ShapeError
 from .image import load_photo
-from .inference import check_model, picture_loader
+from .inference import picture_loader
+from .model import checked
 from .settings import ServerLimits
 
 __all__ = ["MAX_UPLOAD", "Batcher", "DecodeBudget", "ServerBusy", "create_app", "make_server", "serve"]
@@ -111,7 +112,7 @@ class Batcher:
     """
 
     def __init__(self, model, window=ServerLimits.batch_window, largest=ServerLimits.max_batch):
-        self.model, self.window, self.largest = check_model(model), window, largest
+        self.model, self.window, self.largest = checked(model), window, largest
         self._changed = threading.Condition()
         self._waiting = []  # (picture, answer) pairs
         self._reading = 0  # requests that will hand in a picture soon

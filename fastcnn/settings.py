@@ -13,12 +13,12 @@ from typing import Optional, Tuple
 
 from .architectures import ARCHITECTURES
 from .data import DATASETS
-from .errors import ShapeError
+from .errors import ConfigError
 from .folders import COLORS, DEFAULT_MAX_SIDE
 from .kernels import checks
+from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
 
-OPTIMIZERS = ("sgd", "adam")
 DIVERGENCE = 10.0  # a run stops when its smoothed loss stays above this many times its start (train.Divergence)
 
 
@@ -53,7 +53,7 @@ class Settings:
     epochs: Optional[int] = _setting("passes over the training set (default: the network's; 5 for original)", int,
                                      resumable=True)
     batch_size: Optional[int] = _setting("the batch (default 64)", int)
-    optimizer: Optional[str] = _setting("sgd or adam (default: the network's; sgd for original)", str, OPTIMIZERS)
+    optimizer: Optional[str] = _setting("sgd or adam (default: the network's; sgd for original)", str, tuple(OPTIMIZERS))
     lr: Optional[float] = _setting("initial learning rate (default: the network's, 0.07 for original; "
                                    "adam: 0.001)", float)
     momentum: Optional[float] = _setting("SGD's momentum (default 0.9)", float)
@@ -89,12 +89,12 @@ class Settings:
 
     def resolved(self, strict=True):
         """These settings with every None filled in from the network's recipe and the defaults;
-        checked (``ShapeError`` naming the setting). ``strict``: a setting given for a part the
+        checked (``ConfigError`` naming the setting). ``strict``: a setting given for a part the
         run doesn't use (SGD's momentum in an Adam run, ...) is an error, not silently ignored."""
         if self.model not in ARCHITECTURES:
-            raise ShapeError(f"model: expected one of {', '.join(ARCHITECTURES)}, got {self.model!r}")
+            raise ConfigError(f"model: expected one of {', '.join(ARCHITECTURES)}, got {self.model!r}")
         if self.data is not None and self.dataset is not None:
-            raise ShapeError(f"data: a folder of pictures ({self.data}) and a dataset ({self.dataset}) were both "
+            raise ConfigError(f"data: a folder of pictures ({self.data}) and a dataset ({self.dataset}) were both "
                              f"given; give one")
         recipe = dict(ARCHITECTURES[self.model].recipe, validation="split", keep_best=False, monitor="val_loss",
                       seed=0, divergence=DIVERGENCE)
@@ -110,7 +110,7 @@ class Settings:
         if strict:
             for name, value in given.items():
                 if name not in settings.relevant():
-                    raise ShapeError(f"{name}: {value} was given, but {_unused(settings, name)} doesn't use it")
+                    raise ConfigError(f"{name}: {value} was given, but {_unused(settings, name)} doesn't use it")
         return settings
 
     def check(self):
@@ -118,7 +118,7 @@ class Settings:
         if self.data is None:
             _choice("dataset", self.dataset, DATASETS)
         elif not isinstance(self.data, str) or not self.data:
-            raise ShapeError(f"data: expected the path of a folder of pictures, got {self.data!r}")
+            raise ConfigError(f"data: expected the path of a folder of pictures, got {self.data!r}")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("validation", self.validation, VALIDATIONS + ("end",))
@@ -128,9 +128,9 @@ class Settings:
         if self.image_size is not None and (
                 not isinstance(self.image_size, tuple) or len(self.image_size) != 2
                 or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 4096 for d in self.image_size)):
-            raise ShapeError(f"image_size: expected H W, each 1 to 4096 pixels, got {self.image_size!r}")
+            raise ConfigError(f"image_size: expected H W, each 1 to 4096 pixels, got {self.image_size!r}")
         if not isinstance(self.keep_best, bool):
-            raise ShapeError(f"keep_best: expected True or False, got {self.keep_best!r}")
+            raise ConfigError(f"keep_best: expected True or False, got {self.keep_best!r}")
         for name in ("early_stopping", "reduce_lr_on_plateau"):
             if getattr(self, name) is not None:
                 checks.non_negative_int(name, getattr(self, name))
@@ -183,7 +183,7 @@ def _unused(settings, name):
 
 def _choice(name, value, choices):
     if value not in choices:
-        raise ShapeError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+        raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
 
 
 def add_arguments(parser):
@@ -251,7 +251,7 @@ class ServerLimits:
         checks.number("batch_window", self.batch_window, lambda v: 0 <= v <= 1, "a number of seconds in [0, 1]")
         checks.positive_int("decode_memory", self.decode_memory)
         if self.decode_memory < MAX_DECODED_BYTES:
-            raise ShapeError(f"decode_memory: expected at least {MAX_DECODED_BYTES:,} bytes (one picture's "
+            raise ConfigError(f"decode_memory: expected at least {MAX_DECODED_BYTES:,} bytes (one picture's "
                              f"most), got {self.decode_memory:,}")
 
 

@@ -6,7 +6,7 @@ came, so a bad call never reaches Numba (whose errors say nothing useful) or ret
 
 import numpy as np
 
-from fastcnn.errors import ShapeError
+from .errors import ShapeError
 
 
 def array(name, a, ndim, dtype=None):

@@ -17,7 +17,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from fastcnn.errors import ShapeError
+from .errors import ShapeError
 
 from . import checks
 from .activations import elementwise, elementwise_backward

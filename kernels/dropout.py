@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import prange
 
-from fastcnn.errors import ShapeError
+from .errors import ShapeError
 
 from . import checks
 from .jit import parallel_kernel

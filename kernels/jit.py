@@ -22,6 +22,7 @@ compile one by name into the same cache (``fastcnn.compiling``).
 
 import functools
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import sys
@@ -32,9 +33,11 @@ from pathlib import Path
 import llvmlite
 import llvmlite.binding
 import numba
+import numpy as np
 from numba.core import caching, codegen
 
 from . import blas
+from .errors import ConfigError
 
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 
@@ -110,8 +113,15 @@ def cache_dir():
 
     Nothing in it depends on where fastcnn is installed, so every install of the same version
     shares it; code for one CPU is never loaded on another (Numba also refuses it, per kernel)."""
-    from fastcnn import __version__
-    return cache_root() / __version__ / cpu_key() / _build_key()
+    return cache_root() / _version() / cpu_key() / _build_key()
+
+
+def _version():
+    """fastcnn's version, from its installed metadata (the kernels import nothing of the package)."""
+    try:
+        return importlib.metadata.version("fastcnn")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that isn't installed
+        return "unknown"
 
 
 class KernelCacheLocator(caching._CacheLocator):
@@ -180,3 +190,13 @@ def _cache_for(fn):
 
 
 _UNCACHED = []  # why the cache can't be written, once known
+
+
+def set_threads(threads=None):
+    """Use ``threads`` cores for the kernels (None: all of them); returns the number. That is all
+    the threads a step uses: the matrix products run inside the kernels' threads (``blas.py``)."""
+    n = numba.config.NUMBA_NUM_THREADS if threads is None else threads
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+        raise ConfigError(f"threads: expected 1..{numba.config.NUMBA_NUM_THREADS} on this machine, got {threads!r}")
+    numba.set_num_threads(int(n))
+    return int(n)

@@ -9,7 +9,7 @@ logits of +-1e4 neither overflow nor lose the answer. dlogits = (softmax(z) - on
 import numba
 import numpy as np
 
-from fastcnn.errors import ShapeError
+from .errors import ShapeError
 
 from . import checks
 from .jit import serial_kernel

@@ -13,7 +13,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from fastcnn.errors import ShapeError
+from .errors import ShapeError
 
 from . import checks
 from .jit import parallel_kernel, serial_kernel

@@ -11,7 +11,7 @@ place), each the checked function with its results copied into the caller's buff
 
 import numpy as np
 
-from fastcnn.errors import ShapeError
+from .errors import ShapeError
 
 from . import checks
 from .avgpool import check_avgpool_backward

@@ -66,7 +66,8 @@ def mnist(data_dir):
 @pytest.fixture(scope="session")
 def trained_model(mnist, tmp_path_factory):
     """The seed network after one epoch on 12,000 real MNIST images, and its saved file."""
-    from fastcnn.train import fit, mnist_network
+    from fastcnn.fit import fit
+    from fastcnn.architectures import mnist_network
     from fastcnn import SGD
     (x, y), test = mnist
     model = mnist_network(seed=0)

@@ -7,7 +7,7 @@ import pytest
 
 import fastcnn
 from fastcnn import SGD, ModelFileError
-from fastcnn.train import mnist_network
+from fastcnn.architectures import mnist_network
 
 
 def stepped_model():

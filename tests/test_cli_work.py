@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 import fastcnn
 from fastcnn import SGD, data
 from fastcnn.cli import main, parser
-from fastcnn.train import mnist_network
+from fastcnn.architectures import mnist_network
 
 from fakes import bars, fake_mnist
 

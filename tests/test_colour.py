@@ -11,7 +11,7 @@ import fastcnn
 from fastcnn import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, data, image, inference
 from fastcnn.cli import main
 from fastcnn.errors import ImageError, ShapeError
-from fastcnn.train import mnist_network
+from fastcnn.architectures import mnist_network
 
 from test_cifar import fake_batches, official_archive, put_archive
 from test_image import bilevel_png

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 import fastcnn
 from fastcnn import SGD, Adam, ModelFileError, checkpoint, data
 from fastcnn.cli import main
-from fastcnn.train import mnist_network
+from fastcnn.architectures import mnist_network
 from fakes import fake_mnist
 
 VALUES = [None, "x", "", [], {}, [[]], {"a": 1}, -1, 0, 1.5, 1e308, 2**70, True, float("nan")]

@@ -20,7 +20,7 @@ from fastcnn import (SGD, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dr
                      export_onnx)
 from fastcnn.architectures import ARCHITECTURES  # noqa: E402
 from fastcnn.cli import main  # noqa: E402
-from fastcnn.train import mnist_network  # noqa: E402
+from fastcnn.architectures import mnist_network  # noqa: E402
 
 PROB_TOL, LOGIT_TOL = 1e-5, 1e-5
 

@@ -352,7 +352,7 @@ def test_validation_test_reproduces_the_original_and_says_so(trained_folder, tmp
     assert main(["history", str(out)]) == 0
     assert "validation: the test set (20 images), as the original project did" in capsys.readouterr().out
     with pytest.raises(ShapeError, match="validation_split: 0.2 was given, but --validation test doesn't use it"):
-        fastcnn.train.train(tmp_path / "x.npz", data=str(root), validation="test", validation_split=0.2)
+        fastcnn.cli.train.train(tmp_path / "x.npz", data=str(root), validation="test", validation_split=0.2)
 
 
 def test_a_folder_that_changed_under_a_resumed_run_is_said(trained_folder, tmp_path, capsys):
@@ -365,7 +365,7 @@ def test_a_folder_that_changed_under_a_resumed_run_is_said(trained_folder, tmp_p
 
 
 def test_settings_for_folders_are_checked(tmp_path):
-    from fastcnn.train import train
+    from fastcnn.cli.train import train
     for given, message in ((dict(data="x", dataset="mnist"), "both given; give one"),
                            (dict(image_size=(28, 28)), r"image_size: \(28, 28\) was given, but a --dataset run "
                                                        r"\(only --data folders are resized\)"),

@@ -53,7 +53,7 @@ def test_same_padding_keeps_the_size_divided_by_the_stride(size, stride, kernel)
 
 
 def test_summary_lists_layers_shapes_and_parameter_counts():
-    model = fastcnn.train.mnist_network()
+    model = fastcnn.architectures.mnist_network()
     text = model.summary(file=open("/dev/null", "w"))
     assert "(None, 14, 14, 32)" in text and "(None, 6272)" in text and "802,944" in text
     assert "Total params: 804,554" in text and model.parameters.size == 804_554 and "0 Conv2D " in text
@@ -272,7 +272,7 @@ def test_the_training_script_resumes_the_deep_network_bit_for_bit(tmp_path, monk
     schedule: asking a 1-epoch run for a second epoch stretches the cosine over 2 epochs.)"""
     from fakes import fake_mnist
     from fastcnn import data
-    from fastcnn.train import train
+    from fastcnn.cli.train import train
     monkeypatch.setitem(data.CHECKSUMS, "mnist", fake_mnist(tmp_path))
     common = dict(model="deep", data_dir=tmp_path, progress=False, batch_size=80, schedule="inverse-time")
     train(tmp_path / "straight.npz", epochs=2, **common)
@@ -317,7 +317,8 @@ def test_a_version_1_model_file_still_loads_and_resumes(tmp_path, monkeypatch):
 
     from fakes import fake_mnist
     from fastcnn import data
-    from fastcnn.train import mnist_network, train
+    from fastcnn.architectures import mnist_network
+    from fastcnn.cli.train import train
     monkeypatch.setitem(data.CHECKSUMS, "mnist", fake_mnist(tmp_path))
     model = mnist_network(seed=0)
     velocity = np.random.default_rng(0).normal(0, 1e-3, model.parameters.size).astype(np.float32)
@@ -362,7 +363,7 @@ def test_a_slice_of_a_batch_draws_its_rows_of_the_batchs_dropout_mask():
 def test_asking_a_cosine_run_for_more_epochs_stretches_its_schedule(tmp_path, monkeypatch):
     from fakes import fake_mnist
     from fastcnn import data
-    from fastcnn.train import train
+    from fastcnn.cli.train import train
     monkeypatch.setitem(data.CHECKSUMS, "mnist", fake_mnist(tmp_path))
     out = tmp_path / "cosine.npz"
     train(out, model="deep", epochs=1, batch_size=80, data_dir=tmp_path, progress=False)  # 320 images: 4 batches

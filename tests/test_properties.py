@@ -223,12 +223,12 @@ def check_idx(path):
 
 def check_checkpoint(path):
     try:
-        saved = checkpoint.load_checkpoint(path)
+        saved = loading.load_checkpoint(path)
     except ModelFileError:
         return "refused"
     assert isinstance(saved.model, Sequential) and np.isfinite(saved.model.parameters).all()
     if saved.training is not None:
-        checkpoint.check_training(saved.training)
+        loading.check_training(saved.training)
     return "loaded"
 
 
@@ -328,4 +328,4 @@ def test_a_huge_array_claim_is_refused_without_allocating(scratch):
     path = scratch / "huge.npz"
     path.write_bytes(raw[:at] + header[:end - at] + raw[end:])  # same length: the zip stays readable
     with pytest.raises(ModelFileError, match=r"'param/4.weight.npy' claims \d{13,} bytes"):
-        checkpoint.load_checkpoint(path)
+        loading.load_checkpoint(path)

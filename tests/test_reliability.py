@@ -41,7 +41,10 @@ from fastcnn.cli import main
 from fastcnn.errors import DataError, ImageError, ModelFileError, ShapeError
 from fastcnn.inference import evaluate, predict_digits
 from fakes import bars, fake_mnist
-from fastcnn.train import TrainingDiverged, TrainingInterrupted, check_writable, fit, mnist_network, train
+from fastcnn.fit import TrainingDiverged, TrainingInterrupted, fit
+from fastcnn.fileio import check_writable_output as check_writable
+from fastcnn.architectures import mnist_network
+from fastcnn.cli.train import train
 
 
 def count(tried, what, n=1):

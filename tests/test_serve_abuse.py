@@ -28,7 +28,7 @@ import abuse  # noqa: E402
 from fastcnn import FastCNNError, ShapeError, image, serve  # noqa: E402
 from fastcnn.cli import main  # noqa: E402
 from fastcnn.settings import ServerLimits  # noqa: E402
-from fastcnn.train import mnist_network  # noqa: E402
+from fastcnn.architectures import mnist_network  # noqa: E402
 
 LIMITS = ServerLimits(max_upload=2_000_000, max_connections=12, threads=4, request_timeout=2.5, idle_timeout=1.5,
                       batch_window=0.05)  # (a long window: requests that arrive together surely go together)

@@ -7,7 +7,9 @@ import fastcnn
 from fastcnn import SGD, ModelFileError
 from fakes import bars, fake_mnist
 from fastcnn.architectures import ARCHITECTURES
-from fastcnn.train import TrainingDiverged, check_writable, fit, mnist_network
+from fastcnn.fit import TrainingDiverged, fit
+from fastcnn.fileio import check_writable_output as check_writable
+from fastcnn.architectures import mnist_network
 
 
 def run(epochs, out, training=None, model=None, opt=None):
@@ -69,7 +71,7 @@ def test_a_short_run_on_real_mnist_learns(trained_model, mnist):
 
 
 def test_the_training_script_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys):
-    from fastcnn.train import train
+    from fastcnn.cli.train import train
     from fastcnn import data
     monkeypatch.setitem(data.CHECKSUMS, "mnist", fake_mnist(tmp_path))
     root = tmp_path

@@ -1,15 +1,15 @@
-"""Training: ``fit`` (the epoch loop, validation, checkpoints, resume, stopping safely) and
-``train`` (the training script: a named network and its settings, the data, fit, save).
+"""``fit``: the training loop. Epochs of shuffled batches, validation, checkpoints, resuming,
+stopping safely, and the callbacks.
 
 The shuffle of epoch ``e`` is ``default_rng([seed, e]).permutation(N)``: the seed and the epoch
 are the whole RNG state, so a resumed run draws exactly the batches an uninterrupted one would.
-The checkpoint (the output file itself, rewritten atomically) holds the model, the optimizer and
-``training``: settings, position (epoch, batch), the running totals of the epoch and the history.
-It is written after every epoch, every ``checkpoint_every`` batches if asked, and when SIGINT
-(Ctrl-C) or SIGTERM arrives: then training stops at the next batch boundary, saves the position
-and raises ``TrainingInterrupted``. Resuming from any of these ends with the weights of an
-uninterrupted run, bit for bit (for the same thread count). A checkpoint is never written with
-NaN or Inf weights, so the file always holds the last good state.
+The checkpoint (``out``, rewritten atomically) holds the model, the optimizer and ``training``:
+settings, position (epoch, batch), the running totals of the epoch and the history. It is written
+after every epoch, every ``checkpoint_every`` batches if asked, and when SIGINT (Ctrl-C) or
+SIGTERM arrives: then training stops at the next batch boundary, saves the position and raises
+``TrainingInterrupted``. Resuming from any of these ends with the weights of an uninterrupted run,
+bit for bit (for the same thread count). A checkpoint is never written with NaN or Inf weights,
+so the file always holds the last good state.
 
 Validation is held out of the training data (``holdout``: a fraction of each class, drawn from
 the seed, never trained on); callbacks (``fastcnn.callbacks``) choose on it after each epoch,
@@ -23,23 +23,23 @@ import threading
 import time
 from typing import NamedTuple, Optional
 
-import numba
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint, compiling, distributed, fileio
+from . import checkpoint, compiling, distributed, fileio, loading
 from .callbacks import TrainingRun, check_callbacks, restore_states, saved_states
-from .data import as_float_pixels
-from .errors import FastCNNError, ModelFileError, ShapeError
+from .errors import FastCNNError, ShapeError
 from .folders import row_reader
-from .inference import check_batch
 from .kernels import checks
+from .validate import as_float_pixels
+from .model import labelled_batch
 from .optim import Optimizer
 from .settings import DEFAULT_VALIDATION_SPLIT, DIVERGENCE
 
 
 VALIDATION_SPLIT = DEFAULT_VALIDATION_SPLIT  # held out of the training data by default: 1/12, MNIST's 5,000
 _HOLDOUT_STREAM = 2**32 - 1  # the seed's random stream for the held-out rows (epochs use [seed, epoch])
+
 
 
 class TrainingDiverged(FastCNNError, FloatingPointError):
@@ -98,46 +98,10 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.exit_status = 128 + signum
 
 
-def mnist_network(seed=0, backend="numba"):
-    """The original project's network for MNIST: Conv 3x3x32 pad 1, ReLU, MaxPool 2, Dense 128,
-    ReLU, Dense 10."""
-    from .architectures import ARCHITECTURES
-    return ARCHITECTURES["original"].build((28, 28, 1), 10, seed, backend)
-
-
-def set_threads(threads):
-    """Use ``threads`` cores for the kernels (None: all of them). That is all the threads a
-    step uses: the matrix products run inside the kernels' threads (``kernels/blas.py``)."""
-    n = numba.config.NUMBA_NUM_THREADS if threads is None else threads
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
-        raise ShapeError(f"threads: expected 1..{numba.config.NUMBA_NUM_THREADS} on this machine, got {threads!r}")
-    numba.set_num_threads(int(n))
-    return int(n)
-
-
-def warm_up(model, example_shape, optimizer=None):
-    """Have every kernel that a training step, ``optimizer``'s update and ``predict`` run compiled
-    (or in the cache) before training starts; compiling says so on stderr, in the first process."""
-    compiling.prepare(model.plan(example_shape), (True, False), optimizer, say=distributed.world().is_root)
-
-
-def check_writable(path, need=0):
-    """Fail now, not after an epoch of training, if ``path`` can't be written (a read-only or full
-    folder, a folder in the way), or its disk has less than ``need`` bytes free."""
-    try:
-        fileio.check_writable(path, need)
-    except OSError as e:
-        raise ModelFileError(f"{path}: cannot write there ({e.strerror or e}); choose another --out") from None
-
-
 def fresh_state():
     """Where a new run starts: epoch 0, batch 0, no running totals (loss sum, correct, seen,
     seconds) and no history."""
     return {"epoch": 0, "batch": 0, "totals": [0.0, 0, 0, 0.0], "history": []}
-
-
-def accuracy(model, x, y, batch_size=128):
-    return float((model.predict(x, batch_size).argmax(axis=1) == y).mean())
 
 
 def loss_and_accuracy(model, x, y, rows=None, batch_size=256):
@@ -236,7 +200,7 @@ def _save(out, model, optimizer, state, callbacks=()):
 def _record(out, state):
     """Write ``state`` into the checkpoint ``out``, keeping its weights (the model may hold
     others by now: the best epoch's, put back by KeepBest)."""
-    saved = checkpoint.load_checkpoint(out)
+    saved = loading.load_checkpoint(out)
     checkpoint.save(out, saved.model, saved.optimizer, state)
 
 
@@ -303,10 +267,10 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     out, progress = (out, progress) if world.is_root else (None, False)  # only rank 0 saves and shows
     if out is not None:
         state_bytes = sum(a.nbytes for a in optimizer.state.values())
-        check_writable(out, need=model.parameters.nbytes + state_bytes + 2**16)
+        fileio.check_writable_output(out, need=model.parameters.nbytes + state_bytes + 2**16)
     batches = -(-n // batch_size)
     state = training or fresh_state()
-    checkpoint.check_training(state)
+    loading.check_training(state)
     if not 0 <= state["batch"] < batches:
         raise ShapeError(f"training: batch {state['batch']} is outside this run's 0..{batches - 1}; "
                          f"was the checkpoint made with other data or another batch size?")
@@ -456,7 +420,7 @@ def _check_fit(model, optimizer, train, validation, test, epochs, batch_size, se
             continue
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise ShapeError(f"{name}: expected a pair (images, labels), got {type(pair).__name__}")
-        pairs[name] = check_batch(model, *pair, f"{name} images", f"{name} labels")
+        pairs[name] = labelled_batch(model, *pair, f"{name} images", f"{name} labels")
     x, y, outputs = pairs["train"]
     if classes is None:
         classes = getattr(train, "classes", None)
@@ -489,252 +453,3 @@ def _gather(take, idx, out, raw):
     if raw is None:
         return take(idx, out[:len(idx)])
     return as_float_pixels(take(idx, raw[:len(idx)]), out[:len(idx)])
-
-
-def make_schedule(settings, steps_per_epoch):
-    """The learning-rate schedule ``settings`` (resolved) ask for: a cosine spans the whole run."""
-    from .schedules import Constant, Cosine, InverseTime
-    if settings.schedule == "cosine":
-        return Cosine(settings.epochs * steps_per_epoch)
-    if settings.schedule == "inverse-time":
-        return InverseTime(settings.decay)
-    return Constant()
-
-
-def make_optimizer(model, settings, steps_per_epoch):
-    """The optimizer and schedule ``settings`` (resolved) ask for."""
-    from .optim import SGD, Adam
-    schedule = make_schedule(settings, steps_per_epoch)
-    if settings.optimizer == "adam":
-        return Adam(model, settings.lr, weight_decay=settings.weight_decay, schedule=schedule)
-    return SGD(model, settings.lr, settings.momentum, weight_decay=settings.weight_decay, schedule=schedule)
-
-
-def last_epoch_path(out):
-    """Where a ``--keep-best`` run keeps its last epoch, to resume from: ``model.npz`` ->
-    ``model.last.npz`` beside it (``out`` itself holds the best epoch)."""
-    from pathlib import Path
-    out = Path(out)
-    return out.with_name(f"{out.stem}.last{out.suffix}")
-
-
-class _Data(NamedTuple):
-    """A run's data: the splits (the training pair, and the test and val pairs or None), the class
-    names to record (None for the published data sets), what it is called and how it was read."""
-    train: tuple
-    test: Optional[tuple]
-    val: Optional[tuple]
-    classes: Optional[tuple]
-    name: str
-    how: str
-
-
-def _load_data(settings, data_dir, verbose):
-    """The data ``settings`` name: a folder of pictures (decoded once, then from its cache), or a
-    published data set."""
-    from .data import load_dataset
-    from .folders import Split, image_folder
-    if settings.data is not None:
-        folder = image_folder(settings.data, settings.image_size, settings.color, verbose=verbose)
-        how = f" ({'decoded' if folder.decoded else 'read from the cache'} in {folder.seconds:.1f} s)"
-        return _Data(folder.train, folder.test, folder.val, folder.classes, f"{folder.root}", how), folder
-    train_data = Split(*load_dataset(settings.dataset, "train", data_dir), name="train")
-    test_data = Split(*load_dataset(settings.dataset, "test", data_dir), name="test")
-    return _Data(train_data, test_data, None, None, settings.dataset, ""), None
-
-
-class _Validation(NamedTuple):
-    """How a run validates: fit's training pair, validation pair (or None), fraction to hold out
-    and test pair (or None), the number of images it trains on, and a phrase saying so."""
-    train: tuple
-    validation: Optional[tuple]
-    split: float
-    test: Optional[tuple]
-    trained_on: int
-    about: str
-
-
-def _validation_plan(settings, data):
-    """How ``settings`` validate on ``data``: a :class:`_Validation`."""
-    from .folders import Split
-    x, y = data.train
-    if settings.validation == "test":
-        if data.test is None:
-            raise ShapeError(f"validation: --validation test needs a test set, and {data.name} has none (a test/ "
-                             f"folder of class folders); hold out a split of the training pictures instead")
-        return _Validation(data.train, data.test, 0.0, None, len(y),
-                     "validating on the test set after each epoch (--validation test, as the original project did)")
-    if settings.validation == "end":  # a run of fastcnn 0.2: the end of the training set, as it held out
-        held = int(round(len(y) * settings.validation_split))
-        if not 1 <= held < len(y):
-            raise ShapeError(f"validation_split: {settings.validation_split} of {len(y)} images leaves {held} to "
-                             f"validate on and {len(y) - held} to train on; both need at least one")
-        return _Validation((x[:-held], y[:-held]), Split(x[-held:], y[-held:], name="held-out end"), 0.0, data.test,
-                     len(y) - held, f"validating on the last {held:,} training images (as fastcnn 0.2 held out)")
-    if data.val is not None:
-        return _Validation(data.train, data.val, 0.0, data.test, len(y),
-                           f"validating on its val/ folder ({len(data.val[1]):,})")
-    split = settings.validation_split
-    rows, held = holdout(y, split, settings.seed) if split else (y, ())
-    if not len(held):
-        if split:
-            print(f"{data.name}: too few pictures of each class to hold out {split:.3g} of them: training without "
-                  f"validation (a larger --validation-split holds some out)", file=sys.stderr)
-        return _Validation(data.train, None, 0.0, data.test, len(y), "no validation")
-    tested = f"; the test set, {len(data.test[1]):,}, is evaluated at the end" if data.test is not None else ""
-    return _Validation(data.train, None, split, data.test, len(rows),
-                       f"{len(held):,} held out to validate on ({split:.3g} of each class{tested})")
-
-
-def make_callbacks(settings, out):
-    """The callbacks ``settings`` ask for: KeepBest into ``out``, EarlyStopping, ReduceLROnPlateau."""
-    from .callbacks import EarlyStopping, KeepBest, ReduceLROnPlateau
-    callbacks = []
-    if settings.keep_best:
-        callbacks.append(KeepBest(out, settings.monitor))
-    if settings.early_stopping is not None:
-        callbacks.append(EarlyStopping(settings.monitor, settings.early_stopping))
-    if settings.reduce_lr_on_plateau is not None:
-        callbacks.append(ReduceLROnPlateau(settings.monitor, patience=settings.reduce_lr_on_plateau))
-    return callbacks
-
-
-def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progress=True, checkpoint_every=None,
-          overwrite=False, **given):
-    """The training script: load the data, build or resume the model, fit, save. Returns the history.
-
-    ``given`` are settings (``fastcnn.settings.Settings``'s fields: ``model="deep"``,
-    ``epochs=15``, ``optimizer="adam"``, ``data="pictures/"``, ...); the rest take the named
-    network's recipe, or on ``resume`` the checkpoint's (which may only change ``epochs`` and
-    ``data``, the folder's place). Every setting is checked before anything is loaded. By default
-    1/12 of the training set is held out to validate on (``validation="test"``: the test set, as
-    the original project did), and the test set is evaluated once, at the end. With
-    ``keep_best``, ``out`` holds the best epoch and :func:`last_epoch_path` the last, to resume
-    from. An existing ``out`` is only replaced with ``overwrite`` (else ``ModelFileError``): it
-    may be a model that took an hour to train. Temporary files a killed earlier run left beside
-    ``out`` are removed first. SIGINT or SIGTERM saves the checkpoint and raises
-    ``TrainingInterrupted`` (see :func:`fit`).
-    """
-    import dataclasses
-    import os
-    import shlex
-
-    from .architectures import ARCHITECTURES
-    from .settings import Settings, fixed_on_resume, from_checkpoint
-
-    fields = {f.name for f in dataclasses.fields(Settings)}
-    unknown = sorted(set(given) - fields)
-    if unknown:
-        raise ShapeError(f"{unknown[0]}: not a setting; the settings are {', '.join(sorted(fields))}")
-    given = {k: v for k, v in given.items() if v is not None}
-    requested = Settings(**given).resolved()
-    if checkpoint_every is not None:
-        checks.positive_int("checkpoint_every", checkpoint_every)
-    world = distributed.world()
-    threads = set_threads(world.default_threads() if threads is None else threads)
-    last = last_epoch_path(out)
-    if not resume and not overwrite:
-        for path in (out, last) if requested.keep_best else (out,):
-            if os.path.lexists(path) and not os.path.isdir(path):
-                raise ModelFileError(f"{path}: already exists; continue its run with --resume, train into another "
-                                     f"file with --out, or replace it with --overwrite")
-    check_writable(out)
-    if world.is_root:  # the one process that writes out
-        fileio.remove_stale_temps(out)
-        fileio.remove_stale_temps(last)
-    if resume:
-        resume_from = last if os.path.isfile(last) else out
-        saved = checkpoint.load_checkpoint(resume_from)
-        if saved.optimizer is None or saved.training is None:
-            if (saved.training or {}).get("best"):
-                raise ModelFileError(f"{out}: holds the best epoch of a --keep-best run; the last epoch, to resume "
-                                     f"from, was kept in {last}, which is missing")
-            raise ModelFileError(f"{out}: holds a model but no training state to resume from")
-        try:
-            settings = from_checkpoint(saved.training.get("settings", {}))
-        except (ShapeError, TypeError) as e:
-            raise ModelFileError(f"{resume_from}: damaged training settings: {e}") from None
-        resumed = Settings(**given).resolved(strict=False) if given else settings
-        for key in fixed_on_resume():
-            if key in given and getattr(resumed, key) != getattr(settings, key):
-                raise ShapeError(f"--{key.replace('_', '-')} {given[key]} differs from the checkpoint's "
-                                 f"{getattr(settings, key)}; a resumed run keeps its settings")
-        stretched = "epochs" in given and given["epochs"] != settings.epochs
-        settings = dataclasses.replace(settings, epochs=given.get("epochs", settings.epochs),
-                                       data=os.path.abspath(given["data"]) if "data" in given else settings.data)
-        model, optimizer, state = saved.model, saved.optimizer, saved.training
-        if "stopped" in state:
-            stop = state["stopped"]
-            print(f"{out}: this run stopped after epoch {stop['epoch']} of {settings.epochs}: {stop['reason']}; "
-                  f"there is nothing to resume")
-            return []
-        if state["epoch"] >= settings.epochs and state["batch"] == 0:
-            done = state["history"][-1].get("val_acc") if state["history"] else None
-            print(f"{out}: this run has finished its {settings.epochs} epochs"
-                  + (f" (validation accuracy {done:.4f})" if done is not None else "")
-                  + f"; to train further, ask for more: fastcnn train --out {shlex.quote(os.fspath(out))} "
-                    f"--resume --epochs {settings.epochs + 5}")
-            return []
-    else:
-        settings, stretched, state = requested, False, None
-        if settings.data is not None:
-            settings = dataclasses.replace(settings, data=os.path.abspath(settings.data))
-    data, folder = _load_data(settings, data_dir, world.is_root)
-    if folder is not None:
-        if resume and list(folder.classes) != state.get("classes"):
-            raise ShapeError(f"data: {folder.root} has the classes {', '.join(folder.classes)}, the run being "
-                             f"resumed had {', '.join(state.get('classes') or [])}")
-        before = state.get("folder") or {} if resume else {"fingerprint": folder.fingerprint}
-        if before.get("fingerprint") != folder.fingerprint and world.is_root:
-            print(f"{folder.root}: its pictures changed since this run started (added, removed or modified): the "
-                  f"resumed run trains on them as they are now, {len(folder.train[1]):,} (it had "
-                  f"{before.get('images', 'an unknown number')})", file=sys.stderr)
-        settings = dataclasses.replace(settings, image_size=folder.image_size, color=folder.color)
-    validating = _validation_plan(settings, data)
-    classes = len(data.classes) if data.classes else int(max(data.train[1].max(), data.test[1].max())) + 1
-    batches = -(-validating.trained_on // settings.batch_size)
-    if resume:
-        if stretched and settings.schedule == "cosine":  # the curve now spans the longer (or shorter) run
-            optimizer.schedule = make_schedule(settings, batches)
-    else:
-        model = ARCHITECTURES[settings.model].build(data.train[0].shape[1:], classes, settings.seed)
-        optimizer = make_optimizer(model, settings, batches)
-    cores = f"{threads} threads" + (f" in each of {world.size} processes" if world.size > 1 else "")
-    shape = "x".join(map(str, data.train[0].shape[1:]))
-    print(f"Training on {data.name}{data.how}: {len(data.train[1]):,} images of {shape}, {validating.about}; {cores}, "
-          f"{settings.describe()}" + (" (resumed)" if resume else ""), flush=True)
-    state = state or fresh_state()
-    state["settings"] = dataclasses.asdict(settings)
-    if folder is not None:
-        state["folder"] = {"fingerprint": folder.fingerprint, "images": len(folder.train[1])}
-    callbacks = make_callbacks(settings, out)
-    warm_up(model, data.train[0].shape[1:], optimizer)
-    history = fit(model, optimizer, validating.train, validating.validation, epochs=settings.epochs,
-                  batch_size=settings.batch_size, seed=settings.seed, validation_split=validating.split,
-                  test=validating.test,
-                  callbacks=callbacks, classes=data.classes, out=last if settings.keep_best else out,
-                  training=state, progress=progress, checkpoint_every=checkpoint_every,
-                  divergence=settings.divergence)
-    if history and world.is_root:
-        print(_saved_message(out, last, settings, state, callbacks, data))
-    elif not history:
-        print(f"{out}: nothing to do")
-    return history
-
-
-def _saved_message(out, last, settings, state, callbacks, data):
-    """What ``train`` says at the end: where the model is, and its test accuracy."""
-    from .callbacks import KeepBest
-    best = next((c for c in callbacks if isinstance(c, KeepBest)), None)
-    kept = best.best_epoch if best is not None and best.best_epoch is not None else state["epoch"]
-    which = (f" (the best epoch, {kept}: {best.monitor} {best.best:.4f}; the last, to resume from: {last})"
-             if best is not None else "")
-    if settings.validation == "test":
-        record = next(h for h in state["history"] if h["epoch"] == kept)
-        return (f"Saved {out}{which}: test accuracy {record['val_acc']:.4f} (the test set was also the validation "
-                f"set: --validation test)")
-    if "test" in state:
-        return f"Saved {out}{which}: test accuracy {state['test']['accuracy']:.4f}"
-    record = next(h for h in state["history"] if h["epoch"] == kept)
-    return (f"Saved {out}{which}: validation accuracy {record['val_acc']:.4f} (no test set: {data.name} has no "
-            f"test/ folder)" if record.get("val_acc") is not None else f"Saved {out}{which}")
