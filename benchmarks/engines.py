@@ -114,7 +114,7 @@ class Fastcnn(Engine):
     def build(self, network, layers, data, wanted, onnx):
         import networks
         from fastcnn import SGD
-        from fastcnn.fit import fit
+        from fastcnn.training import fit
         model = self.models[network] = networks.build(network)
         if networks.describe(model, data.input_shape) != layers:
             raise ValueError(f"{network}: the network described to the peers is not the one fastcnn builds")

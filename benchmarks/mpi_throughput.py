@@ -17,7 +17,7 @@ import numpy as np
 
 from fastcnn import SGD, distributed
 from fastcnn.data import load_dataset
-from fastcnn.fit import fit
+from fastcnn.training import fit
 from fastcnn.architectures import mnist_network
 from fastcnn.kernels.jit import set_threads
 from fastcnn.compiling import warm_up

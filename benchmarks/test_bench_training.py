@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fastcnn import SGD
-from fastcnn.fit import fit
+from fastcnn.training import fit
 from fastcnn.architectures import mnist_network
 
 THREADS = sorted({1, numba.config.NUMBA_NUM_THREADS})

@@ -19,7 +19,7 @@ from .loss import SoftmaxCrossEntropy, softmax
 from .model import Sequential
 from .optim import SGD, Adam
 from .schedules import Constant, Cosine, InverseTime
-from .fit import fit
+from .training import fit
 from .export import export_onnx
 
 

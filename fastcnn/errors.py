@@ -3,7 +3,7 @@
 Every check in the library raises one of these, so a caller can catch ``FastCNNError`` and know the
 message says what was wrong and what was expected. Each also subclasses the built-in error a
 Python programmer would reach for (``ValueError``, ``FileNotFoundError``), so ordinary ``except``
-clauses keep working. Training adds two that are not about input, in ``fastcnn.fit``:
+clauses keep working. Training adds two that are not about input, in ``fastcnn.training``:
 ``TrainingDiverged`` (a FastCNNError) and ``TrainingInterrupted`` (a KeyboardInterrupt).
 ``FastCNNError``, ``ShapeError`` and ``ConfigError`` are the kernels' (``kernels/errors.py``), so
 that the kernels need nothing from the package above them.

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import backends
 from .checkpoint import FORMAT, READS
-from .errors import ModelFileError, ShapeError
+from .errors import ConfigError, ModelFileError, ShapeError
 from .kernels import checks
 from .layers import LAYERS, layer_from_config
 from .model import Sequential
@@ -81,7 +81,7 @@ def load_checkpoint(path, backend="numba"):
                     record.setdefault("val_loss", None)
     except ModelFileError:
         raise
-    except ShapeError as e:  # a field of the wrong type or out of range, named
+    except (ShapeError, ConfigError) as e:  # a field of the wrong type or out of range, named
         raise ModelFileError(f"{path}: damaged model file: {e}") from None
     except _DAMAGED as e:
         raise ModelFileError(f"{path}: damaged model file: {type(e).__name__}: {e}") from None

@@ -234,8 +234,9 @@ def checked(model):
 def classes_scored(model, example_shape, name):
     """The number of classes ``model`` scores for examples of ``example_shape``, from the plan it
     makes for them: examples that don't fit fail here, naming ``name``, not deep inside a batch."""
+    model = checked(model)
     try:
-        out = checked(model).plan(example_shape).output_shape
+        out = model.plan(example_shape).output_shape
     except ShapeError as e:
         raise ShapeError(f"{name}: images of shape {tuple(example_shape)} do not fit the model: {e}") from None
     if len(out) != 1:

@@ -66,7 +66,7 @@ def mnist(data_dir):
 @pytest.fixture(scope="session")
 def trained_model(mnist, tmp_path_factory):
     """The seed network after one epoch on 12,000 real MNIST images, and its saved file."""
-    from fastcnn.fit import fit
+    from fastcnn.training import fit
     from fastcnn.architectures import mnist_network
     from fastcnn import SGD
     (x, y), test = mnist

@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from fastcnn import FastCNNError, data, distributed, optim, train
+from fastcnn import FastCNNError, data, distributed, optim, training
 from fastcnn.cli import main
 
 
@@ -33,13 +33,13 @@ def inject(rank, step, what):
 
 
 def report_stops(folder):
-    interrupted = train._interrupted
+    interrupted = training._interrupted
 
     def say(signum, steps, *rest):
         (folder / str(distributed.world().rank)).write_text(str(steps))
         return interrupted(signum, steps, *rest)
 
-    train._interrupted = say
+    training._interrupted = say
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import fastcnn
 from fastcnn import SGD, ShapeError, fit
 from fastcnn.callbacks import Callback, EarlyStopping, KeepBest, ReduceLROnPlateau
 from fastcnn.cli import main
-from fastcnn.fit import VALIDATION_SPLIT, holdout
+from fastcnn.training import VALIDATION_SPLIT, holdout
 from fastcnn.architectures import mnist_network
 
 from fakes import bars, fake_mnist
@@ -240,7 +240,7 @@ def test_a_fastcnn_0_2_run_resumes_as_it_was_made(tmp_path, monkeypatch, capsys)
     from fastcnn import data
     from fastcnn.architectures import ARCHITECTURES
     from fastcnn.schedules import InverseTime
-    from fastcnn.fit import fresh_state
+    from fastcnn.training import fresh_state
     from fastcnn.cli.train import train
     monkeypatch.setitem(data.CHECKSUMS, "mnist", fake_mnist(tmp_path / "data"))
     x, y = data.load_dataset("mnist", "train", tmp_path / "data")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import fastcnn
-from fastcnn import SGD, DataError, ShapeError, fit
+from fastcnn import SGD, ConfigError, DataError, ShapeError, fit
 from fastcnn.architectures import ARCHITECTURES
 from fastcnn.cli import main
 from fastcnn.data import image_folder
@@ -131,9 +131,9 @@ def test_a_folder_with_nothing_to_learn_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"pictures of one class only \(cat\)"):
         image_folder(tmp_path / "one", verbose=False)
     for wrong, message in (((0, 5), "image_size"), ((5,), "image_size"), ("28x28", "image_size")):
-        with pytest.raises(ShapeError, match=message):
+        with pytest.raises(ConfigError, match=message):
             image_folder(tmp_path / "one", image_size=wrong)
-    with pytest.raises(ShapeError, match="color: expected one of grey, rgb"):
+    with pytest.raises(ConfigError, match="color: expected one of grey, rgb"):
         image_folder(tmp_path / "one", color="cmyk")
 
 
@@ -351,7 +351,7 @@ def test_validation_test_reproduces_the_original_and_says_so(trained_folder, tmp
     assert training["validation"]["on"] == "test" and "test" not in training
     assert main(["history", str(out)]) == 0
     assert "validation: the test set (20 images), as the original project did" in capsys.readouterr().out
-    with pytest.raises(ShapeError, match="validation_split: 0.2 was given, but --validation test doesn't use it"):
+    with pytest.raises(ConfigError, match="validation_split: 0.2 was given, but --validation test doesn't use it"):
         fastcnn.cli.train.train(tmp_path / "x.npz", data=str(root), validation="test", validation_split=0.2)
 
 
@@ -371,7 +371,7 @@ def test_settings_for_folders_are_checked(tmp_path):
                                                        r"\(only --data folders are resized\)"),
                            (dict(color="rgb"), "color: rgb was given, but a --dataset run"),
                            (dict(data="x", image_size=(0, 4)), "image_size: expected H W")):
-        with pytest.raises(ShapeError, match=message):
+        with pytest.raises(ConfigError, match=message):
             train(tmp_path / "m.npz", **given)
     with pytest.raises(DataError, match="no such folder"):
         train(tmp_path / "m.npz", data=str(tmp_path / "nowhere"), threads=1)

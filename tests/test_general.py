@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastcnn
-from fastcnn import (SGD, Adam, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Cosine, Dense, Dropout, Flatten,
+from fastcnn import (SGD, Adam, ConfigError, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Cosine, Dense, Dropout, Flatten,
                      GlobalAvgPool2D, InverseTime, Layer, MaxPool2D, ReLU, Sequential, ShapeError, Sigmoid, Tanh,
                      fit)
 from fastcnn.kernels import reference
@@ -232,7 +232,7 @@ def test_a_layer_of_your_own_trains_saves_and_loads(tmp_path):
         assert np.array_equal(loaded.predict(x), model.predict(x))
     finally:
         del fastcnn.layers.LAYERS["Scale"]
-    with pytest.raises(ShapeError, match="built-in layer's name"):
+    with pytest.raises(ConfigError, match="built-in layer's name"):
         fastcnn.register_layer(type("Dense", (Layer,), {}))
 
 
@@ -286,7 +286,7 @@ def test_the_training_script_resumes_the_deep_network_bit_for_bit(tmp_path, monk
     assert a.training["settings"] == b.training["settings"] and a.training["settings"]["model"] == "deep"
     with pytest.raises(ShapeError, match="--optimizer adam differs from the checkpoint's sgd"):
         train(tmp_path / "resumed.npz", epochs=3, optimizer="adam", resume=True, data_dir=tmp_path, progress=False)
-    with pytest.raises(ShapeError, match="colour: not a setting"):
+    with pytest.raises(ConfigError, match="colour: not a setting"):
         train(tmp_path / "other.npz", colour=True, data_dir=tmp_path)
 
 
@@ -302,11 +302,11 @@ def test_every_setting_is_a_train_option():
     from fastcnn.settings import from_arguments
     resolved = Settings(**from_arguments(args)).resolved()
     assert (resolved.optimizer, resolved.lr, resolved.weight_decay, resolved.epochs) == ("adam", 1e-3, 0.01, 15)
-    with pytest.raises(ShapeError, match="model: expected one of original, deep, cifar"):
+    with pytest.raises(ConfigError, match="model: expected one of original, deep, cifar"):
         Settings(model="resnet").resolved()
-    with pytest.raises(ShapeError, match="momentum: 0.5 was given, but --optimizer adam doesn't use it"):
+    with pytest.raises(ConfigError, match="momentum: 0.5 was given, but --optimizer adam doesn't use it"):
         Settings(optimizer="adam", momentum=0.5).resolved()
-    with pytest.raises(ShapeError, match="decay: 0.1 was given, but the cosine schedule doesn't use it"):
+    with pytest.raises(ConfigError, match="decay: 0.1 was given, but the cosine schedule doesn't use it"):
         Settings(model="deep", decay=0.1).resolved()
 
 

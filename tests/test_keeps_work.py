@@ -24,7 +24,7 @@ import fastcnn
 from fastcnn import SGD, UsageError, checkpoint, data, fileio
 from fastcnn.cli import main
 from fastcnn.errors import ShapeError
-from fastcnn.fit import TrainingDiverged, fit
+from fastcnn.training import TrainingDiverged, fit
 from fastcnn.architectures import mnist_network
 from fakes import bars, fake_mnist
 

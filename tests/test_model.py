@@ -4,7 +4,7 @@ import numba
 import numpy as np
 import pytest
 
-from fastcnn import (SGD, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, ShapeError,
+from fastcnn import (SGD, ConfigError, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, ShapeError,
                      SoftmaxCrossEntropy, softmax)
 
 
@@ -218,5 +218,5 @@ def test_a_wrong_shape_names_the_layer():
         model.forward(np.zeros((2, 30, 30, 1), np.float32))
     with pytest.raises(ShapeError, match="uint8 / 255"):
         model.forward(np.zeros((2, 28, 28, 1), np.uint8))
-    with pytest.raises(ShapeError, match="unknown|expected one of"):
+    with pytest.raises(ConfigError, match="unknown|expected one of"):
         Sequential([Dense(2, 2)], backend="cuda")

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from fastcnn import SGD, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, checkpoint, data, image
+from fastcnn import SGD, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, checkpoint, data, image, loading
 from fastcnn import kernels as K
 from fastcnn.errors import DataError, ImageError, ModelFileError
 from fastcnn.kernels import reference as R

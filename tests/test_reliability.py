@@ -36,12 +36,12 @@ import pytest
 from PIL import Image
 
 import fastcnn
-from fastcnn import SGD, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, data, fileio, image, plots
+from fastcnn import SGD, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, data, fileio, image, plots, validate
 from fastcnn.cli import main
-from fastcnn.errors import DataError, ImageError, ModelFileError, ShapeError
+from fastcnn.errors import ConfigError, DataError, ImageError, ModelFileError, ShapeError
 from fastcnn.inference import evaluate, predict_digits
 from fakes import bars, fake_mnist
-from fastcnn.fit import TrainingDiverged, TrainingInterrupted, fit
+from fastcnn.training import TrainingDiverged, TrainingInterrupted, fit
 from fastcnn.fileio import check_writable_output as check_writable
 from fastcnn.architectures import mnist_network
 from fastcnn.cli.train import train
@@ -148,7 +148,8 @@ BAD_TRAIN = {
 def test_train_refuses_bad_settings_before_loading_anything(case, tmp_path, tried):
     changes, message = BAD_TRAIN[case]
     # No data there: reaching the loader would raise DataMissingError instead.
-    with pytest.raises(ShapeError, match=message):
+    error = ConfigError if case.startswith(("threads", "dataset")) else ShapeError  # a setting's name, not a number
+    with pytest.raises(error, match=message):
         train(tmp_path / "m.npz", data_dir=tmp_path / "no-data", progress=False, **changes)
     assert not (tmp_path / "m.npz").exists()
     count(tried, "bad inputs refused with a clear error")
@@ -159,16 +160,16 @@ BAD_USE = {
     "evaluate too few labels": (lambda m: evaluate(m, X, Y[:3]), ShapeError, r"y: expected shape \(64,\)"),
     "evaluate 5 classes": (lambda m: evaluate(m, X, Y, classes=5), ShapeError, r"classes: the model scores 10 classes"),
     "evaluate batch size 0": (lambda m: evaluate(m, X, Y, batch_size=0), ShapeError, r"batch_size: expected a positive"),
-    "evaluate a path": (lambda m: evaluate("model.npz", X, Y), ShapeError, r"model: expected a fastcnn Sequential, got str"),
+    "evaluate a path": (lambda m: evaluate("model.npz", X, Y), ShapeError, r"model: expected a fastcnn Sequential \(fastcnn.load reads a model file\), got str"),
     "predict no pictures": (lambda m: predict_digits(m, []), ShapeError, r"paths: expected at least one picture"),
     "predict one path": (lambda m: predict_digits(m, "a.png"), ShapeError, r"paths: expected a list .* got one str; wrap it"),
     "load_digit a number": (lambda m: image.load_digit(3), ImageError, r"path_or_file: expected a path or a binary file"),
-    "load_dataset cifar": (lambda m: data.load_dataset("cifar"), DataError, r"unknown data set 'cifar'"),
-    "load_dataset split val": (lambda m: data.load_dataset("mnist", "val"), DataError, r"unknown split 'val'"),
+    "load_dataset cifar": (lambda m: data.load_dataset("cifar"), ConfigError, r"unknown data set 'cifar'"),
+    "load_dataset split val": (lambda m: data.load_dataset("mnist", "val"), ConfigError, r"unknown split 'val'"),
     "load_dataset data_dir 5": (lambda m: data.load_dataset(data_dir=5), DataError, r"data_dir: expected a folder path, got int"),
     "read_idx None": (lambda m: data.read_idx(None), DataError, r"path: expected the path of an IDX file, got NoneType"),
     "load_checkpoint 3": (lambda m: fastcnn.load_checkpoint(3), ModelFileError, r"path: expected the path of a model file"),
-    "load_checkpoint on a GPU": (lambda m: fastcnn.load_checkpoint("m.npz", backend="gpu"), ShapeError,
+    "load_checkpoint on a GPU": (lambda m: fastcnn.load_checkpoint("m.npz", backend="gpu"), ConfigError,
                                  r"backend: expected one of \['numba', 'numpy'\], got 'gpu'"),
 }
 
@@ -196,7 +197,7 @@ def test_float64_images_are_converted_once_not_per_batch(tmp_path):
         runs.append((model.parameters, seen))
     assert runs[1][1] == [np.float32] * 3
     assert np.array_equal(runs[0][0], runs[1][0])
-    assert data.check_images("x", x) is x  # float32 is used as it is: no copy
+    assert validate.images("x", x) is x  # float32 is used as it is: no copy
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, tried):

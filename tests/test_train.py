@@ -7,7 +7,7 @@ import fastcnn
 from fastcnn import SGD, ModelFileError
 from fakes import bars, fake_mnist
 from fastcnn.architectures import ARCHITECTURES
-from fastcnn.fit import TrainingDiverged, fit
+from fastcnn.training import TrainingDiverged, fit
 from fastcnn.fileio import check_writable_output as check_writable
 from fastcnn.architectures import mnist_network
 

@@ -22,7 +22,7 @@ from ..architectures import ARCHITECTURES
 from ..data import DATASETS
 from ..distributed import abort_if_parallel, this_process, world
 from ..errors import FastCNNError
-from ..fit import TrainingInterrupted
+from ..training import TrainingInterrupted
 from ..settings import add_arguments as add_settings
 from ..settings import add_server_arguments
 from . import compile as compiling_command

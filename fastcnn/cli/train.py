@@ -20,7 +20,7 @@ from .. import data as datasets
 from ..architectures import ARCHITECTURES
 from ..callbacks import EarlyStopping, KeepBest, ReduceLROnPlateau
 from ..errors import ConfigError, ModelFileError, ShapeError
-from ..fit import fit, fresh_state, holdout
+from ..training import fit, fresh_state, holdout
 from ..folders import Split, image_folder
 from ..kernels import checks
 from ..kernels.jit import set_threads
@@ -183,7 +183,7 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
             raise ModelFileError(f"{out}: holds a model but no training state to resume from")
         try:
             settings = from_checkpoint(saved.training.get("settings", {}))
-        except (ShapeError, TypeError) as e:
+        except (ShapeError, ConfigError, TypeError) as e:
             raise ModelFileError(f"{resume_from}: damaged training settings: {e}") from None
         resumed = Settings(**given).resolved(strict=False) if given else settings
         for key in fixed_on_resume():
