@@ -7,7 +7,6 @@ digits (420x420 PNGs, ``tests/photos.page_drawing``) and the photos of ``tests/p
 """
 
 import argparse
-import importlib.util
 import io
 import sys
 import time
@@ -15,7 +14,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from photos import page_drawing, photo_set  # noqa: E402
+from photos import image_versions, page_drawing, photo_set  # noqa: E402
 
 
 def cpu_ms(load, pictures, rounds):
@@ -33,7 +32,6 @@ def cpu_ms(load, pictures, rounds):
 
 
 def main():
-    from fastcnn import image
     from fastcnn.data import load_dataset
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--old", help="another fastcnn/image.py to time beside this one")
@@ -41,12 +39,7 @@ def main():
     p.add_argument("--per-condition", type=int, default=20, help="photos of each kind")
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
-    versions = {"now": image.load_digit}
-    if args.old:
-        spec = importlib.util.spec_from_file_location("fastcnn._old_image", args.old)
-        old = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(old)
-        versions = {"before": old.load_digit, **versions}
+    versions = {name: module.load_digit for name, module in image_versions(args.old, "before", "now").items()}
     x, y = load_dataset("mnist", "test")
     sets = {"the page's drawings (420x420 PNG)": [page_drawing(d) for d in x[:args.drawings]],
             "photos (tests/photos.py)": [c for _, _, c, _ in photo_set(x, y, args.per_condition, seed=5)]}

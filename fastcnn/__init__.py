@@ -13,8 +13,8 @@ from .checkpoint import save
 from .loading import load, load_checkpoint
 from .errors import (ConfigError, DataError, ExportError, FastCNNError, ImageError, ModelFileError, ShapeError,
                      UsageError)
-from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Layer,
-                     MaxPool2D, ReLU, Sigmoid, Tanh, register_layer)
+from . import layers
+from .layers import *  # noqa: F403 - every layer, by the list layers.py keeps
 from .loss import SoftmaxCrossEntropy, softmax
 from .model import Sequential
 from .optim import SGD, Adam
@@ -24,8 +24,7 @@ from .export import export_onnx
 
 
 __all__ = [
-    "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "ReLU", "Tanh", "Sigmoid", "Dropout",
-    "BatchNorm2D", "BatchNorm1D", "Flatten", "Dense", "register_layer", "SoftmaxCrossEntropy", "Sequential",
+    *layers.__all__, "SoftmaxCrossEntropy", "Sequential",
     "SGD", "Adam", "Constant", "InverseTime", "Cosine", "fit", "softmax", "save", "load", "load_checkpoint",
     "FastCNNError", "ShapeError", "DataError", "ModelFileError", "ImageError", "export_onnx", "ExportError",
     "Callback", "EarlyStopping", "KeepBest", "ReduceLROnPlateau",

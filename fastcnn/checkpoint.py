@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelFileError
+from .errors import ModelFileError, UsageError
 from .fileio import atomic_write
+from .layers import Layer
 
 FORMAT = "fastcnn-model"
 VERSION = 2
@@ -27,6 +28,8 @@ READS = (1, 2)
 
 def save(path, model, optimizer=None, training=None):
     """Write ``model`` (and ``optimizer``'s state, and a JSON-able ``training`` dict) to ``path``."""
+    for i, layer in enumerate(model.layers):
+        _rebuildable(i, layer)
     arrays = {
         "format": np.array(FORMAT), "version": np.array(VERSION),
         "architecture": np.array(json.dumps({
@@ -75,3 +78,17 @@ def _rescue(path, arrays):
         except OSError:
             continue
     return None
+
+
+def _rebuildable(i, layer):
+    """A model file rebuilds each layer as ``type(layer)(**layer.config())``: refuse, before
+    writing, a layer of the user's own that can't be (no ``config()``, or not JSON)."""
+    if type(layer).__module__ == Layer.__module__:
+        return  # the built-in layers can
+    config = layer.config()
+    try:
+        json.dumps(config)
+        type(layer)(**config)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"layer {i} {layer!r}: a model file could not rebuild it from config() = {config!r} "
+                         f"({e}); a layer of your own returns its constructor's arguments from config()") from None

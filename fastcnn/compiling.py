@@ -101,20 +101,10 @@ def rehearsed(passes, optimizers=()):
     return calls
 
 
-def compile_networks(names, processes=None):
-    """``fastcnn compile``: compile every kernel that training the named networks (with SGD or
-    Adam) and using them calls, each at its data set's image shape. Returns (the kernels they
-    call, how many of them were compiled now)."""
-    from .architectures import ARCHITECTURES
-    from .data import CLASS_NAMES, IMAGE_SHAPES
-    from .optim import SGD, Adam
-    passes, optimizers = [], []
-    for name in names:
-        dataset = ARCHITECTURES[name].recipe["dataset"]
-        model = ARCHITECTURES[name].build(IMAGE_SHAPES[dataset], len(CLASS_NAMES[dataset]))
-        plan = model.plan(IMAGE_SHAPES[dataset])
-        passes += [(plan, True), (plan, False)]
-        optimizers += [SGD(model, 0.01), Adam(model)]
+def compile_ahead(passes, optimizers, processes=None):
+    """Compile every kernel the ``passes`` ((plan, training) pairs) and the ``optimizers``' steps
+    call, in ``processes`` (``fastcnn compile``). Returns (the kernels they call, how many of them
+    were compiled now)."""
     with _PREPARING:
         calls = set(rehearsed(passes, optimizers))
         jobs = missing(calls)

@@ -29,7 +29,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from .errors import ConfigError, DataError, DataMissingError, ShapeError
+from .errors import ConfigError, DataError, DataMissingError
 from .fileio import atomic_write
 from .validate import as_float_pixels  # noqa: F401 - a data set's uint8 pixels, as float32
 

@@ -24,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
+from .data import CLASS_NAMES
 from .errors import ExportError, FastCNNError, ShapeError
 from .fileio import atomic_write, check_writable
 from .model import checked
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
-                     MaxPool2D, ReLU, Sigmoid, Tanh)
+                     MaxPool2D, walk)
 
 # Opset 21 (ONNX 1.16, IR version 10): read by ONNX Runtime 1.20 and later; every operator used
 # here has kept its meaning since well before it.
@@ -44,9 +46,9 @@ PREPROCESSING = {
     "cifar10": "float32 in [0, 1], 32x32 RGB (C = 3, in that order), no mean subtraction (CIFAR-10)",
 }
 
-_ACTIVATIONS = {ReLU: "Relu", Tanh: "Tanh", Sigmoid: "Sigmoid"}
-EXPORTABLE = (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, ReLU, Tanh, Sigmoid, Dropout, BatchNorm2D,
-              BatchNorm1D, Flatten, Dense)
+# The layers with a case of their own below; any other layer exports if it names its ONNX
+# operator (``onnx``: the activations).
+EXPORTABLE = (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, Dropout, BatchNorm2D, BatchNorm1D, Flatten, Dense)
 
 
 def _onnx():
@@ -92,8 +94,6 @@ def to_onnx(model, input_shape=None, logits=False, dataset=None, network=None, c
     onnx = _onnx()
     from onnx import TensorProto, helper
 
-    from . import __version__
-    from .data import CLASS_NAMES
     checked(model)
     shape = _input_shape(model, input_shape)
     own = classes  # the class names of an image folder, if given; ``classes`` becomes their number below
@@ -192,25 +192,23 @@ class _Graph:
         x = INPUT
         if len(shape) == 3:
             x = self.node("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
+        for i, layer in enumerate(layers):
+            if type(layer) not in EXPORTABLE and getattr(layer, "onnx", None) is None:
+                raise ExportError(f"layer {i} {layer!r}: a {type(layer).__name__} cannot be exported to ONNX; the "
+                                  f"exporter knows {', '.join(cls.__name__ for cls in EXPORTABLE)} and the activations")
+        shapes = walk(layers, shape)
         i = 0
         while i < len(layers):
             layer, after = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-            if type(layer) not in EXPORTABLE:
-                raise ExportError(f"layer {i} {layer!r}: a {type(layer).__name__} cannot be exported to ONNX; "
-                                  f"the exporter knows {', '.join(cls.__name__ for cls in EXPORTABLE)}")
-            try:
-                out_shape = layer.output_shape(shape)
-            except ShapeError as e:
-                raise ShapeError(f"layer {i} {layer!r}: {e}") from None
             bn = after if (type(layer), type(after)) in ((Conv2D, BatchNorm2D), (Dense, BatchNorm1D)) else None
-            x = self.layer(layer, x, i, shape, out_shape, bn)
-            shape = out_shape
+            x = self.layer(layer, x, i, shapes[i], bn)
             i += 2 if bn is not None else 1
+        shape = shapes[-1]
         if self.order is not None:  # ended on flattened NCHW features: put them back in NHWC order
             x = self.node("Gather", [x, self._indices("nhwc_order", np.argsort(self.order))], "nhwc", axis=1)
         return x, shape
 
-    def layer(self, layer, x, i, shape, out_shape, bn):
+    def layer(self, layer, x, i, shape, bn):
         """The nodes of one layer (and of ``bn``, folded into it); returns the output's name."""
         name = f"{i}_{type(layer).__name__.lower()}"
         kind = type(layer)
@@ -230,8 +228,8 @@ class _Graph:
                              kernel_shape=[layer.size] * 2, strides=[layer.stride] * 2)
         if kind is GlobalAvgPool2D:
             return self.node("Flatten", [self.node("GlobalAveragePool", [x], name)], f"{name}_flat", axis=1)
-        if kind in _ACTIVATIONS:
-            return self.node(_ACTIVATIONS[kind], [x], name)
+        if kind not in EXPORTABLE:  # an activation: one ONNX operator, value by value
+            return self.node(layer.onnx, [x], name, **layer.onnx_attributes())
         if kind is Dropout:
             return x  # the identity in evaluation
         if kind is Flatten:

@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from .errors import ConfigError, DataError, ImageError, ShapeError
+from .errors import ConfigError, DataError, ImageError
 from .fileio import atomic_write
 from .image import MAX_PIXELS, _read, _to_pixels
 

@@ -1,9 +1,14 @@
-"""The layers: plain holders of configuration and parameters.
+"""The layers: what the user builds, each defined here in one place.
 
-A layer is what the user built and nothing more: ``Dense`` is a dense layer, ``ReLU`` a ReLU.
-What actually runs inside a model, fused or not, is decided by the model's execution plan
-(``plan.py``), which never changes the layers. A layer's own ``forward(x)`` computes what its
-name says with the checked kernels, for use on its own.
+A layer holds its configuration and parameters and declares what runs it: ``step``, the class
+of ``steps.py`` that runs it in a model's execution plan (the plan may fuse it with its
+neighbours instead: ``plan.FUSIONS``), and for the exporter its ONNX form (``onnx``, or a case of
+its own in ``export.py`` for the layers with weights). An activation is just its kernels' name:
+``LeakyReLU`` is ``kernel = "leaky_relu"`` and ``onnx = "LeakyRelu"``.
+
+Every layer runs on its own too, as the "CNN from scratch" code it can replace does:
+``y = layer.forward(x)``, then ``dx = layer.backward(dy)``, which fills ``layer.grads`` (see
+``Layer.forward``).
 
 Parameters live in ``layer.params[name]`` and their gradients in ``layer.grads[name]``; inside a
 ``Sequential`` both are views into one flat buffer each (see ``model.py``). ``output_shape``
@@ -12,8 +17,8 @@ gives the shape of one example out of the layer for one example in, and checks t
 
 import numpy as np
 
-from . import kernels
-from .errors import ConfigError, ShapeError
+from . import backends, steps
+from .errors import ConfigError, ShapeError, UsageError
 from .kernels import checks
 
 
@@ -21,28 +26,66 @@ class Layer:
     """Base class: no parameters, no state.
 
     A layer of your own subclasses this and implements ``forward(x)`` and ``backward(dy)`` in
-    NumPy (``backward`` fills ``self.grads`` and returns the input gradient), ``output_shape``,
-    and, if it has parameters, ``param_shapes`` and ``initialize``; ``register_layer`` lets model
-    files that hold it load again.
+    NumPy: ``backward`` writes the parameters' gradients into ``self.grads[name]`` (made for you,
+    zeros shaped as ``self.params[name]``) and returns the input gradient. It puts its parameters
+    in ``self.params`` (float32 arrays) in ``__init__``, and implements ``output_shape`` if it
+    changes the shape. To be saved and loaded, it returns its constructor's arguments from
+    ``config()`` and is decorated with ``@fastcnn.register_layer``. See docs/own-layers.md.
     """
 
+    step = steps.Custom  # what runs the layer in a plan: a layer of your own, its forward and backward
+    training = True  # on its own, a layer runs in training mode (batch statistics, dropout) unless False
+    seed = 0  # on its own, Dropout's masks are drawn from this seed and the count of forward calls
+
     def __init__(self):
-        self.params, self.grads, self.buffers = {}, {}, {}
+        self.params, self.grads, self.buffers = {}, _Gradients(self), {}
+
+    def forward(self, x, backend="numba"):
+        """The layer's output for the batch ``x`` (N, ...), as a model runs it: by ``step``, on the
+        compiled kernels (``backend="numpy"``: their NumPy twins), in training mode unless
+        ``self.training`` is False. It keeps what ``backward`` needs."""
+        if self.step is steps.Custom:
+            raise NotImplementedError(f"{type(self).__name__}.forward: a layer of your own implements "
+                                      f"forward(x) and backward(dy)")
+        x = _batch(x)
+        shapes = walk([self], x.shape[1:], infer=True)
+        step = self.step([self], shapes, 0)
+        ws = {name: np.empty(shape, dtype) for name, (shape, dtype) in step.buffers(len(x), self.training).items()}
+        self._calls = getattr(self, "_calls", 0) + 1  # a new dropout mask each call
+        k = backends.get(backend)
+        y = step.forward(k, x, ws, steps.Run(self.training, self.seed, self._calls))
+        self._pass = (step, ws, len(x), k) if self.training else None
+        return y
+
+    def backward(self, dy):
+        """The input gradient for ``dy``, the gradient of the output of the last ``forward``
+        (in training mode); writes the parameters' gradients into ``self.grads``."""
+        if self.step is steps.Custom:
+            raise NotImplementedError(f"{type(self).__name__}.backward: a layer of your own implements "
+                                      f"forward(x) and backward(dy)")
+        if getattr(self, "_pass", None) is None:
+            raise UsageError(f"{type(self).__name__}.backward: call forward(x) first, in training mode "
+                             f"(layer.training = True)")
+        step, ws, n, k = self._pass
+        dy = checks.array("dy", dy, 1 + len(step.out_shape), np.float32)
+        checks.same_shape("dy", dy, (n, *step.out_shape), "the last forward output's shape")
+        return step.backward(k, dy, ws)
 
     def config(self):
         """The constructor's arguments, enough to rebuild this layer (saved in model files)."""
         return {}
 
-    @staticmethod
-    def param_shapes(config):
-        """The shapes of the parameters a layer with this ``config()`` has, without building it
-        (model files are checked against them before anything is allocated)."""
-        return {}
+    @classmethod
+    def param_shapes(cls, config):
+        """The shapes of the parameters a layer with this ``config()`` has (model files are
+        checked against them). The built-in layers say without building one, so a damaged file
+        allocates nothing; by default, a layer of your own is built from ``config`` to see."""
+        return {name: p.shape for name, p in cls(**config).params.items()}
 
-    @staticmethod
-    def buffer_shapes(config):
+    @classmethod
+    def buffer_shapes(cls, config):
         """The shapes of its non-trainable state (BatchNorm's running statistics), as above."""
-        return {}
+        return {name: b.shape for name, b in cls(**config).buffers.items()}
 
     inferable = ()  # (attribute, argument) pairs of the sizes a layer may take from its input
 
@@ -65,19 +108,56 @@ class Layer:
     def initialize(self, rng, feeds_relu):
         pass
 
-    def backward(self, dy):
-        raise NotImplementedError(f"{type(self).__name__}.backward: a layer of your own needs forward and backward")
-
     def _allocate(self):
+        """Make the parameters and buffers the layer's ``param_shapes`` and ``buffer_shapes`` declare
+        (the default ones, which build a layer to see, would come back here), then initialise them."""
         config = self.config()
-        self.params = {name: np.zeros(shape, np.float32) for name, shape in self.param_shapes(config).items()}
-        self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
-        self.buffers = {name: np.zeros(shape, np.float32) for name, shape in self.buffer_shapes(config).items()}
+        declared = {name for cls in type(self).__mro__[:-2] for name in vars(cls)}  # below Layer and object
+        shapes = {what: getattr(self, what)(config) if what in declared else {}
+                  for what in ("param_shapes", "buffer_shapes")}
+        self.params = {name: np.zeros(shape, np.float32) for name, shape in shapes["param_shapes"].items()}
+        self.grads = _Gradients(self)
+        self.buffers = {name: np.zeros(shape, np.float32) for name, shape in shapes["buffer_shapes"].items()}
         self.initialize(np.random.default_rng(0), feeds_relu=False)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if v is not None)
         return f"{type(self).__name__}({args})"
+
+
+class _Gradients(dict):
+    """``layer.grads``: a parameter's gradient, zeros shaped as the parameter, is made the first
+    time it is asked for (in a model, they are views into its flat buffer, made up front)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def __missing__(self, name):
+        if name not in self.layer.params:
+            raise KeyError(f"{name!r}: {self.layer!r} has no parameter of that name (it has {list(self.layer.params)})")
+        self[name] = grad = np.zeros_like(self.layer.params[name])
+        return grad
+
+
+def _batch(x):
+    """A batch for a layer on its own: a floating array (N, ...) as C-contiguous float32."""
+    if isinstance(x, np.ndarray) and x.ndim < 2:
+        raise ShapeError(f"x: expected a batch (N, ...) of examples, got shape {x.shape}")
+    return checks.array("x", x, np.ndim(x), np.float32)
+
+
+def walk(layers, shape, infer=False):
+    """The example shapes through ``layers``: ``shape`` in, then out of each; a layer that does
+    not fit the shape reaching it is a ``ShapeError`` naming its position. With ``infer``, each
+    layer first takes the sizes left to inference from that shape (``build``)."""
+    shapes = [None if shape is None else tuple(shape)]
+    for i, layer in enumerate(layers):
+        try:
+            shapes.append(layer.build(shapes[-1]) if infer else tuple(layer.output_shape(shapes[-1])))
+        except ShapeError as e:
+            raise ShapeError(f"layer {i} {layer!r}: {e}") from None
+    return shapes
 
 
 def _image(shape, what):
@@ -99,6 +179,9 @@ class Conv2D(Layer):
     ``padding`` is a number of pixels or ``"same"`` (odd kernels: the output keeps the input's
     size, divided by the stride and rounded up).
     """
+
+    step = steps.Conv
+    buffer_shapes = staticmethod(lambda config: {})  # none
 
     def __init__(self, in_channels, out_channels, kernel_size=None, stride=1, padding=0):
         super().__init__()
@@ -149,12 +232,13 @@ class Conv2D(Layer):
         self.params["weight"][...] = init_weight(rng, self.params["weight"].shape, fan_in, fan_out, feeds_relu)
         self.params["bias"][...] = 0
 
-    def forward(self, x, k=kernels):
-        return k.conv2d_forward(x, self.params["weight"], self.params["bias"], self.stride, self.pad)
 
 
 class MaxPool2D(Layer):
     """Max-pooling over ``size`` x ``size`` windows every ``stride`` pixels (default: ``size``)."""
+
+    step = steps.Pool
+    param_shapes = buffer_shapes = staticmethod(lambda config: {})  # none
 
     def __init__(self, size, stride=None):
         super().__init__()
@@ -168,52 +252,79 @@ class MaxPool2D(Layer):
         h, w, c = _image(shape, f"a {type(self).__name__}")
         return (*checks.pool_output_size((1, h, w, c), self.size, self.stride), c)
 
-    def forward(self, x, k=kernels):
-        return k.maxpool_forward(x, self.size, self.stride)[0]
 
 
 class AvgPool2D(MaxPool2D):
     """Average-pooling over ``size`` x ``size`` windows every ``stride`` pixels (default: ``size``)."""
 
-    def forward(self, x, k=kernels):
-        return k.avgpool_forward(x, self.size, self.stride)
+    step = steps.AvgPool
+
 
 
 class GlobalAvgPool2D(Layer):
     """(N, H, W, C) -> (N, C): the mean of each channel over the image."""
 
+    step = steps.GlobalAvgPool
+    param_shapes = buffer_shapes = staticmethod(lambda config: {})  # none
+
     def output_shape(self, shape):
         return (_image(shape, "a GlobalAvgPool2D")[2],)
 
-    def forward(self, x, k=kernels):
-        return k.global_avgpool_forward(x)
 
 
-class ReLU(Layer):
+class Activation(Layer):
+    """An elementwise layer, defined by its kernels' name: ``kernel = "relu"`` runs
+    ``relu_forward_into`` and ``relu_backward_into`` (the backward from the forward's output),
+    given ``scalars`` after the arrays; ``onnx`` is the ONNX operator, with ``onnx_attributes()``."""
+
+    step = steps.Elementwise
+    param_shapes = buffer_shapes = staticmethod(lambda config: {})  # none
+    kernel = onnx = None
+    scalars = ()
+
+    def onnx_attributes(self):
+        return {}
+
+
+class ReLU(Activation):
     """max(x, 0)."""
-
-    def forward(self, x, k=kernels):
-        return k.relu_forward(x)
+    kernel, onnx = "relu", "Relu"
 
 
-class Tanh(Layer):
+class LeakyReLU(Activation):
+    """x for x > 0, ``alpha * x`` otherwise (``alpha`` in [0, 1): the sign of the output says
+    which, so the backward needs only the output)."""
+    kernel, onnx = "leaky_relu", "LeakyRelu"
+
+    def __init__(self, alpha=0.01):
+        super().__init__()
+        self.alpha = checks.number("alpha", alpha, lambda v: 0 <= v < 1, "a slope in [0, 1)")
+        self.scalars = (np.float32(self.alpha),)
+
+    def config(self):
+        return {"alpha": self.alpha}
+
+    def onnx_attributes(self):
+        return {"alpha": self.alpha}
+
+
+class Tanh(Activation):
     """tanh(x)."""
-
-    def forward(self, x, k=kernels):
-        return k.tanh_forward(x)
+    kernel, onnx = "tanh", "Tanh"
 
 
-class Sigmoid(Layer):
+class Sigmoid(Activation):
     """1 / (1 + exp(-x))."""
-
-    def forward(self, x, k=kernels):
-        return k.sigmoid_forward(x)
+    kernel, onnx = "sigmoid", "Sigmoid"
 
 
 class Dropout(Layer):
     """Inverted dropout: in training, each value is zeroed with probability ``p`` and the rest
     scaled by 1 / (1 - p); in evaluation, the identity. The masks are a function of the run's
     seed, the optimizer's step and the layer's position, so a resumed run draws the same ones."""
+
+    step = steps.DropoutStep
+    param_shapes = buffer_shapes = staticmethod(lambda config: {})  # none
 
     def __init__(self, p=0.5):
         super().__init__()
@@ -222,8 +333,6 @@ class Dropout(Layer):
     def config(self):
         return {"p": self.p}
 
-    def forward(self, x, k=kernels):
-        return x.copy()  # on its own a layer is in evaluation mode; the model's plan drops in training
 
 
 class BatchNorm2D(Layer):
@@ -237,6 +346,8 @@ class BatchNorm2D(Layer):
     optimizer. ``channels`` may be left to inference. Under data-parallel training each process
     normalises with its own slice's statistics (see ``fastcnn.distributed``).
     """
+
+    step = steps.BatchNorm
 
     dims = 3  # the rank of one example
 
@@ -291,10 +402,6 @@ class BatchNorm2D(Layer):
         s = self.params["weight"] / np.sqrt(self.buffers["running_var"].astype(weight.dtype) + eps)
         return weight * s, (bias - self.buffers["running_mean"]) * s + self.params["bias"]
 
-    def forward(self, x, k=kernels):
-        """Evaluation mode (the running statistics); the model's plan runs the training mode."""
-        return k.batchnorm_eval_forward(x, self.params["weight"], self.params["bias"], self.buffers["running_mean"],
-                                        self.buffers["running_var"], self.eps)
 
 
 class BatchNorm1D(BatchNorm2D):
@@ -321,11 +428,12 @@ class BatchNorm1D(BatchNorm2D):
 class Flatten(Layer):
     """(N, ...) -> (N, features), in the order NHWC keeps them."""
 
+    step = steps.FlattenStep
+    param_shapes = buffer_shapes = staticmethod(lambda config: {})  # none
+
     def output_shape(self, shape):
         return (int(np.prod(shape)),)
 
-    def forward(self, x, k=kernels):
-        return x.reshape(x.shape[0], -1)
 
 
 class Dense(Layer):
@@ -334,6 +442,9 @@ class Dense(Layer):
     ``Dense(in_features, out_features)``, or ``Dense(out_features)`` with ``in_features`` taken
     from the input (see ``Sequential``'s ``input_shape``).
     """
+
+    step = steps.DenseStep
+    buffer_shapes = staticmethod(lambda config: {})  # none
 
     def __init__(self, in_features, out_features=None):
         super().__init__()
@@ -373,8 +484,6 @@ class Dense(Layer):
         self.params["weight"][...] = init_weight(rng, shape, shape[0], shape[1], feeds_relu)
         self.params["bias"][...] = 0
 
-    def forward(self, x, k=kernels):
-        return k.dense_forward(x, self.params["weight"], self.params["bias"])
 
 
 def init_weight(rng, shape, fan_in, fan_out, feeds_relu):
@@ -385,8 +494,9 @@ def init_weight(rng, shape, fan_in, fan_out, feeds_relu):
     return rng.uniform(-limit, limit, shape).astype(np.float32)
 
 
-LAYERS = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, ReLU, Tanh, Sigmoid,
-                                      Dropout, BatchNorm2D, BatchNorm1D, Flatten, Dense)}
+LAYERS = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, ReLU, LeakyReLU, Tanh,
+                                      Sigmoid, Dropout, BatchNorm2D, BatchNorm1D, Flatten, Dense)}
+__all__ = ["Layer", "Activation", *LAYERS, "register_layer", "layer_from_config", "walk"]
 
 
 def register_layer(cls):

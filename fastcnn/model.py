@@ -14,8 +14,9 @@ import numpy as np
 from . import backends, checkpoint, validate
 from .errors import ShapeError, UsageError
 from .kernels import checks
-from .layers import AvgPool2D, BatchNorm1D, BatchNorm2D, Dropout, Flatten, Layer, MaxPool2D, ReLU
-from .plan import EVALUATION, Plan, Run
+from .layers import AvgPool2D, BatchNorm1D, BatchNorm2D, Dropout, Flatten, Layer, MaxPool2D, ReLU, walk
+from .plan import Plan
+from .steps import EVALUATION, Run
 
 # Layers a ReLU can sit behind and still "follow" a layer, for the choice of initialisation.
 _TRANSPARENT = (MaxPool2D, AvgPool2D, Flatten, BatchNorm1D, BatchNorm2D, Dropout)
@@ -65,12 +66,7 @@ class Sequential:
 
     def _build(self):
         """Infer what the layers leave to the input, and check each against the shape reaching it."""
-        shape = self.input_shape
-        for i, layer in enumerate(self.layers):
-            try:
-                shape = layer.build(shape)
-            except ShapeError as e:
-                raise ShapeError(f"layer {i} {layer!r}: {e}") from None
+        walk(self.layers, self.input_shape, infer=True)
 
     def _feeds_relu(self, i):
         for layer in self.layers[i + 1:]:
@@ -90,6 +86,11 @@ class Sequential:
 
     def _flatten_parameters(self):
         named = [(layer, name) for layer in self.layers for name in layer.params]
+        for i, layer in enumerate(self.layers):
+            for name, p in layer.params.items():
+                if not (isinstance(p, np.ndarray) and p.dtype == np.float32):
+                    got = f"dtype {p.dtype}" if isinstance(p, np.ndarray) else type(p).__name__
+                    raise ShapeError(f"layer {i} {layer!r}: params[{name!r}] is {got}; expected a float32 NumPy array")
         total = sum(layer.params[name].size for layer, name in named)
         self.parameters = np.empty(total, np.float32)
         self.gradients = np.zeros(total, np.float32)
@@ -117,11 +118,7 @@ class Sequential:
         if shape is None:
             raise ShapeError("summary: the model has no input_shape; pass one, summary(input_shape=(H, W, C))")
         rows = [("Layer (type)", "Output shape", "Param #"), ("input", str((None, *shape)), "")]
-        for i, layer in enumerate(self.layers):
-            try:
-                shape = layer.output_shape(shape)
-            except ShapeError as e:
-                raise ShapeError(f"layer {i} {layer!r}: {e}") from None
+        for i, (layer, shape) in enumerate(zip(self.layers, walk(self.layers, shape)[1:])):
             rows.append((f"{i} {type(layer).__name__}", str((None, *shape)),
                          f"{sum(p.size for p in layer.params.values()):,}"))
         widths = [max(len(row[c]) for row in rows) for c in range(3)]

@@ -16,8 +16,8 @@ from .errors import ShapeError
 from .kernels.checks import non_negative_int, number
 from .model import checked
 from .schedules import Constant, InverseTime, make_schedule, schedule_from_config, schedule_name
+from .validate import FLOAT32_MAX, learning_rate
 
-_F32 = float(np.finfo(np.float32).max)  # the kernels compute in float32: larger would be Inf there
 
 
 class Optimizer:
@@ -26,8 +26,8 @@ class Optimizer:
 
     def __init__(self, model, lr, weight_decay, schedule, state_names):
         self.model = checked(model)
-        self.lr = number("lr", lr, lambda v: 0 < v <= _F32, "a learning rate > 0 (that float32 holds)")
-        self.weight_decay = number("weight_decay", weight_decay, lambda v: 0 <= v <= _F32,
+        self.lr = learning_rate("lr", lr)
+        self.weight_decay = number("weight_decay", weight_decay, lambda v: 0 <= v <= FLOAT32_MAX,
                                    "a value >= 0 (that float32 holds)")
         if not callable(schedule) or not hasattr(schedule, "config"):
             raise ShapeError(f"schedule: expected one of fastcnn.schedules' schedules, got {schedule!r}")
@@ -93,7 +93,7 @@ class Adam(Optimizer):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ShapeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
         self.betas = tuple(number("betas", b, lambda v: 0 <= v < 1, "values in [0, 1)") for b in betas)
-        self.eps = number("eps", eps, lambda v: 0 < v <= _F32, "a value > 0 (that float32 holds)")
+        self.eps = number("eps", eps, lambda v: 0 < v <= FLOAT32_MAX, "a value > 0 (that float32 holds)")
 
     @classmethod
     def from_settings(cls, model, settings, schedule):

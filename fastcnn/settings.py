@@ -18,6 +18,7 @@ from .folders import COLORS, DEFAULT_MAX_SIDE
 from .kernels import checks
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
+from .validate import learning_rate
 
 DIVERGENCE = 10.0  # a run stops when its smoothed loss stays above this many times its start (train.Divergence)
 
@@ -137,7 +138,7 @@ class Settings:
         checks.positive_int("epochs", self.epochs)
         checks.positive_int("batch_size", self.batch_size)
         checks.non_negative_int("seed", self.seed)
-        checks.number("lr", self.lr, lambda v: v > 0, "a learning rate > 0")
+        learning_rate("lr", self.lr)
         checks.number("momentum", self.momentum, lambda v: 0 <= v < 1, "a value in [0, 1)")
         checks.number("decay", self.decay, lambda v: v >= 0, "a value >= 0")
         checks.number("weight_decay", self.weight_decay, lambda v: v >= 0, "a value >= 0")

@@ -4,12 +4,23 @@
 these, once, where it comes in; past that point the arrays are trusted (the plan and the kernels'
 unchecked cores run them as they are). Each rule raises ``ShapeError`` naming the argument, what
 was expected and what came (for NaN, Inf and unscaled pixels: the index of the first bad image).
-Scalar arguments (a positive integer, a number in a range) are ``kernels.checks``' rules.
+Scalar arguments (a positive integer, a number in a range) are ``kernels.checks``' rules, but
+for the learning rate, checked in three places (the optimizer, the settings, and ``fit``, which
+sees what was set after the optimizer was made).
 """
 
 import numpy as np
 
 from .errors import ShapeError
+from .kernels import checks
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the kernels compute in float32: larger would be Inf there
+
+
+def learning_rate(name, lr):
+    """A learning rate: a finite number > 0 that float32 holds, as a float."""
+    return checks.number(name, lr, lambda v: 0 < v <= FLOAT32_MAX, "a learning rate > 0 (that float32 holds)")
 
 
 def as_float_pixels(raw, out=None):

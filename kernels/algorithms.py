@@ -96,20 +96,20 @@ def _record(kind, x_shape, w_shape, stride, pad, path):
 
 def conv_forward(x_shape, w_shape, stride, pad):
     """The path of a forward convolution (also an input gradient's, which is one)."""
-    if _winograd_fits("forward", x_shape, w_shape, stride, pad):
-        path = "winograd"
-    else:
-        path = "gemm" if x_shape[3] >= GEMM_CHANNELS else "direct"
-    return _record("forward", x_shape, w_shape, stride, pad, path)
+    return _path("forward", x_shape, w_shape, stride, pad)
 
 
 def conv_weight_gradient(x_shape, w_shape, stride, pad):
     """The path of a convolution's weight gradient."""
-    if _winograd_fits("weight gradient", x_shape, w_shape, stride, pad):
+    return _path("weight gradient", x_shape, w_shape, stride, pad)
+
+
+def _path(kind, x_shape, w_shape, stride, pad):
+    if _winograd_fits(kind, x_shape, w_shape, stride, pad):
         path = "winograd"
     else:
         path = "gemm" if x_shape[3] >= GEMM_CHANNELS else "direct"
-    return _record("weight gradient", x_shape, w_shape, stride, pad, path)
+    return _record(kind, x_shape, w_shape, stride, pad, path)
 
 
 def paths():

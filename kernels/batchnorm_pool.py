@@ -30,7 +30,7 @@ from numba import prange
 
 from . import checks
 from .jit import parallel_kernel
-from .pool import beats, check_window_argmax
+from .pool import beats, check_window_argmax, max_of_four
 
 
 @numba.njit(inline="always")
@@ -39,6 +39,16 @@ def rstd_of(var, eps):
     for c in range(var.shape[0]):
         out[c] = 1.0 / math.sqrt(np.float64(var[c]) + eps)
     return out
+
+
+@numba.njit(inline="always")
+def window_origin(row, pw, PH, W, stride):
+    """Of the pooled pixel (row = n * PH + ph, pw): n, ph, its window's first row h0 and column
+    w0, and the flat index h0 * W + w0 the argmax counts from."""
+    n = row // PH
+    ph = row - n * PH
+    h0, w0 = ph * stride, pw * stride
+    return n, ph, h0, w0, np.int32(h0 * W + w0)
 
 
 @parallel_kernel
@@ -54,25 +64,14 @@ def _forward(y, argmax, x, mean, var, weight, bias, eps, size, stride, tasks):
         scale[c] = rstd[c] * weight[c]
     for task in prange(tasks):
         for row in range(task * N * PH // tasks, (task + 1) * N * PH // tasks):
-            n = row // PH
-            ph = row - n * PH
-            h0 = ph * stride
             for pw in range(PW):
-                w0 = pw * stride
-                first = np.int32(h0 * W + w0)
+                n, ph, h0, w0, first = window_origin(row, pw, PH, W, stride)
                 if size == 2:  # the common window: its four values compared in registers
                     for c in range(C):
-                        best = (x[n, h0, w0, c] - mean[c]) * scale[c] + bias[c]
-                        z1 = (x[n, h0, w0 + 1, c] - mean[c]) * scale[c] + bias[c]
-                        z2 = (x[n, h0 + 1, w0, c] - mean[c]) * scale[c] + bias[c]
-                        z3 = (x[n, h0 + 1, w0 + 1, c] - mean[c]) * scale[c] + bias[c]
-                        at = first
-                        take = beats(z1, best)
-                        best, at = z1 if take else best, first + 1 if take else at
-                        take = beats(z2, best)
-                        best, at = z2 if take else best, first + W if take else at
-                        take = beats(z3, best)
-                        best, at = z3 if take else best, first + W + 1 if take else at
+                        best, at = max_of_four((x[n, h0, w0, c] - mean[c]) * scale[c] + bias[c],
+                                               (x[n, h0, w0 + 1, c] - mean[c]) * scale[c] + bias[c],
+                                               (x[n, h0 + 1, w0, c] - mean[c]) * scale[c] + bias[c],
+                                               (x[n, h0 + 1, w0 + 1, c] - mean[c]) * scale[c] + bias[c], first, W)
                         y[n, ph, pw, c] = np.float32(0.0) if best < 0 else best  # the ReLU; a NaN stays
                         argmax[n, ph, pw, c] = at
                     continue
@@ -109,12 +108,8 @@ def _backward(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, size
         picked = np.empty(C, np.float32)
         row_s, row_q = np.zeros(C, np.float32), np.zeros(C, np.float32)
         for row in range(task * N * PH // tasks, (task + 1) * N * PH // tasks):
-            n = row // PH
-            ph = row - n * PH
-            h0 = ph * stride
             for pw in range(PW):
-                w0 = pw * stride
-                first = np.int32(h0 * W + w0)
+                n, ph, h0, w0, first = window_origin(row, pw, PH, W, stride)
                 for i in range(size):
                     for j in range(size):
                         at = np.int32(first + i * W + j)

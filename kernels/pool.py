@@ -88,6 +88,19 @@ def pool_window(y, argmax, save_argmax, n, oh, ow, src, row0, h0, w0, size, W):
 
 
 @numba.njit(inline="always")
+def max_of_four(v0, v1, v2, v3, at0, W):
+    """The maximum of a 2x2 window's values (v0 at flat index at0, in a row of W pixels) and its
+    index, by selects: no branch, so a loop over the channels around it vectorises."""
+    best, at = v0, at0
+    take = beats(v1, best)
+    best, at = v1 if take else best, at0 + 1 if take else at
+    take = beats(v2, best)
+    best, at = v2 if take else best, at0 + W if take else at
+    take = beats(v3, best)
+    return (v3 if take else best), (at0 + W + 1 if take else at)
+
+
+@numba.njit(inline="always")
 def pool_window_2x2_relu(y, argmax, save_argmax, n, oh, ow, src, row0, h0, w0, W):
     """pool_window for a 2x2 window, then the ReLU on the maximum: the four values compared in
     registers with selects, so the loop over the channels vectorises (the general window keeps a
@@ -95,14 +108,8 @@ def pool_window_2x2_relu(y, argmax, save_argmax, n, oh, ow, src, row0, h0, w0, W
     C = y.shape[3]
     at0 = np.int32(h0 * W + w0)
     for c in range(C):
-        best, at = src[row0, w0, c], at0
-        v1, v2, v3 = src[row0, w0 + 1, c], src[row0 + 1, w0, c], src[row0 + 1, w0 + 1, c]
-        take = beats(v1, best)
-        best, at = v1 if take else best, at0 + 1 if take else at
-        take = beats(v2, best)
-        best, at = v2 if take else best, at0 + W if take else at
-        take = beats(v3, best)
-        best, at = v3 if take else best, at0 + W + 1 if take else at
+        best, at = max_of_four(src[row0, w0, c], src[row0, w0 + 1, c], src[row0 + 1, w0, c], src[row0 + 1, w0 + 1, c],
+                               at0, W)
         y[n, oh, ow, c] = np.float32(0.0) if best < 0 else best  # the ReLU; a NaN stays a NaN
         if save_argmax:
             argmax[n, oh, ow, c] = at

@@ -179,6 +179,17 @@ def sigmoid_backward(dy, y):
     return dy * y * (1 - y)
 
 
+def leaky_relu_forward(x, alpha=0.01):
+    x, alpha = checks.array("x", x, np.ndim(x)), checks.fraction("alpha", alpha)
+    return np.where(x > 0, x, alpha * x).astype(x.dtype)
+
+
+def leaky_relu_backward(dy, y, alpha=0.01):
+    checks.same_shape("dy", dy, y.shape, "the forward output's shape")
+    alpha = checks.fraction("alpha", alpha)
+    return np.where(y > 0, dy, alpha * dy).astype(dy.dtype)
+
+
 # --- batch normalisation over the last axis ------------------------------------------------------
 
 def _check_batchnorm(x, **vectors):
@@ -473,6 +484,14 @@ def sigmoid_forward_into(y, x):
 
 def sigmoid_backward_into(dx, dy, y):
     dx[...] = sigmoid_backward(dy, y)
+
+
+def leaky_relu_forward_into(y, x, alpha):
+    y[...] = leaky_relu_forward(x, alpha)
+
+
+def leaky_relu_backward_into(dx, dy, y, alpha):
+    dx[...] = leaky_relu_backward(dy, y, alpha)
 
 
 def batchnorm_forward_into(y, mean, var, x, weight, bias, eps, relu):

@@ -97,6 +97,14 @@ def tile_origin(t, tiles_h, tiles_w):
 
 
 @numba.njit(inline="always")
+def transform_inputs(V, patch, tmp, x, start, count, tiles_h, tiles_w, pad):
+    """V[:, tl] (36, C) = BT x_tile BT^T for tiles start .. start + count - 1 (tl = 0 .. count - 1)."""
+    for tl in range(count):
+        n, oh0, ow0 = tile_origin(start + tl, tiles_h, tiles_w)
+        transform_input(V, tl, patch, tmp, x, n, oh0 - pad, ow0 - pad)
+
+
+@numba.njit(inline="always")
 def transform_input(V, tl, patch, tmp, x, n, ih0, iw0):
     """V[:, tl] (36, C) = BT x_tile BT^T for the 6x6 input pixels from (ih0, iw0) of image n,
     zeros where they fall in the padding (``patch`` and ``tmp`` are (6, 6, C) scratch)."""
@@ -206,9 +214,7 @@ def _forward(y, argmax, moments, x, U, b, pad, OH, OW, epilogue, block, tasks):
         t0, t1 = task * T // tasks, (task + 1) * T // tasks
         for start in range(t0, t1, block):
             count = min(block, t1 - start)
-            for tl in range(count):
-                n, oh0, ow0 = tile_origin(start + tl, tiles_h, tiles_w)
-                transform_input(V, tl, patch, tmp, x, n, oh0 - pad, ow0 - pad)
+            transform_inputs(V, patch, tmp, x, start, count, tiles_h, tiles_w, pad)
             for e in range(36):
                 gemm(NO_TRANS, NO_TRANS, count, K, C, np.float32(1.0), flat_v[e * block * C:], C,
                      flat_u[e * C * K:], K, np.float32(0.0), flat_m[e * block * K:], K)
@@ -245,9 +251,9 @@ def _weight_gradient(partial, partial_db, x, dy, pad, block):
         t0, t1 = task * T // tasks, (task + 1) * T // tasks
         for start in range(t0, t1, block):
             count = min(block, t1 - start)
+            transform_inputs(V, patch, tmp, x, start, count, tiles_h, tiles_w, pad)
             for tl in range(count):
                 n, oh0, ow0 = tile_origin(start + tl, tiles_h, tiles_w)
-                transform_input(V, tl, patch, tmp, x, n, oh0 - pad, ow0 - pad)
                 for i in range(4):
                     for j in range(4):
                         if oh0 + i < OH and ow0 + j < OW:

@@ -8,7 +8,7 @@ import struct
 
 import numpy as np
 
-from fastcnn import data
+from fastcnn import Layer, data
 
 
 def bars(n, seed):
@@ -43,3 +43,49 @@ def closed_port_url():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/"
+
+
+def check_plan_runs_the_layers(make_layers, x, steps, forward_tol):
+    """A model of ``make_layers()`` plans ``steps`` for ``x``; whatever it fuses, its training
+    forward is the layers run one by one (on their own, NumPy reference: ``forward_tol`` for the
+    reference model, ten times it for the compiled one), and both backends give the same loss
+    and gradients (5e-5 of the largest). Returns the two models (compiled, reference)."""
+    from fastcnn import Sequential
+    fast, ref = Sequential(make_layers(), seed=1), Sequential(make_layers(), seed=1, backend="numpy")
+    assert [type(step).__name__ for step in fast.plan(x.shape[1:]).steps] == steps
+    kept = [(b, b.copy()) for layer in ref.layers for b in layer.buffers.values()]
+    one_by_one = x
+    for layer in ref.layers:
+        one_by_one = layer.forward(one_by_one, backend="numpy")
+    for b, saved in kept:  # BatchNorm's running statistics, as they were
+        b[...] = saved
+    np.testing.assert_allclose(ref.forward(x), one_by_one, rtol=forward_tol, atol=forward_tol)
+    np.testing.assert_allclose(fast.forward(x), one_by_one, rtol=10 * forward_tol, atol=10 * forward_tol)
+    y = np.arange(len(x)) % 3
+    loss_fast, _ = fast.train_step(x, y)
+    loss_ref, _ = ref.train_step(x, y)
+    assert abs(loss_fast - loss_ref) <= 1e-5 * abs(loss_ref)
+    scale = np.abs(ref.gradients).max()
+    assert scale > 0 and np.abs(fast.gradients - ref.gradients).max() <= 5e-5 * scale
+    return fast, ref
+
+
+class Scale(Layer):
+    """A layer of one's own with no more than it uses: its parameter, forward and backward (and
+    config, to be saved)."""
+
+    def __init__(self, features):
+        super().__init__()
+        self.features = features
+        self.params["a"] = np.full(features, 1.5, np.float32)
+
+    def config(self):
+        return {"features": self.features}
+
+    def forward(self, x):
+        self.x = x
+        return x * self.params["a"]
+
+    def backward(self, dy):
+        self.grads["a"][...] = (dy * self.x).sum(axis=0)
+        return dy * self.params["a"]

@@ -227,13 +227,27 @@ def accuracy_table(model, photos, preprocess):
     return table
 
 
+def image_versions(old_path, old_name, new_name):
+    """{name: image module}: this checkout's fastcnn.image, after another fastcnn/image.py at
+    ``old_path`` (if given), to compare the two."""
+    import importlib.util
+
+    from fastcnn import image
+    versions = {new_name: image}
+    if old_path:
+        spec = importlib.util.spec_from_file_location("fastcnn._old_image", old_path)
+        old = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old)
+        versions = {old_name: old, **versions}
+    return versions
+
+
 def main():
     """Print the photo-set accuracy per condition of this checkout's preprocessing and, with
     ``--old image.py``, of another version of fastcnn/image.py beside it."""
     import argparse
-    import importlib.util
 
-    from fastcnn import image, load
+    from fastcnn import load
     from fastcnn.data import load_dataset
 
     p = argparse.ArgumentParser(description=main.__doc__)
@@ -252,12 +266,8 @@ def main():
         folder.mkdir(parents=True, exist_ok=True)
         for _, name, content, _ in photos:
             (folder / name).write_bytes(content)
-    versions = {"new": image.load_digit}
-    if args.old:
-        spec = importlib.util.spec_from_file_location("fastcnn._old_image", args.old)
-        old = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(old)
-        versions = {"old": old.load_digit, **versions}
+    modules = image_versions(args.old, "old", "new")
+    versions = {name: module.load_digit for name, module in modules.items()}
     tables = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -273,7 +283,7 @@ def main():
         f"{sum(r for r, _ in t.values()) / total:.1%}" for t in tables.values()) + " |")
     clean = x[:2000]
     for version, fn in versions.items():
-        pre = getattr(image if version == "new" else old, "preprocess_digit")
+        pre = modules[version].preprocess_digit
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             acc = (model.predict(np.stack([pre(d) for d in clean])).argmax(axis=1) == y[:2000]).mean()

@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 
 import fastcnn  # noqa: E402
 from fastcnn import (SGD, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, ExportError,  # noqa: E402
-                     FastCNNError, Flatten, Layer, MaxPool2D, ReLU, Sequential, ShapeError, Sigmoid, Tanh,
+                     FastCNNError, Flatten, Layer, LeakyReLU, MaxPool2D, ReLU, Sequential, ShapeError, Sigmoid, Tanh,
                      export_onnx)
 from fastcnn.architectures import ARCHITECTURES  # noqa: E402
 from fastcnn.cli import main  # noqa: E402
@@ -90,13 +90,14 @@ def test_onnx_runtime_agrees_with_predict(name, tmp_path):
 
 
 def test_every_layer_type_exports(tmp_path):
-    """Strided conv, 'same' padding, both pools (one overlapping), Tanh and Sigmoid, Dropout, and
+    """Strided conv, 'same' padding, both pools (one overlapping), Tanh, Sigmoid and LeakyReLU, Dropout, and
     BatchNorms folded and standalone, one of them per feature after a Flatten of a non-square
     multi-channel image (its values permuted with the features)."""
     model = trained(Sequential([
         Conv2D(6, 3, padding="same"), BatchNorm2D(), Tanh(), AvgPool2D(2),
         Conv2D(5, 3, stride=2, padding=1), ReLU(), BatchNorm2D(), MaxPool2D(2, stride=1),
-        Flatten(), BatchNorm1D(), Sigmoid(), Dropout(0.3), Dense(7), BatchNorm1D(), ReLU(), Dense(4)],
+        Flatten(), BatchNorm1D(), Sigmoid(), Dropout(0.3), Dense(7), BatchNorm1D(), ReLU(), Dense(6),
+        LeakyReLU(0.2), Dense(4)],
         seed=2, input_shape=(17, 11, 3)), steps=5)
     ops = [n.op_type for n in export_onnx(model, tmp_path / "zoo.onnx", logits=True).graph.node]
     assert ops.count("BatchNormalization") == 2 and "Dropout" not in ops  # two folded, two standalone

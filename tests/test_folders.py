@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import fastcnn
-from fastcnn import SGD, ConfigError, DataError, ShapeError, fit
+from fastcnn import SGD, ConfigError, DataError, fit
 from fastcnn.architectures import ARCHITECTURES
 from fastcnn.cli import main
 from fastcnn.data import image_folder

@@ -12,7 +12,8 @@ channels against a float64 reference); max-pool's argmax exact.
 import numpy as np
 import pytest
 
-from fastcnn import BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU, Sequential
+from fakes import check_plan_runs_the_layers
+from fastcnn import BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
 from fastcnn import kernels as K
 from fastcnn.kernels import algorithms, conv, winograd
 from fastcnn.kernels import reference as R
@@ -191,16 +192,6 @@ def test_batchnorm_relu_pool_keeps_a_nan_and_refuses_a_foreign_argmax():
 
 # --- the plan's fused steps against the layers run one by one ---------------------------------------
 
-def _training_forward_one_by_one(layers, x):
-    """The training forward of Conv/BatchNorm/ReLU/MaxPool/... layers, each on its own (NumPy reference)."""
-    for layer in layers:
-        if isinstance(layer, BatchNorm2D):
-            x = R.batchnorm_forward(x, layer.params["weight"], layer.params["bias"], layer.eps)[0]
-        else:
-            x = layer.forward(x, R)
-    return x
-
-
 @pytest.mark.parametrize("layers,steps", [
     (lambda: [Conv2D(3, 16, 3, padding=1), BatchNorm2D(16), ReLU(), MaxPool2D(2),
               Conv2D(16, 8, 3, padding=1), BatchNorm2D(8), ReLU(), Conv2D(8, 4, 3), BatchNorm2D(4),
@@ -210,18 +201,8 @@ def _training_forward_one_by_one(layers, x):
      ["ConvBatchNormReluPool", "FlattenStep", "DenseStep"]),
 ], ids=["conv-bn-blocks", "overlapping-pool"])
 def test_the_fused_batchnorm_steps_run_the_layers_as_written(layers, steps):
-    fast, ref = Sequential(layers(), seed=1), Sequential(layers(), seed=1, backend="numpy")
     x = np.random.default_rng(0).standard_normal((5, 9, 10, 3)).astype(np.float32)
-    y = np.arange(5) % 3
-    assert [type(step).__name__ for step in fast.plan(x.shape[1:]).steps] == steps
-    one_by_one = _training_forward_one_by_one(ref.layers, x)
-    np.testing.assert_allclose(ref.forward(x), one_by_one, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(fast.forward(x), one_by_one, rtol=1e-4, atol=1e-4)
-    loss_fast, _ = fast.train_step(x, y)
-    loss_ref, _ = ref.train_step(x, y)
-    assert loss_fast == pytest.approx(loss_ref, rel=1e-5)
-    scale = np.abs(ref.gradients).max()
-    assert scale > 0 and np.abs(fast.gradients - ref.gradients).max() <= 5e-5 * scale
+    fast, ref = check_plan_runs_the_layers(layers, x, steps, forward_tol=1e-5)
     for (_, a), (_, b) in zip(fast.named_buffers(), ref.named_buffers()):  # the running statistics
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

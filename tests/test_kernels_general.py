@@ -180,17 +180,21 @@ def test_global_avgpool_matches_reference(shape, assert_close):
                  R.global_avgpool_backward(dy, shape), FWD)
 
 
-# --- tanh and sigmoid ----------------------------------------------------------------------------
+# --- tanh, sigmoid and the leaky ReLU --------------------------------------------------------------
+
+ACTIVATIONS = {"tanh": (), "sigmoid": (), "leaky_relu": (0.1,)}  # name: the scalars after the arrays
+
 
 @pytest.mark.parametrize("shape", [(1,), (3, 5, 7, 2), (64, 128)], ids=str)
-@pytest.mark.parametrize("act", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("act", ACTIVATIONS)
 def test_activations_match_reference(shape, act, assert_close):
     rng = np.random.default_rng(len(shape))
-    x = rand(rng, *shape) * np.float32(4)
-    y = getattr(K, f"{act}_forward")(x)
-    assert_close(f"{act}_forward", y, getattr(R, f"{act}_forward")(x), FWD)
+    x, scalars = rand(rng, *shape) * np.float32(4), ACTIVATIONS[act]
+    y = getattr(K, f"{act}_forward")(x, *scalars)
+    assert_close(f"{act}_forward", y, getattr(R, f"{act}_forward")(x, *scalars), FWD)
     dy = rand(rng, *shape)
-    assert_close(f"{act}_backward", getattr(K, f"{act}_backward")(dy, y), getattr(R, f"{act}_backward")(dy, y), FWD)
+    assert_close(f"{act}_backward", getattr(K, f"{act}_backward")(dy, y, *scalars),
+                 getattr(R, f"{act}_backward")(dy, y, *scalars), FWD)
 
 
 def test_sigmoid_and_tanh_are_stable_for_huge_inputs():

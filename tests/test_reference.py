@@ -57,6 +57,12 @@ def assert_grad(analytic, f, a):
     assert np.abs(analytic - numeric).max() <= TOL * scale, np.abs(analytic - numeric).max()
 
 
+def assert_grads(f, *pairs):
+    """assert_grad for each (analytic gradient, the array it is the gradient for) pair."""
+    for analytic, a in pairs:
+        assert_grad(analytic, f, a)
+
+
 @pytest.mark.parametrize("shape", [(2, 5, 4, 2, 3, 3, 1, 1), (1, 6, 7, 3, 2, 3, 2, 0), (2, 5, 6, 1, 2, 2, 2, 2)],
                          ids=str)
 def test_conv2d_backward(shape):
@@ -66,9 +72,7 @@ def test_conv2d_backward(shape):
     r = rng.standard_normal(R.conv2d_forward(x, wt, b, stride, pad).shape)
     loss = lambda: (R.conv2d_forward(x, wt, b, stride, pad) * r).sum()  # noqa: E731
     dx, dw, db = R.conv2d_backward(r, x, wt, stride, pad)
-    assert_grad(dx, loss, x)
-    assert_grad(dw, loss, wt)
-    assert_grad(db, loss, b)
+    assert_grads(loss, (dx, x), (dw, wt), (db, b))
 
 
 @pytest.mark.parametrize("size,stride", [(2, 2), (3, 2), (2, 1)])
@@ -92,9 +96,7 @@ def test_dense_backward(relu):
     dx, dw, db = R.dense_relu_backward(r, x, w, y) if relu else R.dense_backward(r, x, w)
     if relu:
         assert (y == 0).any() and (y > 0).any()  # the ReLU really gates something
-    assert_grad(dx, loss, x)
-    assert_grad(dw, loss, w)
-    assert_grad(db, loss, b)
+    assert_grads(loss, (dx, x), (dw, w), (db, b))
 
 
 def test_relu_backward():
@@ -129,6 +131,4 @@ def test_conv_relu_pool_backward(shape):
     r = rng.standard_normal(y.shape)
     loss = lambda: (R.conv_relu_pool_forward(x, wt, b, *args)[0] * r).sum()  # noqa: E731
     dx, dw, db = R.conv_relu_pool_backward(r, x, wt, y, argmax, *args)
-    assert_grad(dx, loss, x)
-    assert_grad(dw, loss, wt)
-    assert_grad(db, loss, b)
+    assert_grads(loss, (dx, x), (dw, wt), (db, b))

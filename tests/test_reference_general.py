@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastcnn.kernels import reference as R
-from test_reference import assert_grad
+from test_reference import assert_grad, assert_grads
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 4, 3), (5, 4), (1, 3, 2, 2)], ids=str)
@@ -21,9 +21,7 @@ def test_batchnorm_backward(shape, relu):
     dx, dweight, dbias = R.batchnorm_backward(r, x, y, weight, mean, var, 1e-3, relu)
     if relu:
         assert (y == 0).any() and (y > 0).any()  # the ReLU really gates something
-    assert_grad(dx, loss, x)
-    assert_grad(dweight, loss, weight)
-    assert_grad(dbias, loss, bias)
+    assert_grads(loss, (dx, x), (dweight, weight), (dbias, bias))
 
 
 def test_batchnorm_forward_is_the_textbook_one():
@@ -62,16 +60,20 @@ def test_global_avgpool_backward():
     assert_grad(R.global_avgpool_backward(r, x.shape), loss, x)
 
 
-@pytest.mark.parametrize("act", ["tanh", "sigmoid"])
+TEXTBOOK = {"tanh": np.tanh, "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+            "leaky_relu": lambda x: np.maximum(x, 0) + 0.1 * np.minimum(x, 0)}
+
+
+@pytest.mark.parametrize("act", TEXTBOOK)
 def test_activation_backward(act):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 4, 5)) * 3
-    fwd, bwd = getattr(R, f"{act}_forward"), getattr(R, f"{act}_backward")
-    want = np.tanh(x) if act == "tanh" else 1 / (1 + np.exp(-x))
-    np.testing.assert_allclose(fwd(x), want, rtol=1e-14)
+    scalars = (0.1,) if act == "leaky_relu" else ()
+    fwd = lambda x: getattr(R, f"{act}_forward")(x, *scalars)  # noqa: E731
+    np.testing.assert_allclose(fwd(x), TEXTBOOK[act](x), rtol=1e-14)
     r = rng.standard_normal(x.shape)
     loss = lambda: (fwd(x) * r).sum()  # noqa: E731
-    assert_grad(bwd(r, fwd(x)), loss, x)
+    assert_grad(getattr(R, f"{act}_backward")(r, fwd(x), *scalars), loss, x)
 
 
 def test_dropout_backward():
@@ -103,6 +105,4 @@ def test_batchnorm_relu_pool_backward(size, stride):
     loss = lambda: (forward()[0] * r).sum()  # noqa: E731
     mean, var = x.reshape(-1, 3).mean(0), x.reshape(-1, 3).var(0)
     dx, dweight, dbias = R.batchnorm_relu_pool_backward(r, x, y, argmax, weight, mean, var, 1e-3, size, stride)
-    assert_grad(dx, loss, x)
-    assert_grad(dweight, loss, weight)
-    assert_grad(dbias, loss, bias)
+    assert_grads(loss, (dx, x), (dweight, weight), (dbias, bias))

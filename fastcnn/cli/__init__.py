@@ -167,26 +167,3 @@ def _closed_pipe():
         except (OSError, ValueError):
             pass
     return 128 + signal.SIGPIPE
-
-
-
-
-def _say(line):
-    """A line on stderr, unless stderr is a closed pipe too."""
-    with contextlib.suppress(BrokenPipeError):
-        print(line, file=sys.stderr, flush=True)
-
-
-def _closed_pipe():
-    """The end of a command whose output was closed (``fastcnn history m.npz | head -1``): quiet,
-    with the status of a Unix tool killed by SIGPIPE. The closed stream is pointed at /dev/null
-    first, or Python would complain when it flushes it on the way out."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BrokenPipeError:
-            with contextlib.suppress(OSError, ValueError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-        except (OSError, ValueError):
-            pass
-    return 128 + signal.SIGPIPE

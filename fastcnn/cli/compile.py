@@ -2,14 +2,23 @@
 per fastcnn version and CPU), so that the first train, predict, evaluate or serve starts at once."""
 
 from ..architectures import ARCHITECTURES
-from ..compiling import compile_networks
+from ..compiling import compile_ahead
+from ..data import CLASS_NAMES, IMAGE_SHAPES
 from ..kernels import checks, jit
+from ..optim import SGD, Adam
 
 
 def run(args):
     names = list(dict.fromkeys(args.model or ARCHITECTURES))
     processes = None if args.processes is None else checks.positive_int("--processes", args.processes)
-    calls, compiled = compile_networks(names, processes)
+    passes, optimizers = [], []
+    for name in names:  # each network at its data set's image shape, trained with SGD or Adam, and used
+        dataset = ARCHITECTURES[name].recipe["dataset"]
+        model = ARCHITECTURES[name].build(IMAGE_SHAPES[dataset], len(CLASS_NAMES[dataset]))
+        plan = model.plan(IMAGE_SHAPES[dataset])
+        passes += [(plan, True), (plan, False)]
+        optimizers += [SGD(model, 0.01), Adam(model)]
+    calls, compiled = compile_ahead(passes, optimizers, processes)
     cpu = jit.cpu_key().split("-")[0]
     print(f"the {calls} kernels of {', '.join(names)} are compiled for this CPU ({cpu})"
           + (f"; {compiled} of them just now" if compiled else ", all of them already") + f": {jit.cache_dir()}")

@@ -1,0 +1,174 @@
+"""Every built-in layer on its own: ``y = layer.forward(x)``, ``dx = layer.backward(dy)``, as code
+written layer by layer (the original "CNN from scratch" project) calls them.
+
+The layers run by the same steps as in a model, so the checks are: the original network written
+layer by layer gives the loss and every gradient a ``Sequential``'s plan gives (which fuses conv ->
+ReLU -> pool and dense -> ReLU: other kernels, so within 1e-4 of the largest gradient); each layer
+alone on the compiled kernels agrees with it alone on the NumPy reference (forward 1e-5, backward
+5e-5 of max(1, the largest value), the kernel tests' tolerances); and the mistakes a person makes
+get a clear error.
+"""
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fakes import Scale
+from fastcnn import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
+                     Layer, LeakyReLU, MaxPool2D, ReLU, Sequential, ShapeError, Sigmoid, SoftmaxCrossEntropy, Tanh,
+                     UsageError, register_layer)
+from fastcnn.errors import ConfigError
+
+
+def original_layers():
+    return [Conv2D(1, 32, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(14 * 14 * 32, 128), ReLU(),
+            Dense(128, 10)]
+
+
+def test_the_original_network_layer_by_layer_matches_the_plan():
+    rng = np.random.default_rng(0)
+    x, labels = rng.random((16, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 16)
+    model = Sequential(original_layers(), seed=3)
+    loss, _ = model.train_step(x, labels)
+    layers = original_layers()
+    for mine, theirs in zip(layers, model.layers):
+        for name, p in theirs.params.items():
+            mine.params[name][...] = p
+    out = x
+    for layer in layers:
+        out = layer.forward(out)
+    layer_loss, d = SoftmaxCrossEntropy()(out, labels)
+    for layer in reversed(layers):
+        d = layer.backward(d)
+    assert d.shape == x.shape
+    assert layer_loss == pytest.approx(loss, rel=1e-5)
+    scale = max(np.abs(theirs.grads[name]).max() for theirs in model.layers for name in theirs.grads)
+    for mine, theirs in zip(layers, model.layers):
+        for name in theirs.grads:
+            assert np.abs(mine.grads[name] - theirs.grads[name]).max() <= 1e-4 * scale, (mine, name)
+
+
+SHAPES = {4: (3, 7, 5, 4), 2: (3, 11)}  # images (N, H, W, C) of odd non-square size; feature rows
+EACH = [
+    (lambda: Conv2D(4, 6, 3, stride=2, padding=1), 4), (lambda: Conv2D(4, 5, 3, padding="same"), 4),
+    (lambda: MaxPool2D(2), 4), (lambda: MaxPool2D(3, stride=1), 4), (lambda: AvgPool2D(2), 4),
+    (lambda: GlobalAvgPool2D(), 4), (lambda: ReLU(), 4), (lambda: LeakyReLU(0.1), 2), (lambda: Tanh(), 4),
+    (lambda: Sigmoid(), 2), (lambda: Dropout(0.3), 4), (lambda: BatchNorm2D(), 4), (lambda: BatchNorm1D(), 2),
+    (lambda: Flatten(), 4), (lambda: Dense(7), 2),
+]
+
+
+@pytest.mark.parametrize("make,rank", EACH, ids=lambda v: "" if isinstance(v, int) else repr(v()))
+def test_each_layer_alone_matches_the_reference(make, rank):
+    rng = np.random.default_rng(rank)
+    x = rng.standard_normal(SHAPES[rank]).astype(np.float32)
+    fast, ref = make(), make()
+    y = fast.forward(x)
+    y_ref = ref.forward(x, backend="numpy")  # sizes inferred from x: params drawn the same (seed 0)
+    assert y.shape == y_ref.shape and y.dtype == np.float32
+    assert np.abs(y - y_ref).max() <= 1e-5 * max(1.0, np.abs(y_ref).max())
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dx_ref = fast.backward(dy), ref.backward(dy)
+    assert dx.shape == x.shape
+    for got, want in [(dx, dx_ref), *((fast.grads[n], ref.grads[n]) for n in ref.params)]:
+        assert np.abs(got - want).max() <= 5e-5 * max(1.0, np.abs(want).max())
+    if ref.params:
+        assert any(np.abs(g).max() > 0 for g in fast.grads.values())
+
+
+def test_evaluation_mode_and_dropout_on_their_own():
+    x = np.ones((4, 50), np.float32)
+    drop = Dropout(0.5)
+    first, second = drop.forward(x).copy(), drop.forward(x)
+    assert set(np.unique(first)) == {0.0, 2.0} and not np.array_equal(first, second)  # a new mask each call
+    drop.training = False
+    assert np.array_equal(drop.forward(x), x)
+    bn = BatchNorm1D(50)
+    bn.training = False  # the running statistics (0 and 1): the identity, give or take eps
+    np.testing.assert_allclose(bn.forward(x), x / np.sqrt(1 + 1e-5), rtol=1e-6)
+
+
+def test_mistakes_get_clear_errors():
+    relu = ReLU()
+    with pytest.raises(UsageError, match=r"ReLU.backward: call forward\(x\) first"):
+        relu.backward(np.ones((2, 3), np.float32))
+    relu.forward(np.ones((2, 3), np.float32))
+    with pytest.raises(ShapeError, match=r"dy: .*\(2, 3\)"):
+        relu.backward(np.ones((3, 3), np.float32))
+    relu.training = False
+    relu.forward(np.ones((2, 3), np.float32))
+    with pytest.raises(UsageError, match="in training mode"):
+        relu.backward(np.ones((2, 3), np.float32))
+    with pytest.raises(ShapeError, match=r"x: expected a batch \(N, \.\.\.\)"):
+        Dense(3, 2).forward(np.ones(3, np.float32))
+    with pytest.raises(ShapeError, match="layer 0 Dense.*expected 3 features"):
+        Dense(3, 2).forward(np.ones((1, 4), np.float32))
+    with pytest.raises(ShapeError, match="expected a NumPy array"):
+        Dense(3, 2).forward([[1.0, 2.0, 3.0]])
+    with pytest.raises(ConfigError, match="backend: expected one of"):
+        ReLU().forward(np.ones((1, 3), np.float32), backend="cuda")
+    with pytest.raises(ShapeError, match=r"alpha: expected a slope in \[0, 1\)"):
+        LeakyReLU(-0.5)
+
+
+def test_leaky_relu_trains_the_same_on_both_backends():
+    def model(backend):
+        return Sequential([Conv2D(4, 3), LeakyReLU(0.2), MaxPool2D(2), Flatten(), Dense(5)], seed=1,
+                          input_shape=(9, 9, 2), backend=backend)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 9, 9, 2)).astype(np.float32), rng.integers(0, 5, 6)
+    fast, ref = model("numba"), model("numpy")
+    assert [type(s).__name__ for s in fast.plan((9, 9, 2)).steps] == ["Conv", "Elementwise", "Pool", "FlattenStep",
+                                                                      "DenseStep"]
+    assert fast.train_step(x, y)[0] == pytest.approx(ref.train_step(x, y)[0], rel=1e-5)
+    assert np.abs(fast.gradients - ref.gradients).max() <= 5e-5 * np.abs(ref.gradients).max()
+
+
+def test_a_layer_of_your_own_needs_only_what_it_uses(tmp_path):
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    alone = Scale(4)
+    alone.backward(alone.forward(x))  # on its own: its gradient is there to be written
+    np.testing.assert_allclose(alone.grads["a"], (x * x * 1.5).sum(axis=0), rtol=1e-6)
+    model = Sequential([Dense(4), Scale(4), ReLU(), Dense(3)], input_shape=(4,), seed=1)
+    model.train_step(x, np.arange(5) % 3)
+    assert np.abs(model.layers[1].grads["a"]).max() > 0 and np.shares_memory(model.layers[1].grads["a"],
+                                                                              model.gradients)
+    register_layer(Scale)
+    try:
+        model.save(tmp_path / "scale.npz")
+        assert np.array_equal(fastcnn.load(tmp_path / "scale.npz").predict(x), model.predict(x))
+    finally:
+        del fastcnn.layers.LAYERS["Scale"]
+
+
+def test_the_usual_mistakes_of_a_layer_of_your_own():
+    class NoBackward(Layer):
+        def forward(self, x):
+            return x
+
+    class Doubles(Layer):
+        def __init__(self):
+            super().__init__()
+            self.params["w"] = np.ones(3)  # float64
+
+    class Widens(Layer):
+        def forward(self, x):
+            return np.concatenate([x, x], axis=1)
+
+    class NoConfig(Scale):
+        def config(self):
+            return {}
+
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(NotImplementedError, match="NoBackward.backward: a layer of your own implements"):
+        Sequential([Dense(3, 3), NoBackward(), Dense(3, 2)]).train_step(x, np.zeros(2, np.int64))
+    with pytest.raises(NotImplementedError, match="forward"):
+        Layer().forward(x)
+    with pytest.raises(ShapeError, match=r"layer 0 Doubles.*params\['w'\] is dtype float64; expected a float32"):
+        Sequential([Doubles(), Dense(3, 2)])
+    with pytest.raises(ShapeError, match=r"layer 0 Widens.*forward returned \(2, 6\); expected .*\(2, 3\)"):
+        Sequential([Widens(), Dense(3, 2)]).forward(x)
+    with pytest.raises(UsageError, match=r"layer 0 NoConfig.*could not rebuild it from config\(\) = \{\}"):
+        Sequential([NoConfig(3), Dense(3, 2)]).save("never-written.npz")
+    with pytest.raises(KeyError, match="'b': .* has no parameter of that name"):
+        Scale(3).grads["b"]
