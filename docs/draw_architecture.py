@@ -116,7 +116,7 @@ def draw(network, rows, loss, optimizer, modules):
            text(W // 2, 30, f"A training step of the '{network}' network: layers -> execution plan -> kernels",
                 16, "bold", anchor="middle"),
            text(COLUMNS[0], 70, "Layers (as you wrote them)", 14, "bold"),
-           text(COLUMNS[1], 70, "Plan steps (PATTERNS)", 14, "bold"),
+           text(COLUMNS[1], 70, "Plan steps (FUSIONS)", 14, "bold"),
            text(COLUMNS[2], 70, "Kernels called: forward / backward (module.name, in kernels/)", 14, "bold"),
            text(COLUMNS[0], 92, modules["layers"], 12, fill=MUTED),
            text(COLUMNS[1], 92, modules["steps"], 12, fill=MUTED),
