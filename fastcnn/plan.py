@@ -1,11 +1,12 @@
 """The execution plan: what a ``Sequential`` actually runs.
 
 The user's layers stay as written. ``Plan`` walks them and, at each position, takes the first entry
-of ``PATTERNS`` whose layer types match there: Conv2D, ReLU, MaxPool2D become one fused step (the
+of ``FUSIONS`` whose layer types match there: Conv2D, ReLU, MaxPool2D become one fused step (the
 full-size convolution output never goes to memory); Dense, ReLU another; ReLU, MaxPool2D pools
 first (relu(max(x)) = max(relu(x)), with the same gradient, on 1/size^2 of the values); any other
-layer is a plain step of its own, and a layer of the user's own runs its NumPy ``forward`` and
-``backward`` (``Custom``). Adding a fusion is one entry in ``PATTERNS`` and one step class.
+layer runs in the step its class names (``layer.step``, from ``steps.py``), a layer of the user's
+own in ``Custom``, which calls its NumPy ``forward`` and ``backward``. Adding a fusion is one entry
+in ``FUSIONS`` and one step class.
 
 Training and evaluation differ (BatchNorm's statistics, Dropout), so a plan holds two lists of
 steps: ``steps`` for training, and ``inference_steps``, which first tries ``FOLDS``: a BatchNorm
