@@ -5,8 +5,7 @@ Numba kernels (``fastcnn.kernels``) checked against a plain NumPy reference
 and its callbacks; ``fastcnn.data`` loads MNIST, Fashion-MNIST, CIFAR-10 and folders of one's own pictures.
 """
 
-# (pyproject.toml reads it from here; the kernels' cache is keyed by the installed version.)
-__version__ = "0.3.0"
+from .version import __version__
 
 from .callbacks import Callback, EarlyStopping, KeepBest, ReduceLROnPlateau
 from .checkpoint import save

@@ -1,10 +1,9 @@
 """The two backends a model can run on: the compiled kernels, or their NumPy reference twins."""
 
-from . import kernels
 from .errors import ConfigError
-from .kernels import reference
+from .kernels import compiled, reference
 
-BACKENDS = {"numba": kernels, "numpy": reference}
+BACKENDS = {"numba": compiled, "numpy": reference}
 
 
 def get(name):

@@ -38,7 +38,7 @@ from numba.core.registry import CPUDispatcher
 from tqdm import tqdm
 
 from . import fileio
-from . import kernels as compiled_kernels
+from .kernels import compiled as compiled_kernels
 from .errors import FastCNNError
 from .kernels import jit
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .data import CLASS_NAMES
 from .errors import ExportError, FastCNNError, ShapeError
 from .fileio import atomic_write, check_writable

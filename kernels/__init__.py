@@ -7,6 +7,8 @@ the caller's buffers, outputs first. The lists are made from the modules: a publ
 kernel module with a twin in ``reference`` is a kernel (a new one needs no line here).
 """
 
+import sys
+
 from . import (activations, avgpool, batchnorm, batchnorm_pool, conv, conv_pool, dense, dropout, loss, optim, pool,
                reference)
 from .algorithms import paths  # which algorithm ran each convolution (not a kernel: no twin)
@@ -33,4 +35,5 @@ globals().update(_found)
 CORES = [name for name in _found if name.endswith("_into")]
 CHECKED = [name for name in _found if not name.endswith("_into")]
 HELPERS = ["dropout_key"]
+compiled = sys.modules[__name__]  # this module, as a backend names it: the compiled kernels
 __all__ = CHECKED + CORES + HELPERS

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 
-from .. import __version__
+from ..version import __version__
 from ..architectures import ARCHITECTURES
 from ..data import DATASETS
 from ..distributed import abort_if_parallel, this_process, world
