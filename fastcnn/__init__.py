@@ -5,7 +5,7 @@ Numba kernels (``fastcnn.kernels``) checked against a plain NumPy reference
 and its callbacks; ``fastcnn.data`` loads MNIST, Fashion-MNIST, CIFAR-10 and folders of one's own pictures.
 """
 
-from .version import __version__
+from .version import __version__  # noqa: F401 - fastcnn.__version__
 
 from .callbacks import Callback, EarlyStopping, KeepBest, ReduceLROnPlateau
 from .checkpoint import save
