@@ -70,7 +70,8 @@ def check_writable(path, need=0):
             f.flush()
             os.fsync(f.fileno())
     finally:
-        os.unlink(probe)
+        with contextlib.suppress(FileNotFoundError):  # cleaned up as a stale temporary file already
+            os.unlink(probe)
     free = shutil.disk_usage(folder).free
     if free < need:
         raise OSError(errno.ENOSPC, f"{need:,} bytes needed, {free:,} free", str(folder))

@@ -169,8 +169,8 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
             if os.path.lexists(path) and not os.path.isdir(path):
                 raise ModelFileError(f"{path}: already exists; continue its run with --resume, train into another "
                                      f"file with --out, or replace it with --overwrite")
-    fileio.check_writable_output(out)
-    if world.is_root:  # the one process that writes out
+    if world.is_root:  # the one process that writes out (another's probe would race its clean-up)
+        fileio.check_writable_output(out)
         fileio.remove_stale_temps(out)
         fileio.remove_stale_temps(last)
     if resume:
