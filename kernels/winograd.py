@@ -254,15 +254,12 @@ def _weight_gradient(partial, partial_db, x, dy, pad, block):
             transform_inputs(V, patch, tmp, x, start, count, tiles_h, tiles_w, pad)
             for tl in range(count):
                 n, oh0, ow0 = tile_origin(start + tl, tiles_h, tiles_w)
-                for i in range(4):
-                    for j in range(4):
-                        if oh0 + i < OH and ow0 + j < OW:
-                            for k in range(K):
-                                grad[i, j, k] = dy[n, oh0 + i, ow0 + j, k]
-                                db[k] += grad[i, j, k]
-                        else:
-                            for k in range(K):
-                                grad[i, j, k] = 0.0
+                grad[...] = np.float32(0.0)  # a tile over the output's edge is zeros beyond it
+                for i in range(min(4, OH - oh0)):
+                    for j in range(min(4, OW - ow0)):
+                        for k in range(K):
+                            grad[i, j, k] = dy[n, oh0 + i, ow0 + j, k]
+                            db[k] += grad[i, j, k]
                 for j in range(4):
                     for k in range(K):
                         cols[0, j, k], cols[1, j, k], cols[2, j, k], cols[3, j, k], cols[4, j, k], cols[5, j, k] = a4(
