@@ -184,6 +184,23 @@ def test_load_dataset_fake(tmp_path, fake_checksums, compress):
     np.testing.assert_array_equal(y, [0, 1, 2, 3, 4])
 
 
+def test_load_dataset_pixels_are_the_files_uint8_and_train_to_the_same_weights(tmp_path, fake_checksums):
+    from fastcnn import SGD, fit
+    from fastcnn.architectures import mnist_network
+    images, labels = make_fake_dataset(tmp_path, fake_checksums, n=40)
+    raw, y = data.load_dataset("mnist", "train", data_dir=tmp_path, download=False, pixels=True)
+    assert raw.dtype == np.uint8 and raw.shape == (40, 28, 28, 1) and not raw.flags.writeable
+    np.testing.assert_array_equal(raw[..., 0], images)
+    x, _ = data.load_dataset("mnist", "train", data_dir=tmp_path, download=False)
+    weights = []
+    for inputs in (x, raw):  # what fastcnn train does with pixels: the same run as with the floats
+        model = mnist_network(seed=0)
+        fit(model, SGD(model, 0.05), (inputs, y), epochs=1, batch_size=16, validation_split=0.25, seed=0,
+            progress=False)
+        weights.append(model.parameters)
+    assert np.array_equal(*weights)
+
+
 def test_load_dataset_uses_env_var(tmp_path, fake_checksums, monkeypatch):
     make_fake_dataset(tmp_path, fake_checksums, n=3, name="fashion-mnist")
     monkeypatch.setenv("FASTCNN_DATA", str(tmp_path))

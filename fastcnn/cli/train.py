@@ -78,8 +78,9 @@ def _load_data(settings, data_dir, verbose):
         folder = image_folder(settings.data, settings.image_size, settings.color, verbose=verbose)
         how = f" ({'decoded' if folder.decoded else 'read from the cache'} in {folder.seconds:.1f} s)"
         return _Data(folder.train, folder.test, folder.val, folder.classes, f"{folder.root}", how), folder
-    train_data = Split(*datasets.load_dataset(settings.dataset, "train", data_dir), name="train")
-    test_data = Split(*datasets.load_dataset(settings.dataset, "test", data_dir), name="test")
+    # uint8 pixels, scaled batch by batch as they are read: a quarter of the memory, the same numbers
+    train_data = Split(*datasets.load_dataset(settings.dataset, "train", data_dir, pixels=True), name="train")
+    test_data = Split(*datasets.load_dataset(settings.dataset, "test", data_dir, pixels=True), name="test")
     return _Data(train_data, test_data, None, None, settings.dataset, ""), None
 
 
