@@ -150,79 +150,6 @@ def conv_row3(out, r, strip, w, b, step):
 
 
 @numba.njit(inline="always")
-def weight_row(partial, chunk, partial_db, strip, g, r, kh_lo, kh_hi, step):
-    """Add one output row's share to partial[chunk] (KH, KW*C, K) and partial_db[chunk] (K,):
-    g[r] (OW, K) is the output row's gradient, strip its input rows.
-
-    Pixels are taken four at a time and taps three at a time, so one pass over K updates three
-    rows of dw with twelve products."""
-    OW, K = g.shape[1], g.shape[2]
-    KWC = partial.shape[2]
-    ustep = np.uint64(step)
-    triples, quads = KWC - KWC % 3, OW - OW % 4
-    for ow in range(0, quads, 4):
-        for k in range(K):
-            partial_db[chunk, k] += g[r, ow, k] + g[r, ow + 1, k] + g[r, ow + 2, k] + g[r, ow + 3, k]
-    for ow in range(quads, OW):
-        for k in range(K):
-            partial_db[chunk, k] += g[r, ow, k]
-    for kh in range(kh_lo, kh_hi):
-        for ow in range(0, quads, 4):
-            for j in range(0, triples, 3):
-                at = np.uint64(ow * step + j)
-                v00, v01, v02 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
-                at += ustep
-                v10, v11, v12 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
-                at += ustep
-                v20, v21, v22 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
-                at += ustep
-                v30, v31, v32 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
-                for k in range(K):
-                    g0, g1, g2, g3 = g[r, ow, k], g[r, ow + 1, k], g[r, ow + 2, k], g[r, ow + 3, k]
-                    partial[chunk, kh, j, k] += v00 * g0 + v10 * g1 + v20 * g2 + v30 * g3
-                    partial[chunk, kh, j + 1, k] += v01 * g0 + v11 * g1 + v21 * g2 + v31 * g3
-                    partial[chunk, kh, j + 2, k] += v02 * g0 + v12 * g1 + v22 * g2 + v32 * g3
-            for j in range(triples, KWC):
-                at = np.uint64(ow * step + j)
-                v0, v1 = strip[kh, at], strip[kh, at + ustep]
-                v2, v3 = strip[kh, at + ustep + ustep], strip[kh, at + ustep + ustep + ustep]
-                for k in range(K):
-                    g0, g1, g2, g3 = g[r, ow, k], g[r, ow + 1, k], g[r, ow + 2, k], g[r, ow + 3, k]
-                    partial[chunk, kh, j, k] += v0 * g0 + v1 * g1 + v2 * g2 + v3 * g3
-        for ow in range(quads, OW):
-            for j in range(KWC):
-                v = strip[kh, np.uint64(ow * step + j)]
-                for k in range(K):
-                    partial[chunk, kh, j, k] += v * g[r, ow, k]
-
-
-@numba.njit(inline="always")
-def zero_partials(partial, partial_db, chunk):
-    partial[chunk] = np.float32(0.0)
-    partial_db[chunk] = 0.0
-
-
-@numba.njit(inline="always")
-def add_partials(dw, db, partial, partial_db):
-    """dw, db = the sums of the per-chunk partials, added in chunk order (one thread: they are
-    small), so the result is the same bit for bit whatever thread ran which chunk."""
-    KH, KWC, K = dw.shape
-    chunks = partial.shape[0]
-    for kh in range(KH):
-        for j in range(KWC):
-            for k in range(K):
-                acc = partial[0, kh, j, k]
-                for chunk in range(1, chunks):
-                    acc += partial[chunk, kh, j, k]
-                dw[kh, j, k] = acc
-    for k in range(K):
-        acc64 = partial_db[0, k]
-        for chunk in range(1, chunks):
-            acc64 += partial_db[chunk, k]
-        db[k] = acc64
-
-
-@numba.njit(inline="always")
 def add_moments(s1, s2, y, r0, r1, b):
     """Add rows r0..r1-1 of y (rows, OW, K) less the bias into the float64 sums s1 and s2 (K,)
     of each channel's values and squares: BatchNorm's statistics, while the rows are in cache."""
@@ -333,6 +260,75 @@ def _conv2d_forward_gemm(y, moments, x, w, b, KH, KW, stride, pad, block, tasks)
             row += rows
         if stats:
             store_moments(moments, task, s1, s2)
+
+
+@numba.njit(inline="always")
+def weight_row(partial, chunk, partial_db, strip, g, r, kh_lo, kh_hi, step):
+    """Add one output row's share to partial[chunk] (KH, KW*C, K) and partial_db[chunk] (K,):
+    g[r] (OW, K) is the output row's gradient, strip its input rows.
+
+    Pixels are taken four at a time and taps three at a time, so one pass over K updates three
+    rows of dw with twelve products."""
+    OW, K = g.shape[1], g.shape[2]
+    KWC = partial.shape[2]
+    ustep = np.uint64(step)
+    triples, quads = KWC - KWC % 3, OW - OW % 4
+    for ow in range(0, quads, 4):
+        for k in range(K):
+            partial_db[chunk, k] += g[r, ow, k] + g[r, ow + 1, k] + g[r, ow + 2, k] + g[r, ow + 3, k]
+    for ow in range(quads, OW):
+        for k in range(K):
+            partial_db[chunk, k] += g[r, ow, k]
+    for kh in range(kh_lo, kh_hi):
+        for ow in range(0, quads, 4):
+            for j in range(0, triples, 3):
+                at = np.uint64(ow * step + j)
+                v00, v01, v02 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
+                at += ustep
+                v10, v11, v12 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
+                at += ustep
+                v20, v21, v22 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
+                at += ustep
+                v30, v31, v32 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
+                for k in range(K):
+                    g0, g1, g2, g3 = g[r, ow, k], g[r, ow + 1, k], g[r, ow + 2, k], g[r, ow + 3, k]
+                    partial[chunk, kh, j, k] += v00 * g0 + v10 * g1 + v20 * g2 + v30 * g3
+                    partial[chunk, kh, j + 1, k] += v01 * g0 + v11 * g1 + v21 * g2 + v31 * g3
+                    partial[chunk, kh, j + 2, k] += v02 * g0 + v12 * g1 + v22 * g2 + v32 * g3
+            for j in range(triples, KWC):
+                at = np.uint64(ow * step + j)
+                v0, v1 = strip[kh, at], strip[kh, at + ustep]
+                v2, v3 = strip[kh, at + ustep + ustep], strip[kh, at + ustep + ustep + ustep]
+                for k in range(K):
+                    g0, g1, g2, g3 = g[r, ow, k], g[r, ow + 1, k], g[r, ow + 2, k], g[r, ow + 3, k]
+                    partial[chunk, kh, j, k] += v0 * g0 + v1 * g1 + v2 * g2 + v3 * g3
+        for ow in range(quads, OW):
+            for j in range(KWC):
+                v = strip[kh, np.uint64(ow * step + j)]
+                for k in range(K):
+                    partial[chunk, kh, j, k] += v * g[r, ow, k]
+
+
+@numba.njit(inline="always")
+def zero_partials(partial, partial_db, chunk):
+    partial[chunk] = np.float32(0.0)
+    partial_db[chunk] = 0.0
+
+
+@numba.njit(inline="always")
+def add_partials(dw, db, partial, partial_db):
+    """dw, db = the sums of the per-chunk partials, added in chunk order (one thread: they are
+    small), so the result is the same bit for bit whatever thread ran which chunk."""
+    KH, KWC, K = dw.shape
+    chunks = partial.shape[0]
+    for kh in range(KH):
+        for j in range(KWC):
+            for k in range(K):
+                acc = partial[0, kh, j, k]
+                for chunk in range(1, chunks):
+                    acc += partial[chunk, kh, j, k]
+                dw[kh, j, k] = acc
+    winograd.add_bias_partials(db, partial_db)
 
 
 @parallel_kernel

@@ -298,9 +298,16 @@ def _finish_weight_gradient(dw, db, partial, partial_db):
             for k in range(K):
                 dw[a, 0, c, k], dw[a, 1, c, k], dw[a, 2, c, k] = gt6(half[a, 0, k], half[a, 1, k], half[a, 2, k],
                                                                      half[a, 3, k], half[a, 4, k], half[a, 5, k])
-    for k in range(K):
+    add_bias_partials(db, partial_db)
+
+
+@numba.njit(inline="always")
+def add_bias_partials(db, partial_db):
+    """db (K,) = the per-task partial bias gradients (tasks, K) added in task order: the same bits
+    whatever thread ran which task (conv.py's weight gradients use it too)."""
+    for k in range(db.shape[0]):
         acc = partial_db[0, k]
-        for task in range(1, tasks):
+        for task in range(1, partial_db.shape[0]):
             acc += partial_db[task, k]
         db[k] = acc
 
