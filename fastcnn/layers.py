@@ -75,17 +75,18 @@ class Layer:
         """The constructor's arguments, enough to rebuild this layer (saved in model files)."""
         return {}
 
-    @classmethod
-    def param_shapes(cls, config):
-        """The shapes of the parameters a layer with this ``config()`` has (model files are
-        checked against them). The built-in layers say without building one, so a damaged file
-        allocates nothing; by default, a layer of your own is built from ``config`` to see."""
-        return {name: p.shape for name, p in cls(**config).params.items()}
+    @staticmethod
+    def param_shapes(config):
+        """The shapes of the parameters a layer with this ``config()`` has, without building it
+        (model files are checked against them before anything is allocated). A layer of your own
+        that declares neither this nor ``buffer_shapes`` is built from ``config`` to see
+        (``file_shapes``)."""
+        return {}
 
-    @classmethod
-    def buffer_shapes(cls, config):
+    @staticmethod
+    def buffer_shapes(config):
         """The shapes of its non-trainable state (BatchNorm's running statistics), as above."""
-        return {name: b.shape for name, b in cls(**config).buffers.items()}
+        return {}
 
     inferable = ()  # (attribute, argument) pairs of the sizes a layer may take from its input
 
@@ -109,15 +110,10 @@ class Layer:
         pass
 
     def _allocate(self):
-        """Make the parameters and buffers the layer's ``param_shapes`` and ``buffer_shapes`` declare
-        (the default ones, which build a layer to see, would come back here), then initialise them."""
         config = self.config()
-        declared = {name for cls in type(self).__mro__[:-2] for name in vars(cls)}  # below Layer and object
-        shapes = {what: getattr(self, what)(config) if what in declared else {}
-                  for what in ("param_shapes", "buffer_shapes")}
-        self.params = {name: np.zeros(shape, np.float32) for name, shape in shapes["param_shapes"].items()}
+        self.params = {name: np.zeros(shape, np.float32) for name, shape in self.param_shapes(config).items()}
         self.grads = _Gradients(self)
-        self.buffers = {name: np.zeros(shape, np.float32) for name, shape in shapes["buffer_shapes"].items()}
+        self.buffers = {name: np.zeros(shape, np.float32) for name, shape in self.buffer_shapes(config).items()}
         self.initialize(np.random.default_rng(0), feeds_relu=False)
 
     def __repr__(self):
@@ -145,6 +141,17 @@ def _batch(x):
     if isinstance(x, np.ndarray) and x.ndim < 2:
         raise ShapeError(f"x: expected a batch (N, ...) of examples, got shape {x.shape}")
     return checks.array("x", x, np.ndim(x), np.float32)
+
+
+def file_shapes(cls, config):
+    """``(param_shapes, buffer_shapes)`` of a ``cls`` layer with ``config``, as a model file must
+    hold them: as the class declares them, or, for a layer of your own that declares neither,
+    those of one built from ``config``."""
+    if cls.param_shapes is Layer.param_shapes and cls.buffer_shapes is Layer.buffer_shapes:
+        layer = cls(**config)
+        return ({name: p.shape for name, p in layer.params.items()},
+                {name: b.shape for name, b in layer.buffers.items()})
+    return cls.param_shapes(config), cls.buffer_shapes(config)
 
 
 def walk(layers, shape, infer=False):
@@ -181,7 +188,6 @@ class Conv2D(Layer):
     """
 
     step = steps.Conv
-    buffer_shapes = staticmethod(lambda config: {})  # none
 
     def __init__(self, in_channels, out_channels, kernel_size=None, stride=1, padding=0):
         super().__init__()
@@ -233,12 +239,10 @@ class Conv2D(Layer):
         self.params["bias"][...] = 0
 
 
-
 class MaxPool2D(Layer):
     """Max-pooling over ``size`` x ``size`` windows every ``stride`` pixels (default: ``size``)."""
 
     step = steps.Pool
-    param_shapes = buffer_shapes = staticmethod(lambda config: {})  # none
 
     def __init__(self, size, stride=None):
         super().__init__()
@@ -253,23 +257,19 @@ class MaxPool2D(Layer):
         return (*checks.pool_output_size((1, h, w, c), self.size, self.stride), c)
 
 
-
 class AvgPool2D(MaxPool2D):
     """Average-pooling over ``size`` x ``size`` windows every ``stride`` pixels (default: ``size``)."""
 
     step = steps.AvgPool
 
 
-
 class GlobalAvgPool2D(Layer):
     """(N, H, W, C) -> (N, C): the mean of each channel over the image."""
 
     step = steps.GlobalAvgPool
-    param_shapes = buffer_shapes = staticmethod(lambda config: {})  # none
 
     def output_shape(self, shape):
         return (_image(shape, "a GlobalAvgPool2D")[2],)
-
 
 
 class Activation(Layer):
@@ -278,7 +278,6 @@ class Activation(Layer):
     given ``scalars`` after the arrays; ``onnx`` is the ONNX operator, with ``onnx_attributes()``."""
 
     step = steps.Elementwise
-    param_shapes = buffer_shapes = staticmethod(lambda config: {})  # none
     kernel = onnx = None
     scalars = ()
 
@@ -324,7 +323,6 @@ class Dropout(Layer):
     seed, the optimizer's step and the layer's position, so a resumed run draws the same ones."""
 
     step = steps.DropoutStep
-    param_shapes = buffer_shapes = staticmethod(lambda config: {})  # none
 
     def __init__(self, p=0.5):
         super().__init__()
@@ -332,7 +330,6 @@ class Dropout(Layer):
 
     def config(self):
         return {"p": self.p}
-
 
 
 class BatchNorm2D(Layer):
@@ -403,7 +400,6 @@ class BatchNorm2D(Layer):
         return weight * s, (bias - self.buffers["running_mean"]) * s + self.params["bias"]
 
 
-
 class BatchNorm1D(BatchNorm2D):
     """Batch normalization per feature of (N, features) rows, after a Dense; as ``BatchNorm2D``."""
 
@@ -429,11 +425,9 @@ class Flatten(Layer):
     """(N, ...) -> (N, features), in the order NHWC keeps them."""
 
     step = steps.FlattenStep
-    param_shapes = buffer_shapes = staticmethod(lambda config: {})  # none
 
     def output_shape(self, shape):
         return (int(np.prod(shape)),)
-
 
 
 class Dense(Layer):
@@ -444,7 +438,6 @@ class Dense(Layer):
     """
 
     step = steps.DenseStep
-    buffer_shapes = staticmethod(lambda config: {})  # none
 
     def __init__(self, in_features, out_features=None):
         super().__init__()
@@ -483,7 +476,6 @@ class Dense(Layer):
         shape = self.params["weight"].shape
         self.params["weight"][...] = init_weight(rng, shape, shape[0], shape[1], feeds_relu)
         self.params["bias"][...] = 0
-
 
 
 def init_weight(rng, shape, fan_in, fan_out, feeds_relu):

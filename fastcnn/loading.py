@@ -21,7 +21,7 @@ from . import backends
 from .checkpoint import FORMAT, READS
 from .errors import ConfigError, ModelFileError, ShapeError
 from .kernels import checks
-from .layers import LAYERS, layer_from_config
+from .layers import LAYERS, file_shapes, layer_from_config
 from .model import Sequential
 from .optim import optimizer_from_config
 from .settings import Settings
@@ -127,8 +127,9 @@ def _check_shapes(layers, arrays, path):
             raise ModelFileError(f"{path}: unknown layer type {name!r}: if it is a layer of your own, import the "
                                  f"module that defines it (decorated with @fastcnn.register_layer) before loading")
         cls = LAYERS[name]
-        shapes = [(f"param/{i}.{p}", shape) for p, shape in cls.param_shapes(config).items()]
-        shapes += [(f"buffer/{i}.{b}", shape) for b, shape in cls.buffer_shapes(config).items()]
+        params, buffers = file_shapes(cls, config)
+        shapes = [(f"param/{i}.{p}", shape) for p, shape in params.items()]
+        shapes += [(f"buffer/{i}.{b}", shape) for b, shape in buffers.items()]
         for key, shape in shapes:
             shape = tuple(shape)
             if key not in arrays:
