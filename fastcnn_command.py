@@ -6,6 +6,7 @@ through the imports. Here it ends as every other interruption of the command doe
 exit status 130.
 """
 
+import signal
 import sys
 
 
@@ -15,7 +16,11 @@ def main():
     except KeyboardInterrupt:
         print("fastcnn: interrupted", file=sys.stderr)
         return 130
-    return run()
+    status = run()
+    # The command has ended and said so: a Ctrl-C while Python shuts down would only turn that
+    # status into a death by signal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return status
 
 
 if __name__ == "__main__":
