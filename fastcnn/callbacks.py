@@ -21,7 +21,6 @@ Under MPI every process runs the callbacks on the same numbers (rank 0's validat
 sent to all), so all of them decide alike; only rank 0 writes files and prints (``run.is_root``).
 """
 
-import json
 import os
 
 from .checkpoint import save
@@ -262,9 +261,8 @@ class KeepBest(_Monitored):
         """``path``: the model (holding the best weights) and the training state as it is now."""
         if not self.run.is_root:
             return
-        state = json.loads(json.dumps(self.run.state))  # a snapshot: fit goes on changing its own
+        state = {k: v for k, v in self.run.state.items() if k != "callbacks"}  # save writes it at once
         state["best"] = {"epoch": self.best_epoch, "monitor": self.monitor, "value": self.best}
-        state.pop("callbacks", None)
         save(self.path, self.run.model, None, state)
 
     def load_state_dict(self, state):

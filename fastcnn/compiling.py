@@ -82,12 +82,6 @@ def prepare(plan, modes=(True, False), optimizer=None, processes=None, say=True)
             plan.prepared.update(modes)
 
 
-def warm_up(model, example_shape, optimizer=None, say=True):
-    """Have every kernel that ``model``'s training step (with ``optimizer``'s update) and its
-    prediction run compiled, or loaded from the cache, before training starts."""
-    return prepare(model.plan(example_shape), (True, False), optimizer, say=say)
-
-
 def rehearsed(passes, optimizers=()):
     """The kernel calls (``Job``) that ``passes`` [(plan, training), ...] and ``optimizers``'
     steps make that would compile, found by rehearsing them."""

@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from .errors import ConfigError, DataError, ImageError
 from .fileio import atomic_write
-from .image import MAX_PIXELS, _read, _to_pixels
+from .validate import as_float_pixels
 
 __all__ = ["COLORS", "DEFAULT_MAX_SIDE", "ImageFolder", "PICTURE_EXTENSIONS", "Split", "cache_dir",
            "image_folder", "load_picture", "read_picture", "row_reader"]
@@ -319,16 +319,18 @@ def read_picture(source, image_size, color, *, budget=None):
     if color not in COLORS:
         raise ConfigError(f"color: expected one of {', '.join(COLORS)}, got {color!r}")
     side = max(h, w)  # EXIF may turn the picture: a draft at least this large either way
+    from .image import _read  # here: it loads SciPy's ndimage, a tenth of a second, for pictures only
     return _read(source, lambda im: _pixels(im, h, w, color), budget=budget, draft=(side, side))
 
 
 def load_picture(source, image_size, color, *, budget=None, notes=None):
     """:func:`read_picture` as float32 in [0, 1]: what a model trained on an image folder takes
     (``notes``, as ``image.load_digit``'s: nothing to note here)."""
-    return read_picture(source, image_size, color, budget=budget).astype(np.float32) / 255
+    return as_float_pixels(read_picture(source, image_size, color, budget=budget))
 
 
 def _pixels(im, h, w, color):
+    from .image import _to_pixels  # as in read_picture
     if im.mode.startswith(("I", "F")):  # 16- and 32-bit grey: scaled to 8 bits, never clipped
         im = Image.fromarray(np.round(_to_pixels(im)[:, :, 0] * 255).astype(np.uint8), "L")
     elif im.mode in _ALPHA_MODES or "transparency" in im.info:
@@ -348,6 +350,7 @@ def _survey(path):
         if os.path.getsize(path) == 0:
             return "empty file (0 bytes)"
         with Image.open(path) as im:
+            from .image import MAX_PIXELS  # as in read_picture
             h, w = im.height, im.width
             if w * h > MAX_PIXELS:
                 return f"image of {w}x{h} = {w * h} pixels, expected at most {MAX_PIXELS}"

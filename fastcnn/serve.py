@@ -19,6 +19,7 @@ take at most ``decode_memory`` bytes together (each picture's size is known from
 ``image.MAX_DECODED_BYTES``), and requests that arrive together are predicted in one batch.
 """
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -117,7 +118,7 @@ class Batcher:
         self._waiting = []  # (picture, answer) pairs
         self._reading = 0  # requests that will hand in a picture soon
         self._thread = None
-        self.batches = []  # the sizes of the last 1,000 batches predicted
+        self.batches = collections.deque(maxlen=1000)  # the sizes of the last 1,000 batches predicted
         self.pictures = self.calls = self.most = 0  # since the start
 
     @contextlib.contextmanager
@@ -168,7 +169,7 @@ class Batcher:
                 for _, answer in batch:
                     answer.fail(e)
                 continue
-            self.batches = self.batches[-999:] + [len(batch)]
+            self.batches.append(len(batch))
             self.pictures, self.calls = self.pictures + len(batch), self.calls + 1
             self.most = max(self.most, len(batch))
             for (_, answer), p in zip(batch, probabilities):

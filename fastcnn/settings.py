@@ -18,7 +18,7 @@ from .folders import COLORS, DEFAULT_MAX_SIDE
 from .kernels import checks
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
-from .validate import learning_rate
+from .validate import divergence_factor, learning_rate
 
 DIVERGENCE = 10.0  # a run stops when its smoothed loss stays above this many times its start (train.Divergence)
 
@@ -143,8 +143,7 @@ class Settings:
         checks.number("decay", self.decay, lambda v: v >= 0, "a value >= 0")
         checks.number("weight_decay", self.weight_decay, lambda v: v >= 0, "a value >= 0")
         checks.number("validation_split", self.validation_split, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
-        checks.number("divergence", self.divergence, lambda v: v == 0 or v > 1, "a factor > 1, or 0 to turn the "
-                                                                                 "check off")
+        divergence_factor("divergence", self.divergence)
 
     def relevant(self):
         """The settings that shaped this run (SGD's momentum is no part of an Adam run, ...)."""

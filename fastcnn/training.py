@@ -31,7 +31,7 @@ from .callbacks import TrainingRun, check_callbacks, restore_states, saved_state
 from .errors import FastCNNError, ShapeError
 from .folders import row_reader
 from .kernels import checks
-from .validate import as_float_pixels, learning_rate
+from .validate import as_float_pixels, divergence_factor, learning_rate
 from .model import labelled_batch
 from .optim import Optimizer
 from .settings import DEFAULT_VALIDATION_SPLIT, DIVERGENCE
@@ -60,8 +60,7 @@ class Divergence:
     DEFAULT = DIVERGENCE
 
     def __init__(self, factor=DEFAULT):
-        self.factor = checks.number("divergence", 0.0 if factor is None else factor,
-                                    lambda v: v == 0 or v > 1, "a factor > 1, or 0 to turn the check off")
+        self.factor = divergence_factor("divergence", 0.0 if factor is None else factor)
         self.start = self.smoothed = None
         self.above = 0
 
@@ -287,7 +286,8 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     x = np.empty((min(batch_size, n), *shape), np.float32)  # the batch, gathered in place
     raw = np.empty((min(batch_size, n), *shape), np.uint8) if x_train.dtype == np.uint8 else None  # before scaling
     plan = model.plan(shape)  # the data were checked above: the plan runs them as they are
-    compiling.prepare(plan, (True, False) if val is not None else (True,), optimizer, say=world.is_root)
+    evaluates = val is not None or data.test is not None  # then evaluation's kernels too, before the first step
+    compiling.prepare(plan, (True, False) if evaluates else (True,), optimizer, say=world.is_root)
     take = row_reader(x_train)  # a memory-mapped image folder: rows read from its file
     trained = False
     with _stop_on_signals() as caught:

@@ -5,8 +5,9 @@ these, once, where it comes in; past that point the arrays are trusted (the plan
 unchecked cores run them as they are). Each rule raises ``ShapeError`` naming the argument, what
 was expected and what came (for NaN, Inf and unscaled pixels: the index of the first bad image).
 Scalar arguments (a positive integer, a number in a range) are ``kernels.checks``' rules, but
-for the learning rate, checked in three places (the optimizer, the settings, and ``fit``, which
-sees what was set after the optimizer was made).
+for those checked in more than one place: the learning rate (the optimizer, the settings, and
+``fit``, which sees what was set after the optimizer was made) and the divergence factor (the
+settings and ``fit``).
 """
 
 import numpy as np
@@ -21,6 +22,11 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)  # the kernels compute in float32:
 def learning_rate(name, lr):
     """A learning rate: a finite number > 0 that float32 holds, as a float."""
     return checks.number(name, lr, lambda v: 0 < v <= FLOAT32_MAX, "a learning rate > 0 (that float32 holds)")
+
+
+def divergence_factor(name, factor):
+    """The divergence check's factor (``fit``'s ``divergence``): > 1, or 0 to turn the check off."""
+    return checks.number(name, factor, lambda v: v == 0 or v > 1, "a factor > 1, or 0 to turn the check off")
 
 
 def as_float_pixels(raw, out=None):

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from .. import compiling, distributed, fileio, loading
+from .. import distributed, fileio, loading
 from .. import data as datasets
 from ..architectures import ARCHITECTURES
 from ..callbacks import EarlyStopping, KeepBest, ReduceLROnPlateau
@@ -240,7 +240,6 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
     if folder is not None:
         state["folder"] = {"fingerprint": folder.fingerprint, "images": len(folder.train[1])}
     callbacks = make_callbacks(settings, out)
-    compiling.warm_up(model, data.train[0].shape[1:], optimizer, say=world.is_root)
     history = fit(model, optimizer, validating.train, validating.validation, epochs=settings.epochs,
                   batch_size=settings.batch_size, seed=settings.seed, validation_split=validating.split,
                   test=validating.test,
