@@ -345,14 +345,14 @@ class Pool(Step):
         pool = self.layers[-1]
         k.maxpool_forward_into(ws["y"], ws["argmax"], x, pool.size, pool.stride)
         if self.relu:
-            _relu_in_place(k, ws["y"])
+            k.relu_forward_into(ws["y"], ws["y"])
         return ws["y"]
 
     def backward(self, k, dy, ws):
         dx = ws.get("dx")
         if dx is not None:
             if self.relu:
-                k.relu_backward_into(ws["dpool"].reshape(-1), dy.reshape(-1), ws["y"].reshape(-1))
+                k.relu_backward_into(ws["dpool"], dy, ws["y"])
                 dy = ws["dpool"]
             k.maxpool_backward_into(dx, dy, ws["argmax"])
         return dx
@@ -392,17 +392,15 @@ class Elementwise(Step):
     kernels its layer names: ``kernel = "relu"`` runs ``relu_forward_into(y, x, *scalars)`` and
     ``relu_backward_into(dx, dy, y, *scalars)``, ``scalars`` being the layer's (LeakyReLU's slope)."""
 
-    # The arrays go flat, whatever their rank: one compiled kernel serves every layer.
-    def forward(self, k, x, ws, run):
+    def forward(self, k, x, ws, run):  # (the cores take arrays of any rank: one compiled kernel serves all)
         layer = self.layers[0]
-        getattr(k, f"{layer.kernel}_forward_into")(ws["y"].reshape(-1), x.reshape(-1), *layer.scalars)
+        getattr(k, f"{layer.kernel}_forward_into")(ws["y"], x, *layer.scalars)
         return ws["y"]
 
     def backward(self, k, dy, ws):
         layer, dx = self.layers[0], ws.get("dx")
         if dx is not None:
-            getattr(k, f"{layer.kernel}_backward_into")(dx.reshape(-1), dy.reshape(-1), ws["y"].reshape(-1),
-                                                        *layer.scalars)
+            getattr(k, f"{layer.kernel}_backward_into")(dx, dy, ws["y"], *layer.scalars)
         return dx
 
 
@@ -453,9 +451,3 @@ class Custom(Step):
             raise ShapeError(f"layer {self.index} {self.layers[0]!r}: {method} returned {got}; expected the {what} "
                              f"of shape {shape}")
         return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def _relu_in_place(k, y):
-    """y = max(y, 0), through the flat view: one compiled ReLU kernel for arrays of any rank."""
-    flat = y.reshape(-1)
-    k.relu_forward_into(flat, flat)

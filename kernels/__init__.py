@@ -7,14 +7,17 @@ the caller's buffers, outputs first. The lists are made from the modules: a publ
 kernel module with a twin in ``reference`` is a kernel (a new one needs no line here).
 """
 
+import importlib
+import pkgutil
 import sys
 
-from . import (activations, avgpool, batchnorm, batchnorm_pool, conv, conv_pool, dense, dropout, loss, optim, pool,
-               reference)
+from . import reference
 from .algorithms import paths  # which algorithm ran each convolution (not a kernel: no twin)
 from .dropout import dropout_key  # how a run makes the key of one dropout mask (the same in reference)
 
-_MODULES = (activations, avgpool, batchnorm, batchnorm_pool, conv, conv_pool, dense, dropout, loss, optim, pool)
+_NOT_KERNELS = {"algorithms", "blas", "checks", "errors", "jit", "reference"}  # what the kernel modules use
+_MODULES = [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)
+            if m.name not in _NOT_KERNELS]
 _TWINS = sorted(name for name, f in vars(reference).items()
                 if not name.startswith("_") and callable(f) and getattr(f, "__module__", None) == reference.__name__)
 

@@ -15,34 +15,31 @@ from . import checks
 from .jit import parallel_kernel
 
 
+# The kernels take flat arrays: their cores (below) hand them flat views.
 @parallel_kernel
 def _tanh_forward(y, x):
-    flat_x, flat_y = x.reshape(-1), y.reshape(-1)
-    for i in prange(flat_x.size):
-        flat_y[i] = np.tanh(flat_x[i])
+    for i in prange(x.size):
+        y[i] = np.tanh(x[i])
 
 
 @parallel_kernel
 def _tanh_backward(dx, dy, y):
-    flat_dx, flat_dy, flat_y = dx.reshape(-1), dy.reshape(-1), y.reshape(-1)
-    for i in prange(flat_dy.size):
-        flat_dx[i] = flat_dy[i] * (np.float32(1.0) - flat_y[i] * flat_y[i])
+    for i in prange(dy.size):
+        dx[i] = dy[i] * (np.float32(1.0) - y[i] * y[i])
 
 
 @parallel_kernel
 def _sigmoid_forward(y, x):
-    flat_x, flat_y = x.reshape(-1), y.reshape(-1)
-    for i in prange(flat_x.size):
-        v = flat_x[i]
+    for i in prange(x.size):
+        v = x[i]
         e = np.exp(-abs(v))
-        flat_y[i] = (np.float32(1.0) if v >= 0 else e) / (np.float32(1.0) + e)
+        y[i] = (np.float32(1.0) if v >= 0 else e) / (np.float32(1.0) + e)
 
 
 @parallel_kernel
 def _sigmoid_backward(dx, dy, y):
-    flat_dx, flat_dy, flat_y = dx.reshape(-1), dy.reshape(-1), y.reshape(-1)
-    for i in prange(flat_dy.size):
-        flat_dx[i] = flat_dy[i] * flat_y[i] * (np.float32(1.0) - flat_y[i])
+    for i in prange(dy.size):
+        dx[i] = dy[i] * y[i] * (np.float32(1.0) - y[i])
 
 
 @parallel_kernel
@@ -83,42 +80,42 @@ def leaky_relu_backward_into(dx, dy, y, alpha):
     _leaky_relu_backward(dx.reshape(-1), dy.reshape(-1), y.reshape(-1), np.float32(alpha))
 
 
-def elementwise(fn, x, *scalars):
-    """The checked form of an activation's forward kernel ``fn(y, x, *scalars)`` (run on the flat views)."""
+def elementwise(core, x, *scalars):
+    """The checked form of an activation's forward core ``core(y, x, *scalars)``."""
     x = checks.array("x", x, np.ndim(x), np.float32)
     y = np.empty_like(x)
-    fn(y.reshape(-1), x.reshape(-1), *scalars)
+    core(y, x, *scalars)
     return y
 
 
-def elementwise_backward(fn, dy, y, *scalars):
-    """The checked form of an activation's backward kernel ``fn(dx, dy, y, *scalars)`` (on the flat views)."""
+def elementwise_backward(core, dy, y, *scalars):
+    """The checked form of an activation's backward core ``core(dx, dy, y, *scalars)``."""
     dy = checks.array("dy", dy, np.ndim(dy), np.float32)
     y = checks.array("y", y, np.ndim(y), np.float32)
     checks.same_shape("dy", dy, y.shape, "the forward output's shape")
     dx = np.empty_like(dy)
-    fn(dx.reshape(-1), dy.reshape(-1), y.reshape(-1), *scalars)
+    core(dx, dy, y, *scalars)
     return dx
 
 
 def tanh_forward(x):
     """y = tanh(x), any shape."""
-    return elementwise(_tanh_forward, x)
+    return elementwise(tanh_forward_into, x)
 
 
 def tanh_backward(dy, y):
     """dx = dy * (1 - y^2), given tanh_forward's output y."""
-    return elementwise_backward(_tanh_backward, dy, y)
+    return elementwise_backward(tanh_backward_into, dy, y)
 
 
 def sigmoid_forward(x):
     """y = 1 / (1 + exp(-x)), any shape, stable for any x."""
-    return elementwise(_sigmoid_forward, x)
+    return elementwise(sigmoid_forward_into, x)
 
 
 def sigmoid_backward(dy, y):
     """dx = dy * y * (1 - y), given sigmoid_forward's output y."""
-    return elementwise_backward(_sigmoid_backward, dy, y)
+    return elementwise_backward(sigmoid_backward_into, dy, y)
 
 
 def leaky_relu_forward(x, alpha=0.01):

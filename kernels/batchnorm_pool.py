@@ -30,7 +30,7 @@ from numba import prange
 
 from . import checks
 from .jit import parallel_kernel
-from .pool import beats, check_window_argmax, max_of_four
+from .pool import beats, check_window_argmax, max_of_four, pooled_row
 
 
 @numba.njit(inline="always")
@@ -39,16 +39,6 @@ def rstd_of(var, eps):
     for c in range(var.shape[0]):
         out[c] = 1.0 / math.sqrt(np.float64(var[c]) + eps)
     return out
-
-
-@numba.njit(inline="always")
-def window_origin(row, pw, PH, W, stride):
-    """Of the pooled pixel (row = n * PH + ph, pw): n, ph, its window's first row h0 and column
-    w0, and the flat index h0 * W + w0 the argmax counts from."""
-    n = row // PH
-    ph = row - n * PH
-    h0, w0 = ph * stride, pw * stride
-    return n, ph, h0, w0, np.int32(h0 * W + w0)
 
 
 @parallel_kernel
@@ -64,8 +54,10 @@ def _forward(y, argmax, x, mean, var, weight, bias, eps, size, stride, tasks):
         scale[c] = rstd[c] * weight[c]
     for task in prange(tasks):
         for row in range(task * N * PH // tasks, (task + 1) * N * PH // tasks):
+            n, ph, h0 = pooled_row(row, PH, stride)
             for pw in range(PW):
-                n, ph, h0, w0, first = window_origin(row, pw, PH, W, stride)
+                w0 = pw * stride
+                first = np.int32(h0 * W + w0)
                 if size == 2:  # the common window: its four values compared in registers
                     for c in range(C):
                         best, at = max_of_four((x[n, h0, w0, c] - mean[c]) * scale[c] + bias[c],
@@ -108,8 +100,10 @@ def _backward(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, size
         picked = np.empty(C, np.float32)
         row_s, row_q = np.zeros(C, np.float32), np.zeros(C, np.float32)
         for row in range(task * N * PH // tasks, (task + 1) * N * PH // tasks):
+            n, ph, h0 = pooled_row(row, PH, stride)
             for pw in range(PW):
-                n, ph, h0, w0, first = window_origin(row, pw, PH, W, stride)
+                w0 = pw * stride
+                first = np.int32(h0 * W + w0)
                 for i in range(size):
                     for j in range(size):
                         at = np.int32(first + i * W + j)

@@ -192,31 +192,30 @@ def dense_relu_backward(dy, x, w, y, need_dx=True):
 
 @parallel_kernel
 def _relu_forward(y, x):
-    flat_x, flat_y = x.reshape(-1), y.reshape(-1)
-    for i in prange(flat_x.size):
-        flat_y[i] = max(flat_x[i], np.float32(0.0))
+    for i in prange(x.size):
+        y[i] = max(x[i], np.float32(0.0))
 
 
 @parallel_kernel
 def _relu_backward(dx, dy, y):
-    flat_dx, flat_dy, flat_y = dx.reshape(-1), dy.reshape(-1), y.reshape(-1)
-    for i in prange(flat_dy.size):
-        flat_dx[i] = flat_dy[i] if flat_y[i] > 0 else np.float32(0.0)
+    for i in prange(dy.size):
+        dx[i] = dy[i] if y[i] > 0 else np.float32(0.0)
 
 
+# Flat views, as for the other activations (activations.py): one compiled kernel for every rank.
 def relu_forward_into(y, x):
-    _relu_forward(y, x)
+    _relu_forward(y.reshape(-1), x.reshape(-1))
 
 
 def relu_backward_into(dx, dy, y):
-    _relu_backward(dx, dy, y)
+    _relu_backward(dx.reshape(-1), dy.reshape(-1), y.reshape(-1))
 
 
 def relu_forward(x):
     """y = max(x, 0), any shape."""
-    return elementwise(_relu_forward, x)
+    return elementwise(relu_forward_into, x)
 
 
 def relu_backward(dy, y):
     """dx = dy where the forward output y was positive, else 0."""
-    return elementwise_backward(_relu_backward, dy, y)
+    return elementwise_backward(relu_backward_into, dy, y)

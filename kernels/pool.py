@@ -26,24 +26,13 @@ def _maxpool_forward_2x2(y, argmax, x, stride):
     N, H, W, C = x.shape
     OH, OW = y.shape[1], y.shape[2]
     for row in prange(N * OH):
-        n = row // OH
-        oh = row - n * OH
-        h0 = oh * stride
+        n, oh, h0 = pooled_row(row, OH, stride)
         for ow in range(OW):
             w0 = ow * stride
-            at0, at1 = np.int32(h0 * W + w0), np.int32(h0 * W + w0 + 1)
-            at2, at3 = np.int32(at0 + W), np.int32(at1 + W)
+            at0 = np.int32(h0 * W + w0)
             for c in range(C):
-                best, at = x[n, h0, w0, c], at0
-                v = x[n, h0, w0 + 1, c]
-                take = beats(v, best)
-                best, at = v if take else best, at1 if take else at
-                v = x[n, h0 + 1, w0, c]
-                take = beats(v, best)
-                best, at = v if take else best, at2 if take else at
-                v = x[n, h0 + 1, w0 + 1, c]
-                take = beats(v, best)
-                best, at = v if take else best, at3 if take else at
+                best, at = max_of_four(x[n, h0, w0, c], x[n, h0, w0 + 1, c], x[n, h0 + 1, w0, c],
+                                       x[n, h0 + 1, w0 + 1, c], at0, W)
                 y[n, oh, ow, c] = best
                 argmax[n, oh, ow, c] = at
 
@@ -91,13 +80,25 @@ def pool_window(y, argmax, save_argmax, n, oh, ow, src, row0, h0, w0, size, W):
 def max_of_four(v0, v1, v2, v3, at0, W):
     """The maximum of a 2x2 window's values (v0 at flat index at0, in a row of W pixels) and its
     index, by selects: no branch, so a loop over the channels around it vectorises."""
+    # The indices in int32, as the argmax is stored (Numba widens int32 sums to int64, which
+    # doubles the selects' width); loop-invariant, so a loop over the channels computes them once.
+    at1, at2 = np.int32(at0 + 1), np.int32(at0 + W)
+    at3 = np.int32(at2 + 1)
     best, at = v0, at0
     take = beats(v1, best)
-    best, at = v1 if take else best, at0 + 1 if take else at
+    best, at = v1 if take else best, at1 if take else at
     take = beats(v2, best)
-    best, at = v2 if take else best, at0 + W if take else at
+    best, at = v2 if take else best, at2 if take else at
     take = beats(v3, best)
-    return (v3 if take else best), (at0 + W + 1 if take else at)
+    return (v3 if take else best), (at3 if take else at)
+
+
+@numba.njit(inline="always")
+def pooled_row(row, PH, stride):
+    """Of pooled row ``row`` = n * PH + ph of a batch: n, ph and its windows' first input row."""
+    n = row // PH
+    ph = row - n * PH
+    return n, ph, ph * stride
 
 
 @numba.njit(inline="always")

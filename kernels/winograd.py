@@ -37,7 +37,7 @@ from numba import prange
 from . import algorithms
 from .blas import NO_TRANS, TRANS, gemm
 from .jit import parallel_kernel, serial_kernel
-from .pool import beats
+from .pool import max_of_four
 
 # The matrices, for the tests and the reference; the kernels spell them out as sums (bt6, at6, ...).
 BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -173,23 +173,15 @@ def pool_tile(y, argmax, save_argmax, tile, n, oh0, ow0, OW, b):
     OW // 2, K): the tile's pooled pixels that lie inside y; argmax as maxpool_forward's (the
     index oh * OW + ow in the convolution's output; the first maximum wins, a NaN wins)."""
     PH, PW, K = y.shape[1], y.shape[2], y.shape[3]
-    zero, one, W = np.float32(0.0), np.int32(1), np.int32(OW)
+    zero = np.float32(0.0)
     for pi in range(min(2, PH - oh0 // 2)):
         for pj in range(min(2, PW - ow0 // 2)):
             i, j = 2 * pi, 2 * pj
             first = np.int32((oh0 + i) * OW + ow0 + j)
             ph, pw = oh0 // 2 + pi, ow0 // 2 + pj
             for k in range(K):
-                best, at = tile[i, j, k], first
-                v = tile[i, j + 1, k]
-                take = beats(v, best)
-                best, at = v if take else best, first + one if take else at
-                v = tile[i + 1, j, k]
-                take = beats(v, best)
-                best, at = v if take else best, first + W if take else at
-                v = tile[i + 1, j + 1, k]
-                take = beats(v, best)
-                best, at = v if take else best, first + W + one if take else at
+                best, at = max_of_four(tile[i, j, k], tile[i, j + 1, k], tile[i + 1, j, k], tile[i + 1, j + 1, k],
+                                       first, OW)
                 best += b[k]
                 y[n, ph, pw, k] = zero if best < 0 else best  # the ReLU; a NaN stays a NaN
                 if save_argmax:

@@ -26,6 +26,8 @@ def rand(rng, *shape):
 def test_every_kernel_has_a_reference_twin_with_its_signature():
     for name in K.CHECKED + K.CORES + K.HELPERS:
         assert inspect.signature(getattr(K, name)) == inspect.signature(getattr(R, name)), name
+    # and every reference function has its kernel, but the one that spells out dropout's masks
+    assert set(K._TWINS) - set(K.CHECKED + K.CORES) == {"dropout_mask"}
 
 
 # --- batch norm ----------------------------------------------------------------------------------
