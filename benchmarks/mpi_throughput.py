@@ -20,7 +20,6 @@ from fastcnn.data import load_dataset
 from fastcnn.training import fit
 from fastcnn.architectures import mnist_network
 from fastcnn.kernels.jit import set_threads
-from fastcnn.compiling import warm_up
 
 
 def main():
@@ -38,7 +37,6 @@ def main():
     train, test = (x[:args.images], y[:args.images]), (xt[:1000], yt[:1000])
     model = mnist_network(seed=0)
     opt = SGD(model, lr=0.07)
-    warm_up(model, x.shape[1:])
     if not args.no_warm_up:
         fit(model, opt, train, test, epochs=1, batch_size=64, seed=0, progress=False)
     history = fit(model, opt, train, test, epochs=args.epochs + (not args.no_warm_up), batch_size=64, seed=0,
