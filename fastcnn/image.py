@@ -98,6 +98,8 @@ def _to_pixels(im):
         # No fixed range for 32-bit images: stretch what is there to [0, 1].
         a = np.asarray(im, dtype=np.float64)
         lo, hi = a.min(), a.max()
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # NaN and infinity reach the minimum or maximum
+            raise ImageError("pixels that are not numbers (NaN or infinity): expected finite values")
         return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)).astype(np.float32)[..., None]
     if im.mode in ("1", "L"):
         return (np.asarray(im.convert("L"), dtype=np.float32) / 255)[..., None]
@@ -162,7 +164,10 @@ def _read(path_or_file, convert, shrink_to=None, budget=None, copies=0, draft=No
                     )
                 with budget(need) if budget is not None else contextlib.nullcontext():
                     ImageOps.exif_transpose(im, in_place=True)  # phones store portrait photos sideways
-                    return convert(im)
+                    try:
+                        return convert(im)
+                    except ImageError as e:  # what convert found wrong with the pixels
+                        raise ImageError(f"{label}: {e}") from None
     except FastCNNError:  # ours (a budget may raise its own): passed on as they are
         raise
     except FileNotFoundError:
@@ -373,8 +378,7 @@ def _clean_drawing(pixels):
     # all that follows. What the blocks leave over at the crop's far edges is paper (the margin).
     f = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) // DRAWN_SIDE
     if f >= 2:
-        ch, cw = crop.shape[0] // f * f, crop.shape[1] // f * f
-        smooth = crop[:ch, :cw].reshape(ch // f, f, cw // f, f).mean(axis=(1, 3), dtype=np.float32)
+        smooth = _block_mean(crop, f)
         h, w = h // f, w // f
     else:
         smooth = ndimage.gaussian_filter(crop, 1.0) if photo else crop
@@ -386,6 +390,19 @@ def _clean_drawing(pixels):
     if zeros + np.count_nonzero(ink == 0) <= h * w / 2:
         return None  # the search subtracts the median ink, 0 only if most of the picture is paper
     return ink, zeros, w
+
+
+def _block_mean(a, f):
+    """The means of ``a``'s whole ``f`` x ``f`` blocks (what is left at the far edges dropped), as
+    sums of strided views: a tenth of the time of ``mean`` over a 4-d reshape's axes 1 and 3."""
+    h, w = a.shape[0] // f * f, a.shape[1] // f * f
+    cols = a[:h, 0:w:f].copy()
+    for k in range(1, f):
+        cols += a[:h, k:w:f]
+    blocks = cols[0::f].copy()
+    for k in range(1, f):
+        blocks += cols[k::f]
+    return blocks * np.float32(1 / (f * f))
 
 
 def _rules(strong, width):
@@ -448,15 +465,15 @@ def preprocess_digit(picture):
     not an image; warns (``ImageWarning``) if the digit had to be enlarged much.
     """
     notes = []
-    out = _preprocess_digit(picture, notes)
+    out = _preprocess_digit(_as_pixels(picture), notes)
     for note in notes:
         warnings.warn(ImageWarning(note), stacklevel=2)
     return out
 
 
-def _preprocess_digit(picture, notes):
-    """``preprocess_digit``, its notes appended to ``notes`` rather than warned."""
-    pixels = _as_pixels(picture)
+def _preprocess_digit(pixels, notes):
+    """``preprocess_digit`` of ``pixels`` already checked (float32 (H, W, C) in [0, 1], as
+    ``_as_pixels`` and ``_to_pixels`` give them), its notes appended to ``notes`` rather than warned."""
     thumbnail = max(pixels.shape[:2]) < SIZE
     zoom = 4 if thumbnail else 1  # a thumbnail is enlarged smoothly first, so its strokes have a width
     if pixels.shape[2] == 3 and (pixels[:, :, 1:] == pixels[:, :, :1]).all():

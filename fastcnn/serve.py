@@ -360,7 +360,9 @@ def _waitress():
         """A connection; after a refusal it lingers: a client still sending (the rest of a body
         over the limit) would otherwise have its connection reset, and the answer with it. So
         the answer is sent, writing is shut, and what still comes is read and thrown away for
-        ``LINGER`` seconds at most; then the connection closes."""
+        ``LINGER`` seconds at most; then the connection closes. (Lingering replaces four of the
+        channel's methods on that channel alone: the server's loop asks every channel whether it
+        is readable and writable at each turn, so those stay waitress's own, with no added call.)"""
 
         error_task_class = JSONErrorTask
         parser_class = Parser
@@ -374,26 +376,12 @@ def _waitress():
                 except OSError:
                     return super().handle_close()
                 self.lingering, self.will_close = time.monotonic(), False
+                self.readable = lambda: True
+                self.handle_read = lambda: self.recv(self.adj.recv_bytes)  # thrown away; b"" closes it
+                self.writable = lambda: time.monotonic() - self.lingering > LINGER  # time's up: close
+                self.handle_write = lambda: HTTPChannel.handle_close(self)
                 return
             super().handle_close()
-
-        def readable(self):
-            return self.lingering is not None or super().readable()
-
-        def handle_read(self):
-            if self.lingering is None:
-                return super().handle_read()
-            self.recv(self.adj.recv_bytes)  # thrown away; at the end (b""), recv closes the channel
-
-        def writable(self):
-            if self.lingering is not None:
-                return time.monotonic() - self.lingering > LINGER  # time's up: handle_write closes it
-            return super().writable()
-
-        def handle_write(self):
-            if self.lingering is not None:
-                return HTTPChannel.handle_close(self)
-            super().handle_write()
 
     class Server(TcpWSGIServer):
         channel_class = Channel
