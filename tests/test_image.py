@@ -175,6 +175,29 @@ def test_truncated_image(tmp_path):
         image.load_digit(path)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_float_picture_with_pixels_that_are_not_numbers_is_refused_by_name(tmp_path, bad):
+    a = np.asarray(draw_digit(), np.float32) / 255
+    a[5, 7] = bad
+    path = tmp_path / "scan.tiff"
+    Image.fromarray(a, "F").save(path)
+    with pytest.raises(ImageError, match=r"scan\.tiff: pixels that are not numbers"):
+        image.load_digit(path)
+    a[5, 7] = 1
+    Image.fromarray(a, "F").save(path)
+    check_mnist_like(image.load_digit(path))
+
+
+@pytest.mark.parametrize("shape, f", [((9, 9), 3), ((10, 14), 3), ((7, 5), 2), ((40, 33), 4)])
+def test_block_means_are_the_means_of_whole_blocks(shape, f):
+    a = np.random.default_rng(0).random(shape, dtype=np.float32)
+    h, w = shape[0] // f * f, shape[1] // f * f
+    expected = a[:h, :w].astype(np.float64).reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+    got = image._block_mean(a, f)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ImageError, match="no such file") as e:
         image.load_digit(tmp_path / "nope.png")
