@@ -1,8 +1,8 @@
 """Model files: one ``.npz`` that rebuilds a model without re-declaring its layers. This module
 writes them (``save``); ``loading.py`` reads them back, checking every field.
 
-A file holds the architecture (JSON: the layers, the seed, the input shape), every parameter and
-buffer (BatchNorm's running statistics), and optionally the optimizer (its type,
+A file holds the architecture (JSON: the layers, the seed, the input shape, a graph's edges),
+every parameter and buffer (BatchNorm's running statistics), and optionally the optimizer (its type,
 hyper-parameters, schedule, step count and state arrays) and the training state (settings,
 epoch, position in the epoch, history). Nothing is pickled: JSON travels as a string array.
 Files are written atomically, so a kill never leaves a torn one; a file that cannot be written
@@ -32,9 +32,7 @@ def save(path, model, optimizer=None, training=None):
         _rebuildable(i, layer)
     arrays = {
         "format": np.array(FORMAT), "version": np.array(VERSION),
-        "architecture": np.array(json.dumps({
-            "layers": [[type(layer).__name__, layer.config()] for layer in model.layers],
-            "seed": model.seed, "input_shape": model.input_shape})),
+        "architecture": np.array(json.dumps(architecture(model))),
     }
     arrays.update({f"param/{name}": p for name, p in model.named_parameters()})
     arrays.update({f"buffer/{name}": b for name, b in model.named_buffers()})
@@ -52,6 +50,16 @@ def save(path, model, optimizer=None, training=None):
                  f"mv {shlex.quote(str(rescued))} {shlex.quote(str(path))})" if rescued else
                  f"; nor could it be written in {', '.join(str(f) for f in _rescue_folders())}")
         raise ModelFileError(f"{path}: cannot write the model file: {e.strerror or e}{where}") from None
+
+
+def architecture(model):
+    """What rebuilds ``model``'s layers: each layer's class and ``config()``, the seed, the input
+    shape, and for a graph model each layer's inputs (``model.sources``)."""
+    arch = {"layers": [[type(layer).__name__, layer.config()] for layer in model.layers],
+            "seed": model.seed, "input_shape": model.input_shape}
+    if not model.is_chain:
+        arch["sources"] = [list(s) for s in model.sources]
+    return arch
 
 
 def _write(path, arrays):

@@ -29,8 +29,9 @@ from .data import CLASS_NAMES
 from .errors import ExportError, FastCNNError, ShapeError
 from .fileio import atomic_write, check_writable
 from .model import checked
-from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
-                     MaxPool2D, walk)
+from .checkpoint import architecture
+from .layers import (Add, AvgPool2D, BatchNorm1D, BatchNorm2D, Concatenate, Conv2D, Dense, Dropout, Flatten,
+                     GlobalAvgPool2D, MaxPool2D, walk)
 
 # Opset 21 (ONNX 1.16, IR version 10): read by ONNX Runtime 1.20 and later; every operator used
 # here has kept its meaning since well before it.
@@ -48,7 +49,8 @@ PREPROCESSING = {
 
 # The layers with a case of their own below; any other layer exports if it names its ONNX
 # operator (``onnx``: the activations).
-EXPORTABLE = (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, Dropout, BatchNorm2D, BatchNorm1D, Flatten, Dense)
+EXPORTABLE = (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, Dropout, BatchNorm2D, BatchNorm1D, Flatten, Dense,
+              Add, Concatenate)
 
 
 def _onnx():
@@ -62,7 +64,7 @@ def _onnx():
 
 def export_onnx(model, path, input_shape=None, logits=False, dataset=None, overwrite=False, network=None,
                 classes=None):
-    """Write ``model`` (a ``Sequential``) to ``path`` as an ONNX file; returns the ``ModelProto``.
+    """Write ``model`` (a ``Sequential`` or a graph ``Model``) to ``path`` as an ONNX file; returns the ``ModelProto``.
 
     ``input_shape`` (H, W, C) is needed only for a model that does not know its own (files saved
     by older versions); ``logits`` adds the logits as a second output. ``dataset`` (mnist,
@@ -102,7 +104,7 @@ def to_onnx(model, input_shape=None, logits=False, dataset=None, network=None, c
     if dataset is not None and dataset not in PREPROCESSING:
         raise ExportError(f"dataset: expected one of {', '.join(PREPROCESSING)} or None, got {dataset!r}")
     graph = _Graph(onnx)
-    out, out_shape = graph.layers(model.layers, shape)
+    out, out_shape = graph.layers(model.layers, shape, model.sources)
     if len(out_shape) != 1:
         raise ExportError(f"the model's output is {out_shape} per example; a classifier's is (classes,)")
     classes = out_shape[0]
@@ -132,6 +134,7 @@ def to_onnx(model, input_shape=None, logits=False, dataset=None, network=None, c
     g = helper.make_graph(graph.nodes, "fastcnn", [image], outputs, initializer=graph.weights, doc_string=doc)
     proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
                               producer_name="fastcnn", producer_version=__version__, doc_string=doc)
+    arch = architecture(model)  # a chain's layers, or a graph's layers and their inputs
     metadata = {
         "class_names": json.dumps(list(names) if names else [str(k) for k in range(classes)]),
         "preprocessing": preprocessing or ("not recorded: the model file does not say what it was "
@@ -139,7 +142,7 @@ def to_onnx(model, input_shape=None, logits=False, dataset=None, network=None, c
         "input_layout": "NHWC",
         "dataset": dataset or "",
         "fastcnn_version": __version__,
-        "architecture": json.dumps([[type(layer).__name__, layer.config()] for layer in model.layers]),
+        "architecture": json.dumps(arch["layers"] if model.is_chain else {k: arch[k] for k in ("layers", "sources")}),
         "network": network or "",
     }
     helper.set_model_props(proto, metadata)
@@ -187,26 +190,41 @@ class _Graph:
         self.nodes.append(self.helper.make_node(op, inputs, [name], name=name, **attributes))
         return name
 
-    def layers(self, layers, shape):
-        """Emit ``layers`` for examples of ``shape``; returns the output's name and example shape."""
-        x = INPUT
-        if len(shape) == 3:
-            x = self.node("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
+    def layers(self, layers, shape, sources=None):
+        """Emit ``layers`` (a graph's: each takes ``sources``, by default the layer before) for
+        examples of ``shape``; returns the output's name and example shape."""
+        sources = [(i - 1,) for i in range(len(layers))] if sources is None else sources
         for i, layer in enumerate(layers):
             if type(layer) not in EXPORTABLE and getattr(layer, "onnx", None) is None:
                 raise ExportError(f"layer {i} {layer!r}: a {type(layer).__name__} cannot be exported to ONNX; the "
                                   f"exporter knows {', '.join(cls.__name__ for cls in EXPORTABLE)} and the activations")
-        shapes = walk(layers, shape)
-        i = 0
-        while i < len(layers):
-            layer, after = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-            bn = after if (type(layer), type(after)) in ((Conv2D, BatchNorm2D), (Dense, BatchNorm1D)) else None
-            x = self.layer(layer, x, i, shapes[i], bn)
-            i += 2 if bn is not None else 1
-        shape = shapes[-1]
+        shapes = walk(layers, shape, sources=sources)
+        readers = [[j for j, srcs in enumerate(sources) if i in srcs] for i in range(len(layers))]
+        x = INPUT if len(shape) != 3 else self.node("Transpose", [INPUT], "nchw", perm=[0, 3, 1, 2])
+        names, orders = {-1: x}, {-1: None}  # each value's ONNX name, and its feature order (see order)
+        for i, layer in enumerate(layers):
+            if i in names:
+                continue  # a BatchNorm folded into the layer before it
+            ins = [names[s] for s in sources[i]]
+            self.order = orders[sources[i][0]]
+            if layer.arity is None:
+                if any(orders[s] is not None for s in sources[i]):
+                    raise ExportError(f"layer {i} {layer!r}: joins flattened images; put it before the Flatten")
+                names[i] = self.node("Sum" if type(layer) is Add else "Concat", ins, f"{i}_{type(layer).__name__.lower()}",
+                                     **({} if type(layer) is Add else {"axis": 1}))
+                orders[i] = None
+                continue
+            after = readers[i][0] if len(readers[i]) == 1 and sources[readers[i][0]] == (i,) else None
+            bn = layers[after] if after is not None and (type(layer), type(layers[after])) in (
+                (Conv2D, BatchNorm2D), (Dense, BatchNorm1D)) else None
+            names[i] = self.layer(layer, ins[0], i, shapes[sources[i][0] + 1], bn)
+            orders[i] = self.order
+            if bn is not None:
+                names[after], orders[after] = names[i], orders[i]
+        x, self.order = names[len(layers) - 1], orders[len(layers) - 1]
         if self.order is not None:  # ended on flattened NCHW features: put them back in NHWC order
             x = self.node("Gather", [x, self._indices("nhwc_order", np.argsort(self.order))], "nhwc", axis=1)
-        return x, shape
+        return x, shapes[-1]
 
     def layer(self, layer, x, i, shape, bn):
         """The nodes of one layer (and of ``bn``, folded into it); returns the output's name."""

@@ -17,7 +17,7 @@ gives the shape of one example out of the layer for one example in, and checks t
 
 import numpy as np
 
-from . import backends, steps
+from . import backends, graph, steps
 from .errors import ConfigError, ShapeError, UsageError
 from .kernels import checks
 
@@ -34,11 +34,17 @@ class Layer:
     """
 
     step = steps.Custom  # what runs the layer in a plan: a layer of your own, its forward and backward
+    arity = 1  # the tensors it takes: one, or None for two or more (Add, Concatenate)
     training = True  # on its own, a layer runs in training mode (batch statistics, dropout) unless False
     seed = 0  # on its own, Dropout's masks are drawn from this seed and the count of forward calls
 
     def __init__(self):
         self.params, self.grads, self.buffers = {}, _Gradients(self), {}
+
+    def __call__(self, inputs):
+        """The layer applied to a tensor of a graph being built (``fastcnn.Input(...)`` or a layer's
+        output; a list of them for ``Add`` and ``Concatenate``): its output tensor (see ``fastcnn.Model``)."""
+        return graph.apply(self, inputs)
 
     def forward(self, x, backend="numba"):
         """The layer's output for the batch ``x`` (N, ...), as a model runs it: by ``step``, on the
@@ -154,14 +160,20 @@ def file_shapes(cls, config):
     return cls.param_shapes(config), cls.buffer_shapes(config)
 
 
-def walk(layers, shape, infer=False):
+def walk(layers, shape, infer=False, sources=None):
     """The example shapes through ``layers``: ``shape`` in, then out of each; a layer that does
     not fit the shape reaching it is a ``ShapeError`` naming its position. With ``infer``, each
-    layer first takes the sizes left to inference from that shape (``build``)."""
+    layer first takes the sizes left to inference from that shape (``build``). ``sources``: for a
+    graph, each layer's inputs (positions among the layers, -1 for ``shape``); by default, a chain."""
     shapes = [None if shape is None else tuple(shape)]
     for i, layer in enumerate(layers):
+        ins = [shapes[s + 1] for s in sources[i]] if sources is not None else [shapes[-1]]
+        if (layer.arity == 1) != (len(ins) == 1):
+            raise ShapeError(f"layer {i} {layer!r}: takes {'one input' if layer.arity == 1 else 'two or more inputs'}, "
+                             f"given {len(ins)}")
+        x = ins if layer.arity is None else ins[0]
         try:
-            shapes.append(layer.build(shapes[-1]) if infer else tuple(layer.output_shape(shapes[-1])))
+            shapes.append(layer.build(x) if infer else tuple(layer.output_shape(x)))
         except ShapeError as e:
             raise ShapeError(f"layer {i} {layer!r}: {e}") from None
     return shapes
@@ -430,6 +442,39 @@ class Flatten(Layer):
         return (int(np.prod(shape)),)
 
 
+class Add(Layer):
+    """The sum of two or more tensors of one shape (a residual connection): ``Add()([a, b])``."""
+
+    step = steps.AddStep
+    arity = None
+
+    def build(self, shapes):
+        return None if any(s is None for s in shapes) else self.output_shape(shapes)
+
+    def output_shape(self, shapes):
+        if any(tuple(s) != tuple(shapes[0]) for s in shapes):
+            raise ShapeError(f"x: expected tensors of one shape to add, got examples of shapes "
+                             f"{', '.join(str(tuple(s)) for s in shapes)}")
+        return tuple(shapes[0])
+
+
+class Concatenate(Layer):
+    """Two or more tensors side by side along their channels (the last axis): images of one
+    height and width, or feature rows. ``Concatenate()([a, b])``."""
+
+    step = steps.ConcatStep
+    arity = None
+
+    def build(self, shapes):
+        return None if any(s is None for s in shapes) else self.output_shape(shapes)
+
+    def output_shape(self, shapes):
+        if any(len(s) != len(shapes[0]) or tuple(s[:-1]) != tuple(shapes[0][:-1]) for s in shapes):
+            raise ShapeError(f"x: expected tensors equal but for their channels (the last axis), got examples of "
+                             f"shapes {', '.join(str(tuple(s)) for s in shapes)}")
+        return (*shapes[0][:-1], sum(s[-1] for s in shapes))
+
+
 class Dense(Layer):
     """Fully connected: y = x @ weight + bias; weight (in, out), bias (out,).
 
@@ -487,7 +532,7 @@ def init_weight(rng, shape, fan_in, fan_out, feeds_relu):
 
 
 LAYERS = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, ReLU, LeakyReLU, Tanh,
-                                      Sigmoid, Dropout, BatchNorm2D, BatchNorm1D, Flatten, Dense)}
+                                      Sigmoid, Dropout, BatchNorm2D, BatchNorm1D, Flatten, Dense, Add, Concatenate)}
 __all__ = ["Layer", "Activation", *LAYERS, "register_layer", "layer_from_config", "walk"]
 
 

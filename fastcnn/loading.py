@@ -22,7 +22,7 @@ from .checkpoint import FORMAT, READS
 from .errors import ConfigError, ModelFileError, ShapeError
 from .kernels import checks
 from .layers import LAYERS, file_shapes, layer_from_config
-from .model import Sequential
+from .model import Model, Sequential
 from .optim import optimizer_from_config
 from .settings import Settings
 
@@ -65,7 +65,10 @@ def load_checkpoint(path, backend="numba"):
         arch = json.loads(str(arrays["architecture"]))
         _check_shapes(arch["layers"], arrays, path)  # before the layers allocate anything
         layers = [layer_from_config(name, config) for name, config in arch["layers"]]
-        model = Sequential(layers, seed=arch["seed"], backend=backend, input_shape=arch.get("input_shape"))
+        if "sources" in arch:
+            model = Model.from_layers(layers, arch["sources"], arch["input_shape"], arch["seed"], backend)
+        else:
+            model = Sequential(layers, seed=arch["seed"], backend=backend, input_shape=arch.get("input_shape"))
         _fill(model.named_parameters(), arrays, "param/", path)
         _fill(model.named_buffers(), arrays, "buffer/", path)
         optimizer = None

@@ -11,37 +11,51 @@ import weakref
 
 import numpy as np
 
-from . import backends, checkpoint, validate
+from . import backends, checkpoint, graph, validate
 from .errors import ShapeError, UsageError
 from .kernels import checks
-from .layers import AvgPool2D, BatchNorm1D, BatchNorm2D, Dropout, Flatten, Layer, MaxPool2D, ReLU, walk
+from .layers import (Add, AvgPool2D, BatchNorm1D, BatchNorm2D, Concatenate, Dropout, Flatten, Layer, MaxPool2D,
+                     ReLU, walk)
 from .plan import Plan
 from .steps import EVALUATION, Run
 
 # Layers a ReLU can sit behind and still "follow" a layer, for the choice of initialisation.
-_TRANSPARENT = (MaxPool2D, AvgPool2D, Flatten, BatchNorm1D, BatchNorm2D, Dropout)
+_TRANSPARENT = (MaxPool2D, AvgPool2D, Flatten, BatchNorm1D, BatchNorm2D, Dropout, Add, Concatenate)
 # Images per kernel call in predict: 256 ran at 97% of the speed of 1000 with a quarter of the
 # buffers, and 8% faster than 128 (64,600, 66,400 and 59,900 images/s, measured).
 _PREDICT_BATCH = 256
 
 
-class Sequential:
-    """A model made of ``layers`` in order.
+class Model:
+    """A model made of a graph of layers, from ``inputs`` to ``outputs`` (see ``fastcnn.graph``):
 
-    ``input_shape`` is the shape of one example, (H, W, C) for images: given it, the sizes a
-    layer can take from its input (``Conv2D(32, 3)``'s input channels, ``Dense(128)``'s input
-    features, a BatchNorm's channels) are inferred, every layer is checked against it now, and
-    ``summary()`` needs no argument. ``seed`` draws the initial weights (He for layers feeding a
-    ReLU, Glorot otherwise); ``backend`` is ``"numba"`` (compiled kernels) or ``"numpy"`` (the
-    reference). A layer belongs to one model: its parameters become views into this model's
-    buffers, so a second model is refused a layer that a live model holds (build a new one).
+        x = fastcnn.Input((28, 28, 1))
+        h = fastcnn.ReLU()(fastcnn.Conv2D(16, 3, padding="same")(x))
+        model = fastcnn.Model(x, fastcnn.Dense(10)(fastcnn.Flatten()(fastcnn.Add()([h, x]))))
 
-    A model is in training mode (``train()``) until ``eval()``: that decides what ``forward``
-    does with BatchNorm and Dropout. ``predict`` always evaluates; ``fit`` always trains.
+    ``model.layers`` are the graph's layers in an order that respects it (each after its inputs,
+    the output's last) and ``model.sources[i]`` the positions of layer i's inputs among them (-1:
+    the model's input). Everything else is ``Sequential``'s, which is the graph of a chain: see there.
     """
 
-    def __init__(self, layers, seed=0, backend="numba", input_shape=None):
-        self.layers = list(layers)
+    def __init__(self, inputs, outputs, seed=0, backend="numba"):
+        x, layers, sources = graph.order(inputs, outputs)
+        self._setup(layers, sources, x.shape, seed, backend)
+
+    @classmethod
+    def from_layers(cls, layers, sources, input_shape, seed=0, backend="numba"):
+        """The graph model of ``layers`` whose inputs are ``sources`` (as ``model.sources``): how a
+        model file rebuilds one."""
+        sources = [tuple(checks.non_negative_int("sources", s + 1) - 1 for s in srcs) for srcs in sources]
+        if len(sources) != len(layers) or any(not srcs or max(srcs) >= i for i, srcs in enumerate(sources)):
+            raise ShapeError(f"sources: expected, for each of the {len(layers)} layers, the positions of its "
+                             f"inputs among the layers before it (-1: the input), got {sources!r}")
+        model = cls.__new__(cls)
+        model._setup(list(layers), sources, graph.example_shape(input_shape), seed, backend)
+        return model
+
+    def _setup(self, layers, sources, input_shape, seed, backend):
+        self.layers, self.sources = list(layers), [tuple(s) for s in sources]
         if not self.layers or not all(isinstance(layer, Layer) for layer in self.layers):
             raise ShapeError(f"layers: expected a non-empty list of fastcnn layers, got {layers!r}")
         for i, layer in enumerate(self.layers):
@@ -52,7 +66,7 @@ class Sequential:
         self.backend = backend
         self.kernels = backends.get(backend)
         self.seed = checks.non_negative_int("seed", seed)
-        self.input_shape = None if input_shape is None else _example_shape(input_shape)
+        self.input_shape = None if input_shape is None else graph.example_shape(input_shape)
         self._build()
         rng = np.random.default_rng(seed)
         for i, layer in enumerate(self.layers):
@@ -64,15 +78,25 @@ class Sequential:
         self.training = True
         self._forwards = 0  # forward() calls in training mode: they draw dropout's masks
 
+    @property
+    def is_chain(self):
+        """Whether each layer takes the one before it (a ``Sequential``'s shape)."""
+        return all(srcs == (i - 1,) for i, srcs in enumerate(self.sources))
+
     def _build(self):
         """Infer what the layers leave to the input, and check each against the shape reaching it."""
-        walk(self.layers, self.input_shape, infer=True)
+        walk(self.layers, self.input_shape, infer=True, sources=self.sources)
 
     def _feeds_relu(self, i):
-        for layer in self.layers[i + 1:]:
-            if not isinstance(layer, _TRANSPARENT):
-                return isinstance(layer, ReLU)
-        return False
+        """Whether layer i's output reaches a ReLU through layers that keep its sign's meaning (its
+        first reader's, in a graph): He initialisation then, else Glorot."""
+        while True:
+            readers = [j for j in range(i + 1, len(self.layers)) if i in self.sources[j]]
+            if not readers:
+                return False
+            i = readers[0]
+            if not isinstance(self.layers[i], _TRANSPARENT):
+                return isinstance(self.layers[i], ReLU)
 
     def train(self):
         """Training mode for ``forward``: batch statistics, dropout. Returns the model."""
@@ -114,17 +138,22 @@ class Sequential:
     def summary(self, input_shape=None, file=None):
         """Print each layer with its output shape and parameter count, and the totals (as Keras
         does); returns the text. ``input_shape`` defaults to the model's."""
-        shape = _example_shape(input_shape) if input_shape is not None else self.input_shape
+        shape = graph.example_shape(input_shape) if input_shape is not None else self.input_shape
         if shape is None:
             raise ShapeError("summary: the model has no input_shape; pass one, summary(input_shape=(H, W, C))")
-        rows = [("Layer (type)", "Output shape", "Param #"), ("input", str((None, *shape)), "")]
-        for i, (layer, shape) in enumerate(zip(self.layers, walk(self.layers, shape)[1:])):
+        chain = self.is_chain
+        rows = [("Layer (type)", "Output shape", "Param #", "" if chain else "Inputs"),
+                ("input", str((None, *shape)), "", "")]
+        shapes = walk(self.layers, shape, sources=self.sources)[1:]
+        for i, (layer, shape) in enumerate(zip(self.layers, shapes)):
             rows.append((f"{i} {type(layer).__name__}", str((None, *shape)),
-                         f"{sum(p.size for p in layer.params.values()):,}"))
-        widths = [max(len(row[c]) for row in rows) for c in range(3)]
-        rule = "-" * (sum(widths) + 4)
-        lines = [f"{rows[0][0]:<{widths[0]}}  {rows[0][1]:<{widths[1]}}  {rows[0][2]:>{widths[2]}}", rule]
-        lines += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows[1:]]
+                         f"{sum(p.size for p in layer.params.values()):,}",
+                         "" if chain else ", ".join("input" if s < 0 else str(s) for s in self.sources[i])))
+        widths = [max(len(row[c]) for row in rows) for c in range(4)]
+        rule = "-" * (sum(widths) + 6 - 2 * chain)
+        lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" + ("" if chain else f"  {d}")
+                 for a, b, c, d in rows]
+        lines.insert(1, rule)
         frozen = sum(b.size for _, b in self.named_buffers())
         total = self.parameters.size + frozen
         lines += [rule, f"Total params: {total:,} ({4 * total / 2**20:.2f} MiB)",
@@ -139,7 +168,7 @@ class Sequential:
         example_shape = tuple(example_shape)
         plan = self._plans.get(example_shape)
         if plan is None:
-            plan = self._plans[example_shape] = Plan(self.layers, example_shape, self.kernels)
+            plan = self._plans[example_shape] = Plan(self.layers, example_shape, self.kernels, self.sources)
         return plan
 
     def forward(self, x):
@@ -209,22 +238,47 @@ class Sequential:
         checkpoint.save(path, self, optimizer)
 
     def __repr__(self):
+        inner = ",\n    ".join(f"{i}: {layer!r} <- {', '.join('input' if s < 0 else str(s) for s in srcs)}"
+                              for i, (layer, srcs) in enumerate(zip(self.layers, self.sources)))
+        return f"Model(input_shape={self.input_shape}, layers=[\n    {inner}\n], backend={self.backend!r})"
+
+
+class Sequential(Model):
+    """A model made of ``layers`` in order.
+
+    ``input_shape`` is the shape of one example, (H, W, C) for images: given it, the sizes a
+    layer can take from its input (``Conv2D(32, 3)``'s input channels, ``Dense(128)``'s input
+    features, a BatchNorm's channels) are inferred, every layer is checked against it now, and
+    ``summary()`` needs no argument. ``seed`` draws the initial weights (He for layers feeding a
+    ReLU, Glorot otherwise); ``backend`` is ``"numba"`` (compiled kernels) or ``"numpy"`` (the
+    reference). A layer belongs to one model: its parameters become views into this model's
+    buffers, so a second model is refused a layer that a live model holds (build a new one).
+
+    A model is in training mode (``train()``) until ``eval()``: that decides what ``forward``
+    does with BatchNorm and Dropout. ``predict`` always evaluates; ``fit`` always trains.
+    """
+
+    def __init__(self, layers, seed=0, backend="numba", input_shape=None):
+        try:
+            layers = list(layers)
+        except TypeError:
+            raise ShapeError(f"layers: expected a non-empty list of fastcnn layers, got {layers!r}") from None
+        merges = [layer for layer in layers if isinstance(layer, Layer) and layer.arity != 1]
+        if merges:
+            raise ShapeError(f"layers: {merges[0]!r} joins branches, which a Sequential has none of: build a graph "
+                             f"model, fastcnn.Model(inputs, outputs)")
+        self._setup(layers, [(i - 1,) for i in range(len(layers))], input_shape, seed, backend)
+
+    def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
         return f"Sequential([\n    {inner}\n], backend={self.backend!r})"
 
 
-def _example_shape(shape):
-    """A tuple of positive ints: the shape of one example."""
-    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) == 0:
-        raise ShapeError(f"input_shape: expected the shape of one example, e.g. (28, 28, 1), got {shape!r}")
-    return tuple(checks.positive_int("input_shape", d) for d in shape)
-
-
 def checked(model):
     """``model``, if it is a fastcnn model; else ``ShapeError`` saying what it is."""
-    if not isinstance(model, Sequential):
-        raise ShapeError(f"model: expected a fastcnn Sequential (fastcnn.load reads a model file), got "
-                         f"{type(model).__name__}")
+    if not isinstance(model, Model):
+        raise ShapeError(f"model: expected a fastcnn model, a Sequential or a Model (fastcnn.load reads a model "
+                         f"file), got {type(model).__name__}")
     return model
 
 

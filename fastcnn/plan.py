@@ -32,8 +32,8 @@ import numpy as np
 
 from . import compiling
 from .errors import ShapeError
-from .layers import BatchNorm1D, BatchNorm2D, Conv2D, Dense, MaxPool2D, ReLU, walk
-from .steps import (EVALUATION, BatchNormRelu, ConvBatchNorm, ConvBatchNormRelu, ConvBatchNormReluPool, ConvReluPool,
+from .layers import Add, BatchNorm1D, BatchNorm2D, Conv2D, Dense, MaxPool2D, ReLU, walk
+from .steps import (EVALUATION, AddRelu, BatchNormRelu, ConvBatchNorm, ConvBatchNormRelu, ConvBatchNormReluPool, ConvReluPool,
                     DenseRelu, FoldedConv, FoldedConvRelu, FoldedConvReluPool, FoldedDense, FoldedDenseRelu, ReluPool,
                     Run)
 
@@ -52,6 +52,7 @@ FUSIONS = [
     ((ReLU, MaxPool2D), ReluPool),
     ((BatchNorm2D, ReLU), BatchNormRelu),
     ((BatchNorm1D, ReLU), BatchNormRelu),
+    ((Add, ReLU), AddRelu),
 ]
 # Evaluation runs these first: a BatchNorm after a Conv2D or Dense is folded into its weights.
 FOLDS = [
@@ -63,18 +64,57 @@ FOLDS = [
 ]
 
 
-def _steps(layers, shapes, patterns):
-    steps, i = [], 0
-    while i < len(layers):
+def _steps(layers, sources, shapes, patterns):
+    """The steps for ``layers`` (with their ``sources``), each fused run taken along a chain: a
+    layer joins the run when it is the only one that takes the previous layer's output and takes
+    nothing else (a tensor that several layers read is kept whole). Each step gets ``sources``:
+    the positions of the steps its inputs come from (-1: the plan's input)."""
+    consumers = [[] for _ in layers]
+    for i, srcs in enumerate(sources):
+        for s in srcs:
+            if s >= 0:
+                consumers[s].append(i)
+
+    def chain(i, length):
+        run = [i]
+        while len(run) < length:
+            last = run[-1]
+            if len(consumers[last]) != 1 or sources[consumers[last][0]] != (last,):
+                break
+            run.append(consumers[last][0])
+        return run
+
+    steps, step_of = [], {}  # step_of: a layer's position -> the position of the step that outputs it
+    for i, layer in enumerate(layers):
+        if i in step_of:
+            continue  # in a fused run already
         for types, step in patterns:
-            run = layers[i:i + len(types)]
-            if len(run) == len(types) and all(type(layer) is t for layer, t in zip(run, types)):
+            run = chain(i, len(types))
+            if len(run) == len(types) and all(type(layers[r]) is t for r, t in zip(run, types)):
                 break
         else:
-            run, step = layers[i:i + 1], layers[i].step
-        steps.append(step(run, shapes[i:i + len(run) + 1], i))
-        i += len(run)
+            run, step = [i], layer.step
+        ins = [shapes[s + 1] for s in sources[i]]
+        made = step([layers[r] for r in run], [ins if layer.arity is None else ins[0],
+                                               *(shapes[r + 1] for r in run)], i)
+        made.sources = tuple(-1 if s < 0 else step_of[s] for s in sources[i])
+        for r in run:
+            step_of[r] = len(steps)
+        steps.append(made)
     return steps
+
+
+def _gradient_flow(steps):
+    """Which steps compute an input gradient: those with something learnable before them. A
+    merge step asks only for the inputs that lead back to parameters."""
+    learnable = []
+    for step in steps:
+        before = [s >= 0 and learnable[s] for s in step.sources]
+        if hasattr(step, "input_needs"):
+            step.input_needs = before
+        else:
+            step.needs_input_grad = before[0]
+        learnable.append(step.has_params or any(before))
 
 
 def free_memory():
@@ -102,15 +142,20 @@ def _check_memory(n, nbytes):
 class Plan:
     """The steps for ``layers`` on examples of ``example_shape``, run with ``kernels``."""
 
-    def __init__(self, layers, example_shape, kernels):
+    def __init__(self, layers, example_shape, kernels, sources=None):
         self.kernels = kernels
-        shapes = walk(layers, example_shape)
-        self.steps = _steps(layers, shapes, FUSIONS)  # training
-        self.inference_steps = _steps(layers, shapes, FOLDS + FUSIONS)
-        learnable_before = False
+        sources = [(i - 1,) for i in range(len(layers))] if sources is None else [tuple(s) for s in sources]
+        shapes = walk(layers, example_shape, sources=sources)
+        self.steps = _steps(layers, sources, shapes, FUSIONS)  # training
+        self.inference_steps = _steps(layers, sources, shapes, FOLDS + FUSIONS)
+        _gradient_flow(self.steps)
+        # A value read by several steps gets its gradient summed from theirs, in a buffer of its own.
+        readers = [0] * len(self.steps)
         for step in self.steps:
-            step.needs_input_grad = learnable_before
-            learnable_before = learnable_before or step.has_params
+            for s in step.sources:
+                if s >= 0:
+                    readers[s] += 1
+        self._summed = [n > 1 for n in readers]
         self.example_shape, self.output_shape = shapes[0], shapes[-1]
         self.layers = list(layers)
         self._train = {}
@@ -133,6 +178,9 @@ class Plan:
     def _new_workspace(self, n, train):
         need = [step.buffers(n, train) for step in (self.steps if train else self.inference_steps)]
         if train:
+            for buffers, step, summed in zip(need, self.steps, self._summed):
+                if summed:
+                    buffers["dsum"] = ((n, *step.out_shape), np.float32)
             need.append({"dlogits": ((n, *self.output_shape), np.float32), "row_loss": ((n,), np.float32)})
         _check_memory(n, sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
                              for buffers in need for shape, dtype in buffers.values()))
@@ -163,15 +211,33 @@ class Plan:
         """The logits of a checked batch, in the workspace ``ws`` made for ``run.training``."""
         if run.training not in self.prepared and not run.rehearsal:
             compiling.prepare(self, (run.training,))
+        values = []  # each step's output, read by the steps whose sources name it
         for step, buffers in zip(self.steps if run.training else self.inference_steps, ws):
-            x = step.forward(self.kernels, x, buffers, run)
-        return x
+            src = step.sources
+            inputs = [x if s < 0 else values[s] for s in src] if len(src) > 1 else x if src[0] < 0 else values[src[0]]
+            values.append(step.forward(self.kernels, inputs, buffers, run))
+        return values[-1]
 
     def backward(self, dy, ws):
-        for step, buffers in zip(reversed(self.steps), reversed(ws[:len(self.steps)])):
-            dy = step.backward(self.kernels, dy, buffers)
+        """Every step's backward, last to first, from the gradient ``dy`` of the logits; a value
+        read by several steps gets the sum of their gradients."""
+        k, grads = self.kernels, [None] * len(self.steps)
+        grads[-1] = dy
+        for i in range(len(self.steps) - 1, -1, -1):
+            step, dy = self.steps[i], grads[i]
+            if dy is None:
+                continue  # nothing learnable in or before it
+            dx = step.backward(k, dy, ws[i])
             if not step.needs_input_grad:
-                break
+                continue
+            for s, g in zip(step.sources, dx if len(step.sources) > 1 else (dx,)):
+                if s < 0 or g is None:
+                    continue
+                if grads[s] is None:
+                    grads[s] = g
+                else:  # (written only into the value's own buffer: g may be another's, dy itself)
+                    k.add_forward_into(ws[s]["dsum"], grads[s], g, False)
+                    grads[s] = ws[s]["dsum"]
 
     def train_step(self, x, labels, seed=0, step=0, first_row=0):
         """Forward, softmax cross-entropy and backward for a checked batch: fills every layer's
@@ -189,4 +255,5 @@ class Plan:
         self.kernels.softmax_into(probs, self.forward(x, self.workspace(len(x), train=False), EVALUATION))
 
     def __repr__(self):
-        return "Plan([" + ", ".join(map(repr, self.steps)) + "])"
+        return "Plan([" + ", ".join(repr(step) + ("" if step.sources == (i - 1,) else f" <- {list(step.sources)}")
+                                    for i, step in enumerate(self.steps)) + "])"

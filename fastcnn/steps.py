@@ -404,6 +404,88 @@ class Elementwise(Step):
         return dx
 
 
+class Merge(Step):
+    """Where branches meet (``Add``, ``Concatenate``): ``forward(k, xs, ws, run)`` takes the list of
+    the inputs' values; ``backward`` returns the list of their gradients, None for an input whose
+    gradient no one needs (the plan sets ``input_needs``)."""
+
+    def __init__(self, layers, shapes, index):
+        super().__init__(layers, shapes, index)
+        self.in_shapes = [tuple(shape) for shape in shapes[0]]
+        self.input_needs = [True] * len(self.in_shapes)
+
+    @property
+    def needs_input_grad(self):
+        return any(self.input_needs)
+
+    @needs_input_grad.setter
+    def needs_input_grad(self, value):  # Step.__init__'s default; the plan sets input_needs
+        pass
+
+    def buffers(self, n, train):
+        return {"y": ((n, *self.out_shape), np.float32)}
+
+
+class AddStep(Merge):
+    """Add, or Add -> ReLU with the ReLU applied as the sum is written. Backward, the gradient
+    of each input is dy itself (through the ReLU's mask first): no copy."""
+
+    relu = False
+
+    def buffers(self, n, train):
+        need = super().buffers(n, train)
+        if train and self.relu and self.needs_input_grad:
+            need["dz"] = ((n, *self.out_shape), np.float32)
+        return need
+
+    def forward(self, k, xs, ws, run):
+        y, last = ws["y"], len(xs) - 1
+        k.add_forward_into(y, xs[0], xs[1], self.relu and last == 1)
+        for i in range(2, len(xs)):
+            k.add_forward_into(y, y, xs[i], self.relu and i == last)
+        return y
+
+    def backward(self, k, dy, ws):
+        if "dz" in ws:
+            k.relu_backward_into(ws["dz"], dy, ws["y"])
+            dy = ws["dz"]
+        return [dy if needed else None for needed in self.input_needs]
+
+
+class AddRelu(AddStep):
+    relu = True
+
+
+class ConcatStep(Merge):
+    """Concatenate: each input copied to its channels of the output; backward, each input's
+    channels of dy copied to its gradient."""
+
+    def buffers(self, n, train):
+        need = super().buffers(n, train)
+        if train:
+            for i, (shape, needed) in enumerate(zip(self.in_shapes, self.input_needs)):
+                if needed:
+                    need[f"dx{i}"] = ((n, *shape), np.float32)
+        return need
+
+    def forward(self, k, xs, ws, run):
+        offset = 0
+        for x in xs:
+            k.concat_forward_into(ws["y"], x, offset)
+            offset += x.shape[-1]
+        return ws["y"]
+
+    def backward(self, k, dy, ws):
+        grads, offset = [], 0
+        for i, shape in enumerate(self.in_shapes):
+            dx = ws.get(f"dx{i}")
+            if dx is not None:
+                k.concat_backward_into(dx, dy, offset)
+            grads.append(dx)
+            offset += shape[-1]
+        return grads
+
+
 class FlattenStep(Step):
     """A reshape: no buffers, no work."""
 

@@ -15,6 +15,7 @@ from .errors import ShapeError
 
 from . import checks
 from .avgpool import check_avgpool_backward
+from .merge import check_concat
 from .dropout import GOLDEN, MIX1, MIX2, check_dropout, dropout_key  # noqa: F401 - dropout_key: the same helper
 from .optim import check_adam
 from .pool import _check_argmax
@@ -155,6 +156,27 @@ def relu_forward(x):
 def relu_backward(dy, y):
     checks.same_shape("dy", dy, y.shape, "the forward output's shape")
     return np.where(y > 0, dy, 0).astype(dy.dtype)
+
+
+# --- where branches meet: add (a residual connection) and concatenate --------------------------
+
+def add_forward(a, b, relu=False):
+    a, b = checks.array("a", a, np.ndim(a)), checks.array("b", b, np.ndim(b))
+    checks.same_shape("b", b, a.shape, "a's shape")
+    y = a + b
+    return np.maximum(y, 0) if relu else y
+
+
+def concat_forward(xs):
+    return np.concatenate(check_concat(xs, dtype=None), axis=-1)
+
+
+def concat_backward(dy, offset, channels):
+    dy = checks.array("dy", dy, np.ndim(dy))
+    if dy.ndim < 2 or offset + channels > dy.shape[-1]:
+        raise ShapeError(f"offset, channels: expected channels within dy's last axis ({dy.shape[-1]}), got "
+                         f"[{offset}, {offset + channels})")
+    return dy[..., offset:offset + channels].copy()
 
 
 # --- tanh and sigmoid ----------------------------------------------------------------------------
@@ -428,6 +450,18 @@ def dense_backward_into(dx, dw, db, dy, x, w, y, relu):
     need_dx = dx is not None
     grads = dense_relu_backward(dy, x, w, y, need_dx) if relu else dense_backward(dy, x, w, need_dx)
     _fill((dx, dw, db), grads)
+
+
+def add_forward_into(y, a, b, relu):
+    y[...] = add_forward(a, b, relu)
+
+
+def concat_forward_into(y, x, offset):
+    y[..., offset:offset + x.shape[-1]] = x
+
+
+def concat_backward_into(dx, dy, offset):
+    dx[...] = concat_backward(dy, offset, dx.shape[-1])
 
 
 def relu_forward_into(y, x):

@@ -5,6 +5,7 @@ Tolerances (float32 rounding; the two engines sum in different orders): probabil
 (``pytest -s``). Runs where the onnx extra is installed (``pip install -e ".[onnx]"``).
 """
 
+import json
 import os
 import sys
 
@@ -163,7 +164,7 @@ def test_bad_inputs_get_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ShapeError, match=r"built for \(8, 8, 1\), got \(9, 9, 1\)"):
         export_onnx(custom, tmp_path / "x.onnx", input_shape=(9, 9, 1))
 
-    with pytest.raises(ShapeError, match=r"expected a fastcnn.Sequential \(fastcnn.load reads a model file\), "
+    with pytest.raises(ShapeError, match=r"expected a fastcnn model, a Sequential or a Model \(fastcnn.load reads a model file\), "
                                          r"got str"):
         export_onnx("model.npz", tmp_path / "str.onnx")
     model = mnist_network()
@@ -213,3 +214,28 @@ def test_cli_export_round_trip(tmp_path, capsys):
     assert main(["export", str(old), str(tmp_path / "old.onnx"), "--input-shape", "8", "8", "1"]) == 0
     assert main(["export", str(tmp_path / "missing.npz"), str(tmp_path / "m.onnx")]) == 2
     assert "no such model file" in capsys.readouterr().err
+
+
+def graph_networks():
+    """Graph models: a residual network (a projection shortcut, a strided block, BatchNorm folded
+    in each branch), and two branches concatenated then flattened (NCHW order in the graph)."""
+    from fastcnn import Add, Concatenate, GlobalAvgPool2D, Input, Model, ReLU
+    x = Input((12, 10, 3))
+    h = ReLU()(BatchNorm2D()(Conv2D(8, 3, padding="same")(x)))
+    y = ReLU()(Add()([BatchNorm2D()(Conv2D(8, 3, padding="same")(h)), Conv2D(8, 1)(x)]))
+    h = ReLU()(BatchNorm2D()(Conv2D(16, 3, stride=2, padding=1)(y)))
+    y = ReLU()(Add()([BatchNorm2D()(Conv2D(16, 3, padding="same")(h)), Conv2D(16, 1, stride=2)(y)]))
+    residual = Model(x, Dense(10)(GlobalAvgPool2D()(y)), seed=4)
+    x = Input((9, 7, 2))
+    c = Concatenate()([Conv2D(4, 3, padding="same")(x), BatchNorm2D()(Conv2D(3, 5, padding="same")(x))])
+    branches = Model(x, Dense(10)(Flatten()(MaxPool2D(2)(ReLU()(c)))), seed=5)
+    return {"residual": residual, "two branches": branches}
+
+
+@pytest.mark.parametrize("name", ["residual", "two branches"])
+def test_a_graph_model_exports_and_onnx_runtime_agrees(tmp_path, name):
+    model = trained(graph_networks()[name])
+    export_onnx(model, tmp_path / "g.onnx", logits=True)
+    check_agrees(name, model, tmp_path / "g.onnx", images(model.input_shape, 64))
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "g.onnx")).metadata_props}
+    assert json.loads(meta["architecture"])["sources"] == [list(s) for s in model.sources]

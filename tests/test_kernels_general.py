@@ -212,6 +212,44 @@ def test_sigmoid_and_tanh_are_stable_for_huge_inputs():
         assert np.isnan(k.sigmoid_forward(np.array([np.nan], np.float32))).all()  # NaN stays seen
 
 
+# --- add and concatenate (where a graph's branches meet) -------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 5), (3, 5, 7, 2), (2, 9, 4, 33)], ids=str)
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+def test_add_matches_reference(shape, relu, assert_close):
+    rng = np.random.default_rng(len(shape) + relu)
+    a, b = rand(rng, *shape), rand(rng, *shape)
+    assert_close("add_forward", K.add_forward(a, b, relu), R.add_forward(a, b, relu), FWD)
+
+
+@pytest.mark.parametrize("channels", [(1, 3), (4, 5, 2), (32, 7)], ids=str)
+@pytest.mark.parametrize("lead", [(1,), (2, 5, 3), (3, 4, 7)], ids=str)
+def test_concat_matches_reference(lead, channels, assert_close):
+    rng = np.random.default_rng(sum(channels))
+    xs = [rand(rng, *lead, c) for c in channels]
+    y = K.concat_forward(xs)
+    assert_close("concat_forward", y, R.concat_forward(xs), 0)
+    offset = 0
+    for x in xs:
+        assert_close("concat_backward", K.concat_backward(y, offset, x.shape[-1]),
+                     R.concat_backward(y, offset, x.shape[-1]), 0)
+        np.testing.assert_array_equal(K.concat_backward(y, offset, x.shape[-1]), x)
+        offset += x.shape[-1]
+
+
+@pytest.mark.parametrize("k", [K, R], ids=["numba", "numpy"])
+def test_add_and_concat_say_what_was_expected(k):
+    a = np.zeros((2, 3, 3, 4), np.float32)
+    with pytest.raises(ShapeError, match=r"b: expected shape \(2, 3, 3, 4\) \(a's shape\), got \(1, 3, 3, 4\)"):
+        k.add_forward(a, a[:1])
+    with pytest.raises(ShapeError, match=r"xs\[1\]: expected shape \(\.\.\., C\) with \(2, 3, 3\) before the channels"):
+        k.concat_forward([a, a[:, :2]])
+    with pytest.raises(ShapeError, match="xs: expected a non-empty list of arrays"):
+        k.concat_forward(a)
+    with pytest.raises(ShapeError, match=r"expected channels within dy's last axis \(4\), got \[3, 5\)"):
+        k.concat_backward(a, 3, 2)
+
+
 # --- optimizers ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("weight_decay", [0.0, 5e-4, 0.1])

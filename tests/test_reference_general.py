@@ -60,6 +60,19 @@ def test_global_avgpool_backward():
     assert_grad(R.global_avgpool_backward(r, x.shape), loss, x)
 
 
+def test_add_and_concat_backward():
+    rng = np.random.default_rng(5)
+    a, b, c = rng.standard_normal((2, 3, 4, 2)), rng.standard_normal((2, 3, 4, 2)), rng.standard_normal((2, 3, 4, 3))
+    r = rng.standard_normal(a.shape)
+    for x in (a, b):  # the gradient of either input of relu(a + b) is relu_backward(r, y)
+        assert_grad(R.relu_backward(r, R.add_forward(a, b, relu=True)),
+                    lambda: (R.add_forward(a, b, relu=True) * r).sum(), x)
+    r = rng.standard_normal((2, 3, 4, 7))
+    loss = lambda: (R.concat_forward([a, b, c]) * r).sum()  # noqa: E731
+    for x, offset in ((a, 0), (b, 2), (c, 4)):
+        assert_grad(R.concat_backward(r, offset, x.shape[-1]), loss, x)
+
+
 TEXTBOOK = {"tanh": np.tanh, "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
             "leaky_relu": lambda x: np.maximum(x, 0) + 0.1 * np.minimum(x, 0)}
 
