@@ -15,6 +15,7 @@ from .errors import (ConfigError, DataError, ExportError, FastCNNError, ImageErr
 from . import layers
 from .layers import *  # noqa: F403 - every layer, by the list layers.py keeps
 from .loss import SoftmaxCrossEntropy, softmax
+from .augmentation import Augment
 from .graph import Input
 from .model import Model, Sequential
 from .optim import SGD, Adam
@@ -24,7 +25,7 @@ from .export import export_onnx
 
 
 __all__ = [
-    *layers.__all__, "SoftmaxCrossEntropy", "Sequential", "Model", "Input",
+    *layers.__all__, "SoftmaxCrossEntropy", "Sequential", "Model", "Input", "Augment",
     "SGD", "Adam", "Constant", "InverseTime", "Cosine", "fit", "softmax", "save", "load", "load_checkpoint",
     "FastCNNError", "ShapeError", "DataError", "ModelFileError", "ImageError", "export_onnx", "ExportError",
     "Callback", "EarlyStopping", "KeepBest", "ReduceLROnPlateau",

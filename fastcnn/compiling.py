@@ -65,9 +65,10 @@ _PREPARING = threading.RLock()  # one preparation at a time: threads may predict
 _ANNOUNCED = threading.local()  # .on: this thread's compiles were announced (compile_jobs, a helper)
 
 
-def prepare(plan, modes=(True, False), optimizer=None, processes=None, say=True):
+def prepare(plan, modes=(True, False), optimizer=None, processes=None, say=True, augment=None):
     """Make sure the kernels of ``plan``'s passes in ``modes`` (True: a training step, forward,
-    loss and backward; False: evaluation) and of ``optimizer``'s step are compiled, compiling
+    loss and backward; False: evaluation), of ``optimizer``'s step and of ``augment`` (an
+    ``Augment``) are compiled, compiling
     those that are not, with ``processes`` processes (default: ``$FASTCNN_COMPILE_PROCESSES``,
     else the kernels' thread count, as far as cores are idle).
     Returns the number of kernels compiled. ``say``: the message and the progress bar on stderr."""
@@ -75,16 +76,24 @@ def prepare(plan, modes=(True, False), optimizer=None, processes=None, say=True)
         return 0
     with _PREPARING:
         modes = [m for m in modes if m not in plan.prepared]
-        jobs = missing(rehearsed([(plan, m) for m in modes], [optimizer] if optimizer is not None else []))
+        others = [optimizer] if optimizer is not None else []
+        if augment is not None:
+            others.append(_Rehearsal(lambda: augment.rehearse(plan.kernels)))
+        jobs = missing(rehearsed([(plan, m) for m in modes], others))
         try:
             return compile_jobs(jobs, processes, say) if jobs else 0
         finally:
             plan.prepared.update(modes)
 
 
+class _Rehearsal(NamedTuple):
+    """Something other than a plan's pass or an optimizer's step to rehearse (``rehearse()``)."""
+    rehearse: object
+
+
 def rehearsed(passes, optimizers=()):
     """The kernel calls (``Job``) that ``passes`` [(plan, training), ...] and ``optimizers``'
-    steps make that would compile, found by rehearsing them."""
+    steps (or anything else with a ``rehearse()``) make that would compile, found by rehearsing them."""
     calls = []
     with _intercepted(calls):
         for plan, training in passes:

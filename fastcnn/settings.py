@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from .architectures import ARCHITECTURES
+from .augmentation import PRESETS
 from .data import DATASETS
 from .errors import ConfigError
 from .folders import COLORS, DEFAULT_MAX_SIDE
@@ -20,6 +21,7 @@ from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
 from .validate import divergence_factor, learning_rate
 
+AUTO_AUGMENT = {"mnist": "shift-rotate", "fashion-mnist": "crop-flip", "cifar10": "crop-flip"}  # --augment auto
 DIVERGENCE = 10.0  # a run stops when its smoothed loss stays above this many times its start (train.Divergence)
 
 
@@ -79,7 +81,12 @@ class Settings:
                                                    "improved for this many epochs", int, metavar="PATIENCE")
     monitor: Optional[str] = _setting("what --keep-best, --early-stopping and --reduce-lr-on-plateau watch "
                                       "(default val_loss)", str, MONITORS)
-    seed: Optional[int] = _setting("initial weights, shuffling, the held-out split and dropout (default 0)", int)
+    augment: Optional[str] = _setting("move each training image at random: " + "; ".join(
+        f"{name}: {about}" for name, (about, _) in PRESETS.items()) + "; auto: by the data set (shift-rotate for "
+        "mnist, crop-flip for fashion-mnist and cifar10, crop for a folder) (default: the network's; none but "
+        "for resnet)", str, ("auto", *PRESETS))
+    seed: Optional[int] = _setting("initial weights, shuffling, the held-out split, dropout and augmentation "
+                                   "(default 0)", int)
     divergence: Optional[float] = _setting(f"stop when the loss, smoothed, stays above this many times its start "
                                            f"(at least 1) for 20 steps (default {DIVERGENCE:g}; 0: only a NaN or "
                                            f"Inf loss stops the run)", float, resumable=True)
@@ -97,14 +104,16 @@ class Settings:
         if self.data is not None and self.dataset is not None:
             raise ConfigError(f"data: a folder of pictures ({self.data}) and a dataset ({self.dataset}) were both "
                              f"given; give one")
-        recipe = dict(ARCHITECTURES[self.model].recipe, validation="split", keep_best=False, monitor="val_loss",
-                      seed=0, divergence=DIVERGENCE)
+        recipe = dict(dict(augment="none"), **ARCHITECTURES[self.model].recipe, validation="split", keep_best=False,
+                      monitor="val_loss", seed=0, divergence=DIVERGENCE)
         if self.data is not None:
             del recipe["dataset"]
         if self.optimizer == "adam" and recipe["optimizer"] != "adam":
             recipe.update(lr=1e-3)  # Adam's own default, unless asked otherwise
         given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
         settings = Settings(**{**recipe, **given})
+        if settings.augment == "auto":
+            settings.augment = AUTO_AUGMENT.get(settings.dataset, "crop") if settings.data is None else "crop"
         if settings.validation_split is None:
             settings.validation_split = DEFAULT_VALIDATION_SPLIT if settings.validation != "test" else 0.0
         settings.check()
@@ -124,6 +133,7 @@ class Settings:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("validation", self.validation, VALIDATIONS + ("end",))
         _choice("monitor", self.monitor, MONITORS)
+        _choice("augment", self.augment, ("auto", *PRESETS))
         if self.color is not None:
             _choice("color", self.color, COLORS)
         if self.image_size is not None and (
@@ -165,7 +175,8 @@ class Settings:
                else f"Adam lr {self.lr:g}")
         schedule = f"inverse-time decay {self.decay:g}" if self.schedule == "inverse-time" else self.schedule
         return (f"{self.model} network, batch {self.batch_size}, {opt}, {schedule} schedule, weight decay "
-                f"{self.weight_decay:g}, seed {self.seed}")
+                f"{self.weight_decay:g}" + (f", {self.augment} augmentation" if self.augment != "none" else "")
+                + f", seed {self.seed}")
 
 
 def _unused(settings, name):

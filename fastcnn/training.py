@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import checkpoint, compiling, distributed, fileio, loading
+from .augmentation import augmentation
 from .callbacks import TrainingRun, check_callbacks, restore_states, saved_states
 from .errors import FastCNNError, ShapeError
 from .folders import row_reader
@@ -212,7 +213,7 @@ def _interrupted(signum, steps, epochs, batches, out, state):
 
 def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, seed=0, validation_split=None,
         test=None, callbacks=None, classes=None, out=None, training=None, progress=True, checkpoint_every=None,
-        divergence=DIVERGENCE):
+        divergence=DIVERGENCE, augment=None):
     """Train ``model`` with ``optimizer`` on ``train`` = (images, labels); returns the history.
 
     Images are float32 (N, H, W, C) that fit the model, finite and scaled to about [0, 1], or
@@ -230,7 +231,9 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
 
     Each epoch shuffles the training rows with ``seed`` and the epoch (``default_rng([seed,
     epoch])``), and runs batches of ``batch_size`` (the last may be smaller); dropout's masks
-    come from ``seed`` and the optimizer's step. The history is one dict per epoch: ``epoch``,
+    come from ``seed`` and the optimizer's step. ``augment`` (an ``Augment``, a preset's name such
+    as ``"crop-flip"``, or None) moves each training image by a random map drawn from ``seed``, the
+    epoch and its place in the epoch (``fastcnn.augmentation``). The history is one dict per epoch: ``epoch``,
     ``loss`` and ``train_acc`` (the running means over the epoch's batches), ``val_loss`` and
     ``val_acc`` (None without validation data), ``seconds`` and ``samples_per_s``.
 
@@ -257,6 +260,7 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
                       checkpoint_every, classes)
     callbacks = check_callbacks(callbacks)
     x_train, y_train, rows, val = data.x, data.y, data.rows, data.validation
+    augment = augmentation(augment, x_train.shape[1:])
     n = len(x_train) if rows is None else len(rows)
     watch = Divergence(divergence)
     world = distributed.world()  # data parallel under mpiexec; one process: does nothing
@@ -285,9 +289,10 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     shape = x_train.shape[1:]
     x = np.empty((min(batch_size, n), *shape), np.float32)  # the batch, gathered in place
     raw = np.empty((min(batch_size, n), *shape), np.uint8) if x_train.dtype == np.uint8 else None  # before scaling
+    moved = np.empty_like(x) if augment is not None else None  # the batch augmented
     plan = model.plan(shape)  # the data were checked above: the plan runs them as they are
     evaluates = val is not None or data.test is not None  # then evaluation's kernels too, before the first step
-    compiling.prepare(plan, (True, False) if evaluates else (True,), optimizer, say=world.is_root)
+    compiling.prepare(plan, (True, False) if evaluates else (True,), optimizer, say=world.is_root, augment=augment)
     take = row_reader(x_train)  # a memory-mapped image folder: rows read from its file
     trained = False
     with _stop_on_signals() as caught:
@@ -319,6 +324,10 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
                 batch_rows = order[b * batch_size:(b + 1) * batch_size]
                 first_row, idx = world.slice(batch_rows)  # this process's contiguous part of the batch
                 batch = _gather(take, idx, x, raw)
+                if augment is not None:  # each image's map from the seed, the epoch and its place in the epoch
+                    params = augment.params(seed, epoch, b * batch_size + first_row, len(batch))
+                    plan.kernels.augment_into(moved[:len(batch)], batch, params)
+                    batch = moved[:len(batch)]
                 y = y_train[idx]
                 loss, logits = plan.train_step(batch, y, seed, optimizer.steps, first_row)
                 world.allreduce_gradients(model.gradients, len(y), len(batch_rows))

@@ -1,11 +1,14 @@
-"""The augmentation kernel (kernels/augment.py; not yet wired into fit: issue "Modern CNNs") against
-its NumPy twin, on several shapes, with float32 tolerance 1e-5 of max(1, max |ref|) (the kernel
-sums four float32 products in float64, the reference in float64 throughout); its exact cases
-(whole-pixel crops and flips are copies); and its draws (the same key, the same maps).
+"""The augmentation kernel (kernels/augment.py) against its NumPy twin, on several shapes, with
+float32 tolerance 1e-5 of max(1, max |ref|) (the kernel sums four float32 products in float64, the
+reference in float64 throughout); its exact cases (whole-pixel crops and flips are copies); its
+draws (the same key, the same maps); and in fit (``augment=``): training images only, each epoch
+its own maps, and a resumed run bit-identical to an uninterrupted one.
 """
 
 import numpy as np
 import pytest
+
+import fastcnn
 
 from fastcnn.kernels.augment import augment, augment_params
 from fastcnn.kernels import reference as R
@@ -55,3 +58,77 @@ def test_bad_arguments_are_refused():
         augment(x, np.zeros((3, 6)))
     with pytest.raises(ShapeError, match="x: expected 4 dimensions"):
         augment(x[0], np.zeros((2, 6)))
+
+
+def tiny_resnet(seed=0):
+    from fastcnn.architectures import resnet
+    return fastcnn.Model(*resnet((12, 12, 1), 4, width=4), seed=seed)
+
+
+def bars(n, seed):
+    """Images whose class is where a bright bar lies: moved a pixel or two, still learnable."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    x = rng.uniform(0, 0.2, (n, 12, 12, 1)).astype(np.float32)
+    for i, label in enumerate(y):
+        x[i, 1 + 3 * label:3 + 3 * label, 2:10, 0] = 1
+    return x, y
+
+
+def test_fit_augments_the_training_images_only_each_epoch_anew(monkeypatch):
+    from fastcnn.kernels import compiled
+    seen = []
+    real = compiled.augment_into
+
+    def spy(out, x, params):
+        if x.shape[1:] == (12, 12, 1):  # not compiling's rehearsal, on a 2x2 picture
+            seen.append(params.copy())
+        real(out, x, params)
+    monkeypatch.setattr(compiled, "augment_into", spy)
+    model = tiny_resnet()
+    x, y = bars(70, 0)
+    fastcnn.fit(model, fastcnn.SGD(model, 0.05), (x, y), bars(20, 1), epochs=2, batch_size=32, seed=3,
+                augment="crop", progress=False)
+    epochs = [np.concatenate(seen[:3]), np.concatenate(seen[3:])]  # 70 images: batches of 32, 32, 6
+    assert len(seen) == 6 and all(len(e) == 70 for e in epochs)  # validation (20 images) is not augmented
+    assert not np.array_equal(epochs[0], epochs[1])
+    assert np.array_equal(epochs[1], fastcnn.Augment(pad=1).params(3, 1, 0, 70))  # 12 // 8 = 1 pixel
+
+
+def test_a_resumed_run_augments_as_the_uninterrupted_one_did(tmp_path):
+    def run(epochs, out, saved=None):
+        model = saved.model if saved else tiny_resnet(seed=1)
+        opt = saved.optimizer if saved else fastcnn.SGD(model, 0.05, momentum=0.9)
+        fastcnn.fit(model, opt, bars(80, 0), epochs=epochs, batch_size=32, seed=4, out=out,
+                    training=saved.training if saved else None, progress=False, checkpoint_every=2,
+                    augment=fastcnn.Augment(pad=1, flip=True, shift=0.5, degrees=5.0))
+        return model
+    straight = run(2, tmp_path / "a.npz")
+    run(1, tmp_path / "b.npz")
+    resumed = run(2, tmp_path / "b.npz", fastcnn.load_checkpoint(tmp_path / "b.npz"))
+    assert np.array_equal(straight.parameters, resumed.parameters)
+    unaugmented = tiny_resnet(seed=1)
+    fastcnn.fit(unaugmented, fastcnn.SGD(unaugmented, 0.05, momentum=0.9), bars(80, 0), epochs=2, batch_size=32,
+                seed=4, progress=False)
+    assert not np.array_equal(straight.parameters, unaugmented.parameters)
+
+
+def test_presets_recipes_and_bad_settings():
+    from fastcnn.augmentation import augmentation
+    from fastcnn.errors import ConfigError
+    from fastcnn.settings import Settings
+    assert augmentation("crop", (28, 28, 1)) == fastcnn.Augment(pad=3)
+    assert augmentation("crop-flip", (32, 32, 3)) == fastcnn.Augment(pad=4, flip=True)
+    assert augmentation("none", (28, 28, 1)) is None and augmentation(None, (5,)) is None
+    resolved = {d: Settings(model="resnet", dataset=d).resolved().augment for d in ("mnist", "fashion-mnist", "cifar10")}
+    assert resolved == {"mnist": "shift-rotate", "fashion-mnist": "crop-flip", "cifar10": "crop-flip"}
+    assert Settings(model="deep").resolved().augment == "none"
+    assert Settings(model="deep", augment="crop").resolved().augment == "crop"
+    with pytest.raises(ConfigError, match="augment: expected None, a fastcnn.Augment or one of none, crop"):
+        augmentation("rotate", (28, 28, 1))
+    with pytest.raises(ConfigError, match=r"moves images \(H, W, C\); the examples have shape \(10,\)"):
+        augmentation("crop", (10,))
+    with pytest.raises(ConfigError, match="pad: expected a non-negative integer, got -1"):
+        fastcnn.Augment(pad=-1)
+    with pytest.raises(ConfigError, match=r"degrees: expected degrees in \[0, 180\]"):
+        fastcnn.Augment(degrees=400)

@@ -288,8 +288,8 @@ def test_every_setting_is_a_train_option():
     from fastcnn.settings import from_arguments
     resolved = Settings(**from_arguments(args)).resolved()
     assert (resolved.optimizer, resolved.lr, resolved.weight_decay, resolved.epochs) == ("adam", 1e-3, 0.01, 15)
-    with pytest.raises(ConfigError, match="model: expected one of original, deep, cifar"):
-        Settings(model="resnet").resolved()
+    with pytest.raises(ConfigError, match="model: expected one of original, deep, cifar, resnet, got 'resnet50'"):
+        Settings(model="resnet50").resolved()
     with pytest.raises(ConfigError, match="momentum: 0.5 was given, but --optimizer adam doesn't use it"):
         Settings(optimizer="adam", momentum=0.5).resolved()
     with pytest.raises(ConfigError, match="decay: 0.1 was given, but the cosine schedule doesn't use it"):

@@ -245,7 +245,7 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
                   test=validating.test,
                   callbacks=callbacks, classes=data.classes, out=last if settings.keep_best else out,
                   training=state, progress=progress, checkpoint_every=checkpoint_every,
-                  divergence=settings.divergence)
+                  divergence=settings.divergence, augment=settings.augment)
     if history and world.is_root:
         print(_saved_message(out, last, settings, state, callbacks, data))
     elif not history:
