@@ -510,6 +510,11 @@ def input_gradient_into(dx, dy, w, stride, pad):
     if stride == 1 and KH == KW and pad <= KH - 1:
         conv2d_forward_into(dx, dy, _turned(w), no_bias, 1, KH - 1 - pad)
         return
+    if dy.shape[0] > 1:
+        n, oh, ow, k = dy.shape
+        _conv2d_backward_input_gemm(dx, dy.reshape(n * oh, ow, k), w.reshape(-1, k), KH, KW, stride, pad,
+                                    max(1, _GEMM_PIXELS // ow))
+        return
     for p in range(stride):
         for q in range(stride):
             phase = dx[:, p::stride, q::stride]
@@ -526,6 +531,40 @@ def input_gradient_into(dx, dy, w, stride, pad):
             out = np.empty(phase.shape, np.float32)
             conv2d_forward_into(out, src, _turned(sub), no_bias, 1, 0)
             phase[...] = out
+
+
+@parallel_kernel
+def _conv2d_backward_input_gemm(dx, dy, w, KH, KW, stride, pad, block):
+    # dy viewed as (N * OH, OW, K), w as (KH*KW*C, K). Each image is one thread's: its dx is zeroed,
+    # then ``block`` rows of dy at a time, one GEMM (block*OW, K) @ (K, D) gives every tap's share
+    # of the input gradient (col2im's columns), added onto the pixels each tap read.
+    N, H, W, C = dx.shape
+    OH, OW, K = dy.shape[0] // N, dy.shape[1], dy.shape[2]
+    D = KH * KW * C
+    flat_w, flat_dy = w.reshape(-1), dy.reshape(-1)
+    for n in prange(N):
+        cols = np.empty((block * OW, D), np.float32)
+        flat_cols = cols.reshape(-1)
+        dx[n] = 0.0
+        oh = 0
+        while oh < OH:
+            rows = min(block, OH - oh)
+            gemm(NO_TRANS, TRANS, rows * OW, D, K, np.float32(1.0), flat_dy[(n * OH + oh) * OW * K:], K, flat_w, K,
+                 np.float32(0.0), flat_cols, D)
+            for i in range(rows):
+                for kh in range(KH):
+                    ih = (oh + i) * stride - pad + kh
+                    if ih < 0 or ih >= H:
+                        continue
+                    for ow in range(OW):
+                        r = i * OW + ow
+                        for kw in range(KW):
+                            iw = ow * stride - pad + kw
+                            if 0 <= iw < W:
+                                base = (kh * KW + kw) * C
+                                for c in range(C):
+                                    dx[n, ih, iw, c] += cols[r, base + c]
+            oh += rows
 
 
 def _turned(w):
