@@ -34,7 +34,7 @@ def cifar(input_shape, classes):
             Dropout(0.2), Dense(classes)]
 
 
-def resnet(input_shape, classes, width=16, blocks=(1, 1, 1)):
+def resnet(input_shape, classes, width=32, blocks=(1, 1, 1)):
     """A residual network for small pictures, in the shape of He et al.'s CIFAR ResNets (2016): a
     3x3 convolution, three stages of residual blocks (``width``, twice and four times as many
     channels; the second and third start with a stride of 2, their shortcut a strided 1x1
@@ -80,10 +80,10 @@ ARCHITECTURES = {
     "cifar": Architecture(cifar, dict(_ORIGINAL_RECIPE, dataset="cifar10", epochs=30, lr=0.05, schedule="cosine",
                                       weight_decay=5e-4),
                           "three conv blocks with BatchNorm and global average pooling, for CIFAR-10"),
-    "resnet": Architecture(resnet, dict(_ORIGINAL_RECIPE, epochs=20, batch_size=128, lr=0.1, schedule="cosine",
+    "resnet": Architecture(resnet, dict(_ORIGINAL_RECIPE, epochs=30, batch_size=128, lr=0.1, schedule="cosine",
                                         weight_decay=5e-4, augment="auto"),
-                           "a residual network (ResNet-8: three stages of one block, 16-64 channels) with "
-                           "augmentation; SGD with a cosine schedule, 20 epochs"),
+                           "a residual network (ResNet-8: three stages of one residual block, 32 to 128 "
+                           "channels) trained with augmentation; SGD with a cosine schedule, 30 epochs"),
 }
 
 
