@@ -15,6 +15,8 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
+import networks
+
 from timing import latency, throughput
 
 INFER_BATCH = 1000
@@ -181,7 +183,7 @@ class Torch(Engine):
         torch, nn = self.torch, self.torch.nn
         torch.manual_seed(0)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        model = nn.Sequential(*self.layers(layers)).to(memory_format=fmt)
+        model = self.module(layers).to(memory_format=fmt)
         net = torch.compile(model, dynamic=False) if self.compiled else model
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         loss_fn = nn.CrossEntropyLoss()
@@ -215,6 +217,34 @@ class Torch(Engine):
 
             workloads["loop"] = Workload(epoch, len(xs), prepare=model.train, warm_up=lambda: epoch(10 * data.batch))
         return workloads
+
+    def module(self, layers):
+        """The network as a module: a ``Sequential``, or for a graph one that runs each layer on
+        its inputs (the sum of them for Add, side by side along the channels for Concatenate)."""
+        torch, nn = self.torch, self.torch.nn
+        if networks.is_chain(layers):
+            return nn.Sequential(*self.layers(layers))
+        parts = nn.ModuleList(nn.Identity() if layer["kind"] in networks.MERGES else nn.Sequential(*self.layers([layer]))
+                              for layer in layers)
+
+        class Graph(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.parts = parts
+
+            def forward(self, x):
+                values = {-1: x}
+                for i, layer in enumerate(layers):
+                    ins = [values[j] for j in layer["inputs"]]
+                    if layer["kind"] == "Add":
+                        values[i] = sum(ins[1:], ins[0])
+                    elif layer["kind"] == "Concatenate":
+                        values[i] = torch.cat(ins, dim=1)  # NCHW: the channels' axis
+                    else:
+                        values[i] = self.parts[i](ins[0])
+                return values[len(layers) - 1]
+
+        return Graph()
 
     def layers(self, layers):
         nn = self.torch.nn
@@ -264,7 +294,7 @@ class Keras(Engine):
         tf = self.tf
         keras = tf.keras
         tf.random.set_seed(0)
-        model = keras.Sequential([keras.Input(data.input_shape), *self.layers(layers)])
+        model = self.model(layers, data.input_shape)
         opt = keras.optimizers.SGD(0.01, momentum=0.9)
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         x, y, big, one = tf.constant(data.x), tf.constant(data.y), tf.constant(data.big), tf.constant(data.big[:1])
@@ -291,6 +321,23 @@ class Keras(Engine):
 
             workloads["loop"] = Workload(epoch, len(xs), warm_up=lambda: epoch(10 * data.batch))
         return workloads
+
+    def model(self, layers, input_shape):
+        """A ``keras.Sequential``, or for a graph a functional model of the same edges."""
+        keras, k = self.tf.keras, self.tf.keras.layers
+        if networks.is_chain(layers):
+            return keras.Sequential([keras.Input(input_shape), *self.layers(layers)])
+        values = {-1: keras.Input(input_shape)}
+        for i, layer in enumerate(layers):
+            ins = [values[j] for j in layer["inputs"]]
+            if layer["kind"] in networks.MERGES:
+                values[i] = (k.Add() if layer["kind"] == "Add" else k.Concatenate(axis=-1))(ins)
+                continue
+            h = ins[0]
+            for part in self.layers([layer]):
+                h = part(h)
+            values[i] = h
+        return keras.Model(values[-1], values[len(layers) - 1])
 
     def layers(self, layers):
         k = self.tf.keras.layers

@@ -7,7 +7,8 @@ which builds the same network with its own layers (the peers' interpreters need 
 fastcnn). ``flops`` counts the work of a step from those shapes alone, one rule for every network.
 """
 
-INPUT_SHAPES = {"original": (28, 28, 1), "deep": (28, 28, 1), "cifar": (32, 32, 3)}
+INPUT_SHAPES = {"original": (28, 28, 1), "deep": (28, 28, 1), "cifar": (32, 32, 3), "resnet": (28, 28, 1)}
+MERGES = ("Add", "Concatenate")  # the layers that join a graph's branches
 CLASSES = 10
 
 
@@ -18,17 +19,25 @@ def build(name, seed=0):
 
 
 def describe(model, input_shape):
-    """The layers of a fastcnn ``Sequential`` as plain dicts (see the module's docstring)."""
-    layers, shape = [], tuple(input_shape)
-    for layer in model.layers:
-        out = tuple(layer.output_shape(shape))
-        d = {"kind": type(layer).__name__, "in": list(shape), "out": list(out), "params": bool(layer.params)}
+    """The layers of a fastcnn model as plain dicts (see the module's docstring); ``inputs``: the
+    positions of each layer's inputs among them (-1: the network's input), ``in`` the shape of
+    its first input."""
+    from fastcnn.layers import walk
+    shapes = walk(model.layers, tuple(input_shape), sources=model.sources)
+    layers = []
+    for i, (layer, sources) in enumerate(zip(model.layers, model.sources)):
+        d = {"kind": type(layer).__name__, "inputs": list(sources), "in": list(shapes[sources[0] + 1]),
+             "out": list(shapes[i + 1]), "params": bool(layer.params)}
         d.update(layer.config())
         if d["kind"] == "Conv2D":
             d["pad"] = layer.pad  # "same" resolved to pixels: every engine pads the same way
         layers.append(d)
-        shape = out
     return layers
+
+
+def is_chain(layers):
+    """Whether each layer takes the one before it (else a peer builds a graph)."""
+    return all(layer["inputs"] == [i - 1] for i, layer in enumerate(layers))
 
 
 def layer_flops(layer):
@@ -45,9 +54,12 @@ def layer_flops(layer):
 
 def backward_factor(layers, i):
     """How many forward passes' worth of products layer ``i``'s backward pass makes: 2 (the
-    weight gradient and the input gradient), or 1 where nothing learnable comes before it and
-    no engine computes the input gradient (the first convolution's)."""
-    return 2 if any(layer["params"] for layer in layers[:i]) else 1
+    weight gradient and the input gradient), or 1 where nothing learnable leads to it and no
+    engine computes the input gradient (the first convolution's, a shortcut's from the input)."""
+    learnable = []
+    for layer in layers[:i]:
+        learnable.append(any(j >= 0 and (layers[j]["params"] or learnable[j]) for j in layer["inputs"]))
+    return 2 if any(j >= 0 and (layers[j]["params"] or learnable[j]) for j in layers[i]["inputs"]) else 1
 
 
 def flops(layers):
