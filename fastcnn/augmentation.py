@@ -41,10 +41,11 @@ class Augment:
         if not isinstance(self.flip, bool):
             raise ConfigError(f"flip: expected True or False, got {self.flip!r}")
 
-    def rehearse(self, kernels):
-        """Run the kernel once on a tiny batch, for ``compiling`` to see its call."""
+    def rehearse(self):
+        """Run the compiled kernel once on a tiny batch, for ``compiling`` to see its call."""
+        from .kernels import compiled
         x = np.zeros((1, 2, 2, 1), np.float32)
-        kernels.augment_into(np.empty_like(x), x, self.params(0, 0, 0, 1))
+        compiled.augment_into(np.empty_like(x), x, self.params(0, 0, 0, 1))
 
     def params(self, seed, epoch, first, n):
         """The maps (n, 6) of images ``first``..``first + n - 1`` of ``epoch`` in a run of ``seed``."""

@@ -76,19 +76,12 @@ def prepare(plan, modes=(True, False), optimizer=None, processes=None, say=True,
         return 0
     with _PREPARING:
         modes = [m for m in modes if m not in plan.prepared]
-        others = [optimizer] if optimizer is not None else []
-        if augment is not None:
-            others.append(_Rehearsal(lambda: augment.rehearse(plan.kernels)))
+        others = [o for o in (optimizer, augment) if o is not None]
         jobs = missing(rehearsed([(plan, m) for m in modes], others))
         try:
             return compile_jobs(jobs, processes, say) if jobs else 0
         finally:
             plan.prepared.update(modes)
-
-
-class _Rehearsal(NamedTuple):
-    """Something other than a plan's pass or an optimizer's step to rehearse (``rehearse()``)."""
-    rehearse: object
 
 
 def rehearsed(passes, optimizers=()):

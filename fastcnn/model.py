@@ -141,7 +141,7 @@ class Model:
         shape = graph.example_shape(input_shape) if input_shape is not None else self.input_shape
         if shape is None:
             raise ShapeError("summary: the model has no input_shape; pass one, summary(input_shape=(H, W, C))")
-        chain = self.is_chain
+        chain, example = self.is_chain, shape
         rows = [("Layer (type)", "Output shape", "Param #", "" if chain else "Inputs"),
                 ("input", str((None, *shape)), "", "")]
         shapes = walk(self.layers, shape, sources=self.sources)[1:]
@@ -159,6 +159,9 @@ class Model:
         lines += [rule, f"Total params: {total:,} ({4 * total / 2**20:.2f} MiB)",
                   f"Trainable params: {self.parameters.size:,}",
                   f"Non-trainable params: {frozen:,}" + (" (BatchNorm's running statistics)" if frozen else "")]
+        memory = self.plan(example).memory(64)
+        lines.append(f"Buffers for a batch of 64: {memory['training'] / 2**20:.1f} MiB to train, "
+                     f"{memory['evaluation'] / 2**20:.1f} MiB to evaluate")
         text = "\n".join(lines)
         print(text, file=file)
         return text

@@ -117,6 +117,18 @@ def _gradient_flow(steps):
         learnable.append(step.has_params or any(before))
 
 
+def _nbytes(shape, dtype):
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+
+def _rows(a, shape, m):
+    """The first rows of ``a`` (a larger batch's buffer of ``m`` rows) as a buffer of ``shape``;
+    a buffer whose size does not follow the batch (BatchNorm's statistics) is shared as it is."""
+    if a.shape == tuple(shape):
+        return a
+    return a[:shape[0]] if a.shape[0] == m and a.shape[1:] == tuple(shape[1:]) else np.empty(shape, a.dtype)
+
+
 def free_memory():
     """Bytes of memory free for new allocations now (Linux's MemAvailable), or None if unknown."""
     try:
@@ -169,22 +181,82 @@ class Plan:
         cache = self._train if train else self._infer.__dict__.setdefault("cache", {})
         ws = cache.pop(n, None)
         if ws is None:
-            ws = self._new_workspace(n, train)
+            larger = [m for m in cache if m > n]  # a smaller batch (an epoch's last) takes the first rows of its buffers
+            ws = self._new_workspace(n, train, (min(larger), cache[min(larger)]) if larger else None)
             while len(cache) >= _KEEP:
                 cache.pop(next(iter(cache)))
         cache[n] = ws  # most recently used last
         return ws
 
-    def _new_workspace(self, n, train):
+    def _needs(self, n, train):
+        """Each step's buffers for a batch of ``n``: name -> (shape, dtype); in training, a last
+        entry for the loss."""
         need = [step.buffers(n, train) for step in (self.steps if train else self.inference_steps)]
         if train:
             for buffers, step, summed in zip(need, self.steps, self._summed):
                 if summed:
                     buffers["dsum"] = ((n, *step.out_shape), np.float32)
             need.append({"dlogits": ((n, *self.output_shape), np.float32), "row_loss": ((n,), np.float32)})
-        _check_memory(n, sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
-                             for buffers in need for shape, dtype in buffers.values()))
+        return need
+
+    def _new_workspace(self, n, train, larger=None):
+        """The buffers of a batch of ``n``: in training, each its own (each step's backward reads
+        what its forward saved), or the first ``n`` rows of those of ``larger`` (m, its workspace);
+        in evaluation, in one block where a buffer takes the place of those no later step reads."""
+        need = self._needs(n, train)
+        if not train:
+            return self._arena(n, need)
+        if larger is not None:
+            m, bigger = larger
+            return [{name: _rows(bigger[i][name], shape, m) if name in bigger[i] else np.empty(shape, dtype)
+                     for name, (shape, dtype) in buffers.items()} for i, (buffers, _) in
+                    enumerate(zip(need, self._needs(m, train)))]
+        _check_memory(n, sum(_nbytes(shape, dtype) for buffers in need for shape, dtype in buffers.values()))
         return [{name: np.empty(shape, dtype) for name, (shape, dtype) in buffers.items()} for buffers in need]
+
+    def _layout(self, need):
+        """Where evaluation's buffers go in one block of memory, placed first-fit: a step's output
+        lives until the last step that reads it (the logits: beyond the pass), its other buffers
+        during the step; a step without an output of its own (Flatten, Dropout) passes its input's
+        on. Returns each step's {name: (offset, shape, dtype)} and the block's size."""
+        steps = self.inference_steps
+        owner, last = list(range(len(steps))), {}
+        for i, (step, buffers) in enumerate(zip(steps, need)):
+            if "y" not in buffers:
+                owner[i] = owner[step.sources[0]] if step.sources[0] >= 0 else -1
+            for s in step.sources:
+                if s >= 0:
+                    last[owner[s]] = i
+        last[owner[-1]] = len(steps)
+        live, places, top = [], [], 0  # live: (start, end, last step) of the blocks in use
+        for i, buffers in enumerate(need):
+            live = [block for block in live if block[2] >= i]
+            placed = {}
+            for name, (shape, dtype) in buffers.items():
+                size = -(-_nbytes(shape, dtype) // 64) * 64
+                start = 0
+                for s, e, _ in sorted(live):
+                    if start + size <= s:
+                        break
+                    start = max(start, e)
+                live.append((start, start + size, last.get(i, i) if name == "y" else i))
+                placed[name] = (start, shape, dtype)
+                top = max(top, start + size)
+            places.append(placed)
+        return places, top
+
+    def _arena(self, n, need):
+        places, top = self._layout(need)
+        _check_memory(n, top)
+        arena = np.empty(top, np.uint8)
+        return [{name: arena[start:start + _nbytes(shape, dtype)].view(dtype).reshape(shape)
+                 for name, (start, shape, dtype) in placed.items()} for placed in places]
+
+    def memory(self, n):
+        """Bytes of buffers a batch of ``n`` takes: ``{"training": ..., "evaluation": ...}``
+        (evaluation's in one block, a buffer in the place of those no later step reads)."""
+        train = sum(_nbytes(shape, dtype) for buffers in self._needs(n, True) for shape, dtype in buffers.values())
+        return {"training": train, "evaluation": self._layout(self._needs(n, False))[1]}
 
     def rehearse(self, train, n=2):
         """A pass of ``train``'s mode (a training step: forward, loss, backward) on ``n`` zero images,

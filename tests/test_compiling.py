@@ -242,8 +242,8 @@ def test_compile_command_on_a_filled_cache_and_with_bad_arguments(capsys):
     assert main(["compile", "--processes", "0"]) == 2
     assert "--processes: expected a positive integer, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["compile", "--model", "resnet"])
-    assert "invalid choice: 'resnet'" in capsys.readouterr().err
+        main(["compile", "--model", "resnet50"])
+    assert "invalid choice: 'resnet50'" in capsys.readouterr().err
 
 
 def test_only_the_most_recently_used_builds_are_kept(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 per fastcnn version and CPU), so that the first train, predict, evaluate or serve starts at once."""
 
 from ..architectures import ARCHITECTURES
+from ..augmentation import Augment
 from ..compiling import compile_ahead
 from ..data import CLASS_NAMES, IMAGE_SHAPES
 from ..kernels import checks, jit
@@ -18,6 +19,8 @@ def run(args):
         plan = model.plan(IMAGE_SHAPES[dataset])
         passes += [(plan, True), (plan, False)]
         optimizers += [SGD(model, 0.01), Adam(model)]
+        if ARCHITECTURES[name].recipe.get("augment", "none") != "none":
+            optimizers.append(Augment(pad=1))  # its kernel, which every kind of augmentation runs
     calls, compiled = compile_ahead(passes, optimizers, processes)
     cpu = jit.cpu_key().split("-")[0]
     print(f"the {calls} kernels of {', '.join(names)} are compiled for this CPU ({cpu})"
