@@ -53,14 +53,28 @@ class Layer:
         if self.step is steps.Custom:
             raise NotImplementedError(f"{type(self).__name__}.forward: a layer of your own implements "
                                       f"forward(x) and backward(dy)")
-        x = _batch(x)
-        shapes = walk([self], x.shape[1:], infer=True)
+        if self.arity is None:  # Add, Concatenate: a list of batches in, of one size
+            if not isinstance(x, (list, tuple)) or len(x) < 2:
+                raise ShapeError(f"x: expected a list of two or more batches for {type(self).__name__}, got "
+                                 f"{type(x).__name__}")
+            x = [_batch(a) for a in x]
+            if any(len(a) != len(x[0]) for a in x):
+                raise ShapeError(f"x: expected batches of one size, got {', '.join(str(len(a)) for a in x)}")
+            ins = [a.shape[1:] for a in x]
+            try:
+                shapes = [ins, self.output_shape(ins)]
+            except ShapeError as e:
+                raise ShapeError(f"{self!r}: {e}") from None
+        else:
+            x = _batch(x)
+            shapes = walk([self], x.shape[1:], infer=True)
         step = self.step([self], shapes, 0)
-        ws = {name: np.empty(shape, dtype) for name, (shape, dtype) in step.buffers(len(x), self.training).items()}
+        n = len(x[0]) if self.arity is None else len(x)
+        ws = {name: np.empty(shape, dtype) for name, (shape, dtype) in step.buffers(n, self.training).items()}
         self._calls = getattr(self, "_calls", 0) + 1  # a new dropout mask each call
         k = backends.get(backend)
         y = step.forward(k, x, ws, steps.Run(self.training, self.seed, self._calls))
-        self._pass = (step, ws, len(x), k) if self.training else None
+        self._pass = (step, ws, n, k) if self.training else None
         return y
 
     def backward(self, dy):

@@ -172,3 +172,24 @@ def test_the_usual_mistakes_of_a_layer_of_your_own():
         Sequential([NoConfig(3), Dense(3, 2)]).save("never-written.npz")
     with pytest.raises(KeyError, match="'b': .* has no parameter of that name"):
         Scale(3).grads["b"]
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_add_and_concatenate_alone_take_lists_of_batches(backend):
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((2, 3, 4, 5), np.float32), rng.standard_normal((2, 3, 4, 5), np.float32)
+    add = fastcnn.Add()
+    np.testing.assert_allclose(add.forward([a, b], backend), a + b, rtol=1e-6)
+    dy = rng.standard_normal(a.shape, np.float32)
+    assert all(np.array_equal(d, dy) for d in add.backward(dy))
+    cat = fastcnn.Concatenate()
+    y = cat.forward([a, b[..., :2]], backend)
+    assert np.array_equal(y, np.concatenate([a, b[..., :2]], axis=-1))
+    da, db = cat.backward(y)
+    assert np.array_equal(da, a) and np.array_equal(db, b[..., :2])
+    with pytest.raises(fastcnn.ShapeError, match="x: expected a list of two or more batches for Add, got ndarray"):
+        fastcnn.Add().forward(a)
+    with pytest.raises(fastcnn.ShapeError, match="x: expected batches of one size, got 2, 1"):
+        fastcnn.Add().forward([a, b[:1]])
+    with pytest.raises(fastcnn.ShapeError, match=r"Add\(\): x: expected tensors of one shape to add"):
+        fastcnn.Add().forward([a, b[:, :2]])

@@ -209,3 +209,14 @@ def test_a_folder_and_callbacks_under_two_processes(launch, tmp_path):
     assert last2.optimizer.lr == last1.optimizer.lr
     assert relative_difference(best2.model.parameters, best1.model.parameters) <= 1e-4
     assert best2.training["classes"] == [f"c{k}" for k in range(10)]
+
+
+def test_a_graph_model_trains_with_augmentation_on_two_processes(launch, tmp_path):
+    """The resnet (a graph model, augmented by its recipe) data-parallel: each process draws its
+    own rows' maps, so two runs on two processes agree bit for bit. (Not with one process: each
+    process normalises with its own slice's batch statistics.)"""
+    runs = [ok(launch(2, tmp_path / f"{name}.npz", "--model", "resnet", "--epochs", "1", "--batch-size", "64"))
+            for name in ("a", "b")]
+    assert "shift-rotate augmentation" in runs[0].stdout and runs[0].stdout.count("Epoch 1/1  loss") == 1
+    a, b = (fastcnn.load_checkpoint(tmp_path / f"{name}.npz") for name in ("a", "b"))
+    assert type(a.model) is fastcnn.Model and np.array_equal(a.model.parameters, b.model.parameters)
