@@ -224,8 +224,8 @@ class Torch(Engine):
         torch, nn = self.torch, self.torch.nn
         if networks.is_chain(layers):
             return nn.Sequential(*self.layers(layers))
-        parts = nn.ModuleList(nn.Identity() if layer["kind"] in networks.MERGES else nn.Sequential(*self.layers([layer]))
-                              for layer in layers)
+        parts = nn.ModuleList(nn.Identity() if layer["kind"] in networks.MERGES
+                              else nn.Sequential(*self.layers([layer])) for layer in layers)
 
         class Graph(nn.Module):
             def __init__(self):

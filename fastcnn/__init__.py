@@ -1,7 +1,8 @@
 """fastcnn: a small, fast, honest CNN engine for the CPU.
 
 Numba kernels (``fastcnn.kernels``) checked against a plain NumPy reference
-(``fastcnn.kernels.reference``), layers over them, ``Sequential`` and graph (``Model``) models with their execution plan, SGD and Adam, ``fit``
+(``fastcnn.kernels.reference``), layers over them, ``Sequential`` and graph (``Model``) models with
+their execution plan, SGD and Adam, ``fit``
 and its callbacks; ``fastcnn.data`` loads MNIST, Fashion-MNIST, CIFAR-10 and folders of one's own pictures.
 """
 

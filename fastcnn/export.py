@@ -210,8 +210,8 @@ class _Graph:
             if layer.arity is None:
                 if any(orders[s] is not None for s in sources[i]):
                     raise ExportError(f"layer {i} {layer!r}: joins flattened images; put it before the Flatten")
-                names[i] = self.node("Sum" if type(layer) is Add else "Concat", ins, f"{i}_{type(layer).__name__.lower()}",
-                                     **({} if type(layer) is Add else {"axis": 1}))
+                op, attributes = ("Sum", {}) if type(layer) is Add else ("Concat", {"axis": 1})  # NCHW's channels
+                names[i] = self.node(op, ins, f"{i}_{type(layer).__name__.lower()}", **attributes)
                 orders[i] = None
                 continue
             after = readers[i][0] if len(readers[i]) == 1 and sources[readers[i][0]] == (i,) else None

@@ -33,8 +33,8 @@ import numpy as np
 from . import compiling
 from .errors import ShapeError
 from .layers import Add, BatchNorm1D, BatchNorm2D, Conv2D, Dense, MaxPool2D, ReLU, walk
-from .steps import (EVALUATION, AddRelu, BatchNormRelu, ConvBatchNorm, ConvBatchNormRelu, ConvBatchNormReluPool, ConvReluPool,
-                    DenseRelu, FoldedConv, FoldedConvRelu, FoldedConvReluPool, FoldedDense, FoldedDenseRelu, ReluPool,
+from .steps import (EVALUATION, AddRelu, BatchNormRelu, ConvBatchNorm, ConvBatchNormRelu, ConvBatchNormReluPool,
+                    ConvReluPool, DenseRelu, FoldedConv, FoldedConvRelu, FoldedConvReluPool, FoldedDense, FoldedDenseRelu, ReluPool,
                     Run)
 
 _KEEP = 4  # workspaces kept per plan and mode (the batch size, the last batch of an epoch, ...)
@@ -181,7 +181,7 @@ class Plan:
         cache = self._train if train else self._infer.__dict__.setdefault("cache", {})
         ws = cache.pop(n, None)
         if ws is None:
-            larger = [m for m in cache if m > n]  # a smaller batch (an epoch's last) takes the first rows of its buffers
+            larger = [m for m in cache if m > n]  # a smaller batch (an epoch's last): the first rows of those
             ws = self._new_workspace(n, train, (min(larger), cache[min(larger)]) if larger else None)
             while len(cache) >= _KEEP:
                 cache.pop(next(iter(cache)))

@@ -120,7 +120,8 @@ def test_presets_recipes_and_bad_settings():
     assert augmentation("crop", (28, 28, 1)) == fastcnn.Augment(pad=3)
     assert augmentation("crop-flip", (32, 32, 3)) == fastcnn.Augment(pad=4, flip=True)
     assert augmentation("none", (28, 28, 1)) is None and augmentation(None, (5,)) is None
-    resolved = {d: Settings(model="resnet", dataset=d).resolved().augment for d in ("mnist", "fashion-mnist", "cifar10")}
+    resolved = {d: Settings(model="resnet", dataset=d).resolved().augment
+                for d in ("mnist", "fashion-mnist", "cifar10")}
     assert resolved == {"mnist": "shift-rotate", "fashion-mnist": "crop-flip", "cifar10": "crop-flip"}
     assert Settings(model="deep").resolved().augment == "none"
     assert Settings(model="deep", augment="crop").resolved().augment == "crop"

@@ -164,7 +164,8 @@ def test_bad_inputs_get_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ShapeError, match=r"built for \(8, 8, 1\), got \(9, 9, 1\)"):
         export_onnx(custom, tmp_path / "x.onnx", input_shape=(9, 9, 1))
 
-    with pytest.raises(ShapeError, match=r"expected a fastcnn model, a Sequential or a Model \(fastcnn.load reads a model file\), "
+    with pytest.raises(ShapeError, match=r"expected a fastcnn model, a Sequential or a Model \(fastcnn.load reads a "
+                                         r"model file\), "
                                          r"got str"):
         export_onnx("model.npz", tmp_path / "str.onnx")
     model = mnist_network()

@@ -160,7 +160,8 @@ BAD_USE = {
     "evaluate too few labels": (lambda m: evaluate(m, X, Y[:3]), ShapeError, r"y: expected shape \(64,\)"),
     "evaluate 5 classes": (lambda m: evaluate(m, X, Y, classes=5), ShapeError, r"classes: the model scores 10 classes"),
     "evaluate batch size 0": (lambda m: evaluate(m, X, Y, batch_size=0), ShapeError, r"batch_size: expected a positive"),
-    "evaluate a path": (lambda m: evaluate("model.npz", X, Y), ShapeError, r"model: expected a fastcnn model, a Sequential or a Model \(fastcnn.load reads a model file\), got str"),
+    "evaluate a path": (lambda m: evaluate("model.npz", X, Y), ShapeError, r"model: expected a fastcnn model, a Sequential or a Model \(fastcnn.load reads a "
+                                                                              r"model file\), got str"),
     "predict no pictures": (lambda m: predict_digits(m, []), ShapeError, r"paths: expected at least one picture"),
     "predict one path": (lambda m: predict_digits(m, "a.png"), ShapeError, r"paths: expected a list .* got one str; wrap it"),
     "load_digit a number": (lambda m: image.load_digit(3), ImageError, r"path_or_file: expected a path or a binary file"),
