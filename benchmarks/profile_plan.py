@@ -1,7 +1,7 @@
 """Where a training step of each named network goes: each step of its plan, forward and backward,
 the loss and the optimizer's update; then the total per kind of step.
 
-    python benchmarks/profile_plan.py [original deep cifar] [--batch 64] [--threads 2] [--rounds 30]
+    python benchmarks/profile_plan.py [original deep cifar resnet] [--batch 64] [--threads 2] [--rounds 30]
 
 Random images, the plan's own buffers, the kernels' unchecked cores as ``fit`` runs them; the
 median of each part over ``rounds`` steps after three warm-up steps. GFLOP/s are given for the
@@ -58,33 +58,28 @@ def profile(name, batch, threads, rounds):
 
     for _ in range(3):
         whole_step()
-    n = len(plan.steps)
-    forward, backward = np.zeros((rounds, n)), np.full((rounds, n), np.nan)
-    loss, update = np.zeros(rounds), np.zeros(rounds)
-    for r in range(rounds):
-        h = x
-        for i, (step, buffers) in enumerate(zip(plan.steps, ws)):
-            t = time.perf_counter()
-            h = step.forward(k, h, buffers, Run(True, 0, r))
-            forward[r, i] = time.perf_counter() - t
-        t = time.perf_counter()
-        k.softmax_cross_entropy_into(ws[-1]["dlogits"], ws[-1]["row_loss"], h, y)
-        loss[r] = time.perf_counter() - t
-        d = ws[-1]["dlogits"]
-        for i in reversed(range(n)):
-            t = time.perf_counter()
-            d = plan.steps[i].backward(k, d, ws[i])
-            backward[r, i] = time.perf_counter() - t
-            if not plan.steps[i].needs_input_grad:
-                break
-        t = time.perf_counter()
-        opt.step()
-        update[r] = time.perf_counter() - t
     whole = np.zeros(rounds)
     for r in range(rounds):
         t = time.perf_counter()
         whole_step()
         whole[r] = time.perf_counter() - t
+
+    n = len(plan.steps)
+    forward, backward = np.zeros((rounds, n)), np.full((rounds, n), np.nan)
+    loss, update = np.zeros(rounds), np.zeros(rounds)
+    times = stopwatches(plan)  # from here on, the plan's own forward and backward time each step
+    for r in range(rounds):
+        times.clear()
+        logits = plan.forward(x, ws, Run(True, 0, r))
+        t = time.perf_counter()
+        k.softmax_cross_entropy_into(ws[-1]["dlogits"], ws[-1]["row_loss"], logits, y)
+        loss[r] = time.perf_counter() - t
+        plan.backward(ws[-1]["dlogits"], ws)
+        t = time.perf_counter()
+        opt.step()
+        update[r] = time.perf_counter() - t
+        for (phase, i), seconds in times.items():
+            (forward if phase == "forward" else backward)[r, i] = seconds
 
     forward, backward = np.median(forward, axis=0), np.nan_to_num(np.median(backward, axis=0))
     total = forward.sum() + backward.sum() + np.median(loss) + np.median(update)
@@ -111,6 +106,21 @@ def profile(name, batch, threads, rounds):
     for kind, seconds in sorted(kinds.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {kind:56s} {seconds * 1e3:10.3f} {100 * seconds / total:5.1f}%")
     return "\n".join(lines)
+
+
+def stopwatches(plan):
+    """Wrap each training step's forward and backward (on the step objects, so the plan runs them
+    in its own order, a graph's too) in a stopwatch; returns the dict they fill: (phase, i) -> s."""
+    times = {}
+    for i, step in enumerate(plan.steps):
+        for phase in ("forward", "backward"):
+            def timed(*args, _run=getattr(step, phase), _key=(phase, i)):
+                t = time.perf_counter()
+                out = _run(*args)
+                times[_key] = time.perf_counter() - t
+                return out
+            setattr(step, phase, timed)
+    return times
 
 
 def gflops(flop, seconds):

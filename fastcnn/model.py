@@ -166,8 +166,13 @@ class Model:
         print(text, file=file)
         return text
 
-    def plan(self, example_shape):
-        """The execution plan for examples of ``example_shape`` (made once, then kept)."""
+    def plan(self, example_shape=None):
+        """The execution plan for examples of ``example_shape`` (the model's ``input_shape`` unless
+        given; made once, then kept)."""
+        if example_shape is None:
+            if self.input_shape is None:
+                raise ShapeError("plan: the model has no input_shape; pass one, plan((H, W, C))")
+            example_shape = self.input_shape
         example_shape = tuple(example_shape)
         plan = self._plans.get(example_shape)
         if plan is None:
