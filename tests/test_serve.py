@@ -66,6 +66,11 @@ def test_bad_uploads_get_a_4xx_with_the_reason(client, body, status, message):
     assert r.status_code == status and message in r.json["error"], r.json
 
 
+def test_a_form_upload_is_refused_with_what_to_send(client):
+    r = client.post("/predict", data={"image": (io.BytesIO(png(seven())), "seven.png")})
+    assert r.status_code == 400 and "--data-binary" in r.json["error"], r.json
+
+
 def test_too_large_uploads_and_wrong_urls(client, trained_model):
     small = serve.create_app(trained_model[0], limits=ServerLimits(max_upload=1000)).test_client()
     r = small.post("/predict", data=b"x" * 5000)
