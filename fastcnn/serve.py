@@ -265,7 +265,7 @@ def create_app(model, classes=CLASS_NAMES["mnist"], limits=ServerLimits(), folde
             return _too_large(limits)
         if not request.content_length:
             return _error(400, "empty request: send the picture's bytes (PNG, JPEG, ...) as the body")
-        if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        if request.mimetype == "multipart/form-data":  # (curl --data-binary says urlencoded: those are the bytes)
             return _error(400, "a form was sent: send the picture's bytes themselves as the body "
                                "(curl --data-binary @digit.png), not a form (curl -F)")
         notes = []  # not warnings: those are the process's, and requests come in many threads
