@@ -174,3 +174,32 @@ def test_adam(bench, impl, size):
     rng = np.random.default_rng(0)
     p, m, v, g = rand(rng, size), np.zeros(size, np.float32), np.zeros(size, np.float32), rand(rng, size)
     bench(f"adam[{'mnist' if size < 10**6 else 'large'}]", impl, IMPLS[impl].adam, p, m, v, g, 1e-3)
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "plain"])
+@pytest.mark.parametrize("shape", list(POOL))
+def test_add(bench, impl, shape, relu):
+    rng = np.random.default_rng(0)
+    a, b = rand(rng, *POOL[shape]), rand(rng, *POOL[shape])
+    bench(f"add_forward[{shape}]", impl, IMPLS[impl].add_forward, a, b, relu)
+
+
+@pytest.mark.parametrize("shape", list(POOL))
+def test_concat(bench, impl, shape):
+    rng = np.random.default_rng(0)
+    n, h, w, c = POOL[shape]
+    xs = [rand(rng, n, h, w, c // 2), rand(rng, n, h, w, c - c // 2)]
+    bench(f"concat_forward[{shape}]", impl, IMPLS[impl].concat_forward, xs)
+
+
+# (the preset, the images' shape): a batch of 128 (resnet's) moved as fit moves it
+AUGMENT = {"shift-rotate 28x28x1": ("shift-rotate", (28, 28, 1)), "crop-flip 32x32x3": ("crop-flip", (32, 32, 3))}
+
+
+@pytest.mark.parametrize("case", list(AUGMENT))
+def test_augment(bench, impl, case):
+    from fastcnn.augmentation import PRESETS
+    name, shape = AUGMENT[case]
+    x = np.random.default_rng(0).random((128, *shape), np.float32)
+    params = PRESETS[name][1](shape).params(0, 0, 0, len(x))
+    bench(f"augment[{case}]", impl, IMPLS[impl].augment, x, params)
