@@ -11,7 +11,6 @@ graph's time over the Sequential's. Run it alone on the machine.
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 
@@ -19,6 +18,7 @@ import networks
 from fastcnn import SGD, Input, Model
 from fastcnn.architectures import ARCHITECTURES
 from fastcnn.kernels.jit import set_threads
+from timing import throughput  # (benchmarks/, beside networks)
 
 
 def as_graph(name, shape, seed):
@@ -30,13 +30,9 @@ def as_graph(name, shape, seed):
 
 
 def timed(f, seconds=0.5):
-    """Seconds per call of ``f``, over as many calls as fit in about ``seconds``."""
+    """Seconds per call of ``f`` (after one call outside the timing), over about ``seconds``."""
     f()
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        f()
-        calls += 1
-    return (time.perf_counter() - start) / calls
+    return 1 / throughput(f, 1, seconds)
 
 
 def main():

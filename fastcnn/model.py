@@ -135,12 +135,18 @@ class Model:
         """``("1.running_mean", array)`` pairs: the non-trainable state (BatchNorm's statistics)."""
         return [(f"{i}.{name}", b) for i, layer in enumerate(self.layers) for name, b in layer.buffers.items()]
 
+    def _own_input_shape(self, what, how):
+        """The model's ``input_shape``, for ``what`` (a method) called without one; ``how`` shows
+        how to pass one."""
+        if self.input_shape is None:
+            raise ShapeError(f"{what}: the model has no input_shape; pass one, {how}")
+        return self.input_shape
+
     def summary(self, input_shape=None, file=None):
         """Print each layer with its output shape and parameter count, and the totals (as Keras
         does); returns the text. ``input_shape`` defaults to the model's."""
-        shape = graph.example_shape(input_shape) if input_shape is not None else self.input_shape
-        if shape is None:
-            raise ShapeError("summary: the model has no input_shape; pass one, summary(input_shape=(H, W, C))")
+        shape = (graph.example_shape(input_shape) if input_shape is not None
+                 else self._own_input_shape("summary", "summary(input_shape=(H, W, C))"))
         chain, example = self.is_chain, shape
         rows = [("Layer (type)", "Output shape", "Param #", "" if chain else "Inputs"),
                 ("input", str((None, *shape)), "", "")]
@@ -169,11 +175,9 @@ class Model:
     def plan(self, example_shape=None):
         """The execution plan for examples of ``example_shape`` (the model's ``input_shape`` unless
         given; made once, then kept)."""
-        if example_shape is None:
-            if self.input_shape is None:
-                raise ShapeError("plan: the model has no input_shape; pass one, plan((H, W, C))")
-            example_shape = self.input_shape
-        example_shape = tuple(example_shape)
+        # (forward calls this every batch with x.shape[1:], already checked: no second check here)
+        example_shape = (tuple(example_shape) if example_shape is not None
+                         else self._own_input_shape("plan", "plan((H, W, C))"))
         plan = self._plans.get(example_shape)
         if plan is None:
             plan = self._plans[example_shape] = Plan(self.layers, example_shape, self.kernels, self.sources)
