@@ -84,6 +84,15 @@ def prepare(plan, modes=(True, False), optimizer=None, processes=None, say=True,
             plan.prepared.update(modes)
 
 
+def compiled(plan, modes=(False,)):
+    """Whether every kernel that ``plan``'s passes in ``modes`` call is compiled, in this process
+    or in the cache (a NumPy plan has nothing to compile)."""
+    if plan.kernels is not compiled_kernels or not jit.KERNELS:
+        return True
+    with _PREPARING:
+        return not missing(rehearsed([(plan, m) for m in modes if m not in plan.prepared]))
+
+
 def rehearsed(passes, optimizers=()):
     """The kernel calls (``Job``) that ``passes`` [(plan, training), ...] and ``optimizers``'
     steps (or anything else with a ``rehearse()``) make that would compile, found by rehearsing them."""

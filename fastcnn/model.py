@@ -79,6 +79,17 @@ class Model:
         self._forwards = 0  # forward() calls in training mode: they draw dropout's masks
 
     @property
+    def backend(self):
+        """``"numba"``, the compiled kernels, or ``"numpy"``, their NumPy twins; it can be changed."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, name):
+        self.kernels = backends.get(name)
+        self._backend = name
+        self._plans, self._pending = {}, None  # plans run one backend's kernels
+
+    @property
     def is_chain(self):
         """Whether each layer takes the one before it (a ``Sequential``'s shape)."""
         return all(srcs == (i - 1,) for i, srcs in enumerate(self.sources))

@@ -222,6 +222,53 @@ def test_the_pool_is_used_only_where_it_pays():
     assert compiling._makespan([5.0, 4.0, 3.0], 2, 0.7) == pytest.approx(7.7)  # here 5; the helper 0.7 + 4 + 3
 
 
+def test_predicting_a_few_pictures_compiles_nothing_and_says_what_the_kernels_say(tmp_path):
+    # An empty cache: `fastcnn predict` on a few pictures runs the NumPy twins (nothing compiled)
+    # and prints what the compiled kernels print; more pictures than FEW_PICTURES compile.
+    code = """
+        import contextlib, io, json, sys, numpy as np
+        from PIL import Image
+        from fastcnn.architectures import mnist_network
+        from fastcnn.cli import main, use
+        from fastcnn.kernels import jit
+        model, pictures = sys.argv[1], sys.argv[2:]
+        mnist_network(seed=0).save(model)
+        for i, path in enumerate(pictures):
+            digit = np.zeros((28, 28), np.uint8)
+            digit[4 + i:20 + i, 10:14 + 2 * i] = 255
+            Image.fromarray(digit).save(path)
+        def predict():
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                assert main(["predict", model, *pictures]) == 0
+            return out.getvalue(), sum(len(d.overloads) for d in jit.KERNELS.values())
+        twins, none = predict()
+        use.FEW_PICTURES = 1
+        kernels, some = predict()
+        print(json.dumps({"twins": twins, "kernels": kernels, "compiled": [none, some]}))
+    """
+    pictures = [str(tmp_path / f"{i}.png") for i in range(3)]
+    done = run(code.replace("sys.argv[1], sys.argv[2:]", repr((str(tmp_path / "m.npz"), pictures))), tmp_path / "cache")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["compiled"][0] == 0 and out["compiled"][1] > 0
+    assert out["twins"] == out["kernels"] and out["twins"].count("%") == 3 * 11
+    assert done.stderr.count("fastcnn: compiling") == 1  # the second run's: the twins' said nothing
+
+
+def test_a_models_backend_can_be_changed():
+    model = ARCHITECTURES["original"].build((28, 28, 1), 10, 0)
+    model.eval()
+    x = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
+    compiled = model.predict(x)
+    model.backend = "numpy"
+    assert model.plan().kernels.__name__.endswith("reference")
+    np.testing.assert_allclose(model.predict(x), compiled, rtol=1e-5, atol=1e-6)
+    model.backend = "numba"
+    np.testing.assert_array_equal(model.predict(x), compiled)
+    with pytest.raises(fastcnn.ConfigError, match="backend: expected one of"):
+        model.backend = "torch"
+
+
 def test_a_compile_nobody_prepared_says_so_after_a_second(tmp_path):
     code = """
         import numpy as np

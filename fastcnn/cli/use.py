@@ -12,8 +12,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from .. import compiling, data
 from ..loading import load_checkpoint
-from .. import data
 from ..data import CLASS_NAMES
 from ..errors import FastCNNError, ImageError, ModelFileError
 from ..fileio import check_writable
@@ -54,6 +54,12 @@ def _own_classes(saved):
     return None
 
 
+# Up to this many pictures are read by the kernels' NumPy twins when the kernels are not compiled
+# yet: the named networks take 1-3 ms a picture there, where compiling takes 4 to 25 s
+# (``fastcnn compile`` does it ahead; ``evaluate``, ``serve`` and larger runs compile).
+FEW_PICTURES = 64
+
+
 def model_file(args):
     """The model, the data set it was trained on and its class names: the names recorded in the
     model file (an image folder's), else the data set's it records, unless ``--dataset`` says
@@ -80,6 +86,7 @@ def model_file(args):
 def predict(args):
     from ..image import ImageWarning, save_preprocessed  # SciPy's ndimage: only commands that read pictures load it
     model, dataset, names, own, _ = model_file(args)
+    few = len(args.images) <= FEW_PICTURES
     load = picture_loader(model, folder=own)
     shape = tuple(model.input_shape) if own else None  # the picture as the model sees it
     if args.save_preprocessed:
@@ -97,6 +104,10 @@ def predict(args):
                 print(f"fastcnn predict: error: {e}", file=sys.stderr)
                 failed += 1
                 continue
+        if few:  # at the first picture read: its shape is what the model takes
+            few = False
+            if not compiling.compiled(model.plan(image.shape)):
+                model.backend = "numpy"
         p = model.predict(image[None])[0]
         if len(p) != len(names):
             raise ModelFileError(f"{args.model}: the model scores {len(p)} classes, {dataset} has {len(names)}")
