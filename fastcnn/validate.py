@@ -118,7 +118,7 @@ def input_batch(x):
     """A float32 C-contiguous batch; integer images are refused (scale them to [0, 1] first)."""
     if not isinstance(x, np.ndarray):
         raise ShapeError(f"x: expected a NumPy array, got {type(x).__name__}")
-    if not np.issubdtype(x.dtype, np.floating):
+    if x.dtype.kind != "f":  # (np.issubdtype's answer, in a tenth of its 0.5 us: one image takes 60 us)
         raise ShapeError(f"x: expected floating-point images (e.g. uint8 / 255), got dtype {x.dtype}")
     if x.ndim < 2 or x.shape[0] == 0:
         raise ShapeError(f"x: expected a non-empty batch (N, ...), got shape {x.shape}")

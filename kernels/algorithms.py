@@ -105,6 +105,12 @@ def conv_weight_gradient(x_shape, w_shape, stride, pad):
 
 
 def _path(kind, x_shape, w_shape, stride, pad):
+    return _chosen(kind, tuple(x_shape), tuple(w_shape), stride, pad)
+
+
+@functools.lru_cache(maxsize=1024)
+def _chosen(kind, x_shape, w_shape, stride, pad):
+    """Chosen once per shape (each call of a layer asks: 1 us a convolution, where one image takes 60)."""
     if _winograd_fits(kind, x_shape, w_shape, stride, pad):
         path = "winograd"
     else:

@@ -21,7 +21,7 @@ from .errors import ShapeError
 
 from . import checks
 from .activations import elementwise, elementwise_backward
-from .blas import NO_TRANS, TRANS, gemm
+from .blas import NO_TRANS, TRANS, gemm, vector_times
 from .jit import parallel_kernel
 
 # Blocks smaller than these multiply inefficiently, or cost more to hand out than they save:
@@ -71,6 +71,11 @@ def _dense_forward_few(y, partial, x, w, b, relu, tasks):
     for task in prange(tasks):
         i0, i1 = task * I // tasks, (task + 1) * I // tasks
         p = partial[task]
+        if N == 1:  # BLAS's GEMV: the MNIST layer in 30 us on 2 threads, against the loop's 43 with
+            # AVX-512 code (the same 28-29 us with AVX2 code and OpenBLAS's Haswell GEMV)
+            vector_times(i1 - i0, O, np.float32(1.0), x.reshape(-1)[i0:], w.reshape(-1)[i0 * O:], O,
+                         np.float32(0.0), p.reshape(-1))
+            continue
         p[...] = np.float32(0.0)
         quads = i0 + (i1 - i0) // 4 * 4
         for i in range(i0, quads, 4):
