@@ -211,6 +211,7 @@ def test_a_folder_and_callbacks_under_two_processes(launch, tmp_path):
     assert best2.training["classes"] == [f"c{k}" for k in range(10)]
 
 
+@needs_mpi
 def test_a_graph_model_trains_with_augmentation_on_two_processes(launch, tmp_path):
     """The resnet (a graph model, augmented by its recipe) data-parallel: each process draws its
     own rows' maps, so two runs on two processes agree bit for bit. (Not with one process: each
