@@ -226,12 +226,13 @@ def test_predicting_a_few_pictures_compiles_nothing_and_says_what_the_kernels_sa
     # An empty cache: `fastcnn predict` on a few pictures runs the NumPy twins (nothing compiled)
     # and prints what the compiled kernels print; more pictures than FEW_PICTURES compile.
     code = """
-        import contextlib, io, json, sys, numpy as np
+        import contextlib, io, json, os, numpy as np
         from PIL import Image
         from fastcnn.architectures import mnist_network
         from fastcnn.cli import main, use
         from fastcnn.kernels import jit
-        model, pictures = sys.argv[1], sys.argv[2:]
+        work = os.environ["WORK"]
+        model, pictures = os.path.join(work, "m.npz"), [os.path.join(work, f"{i}.png") for i in range(3)]
         mnist_network(seed=0).save(model)
         for i, path in enumerate(pictures):
             digit = np.zeros((28, 28), np.uint8)
@@ -247,8 +248,7 @@ def test_predicting_a_few_pictures_compiles_nothing_and_says_what_the_kernels_sa
         kernels, some = predict()
         print(json.dumps({"twins": twins, "kernels": kernels, "compiled": [none, some]}))
     """
-    pictures = [str(tmp_path / f"{i}.png") for i in range(3)]
-    done = run(code.replace("sys.argv[1], sys.argv[2:]", repr((str(tmp_path / "m.npz"), pictures))), tmp_path / "cache")
+    done = run(code, tmp_path / "cache", WORK=str(tmp_path))
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["compiled"][0] == 0 and out["compiled"][1] > 0
     assert out["twins"] == out["kernels"] and out["twins"].count("%") == 3 * 11

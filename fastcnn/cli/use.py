@@ -86,7 +86,7 @@ def model_file(args):
 def predict(args):
     from ..image import ImageWarning, save_preprocessed  # SciPy's ndimage: only commands that read pictures load it
     model, dataset, names, own, _ = model_file(args)
-    few = len(args.images) <= FEW_PICTURES
+    choose_backend = len(args.images) <= FEW_PICTURES
     load = picture_loader(model, folder=own)
     shape = tuple(model.input_shape) if own else None  # the picture as the model sees it
     if args.save_preprocessed:
@@ -104,8 +104,8 @@ def predict(args):
                 print(f"fastcnn predict: error: {e}", file=sys.stderr)
                 failed += 1
                 continue
-        if few:  # at the first picture read: its shape is what the model takes
-            few = False
+        if choose_backend:  # at the first picture read (its shape is what the model takes): the twins, unless compiled
+            choose_backend = False
             if not compiling.compiled(model.plan(image.shape)):
                 model.backend = "numpy"
         p = model.predict(image[None])[0]
