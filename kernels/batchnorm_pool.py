@@ -95,6 +95,9 @@ def _backward(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, size
     # argmax points at is picked from its window by selects (no division, no gather: vectorised),
     # summed in float32 over a pooled row, then in float64. (Throughout, values are loaded before
     # a conditional expression picks one: a load inside one branch keeps LLVM from vectorising.)
+    # A 2x2 window's four values are picked from in registers; a larger window's are summed into
+    # picked, the one x hit plus zeros ("picked = x if hit else picked" is a masked store, which
+    # AMD's CPUs run in microcode with AVX2 code: this pass then ran 2.3x slower than with AVX-512).
     sums = np.zeros((tasks, 2, C))
     for task in prange(tasks):
         picked = np.empty(C, np.float32)
@@ -104,12 +107,21 @@ def _backward(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, size
             for pw in range(PW):
                 w0 = pw * stride
                 first = np.int32(h0 * W + w0)
-                for i in range(size):
-                    for j in range(size):
-                        at = np.int32(first + i * W + j)
-                        for c in range(C):
-                            v, before = x[n, h0 + i, w0 + j, c], picked[c]
-                            picked[c] = v if argmax[n, ph, pw, c] == at else before
+                if size == 2:
+                    at1, at2 = np.int32(first + 1), np.int32(first + W)
+                    for c in range(C):
+                        v0, v1 = x[n, h0, w0, c], x[n, h0, w0 + 1, c]
+                        v2, v3 = x[n, h0 + 1, w0, c], x[n, h0 + 1, w0 + 1, c]
+                        at = argmax[n, ph, pw, c]
+                        picked[c] = v0 if at == first else (v1 if at == at1 else (v2 if at == at2 else v3))
+                else:
+                    picked[:] = np.float32(0.0)
+                    for i in range(size):
+                        for j in range(size):
+                            at = np.int32(first + i * W + j)
+                            for c in range(C):
+                                v = x[n, h0 + i, w0 + j, c]
+                                picked[c] += v if argmax[n, ph, pw, c] == at else np.float32(0.0)
                 for c in range(C):
                     g = dy[n, ph, pw, c]
                     g = g if y[n, ph, pw, c] > 0 else np.float32(0.0)

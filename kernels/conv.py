@@ -102,11 +102,36 @@ def fill_strip3(strip, x, n, ih0, H, skip):
 
 
 @numba.njit(inline="always")
-def conv_row3(out, r, strip, w, b, step):
-    """conv_row for a kernel of three rows (strip from fill_strip3): three columns of taps of all
-    three rows at a time (nine products added into an output value per pass, not three), two
-    output pixels at a time (each weight loaded once for both). First layers (1 or 3 channels)
-    ran 1.1-1.4x the row-by-row passes (measured on one thread, 28x28 and 32x32, 32 and 64 out)."""
+def conv_row3_pixels(out, r, strip, w, b, step):
+    """conv_row for a 3x3 kernel (strip from fill_strip3), one output pixel at a time: the nine
+    taps of a column triple of all three rows in one pass over the channels (nine products added
+    into an output value per pass, not three), the first triple with the bias. (A 3x3 kernel's
+    row holds 3 * C taps: whole triples.)"""
+    OW, K = out.shape[1], out.shape[2]
+    KWC = w.shape[1]
+    for ow in range(OW):
+        a = np.uint64(ow * step)
+        p0, p1, p2 = strip[0, a], strip[0, a + _U1], strip[0, a + _U2]
+        q0, q1, q2 = strip[1, a], strip[1, a + _U1], strip[1, a + _U2]
+        s0, s1, s2 = strip[2, a], strip[2, a + _U1], strip[2, a + _U2]
+        for k in range(K):
+            out[r, ow, k] = b[k] + ((p0 * w[0, 0, k] + p1 * w[0, 1, k] + p2 * w[0, 2, k])
+                                    + (q0 * w[1, 0, k] + q1 * w[1, 1, k] + q2 * w[1, 2, k])
+                                    + (s0 * w[2, 0, k] + s1 * w[2, 1, k] + s2 * w[2, 2, k]))
+        for j in range(3, KWC, 3):
+            a = np.uint64(ow * step + j)
+            p0, p1, p2 = strip[0, a], strip[0, a + _U1], strip[0, a + _U2]
+            q0, q1, q2 = strip[1, a], strip[1, a + _U1], strip[1, a + _U2]
+            s0, s1, s2 = strip[2, a], strip[2, a + _U1], strip[2, a + _U2]
+            for k in range(K):
+                out[r, ow, k] += ((p0 * w[0, j, k] + p1 * w[0, j + 1, k] + p2 * w[0, j + 2, k])
+                                  + (q0 * w[1, j, k] + q1 * w[1, j + 1, k] + q2 * w[1, j + 2, k])
+                                  + (s0 * w[2, j, k] + s1 * w[2, j + 1, k] + s2 * w[2, j + 2, k]))
+
+
+@numba.njit(inline="always")
+def conv_row3_pairs(out, r, strip, w, b, step):
+    """conv_row3_pixels two output pixels at a time: each weight vector loaded once for both."""
     OW, K = out.shape[1], out.shape[2]
     KWC = w.shape[1]
     triples = KWC - KWC % 3
@@ -147,6 +172,11 @@ def conv_row3(out, r, strip, w, b, step):
             v0, v1, v2 = strip[0, a], strip[1, a], strip[2, a]
             for k in range(K):
                 out[r, ow, k] += v0 * w[0, j, k] + v1 * w[1, j, k] + v2 * w[2, j, k]
+
+
+# conv_row3: which of the two runs, for the instruction set the kernels are compiled for (a module
+# constant, so each kernel compiles the one that runs). See algorithms.DIRECT_PIXEL_PAIRS.
+conv_row3 = conv_row3_pairs if algorithms.direct_pixel_pairs() else conv_row3_pixels
 
 
 @numba.njit(inline="always")
@@ -192,7 +222,7 @@ def _conv2d_forward(y, moments, x, w, b, C, stride, pad, tasks):
 
 @parallel_kernel
 def _conv2d_forward3(y, moments, x, w, b, C, stride, pad, tasks):
-    # _conv2d_forward for kernels of three rows (conv_row3).
+    # _conv2d_forward for 3x3 kernels (conv_row3).
     N, H, WC = x.shape
     K = w.shape[2]
     OH = y.shape[0] // N
@@ -460,7 +490,7 @@ def forward_direct_into(y, sums, x, w, b, stride, pad):
     n, oh, ow, K = y.shape
     count = tasks(n * oh)
     parts = _moments(sums, K)[:count]
-    kernel = _conv2d_forward3 if w.shape[0] == 3 else _conv2d_forward  # three rows: nine taps a pass
+    kernel = _conv2d_forward3 if w.shape[:2] == (3, 3) else _conv2d_forward  # 3x3: nine taps a pass
     kernel(y.reshape(n * oh, ow, K), parts, rows(x), taps(w), b, x.shape[3], stride, pad, count)
     if sums is not None:
         sums[...] = parts.sum(axis=0)

@@ -3,7 +3,7 @@
 Legend as in conv.py and pool.py; P the pooling window, T its stride, PH/PW the pooled height and
 width. x (N, H, W, C), w (KH, KW, C, K) -> y (N, PH, PW, K) and argmax (N, PH, PW, K) int32.
 
-Forward, for a kernel of three rows and a 2x2 window (the first layers of CNNs; other shapes
+Forward, for a 3x3 kernel and a 2x2 window (the first layers of CNNs; other shapes
 run the convolution whole, then the pool: one fused kernel per common case keeps compiling
 short): for each pooled row, the 2 convolution rows under it are computed into a scratch of
 (2, OW, K) floats that stays in cache (``conv.conv_row3``), pooled, and the ReLU is applied to the
@@ -36,7 +36,7 @@ from .pool import check_window_argmax, maxpool_backward_into, maxpool_forward_in
 
 @parallel_kernel
 def _conv_relu_pool_forward(y, argmax, x, w, b, C, stride, pad, OW, pool_stride, save_argmax, tasks):
-    # A convolution of three kernel rows and a 2x2 window (other shapes are not fused: see
+    # A 3x3 convolution and a 2x2 window (other shapes are not fused: see
     # conv_relu_pool_forward_into). Each task owns a contiguous range of pooled rows (n, ph).
     N, H, WC = x.shape
     K = w.shape[2]
@@ -104,7 +104,7 @@ def conv_relu_pool_forward_into(y, argmax, conv, x, w, b, stride, pad, size, poo
     if path == "winograd" and size == 2 and pool_stride == 2:  # pooled as each tile is made
         winograd.forward_relu_pool_into(y, argmax, x, winograd.transform_weights(w), b, pad, conv.shape[1],
                                         conv.shape[2])
-    elif path == "direct" and w.shape[0] == 3 and size == 2:
+    elif path == "direct" and w.shape[:2] == (3, 3) and size == 2:
         save = argmax is not None
         _conv_relu_pool_forward(y, argmax if save else _NO_ARGMAX, rows(x), taps(w), b, x.shape[3], stride, pad,
                                 conv.shape[2], pool_stride, save, tasks(n * ph))

@@ -210,3 +210,20 @@ def test_the_fused_batchnorm_steps_run_the_layers_as_written(layers, steps):
 def test_paths_are_chosen_for_both_kinds_of_blas_kernels():
     assert algorithms.isa() in ("avx512", "avx2", "other") and algorithms.blas_kind() in ("avx512", "avx2")
     assert {kind for kind, _ in algorithms.WINOGRAD_CHANNELS} == set(algorithms.WINOGRAD_BLOCK) == {"avx512", "avx2"}
+
+
+@pytest.mark.parametrize("form", ["conv_row3_pixels", "conv_row3_pairs"])
+@pytest.mark.parametrize("width,channels,outputs,stride", [(7, 1, 5, 1), (8, 3, 32, 1), (9, 2, 17, 2), (1, 1, 3, 1)])
+def test_both_forms_of_the_3x3_row_match_numpy(form, width, channels, outputs, stride):
+    # The kernels compile the form the CPU's rules pick (algorithms.DIRECT_PIXEL_PAIRS); each is
+    # checked here on its own, whatever this CPU is: odd and even widths, 1 to 3 channels, stride 2.
+    rng = np.random.default_rng(width * 10 + channels)
+    ow = (width - 1) // stride + 1
+    strip = rand(rng, 3, (width + 2) * channels)  # a padded strip: (W + 2) pixels of C channels
+    w, b = rand(rng, 3, 3, channels, outputs), rand(rng, outputs)
+    out = np.full((2, ow, outputs), np.nan, np.float32)
+    getattr(conv, form)(out, 1, strip, w.reshape(3, 3 * channels, outputs), b, stride * channels)
+    pixels = strip.reshape(3, width + 2, channels).astype(np.float64)
+    want = np.stack([b + np.einsum("ijc,ijck->k", pixels[:, o * stride:o * stride + 3], w) for o in range(ow)])
+    np.testing.assert_allclose(out[1], want, rtol=FWD, atol=FWD * np.abs(want).max())
+    assert np.isnan(out[0]).all()  # only row r is written
