@@ -294,21 +294,20 @@ def _conv2d_forward_gemm(y, moments, x, w, b, KH, KW, stride, pad, block, tasks)
 
 @numba.njit(inline="always")
 def weight_row(partial, chunk, partial_db, strip, g, r, kh_lo, kh_hi, step):
-    """Add one output row's share to partial[chunk] (KH, KW*C, K) and partial_db[chunk] (K,):
-    g[r] (OW, K) is the output row's gradient, strip its input rows.
+    """Add one output row's share to partial[chunk] (KH, KWC3, K) and partial_db[chunk] (K,):
+    g[r] (OW4, K) is the output row's gradient, strip its input rows (``direct_strip``).
 
     Pixels are taken four at a time and taps three at a time, so one pass over K updates three
-    rows of dw with twelve products."""
-    OW, K = g.shape[1], g.shape[2]
-    KWC = partial.shape[2]
+    rows of dw with twelve products. One path, no remainders (each cost a second of compiling):
+    OW4 is a multiple of 4, the gradient zero in the pixels past the output's width, and KWC3
+    the taps KW*C rounded up to a multiple of 3, the rows past KW*C summing values never read."""
+    OW4, K = g.shape[1], g.shape[2]
+    KWC3 = partial.shape[2]
     ustep = np.uint64(step)
-    triples, quads = KWC - KWC % 3, OW - OW % 4
+    quads, triples = OW4 - OW4 % 4, KWC3 - KWC3 % 3  # = OW4 and KWC3, but LLVM then knows it
     for ow in range(0, quads, 4):
         for k in range(K):
             partial_db[chunk, k] += g[r, ow, k] + g[r, ow + 1, k] + g[r, ow + 2, k] + g[r, ow + 3, k]
-    for ow in range(quads, OW):
-        for k in range(K):
-            partial_db[chunk, k] += g[r, ow, k]
     for kh in range(kh_lo, kh_hi):
         for ow in range(0, quads, 4):
             for j in range(0, triples, 3):
@@ -325,18 +324,13 @@ def weight_row(partial, chunk, partial_db, strip, g, r, kh_lo, kh_hi, step):
                     partial[chunk, kh, j, k] += v00 * g0 + v10 * g1 + v20 * g2 + v30 * g3
                     partial[chunk, kh, j + 1, k] += v01 * g0 + v11 * g1 + v21 * g2 + v31 * g3
                     partial[chunk, kh, j + 2, k] += v02 * g0 + v12 * g1 + v22 * g2 + v32 * g3
-            for j in range(triples, KWC):
-                at = np.uint64(ow * step + j)
-                v0, v1 = strip[kh, at], strip[kh, at + ustep]
-                v2, v3 = strip[kh, at + ustep + ustep], strip[kh, at + ustep + ustep + ustep]
-                for k in range(K):
-                    g0, g1, g2, g3 = g[r, ow, k], g[r, ow + 1, k], g[r, ow + 2, k], g[r, ow + 3, k]
-                    partial[chunk, kh, j, k] += v0 * g0 + v1 * g1 + v2 * g2 + v3 * g3
-        for ow in range(quads, OW):
-            for j in range(KWC):
-                v = strip[kh, np.uint64(ow * step + j)]
-                for k in range(K):
-                    partial[chunk, kh, j, k] += v * g[r, ow, k]
+
+
+@numba.njit(inline="always")
+def direct_strip(KH, WC, pad, C, OW4, step, KWC3):
+    """A strip for weight_row: the padded input rows, and zeros for the reads of its rounded-up
+    pixels and taps."""
+    return np.zeros((KH, max(WC + 2 * pad * C, (OW4 - 1) * step + KWC3)), np.float32)
 
 
 @numba.njit(inline="always")
@@ -365,12 +359,13 @@ def add_partials(dw, db, partial, partial_db):
 def _conv2d_backward_weight(dw, db, partial, partial_db, dy, x, C, stride, pad):
     # dy viewed as (N * OH, OW, K). Each chunk sums a contiguous slice of the batch into its own
     # partial dw and db (db in float64: tens of thousands of pixels); race-free.
+    # dy's width a multiple of 4 (weight_row's one path: see weight_gradient_direct_into).
     N, H, WC = x.shape
     KH = dw.shape[0]
     OH = dy.shape[0] // N
     chunks = partial.shape[0]
     for chunk in prange(chunks):
-        strip = np.zeros((KH, WC + 2 * pad * C), np.float32)
+        strip = direct_strip(KH, WC, pad, C, dy.shape[1], stride * C, partial.shape[2])
         zero_partials(partial, partial_db, chunk)
         for n in range(chunk * N // chunks, (chunk + 1) * N // chunks):
             for oh in range(OH):
@@ -431,6 +426,13 @@ def partials(n, w):
     chunks = min(n, 4 * numba.get_num_threads())
     return (np.empty((chunks, w.shape[0], w.shape[1] * w.shape[2], w.shape[3]), np.float32),
             np.empty((chunks, w.shape[3]), np.float64))
+
+
+def direct_partials(n, w):
+    """partials for weight_row: the taps of a kernel row, KW*C, rounded up to a multiple of 3."""
+    partial, partial_db = partials(n, w)
+    taps3 = -(-partial.shape[2] // 3) * 3
+    return np.empty((*partial.shape[:2], taps3, partial.shape[3]), np.float32), partial_db
 
 
 def conv2d_forward_into(y, x, w, b, stride, pad):
@@ -519,9 +521,12 @@ def weight_gradient_gemm_into(dw, db, dy, x, stride, pad):
 
 def weight_gradient_direct_into(dw, db, dy, x, stride, pad):
     n, oh, ow, K = dy.shape
-    partial, partial_db = partials(n, dw)
-    _conv2d_backward_weight(taps(dw), db, partial, partial_db, dy.reshape(n * oh, ow, K), rows(x), x.shape[3],
-                            stride, pad)
+    partial, partial_db = direct_partials(n, dw)
+    rows_of_dy = dy.reshape(n * oh, ow, K)
+    if ow % 4:  # widened with zero pixels to a multiple of 4 (weight_row's one path)
+        rows_of_dy = np.zeros((n * oh, -(-ow // 4) * 4, K), np.float32)
+        rows_of_dy[:, :ow] = dy.reshape(n * oh, ow, K)
+    _conv2d_backward_weight(taps(dw), db, partial, partial_db, rows_of_dy, rows(x), x.shape[3], stride, pad)
 
 
 def input_gradient_into(dx, dy, w, stride, pad):

@@ -27,8 +27,8 @@ import numpy as np
 from numba import prange
 
 from . import algorithms, checks, winograd
-from .conv import (add_partials, conv2d_backward_into, conv2d_forward_into, conv_row3, fill_strip, fill_strip3,
-                   partials, rows, strip_rows, taps, tasks, weight_row, zero_partials)
+from .conv import (add_partials, conv2d_backward_into, conv2d_forward_into, conv_row3, direct_partials, direct_strip,
+                   fill_strip, fill_strip3, rows, strip_rows, taps, tasks, weight_row, zero_partials)
 from .dense import relu_backward_into, relu_forward_into
 from .jit import parallel_kernel
 from .pool import check_window_argmax, maxpool_backward_into, maxpool_forward_into, pool_window_2x2_relu
@@ -56,11 +56,12 @@ def _conv_relu_pool_forward(y, argmax, x, w, b, C, stride, pad, OW, pool_stride,
 
 
 @parallel_kernel
-def _conv_relu_pool_backward_weight(dw, db, partial, partial_db, grad, dy, y, argmax, x, C, stride, pad, size,
+def _conv_relu_pool_backward_weight(dw, db, partial, partial_db, grad, dy, y, argmax, x, C, stride, pad, OW, size,
                                     pool_stride):
     # Each chunk sums a contiguous slice of the batch into its own partials, as in conv.py. For
     # each pooled row it rebuilds the gradient of the P convolution rows under it in grad (rows
-    # chunk * P .. chunk * P + P - 1, each (OW, K)): every window position takes dy where the
+    # chunk * P .. chunk * P + P - 1, each (OW4, K), OW4 the width OW rounded up to 4 pixels, whose
+    # last pixels stay zero: weight_row's one path): every window position takes dy where the
     # argmax points at it and the ReLU let it through, else 0 (a select, so it vectorises), and
     # adds its share to the partials. Overlapping windows (T < P) add their shares one pooled row
     # at a time: a sum, so the result is the same; rows no window reads get no gradient.
@@ -68,10 +69,9 @@ def _conv_relu_pool_backward_weight(dw, db, partial, partial_db, grad, dy, y, ar
     N, H, WC = x.shape
     KH, _, K = dw.shape
     PH, PW = dy.shape[1], dy.shape[2]
-    OW = grad.shape[1]
     chunks = partial.shape[0]
     for chunk in prange(chunks):
-        strip = np.zeros((KH, WC + 2 * pad * C), np.float32)
+        strip = direct_strip(KH, WC, pad, C, grad.shape[1], stride * C, partial.shape[2])
         zero_partials(partial, partial_db, chunk)
         r0 = chunk * size
         for n in range(chunk * N // chunks, (chunk + 1) * N // chunks):
@@ -122,10 +122,10 @@ def conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, dconv, stride,
     and argmax. ``dconv`` (N, OH, OW, K) is room for the convolution's gradient where it is made
     whole: for the input gradient, or where the weight gradient does not run directly."""
     if dx is None and algorithms.conv_weight_gradient(x.shape, w.shape, stride, pad) == "direct":
-        partial, partial_db = partials(x.shape[0], w)
-        grad = np.empty((len(partial) * size, dconv.shape[2], dconv.shape[3]), np.float32)
+        partial, partial_db = direct_partials(x.shape[0], w)
+        grad = np.empty((len(partial) * size, -(-dconv.shape[2] // 4) * 4, dconv.shape[3]), np.float32)
         _conv_relu_pool_backward_weight(taps(dw), db, partial, partial_db, grad, dy, y, argmax, rows(x), x.shape[3],
-                                        stride, pad, size, pool_stride)
+                                        stride, pad, dconv.shape[2], size, pool_stride)
         return
     dpool = np.empty_like(dy)
     relu_backward_into(dpool, dy, y)
