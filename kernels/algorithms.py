@@ -40,13 +40,11 @@ AVX512_BLAS = {"SkylakeX", "Cooperlake", "SapphireRapids"}
 WINOGRAD_BLOCK = {"avx512": 32, "avx2": 96}
 WINOGRAD_WEIGHT_BLOCK = 32
 
-# Direct 3x3 convolutions (the first layers: conv.conv_row3) run two output
-# pixels a pass with AVX-512 code, one with AVX2 code. Measured 2026-12-06 on the named networks'
-# first layers (1 and 3 channels to 32, batch 64, 2 threads), one pixel against two: with AVX2
-# code 1.16-1.34x faster (loads are cheap, and each pixel's sums are short chains), with AVX-512
-# code 1.06-1.17x from 1 channel but 0.83-0.99x from 3 (a zmm load costs as much as a zmm FMA on
-# this AMD EPYC: loading each weight once for two pixels pays). One pixel a pass also compiles in
-# half the time (3.4 s against 6.4 for the fused conv -> ReLU -> pool).
+# Direct 3x3 convolutions (the first layers: conv.conv_row3) run two output pixels a pass with
+# AVX-512 code, one with AVX2 code. Measured 2026-12-06 on the named networks' first layers (1 and
+# 3 channels to 32, batch 64, 2 threads, AMD EPYC), one pixel a pass against two: with AVX2 code
+# 1.16-1.34x as fast, with AVX-512 code 1.03-1.17x from 1 channel but 0.83-0.99x from 3 (there,
+# loading each weight vector once for two pixels pays). One pixel a pass also compiles faster.
 DIRECT_PIXEL_PAIRS = {"avx512": True, "avx2": False, "other": False}
 
 _TAKEN = {}  # (pass, shape description) -> path, in the order first seen

@@ -298,7 +298,7 @@ def weight_row(partial, chunk, partial_db, strip, g, r, kh_lo, kh_hi, step):
     g[r] (OW4, K) is the output row's gradient, strip its input rows (``direct_strip``).
 
     Pixels are taken four at a time and taps three at a time, so one pass over K updates three
-    rows of dw with twelve products. One path, no remainders (each cost a second of compiling):
+    rows of dw with twelve products. One path, no remainders (the two cost a second of compiling):
     OW4 is a multiple of 4, the gradient zero in the pixels past the output's width, and KWC3
     the taps KW*C rounded up to a multiple of 3, the rows past KW*C summing values never read."""
     OW4, K = g.shape[1], g.shape[2]
