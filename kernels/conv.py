@@ -102,6 +102,19 @@ def fill_strip3(strip, x, n, ih0, H, skip):
 
 
 @numba.njit(inline="always")
+def add_triple(out, r, ow, strip, w, j, step):
+    """out[r, ow] += the nine taps of column triple j of a 3x3 kernel's three rows."""
+    a = np.uint64(ow * step + j)
+    p0, p1, p2 = strip[0, a], strip[0, a + _U1], strip[0, a + _U2]
+    q0, q1, q2 = strip[1, a], strip[1, a + _U1], strip[1, a + _U2]
+    s0, s1, s2 = strip[2, a], strip[2, a + _U1], strip[2, a + _U2]
+    for k in range(out.shape[2]):
+        out[r, ow, k] += ((p0 * w[0, j, k] + p1 * w[0, j + 1, k] + p2 * w[0, j + 2, k])
+                          + (q0 * w[1, j, k] + q1 * w[1, j + 1, k] + q2 * w[1, j + 2, k])
+                          + (s0 * w[2, j, k] + s1 * w[2, j + 1, k] + s2 * w[2, j + 2, k]))
+
+
+@numba.njit(inline="always")
 def conv_row3_pixels(out, r, strip, w, b, step):
     """conv_row for a 3x3 kernel (strip from fill_strip3), one output pixel at a time: the nine
     taps of a column triple of all three rows in one pass over the channels (nine products added
@@ -119,14 +132,7 @@ def conv_row3_pixels(out, r, strip, w, b, step):
                                     + (q0 * w[1, 0, k] + q1 * w[1, 1, k] + q2 * w[1, 2, k])
                                     + (s0 * w[2, 0, k] + s1 * w[2, 1, k] + s2 * w[2, 2, k]))
         for j in range(3, KWC, 3):
-            a = np.uint64(ow * step + j)
-            p0, p1, p2 = strip[0, a], strip[0, a + _U1], strip[0, a + _U2]
-            q0, q1, q2 = strip[1, a], strip[1, a + _U1], strip[1, a + _U2]
-            s0, s1, s2 = strip[2, a], strip[2, a + _U1], strip[2, a + _U2]
-            for k in range(K):
-                out[r, ow, k] += ((p0 * w[0, j, k] + p1 * w[0, j + 1, k] + p2 * w[0, j + 2, k])
-                                  + (q0 * w[1, j, k] + q1 * w[1, j + 1, k] + q2 * w[1, j + 2, k])
-                                  + (s0 * w[2, j, k] + s1 * w[2, j + 1, k] + s2 * w[2, j + 2, k]))
+            add_triple(out, r, ow, strip, w, j, step)
 
 
 @numba.njit(inline="always")
@@ -158,14 +164,7 @@ def conv_row3_pairs(out, r, strip, w, b, step):
                 out[r, ow + 1, k] += ((P0 * w0 + P1 * w1 + P2 * w2) + (Q0 * w3 + Q1 * w4 + Q2 * w5)
                                       + (S0 * w6 + S1 * w7 + S2 * w8))
         for ow in range(pairs, OW):
-            a = np.uint64(ow * step + j)
-            p0, p1, p2 = strip[0, a], strip[0, a + _U1], strip[0, a + _U2]
-            q0, q1, q2 = strip[1, a], strip[1, a + _U1], strip[1, a + _U2]
-            s0, s1, s2 = strip[2, a], strip[2, a + _U1], strip[2, a + _U2]
-            for k in range(K):
-                out[r, ow, k] += ((p0 * w[0, j, k] + p1 * w[0, j + 1, k] + p2 * w[0, j + 2, k])
-                                  + (q0 * w[1, j, k] + q1 * w[1, j + 1, k] + q2 * w[1, j + 2, k])
-                                  + (s0 * w[2, j, k] + s1 * w[2, j + 1, k] + s2 * w[2, j + 2, k]))
+            add_triple(out, r, ow, strip, w, j, step)
     for j in range(triples, KWC):
         for ow in range(OW):
             a = np.uint64(ow * step + j)
