@@ -191,7 +191,14 @@ class Model:
                          else self._own_input_shape("plan", "plan((H, W, C))"))
         plan = self._plans.get(example_shape)
         if plan is None:
-            plan = self._plans[example_shape] = Plan(self.layers, example_shape, self.kernels, self.sources)
+            try:
+                plan = Plan(self.layers, example_shape, self.kernels, self.sources)
+            except ShapeError as e:  # images of another size: say so first, then where they stopped fitting
+                if self.input_shape is None or example_shape == self.input_shape:
+                    raise
+                raise ShapeError(f"x: images of shape {example_shape} don't fit this model, made for "
+                                 f"{self.input_shape}: {e}") from None
+            self._plans[example_shape] = plan
         return plan
 
     def forward(self, x):

@@ -209,3 +209,11 @@ def test_a_wrong_shape_names_the_layer():
         model.forward(np.zeros((2, 28, 28, 1), np.uint8))
     with pytest.raises(ConfigError, match="unknown|expected one of"):
         Sequential([Dense(2, 2)], backend="cuda")
+
+
+def test_images_of_another_size_are_named_with_the_size_the_model_was_made_for():
+    model = Sequential([Conv2D(4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(3)], input_shape=(9, 9, 1))
+    with pytest.raises(ShapeError, match=r"x: images of shape \(10, 10, 1\) don't fit this model, made for "
+                                         r"\(9, 9, 1\): layer 4 Dense.*expected 64 features per row"):
+        model.predict(np.zeros((2, 10, 10, 1), np.float32))
+    assert model.predict(np.zeros((2, 9, 9, 1), np.float32)).shape == (2, 3)
