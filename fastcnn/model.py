@@ -191,21 +191,14 @@ class Model:
                          else self._own_input_shape("plan", "plan((H, W, C))"))
         plan = self._plans.get(example_shape)
         if plan is None:
-            try:
-                plan = Plan(self.layers, example_shape, self.kernels, self.sources)
-            except ShapeError as e:  # images of another size: say so first, then where they stopped fitting
-                if self.input_shape is None or example_shape == self.input_shape:
-                    raise
-                raise ShapeError(f"x: images of shape {example_shape} don't fit this model, made for "
-                                 f"{self.input_shape}: {e}") from None
-            self._plans[example_shape] = plan
+            plan = self._plans[example_shape] = Plan(self.layers, example_shape, self.kernels, self.sources)
         return plan
 
     def forward(self, x):
         """Logits for a batch ``x``, in this model's mode (``train()``, ``eval()``); in training
         mode, remembers what ``backward`` needs."""
         x = validate.input_batch(x)
-        plan = self.plan(x.shape[1:])
+        plan = plan_for(self, x.shape[1:], "x")
         if not self.training:
             self._pending = None
             return plan.forward(x, plan.workspace(len(x), train=False), EVALUATION).copy()
@@ -238,7 +231,7 @@ class Model:
         dropout's masks, with the model's seed; by default, a count of this model's passes.
         (``fit`` checks all its data once and calls the plan's ``train_step`` itself.)"""
         x = validate.input_batch(x)
-        plan = self.plan(x.shape[1:])
+        plan = plan_for(self, x.shape[1:], "x")
         labels = checks.labels("labels", labels, len(x), plan.output_shape[0])
         self._pending = None
         if step is None:
@@ -256,7 +249,7 @@ class Model:
         batch_size = checks.positive_int("batch_size", batch_size)
         batches = validate.batches(x, batch_size)
         _, first = next(batches)
-        plan = self.plan(first.shape[1:])
+        plan = plan_for(self, first.shape[1:], "x")
         probs = np.empty((len(x), *plan.output_shape), np.float32)
         plan.probabilities_into(probs[:len(first)], first)
         for i, batch in batches:
@@ -312,14 +305,21 @@ def checked(model):
     return model
 
 
+def plan_for(model, example_shape, name):
+    """``model.plan(example_shape)``, or a ShapeError naming ``name``, the images' shape, the layer
+    where they stop fitting and, if the model was made for another, that shape."""
+    try:
+        return model.plan(example_shape)
+    except ShapeError as e:
+        made_for = model.input_shape not in (None, tuple(example_shape))
+        raise ShapeError(f"{name}: images of shape {tuple(example_shape)} do not fit the model: {e}"
+                         + (f" (it was made for {model.input_shape})" if made_for else "")) from None
+
+
 def classes_scored(model, example_shape, name):
     """The number of classes ``model`` scores for examples of ``example_shape``, from the plan it
     makes for them: examples that don't fit fail here, naming ``name``, not deep inside a batch."""
-    model = checked(model)
-    try:
-        out = model.plan(example_shape).output_shape
-    except ShapeError as e:
-        raise ShapeError(f"{name}: images of shape {tuple(example_shape)} do not fit the model: {e}") from None
+    out = plan_for(checked(model), example_shape, name).output_shape
     if len(out) != 1:
         raise ShapeError(f"model: expected it to end in (N, classes) scores, it gives shape (N, {', '.join(map(str, out))})")
     return out[0]

@@ -213,7 +213,9 @@ def test_a_wrong_shape_names_the_layer():
 
 def test_images_of_another_size_are_named_with_the_size_the_model_was_made_for():
     model = Sequential([Conv2D(4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(3)], input_shape=(9, 9, 1))
-    with pytest.raises(ShapeError, match=r"x: images of shape \(10, 10, 1\) don't fit this model, made for "
-                                         r"\(9, 9, 1\): layer 4 Dense.*expected 64 features per row"):
+    with pytest.raises(ShapeError, match=r"x: images of shape \(10, 10, 1\) do not fit the model: layer 4 Dense.*"
+                                         r"expected 64 features per row.* \(it was made for \(9, 9, 1\)\)$"):
         model.predict(np.zeros((2, 10, 10, 1), np.float32))
+    with pytest.raises(ShapeError, match=r"x: images of shape \(9, 9, 2\) do not fit the model: layer 0 Conv2D"):
+        model.train_step(np.zeros((2, 9, 9, 2), np.float32), np.zeros(2, np.int64))
     assert model.predict(np.zeros((2, 9, 9, 1), np.float32)).shape == (2, 3)
