@@ -13,7 +13,9 @@ import sys
 def main():
     try:
         from fastcnn.cli import main as run
-    except KeyboardInterrupt:
+    except BaseException as e:
+        if not _interrupted(e):
+            raise
         print("fastcnn: interrupted", file=sys.stderr)
         return 130
     status = run()
@@ -21,6 +23,16 @@ def main():
     # status into a death by signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     return status
+
+
+def _interrupted(error):
+    """Whether ``error`` is a Ctrl-C, or was raised because of one: Python 3.11 turns one that
+    lands while a class is being made (``__set_name__``, during an import) into a RuntimeError."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 if __name__ == "__main__":

@@ -317,3 +317,32 @@ def test_ctrl_c_while_the_command_loads_is_one_line(tmp_path):
         if "init_import_site" in err:  # so early that Python itself had not started: not ours to handle
             continue
         assert proc.returncode == 130 and one_line(err) and "interrupted" in err, (delay, proc.returncode, err)
+
+
+
+def test_a_ctrl_c_that_an_import_turned_into_another_error_is_one_line_too(monkeypatch, capsys):
+    # What the test above can hit by chance: Python 3.11 turns a Ctrl-C that lands while a class
+    # is made during an import into "RuntimeError: Error calling __set_name__ ...", from it.
+    import builtins
+
+    import fastcnn_command
+    real_import = builtins.__import__
+
+    def cli_import_raising(error):
+        def importing(name, *args, **kwargs):
+            if name == "fastcnn.cli":
+                raise error
+            return real_import(name, *args, **kwargs)
+        return importing
+
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as ctrl_c:
+        wrapped = RuntimeError("Error calling __set_name__ on 'cached_property' instance")
+        wrapped.__cause__ = ctrl_c
+    monkeypatch.setattr(builtins, "__import__", cli_import_raising(wrapped))
+    assert fastcnn_command.main() == 130
+    assert capsys.readouterr().err == "fastcnn: interrupted\n"
+    monkeypatch.setattr(builtins, "__import__", cli_import_raising(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="other"):  # any other error is not taken for a Ctrl-C
+        fastcnn_command.main()
