@@ -75,9 +75,7 @@ def prepare(plan, modes=(True, False), optimizer=None, processes=None, say=True,
     if plan.kernels is not compiled_kernels or not jit.KERNELS:  # the NumPy reference (or no JIT) compiles nothing
         return 0
     with _PREPARING:
-        modes = [m for m in modes if m not in plan.prepared]
-        others = [o for o in (optimizer, augment) if o is not None]
-        jobs = missing(rehearsed([(plan, m) for m in modes], others))
+        modes, jobs = _unprepared(plan, modes, [o for o in (optimizer, augment) if o is not None])
         try:
             return compile_jobs(jobs, processes, say) if jobs else 0
         finally:
@@ -90,7 +88,14 @@ def compiled(plan, modes=(False,)):
     if plan.kernels is not compiled_kernels or not jit.KERNELS:
         return True
     with _PREPARING:
-        return not missing(rehearsed([(plan, m) for m in modes if m not in plan.prepared]))
+        return not _unprepared(plan, modes)[1]
+
+
+def _unprepared(plan, modes, others=()):
+    """Of ``modes``, those ``plan`` has not prepared yet, and the kernel calls (``Job``) that their
+    passes and ``others`` make that would compile."""
+    modes = [m for m in modes if m not in plan.prepared]
+    return modes, missing(rehearsed([(plan, m) for m in modes], others))
 
 
 def rehearsed(passes, optimizers=()):

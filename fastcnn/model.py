@@ -63,8 +63,7 @@ class Model:
             if (owner is not None and owner() is not None) or self.layers.index(layer) != i:
                 raise ShapeError(f"layers: layer {i} {layer!r} already belongs to a model; a layer's parameters "
                                  f"live in one model's buffers: build a new layer for this one")
-        self.backend = backend
-        self.kernels = backends.get(backend)
+        self.backend = backend  # and the kernels it names
         self.seed = checks.non_negative_int("seed", seed)
         self.input_shape = None if input_shape is None else graph.example_shape(input_shape)
         self._build()

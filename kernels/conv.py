@@ -418,20 +418,22 @@ def tasks(rows):
     return min(rows, numba.get_num_threads())
 
 
-def partials(n, w):
+def partials(n, w, taps_multiple=1):
     """Per-chunk partial sums of dw and db over ``n`` units of work (images, or blocks of output
     rows): a few chunks per thread balance better than one (measured); each chunk is a contiguous
-    range of them."""
+    range of them. A kernel row's taps, KW*C, rounded up to ``taps_multiple``."""
     chunks = min(n, 4 * numba.get_num_threads())
-    return (np.empty((chunks, w.shape[0], w.shape[1] * w.shape[2], w.shape[3]), np.float32),
+    return (np.empty((chunks, w.shape[0], round_up(w.shape[1] * w.shape[2], taps_multiple), w.shape[3]), np.float32),
             np.empty((chunks, w.shape[3]), np.float64))
 
 
 def direct_partials(n, w):
-    """partials for weight_row: the taps of a kernel row, KW*C, rounded up to a multiple of 3."""
-    partial, partial_db = partials(n, w)
-    taps3 = -(-partial.shape[2] // 3) * 3
-    return np.empty((*partial.shape[:2], taps3, partial.shape[3]), np.float32), partial_db
+    """partials for weight_row: the taps of a kernel row rounded up to a multiple of 3."""
+    return partials(n, w, 3)
+
+
+def round_up(n, multiple):
+    return -(-n // multiple) * multiple
 
 
 def conv2d_forward_into(y, x, w, b, stride, pad):
@@ -523,7 +525,7 @@ def weight_gradient_direct_into(dw, db, dy, x, stride, pad):
     partial, partial_db = direct_partials(n, dw)
     rows_of_dy = dy.reshape(n * oh, ow, K)
     if ow % 4:  # widened with zero pixels to a multiple of 4 (weight_row's one path)
-        rows_of_dy = np.zeros((n * oh, -(-ow // 4) * 4, K), np.float32)
+        rows_of_dy = np.zeros((n * oh, round_up(ow, 4), K), np.float32)
         rows_of_dy[:, :ow] = dy.reshape(n * oh, ow, K)
     _conv2d_backward_weight(taps(dw), db, partial, partial_db, rows_of_dy, rows(x), x.shape[3], stride, pad)
 

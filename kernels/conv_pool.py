@@ -28,7 +28,7 @@ from numba import prange
 
 from . import algorithms, checks, winograd
 from .conv import (add_partials, conv2d_backward_into, conv2d_forward_into, conv_row3, direct_partials, direct_strip,
-                   fill_strip, fill_strip3, rows, strip_rows, taps, tasks, weight_row, zero_partials)
+                   fill_strip, fill_strip3, round_up, rows, strip_rows, taps, tasks, weight_row, zero_partials)
 from .dense import relu_backward_into, relu_forward_into
 from .jit import parallel_kernel
 from .pool import check_window_argmax, maxpool_backward_into, maxpool_forward_into, pool_window_2x2_relu
@@ -123,7 +123,7 @@ def conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, dconv, stride,
     whole: for the input gradient, or where the weight gradient does not run directly."""
     if dx is None and algorithms.conv_weight_gradient(x.shape, w.shape, stride, pad) == "direct":
         partial, partial_db = direct_partials(x.shape[0], w)
-        grad = np.empty((len(partial) * size, -(-dconv.shape[2] // 4) * 4, dconv.shape[3]), np.float32)
+        grad = np.empty((len(partial) * size, round_up(dconv.shape[2], 4), dconv.shape[3]), np.float32)
         _conv_relu_pool_backward_weight(taps(dw), db, partial, partial_db, grad, dy, y, argmax, rows(x), x.shape[3],
                                         stride, pad, dconv.shape[2], size, pool_stride)
         return
