@@ -421,9 +421,16 @@ class BatchNorm2D(Layer):
         """The weight and bias of the Conv2D or Dense just before this layer, with this layer's
         evaluation form folded in, in ``weight``'s dtype: per output channel (the weight's last
         axis), w * s and (b - running_mean) * s + bias, s = weight / sqrt(running_var + eps)."""
-        eps = weight.dtype.type(self.eps)
-        s = self.params["weight"] / np.sqrt(self.buffers["running_var"].astype(weight.dtype) + eps)
-        return weight * s, (bias - self.buffers["running_mean"]) * s + self.params["bias"]
+        s, shift = self.scale_shift(bias)
+        return weight * s, shift
+
+    def scale_shift(self, bias):
+        """This layer's evaluation form after a layer with ``bias``, as a per-channel scale and
+        shift of that layer's output before its bias: s and (bias - running_mean) * s + weight's
+        bias, in ``bias``'s dtype (``folded_into``'s s and bias)."""
+        eps = bias.dtype.type(self.eps)
+        s = self.params["weight"] / np.sqrt(self.buffers["running_var"].astype(bias.dtype) + eps)
+        return s, (bias - self.buffers["running_mean"]) * s + self.params["bias"]
 
 
 class BatchNorm1D(BatchNorm2D):

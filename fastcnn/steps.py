@@ -65,13 +65,20 @@ class Step:
 
 
 class Folded:
-    """Evaluation only: a BatchNorm (the step's second layer) folded into the weight and bias of
-    the Conv2D or Dense before it, so normalising costs nothing; computed on every pass (a few
-    thousand values), so it always reflects the current parameters."""
+    """Evaluation only: a BatchNorm2D (the step's second layer) folded into the weight and bias of
+    the Conv2D before it, so that the fused kernels normalise at no cost; computed on every pass
+    (KH * KW * C * K values, into a buffer of the workspace), so it always reflects the current
+    parameters."""
+
+    def buffers(self, n, train):
+        need = super().buffers(n, train)
+        need["weight"] = (self.layers[0].params["weight"].shape, np.float32)
+        return need
 
     def weights(self, ws):
         params = self.layers[0].params
-        return self.layers[1].folded_into(params["weight"], params["bias"])
+        scale, shift = self.layers[1].scale_shift(params["bias"])
+        return np.multiply(params["weight"], scale, out=ws["weight"]), shift
 
 
 class ConvReluPool(Step):
@@ -166,12 +173,21 @@ class DenseRelu(DenseStep):
     relu = True
 
 
-class FoldedDense(Folded, DenseStep):
-    """Dense -> BatchNorm1D in evaluation."""
+class FoldedDense(DenseStep):
+    """Dense -> BatchNorm1D in evaluation: the BatchNorm is a per-feature scale and shift of the
+    product, applied as its result is written (not folded into the I * O weights: that would be a
+    pass over all of them on every call)."""
+
+    def forward(self, k, x, ws, run):
+        dense = self.layers[0]
+        scale, shift = self.layers[1].scale_shift(dense.params["bias"])
+        k.dense_forward_into(ws["y"], x, dense.params["weight"], shift, self.relu, scale)
+        return ws["y"]
 
 
-class FoldedDenseRelu(Folded, DenseRelu):
+class FoldedDenseRelu(FoldedDense):
     """Dense -> BatchNorm1D -> ReLU in evaluation."""
+    relu = True
 
 
 class BatchNorm(Step):

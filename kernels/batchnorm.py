@@ -24,7 +24,7 @@ import numpy as np
 from numba import prange
 
 from . import checks
-from .jit import parallel_kernel
+from .jit import parallel_kernel, threads
 
 # A task sums at least this many rows: fewer cost more to hand out than they save.
 _MIN_ROWS = 64
@@ -125,7 +125,7 @@ def _rows(a):
 
 
 def _tasks(rows):
-    return max(1, min(numba.get_num_threads(), rows // _MIN_ROWS))
+    return max(1, min(threads(), rows // _MIN_ROWS))
 
 
 def batchnorm_forward_into(y, mean, var, x, weight, bias, eps, relu):

@@ -29,7 +29,7 @@ import numpy as np
 from numba import prange
 
 from . import checks
-from .jit import parallel_kernel
+from .jit import parallel_kernel, threads
 from .pool import beats, check_window_argmax, max_of_four, pooled_row
 
 
@@ -160,7 +160,7 @@ def _backward(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, size
 
 
 def _tasks(rows):
-    return max(1, min(numba.get_num_threads(), rows))
+    return max(1, min(threads(), rows))
 
 
 def batchnorm_relu_pool_forward_into(y, argmax, x, mean, var, weight, bias, eps, size, stride):

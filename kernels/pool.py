@@ -16,7 +16,7 @@ from numba import prange
 from .errors import ShapeError
 
 from . import checks
-from .jit import parallel_kernel, serial_kernel
+from .jit import parallel_kernel, serial_kernel, threads
 
 
 @parallel_kernel
@@ -213,7 +213,7 @@ def maxpool_backward_into(dx, dy, argmax):
     # The window's size and stride are not passed in; a tile of H // OH by W // OW is the stride
     # whenever the windows tile the input, and the kernel checks that the argmax agrees.
     tile_h, tile_w = dx.shape[1] // dy.shape[1], dx.shape[2] // dy.shape[2]
-    tasks = min(dy.shape[0] * dy.shape[1], numba.get_num_threads())
+    tasks = min(dy.shape[0] * dy.shape[1], threads())
     if not _maxpool_backward_tiled(dx, dy, argmax, tile_h, tile_w, tasks):
         if not _maxpool_backward_overlapping(dx, dy, argmax):
             _check_argmax(argmax, dy, dx.shape)  # raises, naming the valid range

@@ -442,8 +442,12 @@ def maxpool_backward_into(dx, dy, argmax):
     dx[...] = maxpool_backward(dy, argmax, dx.shape)
 
 
-def dense_forward_into(y, x, w, b, relu):
-    y[...] = (dense_relu_forward if relu else dense_forward)(x, w, b)
+def dense_forward_into(y, x, w, b, relu, scale=None):
+    if scale is None:
+        y[...] = (dense_relu_forward if relu else dense_forward)(x, w, b)
+        return
+    z = (x @ w) * scale + b
+    y[...] = np.maximum(z, 0) if relu else z
 
 
 def dense_backward_into(dx, dw, db, dy, x, w, y, relu):

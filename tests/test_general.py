@@ -100,9 +100,23 @@ def test_evaluation_folds_batchnorm_and_agrees_with_the_layers_one_by_one():
     x, y = bars(64, 0)
     fit(model, SGD(model, 0.05), (x, y), epochs=1, batch_size=16, progress=False)  # moves the statistics
     names = [type(step).__name__ for step in model.plan((28, 28, 1)).inference_steps]
-    assert names[:2] == ["FoldedConvReluPool", "FoldedConv"] and "DropoutStep" in names
+    assert names[:2] == ["FoldedConvReluPool", "FoldedConv"] and "DropoutStep" in names and "FoldedDense" in names
     model.eval()
     np.testing.assert_allclose(model.forward(x), _layer_by_layer(model, x), rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_a_dense_batchnorm_relu_in_evaluation_agrees_with_the_layers_one_by_one(backend):
+    """Dense -> BatchNorm1D -> ReLU in evaluation: the BatchNorm as a scale and shift of the product."""
+    model = Sequential([Flatten(), Dense(40), BatchNorm1D(), ReLU(), Dense(10)], input_shape=(28, 28, 1),
+                       backend=backend)
+    x, y = bars(64, 0)
+    fit(model, SGD(model, 0.05), (x, y), epochs=1, batch_size=16, progress=False)
+    model.layers[2].params["weight"][::2] *= -1  # scales of both signs
+    assert "FoldedDenseRelu" in [type(step).__name__ for step in model.plan((28, 28, 1)).inference_steps]
+    model.eval()
+    for rows in (x, x[:1]):  # the GEMM and the few-rows loop
+        np.testing.assert_allclose(model.forward(rows), _layer_by_layer(model, rows), rtol=2e-4, atol=2e-5)
 
 
 def test_both_backends_train_the_deep_network_alike():

@@ -157,6 +157,24 @@ def test_dense_matches_reference(n, i, o, assert_close):
             assert_close(f"{fwd.replace('forward', 'backward')}.{name}", g, r, BWD)
 
 
+@pytest.mark.parametrize("n,i,o", [(1, 3136, 128), (3, 33, 17), (9, 600, 7), (64, 6272, 128)])
+def test_dense_with_a_scale_matches_reference(n, i, o, assert_close):
+    """y = (x @ w) * scale + b (a BatchNorm1D after the layer, in evaluation), through the few-rows
+    loop and the GEMM; a scale of ones gives the plain layer's bits."""
+    rng = np.random.default_rng(n + i + o)
+    x, w, b, scale = rand(rng, n, i), rand(rng, i, o), rand(rng, o), rand(rng, o)  # scales of both signs
+    for relu in (False, True):
+        got, want = np.empty((n, o), np.float32), np.empty((n, o), np.float32)
+        K.dense_forward_into(got, x, w, b, relu, scale)
+        R.dense_forward_into(want, x, w, b, relu, scale)
+        assert_close(f"dense_forward_into(relu={relu}, scale)", got, want, FWD)
+        assert (got >= 0).all() if relu else (got < 0).any()
+        plain, ones = np.empty_like(got), np.empty_like(got)
+        K.dense_forward_into(plain, x, w, b, relu)
+        K.dense_forward_into(ones, x, w, b, relu, np.ones(o, np.float32))
+        assert np.array_equal(plain, ones)
+
+
 def test_relu_matches_reference(assert_close):
     rng = np.random.default_rng(1)
     x = rand(rng, 3, 5, 7, 2)

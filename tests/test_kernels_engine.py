@@ -227,3 +227,24 @@ def test_both_forms_of_the_3x3_row_match_numpy(form, width, channels, outputs, s
     want = np.stack([b + np.einsum("ijc,ijck->k", pixels[:, o * stride:o * stride + 3], w) for o in range(ow)])
     np.testing.assert_allclose(out[1], want, rtol=FWD, atol=FWD * np.abs(want).max())
     assert np.isnan(out[0]).all()  # only row r is written
+
+
+def test_the_kernels_thread_count_is_numbas_for_each_thread():
+    # jit.threads() reads Numba's per-thread count without its locks: the same answer, in the
+    # thread that set it and in one that did not (Numba's default there: every thread).
+    import threading
+
+    import numba
+    from fastcnn.kernels import jit
+    K.relu_forward(np.zeros(4, np.float32))  # Numba's pool is up
+    seen = {}
+    try:
+        for n in (1, numba.config.NUMBA_NUM_THREADS):
+            jit.set_threads(n)
+            assert jit.threads() == numba.get_num_threads() == n
+            other = threading.Thread(target=lambda: seen.update(other=(jit.threads(), numba.get_num_threads())))
+            other.start()
+            other.join()
+            assert seen["other"] == (numba.config.NUMBA_NUM_THREADS,) * 2
+    finally:
+        jit.set_threads()
