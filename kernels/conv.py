@@ -444,7 +444,7 @@ def conv2d_forward_into(y, x, w, b, stride, pad):
 def conv2d_relu_forward_into(y, x, w, b, stride, pad):
     """y = relu(conv(x, w) + b): the ReLU applied as Winograd's tiles are written, else after."""
     if algorithms.conv_forward(x.shape, w.shape, stride, pad) == "winograd":
-        winograd.forward_into(y, x, winograd.transform_weights(w), b, pad, relu=True)
+        winograd.forward_into(y, x, w, b, pad, relu=True)
         return
     _forward(y, None, x, w, b, stride, pad)
     relu_forward_into(y, y)
@@ -464,7 +464,7 @@ def conv2d_moments_forward_into(y, mean, var, x, w, b, stride, pad):
 def _forward(y, sums, x, w, b, stride, pad):
     path = algorithms.conv_forward(x.shape, w.shape, stride, pad)
     if path == "winograd":
-        winograd.forward_into(y, x, winograd.transform_weights(w), b, pad, sums)
+        winograd.forward_into(y, x, w, b, pad, sums)
     elif path == "gemm":
         forward_gemm_into(y, sums, x, w, b, stride, pad)
     else:

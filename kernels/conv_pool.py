@@ -102,8 +102,7 @@ def conv_relu_pool_forward_into(y, argmax, conv, x, w, b, stride, pad, size, poo
     n, ph = y.shape[0], y.shape[1]
     path = algorithms.conv_forward(x.shape, w.shape, stride, pad)
     if path == "winograd" and size == 2 and pool_stride == 2:  # pooled as each tile is made
-        winograd.forward_relu_pool_into(y, argmax, x, winograd.transform_weights(w), b, pad, conv.shape[1],
-                                        conv.shape[2])
+        winograd.forward_relu_pool_into(y, argmax, x, w, b, pad, conv.shape[1], conv.shape[2])
     elif path == "direct" and w.shape[:2] == (3, 3) and size == 2:
         save = argmax is not None
         _conv_relu_pool_forward(y, argmax if save else _NO_ARGMAX, rows(x), taps(w), b, x.shape[3], stride, pad,

@@ -47,7 +47,7 @@ def _each_forward_path(x, w, b, pad):
     y = np.empty((x.shape[0], x.shape[1] + 2 * pad - 2, x.shape[2] + 2 * pad - 2, w.shape[3]), np.float32)
     for name, run in (("direct", lambda: conv.forward_direct_into(y, None, x, w, b, 1, pad)),
                       ("gemm", lambda: conv.forward_gemm_into(y, None, x, w, b, 1, pad)),
-                      ("winograd", lambda: winograd.forward_into(y, x, winograd.transform_weights(w), b, pad))):
+                      ("winograd", lambda: winograd.forward_into(y, x, w, b, pad))):
         run()
         yield name, y.copy()
 
