@@ -65,17 +65,19 @@ _PREPARING = threading.RLock()  # one preparation at a time: threads may predict
 _ANNOUNCED = threading.local()  # .on: this thread's compiles were announced (compile_jobs, a helper)
 
 
-def prepare(plan, modes=(True, False), optimizer=None, processes=None, say=True, augment=None):
+def prepare(plan, modes=(True, False), optimizer=None, processes=None, say=True, augment=None, batches=None):
     """Make sure the kernels of ``plan``'s passes in ``modes`` (True: a training step, forward,
     loss and backward; False: evaluation), of ``optimizer``'s step and of ``augment`` (an
     ``Augment``) are compiled, compiling
     those that are not, with ``processes`` processes (default: ``$FASTCNN_COMPILE_PROCESSES``,
-    else the kernels' thread count, as far as cores are idle).
+    else the kernels' thread count, as far as cores are idle). ``batches``: {mode: the batch
+    sizes its passes will run at}, for those modes instead of ``REHEARSED_BATCHES`` (``fit``:
+    its evaluation's; a pass at another size that needs more says so when it compiles).
     Returns the number of kernels compiled. ``say``: the message and the progress bar on stderr."""
     if plan.kernels is not compiled_kernels or not jit.KERNELS:  # the NumPy reference (or no JIT) compiles nothing
         return 0
     with _PREPARING:
-        modes, jobs = _unprepared(plan, modes, [o for o in (optimizer, augment) if o is not None])
+        modes, jobs = _unprepared(plan, modes, [o for o in (optimizer, augment) if o is not None], batches)
         try:
             return compile_jobs(jobs, processes, say) if jobs else 0
         finally:
@@ -91,20 +93,22 @@ def compiled(plan, modes=(False,)):
         return not _unprepared(plan, modes)[1]
 
 
-def _unprepared(plan, modes, others=()):
+def _unprepared(plan, modes, others=(), batches=None):
     """Of ``modes``, those ``plan`` has not prepared yet, and the kernel calls (``Job``) that their
-    passes and ``others`` make that would compile."""
+    passes (at ``batches``, as in ``prepare``) and ``others`` make that would compile."""
     modes = [m for m in modes if m not in plan.prepared]
-    return modes, missing(rehearsed([(plan, m) for m in modes], others))
+    return modes, missing(rehearsed([(plan, m) for m in modes], others, batches))
 
 
-def rehearsed(passes, optimizers=()):
+def rehearsed(passes, optimizers=(), batches=None):
     """The kernel calls (``Job``) that ``passes`` [(plan, training), ...] and ``optimizers``'
-    steps (or anything else with a ``rehearse()``) make that would compile, found by rehearsing them."""
+    steps (or anything else with a ``rehearse()``) make that would compile, found by rehearsing
+    them at the batch sizes of ``REHEARSED_BATCHES``, or of ``batches`` ({mode: sizes}) for its modes."""
+    sizes = {**REHEARSED_BATCHES, **(batches or {})}
     calls = []
     with _intercepted(calls):
         for plan, training in passes:
-            for n in REHEARSED_BATCHES[training]:
+            for n in sizes[training]:
                 plan.rehearse(training, n)
         for optimizer in optimizers:
             optimizer.rehearse()

@@ -104,7 +104,22 @@ def fresh_state():
     return {"epoch": 0, "batch": 0, "totals": [0.0, 0, 0, 0.0], "history": []}
 
 
-def loss_and_accuracy(model, x, y, rows=None, batch_size=256):
+# Images per predict while evaluating (loss_and_accuracy).
+EVALUATION_BATCH = 256
+
+
+def evaluation_batches(sets):
+    """The batch sizes ``loss_and_accuracy`` predicts ``sets`` ((x, y) or (x, y, rows) each) at:
+    the kernels that fit prepares for its evaluation (one image of the deep network's dense
+    layer takes a kernel of its own, which a run evaluated 256 images at a time never calls)."""
+    sizes = set()
+    for s in sets:
+        m = len(s[1]) if len(s) < 3 or s[2] is None else len(s[2])
+        sizes.update(size for size in (min(EVALUATION_BATCH, m), m % EVALUATION_BATCH) if size)
+    return tuple(sorted(sizes))
+
+
+def loss_and_accuracy(model, x, y, rows=None, batch_size=EVALUATION_BATCH):
     """The mean cross-entropy and the accuracy of ``model`` (evaluation mode) on checked x, y,
     or on their ``rows``; read ``batch_size`` images at a time (:func:`fastcnn.folders.row_reader`),
     so memory stays bounded."""
@@ -291,8 +306,9 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     raw = np.empty((min(batch_size, n), *shape), np.uint8) if x_train.dtype == np.uint8 else None  # before scaling
     moved = np.empty_like(x) if augment is not None else None  # the batch augmented
     plan = model.plan(shape)  # the data were checked above: the plan runs them as they are
-    evaluates = val is not None or data.test is not None  # then evaluation's kernels too, before the first step
-    compiling.prepare(plan, (True, False) if evaluates else (True,), optimizer, say=world.is_root, augment=augment)
+    evaluated = [s for s in (val, data.test) if s is not None]  # then evaluation's kernels too, before the first step
+    compiling.prepare(plan, (True, False) if evaluated else (True,), optimizer, say=world.is_root, augment=augment,
+                      batches={False: evaluation_batches(evaluated)})
     take = row_reader(x_train)  # a memory-mapped image folder: rows read from its file
     trained = False
     with _stop_on_signals() as caught:

@@ -129,6 +129,20 @@ def test_the_rehearsal_finds_every_kernel_a_pass_calls():
     assert out["missed"] == [] and out["extra"] == [] and out["n"] >= 15
 
 
+def test_fit_prepares_the_batch_sizes_its_evaluation_runs_at():
+    # Evaluating 256 images at a time never takes the dense layer's few-rows kernel (one image):
+    # fit rehearses its evaluation at the sizes it will run, not at predict's one image.
+    from fastcnn.training import evaluation_batches
+    plan = ARCHITECTURES["deep"].build((28, 28, 1), 10, 0).plan((28, 28, 1))
+    kernels = {size: {j.kernel for j in compiling.rehearsed([(plan, False)], batches={False: (size,)})}
+               for size in (1, 256)}
+    assert "dense._dense_forward_few" in kernels[1] and "dense._dense_forward_few" not in kernels[256]
+    labels = np.zeros(10_000)
+    assert evaluation_batches([(None, labels)]) == (16, 256)  # 39 batches of 256, then 16
+    assert evaluation_batches([(None, labels, np.arange(300)), (None, labels[:100])]) == (44, 100, 256)
+    assert evaluation_batches([(None, labels[:512], None)]) == (256,)
+
+
 def test_the_rehearsal_changes_nothing_and_runs_no_layer_of_the_users():
     calls = []
 
