@@ -19,6 +19,7 @@ import functools
 import numba
 
 from . import blas
+from .jit import threads
 
 # Input channels from which the GEMM paths beat the direct one (forward and weight gradient).
 GEMM_CHANNELS = 8
@@ -39,6 +40,13 @@ AVX512_BLAS = {"SkylakeX", "Cooperlake", "SapphireRapids"}
 # The weight gradient's GEMMs pack only the block itself: 32 tiles on both.
 WINOGRAD_BLOCK = {"avx512": 32, "avx2": 96}
 WINOGRAD_WEIGHT_BLOCK = 32
+# Tiles per thread from which Winograd's forward pass beats im2col's GEMM. OpenBLAS's Haswell
+# kernels multiply its 36 small products per block slowly when a block has a few tiles (one or two
+# images): measured 2026-12-06 with AVX2 code, 2 threads, one image of 8x8x64 -> 128 took 281 us
+# by Winograd against 102 by the GEMM, one of 14x14x32 -> 64 89 against 53, but 8 images of 8x8
+# (32 tiles) 358 against 547 and, on one thread, 4 of them (16 tiles) 392 against 593. With
+# AVX-512 kernels Winograd wins from one image (14x14x32 -> 64: 42 against 50 us).
+WINOGRAD_TILES_PER_THREAD = {"avx512": 0, "avx2": 16}
 
 # Direct 3x3 convolutions (the first layers: conv.conv_row3) run two output pixels a pass with
 # AVX-512 code, one with AVX2 code. Measured 2026-12-06 on the named networks' first layers (1 and
@@ -99,8 +107,15 @@ def _winograd_fits(kind, x_shape, w_shape, stride, pad):
             and x_shape[3] >= WINOGRAD_CHANNELS[blas_kind(), kind])
 
 
-def _record(kind, x_shape, w_shape, stride, pad, path):
-    key = (kind, _describe(x_shape, w_shape, stride, pad))
+def enough_tiles(x_shape, pad, blas_kind, threads):
+    """Whether a 3x3 stride-1 forward convolution of x (N, H, W, C) has the tiles per thread that
+    Winograd needs with ``blas_kind``'s kernels (WINOGRAD_TILES_PER_THREAD)."""
+    n, h, w = x_shape[0], x_shape[1] + 2 * pad - 2, x_shape[2] + 2 * pad - 2
+    return n * ((h + 3) // 4) * ((w + 3) // 4) >= WINOGRAD_TILES_PER_THREAD[blas_kind] * threads
+
+
+def _record(kind, x_shape, w_shape, stride, pad, path, note=""):
+    key = (kind, _describe(x_shape, w_shape, stride, pad) + note)
     if key not in _TAKEN:
         _TAKEN[key] = path
     return path
@@ -117,17 +132,18 @@ def conv_weight_gradient(x_shape, w_shape, stride, pad):
 
 
 def _path(kind, x_shape, w_shape, stride, pad):
-    return _chosen(kind, tuple(x_shape), tuple(w_shape), stride, pad)
+    return _chosen(kind, tuple(x_shape), tuple(w_shape), stride, pad, threads())
 
 
 @functools.lru_cache(maxsize=1024)
-def _chosen(kind, x_shape, w_shape, stride, pad):
-    """Chosen once per shape (each call of a layer asks: 1 us a convolution, where one image takes 60)."""
+def _chosen(kind, x_shape, w_shape, stride, pad, threads):
+    """Chosen once per shape and thread count (each call of a layer asks: 1 us a convolution,
+    where one image takes 60)."""
     if _winograd_fits(kind, x_shape, w_shape, stride, pad):
-        path = "winograd"
-    else:
-        path = "gemm" if x_shape[3] >= GEMM_CHANNELS else "direct"
-    return _record(kind, x_shape, w_shape, stride, pad, path)
+        if kind != "forward" or enough_tiles(x_shape, pad, blas_kind(), threads):
+            return _record(kind, x_shape, w_shape, stride, pad, "winograd")
+        return _record(kind, x_shape, w_shape, stride, pad, "gemm", " (a few images)")
+    return _record(kind, x_shape, w_shape, stride, pad, "gemm" if x_shape[3] >= GEMM_CHANNELS else "direct")
 
 
 def paths():

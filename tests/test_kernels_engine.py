@@ -101,7 +101,7 @@ def test_the_winograd_matrices_compute_both_correlations():
 
 def test_the_paths_taken_are_reported():
     rng = np.random.default_rng(1)
-    K.conv2d_forward(rand(rng, 1, 6, 6, 32), rand(rng, 3, 3, 32, 8), rand(rng, 8), 1, 1)
+    K.conv2d_forward(rand(rng, 32, 6, 6, 32), rand(rng, 3, 3, 32, 8), rand(rng, 8), 1, 1)  # 128 tiles
     K.conv2d_forward(rand(rng, 1, 6, 6, 1), rand(rng, 3, 3, 1, 8), rand(rng, 8), 2, 1)
     taken = K.paths()
     assert taken["isa"] in ("avx512", "avx2", "other")
@@ -205,6 +205,21 @@ def test_the_fused_batchnorm_steps_run_the_layers_as_written(layers, steps):
     fast, ref = check_plan_runs_the_layers(layers, x, steps, forward_tol=1e-5)
     for (_, a), (_, b) in zip(fast.named_buffers(), ref.named_buffers()):  # the running statistics
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_winograd_waits_for_enough_tiles_with_haswell_blas_kernels():
+    # One image of 8x8 is 4 tiles, of 14x14 16: too few for OpenBLAS's Haswell kernels on 2 threads.
+    for shape, avx2_2, avx2_1 in [((1, 8, 8, 64), False, False), ((1, 14, 14, 32), False, True),
+                                  ((8, 8, 8, 64), True, True), ((64, 14, 14, 32), True, True)]:
+        assert algorithms.enough_tiles(shape, 1, "avx2", 2) == avx2_2
+        assert algorithms.enough_tiles(shape, 1, "avx2", 1) == avx2_1
+        assert algorithms.enough_tiles(shape, 1, "avx512", 2)
+    rng = np.random.default_rng(2)
+    x, w, b = rand(rng, 1, 8, 8, 64), rand(rng, 3, 3, 64, 16), rand(rng, 16)
+    want = "gemm" if algorithms.blas_kind() == "avx2" else "winograd"
+    assert algorithms.conv_forward(x.shape, w.shape, 1, 1) == want
+    y, y_ref = K.conv2d_forward(x, w, b, 1, 1), R.conv2d_forward(x, w, b, 1, 1)
+    np.testing.assert_allclose(y, y_ref, rtol=FWD, atol=WINOGRAD * np.abs(y_ref).max())
 
 
 def test_paths_are_chosen_for_both_kinds_of_blas_kernels():
