@@ -126,4 +126,7 @@ def input_batch(x):
     # NaN, Inf and unscaled 0-255 pixels; only then is the slower ``images`` run, for its message.
     if not (-MAX_ABS_PIXEL <= x.min() and x.max() <= MAX_ABS_PIXEL):
         images("x", x.reshape(len(x), -1, 1, 1))
-    return np.ascontiguousarray(x, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    # A read-only batch (load_dataset's arrays, a memory map) is copied: Numba types it apart from a
+    # writable one, and the first kernel would compile again for it (3-4 s, once).
+    return x if x.flags.writeable else x.copy()

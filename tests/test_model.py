@@ -199,6 +199,21 @@ def test_predict_gives_probabilities_in_batches():
     np.testing.assert_allclose(p, softmax(model.forward(x)), rtol=1e-5, atol=1e-7)
 
 
+def test_a_read_only_batch_runs_the_kernels_compiled_for_writable_ones():
+    # load_dataset's arrays are read-only; Numba would type them apart and compile the first
+    # kernel again (3-4 s): the batch is copied where it enters instead, and gives the same answer.
+    from fastcnn.kernels import conv_pool
+    model = seed_network()
+    x, _ = digit_like_batch(n=3)
+    want, want_one = model.predict(x), model.predict(x[:1])
+    seen = len(conv_pool._conv_relu_pool_forward.signatures)
+    x.flags.writeable = False
+    np.testing.assert_array_equal(model.predict(x), want)
+    np.testing.assert_array_equal(model.predict(x[:1]), want_one)
+    assert len(conv_pool._conv_relu_pool_forward.signatures) == seen
+    assert not x.flags.writeable  # the caller's array is left as it was
+
+
 def test_a_wrong_shape_names_the_layer():
     model = seed_network()
     with pytest.raises(ShapeError, match=r"layer 0 Conv2D.*expected 1 input channels"):
