@@ -49,8 +49,8 @@ def _by_reference(symbol, kinds):
             else:
                 address = cgutils.alloca_once_value(builder, context.cast(builder, value, ty, _SCALARS[kind]))
             addresses.append(builder.bitcast(address, _ADDRESS))
-        routine = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [_ADDRESS] * len(kinds)),
-                                                 symbol)
+        fortran = ir.FunctionType(ir.VoidType(), [_ADDRESS] * len(kinds))
+        routine = cgutils.get_or_insert_function(builder.module, fortran, symbol)
         builder.call(routine, addresses)
         return context.get_dummy_value()
     return codegen

@@ -193,8 +193,8 @@ def pool_tile(y, argmax, save_argmax, tile, n, oh0, ow0, OW, b):
 
 @parallel_kernel
 def _forward(y, argmax, moments, x, U, b, pad, OH, OW, epilogue, block, tasks):
-    # U (tasks, 36, C, K): each task's own; y (N, OH, OW, K), or with RELU_POOL (N, OH // 2, OW // 2, K) and argmax like it
-    # (or (0, 1, 1, 1): not kept); moments (tasks, 2, K) float64, or (0, 2, K) for none.
+    # U (tasks, 36, C, K): each task's own; y (N, OH, OW, K), or with RELU_POOL (N, OH // 2, OW // 2, K)
+    # and argmax like it (or (0, 1, 1, 1): not kept); moments (tasks, 2, K) float64, or (0, 2, K) for none.
     N, C, K = x.shape[0], x.shape[3], y.shape[3]
     tiles_h, tiles_w = (OH + 3) // 4, (OW + 3) // 4
     T = N * tiles_h * tiles_w
