@@ -57,3 +57,32 @@ def test_errors_are_one_line_not_a_traceback(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "no such model file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_plots_never_replace_an_existing_file_unasked(tmp_path, monkeypatch, capsys):
+    # evaluate --plot/--confusion and history --plot refuse a file that exists (before any work),
+    # and replace it with --overwrite.
+    from fakes import fake_mnist
+    from fastcnn import data
+    monkeypatch.setitem(data.CHECKSUMS, "mnist", fake_mnist(tmp_path / "data"))
+    model = tmp_path / "m.npz"
+    assert main(["train", "--epochs", "1", "--data-dir", str(tmp_path / "data"), "--out", str(model),
+                 "--no-progress"]) == 0
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"my own picture")
+    for command in (["evaluate", str(model), "--data-dir", str(tmp_path / "data"), "--plot", str(mine)],
+                    ["evaluate", str(model), "--data-dir", str(tmp_path / "data"), "--confusion", str(mine)],
+                    ["history", str(model), "--plot", str(mine)]):
+        capsys.readouterr()
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "already exists" in err and "--overwrite" in err and "Traceback" not in err
+        assert mine.read_bytes() == b"my own picture"
+        assert main(command + ["--overwrite"]) == 0
+        with Image.open(mine) as im:
+            assert im.format == "PNG"
+        mine.write_bytes(b"my own picture")
+    both = ["evaluate", str(model), "--data-dir", str(tmp_path / "data"), "--plot", str(tmp_path / "a.png"),
+            "--confusion", str(tmp_path / "a.png")]
+    assert main(both) == 2 and "both --plot and --confusion" in capsys.readouterr().err
+    assert not (tmp_path / "a.png").exists()

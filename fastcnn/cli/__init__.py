@@ -81,11 +81,14 @@ def parser():
                                                     "test/ to evaluate on (default: the one it was trained on)")
     e.add_argument("--plot", metavar="PNG", help="draw a grid of wrong predictions")
     e.add_argument("--confusion", metavar="PNG", help="draw the confusion matrix")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace --plot and --confusion files that exist (without it, they are never replaced)")
     e.set_defaults(run=use.evaluate_file)
 
     h = sub.add_parser("history", help="a model's training history: loss and accuracy per epoch, and a plot")
     h.add_argument("model", help=model_help)
     h.add_argument("--plot", metavar="PNG", help="draw loss and accuracy per epoch")
+    h.add_argument("--overwrite", action="store_true", help="replace --plot's file if it exists")
     h.set_defaults(run=use.history)
 
     s = sub.add_parser("serve", help="a web page to draw a digit or drop a photo, and a JSON endpoint",

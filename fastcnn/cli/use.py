@@ -6,6 +6,7 @@ class names, and whether they are an image folder's own), checks the files it wi
 the work that makes them, and writes them before it prints anything about them.
 """
 
+import os
 import sys
 import warnings
 from typing import NamedTuple, Optional
@@ -22,8 +23,11 @@ from ..inference import evaluate, input_channels, picture_loader
 from ..settings import from_checkpoint, server_limits_from_arguments
 
 
-def _check_writable(path):
-    """An output picture's folder takes files, before the work that makes the picture."""
+def _check_writable(path, overwrite=True):
+    """An output picture's folder takes files, before the work that makes the picture; with
+    ``overwrite`` False, a file of that name is refused rather than replaced."""
+    if not overwrite and os.path.lexists(path) and not os.path.isdir(path):
+        raise ImageError(f"{path}: already exists; name another file, or replace it with --overwrite")
     try:
         check_writable(path)
     except OSError as e:
@@ -140,9 +144,11 @@ def preprocessed_path(path, side=28, width=None):
 
 
 def evaluate_file(args):
+    if args.plot and args.confusion and os.path.abspath(args.plot) == os.path.abspath(args.confusion):
+        raise ImageError(f"{args.plot}: named by both --plot and --confusion; give each picture a file of its own")
     for path in (args.plot, args.confusion):
         if path:
-            _check_writable(path)
+            _check_writable(path, args.overwrite)
     model, dataset, names, own, settings = model_file(args)
     if own:
         x, y, about = _folder_test_set(args, model, names, settings)
@@ -187,7 +193,7 @@ def _folder_test_set(args, model, names, settings):
 
 def history(args):
     if args.plot:
-        _check_writable(args.plot)
+        _check_writable(args.plot, args.overwrite)
     saved = load_checkpoint(args.model)
     training = saved.training or {}
     history = training.get("history") or []
