@@ -11,18 +11,34 @@ import sys
 
 
 def main():
+    # A Ctrl-C is noted as well as raised: one that lands in a C extension's import can come out as
+    # another error, with nothing that links it to the Ctrl-C ("ImportError: numba._devicearray
+    # failed to import", the KeyboardInterrupt printed and cleared by the extension).
+    seen = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: _note_and_raise(seen))
+    except ValueError:  # not the main thread: Ctrl-C is not delivered here
+        previous = None
     try:
         from fastcnn.cli import main as run
     except BaseException as e:
-        if not _interrupted(e):
+        if not (seen or _interrupted(e)):
             raise
         print("fastcnn: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     status = run()
     # The command has ended and said so: a Ctrl-C while Python shuts down would only turn that
     # status into a death by signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     return status
+
+
+def _note_and_raise(seen):
+    seen.append(True)
+    raise KeyboardInterrupt
 
 
 def _interrupted(error):

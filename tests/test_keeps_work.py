@@ -346,3 +346,17 @@ def test_a_ctrl_c_that_an_import_turned_into_another_error_is_one_line_too(monke
     monkeypatch.setattr(builtins, "__import__", cli_import_raising(RuntimeError("other")))
     with pytest.raises(RuntimeError, match="other"):  # any other error is not taken for a Ctrl-C
         fastcnn_command.main()
+
+    def import_a_c_extension_hit_by_ctrl_c(name, *args, **kwargs):
+        # As numba's C extensions do: the Ctrl-C is printed and cleared, an ImportError raised alone.
+        if name == "fastcnn.cli":
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:
+                pass
+            raise ImportError("numba._devicearray failed to import")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", import_a_c_extension_hit_by_ctrl_c)
+    assert fastcnn_command.main() == 130
+    assert capsys.readouterr().err == "fastcnn: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back as it was
