@@ -142,9 +142,9 @@ def dense_forward_into(y, x, w, b, relu, scale=None):
 
 @functools.lru_cache(maxsize=64)
 def _ones(n):
-    ones = np.ones(n, np.float32)
-    ones.flags.writeable = False
-    return ones
+    # Writable, as the BatchNorm's scales are: Numba types a read-only array apart, and each
+    # dense kernel would compile twice in a network with both kinds of layer. Never written.
+    return np.ones(n, np.float32)
 
 
 def dense_backward_into(dx, dw, db, dy, x, w, y, relu):

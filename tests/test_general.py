@@ -117,6 +117,10 @@ def test_a_dense_batchnorm_relu_in_evaluation_agrees_with_the_layers_one_by_one(
     model.eval()
     for rows in (x, x[:1]):  # the GEMM and the few-rows loop
         np.testing.assert_allclose(model.forward(rows), _layer_by_layer(model, rows), rtol=2e-4, atol=2e-5)
+    if backend == "numba":  # the plain layer's scale of ones is typed as the BatchNorm's: one compile each
+        from fastcnn.kernels import dense
+        for kernel in (dense._dense_forward, dense._dense_forward_few):
+            assert {str(signature[5]) for signature in kernel.signatures} == {"array(float32, 1d, C)"}
 
 
 def test_both_backends_train_the_deep_network_alike():
