@@ -339,46 +339,45 @@ def tiles(out_shape):
     return n * ((oh + 3) // 4) * ((ow + 3) // 4)
 
 
-def block_for(block, count, tasks):
-    """Tiles per block: ``block``, or fewer where a task has fewer tiles than that (a few images):
-    each task's scratch (megabytes at a full block) is sized by it. Measured 2026-12-06 on 8x8 to
-    16x16 images, 32 to 128 channels, 2 threads: with AVX-512 code 1.1-1.15x as fast at batch 1
-    and 2, with AVX2 code 1.27x at batch 4 (8x8), elsewhere the same."""
-    return max(1, min(block, -(-count // tasks)))
+def split(count, block):
+    """Tasks for ``count`` tiles (one per thread, at most one per tile), and the tiles per block:
+    ``block``, or fewer where a task has fewer tiles than that (a few images): each task's scratch
+    (megabytes at a full block) is sized by it. Measured 2026-12-06 on 8x8 to 16x16 images, 32 to
+    128 channels, 2 threads: with AVX-512 code 1.1-1.15x as fast at batch 1 and 2, with AVX2 code
+    1.27x at batch 4 (8x8), elsewhere the same."""
+    tasks = max(1, min(threads(), count))
+    return tasks, max(1, min(block, -(-count // tasks)))
 
 
 def forward_into(y, x, w, b, pad, moments=None, relu=False):
     """y (N, OH, OW, K) = conv(x, w) + b at stride 1 with ``pad`` on each side; then the ReLU with
     ``relu``. With ``moments`` (2, K) float64 (and no ReLU): also each channel's sum and sum of
     squares of y - b."""
-    count = tiles(y.shape)
-    tasks = max(1, min(threads(), count))
-    parts = np.empty((tasks if moments is not None else 0, 2, w.shape[3]))
-    _forward(y, _NO_ARGMAX, parts, x, transform_weights(w, tasks), b, pad, y.shape[1], y.shape[2],
-             RELU if relu else PLAIN, block_for(algorithms.winograd_block(), count, tasks), tasks)
-    if moments is not None:
-        moments[...] = parts.sum(axis=0)
+    _forward_into(y, _NO_ARGMAX, moments, x, w, b, pad, y.shape[1], y.shape[2], RELU if relu else PLAIN)
 
 
 def forward_relu_pool_into(y, argmax, x, w, b, pad, conv_h, conv_w):
     """y (N, conv_h // 2, conv_w // 2, K) = max-pool 2x2 (relu(conv(x, w) + b)), and argmax
     as maxpool_forward's on the convolution's output (None: not kept): the convolution's output
     never goes to memory."""
-    count = tiles((y.shape[0], conv_h, conv_w))
-    tasks = max(1, min(threads(), count))
-    _forward(y, _NO_ARGMAX if argmax is None else argmax, _NO_MOMENTS, x, transform_weights(w, tasks), b, pad,
-             conv_h, conv_w, RELU_POOL, block_for(algorithms.winograd_block(), count, tasks), tasks)
+    _forward_into(y, _NO_ARGMAX if argmax is None else argmax, None, x, w, b, pad, conv_h, conv_w, RELU_POOL)
+
+
+def _forward_into(y, argmax, moments, x, w, b, pad, conv_h, conv_w, epilogue):
+    tasks, block = split(tiles((y.shape[0], conv_h, conv_w)), algorithms.winograd_block())
+    parts = np.empty((tasks if moments is not None else 0, 2, w.shape[3]))
+    _forward(y, argmax, parts, x, transform_weights(w, tasks), b, pad, conv_h, conv_w, epilogue, block, tasks)
+    if moments is not None:
+        moments[...] = parts.sum(axis=0)
 
 
 _NO_ARGMAX = np.zeros((0, 1, 1, 1), np.int32)
-_NO_MOMENTS = np.zeros((0, 2, 1))
 
 
 def weight_gradient_into(dw, db, dy, x, pad):
     """dw (3, 3, C, K) and db (K,) of the stride-1 convolution that read x with ``pad``, from dy."""
     C, K = x.shape[3], dy.shape[3]
-    count = tiles(dy.shape)
-    tasks = max(1, min(threads(), count))
+    tasks, block = split(tiles(dy.shape), algorithms.WINOGRAD_WEIGHT_BLOCK)
     partial, partial_db = np.empty((tasks, 36, C, K), np.float32), np.empty((tasks, K))
-    _weight_gradient(partial, partial_db, x, dy, pad, block_for(algorithms.WINOGRAD_WEIGHT_BLOCK, count, tasks))
+    _weight_gradient(partial, partial_db, x, dy, pad, block)
     _finish_weight_gradient(dw, db, partial, partial_db)
