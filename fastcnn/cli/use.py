@@ -23,7 +23,7 @@ from ..inference import evaluate, input_channels, picture_loader
 from ..settings import from_checkpoint, server_limits_from_arguments
 
 
-def _check_writable(path, overwrite=True):
+def _check_writable(path, overwrite):
     """An output picture's folder takes files, before the work that makes the picture; with
     ``overwrite`` False, a file of that name is refused rather than replaced."""
     if not overwrite and os.path.lexists(path) and not os.path.isdir(path):
@@ -95,7 +95,7 @@ def predict(args):
     shape = tuple(model.input_shape) if own else None  # the picture as the model sees it
     if args.save_preprocessed:
         for path in args.images:
-            _check_writable(preprocessed_path(path, *_seen_size(model, load, own)))
+            _check_writable(preprocessed_path(path, *_seen_size(model, load, own)), overwrite=True)  # its own
     noun = "digit " if dataset == "mnist" else ""
     failed = 0
     for path in args.images:
