@@ -15,7 +15,7 @@ from . import reference
 from .algorithms import paths  # which algorithm ran each convolution (not a kernel: no twin)
 from .dropout import dropout_key  # how a run makes the key of one dropout mask (the same in reference)
 
-_NOT_KERNELS = {"algorithms", "blas", "checks", "errors", "jit", "reference"}  # what the kernel modules use
+_NOT_KERNELS = {"algorithms", "blas", "checks", "errors", "jit", "reference", "simd"}  # what the kernel modules use
 _MODULES = [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)
             if m.name not in _NOT_KERNELS]
 _TWINS = sorted(name for name, f in vars(reference).items()

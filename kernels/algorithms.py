@@ -4,7 +4,7 @@ Numba compiles the kernels for the CPU it runs on (or the one NUMBA_CPU_NAME and
 NUMBA_CPU_FEATURES name), so the same loop runs 16 floats wide with AVX-512 and 8 with AVX2, and
 the matrix products run OpenBLAS's kernels for the core it detects (OPENBLAS_CORETYPE). The paths:
 
-- ``direct``: the taps summed row by row (conv.conv_row, conv.weight_row): few input channels.
+- ``direct``: the taps summed in register tiles (conv.conv_row, conv.weight_rows): few input channels.
 - ``gemm``: the taps of a block of output pixels gathered into rows (im2col), then GEMMs.
 - ``winograd``: F(4x4, 3x3) (winograd.py), 3x3 kernels at stride 1: a quarter of the products.
 
@@ -48,13 +48,6 @@ WINOGRAD_WEIGHT_BLOCK = 32
 # AVX-512 kernels Winograd wins from one image (14x14x32 -> 64: 42 against 50 us).
 WINOGRAD_TILES_PER_THREAD = {"avx512": 0, "avx2": 16}
 
-# Direct 3x3 convolutions (the first layers: conv.conv_row3) run two output pixels a pass with
-# AVX-512 code, one with AVX2 code. Measured 2026-12-06 on the named networks' first layers (1 and
-# 3 channels to 32, batch 64, 2 threads, AMD EPYC), one pixel a pass against two: with AVX2 code
-# 1.16-1.34x as fast, with AVX-512 code 1.03-1.17x from 1 channel but 0.83-0.99x from 3 (there,
-# loading each weight vector once for two pixels pays). One pixel a pass also compiles faster.
-DIRECT_PIXEL_PAIRS = {"avx512": True, "avx2": False, "other": False}
-
 _TAKEN = {}  # (pass, shape description) -> path, in the order first seen
 
 
@@ -90,11 +83,6 @@ def blas_kind():
 def winograd_block():
     """Tiles per block of Winograd's forward pass, for the BLAS kernels this process runs."""
     return WINOGRAD_BLOCK[blas_kind()]
-
-
-def direct_pixel_pairs():
-    """Whether conv.conv_row3 computes two output pixels a pass (see DIRECT_PIXEL_PAIRS)."""
-    return DIRECT_PIXEL_PAIRS[isa()]
 
 
 def _describe(x_shape, w_shape, stride, pad):

@@ -5,22 +5,24 @@ KH/KW kernel height/width, OH/OW output height/width. Layouts: x (N, H, W, C),
 w (KH, KW, C, K), b (K,), y (N, OH, OW, K). Zero padding ``pad`` on every side.
 
 The innermost loop always runs over the last axis (channels), which is contiguous in both the
-activations and the weights, so it vectorises.
+activations and the weights, so it vectorises (or is the vector's lanes).
 
 The forward pass and the weight gradient view x as (N, H, W*C) and w as (KH, KW*C, K): for one
 kernel row kh, the taps (kw, c) of an output pixel are KW*C consecutive floats of an input row,
-and KW*C consecutive rows of w. A task first copies the KH input rows under its current output
-row into a strip with ``pad`` zero pixels left and right, so the hot loops need no bounds checks.
-One output row is computed by ``conv_row`` and one output row's share of the weight gradient by
-``weight_row``; the fused conv -> ReLU -> max-pool kernels (``conv_pool.py``) call the same two.
-The input gradient is a forward convolution too, of dy with the weights turned around
-(``input_gradient_into``), so it runs on the same kernel. With 8 input channels or more the
+and KW*C consecutive rows of w. With few input channels (the first layers) they are summed
+directly, in register tiles (simd.py): ``conv_row`` computes one output row, 4 pixels by 2
+vectors of channels at a time, from a strip of the KH input rows under it with ``pad`` zero
+pixels left and right (so the hot loops need no bounds checks); ``weight_rows`` adds some output
+rows' share of the weight gradient, 3 taps by 2 vectors of channels at a time, from the image
+padded all round. The fused conv -> ReLU -> max-pool kernels (``conv_pool.py``) call the same
+two. The input gradient is a forward convolution too, of dy with the weights turned around
+(``input_gradient_into``), so it runs on the same kernels. With 8 input channels or more the
 forward pass is instead a GEMM (``blas.gemm``, inside Numba's threads) over the taps of a block
 of output pixels gathered into rows (im2col, ``gather_taps``): the product's inner dimension,
 KH*KW*C, is then long enough for BLAS to beat the loops. So is the weight gradient, a GEMM of the
 gathered taps (transposed) with dy, summed over blocks of output pixels.
-The helpers index whole arrays rather than views: then Numba tells LLVM that the arrays do not
-overlap, and the loops vectorise without run-time overlap checks.
+The kernels index whole arrays rather than views: then Numba tells LLVM that the arrays do not
+overlap, and the loops it vectorises need no run-time overlap checks.
 
 ``*_into`` are the unchecked cores, which the execution plan calls with its own buffers.
 """
@@ -29,10 +31,10 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import algorithms, checks, winograd
+from . import algorithms, checks, simd, winograd
 from .blas import NO_TRANS, TRANS, gemm
 from .dense import relu_forward_into
-from .jit import parallel_kernel, threads
+from .jit import helper, parallel_kernel, threads
 
 # Output pixels per GEMM of the im2col forward pass: up to 256 (a whole 14x14 image; 9 rows of 28).
 _GEMM_PIXELS = 256
@@ -62,132 +64,87 @@ def strip_rows(oh, stride, pad, KH, H):
     return ih0, max(0, -ih0), min(KH, H - ih0)
 
 
-@numba.njit(inline="always")
+@helper
 def conv_row(out, r, strip, w, b, kh_lo, kh_hi, step):
     """out[r] (OW, K) = bias + the taps of strip rows kh_lo..kh_hi-1 (``step`` = stride * C).
 
-    The taps are added three at a time (one read-modify-write of an output pixel per three
-    taps), tap-major, so that consecutive pixels are independent and overlap in the CPU."""
+    In tiles of 4 output pixels by 2 vectors of channels (simd.py): a tile's sums stay in 8
+    registers through all the taps and are stored once; each weight vector loaded serves 4
+    pixels, each input value 2 vectors. The last tiles of a row take fewer channels (lanes
+    masked off) or pixels (the missing ones repeat the last and are not stored): one path."""
     OW, K = out.shape[1], out.shape[2]
-    KWC = w.shape[1]
-    triples = KWC - KWC % 3
-    for ow in range(OW):
-        for k in range(K):
-            out[r, ow, k] = b[k]
+    for k in range(0, K, 2 * simd.WIDTH):
+        for ow in range(0, OW, 4):
+            _conv_tile(out, r, ow, k, strip, w, b, kh_lo, kh_hi, step)
+
+
+@numba.njit(inline="always")
+def _conv_tile(out, r, ow, k, strip, w, b, kh_lo, kh_hi, step):
+    OW, K = out.shape[1], out.shape[2]
+    KWC, V = w.shape[1], simd.WIDTH
+    n0, n1 = min(V, K - k), max(0, min(V, K - k - V))  # the two vectors' lanes in use
+    # The strip columns of the 4 pixels (unsigned: no fix-up code for negative indices).
+    a0, a1 = np.uint64(ow * step), np.uint64(min(ow + 1, OW - 1) * step)
+    a2, a3 = np.uint64(min(ow + 2, OW - 1) * step), np.uint64(min(ow + 3, OW - 1) * step)
+    s00, s01 = simd.load_first(b, k, n0), simd.load_first(b, k + V, n1)
+    s10, s11, s20, s21, s30, s31 = s00, s01, s00, s01, s00, s01
     for kh in range(kh_lo, kh_hi):
-        for j in range(0, triples, 3):
-            for ow in range(OW):
-                at = np.uint64(ow * step + j)
-                v0, v1, v2 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
-                for k in range(K):
-                    out[r, ow, k] += v0 * w[kh, j, k] + v1 * w[kh, j + 1, k] + v2 * w[kh, j + 2, k]
-        for j in range(triples, KWC):
-            for ow in range(OW):
-                v = strip[kh, np.uint64(ow * step + j)]
-                for k in range(K):
-                    out[r, ow, k] += v * w[kh, j, k]
+        for j0 in range(0, KWC, 3):
+            for j in range(j0, j0 + 3):  # a fixed count, unrolled: 1.1x as fast as one loop (AVX2 code)
+                if j < KWC:
+                    at, uj = (kh * KWC + j) * K + k, np.uint64(j)
+                    w0, w1 = simd.load_first(w, at, n0), simd.load_first(w, at + V, n1)
+                    x = simd.splat(strip[kh, a0 + uj])
+                    s00, s01 = simd.fma(x, w0, s00), simd.fma(x, w1, s01)
+                    x = simd.splat(strip[kh, a1 + uj])
+                    s10, s11 = simd.fma(x, w0, s10), simd.fma(x, w1, s11)
+                    x = simd.splat(strip[kh, a2 + uj])
+                    s20, s21 = simd.fma(x, w0, s20), simd.fma(x, w1, s21)
+                    x = simd.splat(strip[kh, a3 + uj])
+                    s30, s31 = simd.fma(x, w0, s30), simd.fma(x, w1, s31)
+    o = (r * OW + ow) * K + k
+    _store_pair(out, o, s00, s01, n0, n1)
+    if ow + 1 < OW:
+        _store_pair(out, o + K, s10, s11, n0, n1)
+    if ow + 2 < OW:
+        _store_pair(out, o + 2 * K, s20, s21, n0, n1)
+    if ow + 3 < OW:
+        _store_pair(out, o + 3 * K, s30, s31, n0, n1)
 
 
 @numba.njit(inline="always")
-def fill_strip3(strip, x, n, ih0, H, skip):
-    """The three input rows from ih0 of image n (x viewed as (N, H, W*C)) into strip, after
-    ``skip`` zeros; rows outside the image are zeros (so conv_row3 never asks which are in)."""
-    for kh in range(3):
-        if 0 <= ih0 + kh < H:
-            for i in range(x.shape[2]):
-                strip[kh, skip + i] = x[n, ih0 + kh, i]
-        else:
-            for i in range(x.shape[2]):
-                strip[kh, skip + i] = 0.0
+def _store_pair(a, i, v0, v1, n0, n1):
+    """Two vectors into a from flat index i, n0 and n1 of their lanes: whole vectors by plain
+    stores (a masked store is 2x slower than the whole tile with AVX2 code)."""
+    V = simd.WIDTH
+    if n0 == V:
+        simd.store(a, i, v0)
+    else:
+        simd.store_first(a, i, v0, n0)
+    if n1 == V:
+        simd.store(a, i + V, v1)
+    elif n1 > 0:
+        simd.store_first(a, i + V, v1, n1)
 
 
 @numba.njit(inline="always")
-def add_triple(out, r, ow, strip, w, j, step):
-    """out[r, ow] += the nine taps of column triple j of a 3x3 kernel's three rows."""
-    a = np.uint64(ow * step + j)
-    p0, p1, p2 = strip[0, a], strip[0, a + _U1], strip[0, a + _U2]
-    q0, q1, q2 = strip[1, a], strip[1, a + _U1], strip[1, a + _U2]
-    s0, s1, s2 = strip[2, a], strip[2, a + _U1], strip[2, a + _U2]
-    for k in range(out.shape[2]):
-        out[r, ow, k] += ((p0 * w[0, j, k] + p1 * w[0, j + 1, k] + p2 * w[0, j + 2, k])
-                          + (q0 * w[1, j, k] + q1 * w[1, j + 1, k] + q2 * w[1, j + 2, k])
-                          + (s0 * w[2, j, k] + s1 * w[2, j + 1, k] + s2 * w[2, j + 2, k]))
-
-
-@numba.njit(inline="always")
-def conv_row3_pixels(out, r, strip, w, b, step):
-    """conv_row for a 3x3 kernel (strip from fill_strip3), one output pixel at a time: the nine
-    taps of a column triple of all three rows in one pass over the channels (nine products added
-    into an output value per pass, not three), the first triple with the bias. (A 3x3 kernel's
-    row holds 3 * C taps: whole triples.)"""
-    OW, K = out.shape[1], out.shape[2]
-    KWC = w.shape[1]
-    for ow in range(OW):
-        a = np.uint64(ow * step)
-        p0, p1, p2 = strip[0, a], strip[0, a + _U1], strip[0, a + _U2]
-        q0, q1, q2 = strip[1, a], strip[1, a + _U1], strip[1, a + _U2]
-        s0, s1, s2 = strip[2, a], strip[2, a + _U1], strip[2, a + _U2]
-        for k in range(K):
-            out[r, ow, k] = b[k] + ((p0 * w[0, 0, k] + p1 * w[0, 1, k] + p2 * w[0, 2, k])
-                                    + (q0 * w[1, 0, k] + q1 * w[1, 1, k] + q2 * w[1, 2, k])
-                                    + (s0 * w[2, 0, k] + s1 * w[2, 1, k] + s2 * w[2, 2, k]))
-        for j in range(3, KWC, 3):
-            add_triple(out, r, ow, strip, w, j, step)
-
-
-@numba.njit(inline="always")
-def conv_row3_pairs(out, r, strip, w, b, step):
-    """conv_row3_pixels two output pixels at a time: each weight vector loaded once for both."""
-    OW, K = out.shape[1], out.shape[2]
-    KWC = w.shape[1]
-    triples = KWC - KWC % 3
-    pairs = OW - OW % 2
-    for ow in range(OW):
-        for k in range(K):
-            out[r, ow, k] = b[k]
-    for j in range(0, triples, 3):
-        for ow in range(0, pairs, 2):
-            a = np.uint64(ow * step + j)
-            c = a + np.uint64(step)
-            p0, p1, p2 = strip[0, a], strip[0, a + _U1], strip[0, a + _U2]
-            q0, q1, q2 = strip[1, a], strip[1, a + _U1], strip[1, a + _U2]
-            s0, s1, s2 = strip[2, a], strip[2, a + _U1], strip[2, a + _U2]
-            P0, P1, P2 = strip[0, c], strip[0, c + _U1], strip[0, c + _U2]
-            Q0, Q1, Q2 = strip[1, c], strip[1, c + _U1], strip[1, c + _U2]
-            S0, S1, S2 = strip[2, c], strip[2, c + _U1], strip[2, c + _U2]
-            for k in range(K):
-                w0, w1, w2 = w[0, j, k], w[0, j + 1, k], w[0, j + 2, k]
-                w3, w4, w5 = w[1, j, k], w[1, j + 1, k], w[1, j + 2, k]
-                w6, w7, w8 = w[2, j, k], w[2, j + 1, k], w[2, j + 2, k]
-                out[r, ow, k] += ((p0 * w0 + p1 * w1 + p2 * w2) + (q0 * w3 + q1 * w4 + q2 * w5)
-                                  + (s0 * w6 + s1 * w7 + s2 * w8))
-                out[r, ow + 1, k] += ((P0 * w0 + P1 * w1 + P2 * w2) + (Q0 * w3 + Q1 * w4 + Q2 * w5)
-                                      + (S0 * w6 + S1 * w7 + S2 * w8))
-        for ow in range(pairs, OW):
-            add_triple(out, r, ow, strip, w, j, step)
-    for j in range(triples, KWC):
-        for ow in range(OW):
-            a = np.uint64(ow * step + j)
-            v0, v1, v2 = strip[0, a], strip[1, a], strip[2, a]
-            for k in range(K):
-                out[r, ow, k] += v0 * w[0, j, k] + v1 * w[1, j, k] + v2 * w[2, j, k]
-
-
-# conv_row3: which of the two runs, for the instruction set the kernels are compiled for (a module
-# constant, so each kernel compiles the one that runs). See algorithms.DIRECT_PIXEL_PAIRS.
-conv_row3 = conv_row3_pairs if algorithms.direct_pixel_pairs() else conv_row3_pixels
-
-
-@numba.njit(inline="always")
-def add_moments(s1, s2, y, r0, r1, b):
+def add_moments(s1, s2, t1, t2, y, r0, r1, b):
     """Add rows r0..r1-1 of y (rows, OW, K) less the bias into the float64 sums s1 and s2 (K,)
-    of each channel's values and squares: BatchNorm's statistics, while the rows are in cache."""
+    of each channel's values and squares: BatchNorm's statistics, while the rows are in cache.
+    Each row is summed in float32 first, in t1 and t2 (K,) (a few dozen values: a few ulps), then
+    added in float64: converting every value cost as much as a first layer's convolution."""
+    K = y.shape[2]
     for r in range(r0, r1):
+        t1[:] = 0.0
+        t2[:] = 0.0
         for ow in range(y.shape[1]):
-            for k in range(y.shape[2]):
-                v = np.float64(y[r, ow, k] - b[k])
-                s1[k] += v
-                s2[k] += v * v
+            for k in range(K):
+                v = y[r, ow, k] - b[k]
+                t1[k] += v
+                t2[k] += v * v
+        for k in range(K):
+            s1[k] += t1[k]
+            s2[k] += t2[k]
 
 
 @numba.njit(inline="always")
@@ -208,33 +165,14 @@ def _conv2d_forward(y, moments, x, w, b, C, stride, pad, tasks):
     for task in prange(tasks):
         strip = np.zeros((KH, WC + 2 * pad * C), np.float32)
         s1, s2 = np.zeros(K), np.zeros(K)
+        t1, t2 = np.empty(K, np.float32), np.empty(K, np.float32)
         for row in range(task * N * OH // tasks, (task + 1) * N * OH // tasks):
             n = row // OH
             ih0, kh_lo, kh_hi = strip_rows(row - n * OH, stride, pad, KH, H)
             fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
             conv_row(y, row, strip, w, b, kh_lo, kh_hi, stride * C)
             if stats:
-                add_moments(s1, s2, y, row, row + 1, b)
-        if stats:
-            store_moments(moments, task, s1, s2)
-
-
-@parallel_kernel
-def _conv2d_forward3(y, moments, x, w, b, C, stride, pad, tasks):
-    # _conv2d_forward for 3x3 kernels (conv_row3).
-    N, H, WC = x.shape
-    K = w.shape[2]
-    OH = y.shape[0] // N
-    stats = moments.shape[0] > 0
-    for task in prange(tasks):
-        strip = np.zeros((3, WC + 2 * pad * C), np.float32)
-        s1, s2 = np.zeros(K), np.zeros(K)
-        for row in range(task * N * OH // tasks, (task + 1) * N * OH // tasks):
-            n = row // OH
-            fill_strip3(strip, x, n, (row - n * OH) * stride - pad, H, pad * C)
-            conv_row3(y, row, strip, w, b, stride * C)
-            if stats:
-                add_moments(s1, s2, y, row, row + 1, b)
+                add_moments(s1, s2, t1, t2, y, row, row + 1, b)
         if stats:
             store_moments(moments, task, s1, s2)
 
@@ -273,6 +211,7 @@ def _conv2d_forward_gemm(y, moments, x, w, b, KH, KW, stride, pad, block, tasks)
     for task in prange(tasks):
         cols = np.empty((block * OW, D), np.float32)
         s1, s2 = np.zeros(K), np.zeros(K)
+        t1, t2 = np.empty(K, np.float32), np.empty(K, np.float32)
         row, end = task * N * OH // tasks, (task + 1) * N * OH // tasks
         while row < end:
             n, oh = row // OH, row % OH
@@ -285,51 +224,78 @@ def _conv2d_forward_gemm(y, moments, x, w, b, KH, KW, stride, pad, block, tasks)
             gemm(NO_TRANS, NO_TRANS, rows * OW, K, D, np.float32(1.0), cols.reshape(-1), D, flat_w, K,
                  np.float32(1.0), flat_y[row * OW * K:], K)
             if stats:
-                add_moments(s1, s2, y, row, row + rows, b)
+                add_moments(s1, s2, t1, t2, y, row, row + rows, b)
             row += rows
         if stats:
             store_moments(moments, task, s1, s2)
 
 
+@helper
+def weight_rows(partial, chunk, partial_db, image, g, g0, oh0, rows, stride, step):
+    """Add the share of output rows oh0..oh0+rows-1 of one image to partial[chunk] (KH, KWC3, K)
+    and partial_db[chunk] (K,): g rows g0..g0+rows-1 (each (OW, K)) are their gradient, ``image``
+    the padded input (``padded_image``), ``step`` = stride * C.
+
+    In tiles of 3 taps by 2 vectors of channels (simd.py): a tile's sums stay in 6 registers
+    through all the rows' pixels and are added into the partials once; per pixel, 2 vector loads
+    of g and 3 of the image's values for 6 products. The last tiles take fewer channels (lanes
+    masked off): one path. KWC3 is the taps KW*C rounded up to a multiple of 3: the partials'
+    rows past KW*C sum values never read. The bias gradient, the sum of g, is added up by the
+    first tiles of each channel on the way."""
+    KH, KWC3, K = partial.shape[1], partial.shape[2], partial.shape[3]
+    for kh in range(KH):
+        for j in range(0, KWC3, 3):
+            for k in range(0, K, 2 * simd.WIDTH):
+                _weight_tile(partial, chunk, partial_db, kh == 0 and j == 0, image, g, g0, oh0, rows, kh, j, k, stride,
+                             step)
+
+
+@helper
+def _weight_tile(partial, chunk, partial_db, bias, image, g, g0, oh0, rows, kh, j, k, stride, step):
+    OW, K, V = g.shape[1], g.shape[2], simd.WIDTH
+    n0, n1 = min(V, K - k), max(0, min(V, K - k - V))  # the two vectors' lanes in use
+    at = ((chunk * partial.shape[1] + kh) * partial.shape[2] + j) * K + k  # partial[chunk, kh, j, k]
+    s00, s01 = simd.load_first(partial, at, n0), simd.load_first(partial, at + V, n1)
+    s10, s11 = simd.load_first(partial, at + K, n0), simd.load_first(partial, at + K + V, n1)
+    s20, s21 = simd.load_first(partial, at + 2 * K, n0), simd.load_first(partial, at + 2 * K + V, n1)
+    d0 = d1 = simd.splat(0.0)
+    for i in range(rows):
+        row = np.uint64((oh0 + i) * stride + kh)  # unsigned indices: no fix-up code for negative ones
+        o = ((g0 + i) * OW) * K + k
+        for ow in range(OW):
+            g0v, g1v = simd.load_first(g, o, n0), simd.load_first(g, o + V, n1)
+            d0, d1 = simd.add(d0, g0v), simd.add(d1, g1v)
+            o += K
+            a = np.uint64(ow * step + j)
+            x = simd.splat(image[row, a])
+            s00, s01 = simd.fma(x, g0v, s00), simd.fma(x, g1v, s01)
+            x = simd.splat(image[row, a + _U1])
+            s10, s11 = simd.fma(x, g0v, s10), simd.fma(x, g1v, s11)
+            x = simd.splat(image[row, a + _U2])
+            s20, s21 = simd.fma(x, g0v, s20), simd.fma(x, g1v, s21)
+    _store_pair(partial, at, s00, s01, n0, n1)
+    _store_pair(partial, at + K, s10, s11, n0, n1)
+    _store_pair(partial, at + 2 * K, s20, s21, n0, n1)
+    if bias:
+        for i in range(n0):
+            partial_db[chunk, k + i] += simd.lane(d0, i)
+        for i in range(n1):
+            partial_db[chunk, k + V + i] += simd.lane(d1, i)
+
+
 @numba.njit(inline="always")
-def weight_row(partial, chunk, partial_db, strip, g, r, kh_lo, kh_hi, step):
-    """Add one output row's share to partial[chunk] (KH, KWC3, K) and partial_db[chunk] (K,):
-    g[r] (OW4, K) is the output row's gradient, strip its input rows (``direct_strip``).
-
-    Pixels are taken four at a time and taps three at a time, so one pass over K updates three
-    rows of dw with twelve products. One path, no remainders (the two cost a second of compiling):
-    OW4 is a multiple of 4, the gradient zero in the pixels past the output's width, and KWC3
-    the taps KW*C rounded up to a multiple of 3, the rows past KW*C summing values never read."""
-    OW4, K = g.shape[1], g.shape[2]
-    KWC3 = partial.shape[2]
-    ustep = np.uint64(step)
-    quads, triples = OW4 - OW4 % 4, KWC3 - KWC3 % 3  # = OW4 and KWC3, but LLVM then knows it
-    for ow in range(0, quads, 4):
-        for k in range(K):
-            partial_db[chunk, k] += g[r, ow, k] + g[r, ow + 1, k] + g[r, ow + 2, k] + g[r, ow + 3, k]
-    for kh in range(kh_lo, kh_hi):
-        for ow in range(0, quads, 4):
-            for j in range(0, triples, 3):
-                at = np.uint64(ow * step + j)
-                v00, v01, v02 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
-                at += ustep
-                v10, v11, v12 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
-                at += ustep
-                v20, v21, v22 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
-                at += ustep
-                v30, v31, v32 = strip[kh, at], strip[kh, at + _U1], strip[kh, at + _U2]
-                for k in range(K):
-                    g0, g1, g2, g3 = g[r, ow, k], g[r, ow + 1, k], g[r, ow + 2, k], g[r, ow + 3, k]
-                    partial[chunk, kh, j, k] += v00 * g0 + v10 * g1 + v20 * g2 + v30 * g3
-                    partial[chunk, kh, j + 1, k] += v01 * g0 + v11 * g1 + v21 * g2 + v31 * g3
-                    partial[chunk, kh, j + 2, k] += v02 * g0 + v12 * g1 + v22 * g2 + v32 * g3
+def padded_image(H, WC, pad, C, OW, step, KWC3):
+    """Room for one input image with ``pad`` zero pixels around it, and zeros for the reads of
+    the taps rounded up to KWC3 (weight_rows): fill it with ``fill_image``."""
+    return np.zeros((H + 2 * pad, max(WC + 2 * pad * C, (OW - 1) * step + KWC3)), np.float32)
 
 
 @numba.njit(inline="always")
-def direct_strip(KH, WC, pad, C, OW4, step, KWC3):
-    """A strip for weight_row: the padded input rows, and zeros for the reads of its rounded-up
-    pixels and taps."""
-    return np.zeros((KH, max(WC + 2 * pad * C, (OW4 - 1) * step + KWC3)), np.float32)
+def fill_image(image, x, n, pad, C):
+    """Image n of x (viewed as (N, H, W*C)) into ``image`` inside its zero border."""
+    for i in range(x.shape[1]):
+        for c in range(x.shape[2]):
+            image[pad + i, pad * C + c] = x[n, i, c]
 
 
 @numba.njit(inline="always")
@@ -358,19 +324,15 @@ def add_partials(dw, db, partial, partial_db):
 def _conv2d_backward_weight(dw, db, partial, partial_db, dy, x, C, stride, pad):
     # dy viewed as (N * OH, OW, K). Each chunk sums a contiguous slice of the batch into its own
     # partial dw and db (db in float64: tens of thousands of pixels); race-free.
-    # dy's width a multiple of 4 (weight_row's one path: see weight_gradient_direct_into).
     N, H, WC = x.shape
-    KH = dw.shape[0]
-    OH = dy.shape[0] // N
+    OH, OW = dy.shape[0] // N, dy.shape[1]
     chunks = partial.shape[0]
     for chunk in prange(chunks):
-        strip = direct_strip(KH, WC, pad, C, dy.shape[1], stride * C, partial.shape[2])
+        image = padded_image(H, WC, pad, C, OW, stride * C, partial.shape[2])
         zero_partials(partial, partial_db, chunk)
         for n in range(chunk * N // chunks, (chunk + 1) * N // chunks):
-            for oh in range(OH):
-                ih0, kh_lo, kh_hi = strip_rows(oh, stride, pad, KH, H)
-                fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
-                weight_row(partial, chunk, partial_db, strip, dy, n * OH + oh, kh_lo, kh_hi, stride * C)
+            fill_image(image, x, n, pad, C)
+            weight_rows(partial, chunk, partial_db, image, dy, n * OH, 0, OH, stride, stride * C)
     add_partials(dw, db, partial, partial_db)
 
 
@@ -428,7 +390,7 @@ def partials(n, w, taps_multiple=1):
 
 
 def direct_partials(n, w):
-    """partials for weight_row: the taps of a kernel row rounded up to a multiple of 3."""
+    """partials for weight_rows: the taps of a kernel row rounded up to a multiple of 3."""
     return partials(n, w, 3)
 
 
@@ -496,8 +458,7 @@ def forward_direct_into(y, sums, x, w, b, stride, pad):
     n, oh, ow, K = y.shape
     count = tasks(n * oh)
     parts = _moments(sums, K)[:count]
-    kernel = _conv2d_forward3 if w.shape[:2] == (3, 3) else _conv2d_forward  # 3x3: nine taps a pass
-    kernel(y.reshape(n * oh, ow, K), parts, rows(x), taps(w), b, x.shape[3], stride, pad, count)
+    _conv2d_forward(y.reshape(n * oh, ow, K), parts, rows(x), taps(w), b, x.shape[3], stride, pad, count)
     if sums is not None:
         sums[...] = parts.sum(axis=0)
 
@@ -526,11 +487,8 @@ def weight_gradient_gemm_into(dw, db, dy, x, stride, pad):
 def weight_gradient_direct_into(dw, db, dy, x, stride, pad):
     n, oh, ow, K = dy.shape
     partial, partial_db = direct_partials(n, dw)
-    rows_of_dy = dy.reshape(n * oh, ow, K)
-    if ow % 4:  # widened with zero pixels to a multiple of 4 (weight_row's one path)
-        rows_of_dy = np.zeros((n * oh, round_up(ow, 4), K), np.float32)
-        rows_of_dy[:, :ow] = dy.reshape(n * oh, ow, K)
-    _conv2d_backward_weight(taps(dw), db, partial, partial_db, rows_of_dy, rows(x), x.shape[3], stride, pad)
+    _conv2d_backward_weight(taps(dw), db, partial, partial_db, dy.reshape(n * oh, ow, K), rows(x), x.shape[3], stride,
+                            pad)
 
 
 def input_gradient_into(dx, dy, w, stride, pad):

@@ -3,18 +3,18 @@
 Legend as in conv.py and pool.py; P the pooling window, T its stride, PH/PW the pooled height and
 width. x (N, H, W, C), w (KH, KW, C, K) -> y (N, PH, PW, K) and argmax (N, PH, PW, K) int32.
 
-Forward, for a 3x3 kernel and a 2x2 window (the first layers of CNNs; other shapes
-run the convolution whole, then the pool: one fused kernel per common case keeps compiling
-short): for each pooled row, the 2 convolution rows under it are computed into a scratch of
-(2, OW, K) floats that stays in cache (``conv.conv_row3``), pooled, and the ReLU is applied to the
-pooled values: relu(max(v)) = max(relu(v)), with the same gradient, on a quarter of the values.
-Only y and, when training, the argmax go to memory: for each output, the index ``oh * OW + ow``
-in the convolution's output of the value it took, exactly as ``maxpool_forward`` on that output
-gives it (first maximum wins, a NaN wins). Convolutions run by Winograd's transforms pool their
-tiles as they are made instead (``winograd.forward_relu_pool_into``).
+Forward, for a 2x2 window after a direct convolution (few input channels: the first layers of
+CNNs; other shapes run the convolution whole, then the pool: one fused kernel per common case
+keeps compiling short): for each pooled row, the 2 convolution rows under it are computed into a
+scratch of (2, OW, K) floats that stays in cache (``conv.conv_row``), pooled, and the ReLU is
+applied to the pooled values: relu(max(v)) = max(relu(v)), with the same gradient, on a quarter
+of the values. Only y and, when training, the argmax go to memory: for each output, the index
+``oh * OW + ow`` in the convolution's output of the value it took, exactly as ``maxpool_forward``
+on that output gives it (first maximum wins, a NaN wins). Convolutions run by Winograd's
+transforms pool their tiles as they are made instead (``winograd.forward_relu_pool_into``).
 
 Backward: the gradient of the P convolution rows under one pooled row is rebuilt from dy, the
-ReLU (y > 0) and the argmax, and its share added to the weight gradient (``conv.weight_row``):
+ReLU (y > 0) and the argmax, and its share added to the weight gradient (``conv.weight_rows``):
 the full-size gradient never goes to memory either. Where the input gradient is wanted too (a block that is
 not the first layer) the convolution's gradient is made whole and the plain backward runs: the input
 gradient is a convolution of that whole gradient (``conv.input_gradient_into``), and making it costs
@@ -27,8 +27,8 @@ import numpy as np
 from numba import prange
 
 from . import algorithms, checks, winograd
-from .conv import (add_partials, conv2d_backward_into, conv2d_forward_into, conv_row3, direct_partials, direct_strip,
-                   fill_strip, fill_strip3, round_up, rows, strip_rows, taps, tasks, weight_row, zero_partials)
+from .conv import (add_partials, conv2d_backward_into, conv2d_forward_into, conv_row, direct_partials, fill_image,
+                   fill_strip, padded_image, rows, strip_rows, taps, tasks, weight_rows, zero_partials)
 from .dense import relu_backward_into, relu_forward_into
 from .jit import parallel_kernel
 from .pool import check_window_argmax, maxpool_backward_into, maxpool_forward_into, pool_window_2x2_relu
@@ -36,21 +36,22 @@ from .pool import check_window_argmax, maxpool_backward_into, maxpool_forward_in
 
 @parallel_kernel
 def _conv_relu_pool_forward(y, argmax, x, w, b, C, stride, pad, OW, pool_stride, save_argmax, tasks):
-    # A 3x3 convolution and a 2x2 window (other shapes are not fused: see
-    # conv_relu_pool_forward_into). Each task owns a contiguous range of pooled rows (n, ph).
+    # A 2x2 window (other windows are not fused: see conv_relu_pool_forward_into). Each task
+    # owns a contiguous range of pooled rows (n, ph).
     N, H, WC = x.shape
-    K = w.shape[2]
+    KH, K = w.shape[0], w.shape[2]
     PH, PW = y.shape[1], y.shape[2]
     for task in prange(tasks):
-        strip = np.zeros((3, WC + 2 * pad * C), np.float32)
+        strip = np.zeros((KH, WC + 2 * pad * C), np.float32)
         conv = np.empty((2, OW, K), np.float32)
         for prow in range(task * N * PH // tasks, (task + 1) * N * PH // tasks):
             n = prow // PH
             ph = prow - n * PH
             oh0 = ph * pool_stride
             for s in range(2):
-                fill_strip3(strip, x, n, (oh0 + s) * stride - pad, H, pad * C)
-                conv_row3(conv, s, strip, w, b, stride * C)
+                ih0, kh_lo, kh_hi = strip_rows(oh0 + s, stride, pad, KH, H)
+                fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
+                conv_row(conv, s, strip, w, b, kh_lo, kh_hi, stride * C)
             for pw in range(PW):
                 pool_window_2x2_relu(y, argmax, save_argmax, n, ph, pw, conv, 0, oh0, pw * pool_stride, OW)
 
@@ -60,21 +61,20 @@ def _conv_relu_pool_backward_weight(dw, db, partial, partial_db, grad, dy, y, ar
                                     pool_stride):
     # Each chunk sums a contiguous slice of the batch into its own partials, as in conv.py. For
     # each pooled row it rebuilds the gradient of the P convolution rows under it in grad (rows
-    # chunk * P .. chunk * P + P - 1, each (OW4, K), OW4 the width OW rounded up to 4 pixels, whose
-    # last pixels stay zero: weight_row's one path): every window position takes dy where the
+    # chunk * P .. chunk * P + P - 1, each (OW, K)): every window position takes dy where the
     # argmax points at it and the ReLU let it through, else 0 (a select, so it vectorises), and
-    # adds its share to the partials. Overlapping windows (T < P) add their shares one pooled row
-    # at a time: a sum, so the result is the same; rows no window reads get no gradient.
+    # adds their share to the partials. Overlapping windows (T < P) add their shares one pooled
+    # row at a time: a sum, so the result is the same; rows no window reads get no gradient.
     # (grad is an argument, not allocated here, so LLVM knows it does not overlap the partials.)
     N, H, WC = x.shape
-    KH, _, K = dw.shape
-    PH, PW = dy.shape[1], dy.shape[2]
+    PH, PW, K = dy.shape[1], dy.shape[2], dy.shape[3]
     chunks = partial.shape[0]
     for chunk in prange(chunks):
-        strip = direct_strip(KH, WC, pad, C, grad.shape[1], stride * C, partial.shape[2])
+        image = padded_image(H, WC, pad, C, OW, stride * C, partial.shape[2])
         zero_partials(partial, partial_db, chunk)
         r0 = chunk * size
         for n in range(chunk * N // chunks, (chunk + 1) * N // chunks):
+            fill_image(image, x, n, pad, C)
             for ph in range(PH):
                 oh0 = ph * pool_stride
                 grad[r0:r0 + size] = np.float32(0.0)
@@ -86,24 +86,21 @@ def _conv_relu_pool_backward_weight(dw, db, partial, partial_db, grad, dy, y, ar
                             for k in range(K):
                                 hit = (argmax[n, ph, pw, k] == at) & (y[n, ph, pw, k] > 0)
                                 grad[r0 + s, ow0 + j, k] += dy[n, ph, pw, k] if hit else np.float32(0.0)
-                for s in range(size):
-                    ih0, kh_lo, kh_hi = strip_rows(oh0 + s, stride, pad, KH, H)
-                    fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
-                    weight_row(partial, chunk, partial_db, strip, grad, r0 + s, kh_lo, kh_hi, stride * C)
+                weight_rows(partial, chunk, partial_db, image, grad, r0, oh0, size, stride, stride * C)
     add_partials(dw, db, partial, partial_db)
 
 
 def conv_relu_pool_forward_into(y, argmax, conv, x, w, b, stride, pad, size, pool_stride):
     """y (N, PH, PW, K) = max-pool(relu(conv(x, w) + b)), and argmax as maxpool_forward's, or
     with argmax None (inference) not kept. ``conv`` (N, OH, OW, K) is room for the convolution's
-    output: fused, for a 2x2 window after a three-row kernel run directly (few input channels) or
+    output: fused, for a 2x2 window after a convolution run directly (few input channels) or
     by Winograd's transforms, it is not touched; otherwise (GEMMs, other kernels and windows: one
     fused kernel per common case keeps compiling short) the output is made whole there, then pooled."""
     n, ph = y.shape[0], y.shape[1]
     path = algorithms.conv_forward(x.shape, w.shape, stride, pad)
     if path == "winograd" and size == 2 and pool_stride == 2:  # pooled as each tile is made
         winograd.forward_relu_pool_into(y, argmax, x, w, b, pad, conv.shape[1], conv.shape[2])
-    elif path == "direct" and w.shape[:2] == (3, 3) and size == 2:
+    elif path == "direct" and size == 2:
         save = argmax is not None
         _conv_relu_pool_forward(y, argmax if save else _NO_ARGMAX, rows(x), taps(w), b, x.shape[3], stride, pad,
                                 conv.shape[2], pool_stride, save, tasks(n * ph))
@@ -122,7 +119,7 @@ def conv_relu_pool_backward_into(dx, dw, db, dy, x, w, y, argmax, dconv, stride,
     whole: for the input gradient, or where the weight gradient does not run directly."""
     if dx is None and algorithms.conv_weight_gradient(x.shape, w.shape, stride, pad) == "direct":
         partial, partial_db = direct_partials(x.shape[0], w)
-        grad = np.empty((len(partial) * size, round_up(dconv.shape[2], 4), dconv.shape[3]), np.float32)
+        grad = np.empty((len(partial) * size, dconv.shape[2], dconv.shape[3]), np.float32)
         _conv_relu_pool_backward_weight(taps(dw), db, partial, partial_db, grad, dy, y, argmax, rows(x), x.shape[3],
                                         stride, pad, dconv.shape[2], size, pool_stride)
         return

@@ -26,6 +26,11 @@ CONV_SHAPES = [
     (2, 10, 9, 2, 3, 4, 3, 2),
     (4, 13, 10, 16, 20, 1, 1, 0),
     (64, 28, 28, 1, 32, 3, 1, 1),   # the MNIST network's convolution
+    # Channels in tiles of 2 vectors, an odd vector, and single channels (8 lanes with AVX2 code,
+    # 16 with AVX-512's); widths with pixels past the last 4; kernel rows of 2, 6 and 15 taps:
+    (2, 9, 11, 2, 24, 3, 1, 1),
+    (3, 7, 10, 3, 40, 5, 2, 2),
+    (1, 6, 7, 1, 16, 2, 1, 0),
     (2, 5, 6, 3, 2, 1, 1, 2),       # padding > kernel - 1: dx's border reads only padding
     (1, 4, 7, 2, 3, 2, 2, 3),
     (2, 7, 9, 3, 4, (3, 1), 1, 1),  # kernels that are not square
@@ -71,6 +76,9 @@ CONV_POOL_SHAPES = [
     (2, 9, 9, 2, 3, 3, 1, 0, 2, 3),
     (2, 8, 12, 16, 20, 1, 1, 0, 2, 2),
     (64, 28, 28, 1, 32, 3, 1, 1, 2, 2),   # the MNIST network's block
+    (2, 9, 11, 3, 24, 3, 1, 1, 2, 2),     # vectors of channels and their remainders, as above
+    (1, 10, 9, 1, 40, 5, 1, 2, 2, 2),
+    (2, 7, 8, 2, 16, 2, 1, 0, 2, 3),
 ]
 
 

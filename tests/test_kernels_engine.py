@@ -227,21 +227,43 @@ def test_paths_are_chosen_for_both_kinds_of_blas_kernels():
     assert {kind for kind, _ in algorithms.WINOGRAD_CHANNELS} == set(algorithms.WINOGRAD_BLOCK) == {"avx512", "avx2"}
 
 
-@pytest.mark.parametrize("form", ["conv_row3_pixels", "conv_row3_pairs"])
-@pytest.mark.parametrize("width,channels,outputs,stride", [(7, 1, 5, 1), (8, 3, 32, 1), (9, 2, 17, 2), (1, 1, 3, 1)])
-def test_both_forms_of_the_3x3_row_match_numpy(form, width, channels, outputs, stride):
-    # The kernels compile the form the CPU's rules pick (algorithms.DIRECT_PIXEL_PAIRS); each is
-    # checked here on its own, whatever this CPU is: odd and even widths, 1 to 3 channels, stride 2.
+@pytest.mark.parametrize("width,channels,kernel,outputs,stride", [
+    (7, 1, 3, 5, 1), (8, 3, 3, 32, 1), (9, 2, 3, 17, 2), (1, 1, 3, 3, 1), (10, 1, 5, 40, 1), (6, 3, 2, 24, 2),
+    (13, 2, 1, 48, 1)])
+def test_the_direct_row_matches_numpy(width, channels, kernel, outputs, stride):
+    # conv.conv_row on its own: tiles of 4 pixels by 2 vectors of channels, an odd vector, the
+    # last pixels and channels (widths and channel counts around this CPU's vector width),
+    # kernel rows of 1 to 15 taps, stride 2; only the row asked for is written.
     rng = np.random.default_rng(width * 10 + channels)
     ow = (width - 1) // stride + 1
-    strip = rand(rng, 3, (width + 2) * channels)  # a padded strip: (W + 2) pixels of C channels
-    w, b = rand(rng, 3, 3, channels, outputs), rand(rng, outputs)
+    strip = rand(rng, kernel, (width + kernel - 1) * channels)  # padded input rows
+    w, b = rand(rng, kernel, kernel, channels, outputs), rand(rng, outputs)
     out = np.full((2, ow, outputs), np.nan, np.float32)
-    getattr(conv, form)(out, 1, strip, w.reshape(3, 3 * channels, outputs), b, stride * channels)
-    pixels = strip.reshape(3, width + 2, channels).astype(np.float64)
-    want = np.stack([b + np.einsum("ijc,ijck->k", pixels[:, o * stride:o * stride + 3], w) for o in range(ow)])
+    conv.conv_row(out, 1, strip, w.reshape(kernel, kernel * channels, outputs), b, 0, kernel, stride * channels)
+    pixels = strip.reshape(kernel, width + kernel - 1, channels).astype(np.float64)
+    want = np.stack([b + np.einsum("ijc,ijck->k", pixels[:, o * stride:o * stride + kernel], w) for o in range(ow)])
     np.testing.assert_allclose(out[1], want, rtol=FWD, atol=FWD * np.abs(want).max())
-    assert np.isnan(out[0]).all()  # only row r is written
+    assert np.isnan(out[0]).all()
+
+
+def test_vectors_load_and_store_only_the_lanes_asked_for():
+    # simd.py's masked loads and stores, which the direct convolution's last tiles use: lanes
+    # past n are neither read (zeros) nor written; WIDTH is this CPU's (16 with AVX-512 code).
+    import numba
+    from fastcnn.kernels import simd
+
+    @numba.njit
+    def copy_first(src, dst, at, n):
+        simd.store_first(dst, at, simd.fma(simd.load_first(src, at, n), simd.splat(2.0), simd.splat(1.0)), n)
+
+    assert simd.WIDTH == (16 if algorithms.isa() == "avx512" else 8)
+    src = np.arange(1, 3 * simd.WIDTH + 1, dtype=np.float32)
+    for n in (0, 1, simd.WIDTH - 1, simd.WIDTH):
+        dst = np.full_like(src, -7.0)
+        copy_first(src, dst, 3, n)
+        want = np.full_like(src, -7.0)
+        want[3:3 + n] = 2 * src[3:3 + n] + 1
+        np.testing.assert_array_equal(dst, want)
 
 
 def test_the_kernels_thread_count_is_numbas_for_each_thread():

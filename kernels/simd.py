@@ -1,0 +1,155 @@
+"""float32 vectors as values in the kernels: sums that stay in registers.
+
+LLVM vectorises a loop over the channels by itself, but each pass of that loop reads its partial
+sums from memory and writes them back. The microkernel of a fast convolution keeps a small tile
+of sums (a few output pixels by a few vectors of channels) in registers through the whole
+reduction over the taps, and writes it once; LLVM does not write that from plain loops (tried:
+with the channel loop inside, it keeps the sums in memory; with it outside, it does not
+vectorise). So the few kernels that need it say it: a ``Vector`` is WIDTH float32 lanes as one
+Numba value, and each function below is one LLVM instruction.
+
+WIDTH is the machine's: 16 lanes with AVX-512, 8 otherwise (two 128-bit halves without AVX: LLVM
+splits what it cannot do whole). ``load``/``store`` take an array and the flat (C-order) index of
+the first element; they are unchecked, like Numba's indexing: the caller keeps i + WIDTH <= size.
+"""
+
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.core.errors import TypingError
+from numba.extending import intrinsic, models, register_model
+
+from . import algorithms
+
+WIDTH = 16 if algorithms.isa() == "avx512" else 8
+
+
+class Vector(types.Type):
+    def __init__(self, width):
+        self.width = width
+        super().__init__(name=f"float32x{width}")
+
+
+@register_model(Vector)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(ir.FloatType(), fe_type.width))
+
+
+VECTOR = Vector(WIDTH)
+_LANES = ir.VectorType(ir.FloatType(), WIDTH)
+
+
+def _check_array(a, what):
+    if not (isinstance(a, types.Array) and a.dtype == types.float32 and a.layout == "C"):
+        raise TypingError(f"simd.{what}: expected a C-contiguous float32 array, got {a}")
+
+
+def _address(context, builder, array_type, array, index_type, index):
+    data = context.make_array(array_type)(context, builder, array).data
+    at = builder.gep(data, [context.cast(builder, index, index_type, types.intp)], inbounds=True)
+    return builder.bitcast(at, _LANES.as_pointer())
+
+
+@intrinsic
+def load(typingctx, a, i):
+    """The WIDTH floats of ``a`` from flat index ``i``."""
+    _check_array(a, "load")
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_address(context, builder, sig.args[0], args[0], sig.args[1], args[1]), align=4)
+    return VECTOR(a, i), codegen
+
+
+@intrinsic
+def store(typingctx, a, i, v):
+    """Write vector ``v`` into ``a`` from flat index ``i``."""
+    _check_array(a, "store")
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _address(context, builder, sig.args[0], args[0], sig.args[1], args[1]), align=4)
+        return context.get_dummy_value()
+    return types.none(a, i, VECTOR), codegen
+
+
+@intrinsic
+def splat(typingctx, x):
+    """A vector of WIDTH copies of the number x."""
+    if not isinstance(x, (types.Float, types.Integer)):
+        raise TypingError(f"simd.splat: expected a number, got {x}")
+
+    def codegen(context, builder, sig, args):
+        one = builder.insert_element(ir.Constant(_LANES, ir.Undefined),
+                                     context.cast(builder, args[0], sig.args[0], types.float32),
+                                     ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, ir.Constant(_LANES, ir.Undefined),
+                                      ir.Constant(ir.VectorType(ir.IntType(32), WIDTH), [0] * WIDTH))
+    return VECTOR(x), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c, lane by lane, rounded once."""
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_LANES, [_LANES] * 3),
+                                            f"llvm.fma.v{WIDTH}f32")
+        return builder.call(fn, list(args))
+    return VECTOR(VECTOR, VECTOR, VECTOR), codegen
+
+
+@intrinsic
+def add(typingctx, a, b):
+    """a + b, lane by lane."""
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+    return VECTOR(VECTOR, VECTOR), codegen
+
+
+@intrinsic
+def lane(typingctx, v, i):
+    """Lane i of vector v, a float32."""
+    def codegen(context, builder, sig, args):
+        return builder.extract_element(args[0], context.cast(builder, args[1], sig.args[1], types.int32))
+    return types.float32(VECTOR, i), codegen
+
+
+def _first_lanes(builder, context, n, n_type):
+    """A mask of the lanes below n (0 to WIDTH)."""
+    count = context.cast(builder, n, n_type, types.int32)
+    lanes = ir.Constant(ir.VectorType(ir.IntType(32), WIDTH), list(range(WIDTH)))
+    splat_n = builder.shuffle_vector(
+        builder.insert_element(ir.Constant(ir.VectorType(ir.IntType(32), WIDTH), ir.Undefined), count,
+                               ir.Constant(ir.IntType(32), 0)),
+        ir.Constant(ir.VectorType(ir.IntType(32), WIDTH), ir.Undefined),
+        ir.Constant(ir.VectorType(ir.IntType(32), WIDTH), [0] * WIDTH))
+    return builder.icmp_signed("<", lanes, splat_n)
+
+
+@intrinsic
+def load_first(typingctx, a, i, n):
+    """The first n lanes (0 to WIDTH) of ``load(a, i)``, zeros in the others, which are not read."""
+    _check_array(a, "load_first")
+
+    def codegen(context, builder, sig, args):
+        mask = _first_lanes(builder, context, args[2], sig.args[2])
+        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_LANES, [ptr.type, ir.IntType(32), mask.type, _LANES]),
+            f"llvm.masked.load.v{WIDTH}f32.p0")
+        return builder.call(fn, [ptr, ir.Constant(ir.IntType(32), 4), mask, ir.Constant(_LANES, [0.0] * WIDTH)])
+    return VECTOR(a, i, n), codegen
+
+
+@intrinsic
+def store_first(typingctx, a, i, v, n):
+    """``store(a, i, v)`` of the first n lanes (0 to WIDTH) only."""
+    _check_array(a, "store_first")
+
+    def codegen(context, builder, sig, args):
+        mask = _first_lanes(builder, context, args[3], sig.args[3])
+        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_LANES, ptr.type, ir.IntType(32), mask.type]),
+            f"llvm.masked.store.v{WIDTH}f32.p0")
+        builder.call(fn, [args[2], ptr, ir.Constant(ir.IntType(32), 4), mask])
+        return context.get_dummy_value()
+    return types.none(a, i, VECTOR, n), codegen
