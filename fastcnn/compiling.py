@@ -303,7 +303,8 @@ def _model_seconds(kernel):
 
 
 def _source_size(fn):
-    """(bytecode instructions, loops, prange loops) of ``fn``, its inlined helpers included."""
+    """(bytecode instructions, loops, prange loops) of ``fn``, the functions it calls included
+    (inlined ones, and the helpers compiled apart, ``jit.helper``, which a kernel links in)."""
     instructions = loops = pranges = 0
     for ins in dis.get_instructions(fn.__code__):
         instructions += 1
@@ -311,7 +312,7 @@ def _source_size(fn):
         pranges += ins.argval == "prange" and ins.opname in ("LOAD_GLOBAL", "LOAD_ATTR", "LOAD_METHOD")
         if ins.opname == "LOAD_GLOBAL":
             called = fn.__globals__.get(ins.argval)
-            if isinstance(called, CPUDispatcher) and called.targetoptions.get("inline") == "always":
+            if isinstance(called, CPUDispatcher):
                 more = _source_size(called.py_func)
                 instructions, loops, pranges = instructions + more[0], loops + more[1], pranges + more[2]
     return instructions, loops, pranges
