@@ -65,11 +65,12 @@ def serial_kernel(fn):
 
 def helper(fn):
     """A function the kernels call, compiled once per signature as a function of its own (LLVM
-    still inlines it where that pays) rather than copied into each kernel by Numba: the register
-    tiles of the direct convolution (conv.conv_row, conv.weight_rows), shared by three kernels,
-    whose copies inside ``prange`` loops cost Numba's parfor passes a second or more each.
-    Its loops see the arrays as arguments that may overlap, so it suits code whose hot loops
-    keep their sums in registers (simd.py), not loops that rely on LLVM to vectorise them."""
+    still inlines it where that pays) rather than copied into each kernel by Numba: the direct
+    convolution's register tiles (conv.conv_row, conv.weight_rows), which the plain and the
+    fused kernels share; copied into a ``prange`` loop, they cost Numba's parfor passes a second
+    or more per kernel (measured). Its loops see the arrays as arguments that may overlap, so it
+    suits code whose hot loops keep their sums in registers (simd.py), not loops that rely on
+    LLVM to vectorise them."""
     return numba.njit(fastmath=FASTMATH, nogil=True, error_model="numpy")(fn)
 
 
