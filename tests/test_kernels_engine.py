@@ -256,6 +256,11 @@ def test_vectors_load_and_store_only_the_lanes_asked_for():
     def copy_first(src, dst, at, n):
         simd.store_first(dst, at, simd.fma(simd.load_first(src, at, n), simd.splat(2.0), simd.splat(1.0)), n)
 
+    @numba.njit
+    def lanes(src, at, n):
+        v = simd.load_first(src, at, n)
+        return np.array([simd.lane(v, i) for i in range(simd.WIDTH)])
+
     assert simd.WIDTH == (16 if algorithms.isa() == "avx512" else 8)
     src = np.arange(1, 3 * simd.WIDTH + 1, dtype=np.float32)
     for n in (0, 1, simd.WIDTH - 1, simd.WIDTH):
@@ -264,6 +269,7 @@ def test_vectors_load_and_store_only_the_lanes_asked_for():
         want = np.full_like(src, -7.0)
         want[3:3 + n] = 2 * src[3:3 + n] + 1
         np.testing.assert_array_equal(dst, want)
+        np.testing.assert_array_equal(lanes(src, 3, n), np.r_[src[3:3 + n], np.zeros(simd.WIDTH - n, np.float32)])
 
 
 def test_the_kernels_thread_count_is_numbas_for_each_thread():
