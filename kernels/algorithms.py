@@ -95,11 +95,17 @@ def _winograd_fits(kind, x_shape, w_shape, stride, pad):
             and x_shape[3] >= WINOGRAD_CHANNELS[blas_kind(), kind])
 
 
+def winograd_tiles(out_shape):
+    """The 4x4 output tiles of Winograd's F(4x4, 3x3) over an output (N, OH, OW, ...)."""
+    n, oh, ow = out_shape[0], out_shape[1], out_shape[2]
+    return n * ((oh + 3) // 4) * ((ow + 3) // 4)
+
+
 def enough_tiles(x_shape, pad, blas_kind, threads):
     """Whether a 3x3 stride-1 forward convolution of x (N, H, W, C) has the tiles per thread that
     Winograd needs with ``blas_kind``'s kernels (WINOGRAD_TILES_PER_THREAD)."""
-    n, h, w = x_shape[0], x_shape[1] + 2 * pad - 2, x_shape[2] + 2 * pad - 2
-    return n * ((h + 3) // 4) * ((w + 3) // 4) >= WINOGRAD_TILES_PER_THREAD[blas_kind] * threads
+    out_shape = (x_shape[0], x_shape[1] + 2 * pad - 2, x_shape[2] + 2 * pad - 2)
+    return winograd_tiles(out_shape) >= WINOGRAD_TILES_PER_THREAD[blas_kind] * threads
 
 
 def _record(kind, x_shape, w_shape, stride, pad, path, note=""):

@@ -37,6 +37,13 @@ class _VectorModel(models.PrimitiveModel):
 
 VECTOR = Vector(WIDTH)
 _LANES = ir.VectorType(ir.FloatType(), WIDTH)
+_INDICES = ir.VectorType(ir.IntType(32), WIDTH)  # a lane index (or count) in each lane
+
+
+def _broadcast(builder, value, vector_type):
+    """A vector of ``vector_type`` with ``value`` in every lane."""
+    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined), ir.Constant(_INDICES, [0] * WIDTH))
 
 
 def _check_array(a, what):
@@ -78,11 +85,7 @@ def splat(typingctx, x):
         raise TypingError(f"simd.splat: expected a number, got {x}")
 
     def codegen(context, builder, sig, args):
-        one = builder.insert_element(ir.Constant(_LANES, ir.Undefined),
-                                     context.cast(builder, args[0], sig.args[0], types.float32),
-                                     ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(one, ir.Constant(_LANES, ir.Undefined),
-                                      ir.Constant(ir.VectorType(ir.IntType(32), WIDTH), [0] * WIDTH))
+        return _broadcast(builder, context.cast(builder, args[0], sig.args[0], types.float32), _LANES)
     return VECTOR(x), codegen
 
 
@@ -114,14 +117,8 @@ def lane(typingctx, v, i):
 
 def _first_lanes(builder, context, n, n_type):
     """A mask of the lanes below n (0 to WIDTH)."""
-    count = context.cast(builder, n, n_type, types.int32)
-    lanes = ir.Constant(ir.VectorType(ir.IntType(32), WIDTH), list(range(WIDTH)))
-    splat_n = builder.shuffle_vector(
-        builder.insert_element(ir.Constant(ir.VectorType(ir.IntType(32), WIDTH), ir.Undefined), count,
-                               ir.Constant(ir.IntType(32), 0)),
-        ir.Constant(ir.VectorType(ir.IntType(32), WIDTH), ir.Undefined),
-        ir.Constant(ir.VectorType(ir.IntType(32), WIDTH), [0] * WIDTH))
-    return builder.icmp_signed("<", lanes, splat_n)
+    count = _broadcast(builder, context.cast(builder, n, n_type, types.int32), _INDICES)
+    return builder.icmp_signed("<", ir.Constant(_INDICES, list(range(WIDTH))), count)
 
 
 @intrinsic

@@ -334,11 +334,6 @@ def transform_weights(w, tasks):
     return U
 
 
-def tiles(out_shape):
-    n, oh, ow = out_shape[0], out_shape[1], out_shape[2]
-    return n * ((oh + 3) // 4) * ((ow + 3) // 4)
-
-
 def split(count, block):
     """Tasks for ``count`` tiles (one per thread, at most one per tile), and the tiles per block:
     ``block``, or fewer where a task has fewer tiles than that (a few images): each task's scratch
@@ -364,7 +359,7 @@ def forward_relu_pool_into(y, argmax, x, w, b, pad, conv_h, conv_w):
 
 
 def _forward_into(y, argmax, moments, x, w, b, pad, conv_h, conv_w, epilogue):
-    tasks, block = split(tiles((y.shape[0], conv_h, conv_w)), algorithms.winograd_block())
+    tasks, block = split(algorithms.winograd_tiles((y.shape[0], conv_h, conv_w)), algorithms.winograd_block())
     parts = np.empty((tasks if moments is not None else 0, 2, w.shape[3]))
     _forward(y, argmax, parts, x, transform_weights(w, tasks), b, pad, conv_h, conv_w, epilogue, block, tasks)
     if moments is not None:
@@ -377,7 +372,7 @@ _NO_ARGMAX = np.zeros((0, 1, 1, 1), np.int32)
 def weight_gradient_into(dw, db, dy, x, pad):
     """dw (3, 3, C, K) and db (K,) of the stride-1 convolution that read x with ``pad``, from dy."""
     C, K = x.shape[3], dy.shape[3]
-    tasks, block = split(tiles(dy.shape), algorithms.WINOGRAD_WEIGHT_BLOCK)
+    tasks, block = split(algorithms.winograd_tiles(dy.shape), algorithms.WINOGRAD_WEIGHT_BLOCK)
     partial, partial_db = np.empty((tasks, 36, C, K), np.float32), np.empty((tasks, K))
     _weight_gradient(partial, partial_db, x, dy, pad, block)
     _finish_weight_gradient(dw, db, partial, partial_db)
