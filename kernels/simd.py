@@ -6,19 +6,27 @@ of sums (a few output pixels by a few vectors of channels) in registers through 
 reduction over the taps, and writes it once; LLVM does not write that from plain loops (tried:
 with the channel loop inside, it keeps the sums in memory; with it outside, it does not
 vectorise). So the few kernels that need it say it: a ``Vector`` is WIDTH float32 lanes as one
-Numba value, and each function below is one LLVM instruction.
+Numba value, each function below is one LLVM instruction, and ``+``, ``-`` and ``*`` work on
+vectors (``*`` also of a number and a vector) as on numbers, lane by lane: Winograd's transforms
+(winograd.py) are the same code for numbers and for vectors.
 
 WIDTH is the machine's: 16 lanes with AVX-512, 8 otherwise (two 128-bit halves without AVX: LLVM
 splits what it cannot do whole). ``load``/``store`` take an array and the flat (C-order) index of
 the first element; they are unchecked, like Numba's indexing: the caller keeps i + WIDTH <= size.
 """
 
+import operator
+
+import numba
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.errors import TypingError
+from numba.core.imputils import lower_builtin
+from numba.core.typing.templates import AbstractTemplate, infer_global, signature
 from numba.extending import intrinsic, models, register_model
 
 from . import algorithms
+from .jit import FASTMATH
 
 WIDTH = 16 if algorithms.isa() == "avx512" else 8
 
@@ -150,3 +158,60 @@ def store_first(typingctx, a, i, v, n):
         builder.call(fn, [args[2], ptr, ir.Constant(ir.IntType(32), 4), mask])
         return context.get_dummy_value()
     return types.none(a, i, VECTOR, n), codegen
+
+
+@intrinsic
+def relu(typingctx, v):
+    """max(v, 0) lane by lane; a NaN stays a NaN."""
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(_LANES, [0.0] * WIDTH)
+        return builder.select(builder.fcmp_ordered("<", args[0], zero), zero, args[0])
+    return VECTOR(VECTOR), codegen
+
+
+@numba.njit(inline="always")
+def load_up_to(a, i, n):
+    """The first min(n, WIDTH) lanes of ``load(a, i)``, zeros in the others: a whole load where n
+    allows it (n >= 1)."""
+    return load(a, i) if n >= WIDTH else load_first(a, i, n)
+
+
+@numba.njit(inline="always")
+def store_up_to(a, i, v, n):
+    """``store(a, i, v)`` of the first min(n, WIDTH) lanes (n >= 1)."""
+    if n >= WIDTH:
+        store(a, i, v)
+    else:
+        store_first(a, i, v, n)
+
+
+_FLAGS = tuple(sorted(FASTMATH))  # the kernels' own: LLVM may fuse a product and a sum into one fma
+
+
+def _arithmetic(op, instruction):
+    """``op`` (operator.add, ...) on two vectors as the LLVM ``instruction``; with operator.mul,
+    also a number times a vector (the number, as float32, in every lane)."""
+    @infer_global(op)
+    class _Typing(AbstractTemplate):
+        key = op
+
+        def generic(self, args, kws):
+            if len(args) == 2 and isinstance(args[1], Vector):
+                if isinstance(args[0], Vector):
+                    return signature(VECTOR, VECTOR, VECTOR)
+                if op is operator.mul and isinstance(args[0], (types.Float, types.Integer)):
+                    return signature(VECTOR, types.float32, VECTOR)
+            return None
+
+    @lower_builtin(op, Vector, Vector)
+    def _vectors(context, builder, sig, args):
+        return getattr(builder, instruction)(args[0], args[1], flags=_FLAGS)
+
+    @lower_builtin(op, types.float32, Vector)
+    def _scaled(context, builder, sig, args):
+        return getattr(builder, instruction)(_broadcast(builder, args[0], _LANES), args[1], flags=_FLAGS)
+
+
+_arithmetic(operator.add, "fadd")
+_arithmetic(operator.sub, "fsub")
+_arithmetic(operator.mul, "fmul")

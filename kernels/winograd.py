@@ -20,8 +20,14 @@ direct sum does 144 (16 pixels x 9 taps).
   1.0-1.17x at batch 64, measured 2026-12-06 on 2 threads). Each task takes a range of
   tiles, ``block`` tiles at a time (``algorithms.WINOGRAD_BLOCK``: it depends on OpenBLAS's kernels):
   their inputs are transformed into V (36, block, C), multiplied into M (36, block, K), and
-  transformed back into y with the bias, while the block is still in the core's cache. With ``moments``, the same pass adds up each channel's sum and sum of squares of
-  the output, less its bias, in float64 (BatchNorm's batch statistics, with no pass of their own).
+  transformed back into y with the bias, while the block is still in the core's cache
+  (``_forward``; ``_forward_relu_pool`` pools each tile's outputs instead). With ``moments``, the
+  same pass adds up each channel's sum and sum of squares of the output, less its bias (a tile's
+  in float32, then in float64: BatchNorm's batch statistics, with no pass of their own).
+- The transforms take a vector of channels at a time (simd.py), in functions of their own
+  (``jit.helper``) that the kernels share: written as loops over the channels for LLVM to
+  vectorise, the forward pass ran 1.2-1.3x slower and the weight gradient 1.1x (measured
+  2026-12-06, 14x14x32 -> 64 at batch 64, both instruction sets; the same compile time).
 - Input gradient: the forward pass of dy with the weights turned around and the padding 2 - pad
   (conv.input_gradient_into).
 - Weight gradient: the same identity with the roles of the weights and the output exchanged,
@@ -37,9 +43,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import algorithms
+from . import algorithms, simd
 from .blas import NO_TRANS, TRANS, gemm
-from .jit import parallel_kernel, serial_kernel, threads
+from .jit import helper, parallel_kernel, serial_kernel, threads
 from .pool import max_of_four
 
 # The matrices, for the tests and the reference; the kernels spell them out as sums (bt6, at6, ...).
@@ -99,131 +105,240 @@ def tile_origin(t, tiles_h, tiles_w):
     return n, (r // tiles_w) * 4, (r % tiles_w) * 4
 
 
+# The transforms work on a vector of channels at a time (simd.py): bt6, at6 and a4 above take
+# vectors as they take numbers. A transformed tile's 36 elements e lie in (36, block, lanes)
+# arrays (V, M, D), lanes the channels rounded up to a whole vector, so that a vector never
+# reaches into the next tile's elements; the GEMMs read and write only the channels.
+
+
 @numba.njit(inline="always")
-def transform_inputs(V, patch, tmp, x, start, count, tiles_h, tiles_w, pad):
-    """V[:, tl] (36, C) = BT x_tile BT^T for tiles start .. start + count - 1 (tl = 0 .. count - 1)."""
+def _load_six(a, at, step):
+    """The 6 vectors of ``a`` from flat index ``at``, ``step`` apart."""
+    return (simd.load(a, at), simd.load(a, at + step), simd.load(a, at + 2 * step), simd.load(a, at + 3 * step),
+            simd.load(a, at + 4 * step), simd.load(a, at + 5 * step))
+
+
+@numba.njit(inline="always")
+def _load_four(a, at, step):
+    return simd.load(a, at), simd.load(a, at + step), simd.load(a, at + 2 * step), simd.load(a, at + 3 * step)
+
+
+@numba.njit(inline="always")
+def _store_six(a, at, step, six):
+    for q in range(6):
+        simd.store(a, at + q * step, six[q])
+
+
+@numba.njit(inline="always")
+def _store_four(a, at, step, four):
+    for q in range(4):
+        simd.store(a, at + q * step, four[q])
+
+
+@numba.njit(inline="always")
+def _pixel(a, at, lanes, inside):
+    """A vector of a pixel's channels from ``at`` (its first ``lanes``), or zeros if not ``inside``."""
+    return simd.load_up_to(a, at, lanes) if inside else simd.splat(0.0)
+
+
+@helper
+def transform_inputs(V, scratch, x, start, count, tiles_h, tiles_w, pad):
+    """V[:, tl] (36, C) = BT x_tile BT^T of tiles start .. start + count - 1 (tl = 0 .. count - 1),
+    from the 6x6 input pixels under each (zeros where they fall in the padding); ``scratch``
+    (36 * WIDTH,) holds the first half of a transform."""
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
+    L, row, step = simd.WIDTH, W * C, V.shape[1] * V.shape[2]  # step: from one element e to the next
+    xs, vs = x.reshape(-1), V.reshape(-1)
     for tl in range(count):
         n, oh0, ow0 = tile_origin(start + tl, tiles_h, tiles_w)
-        transform_input(V, tl, patch, tmp, x, n, oh0 - pad, ow0 - pad)
+        ih0, iw0 = oh0 - pad, ow0 - pad
+        for c in range(0, C, L):
+            lanes = C - c
+            for j in range(6):  # BT down each column of the pixels, into scratch (6, 6, WIDTH)
+                iw = iw0 + j
+                at, inside = ((n * H + ih0) * W + iw) * C + c, 0 <= iw < W
+                _store_six(scratch, j * L, 6 * L, bt6(
+                    _pixel(xs, at, lanes, inside and 0 <= ih0 < H),
+                    _pixel(xs, at + row, lanes, inside and 0 <= ih0 + 1 < H),
+                    _pixel(xs, at + 2 * row, lanes, inside and 0 <= ih0 + 2 < H),
+                    _pixel(xs, at + 3 * row, lanes, inside and 0 <= ih0 + 3 < H),
+                    _pixel(xs, at + 4 * row, lanes, inside and 0 <= ih0 + 4 < H),
+                    _pixel(xs, at + 5 * row, lanes, inside and 0 <= ih0 + 5 < H)))
+            for i in range(6):  # then along each row: elements 6i .. 6i + 5
+                d0, d1, d2, d3, d4, d5 = _load_six(scratch, 6 * i * L, L)
+                _store_six(vs, (6 * i * V.shape[1] + tl) * V.shape[2] + c, step, bt6(d0, d1, d2, d3, d4, d5))
 
 
 @numba.njit(inline="always")
-def transform_input(V, tl, patch, tmp, x, n, ih0, iw0):
-    """V[:, tl] (36, C) = BT x_tile BT^T for the 6x6 input pixels from (ih0, iw0) of image n,
-    zeros where they fall in the padding (``patch`` and ``tmp`` are (6, 6, C) scratch)."""
-    H, W, C = x.shape[1], x.shape[2], x.shape[3]
-    for i in range(6):
-        ih = ih0 + i
-        for j in range(6):
-            iw = iw0 + j
-            if 0 <= ih < H and 0 <= iw < W:
-                for c in range(C):
-                    patch[i, j, c] = x[n, ih, iw, c]
-            else:
-                for c in range(C):
-                    patch[i, j, c] = 0.0
+def _output_rows(scratch, ms, at, step):
+    """scratch (4, 6, WIDTH) = AT down each column of a tile's 6x6 elements (element e of ``ms`` at
+    ``at + e * step``): the first half of the output transform."""
+    L = simd.WIDTH
     for j in range(6):
-        for c in range(C):
-            tmp[0, j, c], tmp[1, j, c], tmp[2, j, c], tmp[3, j, c], tmp[4, j, c], tmp[5, j, c] = bt6(
-                patch[0, j, c], patch[1, j, c], patch[2, j, c], patch[3, j, c], patch[4, j, c], patch[5, j, c])
-    for i in range(6):
-        e = 6 * i
-        for c in range(C):
-            V[e, tl, c], V[e + 1, tl, c], V[e + 2, tl, c], V[e + 3, tl, c], V[e + 4, tl, c], V[e + 5, tl, c] = bt6(
-                tmp[i, 0, c], tmp[i, 1, c], tmp[i, 2, c], tmp[i, 3, c], tmp[i, 4, c], tmp[i, 5, c])
-
-
-# What the forward pass does with a tile's outputs (its epilogue).
-PLAIN, RELU, RELU_POOL = 0, 1, 2
+        m0, m1, m2, m3, m4, m5 = _load_six(ms, at + j * step, 6 * step)
+        _store_four(scratch, j * L, 6 * L, at6(m0, m1, m2, m3, m4, m5))
 
 
 @numba.njit(inline="always")
-def output_tile(tile, rows, M, tl):
-    """tile (4, 4, K) = AT M_tl AT^T: the tile's 16 outputs, less the bias (``rows`` (4, 6, K) is
-    scratch for the first half of the transform)."""
-    K = tile.shape[2]
-    for j in range(6):
-        for k in range(K):
-            rows[0, j, k], rows[1, j, k], rows[2, j, k], rows[3, j, k] = at6(
-                M[j, tl, k], M[6 + j, tl, k], M[12 + j, tl, k], M[18 + j, tl, k], M[24 + j, tl, k], M[30 + j, tl, k])
-    for i in range(4):
-        for k in range(K):
-            tile[i, 0, k], tile[i, 1, k], tile[i, 2, k], tile[i, 3, k] = at6(
-                rows[i, 0, k], rows[i, 1, k], rows[i, 2, k], rows[i, 3, k], rows[i, 4, k], rows[i, 5, k])
+def _output_row(scratch, i):
+    """The 4 output pixels of row i of the tile (less the bias): AT along a row of scratch."""
+    m0, m1, m2, m3, m4, m5 = _load_six(scratch, 6 * i * simd.WIDTH, simd.WIDTH)
+    return at6(m0, m1, m2, m3, m4, m5)
 
 
-@numba.njit(inline="always")
-def store_tile(y, tile, n, oh0, ow0, b, relu, stats, s1, s2):
-    """The tile's outputs + bias into y (those inside it), then the ReLU if asked; with
-    ``stats``, their sums and squares less the bias into s1, s2 (float64)."""
+@helper
+def multiply(M, V, U, count):
+    """M[e] = V[e] @ U[e] for the 36 elements: (count, C) @ (C, K), C and K of U (36, C, K)."""
+    C, K = U.shape[1], U.shape[2]
+    vs, us, ms = V.reshape(-1), U.reshape(-1), M.reshape(-1)
+    for e in range(36):
+        gemm(NO_TRANS, NO_TRANS, count, K, C, np.float32(1.0), vs[e * V.shape[1] * V.shape[2]:], V.shape[2],
+             us[e * C * K:], K, np.float32(0.0), ms[e * M.shape[1] * M.shape[2]:], M.shape[2])
+
+
+@helper
+def output_tiles(y, sums, M, scratch, b, start, count, tiles_h, tiles_w, relu, stats):
+    """The pixels of tiles start .. start + count - 1 that lie inside y (N, OH, OW, K): AT M_tl AT^T + b,
+    then the ReLU with ``relu``; with ``stats``, each channel's sum and sum of squares of those
+    outputs less the bias added into ``sums`` (2, K) float64 (a tile's 16 pixels summed in float32)."""
     OH, OW, K = y.shape[1], y.shape[2], y.shape[3]
-    zero = np.float32(0.0)
-    for i in range(min(4, OH - oh0)):
-        for j in range(min(4, OW - ow0)):
-            for k in range(K):
-                v = tile[i, j, k] + b[k]
-                y[n, oh0 + i, ow0 + j, k] = max(v, zero) if relu else v
+    L, step = simd.WIDTH, M.shape[1] * M.shape[2]
+    ys, ms = y.reshape(-1), M.reshape(-1)
+    for tl in range(count):
+        n, oh0, ow0 = tile_origin(start + tl, tiles_h, tiles_w)
+        rows, cols = min(4, OH - oh0), min(4, OW - ow0)
+        for k in range(0, K, L):
+            lanes = K - k
+            _output_rows(scratch, ms, tl * M.shape[2] + k, step)
+            bias = simd.load_up_to(b, k, lanes)
+            s1 = s2 = simd.splat(0.0)
+            for i in range(rows):
+                pixels = _output_row(scratch, i)
+                at = ((n * OH + oh0 + i) * OW + ow0) * K + k
+                for j in range(cols):
+                    v = pixels[j]
+                    if stats:
+                        s1, s2 = s1 + v, simd.fma(v, v, s2)
+                    v = v + bias
+                    simd.store_up_to(ys, at + j * K, simd.relu(v) if relu else v, lanes)
             if stats:
-                for k in range(K):
-                    v = np.float64(tile[i, j, k])
-                    s1[k] += v
-                    s2[k] += v * v
+                for q in range(min(L, lanes)):
+                    sums[0, k + q] += simd.lane(s1, q)
+                    sums[1, k + q] += simd.lane(s2, q)
+
+
+@helper
+def pool_tiles(y, argmax, save_argmax, M, scratch, tile, b, start, count, tiles_h, tiles_w, OW):
+    """max-pool 2x2 (stride 2) of the outputs of tiles start .. start + count - 1, + bias, then the
+    ReLU, into y (N, OH // 2, OW // 2, K): the pooled pixels that lie inside y; argmax as
+    maxpool_forward's (the index oh * OW + ow in the convolution's output; the first maximum wins,
+    a NaN wins). ``tile`` (4, 4, WIDTH) holds a tile's outputs, less the bias."""
+    PH, PW, K = y.shape[1], y.shape[2], y.shape[3]
+    L, step = simd.WIDTH, M.shape[1] * M.shape[2]
+    ms, ts = M.reshape(-1), tile.reshape(-1)
+    zero = np.float32(0.0)
+    for tl in range(count):
+        n, oh0, ow0 = tile_origin(start + tl, tiles_h, tiles_w)
+        for k in range(0, K, L):
+            _output_rows(scratch, ms, tl * M.shape[2] + k, step)
+            for i in range(4):
+                _store_four(ts, 4 * i * L, L, _output_row(scratch, i))
+            for pi in range(min(2, PH - oh0 // 2)):
+                for pj in range(min(2, PW - ow0 // 2)):
+                    i, j = 2 * pi, 2 * pj
+                    first = np.int32((oh0 + i) * OW + ow0 + j)
+                    ph, pw = oh0 // 2 + pi, ow0 // 2 + pj
+                    for q in range(min(L, K - k)):
+                        best, at = max_of_four(tile[i, j, q], tile[i, j + 1, q], tile[i + 1, j, q],
+                                               tile[i + 1, j + 1, q], first, OW)
+                        best += b[k + q]
+                        y[n, ph, pw, k + q] = zero if best < 0 else best  # the ReLU; a NaN stays a NaN
+                        if save_argmax:
+                            argmax[n, ph, pw, k + q] = at
 
 
 @numba.njit(inline="always")
-def pool_tile(y, argmax, save_argmax, tile, n, oh0, ow0, OW, b):
-    """max-pool 2x2 (stride 2) of the tile's outputs, + bias, then the ReLU, into y (N, OH // 2,
-    OW // 2, K): the tile's pooled pixels that lie inside y; argmax as maxpool_forward's (the
-    index oh * OW + ow in the convolution's output; the first maximum wins, a NaN wins)."""
-    PH, PW, K = y.shape[1], y.shape[2], y.shape[3]
-    zero = np.float32(0.0)
-    for pi in range(min(2, PH - oh0 // 2)):
-        for pj in range(min(2, PW - ow0 // 2)):
-            i, j = 2 * pi, 2 * pj
-            first = np.int32((oh0 + i) * OW + ow0 + j)
-            ph, pw = oh0 // 2 + pi, ow0 // 2 + pj
-            for k in range(K):
-                best, at = max_of_four(tile[i, j, k], tile[i, j + 1, k], tile[i + 1, j, k], tile[i + 1, j + 1, k],
-                                       first, OW)
-                best += b[k]
-                y[n, ph, pw, k] = zero if best < 0 else best  # the ReLU; a NaN stays a NaN
-                if save_argmax:
-                    argmax[n, ph, pw, k] = at
+def _lanes(n):
+    """n channels rounded up to a whole vector."""
+    return -(-n // simd.WIDTH) * simd.WIDTH
 
 
 @parallel_kernel
-def _forward(y, argmax, moments, x, U, b, pad, OH, OW, epilogue, block, tasks):
-    # U (tasks, 36, C, K): each task's own; y (N, OH, OW, K), or with RELU_POOL (N, OH // 2, OW // 2, K)
-    # and argmax like it (or (0, 1, 1, 1): not kept); moments (tasks, 2, K) float64, or (0, 2, K) for none.
-    N, C, K = x.shape[0], x.shape[3], y.shape[3]
+def _forward(y, moments, x, U, b, pad, relu, block, tasks):
+    # U (tasks, 36, C, K): each task's own; y (N, OH, OW, K); moments (tasks, 2, K) float64, or
+    # (0, 2, K) for none.
+    N, OH, OW, C, K = x.shape[0], y.shape[1], y.shape[2], x.shape[3], y.shape[3]
     tiles_h, tiles_w = (OH + 3) // 4, (OW + 3) // 4
     T = N * tiles_h * tiles_w
-    stats, save_argmax = moments.shape[0] > 0, argmax.shape[0] > 0
+    stats = moments.shape[0] > 0
     for task in prange(tasks):
-        flat_u = U[task].reshape(-1)
-        patch, tmp = np.empty((6, 6, C), np.float32), np.empty((6, 6, C), np.float32)
-        V, M = np.empty((36, block, C), np.float32), np.empty((36, block, K), np.float32)
-        rows, tile = np.empty((4, 6, K), np.float32), np.empty((4, 4, K), np.float32)
-        flat_v, flat_m = V.reshape(-1), M.reshape(-1)
-        s1, s2 = np.zeros(K), np.zeros(K)
+        V, M = np.empty((36, block, _lanes(C)), np.float32), np.empty((36, block, _lanes(K)), np.float32)
+        scratch, sums = np.empty(36 * simd.WIDTH, np.float32), np.zeros((2, K))
         t0, t1 = task * T // tasks, (task + 1) * T // tasks
         for start in range(t0, t1, block):
             count = min(block, t1 - start)
-            transform_inputs(V, patch, tmp, x, start, count, tiles_h, tiles_w, pad)
-            for e in range(36):
-                gemm(NO_TRANS, NO_TRANS, count, K, C, np.float32(1.0), flat_v[e * block * C:], C,
-                     flat_u[e * C * K:], K, np.float32(0.0), flat_m[e * block * K:], K)
-            for tl in range(count):
-                n, oh0, ow0 = tile_origin(start + tl, tiles_h, tiles_w)
-                output_tile(tile, rows, M, tl)
-                if epilogue == RELU_POOL:
-                    pool_tile(y, argmax, save_argmax, tile, n, oh0, ow0, OW, b)
-                else:
-                    store_tile(y, tile, n, oh0, ow0, b, epilogue == RELU, stats, s1, s2)
+            transform_inputs(V, scratch, x, start, count, tiles_h, tiles_w, pad)
+            multiply(M, V, U[task], count)
+            output_tiles(y, sums, M, scratch, b, start, count, tiles_h, tiles_w, relu, stats)
         if stats:
-            for k in range(K):
-                moments[task, 0, k] = s1[k]
-                moments[task, 1, k] = s2[k]
+            moments[task] = sums
+
+
+@parallel_kernel
+def _forward_relu_pool(y, argmax, x, U, b, pad, OH, OW, block, tasks):
+    # As _forward, for a convolution of OH x OW pixels whose pooled outputs y (N, OH // 2, OW // 2, K)
+    # are kept, and argmax like y, or (0, 1, 1, 1): not kept.
+    N, C, K = x.shape[0], x.shape[3], y.shape[3]
+    tiles_h, tiles_w = (OH + 3) // 4, (OW + 3) // 4
+    T = N * tiles_h * tiles_w
+    save_argmax = argmax.shape[0] > 0
+    for task in prange(tasks):
+        V, M = np.empty((36, block, _lanes(C)), np.float32), np.empty((36, block, _lanes(K)), np.float32)
+        scratch, tile = np.empty(36 * simd.WIDTH, np.float32), np.empty((4, 4, simd.WIDTH), np.float32)
+        t0, t1 = task * T // tasks, (task + 1) * T // tasks
+        for start in range(t0, t1, block):
+            count = min(block, t1 - start)
+            transform_inputs(V, scratch, x, start, count, tiles_h, tiles_w, pad)
+            multiply(M, V, U[task], count)
+            pool_tiles(y, argmax, save_argmax, M, scratch, tile, b, start, count, tiles_h, tiles_w, OW)
+
+
+@helper
+def transform_gradients(D, db, scratch, dy, start, count, tiles_h, tiles_w):
+    """D[:, tl] (36, K) = AT^T dy_tile AT of tiles start .. start + count - 1, from each tile's 4x4
+    output gradients (zeros beyond the output's edge), and their sums added into db (K,) float64
+    (a tile's 16 summed in float32); ``scratch`` (36 * WIDTH,) holds the first half of a transform."""
+    OH, OW, K = dy.shape[1], dy.shape[2], dy.shape[3]
+    L, row, step = simd.WIDTH, OW * K, D.shape[1] * D.shape[2]
+    gs, ds = dy.reshape(-1), D.reshape(-1)
+    for tl in range(count):
+        n, oh0, ow0 = tile_origin(start + tl, tiles_h, tiles_w)
+        rows, cols = min(4, OH - oh0), min(4, OW - ow0)
+        for k in range(0, K, L):
+            lanes = K - k
+            total = simd.splat(0.0)
+            for j in range(4):  # AT^T down each column of the gradients, into scratch (6, 4, WIDTH)
+                at, inside = ((n * OH + oh0) * OW + ow0 + j) * K + k, j < cols
+                g0, g1 = _pixel(gs, at, lanes, inside), _pixel(gs, at + row, lanes, inside and rows > 1)
+                g2, g3 = _pixel(gs, at + 2 * row, lanes, inside and rows > 2), _pixel(gs, at + 3 * row, lanes,
+                                                                                    inside and rows > 3)
+                total = total + ((g0 + g1) + (g2 + g3))
+                _store_six(scratch, j * L, 4 * L, a4(g0, g1, g2, g3))
+            for i in range(6):  # then along each row: elements 6i .. 6i + 5
+                g0, g1, g2, g3 = _load_four(scratch, 4 * i * L, L)
+                _store_six(ds, (6 * i * D.shape[1] + tl) * D.shape[2] + k, step, a4(g0, g1, g2, g3))
+            for q in range(min(L, lanes)):
+                db[k + q] += simd.lane(total, q)
+
+
+@helper
+def accumulate(P, V, D, count):
+    """P[e] += V[e]^T @ D[e] for the 36 elements: (C, count) @ (count, K), C and K of P (36, C, K)."""
+    C, K = P.shape[1], P.shape[2]
+    vs, ds, ps = V.reshape(-1), D.reshape(-1), P.reshape(-1)
+    for e in range(36):
+        gemm(TRANS, NO_TRANS, C, K, count, np.float32(1.0), vs[e * V.shape[1] * V.shape[2]:], V.shape[2],
+             ds[e * D.shape[1] * D.shape[2]:], D.shape[2], np.float32(1.0), ps[e * C * K:], K)
 
 
 @parallel_kernel
@@ -235,40 +350,16 @@ def _weight_gradient(partial, partial_db, x, dy, pad, block):
     T = N * tiles_h * tiles_w
     tasks = partial.shape[0]
     for task in prange(tasks):
-        patch, tmp = np.empty((6, 6, C), np.float32), np.empty((6, 6, C), np.float32)
-        grad, cols = np.empty((4, 4, K), np.float32), np.empty((6, 4, K), np.float32)
-        V, D = np.empty((36, block, C), np.float32), np.empty((36, block, K), np.float32)
-        flat_v, flat_d = V.reshape(-1), D.reshape(-1)
-        mine = partial[task]
-        mine[...] = np.float32(0.0)
-        flat_p = mine.reshape(-1)
-        db = np.zeros(K)
+        V, D = np.empty((36, block, _lanes(C)), np.float32), np.empty((36, block, _lanes(K)), np.float32)
+        scratch, db = np.empty(36 * simd.WIDTH, np.float32), np.zeros(K)
+        partial[task] = np.float32(0.0)
         t0, t1 = task * T // tasks, (task + 1) * T // tasks
         for start in range(t0, t1, block):
             count = min(block, t1 - start)
-            transform_inputs(V, patch, tmp, x, start, count, tiles_h, tiles_w, pad)
-            for tl in range(count):
-                n, oh0, ow0 = tile_origin(start + tl, tiles_h, tiles_w)
-                grad[...] = np.float32(0.0)  # a tile over the output's edge is zeros beyond it
-                for i in range(min(4, OH - oh0)):
-                    for j in range(min(4, OW - ow0)):
-                        for k in range(K):
-                            grad[i, j, k] = dy[n, oh0 + i, ow0 + j, k]
-                            db[k] += grad[i, j, k]
-                for j in range(4):
-                    for k in range(K):
-                        cols[0, j, k], cols[1, j, k], cols[2, j, k], cols[3, j, k], cols[4, j, k], cols[5, j, k] = a4(
-                            grad[0, j, k], grad[1, j, k], grad[2, j, k], grad[3, j, k])
-                for i in range(6):
-                    e = 6 * i
-                    for k in range(K):
-                        D[e, tl, k], D[e + 1, tl, k], D[e + 2, tl, k], D[e + 3, tl, k], D[e + 4, tl, k], \
-                            D[e + 5, tl, k] = a4(cols[i, 0, k], cols[i, 1, k], cols[i, 2, k], cols[i, 3, k])
-            for e in range(36):
-                gemm(TRANS, NO_TRANS, C, K, count, np.float32(1.0), flat_v[e * block * C:], C,
-                     flat_d[e * block * K:], K, np.float32(1.0), flat_p[e * C * K:], K)
-        for k in range(K):
-            partial_db[task, k] = db[k]
+            transform_inputs(V, scratch, x, start, count, tiles_h, tiles_w, pad)
+            transform_gradients(D, db, scratch, dy, start, count, tiles_h, tiles_w)
+            accumulate(partial[task], V, D, count)
+        partial_db[task] = db
 
 
 @serial_kernel
@@ -348,22 +439,24 @@ def forward_into(y, x, w, b, pad, moments=None, relu=False):
     """y (N, OH, OW, K) = conv(x, w) + b at stride 1 with ``pad`` on each side; then the ReLU with
     ``relu``. With ``moments`` (2, K) float64 (and no ReLU): also each channel's sum and sum of
     squares of y - b."""
-    _forward_into(y, _NO_ARGMAX, moments, x, w, b, pad, y.shape[1], y.shape[2], RELU if relu else PLAIN)
+    tasks, block = _split_forward(y.shape)
+    parts = np.empty((tasks if moments is not None else 0, 2, w.shape[3]))
+    _forward(y, parts, x, transform_weights(w, tasks), b, pad, relu, block, tasks)
+    if moments is not None:
+        moments[...] = parts.sum(axis=0)
 
 
 def forward_relu_pool_into(y, argmax, x, w, b, pad, conv_h, conv_w):
     """y (N, conv_h // 2, conv_w // 2, K) = max-pool 2x2 (relu(conv(x, w) + b)), and argmax
     as maxpool_forward's on the convolution's output (None: not kept): the convolution's output
     never goes to memory."""
-    _forward_into(y, _NO_ARGMAX if argmax is None else argmax, None, x, w, b, pad, conv_h, conv_w, RELU_POOL)
+    tasks, block = _split_forward((y.shape[0], conv_h, conv_w))
+    _forward_relu_pool(y, _NO_ARGMAX if argmax is None else argmax, x, transform_weights(w, tasks), b, pad, conv_h,
+                       conv_w, block, tasks)
 
 
-def _forward_into(y, argmax, moments, x, w, b, pad, conv_h, conv_w, epilogue):
-    tasks, block = split(algorithms.winograd_tiles((y.shape[0], conv_h, conv_w)), algorithms.winograd_block())
-    parts = np.empty((tasks if moments is not None else 0, 2, w.shape[3]))
-    _forward(y, argmax, parts, x, transform_weights(w, tasks), b, pad, conv_h, conv_w, epilogue, block, tasks)
-    if moments is not None:
-        moments[...] = parts.sum(axis=0)
+def _split_forward(y_shape):
+    return split(algorithms.winograd_tiles(y_shape), algorithms.winograd_block())
 
 
 _NO_ARGMAX = np.zeros((0, 1, 1, 1), np.int32)

@@ -77,6 +77,33 @@ def test_code_for_another_cpu_is_never_loaded(tmp_path):
     assert len(list((cache / fastcnn.__version__).iterdir())) == 3
 
 
+# SGD's kernel compiled with LLVM's pass timings recorded: which libraries went through LLVM's
+# module pipeline, and whether the update is still right.
+LOOP_BODIES = """
+    import json, numpy as np
+    from fastcnn.kernels import optim
+    p, v, g = np.ones(1000, np.float32), np.zeros(1000, np.float32), np.full(1000, 2, np.float32)
+    optim.sgd_momentum(p, v, g, 0.25, 0.9)
+    (cres,) = optim._sgd_momentum.overloads.values()
+    def libraries(library):
+        yield library
+        for linked in library._linking_libraries:
+            yield from libraries(linked)
+    print(json.dumps({"right": bool(np.all(p == 0.5) and np.all(v == -0.5)), "kernel": cres.library.name,
+                      "passes": {lib.name: [name for name, _ in lib.recorded_timings] for lib in libraries(cres.library)}}))
+"""
+
+
+def test_a_loop_body_goes_through_llvms_module_pipeline_once_in_its_kernel(tmp_path):
+    out = json.loads(run(LOOP_BODIES, tmp_path / "cache", NUMBA_LLVM_PASS_TIMINGS="1").stdout)
+    assert out["right"]
+    full = "Module passes (full optimization)"
+    bodies = [name for name in out["passes"] if name.startswith(jit._LOOP_BODY_LIBRARIES)]
+    assert len(bodies) == 3, out["passes"].keys()  # the loop's body, its gufunc wrapper, the call onto the threads
+    assert not [name for name in bodies if full in out["passes"][name]]
+    assert full in out["passes"][out["kernel"]]
+
+
 def test_cache_folder_settings(monkeypatch, tmp_path):
     for name in ("FASTCNN_CACHE_DIR", "NUMBA_CACHE_DIR", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)

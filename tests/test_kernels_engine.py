@@ -134,7 +134,8 @@ def test_relu_and_pooling_fused_into_the_convolution(shape, assert_close):
 
 # (N, H, W, C_in, C_out, kernel, stride, padding): every path's forward with its batch statistics.
 MOMENT_SHAPES = [(2, 7, 5, 3, 4, 3, 1, 1), (3, 9, 8, 2, 5, 3, 2, 0), (2, 8, 8, 9, 6, 3, 2, 1),
-                 (2, 10, 9, 12, 7, 3, 1, 1), (1, 6, 6, 16, 8, 1, 1, 0), (64, 16, 16, 32, 64, 3, 1, 1)]
+                 (2, 10, 9, 12, 7, 3, 1, 1), (1, 6, 6, 16, 8, 1, 1, 0), (64, 16, 16, 32, 64, 3, 1, 1),
+                 (8, 10, 9, 20, 12, 3, 1, 1)]  # (Winograd with AVX2's rules too, 12 channels: part of a vector)
 
 
 @pytest.mark.parametrize("shape", MOMENT_SHAPES, ids=str)
@@ -270,6 +271,58 @@ def test_vectors_load_and_store_only_the_lanes_asked_for():
         want[3:3 + n] = 2 * src[3:3 + n] + 1
         np.testing.assert_array_equal(dst, want)
         np.testing.assert_array_equal(lanes(src, 3, n), np.r_[src[3:3 + n], np.zeros(simd.WIDTH - n, np.float32)])
+
+
+def test_vectors_add_subtract_and_multiply_lane_by_lane():
+    # simd.py's arithmetic, which Winograd's transforms use: +, - and * of two vectors and a
+    # number times a vector, as NumPy's float32 gives them; the ReLU keeps a NaN a NaN.
+    import numba
+    from fastcnn.kernels import simd
+
+    @numba.njit
+    def arithmetic(a, b, out):
+        u, v = simd.load(a, 0), simd.load(b, 0)
+        for i, r in enumerate((u + v, u - v, u * v, np.float32(2.5) * u, simd.relu(u))):
+            simd.store(out, i * simd.WIDTH, r)
+
+    rng = np.random.default_rng(5)
+    a, b = rand(rng, simd.WIDTH), rand(rng, simd.WIDTH)
+    a[1] = np.nan
+    out = np.empty(5 * simd.WIDTH, np.float32)
+    arithmetic(a, b, out)
+    want = np.r_[a + b, a - b, a * b, np.float32(2.5) * a, np.where(a < 0, np.float32(0), a)]
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("shape", WINOGRAD_SHAPES, ids=str)
+def test_every_winograd_epilogue_on_every_shape(shape, assert_close):
+    """Winograd's kernels themselves, whichever path this CPU's rules pick: the ReLU, the batch
+    statistics and the ReLU and 2x2 pool done as the tiles are made, with channel counts that end
+    in part of a vector (masked lanes) at both vector widths."""
+    n, h, w, c, k, pad = shape
+    rng = np.random.default_rng(sum(shape) + 2)
+    x, wt, b = rand(rng, n, h, w, c), rand(rng, 3, 3, c, k) / np.float32(np.sqrt(9 * c)), rand(rng, k)
+    want = R.conv2d_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64), 1, pad)
+    y = np.empty(want.shape, np.float32)
+    winograd.forward_into(y, x, wt, b, pad, relu=True)
+    assert_close("winograd forward, ReLU", y, np.maximum(want, 0), WINOGRAD)
+    sums = np.zeros((2, k))
+    winograd.forward_into(y, x, wt, b, pad, moments=sums)
+    centred, count = (want - b).reshape(-1, k), want.size // k
+    assert_close("winograd forward", y, want, WINOGRAD)
+    assert_close("winograd forward, mean less the bias", sums[0] / count, centred.mean(axis=0), WINOGRAD)
+    assert_close("winograd forward, mean square less the bias", sums[1] / count, (centred ** 2).mean(axis=0),
+                 WINOGRAD)
+    oh, ow = want.shape[1:3]
+    if min(oh, ow) < 2:
+        return
+    pooled, argmax = np.empty((n, oh // 2, ow // 2, k), np.float32), np.empty((n, oh // 2, ow // 2, k), np.int32)
+    winograd.forward_relu_pool_into(pooled, argmax, x, wt, b, pad, oh, ow)
+    pooled_want, argmax_want = R.conv_relu_pool_forward(x, wt, b, 1, pad, 2)
+    assert_close("winograd forward, ReLU and pool", pooled, pooled_want, WINOGRAD)
+    assert (argmax == argmax_want).mean() > 0.99
+    winograd.forward_relu_pool_into(pooled, None, x, wt, b, pad, oh, ow)
+    assert_close("winograd forward, ReLU and pool (no argmax)", pooled, pooled_want, WINOGRAD)
 
 
 def test_the_kernels_thread_count_is_numbas_for_each_thread():
