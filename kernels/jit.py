@@ -92,8 +92,12 @@ def _kernel(fn, parallel):
 # kernel links it in: LLVM's whole module pipeline, then machine code, ran over the same loop body
 # four times, once per library. Those three are only ever linked into the kernel, so while one of
 # fastcnn's parallel kernels compiles they keep their function passes and skip the module pipeline;
-# the kernel's module, where everything is linked, gets it once. Measured 2026-12-06 (AVX2 code, CPU
-# seconds of one kernel's first call): the Winograd forward kernel 11.1 -> 7.9 s; LLVM's part 8.8 -> 3.6.
+# the kernel's module, where everything is linked, gets it once. The kernel's copies of their
+# functions are made internal to it: a call to a function of another linkage may go to the first
+# definition of that name the JIT engine has, the unoptimised one (in the compiling process the
+# kernels then ran at half speed; loaded from the cache they had only their own copies). Measured
+# 2026-12-06 (AVX2 code, CPU seconds of one kernel's first call): the Winograd forward kernel
+# 11.1 -> 7.9 s; LLVM's part 8.8 -> 3.6.
 _LOOP_BODY_LIBRARIES = ("__numba_parfor_gufunc", "parallelgufuncwrapper", "<numba.np.ufunc.wrappers._GufuncWrapper")
 _COMPILING = [0]  # > 0 while one of the parallel kernels compiles (under Numba's compiler lock)
 _optimize_final_module = getattr(codegen.CPUCodeLibrary, "_optimize_final_module", None)
@@ -116,8 +120,22 @@ def _optimising_loop_bodies_once(compile):
 
 
 def _optimize_unless_linked_only(library):
-    if not (_COMPILING[0] and library.name.startswith(_LOOP_BODY_LIBRARIES)):
-        _optimize_final_module(library)
+    if _COMPILING[0]:
+        if library.name.startswith(_LOOP_BODY_LIBRARIES):
+            return  # optimised in the kernel that links it
+        loop_bodies = set(_loop_body_functions(library))
+        for fn in library._final_module.functions:
+            if fn.name in loop_bodies and not fn.is_declaration:
+                fn.linkage = "internal"
+    _optimize_final_module(library)
+
+
+def _loop_body_functions(library):
+    """The names of the functions that ``library``'s loop-body libraries define."""
+    for linked in library._linking_libraries:
+        if linked.name.startswith(_LOOP_BODY_LIBRARIES):
+            yield from (fn.name for fn in linked._final_module.functions if not fn.is_declaration)
+        yield from _loop_body_functions(linked)
 
 
 if _optimize_final_module is not None:

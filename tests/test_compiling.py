@@ -81,7 +81,8 @@ def test_code_for_another_cpu_is_never_loaded(tmp_path):
 # module pipeline, and whether the update is still right.
 LOOP_BODIES = """
     import json, numpy as np
-    from fastcnn.kernels import optim
+    from llvmlite import binding
+    from fastcnn.kernels import jit, optim
     p, v, g = np.ones(1000, np.float32), np.zeros(1000, np.float32), np.full(1000, 2, np.float32)
     optim.sgd_momentum(p, v, g, 0.25, 0.9)
     (cres,) = optim._sgd_momentum.overloads.values()
@@ -89,8 +90,12 @@ LOOP_BODIES = """
         yield library
         for linked in library._linking_libraries:
             yield from libraries(linked)
+    bodies = {fn.name for lib in libraries(cres.library) if lib.name.startswith(jit._LOOP_BODY_LIBRARIES)
+              for fn in lib._final_module.functions if not fn.is_declaration}
     print(json.dumps({"right": bool(np.all(p == 0.5) and np.all(v == -0.5)), "kernel": cres.library.name,
-                      "passes": {lib.name: [name for name, _ in lib.recorded_timings] for lib in libraries(cres.library)}}))
+                      "passes": {lib.name: [name for name, _ in lib.recorded_timings] for lib in libraries(cres.library)},
+                      "shared": [fn.name for fn in cres.library._final_module.functions
+                                 if fn.name in bodies and fn.linkage != binding.Linkage.internal]}))
 """
 
 
@@ -102,6 +107,9 @@ def test_a_loop_body_goes_through_llvms_module_pipeline_once_in_its_kernel(tmp_p
     assert len(bodies) == 3, out["passes"].keys()  # the loop's body, its gufunc wrapper, the call onto the threads
     assert not [name for name in bodies if full in out["passes"][name]]
     assert full in out["passes"][out["kernel"]]
+    # and the kernel calls its own, optimised copies: not the first definition of each name that
+    # the JIT engine holds (the loop-body libraries' unoptimised ones; the kernel ran at half speed)
+    assert out["shared"] == []
 
 
 def test_cache_folder_settings(monkeypatch, tmp_path):
