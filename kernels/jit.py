@@ -15,7 +15,7 @@
   wait (spin a little after a kernel, then sleep): against OMP_WAIT_POLICY=PASSIVE, measured
   3.65 against 4.1 ms per training step and 111 against 370 us for one image.
 - ``nogil=True``: several Python threads may call the kernels at once (e.g. ``predict``).
-- A ``prange`` loop's body is optimised once, in the kernel that runs it (``_optimise_loop_bodies_once``).
+- A ``prange`` loop's body is optimised once, in the kernel that runs it (``_optimising_loop_bodies_once``).
 
 ``KERNELS`` lists every kernel by name (``module.function``), so that other processes can
 compile one by name into the same cache (``fastcnn.compiling``).
@@ -96,8 +96,8 @@ def _kernel(fn, parallel):
 # functions are made internal to it: a call to a function of another linkage may go to the first
 # definition of that name the JIT engine has, the unoptimised one (in the compiling process the
 # kernels then ran at half speed; loaded from the cache they had only their own copies). Measured
-# 2026-12-06 (AVX2 code, CPU seconds of one kernel's first call): the Winograd forward kernel
-# 11.1 -> 7.9 s; LLVM's part 8.8 -> 3.6.
+# 2026-12-06 (AVX2 code, CPU seconds of one kernel's first call, fresh processes in turn): the
+# Winograd forward kernel 9.4-10.8 -> 6.8-7.1 s, LLVM's part of it 7.6-8.5 -> 4.2-4.3 s.
 _LOOP_BODY_LIBRARIES = ("__numba_parfor_gufunc", "parallelgufuncwrapper", "<numba.np.ufunc.wrappers._GufuncWrapper")
 _COMPILING = [0]  # > 0 while one of the parallel kernels compiles (under Numba's compiler lock)
 _optimize_final_module = getattr(codegen.CPUCodeLibrary, "_optimize_final_module", None)

@@ -207,9 +207,10 @@ def _arithmetic(op, instruction):
     def _vectors(context, builder, sig, args):
         return getattr(builder, instruction)(args[0], args[1], flags=_FLAGS)
 
-    @lower_builtin(op, types.float32, Vector)
-    def _scaled(context, builder, sig, args):
-        return getattr(builder, instruction)(_broadcast(builder, args[0], _LANES), args[1], flags=_FLAGS)
+    if op is operator.mul:
+        @lower_builtin(op, types.float32, Vector)
+        def _scaled(context, builder, sig, args):
+            return builder.fmul(_broadcast(builder, args[0], _LANES), args[1], flags=_FLAGS)
 
 
 _arithmetic(operator.add, "fadd")
