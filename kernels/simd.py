@@ -185,6 +185,14 @@ def store_up_to(a, i, v, n):
         store_first(a, i, v, n)
 
 
+@numba.njit(inline="always")
+def add_lanes(a, i, v, n):
+    """a[i + q] += lane q of v for the first min(n, WIDTH) lanes (none for n <= 0): a vector's sums
+    added into a one-dimensional array of any float type (a float64 total, say)."""
+    for q in range(min(n, WIDTH)):
+        a[i + q] += lane(v, q)
+
+
 _FLAGS = tuple(sorted(FASTMATH))  # the kernels' own: LLVM may fuse a product and a sum into one fma
 
 

@@ -222,9 +222,8 @@ def output_tiles(y, sums, M, scratch, b, start, count, tiles_h, tiles_w, relu, s
                     v = v + bias
                     simd.store_up_to(ys, at + j * K, simd.relu(v) if relu else v, lanes)
             if stats:
-                for q in range(min(L, lanes)):
-                    sums[0, k + q] += simd.lane(s1, q)
-                    sums[1, k + q] += simd.lane(s2, q)
+                simd.add_lanes(sums[0], k, s1, lanes)
+                simd.add_lanes(sums[1], k, s2, lanes)
 
 
 @helper
@@ -327,8 +326,7 @@ def transform_gradients(D, db, scratch, dy, start, count, tiles_h, tiles_w):
             for i in range(6):  # then along each row: elements 6i .. 6i + 5
                 g0, g1, g2, g3 = _load_four(scratch, 4 * i * L, L)
                 _store_six(ds, (6 * i * D.shape[1] + tl) * D.shape[2] + k, step, a4(g0, g1, g2, g3))
-            for q in range(min(L, lanes)):
-                db[k + q] += simd.lane(total, q)
+            simd.add_lanes(db, k, total, lanes)
 
 
 @helper
