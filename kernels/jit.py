@@ -163,7 +163,8 @@ def cpu_key():
 def _build_key():
     """What else the compiled code depends on: Numba, llvmlite, Python, and every kernel source
     file (a kernel inlines helpers from other files, which Numba's own freshness check misses)."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(__name__.encode())  # the package's name too: kernels.jit, imported from a
+    # checkout's root, pickles other module names than fastcnn.kernels.jit: its own folder
     for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     python = f"py{sys.version_info[0]}{sys.version_info[1]}{getattr(sys, 'abiflags', '')}"
@@ -221,14 +222,40 @@ class _KernelCacheImpl(caching.CompileResultCacheImpl):
 
 
 class KernelCache(caching.FunctionCache):
-    """Numba's function cache, in ``cache_dir()``."""
+    """Numba's function cache, in ``cache_dir()``. An entry that can't be read (a file cut short
+    by a full disk or a killed process, or made by another copy of these sources) is compiled
+    again and replaced, said once: Numba would stop the program with its traceback."""
 
     _impl_class = _KernelCacheImpl
 
     def holds(self, signature, dispatcher):
         """Whether the compiled code for ``signature`` is in the cache (read, not loaded)."""
         key = self._index_key(signature, dispatcher.targetctx.codegen())
-        return key in self._cache_file._load_index()
+        try:
+            return key in self._cache_file._load_index()
+        except Exception:  # an unreadable index: nothing in it can be loaded
+            return False
+
+    def load_overload(self, sig, target_context):
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception as e:
+            if not _UNREADABLE:  # said once, as the compiling messages are (fastcnn/compiling.py)
+                _UNREADABLE.append(e)
+                print(f"fastcnn: a compiled kernel in the cache could not be read ("
+                      f"{self._py_func.__module__.rsplit('.', 1)[-1]}.{self._py_func.__qualname__}: "
+                      f"{type(e).__name__}: {e}); compiling it again to replace it", file=sys.stderr, flush=True)
+            return None  # a miss: the dispatcher compiles, then saves over the entry
+
+    def save_overload(self, sig, data):
+        try:
+            self._cache_file._load_index()
+        except Exception:  # an unreadable index: start it again (written whole, then renamed)
+            self._cache_file._save_index({})
+        super().save_overload(sig, data)
+
+
+_UNREADABLE = []  # the first unreadable entry's error, once said
 
 
 @functools.lru_cache(maxsize=None)

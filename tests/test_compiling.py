@@ -134,6 +134,23 @@ def test_a_cache_that_cannot_be_written_is_said_once_and_the_kernels_still_run(t
     assert json.loads(done.stdout)["compiled"] == 1
 
 
+@pytest.mark.parametrize("damage", ["data cut short", "index cut short", "index not Numba's"])
+def test_an_unreadable_cache_entry_is_compiled_again_and_replaced(tmp_path, damage):
+    # A file cut short (a full disk, a killed process) or written by something else: the kernel
+    # is compiled again, said in one line, and the entry replaced; the next process loads it.
+    cache = tmp_path / "cache"
+    build = Path(json.loads(run(SOFTMAX, cache).stdout)["dir"])
+    target = next(build.glob("loss._softmax-*.nbc" if damage == "data cut short" else "loss._softmax-*.nbi"))
+    target.write_bytes(b"garbage\n" if damage == "index not Numba's" else target.read_bytes()[:40])
+    again = run(SOFTMAX, cache)
+    assert json.loads(again.stdout)["compiled"] == 1
+    said = [line for line in again.stderr.splitlines() if "could not be read" in line]
+    assert len(said) == 1 and said[0].startswith("fastcnn: a compiled kernel in the cache could not be read "
+                                                 "(loss._softmax: ") and "Traceback" not in again.stderr
+    after = run(SOFTMAX, cache)
+    assert (json.loads(after.stdout)["loaded"], after.stderr) == (1, "")
+
+
 def test_the_rehearsal_finds_every_kernel_a_pass_calls():
     # In a fresh process, every kernel call the rehearsals note is exactly what training (SGD and
     # Adam) and predicting each named network then call: nothing missed, nothing extra.
