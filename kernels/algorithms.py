@@ -34,11 +34,14 @@ WINOGRAD_CHANNELS = {("avx512", "forward"): 4, ("avx512", "weight gradient"): 8,
 # OpenBLAS cores with AVX-512 GEMM kernels: small products run without packing their operands.
 AVX512_BLAS = {"SkylakeX", "Cooperlake", "SapphireRapids"}
 # Tiles per block of Winograd's forward pass (the rows of each of its 36 GEMMs). OpenBLAS's AVX-512
-# kernels multiply small blocks fast, and 16-32 tiles keep a block in L2; its Haswell (AVX2)
-# kernels pack the whole weight block for every call, and need 64-128 tiles to pay for it:
-# 96 ran 1.8-2.9x faster than 16 there (the cifar and deep networks' convolutions, one thread).
-# The weight gradient's GEMMs pack only the block itself: 32 tiles on both.
-WINOGRAD_BLOCK = {"avx512": 32, "avx2": 96}
+# kernels multiply small blocks fast, and 16-32 tiles keep a block in L2 (64: the same, measured
+# 2026-12-06); its Haswell (AVX2) kernels pack the whole weight block for every call, and need
+# more tiles to pay for it: 96 ran 1.8-2.9x faster than 16 there (the cifar and deep networks'
+# convolutions, one thread), and 256, in turn with 96 in one process on 2 threads, 1.01-1.09x as
+# fast as 96, 1.00-1.03x as 128 and 1.00-1.09x as 512 (14x14 to 16x16 images, 32 and 64
+# channels, 8x8 with 64 and 128, batch 64; 2026-12-06). The weight gradient's GEMMs pack only the
+# block itself: 32 tiles on both.
+WINOGRAD_BLOCK = {"avx512": 32, "avx2": 256}
 WINOGRAD_WEIGHT_BLOCK = 32
 # Tiles per thread from which Winograd's forward pass beats im2col's GEMM. OpenBLAS's Haswell
 # kernels multiply its 36 small products per block slowly when a block has a few tiles (one or two
