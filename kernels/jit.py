@@ -144,7 +144,11 @@ if _optimize_final_module is not None:
 
 def kernel_name(dispatcher):
     """``conv_pool._conv_relu_pool_forward``: how records, messages and other processes name a kernel."""
-    return f"{dispatcher.py_func.__module__.rsplit('.', 1)[-1]}.{dispatcher.py_func.__qualname__}"
+    return _name_of(dispatcher.py_func)
+
+
+def _name_of(fn):
+    return f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__qualname__}"
 
 
 def cpu_key():
@@ -242,8 +246,7 @@ class KernelCache(caching.FunctionCache):
         except Exception as e:
             if not _UNREADABLE:  # said once, as the compiling messages are (fastcnn/compiling.py)
                 _UNREADABLE.append(e)
-                print(f"fastcnn: a compiled kernel in the cache could not be read ("
-                      f"{self._py_func.__module__.rsplit('.', 1)[-1]}.{self._py_func.__qualname__}: "
+                print(f"fastcnn: a compiled kernel in the cache could not be read ({_name_of(self._py_func)}: "
                       f"{type(e).__name__}: {e}); compiling it again to replace it", file=sys.stderr, flush=True)
             return None  # a miss: the dispatcher compiles, then saves over the entry
 
