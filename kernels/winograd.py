@@ -11,14 +11,16 @@ output channel,
 with the fixed matrices BT (6x6), G (6x3) and AT (4x6) below (interpolation points 0, +-1, +-2
 and infinity). Summed over the input channels, the elementwise product becomes, for each of the 36
 elements e, one matrix product of the tiles' transformed inputs V[e] (T, C) with the transformed
-weights U[e] (C, K): 36 GEMMs (``blas.gemm``) doing 36 products per tile and channel pair where the
-direct sum does 144 (16 pixels x 9 taps).
+weights U[e] (C, K): 36 small GEMMs doing 36 products per tile and channel pair where the direct
+sum does 144 (16 pixels x 9 taps). ``multiply`` and ``accumulate`` do them: products.py's tiles
+with their sums in registers, or ``blas.gemm`` (``algorithms.winograd_products`` says which, by
+the instruction set: the tiles with AVX2 code, BLAS with AVX-512's).
 
 - Forward: U is made from w once per call and task (``_transform_weights``), by the thread that
   runs the task, so that it is in that core's cache: one U made on the calling thread and read by
   the other cost more than making it twice (the forward pass 1.45-2.2x as fast for one image,
   1.0-1.17x at batch 64, measured 2026-12-06 on 2 threads). Each task takes a range of
-  tiles, ``block`` tiles at a time (``algorithms.WINOGRAD_BLOCK``: it depends on OpenBLAS's kernels):
+  tiles, ``block`` tiles at a time (``algorithms.WINOGRAD_BLOCK``: it depends on who multiplies):
   their inputs are transformed into V (36, block, C), multiplied into M (36, block, K), and
   transformed back into y with the bias, while the block is still in the core's cache
   (``_forward``; ``_forward_relu_pool`` pools each tile's outputs instead). With ``moments``, the
@@ -43,7 +45,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import algorithms, simd
+from . import algorithms, products, simd
 from .blas import NO_TRANS, TRANS, gemm
 from .jit import helper, parallel_kernel, serial_kernel, threads
 from .pool import max_of_four
@@ -187,13 +189,13 @@ def _output_row(scratch, i):
 
 
 @helper
-def multiply(M, V, U, count):
-    """M[e] = V[e] @ U[e] for the 36 elements: (count, C) @ (C, K), C and K of U (36, C, K)."""
-    C, K = U.shape[1], U.shape[2]
+def _blas_multiply(M, V, U, count):
+    """products.multiply by BLAS: M[e] = V[e] @ U[e] for the 36 elements, (count, C) @ (C, K)."""
+    C, KL = U.shape[1], U.shape[2]
     vs, us, ms = V.reshape(-1), U.reshape(-1), M.reshape(-1)
     for e in range(36):
-        gemm(NO_TRANS, NO_TRANS, count, K, C, np.float32(1.0), vs[e * V.shape[1] * V.shape[2]:], V.shape[2],
-             us[e * C * K:], K, np.float32(0.0), ms[e * M.shape[1] * M.shape[2]:], M.shape[2])
+        gemm(NO_TRANS, NO_TRANS, count, KL, C, np.float32(1.0), vs[e * V.shape[1] * V.shape[2]:], V.shape[2],
+             us[e * C * KL:], KL, np.float32(0.0), ms[e * M.shape[1] * M.shape[2]:], M.shape[2])
 
 
 @helper
@@ -262,16 +264,32 @@ def _lanes(n):
     return -(-n // simd.WIDTH) * simd.WIDTH
 
 
+@numba.njit(inline="always")
+def _elements(block, channels):
+    """A block's 36 transformed elements (36, rows, lanes(channels)), ``block`` rows of them used.
+    An odd number of rows, so that the elements do not lie a multiple of 4 KB apart: the 36 rows
+    of one tile, read or written together, would all fall in the same few sets of the L1 cache
+    and evict each other (measured 2026-12-06 with AVX2 code, batch 64, before the rows were made
+    odd: the weight gradient with blocks of 32 tiles 1.16-1.54x as slow as with 30, 33 or 45,
+    on 14x14 to 16x16 images with 32 and 64 channels and 8x8 with 64 and 128)."""
+    return np.empty((36, block | 1, _lanes(channels)), np.float32)
+
+
+def whole_vectors(n):
+    """_lanes, in Python."""
+    return -(-n // simd.WIDTH) * simd.WIDTH
+
+
 @parallel_kernel
 def _forward(y, moments, x, U, b, pad, relu, block, tasks):
-    # U (tasks, 36, C, K): each task's own; y (N, OH, OW, K); moments (tasks, 2, K) float64, or
+    # U (tasks, 36, C, lanes(K)): each task's own; y (N, OH, OW, K); moments (tasks, 2, K) float64, or
     # (0, 2, K) for none.
     N, OH, OW, C, K = x.shape[0], y.shape[1], y.shape[2], x.shape[3], y.shape[3]
     tiles_h, tiles_w = (OH + 3) // 4, (OW + 3) // 4
     T = N * tiles_h * tiles_w
     stats = moments.shape[0] > 0
     for task in prange(tasks):
-        V, M = np.empty((36, block, _lanes(C)), np.float32), np.empty((36, block, _lanes(K)), np.float32)
+        V, M = _elements(block, C), _elements(block, K)
         scratch, sums = np.empty(36 * simd.WIDTH, np.float32), np.zeros((2, K))
         t0, t1 = task * T // tasks, (task + 1) * T // tasks
         for start in range(t0, t1, block):
@@ -292,7 +310,7 @@ def _forward_relu_pool(y, argmax, x, U, b, pad, OH, OW, block, tasks):
     T = N * tiles_h * tiles_w
     save_argmax = argmax.shape[0] > 0
     for task in prange(tasks):
-        V, M = np.empty((36, block, _lanes(C)), np.float32), np.empty((36, block, _lanes(K)), np.float32)
+        V, M = _elements(block, C), _elements(block, K)
         scratch, tile = np.empty(36 * simd.WIDTH, np.float32), np.empty((4, 4, simd.WIDTH), np.float32)
         t0, t1 = task * T // tasks, (task + 1) * T // tasks
         for start in range(t0, t1, block):
@@ -330,13 +348,20 @@ def transform_gradients(D, db, scratch, dy, start, count, tiles_h, tiles_w):
 
 
 @helper
-def accumulate(P, V, D, count):
-    """P[e] += V[e]^T @ D[e] for the 36 elements: (C, count) @ (count, K), C and K of P (36, C, K)."""
-    C, K = P.shape[1], P.shape[2]
+def _blas_accumulate(P, V, D, count):
+    """products.accumulate by BLAS: P[e] += V[e]^T @ D[e] for the 36 elements, (C, count) @ (count, K)."""
+    C, KL = P.shape[1], P.shape[2]
     vs, ds, ps = V.reshape(-1), D.reshape(-1), P.reshape(-1)
     for e in range(36):
-        gemm(TRANS, NO_TRANS, C, K, count, np.float32(1.0), vs[e * V.shape[1] * V.shape[2]:], V.shape[2],
-             ds[e * D.shape[1] * D.shape[2]:], D.shape[2], np.float32(1.0), ps[e * C * K:], K)
+        gemm(TRANS, NO_TRANS, C, KL, count, np.float32(1.0), vs[e * V.shape[1] * V.shape[2]:], V.shape[2],
+             ds[e * D.shape[1] * D.shape[2]:], D.shape[2], np.float32(1.0), ps[e * C * KL:], KL)
+
+
+# The 36 products of a block: with the sums in registers, or by BLAS (products.py says which wins where).
+if algorithms.winograd_products() == "registers":
+    multiply, accumulate = products.multiply, products.accumulate
+else:
+    multiply, accumulate = _blas_multiply, _blas_accumulate
 
 
 @parallel_kernel
@@ -348,7 +373,7 @@ def _weight_gradient(partial, partial_db, x, dy, pad, block):
     T = N * tiles_h * tiles_w
     tasks = partial.shape[0]
     for task in prange(tasks):
-        V, D = np.empty((36, block, _lanes(C)), np.float32), np.empty((36, block, _lanes(K)), np.float32)
+        V, D = _elements(block, C), _elements(block, K)
         scratch, db = np.empty(36 * simd.WIDTH, np.float32), np.zeros(K)
         partial[task] = np.float32(0.0)
         t0, t1 = task * T // tasks, (task + 1) * T // tasks
@@ -363,7 +388,7 @@ def _weight_gradient(partial, partial_db, x, dy, pad, block):
 @serial_kernel
 def _finish_weight_gradient(dw, db, partial, partial_db):
     # dw (3, 3, C, K) = G^T (the partials added in task order) G; db likewise.
-    tasks, _, C, K = partial.shape
+    tasks, C, K = partial.shape[0], dw.shape[2], dw.shape[3]  # partial's columns from K on: padding
     m = np.empty((6, 6, K), np.float32)
     half = np.empty((3, 6, K), np.float32)
     for c in range(C):
@@ -398,7 +423,7 @@ def add_bias_partials(db, partial_db):
 
 @parallel_kernel
 def _transform_weights(U, w):
-    # U (tasks, 36, C, K): U[task] = G w G^T for each channel pair, made by the thread that runs task
+    # U (tasks, 36, C, lanes(K)): U[task] = G w G^T for each channel pair, made by the thread that runs task
     # (Numba hands a prange of one task per thread out in the same order every time).
     C, K = w.shape[2], w.shape[3]
     for task in prange(U.shape[0]):
@@ -416,9 +441,11 @@ def _transform_weights(U, w):
 
 
 def transform_weights(w, tasks):
-    """U (tasks, 36, C, K): G w G^T of w (3, 3, C, K), a copy for each of ``tasks`` tasks, each made
-    by the thread that runs that task of a kernel."""
-    U = np.empty((tasks, 36, w.shape[2], w.shape[3]), np.float32)
+    """U (tasks, 36, C, lanes(K)): G w G^T of w (3, 3, C, K), a copy for each of ``tasks`` tasks, each
+    made by the thread that runs that task of a kernel; the columns from K on zeros (products.py)."""
+    K = w.shape[3]
+    U = np.empty((tasks, 36, w.shape[2], whole_vectors(K)), np.float32)
+    U[..., K:] = 0.0
     _transform_weights(U, w)
     return U
 
@@ -464,6 +491,6 @@ def weight_gradient_into(dw, db, dy, x, pad):
     """dw (3, 3, C, K) and db (K,) of the stride-1 convolution that read x with ``pad``, from dy."""
     C, K = x.shape[3], dy.shape[3]
     tasks, block = split(algorithms.winograd_tiles(dy.shape), algorithms.WINOGRAD_WEIGHT_BLOCK)
-    partial, partial_db = np.empty((tasks, 36, C, K), np.float32), np.empty((tasks, K))
+    partial, partial_db = np.empty((tasks, 36, C, whole_vectors(K)), np.float32), np.empty((tasks, K))
     _weight_gradient(partial, partial_db, x, dy, pad, block)
     _finish_weight_gradient(dw, db, partial, partial_db)

@@ -209,23 +209,29 @@ def test_the_fused_batchnorm_steps_run_the_layers_as_written(layers, steps):
 
 
 def test_winograd_waits_for_enough_tiles_with_haswell_blas_kernels():
-    # One image of 8x8 is 4 tiles, of 14x14 16: too few for OpenBLAS's Haswell kernels on 2 threads.
+    # One image of 8x8 is 4 tiles, of 14x14 16: too few for OpenBLAS's Haswell kernels on 2 threads;
+    # the products in registers (AVX2 code) and OpenBLAS's AVX-512 kernels take Winograd at once.
     for shape, avx2_2, avx2_1 in [((1, 8, 8, 64), False, False), ((1, 14, 14, 32), False, True),
                                   ((8, 8, 8, 64), True, True), ((64, 14, 14, 32), True, True)]:
         assert algorithms.enough_tiles(shape, 1, "avx2", 2) == avx2_2
         assert algorithms.enough_tiles(shape, 1, "avx2", 1) == avx2_1
         assert algorithms.enough_tiles(shape, 1, "avx512", 2)
+        assert algorithms.enough_tiles(shape, 1, "registers", 2)
     rng = np.random.default_rng(2)
     x, w, b = rand(rng, 1, 8, 8, 64), rand(rng, 3, 3, 64, 16), rand(rng, 16)
-    want = "gemm" if algorithms.blas_kind() == "avx2" else "winograd"
+    want = "gemm" if algorithms.winograd_kind() == "avx2" else "winograd"
     assert algorithms.conv_forward(x.shape, w.shape, 1, 1) == want
     y, y_ref = K.conv2d_forward(x, w, b, 1, 1), R.conv2d_forward(x, w, b, 1, 1)
     np.testing.assert_allclose(y, y_ref, rtol=FWD, atol=WINOGRAD * np.abs(y_ref).max())
 
 
-def test_paths_are_chosen_for_both_kinds_of_blas_kernels():
+def test_paths_are_chosen_for_every_kind_of_product():
     assert algorithms.isa() in ("avx512", "avx2", "other") and algorithms.blas_kind() in ("avx512", "avx2")
-    assert {kind for kind, _ in algorithms.WINOGRAD_CHANNELS} == set(algorithms.WINOGRAD_BLOCK) == {"avx512", "avx2"}
+    assert algorithms.winograd_kind() == ("registers" if algorithms.isa() == "avx2" else algorithms.blas_kind())
+    kinds = {"avx512", "avx2", "registers"}
+    assert {kind for kind, _ in algorithms.WINOGRAD_CHANNELS} == set(algorithms.WINOGRAD_BLOCK) == kinds
+    assert set(algorithms.WINOGRAD_TILES_PER_THREAD) == kinds
+    assert algorithms.paths()["winograd products"] == algorithms.winograd_kind()
 
 
 @pytest.mark.parametrize("width,channels,kernel,outputs,stride", [
@@ -292,6 +298,53 @@ def test_vectors_add_subtract_and_multiply_lane_by_lane():
     arithmetic(a, b, out)
     want = np.r_[a + b, a - b, a * b, np.float32(2.5) * a, np.where(a < 0, np.float32(0), a)]
     np.testing.assert_array_equal(out, want)
+
+
+# (E, block, count, C, K): Winograd's 36 products a block and fewer; rows and channels that end
+# within a tile of 6 rows and within a vector, one row, one channel.
+PRODUCT_SHAPES = [(36, 256, 255, 32, 64), (36, 32, 31, 64, 128), (36, 32, 32, 128, 64), (5, 7, 7, 3, 10),
+                  (2, 9, 1, 1, 1), (3, 13, 11, 17, 40), (1, 6, 6, 6, 16)]
+
+
+@pytest.mark.parametrize("shape", PRODUCT_SHAPES, ids=str)
+def test_the_products_in_registers_match_numpy(shape):
+    """products.multiply and .accumulate (Winograd's products with AVX2 code) on padded operands:
+    the rows beyond count and the columns beyond the channels are left as they were (multiply)
+    or stay zero (accumulate); float32 against float64, relative to the sums' magnitude."""
+    from fastcnn.kernels import products
+    from fastcnn.kernels.winograd import whole_vectors
+
+    E, block, count, C, K = shape
+    CL, KL = whole_vectors(C), whole_vectors(K)
+    rng = np.random.default_rng(sum(shape))
+    V = np.zeros((E, block, CL), np.float32)
+    V[:, :count, :C] = rand(rng, E, count, C)
+    U = np.zeros((E, C, KL), np.float32)
+    U[..., :K] = rand(rng, E, C, K)
+    M = np.full((E, block, KL), 7.0, np.float32)
+    products.multiply(M, V, U, count)
+    want = np.einsum("etc,eck->etk", V[:, :count, :C].astype(np.float64), U[..., :K])
+    np.testing.assert_allclose(M[:, :count, :K], want, rtol=0, atol=2e-6 * np.sqrt(C) * np.abs(want).max())
+    assert (M[:, count:] == 7.0).all()
+    D = np.zeros((E, block, KL), np.float32)
+    D[:, :count, :K] = rand(rng, E, count, K)
+    P = np.zeros((E, C, KL), np.float32)
+    P[..., :K] = start = rand(rng, E, C, K)
+    products.accumulate(P, V, D, count)
+    want = start + np.einsum("etc,etk->eck", V[:, :count, :C].astype(np.float64), D[:, :count, :K])
+    np.testing.assert_allclose(P[..., :K], want, rtol=0, atol=2e-6 * np.sqrt(count) * np.abs(want).max())
+    assert (P[..., K:] == 0).all()
+
+
+def test_winograd_multiplies_in_registers_with_avx2_code_only():
+    """products.py's tiles with AVX2 code, BLAS with AVX-512's (which wins there) and without AVX2 (no FMA)."""
+    from fastcnn.kernels import products
+
+    assert algorithms.WINOGRAD_PRODUCTS == {"avx512": "blas", "avx2": "registers", "other": "blas"}
+    registers = algorithms.winograd_products() == "registers"
+    assert registers == (algorithms.isa() == "avx2")
+    assert (winograd.multiply is products.multiply) == registers
+    assert (winograd.accumulate is products.accumulate) == registers
 
 
 @pytest.mark.parametrize("shape", WINOGRAD_SHAPES, ids=str)
