@@ -39,35 +39,9 @@ def multiply(M, V, U, count):
     vs, us, ms = V.reshape(-1), U.reshape(-1), M.reshape(-1)
     for e in range(U.shape[0]):
         for k in range(0, KL, 2 * L):
-            for r in range(0, count, 6):
-                _product_tile(ms, vs, us, e * v_step + r * CL, e * C * KL + k, e * m_step + r * KL + k, CL, KL, C,
-                              min(6, count - r), k + L < KL)
-
-
-@numba.njit(inline="always")
-def _product_tile(ms, vs, us, v_at, u_at, m_at, CL, KL, C, rows, second):
-    # Rows v_at, v_at + CL, ... of vs times columns u_at .. of us (KL apart), into ms from m_at.
-    v, u, u2 = _U(v_at), _U(u_at), _U(L if second else 0)
-    d1, d2, d3, d4, d5 = _row_offsets(rows, CL)
-    z = simd.splat(0.0)
-    s00, s01, s10, s11, s20, s21, s30, s31, s40, s41, s50, s51 = z, z, z, z, z, z, z, z, z, z, z, z
-    for c in range(C):
-        w0, w1 = simd.load(us, u), simd.load(us, u + u2)
-        x = simd.splat(vs[v])
-        s00, s01 = simd.fma(x, w0, s00), simd.fma(x, w1, s01)
-        x = simd.splat(vs[v + d1])
-        s10, s11 = simd.fma(x, w0, s10), simd.fma(x, w1, s11)
-        x = simd.splat(vs[v + d2])
-        s20, s21 = simd.fma(x, w0, s20), simd.fma(x, w1, s21)
-        x = simd.splat(vs[v + d3])
-        s30, s31 = simd.fma(x, w0, s30), simd.fma(x, w1, s31)
-        x = simd.splat(vs[v + d4])
-        s40, s41 = simd.fma(x, w0, s40), simd.fma(x, w1, s41)
-        x = simd.splat(vs[v + d5])
-        s50, s51 = simd.fma(x, w0, s50), simd.fma(x, w1, s51)
-        u += _U(KL)
-        v += _U(1)
-    _store_rows(ms, m_at, KL, rows, second, s00, s01, s10, s11, s20, s21, s30, s31, s40, s41, s50, s51)
+            for r in range(0, count, 6):  # rows r .. r + 5 of V[e] (CL apart), each over its C channels
+                _tile(ms, e * m_step + r * KL + k, vs, e * v_step + r * CL, CL, 1, us, e * C * KL + k, KL, C,
+                      min(6, count - r), k + L < KL, False)
 
 
 @helper
@@ -79,40 +53,39 @@ def accumulate(P, V, D, count):
     vs, ds, ps = V.reshape(-1), D.reshape(-1), P.reshape(-1)
     for e in range(P.shape[0]):
         for k in range(0, KL, 2 * L):
-            for c in range(0, C, 6):
-                _gradient_tile(ps, vs, ds, e * v_step + c, e * d_step + k, (e * C + c) * KL + k, CL, KL, count,
-                               min(6, C - c), k + L < KL)
+            for c in range(0, C, 6):  # channels c .. c + 5 of V[e] (side by side), each over the count tiles
+                _tile(ps, (e * C + c) * KL + k, vs, e * v_step + c, 1, CL, ds, e * d_step + k, KL, count,
+                      min(6, C - c), k + L < KL, True)
 
 
 @numba.njit(inline="always")
-def _gradient_tile(ps, vs, ds, v_at, d_at, p_at, CL, KL, count, rows, second):
-    # Rows p_at, p_at + KL, ... of ps (channels c .. c + 5) += the tiles' channels c .. c + 5 of vs
-    # (from v_at, CL apart) times their columns of ds (from d_at, KL apart).
-    v, d, d2nd = _U(v_at), _U(d_at), _U(L if second else 0)
-    d1, d2, d3, d4, d5 = _row_offsets(rows, 1)
-    s00, s01 = _load_row(ps, p_at, second)
-    s10, s11 = _load_row(ps, p_at + int(d1) * KL, second)
-    s20, s21 = _load_row(ps, p_at + int(d2) * KL, second)
-    s30, s31 = _load_row(ps, p_at + int(d3) * KL, second)
-    s40, s41 = _load_row(ps, p_at + int(d4) * KL, second)
-    s50, s51 = _load_row(ps, p_at + int(d5) * KL, second)
-    for _ in range(count):
-        g0, g1 = simd.load(ds, d), simd.load(ds, d + d2nd)
-        x = simd.splat(vs[v])
-        s00, s01 = simd.fma(x, g0, s00), simd.fma(x, g1, s01)
-        x = simd.splat(vs[v + d1])
-        s10, s11 = simd.fma(x, g0, s10), simd.fma(x, g1, s11)
-        x = simd.splat(vs[v + d2])
-        s20, s21 = simd.fma(x, g0, s20), simd.fma(x, g1, s21)
-        x = simd.splat(vs[v + d3])
-        s30, s31 = simd.fma(x, g0, s30), simd.fma(x, g1, s31)
-        x = simd.splat(vs[v + d4])
-        s40, s41 = simd.fma(x, g0, s40), simd.fma(x, g1, s41)
-        x = simd.splat(vs[v + d5])
-        s50, s51 = simd.fma(x, g0, s50), simd.fma(x, g1, s51)
-        v += _U(CL)
-        d += _U(KL)
-    _store_rows(ps, p_at, KL, rows, second, s00, s01, s10, s11, s20, s21, s30, s31, s40, s41, s50, s51)
+def _tile(out, out_at, a, a_at, a_row, a_step, b, b_at, b_step, depth, rows, second, add):
+    """out's 6 rows (``b_step`` apart, from out_at) by 2 vectors = (or with ``add``, +=) the sum over
+    t < depth of a[a_at + i * a_row + t * a_step] (row i) times b's 2 vectors at b_at + t * b_step."""
+    x_at, w_at, w2 = _U(a_at), _U(b_at), _U(L if second else 0)
+    d1, d2, d3, d4, d5 = _row_offsets(rows, a_row)
+    if add:
+        s00, s01, s10, s11, s20, s21, s30, s31, s40, s41, s50, s51 = _load_rows(out, out_at, b_step, rows, second)
+    else:
+        z = simd.splat(0.0)
+        s00, s01, s10, s11, s20, s21, s30, s31, s40, s41, s50, s51 = z, z, z, z, z, z, z, z, z, z, z, z
+    for _ in range(depth):
+        w0, w1 = simd.load(b, w_at), simd.load(b, w_at + w2)
+        x = simd.splat(a[x_at])
+        s00, s01 = simd.fma(x, w0, s00), simd.fma(x, w1, s01)
+        x = simd.splat(a[x_at + d1])
+        s10, s11 = simd.fma(x, w0, s10), simd.fma(x, w1, s11)
+        x = simd.splat(a[x_at + d2])
+        s20, s21 = simd.fma(x, w0, s20), simd.fma(x, w1, s21)
+        x = simd.splat(a[x_at + d3])
+        s30, s31 = simd.fma(x, w0, s30), simd.fma(x, w1, s31)
+        x = simd.splat(a[x_at + d4])
+        s40, s41 = simd.fma(x, w0, s40), simd.fma(x, w1, s41)
+        x = simd.splat(a[x_at + d5])
+        s50, s51 = simd.fma(x, w0, s50), simd.fma(x, w1, s51)
+        x_at += _U(a_step)
+        w_at += _U(b_step)
+    _store_rows(out, out_at, b_step, rows, second, s00, s01, s10, s11, s20, s21, s30, s31, s40, s41, s50, s51)
 
 
 @numba.njit(inline="always")
@@ -121,6 +94,20 @@ def _row_offsets(rows, step):
     last = rows - 1
     return (_U(min(1, last) * step), _U(min(2, last) * step), _U(min(3, last) * step), _U(min(4, last) * step),
             _U(min(5, last) * step))
+
+
+@numba.njit(inline="always")
+def _load_rows(a, at, step, rows, second):
+    """A tile's 6 rows of 2 vectors from a, ``step`` apart (the missing rows the last's, the second
+    vector the first where not ``second``): the sums it adds onto."""
+    d1, d2, d3, d4, d5 = _row_offsets(rows, step)
+    s00, s01 = _load_row(a, at, second)
+    s10, s11 = _load_row(a, at + int(d1), second)
+    s20, s21 = _load_row(a, at + int(d2), second)
+    s30, s31 = _load_row(a, at + int(d3), second)
+    s40, s41 = _load_row(a, at + int(d4), second)
+    s50, s51 = _load_row(a, at + int(d5), second)
+    return s00, s01, s10, s11, s20, s21, s30, s31, s40, s41, s50, s51
 
 
 @numba.njit(inline="always")
