@@ -25,7 +25,7 @@ from .jit import threads
 GEMM_CHANNELS = 8
 # Who multiplies Winograd's 36 products a block (winograd.multiply, .accumulate), by the
 # instruction set the kernels are compiled for: products.py's tiles, with their sums in
-# registers, where they beat OpenBLAS's kernels (AVX2 code: 1.24-2.9x as fast as OpenBLAS's Haswell
+# registers, where they beat OpenBLAS's kernels (AVX2 code: 1.25-2.8x as fast as OpenBLAS's Haswell
 # kernels, which pack both operands on every call; they need FMA), else BLAS (AVX-512 code, whose
 # OpenBLAS kernels don't pack small products: ours ran 0.70-1.13x as fast).
 WINOGRAD_PRODUCTS = {"avx512": "blas", "avx2": "registers", "other": "blas"}
@@ -40,8 +40,9 @@ WINOGRAD_PRODUCTS = {"avx512": "blas", "avx2": "registers", "other": "blas"}
 # the 12 shapes with 3 channels, all from 4; the direct sum at 1); with the products in registers
 # (AVX2 code) the forward pass from 3 (9 of 12) and the weight gradient from 4 (all 12), at 3 on
 # 7 of 12 (1.04-1.35x; 1.20x on `cifar`'s 32x32 -> 32), the direct sum on the others by 1-23%
-# (14x14 -> 16); so 3, which also spares `cifar` compiling the direct weight gradient (3.2 s of CPU). With OpenBLAS's Haswell kernels (measured before, one thread) from 16
-# (at 8 it lost to im2col's GEMM on 14x14 and 28x28) and 8.
+# (14x14 -> 16); so 3, which also spares `cifar` compiling the direct weight gradient (3.2 s of
+# CPU). With OpenBLAS's Haswell kernels (measured before, one thread) from 16 (at 8 it lost to
+# im2col's GEMM on 14x14 and 28x28) and 8.
 WINOGRAD_CHANNELS = {("avx512", "forward"): 3, ("avx512", "weight gradient"): 3,
                      ("avx2", "forward"): 16, ("avx2", "weight gradient"): 8,
                      ("registers", "forward"): 3, ("registers", "weight gradient"): 3}

@@ -9,8 +9,8 @@ the product at these sizes; here a tile of 6 rows by 2 vectors of columns keeps 
 registers through the whole reduction (AVX2 has 16), each column vector loaded serves 6 rows and
 each broadcast value 2 vectors, and nothing is packed: V's rows already hold each tile's channels
 side by side. Measured 2026-12-06 (one thread, against ``blas.gemm`` on the same arrays, blocks of
-48 tiles with 16 to 128 channels): with AVX2 code ``multiply`` ran 1.54-1.96x as fast as OpenBLAS's
-Haswell kernels (2.6x at 8 tiles, 1.3x at 256), ``accumulate`` 1.24-2.88x; with AVX-512 code
+48 tiles with 16 to 128 channels): with AVX2 code ``multiply`` ran 1.53-1.98x as fast as OpenBLAS's
+Haswell kernels (2.4x at 8 tiles, 1.3x at 256), ``accumulate`` 1.25-2.79x; with AVX-512 code
 OpenBLAS's own kernels do not pack small products, and ours ran 0.70-1.13x and 0.87-0.96x as fast
 as them: ``algorithms.winograd_products`` chooses (they run at 100-110 GFLOP/s on one core either way).
 

@@ -445,7 +445,8 @@ def transform_weights(w, tasks):
     made by the thread that runs that task of a kernel; the columns from K on zeros (products.py)."""
     K = w.shape[3]
     U = np.empty((tasks, 36, w.shape[2], whole_vectors(K)), np.float32)
-    U[..., K:] = 0.0
+    if U.shape[3] > K:
+        U[..., K:] = 0.0
     _transform_weights(U, w)
     return U
 
