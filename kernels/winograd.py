@@ -451,13 +451,21 @@ def transform_weights(w, tasks):
     return U
 
 
+# Tiles a task takes at least: each task transforms the whole weight for itself (1.2 MB at 64 x
+# 128 channels), which a task of one to three tiles does not repay. Measured 2026-12-06, one image
+# of `cifar` (its last convolution, 8x8x64 -> 128, is 4 tiles), predict in turn in one process:
+# 1.11x as fast with AVX-512 code and 1.27x with AVX2's as with a task per tile; `deep` (16 tiles a
+# layer) the same split either way.
+_LEAST_TILES = 4
+
+
 def split(count, block):
-    """Tasks for ``count`` tiles (one per thread, at most one per tile), and the tiles per block:
-    ``block``, or fewer where a task has fewer tiles than that (a few images): each task's scratch
-    (megabytes at a full block) is sized by it. Measured 2026-12-06 on 8x8 to 16x16 images, 32 to
-    128 channels, 2 threads: with AVX-512 code 1.1-1.15x as fast at batch 1 and 2, with AVX2 code
-    1.27x at batch 4 (8x8), elsewhere the same."""
-    tasks = max(1, min(threads(), count))
+    """Tasks for ``count`` tiles (one per thread, each of at least _LEAST_TILES, at least one), and
+    the tiles per block: ``block``, or fewer where a task has fewer tiles than that (a few images):
+    each task's scratch (megabytes at a full block) is sized by it. Measured 2026-12-06 on 8x8 to
+    16x16 images, 32 to 128 channels, 2 threads: with AVX-512 code 1.1-1.15x as fast at batch 1
+    and 2, with AVX2 code 1.27x at batch 4 (8x8), elsewhere the same."""
+    tasks = max(1, min(threads(), count // _LEAST_TILES))
     return tasks, max(1, min(block, -(-count // tasks)))
 
 

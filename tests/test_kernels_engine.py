@@ -336,6 +336,22 @@ def test_the_products_in_registers_match_numpy(shape):
     assert (P[..., K:] == 0).all()
 
 
+def test_winograd_tasks_take_at_least_four_tiles():
+    """Each task transforms the whole weight for itself: one image of 8x8 (4 tiles) is one task."""
+    import numba
+    from fastcnn.kernels.jit import set_threads, threads
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 threads")
+    before = threads()
+    set_threads(2)
+    try:
+        for tiles, want in [(1, (1, 1)), (4, (1, 4)), (7, (1, 7)), (8, (2, 4)), (16, (2, 8)), (1000, (2, 48))]:
+            assert winograd.split(tiles, 48) == want, tiles
+    finally:
+        set_threads(before)
+
+
 def test_winograd_multiplies_in_registers_with_avx2_code_only():
     """products.py's tiles with AVX2 code, BLAS with AVX-512's (which wins there) and without AVX2 (no FMA)."""
     from fastcnn.kernels import products
