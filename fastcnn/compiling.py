@@ -8,9 +8,11 @@ which a plan runs before its first pass of each mode, *rehearses* those passes
 compile is noted with its argument types instead, and returns True (the kernels that return
 something return whether they succeeded; a wrong guess only means that a kernel compiles later,
 in the pass itself). The kernels not in the cache are then compiled, the costliest first, by
-this process and helpers, one per idle core (fresh interpreters started with ``python -c``, so no
-user script runs again), each kernel's signatures in one process so that no two write one cache
-file; the passes then load them from the cache.
+this process and helpers, each kernel's signatures in one process so that no two write one cache
+file; the passes then load them from the cache. A helper is a copy of this process (``os.fork``,
+ready at once, on Linux when no other Python thread runs), one per thread of the kernels; else a
+fresh interpreter (``python -c``, so no user script runs again: 0.6 s to start) per idle core.
+A model's first training pass compiles the step of the optimizer last made for it too.
 
 What each compile cost (CPU seconds) is recorded beside the cache, in ``compile-times.json``:
 estimates come from this build's records, else from another build's on this CPU (an earlier
@@ -29,11 +31,13 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import numba
 from numba.core import event
+from numba.core.compiler_lock import global_compiler_lock
 from numba.core.registry import CPUDispatcher
 from tqdm import tqdm
 
@@ -181,23 +185,17 @@ def compile_jobs(jobs, processes=None, say=True):
         groups.setdefault(job.kernel, []).append(job.signature)
     if processes is None:  # else asked for: as many as asked
         processes = _processes_setting() or numba.get_num_threads()
-        if len(groups) > 1 and processes > 1 and not _processes_setting():
-            processes = min(processes, _idle_cores())
+        if len(groups) > 1 and processes > 1 and not _processes_setting() and not _can_fork():
+            processes = min(processes, _idle_cores())  # (a copy of this process costs no start: always worth it)
     estimate = times.estimates(groups)
     queue = sorted(groups, key=estimate.get, reverse=True)  # costliest first: a short tail
-    helpers = _helpers_worth([estimate[k] for k in queue], processes, times.start)
+    start = 0.0 if _can_fork() else times.start  # a copy of this process is ready at once
+    helpers = _helpers_worth([estimate[k] for k in queue], processes, start)
     started = time.perf_counter()
     pool = [helper for helper in (_Helper.start() for _ in range(helpers)) if helper is not None]
     progress = _Progress(groups, say)
-    if not times.measured():  # nothing measured on this CPU yet: the smallest kernel, compiled first, does
-        progress.announce()  # (at once: that takes a moment too)
-        smallest = queue.pop()
-        progress.finished.append(smallest)
-        _compile_here(smallest, groups[smallest])
-        estimate = times.estimates(groups, measured=(smallest, _LISTENER.seconds_of(smallest)))
-    wall = _makespan([estimate[k] for k in queue], helpers + 1, times.start) + (time.perf_counter() - started)
-    progress.begin(estimate, wall, helpers + 1)
     take = threading.Lock()
+    ordered = list(queue)
 
     def next_kernel():
         with take:
@@ -205,8 +203,19 @@ def compile_jobs(jobs, processes=None, say=True):
 
     threads = [threading.Thread(target=helper.serve, args=(next_kernel, groups, progress, queue, take), daemon=True)
                for helper in pool]
-    for thread in threads:
+    for thread in threads:  # the helpers take the costliest kernels at once
         thread.start()
+    if not times.measured():  # nothing measured on this CPU yet: the smallest kernel, compiled here first, does
+        progress.announce()  # (at once: that takes a moment too)
+        with take:
+            smallest = queue.pop() if queue else None
+        if smallest is not None:
+            ordered.remove(smallest)
+            progress.finished.append(smallest)
+            _compile_here(smallest, groups[smallest])
+            estimate = times.estimates(groups, measured=(smallest, _LISTENER.seconds_of(smallest)))
+    wall = _makespan([estimate[k] for k in ordered], len(pool) + 1, start) + (time.perf_counter() - started)
+    progress.begin(estimate, wall, len(pool) + 1)
     for _ in range(2):  # the second time: what a helper that failed left
         while (kernel := next_kernel()) is not None:
             progress.start(kernel)
@@ -215,7 +224,7 @@ def compile_jobs(jobs, processes=None, say=True):
         for thread in threads:
             thread.join()
     times.add(_LISTENER.take_records(), [r for helper in pool for r in helper.records])
-    times.start_seconds([helper.start_seconds for helper in pool if helper.start_seconds is not None])
+    times.start_seconds([h.start_seconds for h in pool if h.start_seconds is not None and not h.forked])
     times.save()
     progress.close(time.perf_counter() - started)
     return len(jobs)
@@ -319,10 +328,12 @@ def _source_size(fn):
 
 
 class _Helper:
-    """Another Python process that compiles kernels into the cache, one kernel at a time."""
+    """Another process that compiles kernels into the cache, one kernel at a time: a copy of this
+    one (``os.fork``) where that is safe, ready at once; else a fresh interpreter (``python -c``:
+    no user script runs again), which first imports fastcnn (about 0.6 s here)."""
 
-    def __init__(self, process, launched):
-        self.process, self.launched = process, launched
+    def __init__(self, send, receive, wait, launched, forked=False):
+        self.send, self.receive, self.wait, self.launched, self.forked = send, receive, wait, launched, forked
         self.records, self.start_seconds = [], None
 
     @classmethod
@@ -330,47 +341,83 @@ class _Helper:
         """A new helper, or None if no process can be started (this one then compiles it all)."""
         launched = time.perf_counter()
         try:
+            if _can_fork():
+                return cls._forked(launched)
             process = subprocess.Popen([sys.executable, "-c", "from fastcnn.compiling import _helper; _helper()"],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         except OSError:
             return None
-        return cls(process, launched)
+        return cls(process.stdin, process.stdout, process.wait, launched)
+
+    @classmethod
+    def _forked(cls, launched):
+        child_reads, parent_writes = os.pipe()
+        parent_reads, child_writes = os.pipe()
+        # Under Numba's compiler lock, so that no thread of ours is halfway through a compile when
+        # the process is copied. (Python 3.12+ warns of fork in a process with threads: this one's
+        # other threads are BLAS's idle workers, which the child, compiling only, never calls.)
+        with global_compiler_lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: serve the parent, then leave at once (no atexit, no stdio flush)
+            try:
+                os.close(parent_writes)
+                os.close(parent_reads)
+                _LISTENER.take_records()  # the parent's, not this helper's
+                _helper(os.fdopen(child_reads, "rb"), os.fdopen(child_writes, "wb"))
+            finally:
+                os._exit(0)
+        os.close(child_reads)
+        os.close(child_writes)
+        return cls(os.fdopen(parent_writes, "wb"), os.fdopen(parent_reads, "rb"), lambda: os.waitpid(pid, 0), launched,
+                   True)
 
     def serve(self, next_kernel, groups, progress, queue, take):
         """Feed this helper kernels until none are left (a failed one's goes back in the queue)."""
         kernel = None
         try:
-            pickle.dump(str(jit.cache_dir()), self.process.stdin)
-            self.process.stdin.flush()
-            if pickle.load(self.process.stdout) != "ready":
+            pickle.dump(str(jit.cache_dir()), self.send)
+            self.send.flush()
+            if pickle.load(self.receive) != "ready":
                 return
             self.start_seconds = time.perf_counter() - self.launched
             while (kernel := next_kernel()) is not None:
                 progress.start(kernel)
-                pickle.dump((kernel, groups[kernel]), self.process.stdin)
-                self.process.stdin.flush()
-                records = pickle.load(self.process.stdout)
+                pickle.dump((kernel, groups[kernel]), self.send)
+                self.send.flush()
+                records = pickle.load(self.receive)
                 self.records += records
                 progress.done(kernel)
                 kernel = None
-            pickle.dump(None, self.process.stdin)
-            self.process.stdin.flush()
+            pickle.dump(None, self.send)
+            self.send.flush()
         except (OSError, EOFError, pickle.UnpicklingError):
             if kernel is not None:
                 with take:
                     queue.insert(0, kernel)
         finally:
-            with contextlib.suppress(OSError):
-                self.process.stdin.close()
-            self.process.wait()
+            for end in (self.send, self.receive):
+                with contextlib.suppress(OSError):
+                    end.close()
+            # Its kernels are in the cache once it has answered: its exit (a fresh interpreter with
+            # Numba and LLVM shutting down, 0.4-0.5 s) is waited for on a thread of its own.
+            threading.Thread(target=self.wait, daemon=True).start()
 
 
-def _helper():
-    """A helper process (``python -c``): compiles the kernels it is sent, into the cache the
-    parent uses, and answers with what each took: ``Records`` rows."""
-    answer = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything printed goes to stderr; stdout carries the answers
-    ask = sys.stdin.buffer
+def _can_fork():
+    """Whether a helper can be a copy of this process: on Linux, with no other Python thread
+    (one might hold a lock, stderr's say, that the copy would then wait for forever)."""
+    return sys.platform == "linux" and threading.active_count() == 1
+
+
+def _helper(ask=None, answer=None):
+    """A helper process (``python -c``, or a copy of the parent with its pipes): compiles the
+    kernels it is sent, into the cache the parent uses, and answers with what each took:
+    ``Records`` rows."""
+    if answer is None:
+        answer = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)  # anything printed goes to stderr; stdout carries the answers
+        ask = sys.stdin.buffer
     with contextlib.suppress(EOFError, BrokenPipeError):  # the parent left: so does the helper
         if str(jit.cache_dir()) != pickle.load(ask):  # another cache (other settings): the parent compiles
             return

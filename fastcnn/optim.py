@@ -10,6 +10,8 @@ the learning rate by step. An optimizer's state is its ``state`` arrays (one per
 and ``steps``; model files save them with ``config()`` and ``optimizer_from_config`` rebuilds one.
 """
 
+import weakref
+
 import numpy as np
 
 from .errors import ShapeError
@@ -34,6 +36,7 @@ class Optimizer:
         self.schedule = schedule
         self.state = {name: np.zeros_like(model.parameters) for name in state_names}
         self.steps = 0
+        model._optimizer = weakref.ref(self)  # its step is compiled with the model's first training pass
 
     @property
     def current_lr(self):

@@ -5,8 +5,8 @@ width. x (N, H, W, C), w (KH, KW, C, K) -> y (N, PH, PW, K) and argmax (N, PH, P
 
 Forward, for a 2x2 window after a direct convolution (few input channels: the first layers of
 CNNs; other shapes run the convolution whole, then the pool: one fused kernel per common case
-keeps compiling short): for each pooled row, the 2 convolution rows under it are computed into a
-scratch of (2, OW, K) floats that stays in cache (``conv.conv_row``), pooled, and the ReLU is
+keeps compiling short): a pooled row at a time, in register tiles of one window (2 x 2 output
+pixels) by 2 vectors of channels (``pooled_row``), pooled in the registers, and the ReLU is
 applied to the pooled values: relu(max(v)) = max(relu(v)), with the same gradient, on a quarter
 of the values. Only y and, when training, the argmax go to memory: for each output, the index
 ``oh * OW + ow`` in the convolution's output of the value it took, exactly as ``maxpool_forward``
@@ -23,37 +23,99 @@ under a millisecond at batch 64 against the two convolutions' 10-40 (measured).
 The reference twin is the composition of the reference kernels (reference.py).
 """
 
+import numba
 import numpy as np
 from numba import prange
 
-from . import algorithms, checks, winograd
-from .conv import (add_partials, conv2d_backward_into, conv2d_forward_into, conv_row, direct_partials, fill_image,
-                   fill_strip, padded_image, rows, strip_rows, taps, tasks, weight_rows, zero_partials)
+from . import algorithms, checks, simd, winograd
+from .conv import (add_partials, conv2d_backward_into, conv2d_forward_into, direct_partials, fill_image, fill_strip,
+                   padded_image, rows, strip_rows, taps, tasks, weight_rows, zero_partials)
 from .dense import relu_backward_into, relu_forward_into
-from .jit import parallel_kernel
-from .pool import check_window_argmax, maxpool_backward_into, maxpool_forward_into, pool_window_2x2_relu
+from .jit import helper, parallel_kernel
+from .pool import check_window_argmax, maxpool_backward_into, maxpool_forward_into
 
 
 @parallel_kernel
 def _conv_relu_pool_forward(y, argmax, x, w, b, C, stride, pad, OW, pool_stride, save_argmax, tasks):
     # A 2x2 window (other windows are not fused: see conv_relu_pool_forward_into). Each task
-    # owns a contiguous range of pooled rows (n, ph).
+    # owns a contiguous range of pooled rows (n, ph); the strips hold the two convolution rows'
+    # input rows, those that fall outside the image zeros.
     N, H, WC = x.shape
-    KH, K = w.shape[0], w.shape[2]
-    PH, PW = y.shape[1], y.shape[2]
+    KH = w.shape[0]
+    PH = y.shape[1]
     for task in prange(tasks):
-        strip = np.zeros((KH, WC + 2 * pad * C), np.float32)
-        conv = np.empty((2, OW, K), np.float32)
+        strips = np.zeros((2, KH, WC + 2 * pad * C), np.float32)
         for prow in range(task * N * PH // tasks, (task + 1) * N * PH // tasks):
             n = prow // PH
             ph = prow - n * PH
-            oh0 = ph * pool_stride
             for s in range(2):
-                ih0, kh_lo, kh_hi = strip_rows(oh0 + s, stride, pad, KH, H)
-                fill_strip(strip, x, n, ih0, kh_lo, kh_hi, pad * C)
-                conv_row(conv, s, strip, w, b, kh_lo, kh_hi, stride * C)
-            for pw in range(PW):
-                pool_window_2x2_relu(y, argmax, save_argmax, n, ph, pw, conv, 0, oh0, pw * pool_stride, OW)
+                ih0, kh_lo, kh_hi = strip_rows(ph * pool_stride + s, stride, pad, KH, H)
+                fill_strip(strips[s], x, n, ih0, kh_lo, kh_hi, pad * C)
+                for kh in range(KH):
+                    if kh < kh_lo or kh >= kh_hi:
+                        for i in range(strips.shape[2]):
+                            strips[s, kh, i] = np.float32(0.0)
+            pooled_row(y, argmax, save_argmax, n, ph, strips, w, b, stride * C, pool_stride, OW)
+
+
+@helper
+def pooled_row(y, argmax, save_argmax, n, ph, strips, w, b, step, pool_stride, OW):
+    """y[n, ph] (PW, K) = relu(max-pool 2x2 of the convolution's rows ph * pool_stride and the
+    next, their input rows in strips[0] and strips[1] (``step`` = stride * C)), and argmax[n, ph]
+    as maxpool_forward's if ``save_argmax``.
+
+    In tiles of one window (2 x 2 output pixels) by 2 vectors of channels: the 8 sums stay in
+    registers through all the taps, as conv_row's, and are pooled there (selects, lane by lane),
+    so the convolution's rows are never stored. The last tile of a row takes fewer channels."""
+    for k in range(0, y.shape[3], 2 * simd.WIDTH):
+        for pw in range(y.shape[2]):
+            _pooled_tile(y, argmax, save_argmax, n, ph, pw, k, strips, w, b, step, pool_stride, OW)
+
+
+@numba.njit(inline="always")
+def _pooled_tile(y, argmax, save_argmax, n, ph, pw, k, strips, w, b, step, pool_stride, OW):
+    KH, KWC, K, V = w.shape[0], w.shape[1], w.shape[2], simd.WIDTH
+    n0, n1 = min(V, K - k), max(0, min(V, K - k - V))  # the two vectors' lanes in use
+    ow0 = pw * pool_stride
+    a0, a1 = np.uint64(ow0 * step), np.uint64((ow0 + 1) * step)  # the window's two columns in the strips
+    # s<row><column><vector>: the window's 4 pixels, each 2 vectors of channels
+    s0000, s0001 = simd.load_first(b, k, n0), simd.load_first(b, k + V, n1)
+    s0010, s0011, s0100, s0101, s0110, s0111 = s0000, s0001, s0000, s0001, s0000, s0001
+    for kh in range(KH):
+        for j0 in range(0, KWC, 3):
+            for j in range(j0, j0 + 3):  # a fixed count, unrolled, as conv_row's
+                if j < KWC:
+                    at, uj = (kh * KWC + j) * K + k, np.uint64(j)
+                    w0, w1 = simd.load_first(w, at, n0), simd.load_first(w, at + V, n1)
+                    x = simd.splat(strips[0, kh, a0 + uj])
+                    s0000, s0001 = simd.fma(x, w0, s0000), simd.fma(x, w1, s0001)
+                    x = simd.splat(strips[0, kh, a1 + uj])
+                    s0010, s0011 = simd.fma(x, w0, s0010), simd.fma(x, w1, s0011)
+                    x = simd.splat(strips[1, kh, a0 + uj])
+                    s0100, s0101 = simd.fma(x, w0, s0100), simd.fma(x, w1, s0101)
+                    x = simd.splat(strips[1, kh, a1 + uj])
+                    s0110, s0111 = simd.fma(x, w0, s0110), simd.fma(x, w1, s0111)
+    o = ((n * y.shape[1] + ph) * y.shape[2] + pw) * K + k
+    at0 = ph * pool_stride * OW + ow0  # the window's first pixel in the convolution's output
+    _pool_store(y, argmax, save_argmax, o, at0, OW, s0000, s0010, s0100, s0110, n0)
+    if n1 > 0:
+        _pool_store(y, argmax, save_argmax, o + V, at0, OW, s0001, s0011, s0101, s0111, n1)
+
+
+@numba.njit(inline="always")
+def _pool_store(y, argmax, save_argmax, o, at0, OW, v0, v1, v2, v3, count):
+    """The ReLU of the maximum of a window's 4 vectors (in reading order) into y from flat
+    index o, and the offset of the maximum into argmax (as pool.max_of_four's), count lanes."""
+    best, which = v0, simd.splat(0.0)
+    which = simd.where_beats(v1, best, simd.splat(1.0), which)
+    best = simd.where_beats(v1, best, v1, best)
+    which = simd.where_beats(v2, best, simd.splat(OW), which)
+    best = simd.where_beats(v2, best, v2, best)
+    which = simd.where_beats(v3, best, simd.splat(OW + 1), which)
+    best = simd.where_beats(v3, best, v3, best)
+    simd.store_up_to(y, o, simd.relu(best), count)
+    if save_argmax:
+        simd.store_indices(argmax, o, which, at0, count)
 
 
 @parallel_kernel

@@ -102,21 +102,6 @@ def pooled_row(row, PH, stride):
 
 
 @numba.njit(inline="always")
-def pool_window_2x2_relu(y, argmax, save_argmax, n, oh, ow, src, row0, h0, w0, W):
-    """pool_window for a 2x2 window, then the ReLU on the maximum: the four values compared in
-    registers with selects, so the loop over the channels vectorises (the general window keeps a
-    running maximum in y and stores conditionally, which does not: 2.6x slower, measured)."""
-    C = y.shape[3]
-    at0 = np.int32(h0 * W + w0)
-    for c in range(C):
-        best, at = max_of_four(src[row0, w0, c], src[row0, w0 + 1, c], src[row0 + 1, w0, c], src[row0 + 1, w0 + 1, c],
-                               at0, W)
-        y[n, oh, ow, c] = np.float32(0.0) if best < 0 else best  # the ReLU; a NaN stays a NaN
-        if save_argmax:
-            argmax[n, oh, ow, c] = at
-
-
-@numba.njit(inline="always")
 def beats(v, best):
     """Whether window element v replaces the running maximum: when strictly greater (so the first
     maximum wins), or when v is a NaN and the maximum is not (so the first NaN wins)."""

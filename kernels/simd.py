@@ -6,7 +6,8 @@ of sums (a few output pixels by a few vectors of channels) in registers through 
 reduction over the taps, and writes it once; LLVM does not write that from plain loops (tried:
 with the channel loop inside, it keeps the sums in memory; with it outside, it does not
 vectorise). So the few kernels that need it say it: a ``Vector`` is WIDTH float32 lanes as one
-Numba value, each function below is one LLVM instruction, and ``+``, ``-`` and ``*`` work on
+Numba value, each function below is one LLVM instruction (or a few: ``where_beats``,
+``store_indices``, for a max-pool's maximum and argmax), and ``+``, ``-`` and ``*`` work on
 vectors (``*`` also of a number and a vector) as on numbers, lane by lane: Winograd's transforms
 (winograd.py) are the same code for numbers and for vectors.
 
@@ -59,10 +60,10 @@ def _check_array(a, what):
         raise TypingError(f"simd.{what}: expected a C-contiguous float32 array, got {a}")
 
 
-def _address(context, builder, array_type, array, index_type, index):
+def _address(context, builder, array_type, array, index_type, index, lanes=_LANES):
     data = context.make_array(array_type)(context, builder, array).data
     at = builder.gep(data, [context.cast(builder, index, index_type, types.intp)], inbounds=True)
-    return builder.bitcast(at, _LANES.as_pointer())
+    return builder.bitcast(at, lanes.as_pointer())
 
 
 @intrinsic
@@ -167,6 +168,46 @@ def relu(typingctx, v):
         zero = ir.Constant(_LANES, [0.0] * WIDTH)
         return builder.select(builder.fcmp_ordered("<", args[0], zero), zero, args[0])
     return VECTOR(VECTOR), codegen
+
+
+@intrinsic
+def where_beats(typingctx, v, best, a, b):
+    """Lane by lane, ``a`` where v replaces the running maximum ``best`` of a max-pool window,
+    else ``b``: where v > best, or v is a NaN and best is not (so the first maximum wins, and
+    the first NaN), as ``pool.beats`` for numbers."""
+    def codegen(context, builder, sig, args):
+        v, best, a, b = args
+        greater = builder.fcmp_ordered(">", v, best)
+        nan_over = builder.and_(builder.fcmp_unordered("uno", v, v), builder.fcmp_ordered("ord", best, best))
+        return builder.select(builder.or_(greater, nan_over), a, b)
+    return VECTOR(VECTOR, VECTOR, VECTOR, VECTOR), codegen
+
+
+@intrinsic
+def store_indices(typingctx, a, i, v, base, n):
+    """a[i + q] = base + lane q of v (whole numbers, as float32: exact below 2**24) for the first
+    min(n, WIDTH) lanes, into a C-contiguous int32 array: a max-pool's argmax, whose offsets
+    within the window are made by selects on vectors of floats. Whole vectors by a plain store
+    (masked stores are slow on AMD's cores)."""
+    if not (isinstance(a, types.Array) and a.dtype == types.int32 and a.layout == "C"):
+        raise TypingError(f"simd.store_indices: expected a C-contiguous int32 array, got {a}")
+
+    def codegen(context, builder, sig, args):
+        ints = builder.add(builder.fptosi(args[2], _INDICES),
+                           _broadcast(builder, context.cast(builder, args[3], sig.args[3], types.int32), _INDICES))
+        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _INDICES)
+        count = context.cast(builder, args[4], sig.args[4], types.int32)
+        with builder.if_else(builder.icmp_signed(">=", count, ir.Constant(ir.IntType(32), WIDTH))) as (whole, part):
+            with whole:
+                builder.store(ints, ptr, align=4)
+            with part:
+                mask = _first_lanes(builder, context, args[4], sig.args[4])
+                fn = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(ir.VoidType(), [_INDICES, ptr.type, ir.IntType(32), mask.type]),
+                    f"llvm.masked.store.v{WIDTH}i32.p0")
+                builder.call(fn, [ints, ptr, ir.Constant(ir.IntType(32), 4), mask])
+        return context.get_dummy_value()
+    return types.none(a, i, VECTOR, base, n), codegen
 
 
 @numba.njit(inline="always")

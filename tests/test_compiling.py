@@ -235,9 +235,13 @@ def test_the_rehearsal_changes_nothing_and_runs_no_layer_of_the_users():
 
 # A helper process compiles the softmax (this process compiles nothing); then compile_jobs
 # compiles the softmax cross-entropy here, saying so (_SILENT_AT_MOST 0: every compile is said).
+# The helper is a copy of this process (fork), or with another Python thread alive (THREAD=1),
+# which a copy might wait for forever, a fresh interpreter.
 POOL = """
-    import json, threading, numpy as np
+    import json, os, threading, numpy as np
     from fastcnn import compiling
+    if os.environ.get("THREAD"):
+        threading.Thread(target=(stop := threading.Event()).wait, daemon=True).start()
     from fastcnn.kernels import jit, loss
     compiling._SILENT_AT_MOST = 0.0
     f32 = lambda *shape: np.zeros(shape, np.float32)
@@ -251,6 +255,7 @@ POOL = """
         helper = compiling._Helper.start()
         helper.serve(lambda: queue.pop(0) if queue else None, groups, compiling._Progress(groups, False), queue, take)
         helped = len(helper.records)
+        assert helper.forked == (not os.environ.get("THREAD"))
         assert not loss._softmax.overloads and not compiling.missing(jobs[:1])  # in the cache, not here
     compiled = compiling.compile_jobs(compiling.missing(calls), processes=1) if compiling.missing(calls) else 0
     print(json.dumps({"jobs": len(jobs), "helped": helped, "compiled": compiled, "left": len(compiling.missing(calls)),
@@ -258,8 +263,9 @@ POOL = """
 """
 
 
-def test_a_helper_process_compiles_into_the_cache_and_compile_jobs_says_so_and_records_the_times(tmp_path):
-    done = run(POOL, tmp_path / "cache")
+@pytest.mark.parametrize("thread", ["", "1"], ids=["forked", "fresh interpreter"])
+def test_a_helper_process_compiles_into_the_cache_and_compile_jobs_says_so_and_records_the_times(tmp_path, thread):
+    done = run(POOL, tmp_path / "cache", THREAD=thread)
     out = json.loads(done.stdout)
     assert (out["jobs"], out["helped"], out["compiled"], out["left"]) == (2, 1, 1, 0)
     assert "fastcnn: compiling 1 kernel for this CPU" in done.stderr and "fastcnn: compiled in" in done.stderr
@@ -385,3 +391,25 @@ def test_only_the_most_recently_used_builds_are_kept(tmp_path, monkeypatch):
         assert sorted(p.name for p in cpu.iterdir()) == ["b2", "b3", "b4", "new"][-jit.KEEP_BUILDS:]
     finally:
         jit._prepared_cache_dir.cache_clear()
+
+
+def test_a_models_first_training_step_compiles_its_optimizers_step_with_it(monkeypatch):
+    seen, real = [], compiling.prepare
+
+    def prepare(plan, modes=(True, False), optimizer=None, **kw):
+        seen.append((tuple(modes), optimizer))
+        return real(plan, modes, optimizer, **kw)
+
+    monkeypatch.setattr(compiling, "prepare", prepare)
+    model = fastcnn.Sequential([fastcnn.Conv2D(4, 3), fastcnn.ReLU(), fastcnn.Flatten(), fastcnn.Dense(3)],
+                               input_shape=(6, 5, 1))
+    opt = fastcnn.SGD(model, 0.1)
+    x, y = np.zeros((2, 6, 5, 1), np.float32), np.zeros(2, np.int64)
+    model.train_step(x, y)
+    model.train_step(x, y)
+    assert seen == [((True,), opt)]  # once, with the optimizer
+    other = fastcnn.Sequential([fastcnn.Flatten(), fastcnn.Dense(3)], input_shape=(6, 5, 1))
+    fastcnn.SGD(other, 0.1)  # gone before the first step: nothing to compile for it
+    other.train()
+    other.forward(x)
+    assert seen[-1] == ((True,), None)

@@ -104,6 +104,19 @@ def test_conv_relu_pool_matches_reference(shape, assert_close):
                 assert_close(f"conv_relu_pool_backward.{name}", g, r, BWD)
 
 
+def test_conv_relu_pool_ties_take_the_first_and_nan_wins():
+    # Zero weights: every output of the convolution is its channel's bias, so every window ties and
+    # its first pixel wins; a NaN pixel makes NaN the outputs whose taps read it (rows 2-4, columns
+    # 3-5), and in a window the first NaN wins. 20 channels: whole vectors and a part of one.
+    x = np.zeros((2, 6, 7, 1), np.float32)
+    x[1, 3, 4, 0] = np.nan
+    w, b = np.zeros((3, 3, 1, 20), np.float32), np.linspace(-1, 1, 20).astype(np.float32)
+    (y, argmax), (y_ref, argmax_ref) = (k.conv_relu_pool_forward(x, w, b, 1, 1, 2) for k in (K, R))
+    assert np.array_equal(y, y_ref, equal_nan=True) and np.array_equal(argmax, argmax_ref)
+    assert (argmax[0] == np.array([[0, 2, 4], [14, 16, 18], [28, 30, 32]])[..., None]).all()
+    assert np.isnan(y[1, 1:, 1:]).all() and (argmax[1, 1, 1] == 2 * 7 + 3).all() and (argmax[1, 2, 2] == 4 * 7 + 4).all()
+
+
 def test_conv_relu_pool_refuses_a_foreign_argmax():
     rng = np.random.default_rng(0)
     x, wt, b = rand(rng, 2, 6, 6, 1), rand(rng, 3, 3, 1, 2), rand(rng, 2)
