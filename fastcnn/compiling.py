@@ -406,8 +406,9 @@ class _Helper:
 
 def _can_fork():
     """Whether a helper can be a copy of this process: on Linux, with no other Python thread
-    (one might hold a lock, stderr's say, that the copy would then wait for forever)."""
-    return sys.platform == "linux" and threading.active_count() == 1
+    (one might hold a lock, stderr's say, that the copy would then wait for forever), and not
+    in an MPI job (MPI libraries warn of, or break on, a fork: ``fastcnn.distributed``)."""
+    return sys.platform == "linux" and threading.active_count() == 1 and "mpi4py.MPI" not in sys.modules
 
 
 def _helper(ask=None, answer=None):
