@@ -79,8 +79,8 @@ def _pooled_tile(y, argmax, save_argmax, n, ph, pw, k, strips, w, b, step, pool_
     ow0 = pw * pool_stride
     a0, a1 = np.uint64(ow0 * step), np.uint64((ow0 + 1) * step)  # the window's two columns in the strips
     # s<row><column><vector>: the window's 4 pixels, each 2 vectors of channels
-    s0000, s0001 = simd.load_first(b, k, n0), simd.load_first(b, k + V, n1)
-    s0010, s0011, s0100, s0101, s0110, s0111 = s0000, s0001, s0000, s0001, s0000, s0001
+    s000, s001 = simd.load_first(b, k, n0), simd.load_first(b, k + V, n1)
+    s010, s011, s100, s101, s110, s111 = s000, s001, s000, s001, s000, s001
     for kh in range(KH):
         for j0 in range(0, KWC, 3):
             for j in range(j0, j0 + 3):  # a fixed count, unrolled, as conv_row's
@@ -88,18 +88,18 @@ def _pooled_tile(y, argmax, save_argmax, n, ph, pw, k, strips, w, b, step, pool_
                     at, uj = (kh * KWC + j) * K + k, np.uint64(j)
                     w0, w1 = simd.load_first(w, at, n0), simd.load_first(w, at + V, n1)
                     x = simd.splat(strips[0, kh, a0 + uj])
-                    s0000, s0001 = simd.fma(x, w0, s0000), simd.fma(x, w1, s0001)
+                    s000, s001 = simd.fma(x, w0, s000), simd.fma(x, w1, s001)
                     x = simd.splat(strips[0, kh, a1 + uj])
-                    s0010, s0011 = simd.fma(x, w0, s0010), simd.fma(x, w1, s0011)
+                    s010, s011 = simd.fma(x, w0, s010), simd.fma(x, w1, s011)
                     x = simd.splat(strips[1, kh, a0 + uj])
-                    s0100, s0101 = simd.fma(x, w0, s0100), simd.fma(x, w1, s0101)
+                    s100, s101 = simd.fma(x, w0, s100), simd.fma(x, w1, s101)
                     x = simd.splat(strips[1, kh, a1 + uj])
-                    s0110, s0111 = simd.fma(x, w0, s0110), simd.fma(x, w1, s0111)
+                    s110, s111 = simd.fma(x, w0, s110), simd.fma(x, w1, s111)
     o = ((n * y.shape[1] + ph) * y.shape[2] + pw) * K + k
     at0 = ph * pool_stride * OW + ow0  # the window's first pixel in the convolution's output
-    _pool_store(y, argmax, save_argmax, o, at0, OW, s0000, s0010, s0100, s0110, n0)
+    _pool_store(y, argmax, save_argmax, o, at0, OW, s000, s010, s100, s110, n0)
     if n1 > 0:
-        _pool_store(y, argmax, save_argmax, o + V, at0, OW, s0001, s0011, s0101, s0111, n1)
+        _pool_store(y, argmax, save_argmax, o + V, at0, OW, s001, s011, s101, s111, n1)
 
 
 @numba.njit(inline="always")

@@ -241,7 +241,7 @@ POOL = """
     import json, os, threading, numpy as np
     from fastcnn import compiling
     if os.environ.get("THREAD"):
-        threading.Thread(target=(stop := threading.Event()).wait, daemon=True).start()
+        threading.Thread(target=threading.Event().wait, daemon=True).start()
     from fastcnn.kernels import jit, loss
     compiling._SILENT_AT_MOST = 0.0
     f32 = lambda *shape: np.zeros(shape, np.float32)
