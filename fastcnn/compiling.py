@@ -175,8 +175,8 @@ def missing(calls):
 
 def compile_jobs(jobs, processes=None, say=True):
     """Compile ``jobs`` into the cache, the costliest kernels first, in this process and up to
-    ``processes - 1`` helpers (default: ``$FASTCNN_COMPILE_PROCESSES``, else one per idle core, up
-    to the kernels' thread count), saying so (``say``) with an estimate and a progress bar when it
+    ``processes - 1`` helpers (default: ``$FASTCNN_COMPILE_PROCESSES``, else the kernels' thread
+    count; fresh interpreters only as far as cores are idle), saying so (``say``) with an estimate and a progress bar when it
     takes a second or more. Returns how many kernels were compiled. A kernel that fails to compile
     is left to its first call, which raises Numba's error where it belongs."""
     times = Records.load()
