@@ -14,8 +14,8 @@ directly, in register tiles (simd.py): ``conv_row`` computes one output row, 4 p
 vectors of channels at a time, from a strip of the KH input rows under it with ``pad`` zero
 pixels left and right (so the hot loops need no bounds checks); ``weight_rows`` adds some output
 rows' share of the weight gradient, 3 taps by 2 vectors of channels at a time, from the image
-padded all round. The fused conv -> ReLU -> max-pool kernels (``conv_pool.py``) call the same
-two. The input gradient is a forward convolution too, of dy with the weights turned around
+padded all round. The fused conv -> ReLU -> max-pool's weight gradient (``conv_pool.py``) calls
+``weight_rows`` too; its forward pools tiles of its own (``pooled_row``). The input gradient is a forward convolution too, of dy with the weights turned around
 (``input_gradient_into``), so it runs on the same kernels. With 8 input channels or more the
 forward pass is instead a GEMM (``blas.gemm``, inside Numba's threads) over the taps of a block
 of output pixels gathered into rows (im2col, ``gather_taps``): the product's inner dimension,

@@ -68,8 +68,8 @@ def serial_kernel(fn):
 def helper(fn):
     """A function the kernels call, compiled once per signature as a function of its own (LLVM
     still inlines it where that pays) rather than copied into each kernel by Numba: the direct
-    convolution's register tiles (conv.conv_row, conv.weight_rows), which the plain and the
-    fused kernels share; copied into a ``prange`` loop, they cost Numba's parfor passes a second
+    convolution's register tiles (conv.conv_row, conv.weight_rows, conv_pool.pooled_row), the
+    second shared by the plain and the fused kernels; copied into a ``prange`` loop, they cost Numba's parfor passes a second
     or more per kernel (measured). Its loops see the arrays as arguments that may overlap, so it
     suits code whose hot loops keep their sums in registers (simd.py), not loops that rely on
     LLVM to vectorise them."""
