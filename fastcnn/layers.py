@@ -255,6 +255,8 @@ class Conv2D(Layer):
         h, w, c = _image(shape, "a Conv2D")
         if self.in_channels is None:
             _inferred(self, "in_channels")
+        if c != self.in_channels:  # (said here of one example, not of the probe's batch of one)
+            raise ShapeError(f"x: expected {self.in_channels} input channels, got examples of shape {(h, w, c)}")
         oh, ow = checks.conv_output_size((1, h, w, c), self.params["weight"].shape, self.stride, self.pad)
         return oh, ow, self.out_channels
 
