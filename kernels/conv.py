@@ -51,10 +51,16 @@ _U1, _U2 = np.uint64(1), np.uint64(2)
 @numba.njit(inline="always")
 def fill_strip(strip, x, n, ih0, kh_lo, kh_hi, skip):
     """Copy input rows ih0+kh_lo .. ih0+kh_hi-1 of image n (x viewed as (N, H, W*C)) into strip
-    rows kh_lo.., after ``skip`` zeros. The padding stays zero from the strip's allocation."""
-    for kh in range(kh_lo, kh_hi):
-        for i in range(x.shape[2]):
-            strip[kh, skip + i] = x[n, ih0 + kh, i]
+    rows kh_lo.., after ``skip`` zeros, and zeros into the strip's other rows (those that fall
+    outside the image: ``conv_row`` skips them, the fused kernel's pooled tiles read them). The
+    padding stays zero from the strip's allocation."""
+    for kh in range(strip.shape[0]):
+        if kh_lo <= kh < kh_hi:
+            for i in range(x.shape[2]):
+                strip[kh, skip + i] = x[n, ih0 + kh, i]
+        else:
+            for i in range(x.shape[2]):
+                strip[kh, skip + i] = np.float32(0.0)
 
 
 @numba.njit(inline="always")

@@ -39,7 +39,7 @@ from .pool import check_window_argmax, maxpool_backward_into, maxpool_forward_in
 def _conv_relu_pool_forward(y, argmax, x, w, b, C, stride, pad, OW, pool_stride, save_argmax, tasks):
     # A 2x2 window (other windows are not fused: see conv_relu_pool_forward_into). Each task
     # owns a contiguous range of pooled rows (n, ph); the strips hold the two convolution rows'
-    # input rows, those that fall outside the image zeros.
+    # input rows (those that fall outside the image zeros: fill_strip).
     N, H, WC = x.shape
     KH = w.shape[0]
     PH = y.shape[1]
@@ -51,10 +51,6 @@ def _conv_relu_pool_forward(y, argmax, x, w, b, C, stride, pad, OW, pool_stride,
             for s in range(2):
                 ih0, kh_lo, kh_hi = strip_rows(ph * pool_stride + s, stride, pad, KH, H)
                 fill_strip(strips[s], x, n, ih0, kh_lo, kh_hi, pad * C)
-                for kh in range(KH):
-                    if kh < kh_lo or kh >= kh_hi:
-                        for i in range(strips.shape[2]):
-                            strips[s, kh, i] = np.float32(0.0)
             pooled_row(y, argmax, save_argmax, n, ph, strips, w, b, stride * C, pool_stride, OW)
 
 
