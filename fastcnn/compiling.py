@@ -183,13 +183,14 @@ def compile_jobs(jobs, processes=None, say=True):
     groups = {}
     for job in jobs:
         groups.setdefault(job.kernel, []).append(job.signature)
+    forking = _can_fork()  # then a helper is a copy of this process, ready at once: always worth it
     if processes is None:  # else asked for: as many as asked
         processes = _processes_setting() or numba.get_num_threads()
-        if len(groups) > 1 and processes > 1 and not _processes_setting() and not _can_fork():
-            processes = min(processes, _idle_cores())  # (a copy of this process costs no start: always worth it)
+        if len(groups) > 1 and processes > 1 and not _processes_setting() and not forking:
+            processes = min(processes, _idle_cores())
     estimate = times.estimates(groups)
     queue = sorted(groups, key=estimate.get, reverse=True)  # costliest first: a short tail
-    start = 0.0 if _can_fork() else times.start  # a copy of this process is ready at once
+    start = 0.0 if forking else times.start
     helpers = _helpers_worth([estimate[k] for k in queue], processes, start)
     started = time.perf_counter()
     pool = [helper for helper in (_Helper.start() for _ in range(helpers)) if helper is not None]
