@@ -9,7 +9,11 @@ argmax (N, PH, PW, C) int32.
 Forward, one pass over x: each window's values are normalised, z = (x - mean) * rstd * weight +
 bias, and pooled; the ReLU is applied to the pooled value (relu(max(z)) = max(relu(z))). argmax
 holds, for each output, the index ``h * W + w`` of the z it took, as maxpool_forward on z gives it.
-Only y and argmax go to memory, a quarter of x each for 2x2 windows.
+Only y and argmax go to memory, a quarter of x each.
+
+The kernels take 2x2 windows (any stride), the ones CNNs use; other windows run BatchNorm, the
+pool and the ReLU one after another: their general code in the fused kernels took 1.2 s more of
+CPU to compile them (measured 2026-12-06, AVX2 code), in every network that pools after BatchNorm.
 
 Backward, two passes, as BatchNorm's maths needs: its input gradient
 dx = weight * rstd * (g - sum(g) / R - xhat * sum(g * xhat) / R), xhat = (x - mean) * rstd, needs
@@ -30,7 +34,9 @@ from numba import prange
 
 from . import checks
 from .jit import parallel_kernel, threads
-from .pool import beats, check_window_argmax, max_of_four, pooled_row
+from .batchnorm import batchnorm_backward_into, batchnorm_eval_forward_into
+from .dense import relu_backward_into, relu_forward_into
+from .pool import check_window_argmax, max_of_four, maxpool_backward_into, maxpool_forward_into, pooled_row
 
 
 @numba.njit(inline="always")
@@ -42,10 +48,9 @@ def rstd_of(var, eps):
 
 
 @parallel_kernel
-def _forward(y, argmax, x, mean, var, weight, bias, eps, size, stride, tasks):
-    # Each task owns a range of pooled rows (n, ph). Per output pixel, the window's elements are
-    # visited channel by channel (so each visit vectorises over the channels), the pixel's own
-    # output holding the running maximum, as pool.pool_window does.
+def _forward(y, argmax, x, mean, var, weight, bias, eps, stride, tasks):
+    # 2x2 windows. Each task owns a range of pooled rows (n, ph); per output pixel, the window's
+    # four values are compared in registers, channel by channel (the loop vectorises).
     N, H, W, C = x.shape
     PH, PW = y.shape[1], y.shape[2]
     rstd = rstd_of(var, eps)
@@ -58,46 +63,27 @@ def _forward(y, argmax, x, mean, var, weight, bias, eps, size, stride, tasks):
             for pw in range(PW):
                 w0 = pw * stride
                 first = np.int32(h0 * W + w0)
-                if size == 2:  # the common window: its four values compared in registers
-                    for c in range(C):
-                        best, at = max_of_four((x[n, h0, w0, c] - mean[c]) * scale[c] + bias[c],
-                                               (x[n, h0, w0 + 1, c] - mean[c]) * scale[c] + bias[c],
-                                               (x[n, h0 + 1, w0, c] - mean[c]) * scale[c] + bias[c],
-                                               (x[n, h0 + 1, w0 + 1, c] - mean[c]) * scale[c] + bias[c], first, W)
-                        y[n, ph, pw, c] = np.float32(0.0) if best < 0 else best  # the ReLU; a NaN stays
-                        argmax[n, ph, pw, c] = at
-                    continue
                 for c in range(C):
-                    y[n, ph, pw, c] = (x[n, h0, w0, c] - mean[c]) * scale[c] + bias[c]
-                    argmax[n, ph, pw, c] = first
-                for i in range(size):
-                    for j in range(size):
-                        if i + j == 0:
-                            continue
-                        at = np.int32(first + i * W + j)
-                        for c in range(C):
-                            z = (x[n, h0 + i, w0 + j, c] - mean[c]) * scale[c] + bias[c]
-                            best, where = y[n, ph, pw, c], argmax[n, ph, pw, c]
-                            take = beats(z, best)
-                            y[n, ph, pw, c] = z if take else best
-                            argmax[n, ph, pw, c] = at if take else where
-                for c in range(C):  # the ReLU; a NaN stays a NaN
-                    best = y[n, ph, pw, c]
-                    y[n, ph, pw, c] = np.float32(0.0) if best < 0 else best
+                    best, at = max_of_four((x[n, h0, w0, c] - mean[c]) * scale[c] + bias[c],
+                                           (x[n, h0, w0 + 1, c] - mean[c]) * scale[c] + bias[c],
+                                           (x[n, h0 + 1, w0, c] - mean[c]) * scale[c] + bias[c],
+                                           (x[n, h0 + 1, w0 + 1, c] - mean[c]) * scale[c] + bias[c], first, W)
+                    y[n, ph, pw, c] = np.float32(0.0) if best < 0 else best  # the ReLU; a NaN stays
+                    argmax[n, ph, pw, c] = at
 
 
 @parallel_kernel
-def _backward(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, size, stride, tasks):
+def _backward(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, stride, tasks):
+    # 2x2 windows.
     N, H, W, C = x.shape
+    size = 2
     PH, PW = y.shape[1], y.shape[2]
     rstd = rstd_of(var, eps)
     # 1. sum(g) and sum(g * xhat) per channel, over the outputs that passed a gradient. The x an
     # argmax points at is picked from its window by selects (no division, no gather: vectorised),
     # summed in float32 over a pooled row, then in float64. (Throughout, values are loaded before
     # a conditional expression picks one: a load inside one branch keeps LLVM from vectorising.)
-    # A 2x2 window's four values are picked from in registers; a larger window's are summed into
-    # picked, the one x hit plus zeros ("picked = x if hit else picked" is a masked store, which
-    # AMD's CPUs run in microcode with AVX2 code: this pass then ran 2.3x slower than with AVX-512).
+    # A window's four values are picked from in registers.
     sums = np.zeros((tasks, 2, C))
     for task in prange(tasks):
         picked = np.empty(C, np.float32)
@@ -107,21 +93,12 @@ def _backward(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, size
             for pw in range(PW):
                 w0 = pw * stride
                 first = np.int32(h0 * W + w0)
-                if size == 2:
-                    at1, at2 = np.int32(first + 1), np.int32(first + W)
-                    for c in range(C):
-                        v0, v1 = x[n, h0, w0, c], x[n, h0, w0 + 1, c]
-                        v2, v3 = x[n, h0 + 1, w0, c], x[n, h0 + 1, w0 + 1, c]
-                        at = argmax[n, ph, pw, c]
-                        picked[c] = v0 if at == first else (v1 if at == at1 else (v2 if at == at2 else v3))
-                else:
-                    picked[:] = np.float32(0.0)
-                    for i in range(size):
-                        for j in range(size):
-                            at = np.int32(first + i * W + j)
-                            for c in range(C):
-                                v = x[n, h0 + i, w0 + j, c]
-                                picked[c] += v if argmax[n, ph, pw, c] == at else np.float32(0.0)
+                at1, at2 = np.int32(first + 1), np.int32(first + W)
+                for c in range(C):
+                    v0, v1 = x[n, h0, w0, c], x[n, h0, w0 + 1, c]
+                    v2, v3 = x[n, h0 + 1, w0, c], x[n, h0 + 1, w0 + 1, c]
+                    at = argmax[n, ph, pw, c]
+                    picked[c] = v0 if at == first else (v1 if at == at1 else (v2 if at == at2 else v3))
                 for c in range(C):
                     g = dy[n, ph, pw, c]
                     g = g if y[n, ph, pw, c] > 0 else np.float32(0.0)
@@ -164,14 +141,29 @@ def _tasks(rows):
 
 
 def batchnorm_relu_pool_forward_into(y, argmax, x, mean, var, weight, bias, eps, size, stride):
-    """y (N, PH, PW, C) = max-pool(relu(batchnorm(x))) with the given batch statistics, and argmax."""
-    _forward(y, argmax, x, mean, var, weight, bias, float(eps), size, stride, _tasks(y.shape[0] * y.shape[1]))
+    """y (N, PH, PW, C) = max-pool(relu(batchnorm(x))) with the given batch statistics, and argmax.
+    Fused for 2x2 windows; other windows (rare: one fused kernel per common case keeps compiling
+    short) normalise x whole, then pool and apply the ReLU."""
+    if size == 2:
+        _forward(y, argmax, x, mean, var, weight, bias, float(eps), stride, _tasks(y.shape[0] * y.shape[1]))
+        return
+    z = np.empty_like(x)
+    batchnorm_eval_forward_into(z, x, weight, bias, mean, var, eps, False)
+    maxpool_forward_into(y, argmax, z, size, stride)
+    relu_forward_into(y, y)
 
 
 def batchnorm_relu_pool_backward_into(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, size, stride):
     """dx like x, dweight and dbias (C,), from dy (N, PH, PW, C) and the forward's x, y, argmax."""
-    _backward(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, float(eps), size, stride,
-              _tasks(y.shape[0] * y.shape[1]))
+    if size == 2:
+        _backward(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, float(eps), stride,
+                  _tasks(y.shape[0] * y.shape[1]))
+        return
+    passed = np.empty_like(dy)  # through the ReLU, then the pool, then BatchNorm
+    relu_backward_into(passed, dy, y)
+    dz = np.empty_like(x)
+    maxpool_backward_into(dz, passed, argmax)
+    batchnorm_backward_into(dx, dweight, dbias, dz, x, dz, weight, mean, var, eps, False)
 
 
 def _check_statistics(x, **vectors):
