@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-NETWORKS = {"original": (28, 28, 1), "deep": (28, 28, 1), "cifar": (32, 32, 3)}
+NETWORKS = {"original": (28, 28, 1), "deep": (28, 28, 1), "cifar": (32, 32, 3), "resnet": (32, 32, 3)}
 # NUMBA_CPU_NAME alone keeps this CPU's features (AVX-512 included): the features must go too.
 CPUS = {"host": {}, "haswell": {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "OPENBLAS_CORETYPE": "Haswell"}}
 
