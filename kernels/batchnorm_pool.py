@@ -12,8 +12,9 @@ holds, for each output, the index ``h * W + w`` of the z it took, as maxpool_for
 Only y and argmax go to memory, a quarter of x each.
 
 The kernels take 2x2 windows (any stride), the ones CNNs use; other windows run BatchNorm, the
-pool and the ReLU one after another: their general code in the fused kernels took 1.2 s more of
-CPU to compile them (measured 2026-12-06, AVX2 code), in every network that pools after BatchNorm.
+pool and the ReLU one after another: their general code in the fused kernels cost 0.9-1.0 s more
+of CPU to compile the two (measured 2026-12-06, AVX2 code), in every network that pools after
+BatchNorm.
 
 Backward, two passes, as BatchNorm's maths needs: its input gradient
 dx = weight * rstd * (g - sum(g) / R - xhat * sum(g * xhat) / R), xhat = (x - mean) * rstd, needs
