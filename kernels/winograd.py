@@ -388,20 +388,21 @@ def _weight_gradient(partial, partial_db, x, dy, pad, block):
 def _finish_weight_gradient(dw, db, partial, partial_db):
     # dw (3, 3, C, K) = G^T (the partials added in task order) G; db likewise.
     tasks, C, K = partial.shape[0], dw.shape[2], dw.shape[3]  # partial's columns from K on: padding
-    m = np.empty((6, 6, K), np.float32)
+    m = np.empty((36, K), np.float32)
     half = np.empty((3, 6, K), np.float32)
     for c in range(C):
-        for i in range(6):  # the partials added in task order, each loop over the channels innermost
-            for j in range(6):
+        # The partials added in task order, each loop over the channels innermost; the 36 elements in
+        # one loop, not 6 x 6: 0.5 s less of CPU to compile (0.86-0.95 s), as fast (2026-12-06).
+        for e in range(36):
+            for k in range(K):
+                m[e, k] = partial[0, e, c, k]
+            for task in range(1, tasks):
                 for k in range(K):
-                    m[i, j, k] = partial[0, 6 * i + j, c, k]
-                for task in range(1, tasks):
-                    for k in range(K):
-                        m[i, j, k] += partial[task, 6 * i + j, c, k]
+                    m[e, k] += partial[task, e, c, k]
         for j in range(6):
             for k in range(K):
-                half[0, j, k], half[1, j, k], half[2, j, k] = gt6(m[0, j, k], m[1, j, k], m[2, j, k], m[3, j, k],
-                                                                  m[4, j, k], m[5, j, k])
+                half[0, j, k], half[1, j, k], half[2, j, k] = gt6(m[j, k], m[6 + j, k], m[12 + j, k], m[18 + j, k],
+                                                                  m[24 + j, k], m[30 + j, k])
         for a in range(3):
             for k in range(K):
                 dw[a, 0, c, k], dw[a, 1, c, k], dw[a, 2, c, k] = gt6(half[a, 0, k], half[a, 1, k], half[a, 2, k],
