@@ -193,7 +193,7 @@ def compile_jobs(jobs, processes=None, say=True):
     start = 0.0 if forking else times.start
     helpers = _helpers_worth([estimate[k] for k in queue], processes, start)
     started = time.perf_counter()
-    pool = [helper for helper in (_Helper.start() for _ in range(helpers)) if helper is not None]
+    pool = [helper for helper in (_Helper.start(forking) for _ in range(helpers)) if helper is not None]
     progress = _Progress(groups, say)
     take = threading.Lock()
     ordered = list(queue)
@@ -340,11 +340,13 @@ class _Helper:
         self.records, self.start_seconds = [], None
 
     @classmethod
-    def start(cls):
-        """A new helper, or None if no process can be started (this one then compiles it all)."""
+    def start(cls, fork):
+        """A new helper, a copy of this process if ``fork`` (``_can_fork()``, asked once by the
+        caller, whose estimate counts on it), or None if no process can be started (this one then
+        compiles it all)."""
         launched = time.perf_counter()
         try:
-            if _can_fork():
+            if fork:
                 return cls._forked(launched)
             process = subprocess.Popen([sys.executable, "-c", "from fastcnn.compiling import _helper; _helper()"],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)

@@ -252,7 +252,7 @@ POOL = """
     helped = 0
     if jobs:
         groups, queue, take = {jobs[0].kernel: [jobs[0].signature]}, [jobs[0].kernel], threading.Lock()
-        helper = compiling._Helper.start()
+        helper = compiling._Helper.start(compiling._can_fork())
         helper.serve(lambda: queue.pop(0) if queue else None, groups, compiling._Progress(groups, False), queue, take)
         helped = len(helper.records)
         assert helper.forked == (not os.environ.get("THREAD"))
