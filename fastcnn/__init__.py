@@ -6,6 +6,8 @@ their execution plan, SGD and Adam, ``fit``
 and its callbacks; ``fastcnn.data`` loads MNIST, Fashion-MNIST, CIFAR-10 and folders of one's own pictures.
 """
 
+import gc
+
 from .version import __version__  # noqa: F401 - fastcnn.__version__
 
 from .callbacks import Callback, EarlyStopping, KeepBest, ReduceLROnPlateau
@@ -23,6 +25,12 @@ from .optim import SGD, Adam
 from .schedules import Constant, Cosine, InverseTime
 from .training import fit
 from .export import export_onnx
+
+# Everything imported so far (Numba's and LLVM's objects above all: hundreds of thousands) lives as
+# long as the process, so the cyclic garbage collector is told to leave it be: its collections
+# while kernels load, and tearing it down when the process ends, took 0.3-0.4 s of a warm start
+# of 1.2-1.3 s (measured 2026-12-06; docs/compiling.md). ``gc.unfreeze()`` undoes it.
+gc.freeze()
 
 
 __all__ = [
