@@ -112,6 +112,35 @@ def test_a_loop_body_goes_through_llvms_module_pipeline_once_in_its_kernel(tmp_p
     assert out["shared"] == []
 
 
+def test_a_kernel_compiles_with_fewer_collections_and_the_collector_is_put_back(monkeypatch):
+    import gc
+    assert gc.get_freeze_count() > 0  # import fastcnn left what it imported to the permanent generation
+    monkeypatch.setattr(gc, "get_threshold", lambda: (700, 10, 10))  # the default, whatever this process has
+    settings = []
+    monkeypatch.setattr(gc, "set_threshold", lambda *t: settings.append(t))
+
+    def compile(signature):  # a kernel's compile that compiles another one inside (Numba does)
+        if signature == "outer":
+            jit._with_fewer_collections(compile)("inner")
+        return "compiled"
+
+    assert jit._with_fewer_collections(compile)("outer") == "compiled"
+    assert settings == [(jit._YOUNG_OBJECTS, 10, 10), (700, 10, 10)]  # once for both, then put back
+
+    def failing(signature):
+        raise RuntimeError("a compile that fails")
+    settings.clear()
+    with pytest.raises(RuntimeError, match="fails"):
+        jit._with_fewer_collections(failing)("x")
+    assert settings[-1] == (700, 10, 10)
+    monkeypatch.setattr(gc, "get_threshold", lambda: (0, 10, 10))  # the collector turned off: left off
+    settings.clear()
+    jit._with_fewer_collections(compile)("x")
+    assert settings == [(0, 10, 10)]
+    wrapper = jit._with_fewer_collections(compile).__code__
+    assert all(kernel.compile.__code__ is wrapper for kernel in jit.KERNELS.values())  # and every kernel compiles so
+
+
 def test_cache_folder_settings(monkeypatch, tmp_path):
     for name in ("FASTCNN_CACHE_DIR", "NUMBA_CACHE_DIR", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)
