@@ -26,10 +26,10 @@ from .schedules import Constant, Cosine, InverseTime
 from .training import fit
 from .export import export_onnx
 
-# Everything imported so far (Numba's and LLVM's objects above all: hundreds of thousands) lives as
-# long as the process, so the cyclic garbage collector is told to leave it be: its collections
-# while kernels load, and tearing it down when the process ends, took 0.3-0.4 s of a warm start
-# of 1.2-1.3 s (measured 2026-12-06; docs/compiling.md). ``gc.unfreeze()`` undoes it.
+# Everything imported so far (74,000 objects, Numba's above all) lives as long as the process, so
+# the cyclic garbage collector is told to leave it be: its collections while kernels load, and
+# tearing those objects down when the process ends, took 0.3-0.4 s of a warm start of 1.2-1.4 s
+# (measured 2026-12-06; docs/compiling.md). ``gc.unfreeze()`` undoes it.
 gc.freeze()
 
 

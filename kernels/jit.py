@@ -90,10 +90,10 @@ def _kernel(fn, parallel):
 
 
 # Numba's compiler makes objects by the million, most of them short-lived; with the cyclic garbage
-# collector's default young generation (700 objects) `deep`'s first step in one process ran 2,600
-# collections, 2.8-3.4 s of its 27-33 s (most of them full ones); with 20,000, 1.2-1.6 s, for 20 MB
-# more at its peak (measured 2026-12-06, AVX2 code). Loading a kernel from the cache goes through
-# here too.
+# collector's default young generation (700 objects) `deep`'s first step in one process ran
+# 2,600-3,200 collections, 2.8-4.5 s of its 27-37 s, most of it in full collections; with 20,000,
+# 280-310 collections, 1.3-2.0 s, for 20-30 MB more at its peak (measured 2026-12-06, AVX2 code;
+# docs/compiling.md). Loading a kernel from the cache goes through here too.
 _YOUNG_OBJECTS = 20_000
 _COLLECTOR = {"depth": 0, "thresholds": None}  # (under Numba's compiler lock: one compile at a time)
 
