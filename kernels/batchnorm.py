@@ -10,6 +10,7 @@ Forward saves exactly what backward needs besides x and y: ``mean`` and ``var``.
 Backward, with g = dy (masked by y > 0 if ``relu``):
 dbias = sum_r g, dweight = sum_r g * xhat, dx = weight / sqrt(var + eps) * (g - (dbias + xhat * dweight) / R).
 
+Fewer rows than make two tasks (FEW_ROWS) run in kernels of no parallel loop (see there).
 The per-channel sums run over row ranges, one per task, each into its own float64 partials
 (no races; added in task order, so a result is the same bit for bit for a given thread count),
 by blocks of rows summed in float32 first.
@@ -24,7 +25,7 @@ import numpy as np
 from numba import prange
 
 from . import checks
-from .jit import parallel_kernel, threads
+from .jit import parallel_kernel, serial_kernel, threads
 
 # A task sums at least this many rows: fewer cost more to hand out than they save.
 _MIN_ROWS = 64
@@ -52,59 +53,84 @@ def total(sums, i, c):
     return acc
 
 
-@parallel_kernel
-def _channel_moments(mean, var, x, tasks):
-    R, C = x.shape
-    sums = np.zeros((tasks, 2, C))
-    for task in prange(tasks):
-        # float32 sums over blocks of _BLOCK rows (the loop over channels vectorises), each block
-        # added into the task's float64 sums: exact enough, and no float64 work per element.
-        block = np.zeros((2, C), np.float32)
-        lo, hi = task * R // tasks, (task + 1) * R // tasks
-        for start in range(lo, hi, _BLOCK):
-            for r in range(start, min(start + _BLOCK, hi)):
-                for c in range(C):
-                    d = x[r, c] - x[0, c]
-                    block[0, c] += d
-                    block[1, c] += d * d
-            add_block(sums, task, block)
-    for c in range(C):
+@numba.njit(inline="always")
+def moment_sums(sums, task, x, lo, hi):
+    """Rows lo..hi-1 of x less its first row: each channel's sum and sum of squares added into
+    sums[task] (2, C) float64, by float32 sums over blocks of _BLOCK rows (the loop over channels
+    vectorises): exact enough, and no float64 work per element."""
+    block = np.zeros((2, x.shape[1]), np.float32)
+    for start in range(lo, hi, _BLOCK):
+        for r in range(start, min(start + _BLOCK, hi)):
+            for c in range(x.shape[1]):
+                d = x[r, c] - x[0, c]
+                block[0, c] += d
+                block[1, c] += d * d
+        add_block(sums, task, block)
+
+
+@numba.njit(inline="always")
+def moments(mean, var, x, sums):
+    """mean and var (C,) from the tasks' sums (moment_sums) of all of x's rows."""
+    R = x.shape[0]
+    for c in range(x.shape[1]):
         shift = total(sums, 0, c) / R
         mean[c] = np.float64(x[0, c]) + shift
         var[c] = max(total(sums, 1, c) / R - shift * shift, 0.0)
 
 
-@parallel_kernel
-def _normalize(y, x, mean, scale, bias, relu):
+@numba.njit(inline="always")
+def normalize_row(y, x, mean, scale, bias, relu, r):
     # (x - mean) * scale + bias: subtracting the mean first keeps the digits that a folded
     # x * scale + (bias - mean * scale) loses when the mean is large against the spread.
-    R, C = x.shape
-    for r in prange(R):
-        for c in range(C):
-            v = (x[r, c] - mean[c]) * scale[c] + bias[c]
-            y[r, c] = max(v, np.float32(0.0)) if relu else v
+    for c in range(x.shape[1]):
+        v = (x[r, c] - mean[c]) * scale[c] + bias[c]
+        y[r, c] = max(v, np.float32(0.0)) if relu else v
 
 
 @parallel_kernel
-def _batchnorm_backward(dx, dweight, dbias, dy, x, y, weight, mean, var, eps, relu, need_dx, tasks):
+def _channel_moments(mean, var, x, tasks):
     R, C = x.shape
-    rstd = np.empty(C, np.float32)
-    for c in range(C):
-        rstd[c] = 1.0 / math.sqrt(np.float64(var[c]) + eps)
     sums = np.zeros((tasks, 2, C))
     for task in prange(tasks):
-        block = np.zeros((2, C), np.float32)  # as in _channel_moments
-        lo, hi = task * R // tasks, (task + 1) * R // tasks
-        for start in range(lo, hi, _BLOCK):
-            for r in range(start, min(start + _BLOCK, hi)):
-                for c in range(C):
-                    g = dy[r, c] if (not relu or y[r, c] > 0) else np.float32(0.0)
-                    block[0, c] += g
-                    block[1, c] += g * ((x[r, c] - mean[c]) * rstd[c])
-            add_block(sums, task, block)
-    a = np.empty(C, np.float32)   # dx = a * (g - b - xhat * d): per-channel factors
-    b = np.empty(C, np.float32)
-    d = np.empty(C, np.float32)
+        moment_sums(sums, task, x, task * R // tasks, (task + 1) * R // tasks)
+    moments(mean, var, x, sums)
+
+
+@parallel_kernel
+def _normalize(y, x, mean, scale, bias, relu):
+    for r in prange(x.shape[0]):
+        normalize_row(y, x, mean, scale, bias, relu, r)
+
+
+@numba.njit(inline="always")
+def rstd_of(var, eps):
+    """1 / sqrt(var + eps) (C,) float32, computed in float64."""
+    out = np.empty(var.shape[0], np.float32)
+    for c in range(var.shape[0]):
+        out[c] = 1.0 / math.sqrt(np.float64(var[c]) + eps)
+    return out
+
+
+@numba.njit(inline="always")
+def gradient_sums(sums, task, dy, x, y, mean, rstd, relu, lo, hi):
+    """Rows lo..hi-1: sum(g) and sum(g * xhat) per channel into sums[task], g = dy (where y > 0
+    with ``relu``), by float32 blocks as in moment_sums."""
+    block = np.zeros((2, x.shape[1]), np.float32)
+    for start in range(lo, hi, _BLOCK):
+        for r in range(start, min(start + _BLOCK, hi)):
+            for c in range(x.shape[1]):
+                g = dy[r, c] if (not relu or y[r, c] > 0) else np.float32(0.0)
+                block[0, c] += g
+                block[1, c] += g * ((x[r, c] - mean[c]) * rstd[c])
+        add_block(sums, task, block)
+
+
+@numba.njit(inline="always")
+def gradient_factors(dweight, dbias, sums, weight, rstd, R):
+    """dweight and dbias from the tasks' sums (gradient_sums), and the per-channel factors of
+    dx = a * (g - b - xhat * d)."""
+    C = weight.shape[0]
+    a, b, d = np.empty(C, np.float32), np.empty(C, np.float32), np.empty(C, np.float32)
     for c in range(C):
         s, q = total(sums, 0, c), total(sums, 1, c)
         dbias[c] = s
@@ -112,11 +138,58 @@ def _batchnorm_backward(dx, dweight, dbias, dy, x, y, weight, mean, var, eps, re
         a[c] = weight[c] * rstd[c]
         b[c] = s / R
         d[c] = q / R
+    return a, b, d
+
+
+@numba.njit(inline="always")
+def input_gradient_row(dx, dy, x, y, mean, rstd, a, b, d, relu, r):
+    for c in range(x.shape[1]):
+        g = dy[r, c] if (not relu or y[r, c] > 0) else np.float32(0.0)
+        dx[r, c] = a[c] * (g - b[c] - (x[r, c] - mean[c]) * rstd[c] * d[c])
+
+
+@parallel_kernel
+def _batchnorm_backward(dx, dweight, dbias, dy, x, y, weight, mean, var, eps, relu, need_dx, tasks):
+    R, C = x.shape
+    rstd = rstd_of(var, eps)
+    sums = np.zeros((tasks, 2, C))
+    for task in prange(tasks):
+        gradient_sums(sums, task, dy, x, y, mean, rstd, relu, task * R // tasks, (task + 1) * R // tasks)
+    a, b, d = gradient_factors(dweight, dbias, sums, weight, rstd, R)
     if need_dx:
         for r in prange(R):
-            for c in range(C):
-                g = dy[r, c] if (not relu or y[r, c] > 0) else np.float32(0.0)
-                dx[r, c] = a[c] * (g - b[c] - (x[r, c] - mean[c]) * rstd[c] * d[c])
+            input_gradient_row(dx, dy, x, y, mean, rstd, a, b, d, relu, r)
+
+
+# Fewer rows than make two tasks (FEW_ROWS: a BatchNorm1D over a training batch of up to 127, the
+# one place they occur in a training step) run on the calling thread, in these kernels of no
+# parallel loop: a parallel kernel would take them in one task anyway, and these compile in a
+# fraction of the time (Numba's passes over parallel loops), so that a network with no other
+# BatchNorm outside the fused kernels (`deep`) compiles neither of those for its first step.
+FEW_ROWS = 2 * _MIN_ROWS
+
+
+@serial_kernel
+def _few_rows_forward(y, mean, var, x, weight, bias, eps, relu):
+    sums = np.zeros((1, 2, x.shape[1]))
+    moment_sums(sums, 0, x, 0, x.shape[0])
+    moments(mean, var, x, sums)
+    scale = np.empty(x.shape[1], np.float32)
+    for c in range(x.shape[1]):
+        scale[c] = weight[c] / np.float32(math.sqrt(var[c] + np.float32(eps)))
+    for r in range(x.shape[0]):
+        normalize_row(y, x, mean, scale, bias, relu, r)
+
+
+@serial_kernel
+def _few_rows_backward(dx, dweight, dbias, dy, x, y, weight, mean, var, eps, relu, need_dx):
+    rstd = rstd_of(var, eps)
+    sums = np.zeros((1, 2, x.shape[1]))
+    gradient_sums(sums, 0, dy, x, y, mean, rstd, relu, 0, x.shape[0])
+    a, b, d = gradient_factors(dweight, dbias, sums, weight, rstd, x.shape[0])
+    if need_dx:
+        for r in range(x.shape[0]):
+            input_gradient_row(dx, dy, x, y, mean, rstd, a, b, d, relu, r)
 
 
 def _rows(a):
@@ -131,6 +204,9 @@ def _tasks(rows):
 def batchnorm_forward_into(y, mean, var, x, weight, bias, eps, relu):
     """Training mode: fill y like x, and the batch's mean (C,) and biased var (C,)."""
     x = _rows(x)
+    if x.shape[0] < FEW_ROWS:
+        _few_rows_forward(_rows(y), mean, var, x, weight, bias, float(eps), bool(relu))
+        return
     _channel_moments(mean, var, x, _tasks(x.shape[0]))
     _normalize(_rows(y), x, mean, weight / np.sqrt(var + np.float32(eps)), bias, bool(relu))
 
@@ -149,6 +225,9 @@ def batchnorm_backward_into(dx, dweight, dbias, dy, x, y, weight, mean, var, eps
     dx = _rows(dx) if need_dx else np.empty((0, x.shape[1]), np.float32)
     dy = _rows(dy)
     y = _rows(y) if relu else dy  # y is read only to mask by the ReLU
+    if x.shape[0] < FEW_ROWS:
+        _few_rows_backward(dx, dweight, dbias, dy, x, y, weight, mean, var, float(eps), bool(relu), need_dx)
+        return
     _batchnorm_backward(dx, dweight, dbias, dy, x, y, weight, mean, var, float(eps), bool(relu), need_dx,
                         _tasks(x.shape[0]))
 

@@ -27,25 +27,14 @@ The reference twin is the composition of the reference BatchNorm (with the given
 max-pool and ReLU (reference.py).
 """
 
-import math
-
-import numba
 import numpy as np
 from numba import prange
 
 from . import checks
 from .jit import parallel_kernel, threads
-from .batchnorm import batchnorm_backward_into, batchnorm_eval_forward_into
+from .batchnorm import batchnorm_backward_into, batchnorm_eval_forward_into, rstd_of
 from .dense import relu_backward_into, relu_forward_into
 from .pool import check_window_argmax, max_of_four, maxpool_backward_into, maxpool_forward_into, pooled_row
-
-
-@numba.njit(inline="always")
-def rstd_of(var, eps):
-    out = np.empty(var.shape[0], np.float32)
-    for c in range(var.shape[0]):
-        out[c] = 1.0 / math.sqrt(np.float64(var[c]) + eps)
-    return out
 
 
 @parallel_kernel

@@ -33,7 +33,9 @@ def test_every_kernel_has_a_reference_twin_with_its_signature():
 # --- batch norm ----------------------------------------------------------------------------------
 
 # x shapes, channels last: images (N, H, W, C) and features (N, F), batch 1 included.
-BN_SHAPES = [(1, 5, 5, 1), (2, 7, 5, 3), (3, 4, 9, 16), (1, 1, 1, 4), (64, 28, 28, 32), (1, 7), (64, 128), (5, 3)]
+# Under batchnorm.FEW_ROWS rows NumPy runs the sums, from there on the kernels: shapes of both.
+BN_SHAPES = [(1, 5, 5, 1), (2, 7, 5, 3), (3, 4, 9, 16), (1, 1, 1, 4), (64, 28, 28, 32), (1, 7), (64, 128), (5, 3),
+             (127, 9), (128, 9), (3, 7, 9, 5), (130, 33)]
 
 
 @pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
