@@ -163,21 +163,22 @@ def _batchnorm_backward(dx, dweight, dbias, dy, x, y, weight, mean, var, eps, re
 
 # Fewer rows than make two tasks (FEW_ROWS: a BatchNorm1D over a training batch of up to 127, the
 # one place they occur in a training step) run on the calling thread, in these kernels of no
-# parallel loop: a parallel kernel would take them in one task anyway, and these two compile in
-# half the time of the three (1.6-1.9 s of CPU against 3.6-3.8, AVX2 code, 2026-12-06: Numba's
-# passes over parallel loops), so that a network with no other BatchNorm outside the fused
-# kernels (`deep`) compiles none of those three for its first step.
+# parallel loop: a parallel kernel would take them in one task anyway (the same sums in the same
+# order: the same bits), and these compile in about half the time (Numba's passes over parallel
+# loops), so that a network with no other BatchNorm outside the fused kernels (`deep`) compiles
+# none of the three parallel ones for its first step.
 FEW_ROWS = 2 * _MIN_ROWS
 
 
 @serial_kernel
-def _few_rows_forward(y, mean, var, x, weight, bias, eps, relu):
+def _few_rows_moments(mean, var, x):
     sums = np.zeros((1, 2, x.shape[1]))
     moment_sums(sums, 0, x, 0, x.shape[0])
     moments(mean, var, x, sums)
-    scale = np.empty(x.shape[1], np.float32)
-    for c in range(x.shape[1]):
-        scale[c] = weight[c] / np.float32(math.sqrt(var[c] + np.float32(eps)))
+
+
+@serial_kernel
+def _few_rows_normalize(y, x, mean, scale, bias, relu):
     for r in range(x.shape[0]):
         normalize_row(y, x, mean, scale, bias, relu, r)
 
@@ -205,8 +206,9 @@ def _tasks(rows):
 def batchnorm_forward_into(y, mean, var, x, weight, bias, eps, relu):
     """Training mode: fill y like x, and the batch's mean (C,) and biased var (C,)."""
     x = _rows(x)
-    if x.shape[0] < FEW_ROWS:
-        _few_rows_forward(_rows(y), mean, var, x, weight, bias, float(eps), bool(relu))
+    if x.shape[0] < FEW_ROWS:  # the scale made here as below, in NumPy: the same bits either way
+        _few_rows_moments(mean, var, x)
+        _few_rows_normalize(_rows(y), x, mean, weight / np.sqrt(var + np.float32(eps)), bias, bool(relu))
         return
     _channel_moments(mean, var, x, _tasks(x.shape[0]))
     _normalize(_rows(y), x, mean, weight / np.sqrt(var + np.float32(eps)), bias, bool(relu))
