@@ -280,7 +280,7 @@ class Plan:
         except FastCNNError:
             # A kernel compiled already runs for real, on what the stopped ones left unset: the
             # max-pool's backward refuses an argmax that was never written. The calls seen so far
-            # are the rehearsal's; the rest compile in the pass, and say so.
+            # are the rehearsal's; the rest compile in the pass (a long one says so).
             pass
         finally:
             for a, saved in kept:
