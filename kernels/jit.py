@@ -15,7 +15,8 @@
   wait (spin a little after a kernel, then sleep): against OMP_WAIT_POLICY=PASSIVE, measured
   3.65 against 4.1 ms per training step and 111 against 370 us for one image.
 - ``nogil=True``: several Python threads may call the kernels at once (e.g. ``predict``).
-- A ``prange`` loop's body is optimised once, in the kernel that runs it (``_optimising_loop_bodies_once``).
+- A ``prange`` loop's body is optimised once, in the kernel that runs it (``_optimize_unless_linked_only``),
+  and the garbage collector runs less often while a kernel compiles (``_compiling``).
 
 ``KERNELS`` lists every kernel by name (``module.function``), so that other processes can
 compile one by name into the same cache (``fastcnn.compiling``).
@@ -82,9 +83,7 @@ def _kernel(fn, parallel):
     if numba.config.DISABLE_JIT:  # NUMBA_DISABLE_JIT=1: the plain Python function, for debugging
         return dispatcher
     dispatcher._cache = _cache_for(fn)  # the one place Numba lets a cache be chosen per function
-    if parallel:
-        dispatcher.compile = _optimising_loop_bodies_once(dispatcher.compile)
-    dispatcher.compile = _with_fewer_collections(dispatcher.compile)
+    dispatcher.compile = _compiling(dispatcher.compile)
     KERNELS[kernel_name(dispatcher)] = dispatcher
     return dispatcher
 
@@ -95,33 +94,12 @@ def _kernel(fn, parallel):
 # 280-310 collections, 1.3-2.0 s, for 20-30 MB more at its peak (measured 2026-12-06, AVX2 code;
 # docs/compiling.md). Loading a kernel from the cache goes through here too.
 _YOUNG_OBJECTS = 20_000
-_COLLECTOR = {"depth": 0, "thresholds": None}  # (under Numba's compiler lock: one compile at a time)
-
-
-def _with_fewer_collections(compile):
-    """The dispatcher's ``compile``, with the collector's young generation _YOUNG_OBJECTS large meanwhile."""
-    @functools.wraps(compile)
-    def compile_kernel(signature):
-        with global_compiler_lock:
-            if _COLLECTOR["depth"] == 0:
-                young, *older = _COLLECTOR["thresholds"] = gc.get_threshold()
-                if 0 < young < _YOUNG_OBJECTS:  # (0: the collector is off; left so)
-                    gc.set_threshold(_YOUNG_OBJECTS, *older)
-            _COLLECTOR["depth"] += 1
-            try:
-                return compile(signature)
-            finally:
-                _COLLECTOR["depth"] -= 1
-                if _COLLECTOR["depth"] == 0:
-                    gc.set_threshold(*_COLLECTOR["thresholds"])
-    return compile_kernel
-
 
 # Numba compiles the body of a prange loop as a code library of its own, wraps it in two more (the
 # gufunc wrapper, then the call onto the thread pool), and finalises each of the three before the
 # kernel links it in: LLVM's whole module pipeline, then machine code, ran over the same loop body
 # four times, once per library. Those three are only ever linked into the kernel, so while one of
-# fastcnn's parallel kernels compiles they keep their function passes and skip the module pipeline;
+# fastcnn's kernels compiles they keep their function passes and skip the module pipeline;
 # the kernel's module, where everything is linked, gets it once. The kernel's copies of their
 # functions are made internal to it: a call to a function of another linkage may go to the first
 # definition of that name the JIT engine has, the unoptimised one (in the compiling process the
@@ -129,28 +107,36 @@ def _with_fewer_collections(compile):
 # 2026-12-06 (AVX2 code, CPU seconds of one kernel's first call, fresh processes in turn): the
 # Winograd forward kernel 9.4-10.8 -> 6.8-7.1 s, LLVM's part of it 7.6-8.5 -> 4.2-4.3 s.
 _LOOP_BODY_LIBRARIES = ("__numba_parfor_gufunc", "parallelgufuncwrapper", "<numba.np.ufunc.wrappers._GufuncWrapper")
-_COMPILING = [0]  # > 0 while one of the parallel kernels compiles (under Numba's compiler lock)
 _optimize_final_module = getattr(codegen.CPUCodeLibrary, "_optimize_final_module", None)
 
+# fastcnn's kernel compiles under way (Numba compiles inside a compile: they nest) and the
+# collector's thresholds from before the outermost; under Numba's compiler lock, one at a time.
+_COMPILING = {"depth": 0, "thresholds": None}
 
-def _optimising_loop_bodies_once(compile):
-    """The dispatcher's ``compile``, with its loop bodies' libraries optimised only in the kernel's."""
-    if _optimize_final_module is None:  # another Numba than this was written for: compile as it does
-        return compile
 
+def _compiling(compile):
+    """The dispatcher's ``compile``, counted in _COMPILING: meanwhile the collector's young
+    generation is _YOUNG_OBJECTS large, and loop bodies' libraries are optimised only in their
+    kernel's (``_optimize_unless_linked_only``)."""
     @functools.wraps(compile)
     def compile_kernel(signature):
         with global_compiler_lock:
-            _COMPILING[0] += 1
+            if _COMPILING["depth"] == 0:
+                young, *older = _COMPILING["thresholds"] = gc.get_threshold()
+                if 0 < young < _YOUNG_OBJECTS:  # (0: the collector is off; left so)
+                    gc.set_threshold(_YOUNG_OBJECTS, *older)
+            _COMPILING["depth"] += 1
             try:
                 return compile(signature)
             finally:
-                _COMPILING[0] -= 1
+                _COMPILING["depth"] -= 1
+                if _COMPILING["depth"] == 0:
+                    gc.set_threshold(*_COMPILING["thresholds"])
     return compile_kernel
 
 
 def _optimize_unless_linked_only(library):
-    if _COMPILING[0]:
+    if _COMPILING["depth"]:
         if library.name.startswith(_LOOP_BODY_LIBRARIES):
             return  # optimised in the kernel that links it
         loop_bodies = set(_loop_body_functions(library))

@@ -121,23 +121,23 @@ def test_a_kernel_compiles_with_fewer_collections_and_the_collector_is_put_back(
 
     def compile(signature):  # a kernel's compile that compiles another one inside (Numba does)
         if signature == "outer":
-            jit._with_fewer_collections(compile)("inner")
+            jit._compiling(compile)("inner")
         return "compiled"
 
-    assert jit._with_fewer_collections(compile)("outer") == "compiled"
+    assert jit._compiling(compile)("outer") == "compiled"
     assert settings == [(jit._YOUNG_OBJECTS, 10, 10), (700, 10, 10)]  # once for both, then put back
 
     def failing(signature):
         raise RuntimeError("a compile that fails")
     settings.clear()
     with pytest.raises(RuntimeError, match="fails"):
-        jit._with_fewer_collections(failing)("x")
+        jit._compiling(failing)("x")
     assert settings[-1] == (700, 10, 10)
     monkeypatch.setattr(gc, "get_threshold", lambda: (0, 10, 10))  # the collector turned off: left off
     settings.clear()
-    jit._with_fewer_collections(compile)("x")
+    jit._compiling(compile)("x")
     assert settings == [(0, 10, 10)]
-    wrapper = jit._with_fewer_collections(compile).__code__
+    wrapper = jit._compiling(compile).__code__
     assert all(kernel.compile.__code__ is wrapper for kernel in jit.KERNELS.values())  # and every kernel compiles so
 
 
