@@ -206,12 +206,13 @@ def _tasks(rows):
 def batchnorm_forward_into(y, mean, var, x, weight, bias, eps, relu):
     """Training mode: fill y like x, and the batch's mean (C,) and biased var (C,)."""
     x = _rows(x)
-    if x.shape[0] < FEW_ROWS:  # the scale made here as below, in NumPy: the same bits either way
+    few = x.shape[0] < FEW_ROWS
+    if few:
         _few_rows_moments(mean, var, x)
-        _few_rows_normalize(_rows(y), x, mean, weight / np.sqrt(var + np.float32(eps)), bias, bool(relu))
-        return
-    _channel_moments(mean, var, x, _tasks(x.shape[0]))
-    _normalize(_rows(y), x, mean, weight / np.sqrt(var + np.float32(eps)), bias, bool(relu))
+    else:
+        _channel_moments(mean, var, x, _tasks(x.shape[0]))
+    scale = weight / np.sqrt(var + np.float32(eps))  # in NumPy for both: the same bits either way
+    (_few_rows_normalize if few else _normalize)(_rows(y), x, mean, scale, bias, bool(relu))
 
 
 def batchnorm_eval_forward_into(y, x, weight, bias, running_mean, running_var, eps, relu):
