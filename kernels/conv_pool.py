@@ -144,7 +144,8 @@ def _conv_relu_pool_backward_weight(dw, db, partial, partial_db, grad, dy, y, ar
                             for k in range(K):
                                 hit = (argmax[n, ph, pw, k] == at) & (y[n, ph, pw, k] > 0)
                                 grad[r0 + s, ow0 + j, k] += dy[n, ph, pw, k] if hit else np.float32(0.0)
-                weight_rows(partial, chunk, partial_db, image, grad, r0, oh0, size, stride, stride * C)
+                weight_rows(partial, np.uint64(chunk), partial_db, image, grad, r0, oh0, size, stride,
+                            stride * C)  # chunk as uint64: see conv._conv2d_backward_weight
     add_partials(dw, db, partial, partial_db)
 
 

@@ -466,3 +466,25 @@ def test_a_models_first_training_step_compiles_its_optimizers_step_with_it(monke
     other.train()
     other.forward(x)
     assert seen[-1] == ((True,), None)
+
+
+# The direct weight gradient compiled alone: how many times its register-tile helpers compiled.
+WEIGHT_ROWS = """
+    import json, numpy as np
+    from fastcnn.kernels import conv, reference
+    rng = np.random.default_rng(0)
+    x, dy = rng.random((3, 6, 5, 1), np.float32), rng.random((3, 6, 5, 4), np.float32)
+    w = np.zeros((3, 3, 1, 4), np.float32)
+    _, dw, db = conv.conv2d_backward(dy, x, w, 1, 1, need_dx=False)
+    _, rdw, rdb = reference.conv2d_backward(dy, x, w, 1, 1)
+    print(json.dumps({"right": bool(np.allclose(dw, rdw, atol=1e-5) and np.allclose(db, rdb, atol=1e-5)),
+                      "weight_rows": len(conv.weight_rows.signatures), "tile": len(conv._weight_tile.signatures)}))
+"""
+
+
+def test_a_helper_given_a_prange_index_compiles_once(tmp_path):
+    # Numba types a prange loop's index int64 in the kernel, then uint64 in the loop body's own
+    # compile: a helper handed it would compile for both (1.3-1.9 s of CPU more), so the kernels
+    # hand it over as uint64.
+    out = json.loads(run(WEIGHT_ROWS, tmp_path / "cache").stdout)
+    assert out == {"right": True, "weight_rows": 1, "tile": 1}
