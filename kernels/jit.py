@@ -74,8 +74,16 @@ def helper(fn):
     second shared by the plain and the fused kernels; copied into a ``prange`` loop, they cost Numba's parfor passes a second
     or more per kernel (measured). Its loops see the arrays as arguments that may overlap, so it
     suits code whose hot loops keep their sums in registers (simd.py), not loops that rely on
-    LLVM to vectorise them."""
-    return numba.njit(fastmath=FASTMATH, nogil=True, error_model="numpy")(fn)
+    LLVM to vectorise them.
+
+    Cached as the kernels are: a kernel compiled in another process (a compiling helper, a later
+    run) then loads the helpers it shares with kernels compiled before, where it compiled them
+    again (Winograd's transforms and products, 1-1.6 s of CPU each). Numba caches a function's
+    code with its LLVM bitcode, which the kernels link in and inline as they would the fresh one."""
+    dispatcher = numba.njit(fastmath=FASTMATH, nogil=True, error_model="numpy")(fn)
+    if not numba.config.DISABLE_JIT:
+        dispatcher._cache = _cache_for(fn)
+    return dispatcher
 
 
 def _kernel(fn, parallel):

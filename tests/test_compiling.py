@@ -304,9 +304,9 @@ POOL = """
     jobs = compiling.missing(calls)
     helped = 0
     if jobs:
-        groups, queue, take = {jobs[0].kernel: [jobs[0].signature]}, [jobs[0].kernel], threading.Lock()
+        groups, queue = {jobs[0].kernel: [jobs[0].signature]}, compiling._Queue([jobs[0].kernel])
         helper = compiling._Helper.start(compiling._can_fork())
-        helper.serve(lambda: queue.pop(0) if queue else None, groups, compiling._Progress(groups, False), queue, take)
+        helper.serve(queue, groups, compiling._Progress(groups, False))
         helped = len(helper.records)
         assert helper.forked == (not os.environ.get("THREAD"))
         assert not loss._softmax.overloads and not compiling.missing(jobs[:1])  # in the cache, not here
@@ -482,9 +482,51 @@ WEIGHT_ROWS = """
 """
 
 
-def test_a_helper_given_a_prange_index_compiles_once(tmp_path):
+# Then, in another process with the same cache, the fused conv -> ReLU -> pool backward, which
+# shares those helpers: which functions it compiled.
+SHARED_HELPERS = """
+    import json, numpy as np
+    from numba.core import event
+    from fastcnn.kernels import conv, conv_pool, reference
+    compiled = []
+    class Compiles(event.Listener):
+        def on_start(self, ev):
+            compiled.append(ev.data["dispatcher"].py_func.__qualname__)
+        def on_end(self, ev):
+            pass
+    event.register("numba:compile", Compiles())
+    rng = np.random.default_rng(0)
+    x, w, b = rng.random((2, 6, 6, 1), np.float32), rng.random((3, 3, 1, 4), np.float32) - 0.5, np.zeros(4, np.float32)
+    y, argmax = reference.conv_relu_pool_forward(x, w, b, 1, 1)
+    dy = rng.random(y.shape, np.float32)
+    _, dw, db = conv_pool.conv_relu_pool_backward(dy, x, w, y, argmax, 1, 1, need_dx=False)
+    _, rdw, rdb = reference.conv_relu_pool_backward(dy, x, w, y, argmax, 1, 1)
+    print(json.dumps({"right": bool(np.allclose(dw, rdw, atol=1e-5) and np.allclose(db, rdb, atol=1e-5)),
+                      "compiled": sorted({"_conv_relu_pool_backward_weight", "weight_rows", "_weight_tile"} & set(compiled))}))
+"""
+
+
+def test_a_helper_given_a_prange_index_compiles_once_and_other_processes_load_it(tmp_path):
     # Numba types a prange loop's index int64 in the kernel, then uint64 in the loop body's own
     # compile: a helper handed it would compile for both (1.3-1.9 s of CPU more), so the kernels
     # hand it over as uint64.
     out = json.loads(run(WEIGHT_ROWS, tmp_path / "cache").stdout)
     assert out == {"right": True, "weight_rows": 1, "tile": 1}
+    # Helpers are cached as kernels are: a kernel compiled later, elsewhere, loads the ones it shares.
+    out = json.loads(run(SHARED_HELPERS, tmp_path / "cache").stdout)
+    assert out == {"right": True, "compiled": ["_conv_relu_pool_backward_weight"]}
+
+
+def test_a_process_takes_first_the_kernels_that_share_a_helper_with_one_it_took(monkeypatch):
+    helpers = {"wino.forward": {"inputs", "products"}, "conv.forward": {"rows"}, "wino.gradient": {"inputs"},
+               "wino.pool": {"products"}, "dense.forward": set()}
+    monkeypatch.setattr(compiling, "_helpers", lambda kernel: frozenset(helpers[kernel]))
+    queue = compiling._Queue(list(helpers))  # costliest first
+    assert queue.take("helper") == "wino.forward"  # and claims the two that share its helpers
+    assert queue.take(compiling._HERE) == "conv.forward"  # the costliest nobody claimed
+    assert queue.take("helper") == "wino.gradient"  # its own claims first
+    queue.put_back("wino.gradient")  # the helper failed: anyone's, first
+    assert queue.take(compiling._HERE) == "wino.gradient"
+    assert queue.take(compiling._HERE) == "dense.forward"
+    assert queue.take(compiling._HERE) == "wino.pool"  # nothing else is left: another's claim
+    assert queue.take("helper") is None and queue.take_smallest() is None
