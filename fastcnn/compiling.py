@@ -10,9 +10,9 @@ something return whether they succeeded; a wrong guess only means that a kernel 
 in the pass itself). The kernels not in the cache are then compiled, the costliest first, by
 this process and helpers, each kernel's signatures in one process so that no two write one cache
 file, and the kernels that share a helper function (``jit.helper``) by one process where that
-can be (``_Queue``); the passes then load them from the cache. A helper is a copy of this process (``os.fork``,
-ready at once, on Linux when no other Python thread runs), one per thread of the kernels; else a
-fresh interpreter (``python -c``, so no user script runs again: 0.6 s to start) per idle core.
+can be (``_Queue``); the passes then load them from the cache. A helper is a copy of this
+process (``os.fork``, ready at once, on Linux when no other Python thread runs), one per thread
+of the kernels; else a fresh interpreter (``python -c``, so no user script runs again: 0.6 s to start) per idle core.
 A model's first training pass compiles the step of the optimizer last made for it too.
 
 What each compile cost (CPU seconds) is recorded beside the cache, in ``compile-times.json``:

@@ -333,7 +333,8 @@ def _conv2d_backward_weight(dw, db, partial, partial_db, dy, x, C, stride, pad):
             # chunk as uint64: Numba types a prange index int64 in the kernel, then uint64 in the loop
             # body's own compile, and a helper given it would compile for both (1.3-1.9 s of CPU more);
             # and a typed 0, not a literal one: weight_rows would compile apart from conv_pool's.
-            weight_rows(partial, np.uint64(chunk), partial_db, image, dy, n * OH, np.int64(0), OH, stride, stride * C)
+            weight_rows(partial, np.uint64(chunk), partial_db, image, dy, n * OH, np.int64(0), OH, stride,
+                        stride * C)
     add_partials(dw, db, partial, partial_db)
 
 

@@ -77,9 +77,9 @@ def helper(fn):
     LLVM to vectorise them.
 
     Cached as the kernels are: a kernel compiled in another process (a compiling helper, a later
-    run) then loads the helpers it shares with kernels compiled before, where it compiled them
-    again (Winograd's transforms and products, 1-1.6 s of CPU each). Numba caches a function's
-    code with its LLVM bitcode, which the kernels link in and inline as they would the fresh one."""
+    run) loads the helpers it shares with kernels compiled before instead of compiling them again
+    (Winograd's transforms and products: 1.2-1.6 s of CPU each). Numba caches a function's code
+    with its LLVM bitcode, which a kernel links in and inlines as it would the fresh one."""
     dispatcher = numba.njit(fastmath=FASTMATH, nogil=True, error_model="numpy")(fn)
     if not numba.config.DISABLE_JIT:
         dispatcher._cache = _cache_for(fn)
