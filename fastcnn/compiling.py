@@ -12,7 +12,8 @@ this process and helpers, each kernel's signatures in one process so that no two
 file, and the kernels that share a helper function (``jit.helper``) by one process where that
 can be (``_Queue``); the passes then load them from the cache. A helper is a copy of this
 process (``os.fork``, ready at once, on Linux when no other Python thread runs), one per thread
-of the kernels; else a fresh interpreter (``python -c``, so no user script runs again: 0.6 s to start) per idle core.
+of the kernels; else a fresh interpreter (``python -c``, so no user script runs again: 0.6 s to
+start) per idle core.
 A model's first training pass compiles the step of the optimizer last made for it too.
 
 What each compile cost (CPU seconds) is recorded beside the cache, in ``compile-times.json``:
@@ -278,12 +279,17 @@ def _helpers(kernel):
 
 
 def _helpers_called(fn):
+    for called in _called(fn):
+        if called.targetoptions.get("inline") != "always":
+            yield jit.kernel_name(called)
+        yield from _helpers_called(called.py_func)
+
+
+def _called(fn):
+    """The jitted functions that ``fn`` calls (inlined or helpers), once per place it names one."""
     for ins in dis.get_instructions(fn.__code__):
-        called = fn.__globals__.get(ins.argval) if ins.opname == "LOAD_GLOBAL" else None
-        if isinstance(called, CPUDispatcher):
-            if called.targetoptions.get("inline") != "always":
-                yield jit.kernel_name(called)
-            yield from _helpers_called(called.py_func)
+        if ins.opname == "LOAD_GLOBAL" and isinstance(called := fn.__globals__.get(ins.argval), CPUDispatcher):
+            yield called
 
 
 def _idle_cores(interval=0.1):
@@ -377,11 +383,9 @@ def _source_size(fn):
         instructions += 1
         loops += ins.opname == "FOR_ITER"
         pranges += ins.argval == "prange" and ins.opname in ("LOAD_GLOBAL", "LOAD_ATTR", "LOAD_METHOD")
-        if ins.opname == "LOAD_GLOBAL":
-            called = fn.__globals__.get(ins.argval)
-            if isinstance(called, CPUDispatcher):
-                more = _source_size(called.py_func)
-                instructions, loops, pranges = instructions + more[0], loops + more[1], pranges + more[2]
+    for called in _called(fn):
+        more = _source_size(called.py_func)
+        instructions, loops, pranges = instructions + more[0], loops + more[1], pranges + more[2]
     return instructions, loops, pranges
 
 
