@@ -73,6 +73,15 @@ WINOGRAD_WEIGHT_BLOCK = 48
 # threads, 1.27x on one; 2 images 1.25-1.57x).
 WINOGRAD_TILES_PER_THREAD = {"avx512": 0, "avx2": 16, "registers": 0}
 
+# Output pixels per GEMM of im2col's weight gradient (the product's inner dimension), by BLAS's
+# kernels. AVX-512: at 3x3, batch 64, 8x8 to 28x28 images, 32 to 128 channels, blocks of 32 pixels
+# ran 1.0-1.7x the direct kernel, 64 and 256 pixels 0.85-1.15x of 32 (2026-12-02, best of 30 calls
+# each). OpenBLAS's Haswell kernels pack both operands on every call, which a longer product pays
+# for: on an AVX2-only Zen 3, 2 threads, blocks spanning images, 256 pixels ran 1.08-1.23x as fast
+# as 32, 128 and 512 within 0-10% of 256 (`resnet`'s 3x3 and 1x1 stride-2 convolutions,
+# 28x28x32 -> 64 and 14x14x64 -> 128, batch 64, 12 rounds in turn; 2026-12-07).
+GEMM_WEIGHT_PIXELS = {"avx512": 32, "avx2": 256}
+
 _TAKEN = {}  # (pass, shape description) -> path, in the order first seen
 
 
@@ -99,6 +108,11 @@ def isa():
     if "+avx2" in features or (name.startswith(_AVX2_CPUS) and "-avx2" not in features):
         return "avx2"
     return "other"
+
+
+def gemm_weight_pixels():
+    """Output pixels per GEMM of im2col's weight gradient here."""
+    return GEMM_WEIGHT_PIXELS[blas_kind()]
 
 
 @functools.lru_cache(maxsize=None)

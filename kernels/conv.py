@@ -38,10 +38,6 @@ from .jit import helper, parallel_kernel, threads
 
 # Output pixels per GEMM of the im2col forward pass: up to 256 (a whole 14x14 image; 9 rows of 28).
 _GEMM_PIXELS = 256
-# Output pixels per GEMM of the weight gradient (the product's inner dimension). At 3x3, batch 64,
-# 8x8 to 28x28 images, 32 to 128 channels, blocks of 32 pixels ran 1.0-1.7x the direct kernel
-# (64 and 256 pixels: 0.85-1.15x of 32; measured 2026-12-02, AMD EPYC, best of 30 calls each).
-_GEMM_DW_PIXELS = 32
 
 # Strip positions are indexed as unsigned integers (and offset by these unsigned constants, so
 # that the sums stay unsigned): Numba then leaves out its fix-up code for negative indices.
@@ -178,15 +174,17 @@ def _conv2d_forward(y, moments, x, w, b, C, stride, pad, tasks):
 
 
 @numba.njit(inline="always")
-def gather_taps(cols, x, n, oh0, rows, OW, stride, pad, KH, KW):
-    """cols (rows * OW, KH*KW*C) and on: row (oh - oh0) * OW + ow holds the taps of output pixel
-    (oh, ow) of image n, in the order of w's rows (kh, kw, c); zeros where they fall in the padding."""
+def gather_taps(cols, x, row0, rows, OH, OW, stride, pad, KH, KW):
+    """cols (rows * OW, KH*KW*C) and on: row i * OW + ow holds the taps of output pixel ow of the
+    output row row0 + i (of all the images' N * OH: they may span images), in the order of w's
+    rows (kh, kw, c); zeros where they fall in the padding."""
     _, H, W, C = x.shape
     for i in range(rows):
+        n, oh = (row0 + i) // OH, (row0 + i) % OH
         for ow in range(OW):
             r = i * OW + ow
             for kh in range(KH):
-                ih = (oh0 + i) * stride - pad + kh
+                ih = oh * stride - pad + kh
                 for kw in range(KW):
                     iw = ow * stride - pad + kw
                     base = (kh * KW + kw) * C
@@ -201,8 +199,9 @@ def gather_taps(cols, x, n, oh0, rows, OW, stride, pad, KH, KW):
 @parallel_kernel
 def _conv2d_forward_gemm(y, moments, x, w, b, KH, KW, stride, pad, block, tasks):
     # y viewed as (N * OH, OW, K), w as (KH*KW*C, K). Each task owns a contiguous range of output
-    # rows and takes them ``block`` rows of one image at a time: their taps are gathered into
-    # ``cols`` (im2col), then one GEMM (block*OW, D) @ (D, K) adds them onto the bias.
+    # rows and takes them ``block`` rows at a time (across images: a GEMM of one 7x7 image's 49
+    # rows ran at 0.66x the speed of four images' on OpenBLAS's Haswell kernels): their taps are
+    # gathered into ``cols`` (im2col), then one GEMM (block*OW, D) @ (D, K) adds them onto the bias.
     N, H, W, C = x.shape
     OH, OW, K = y.shape[0] // N, y.shape[1], y.shape[2]
     D = KH * KW * C
@@ -214,9 +213,8 @@ def _conv2d_forward_gemm(y, moments, x, w, b, KH, KW, stride, pad, block, tasks)
         t1, t2 = np.empty(K, np.float32), np.empty(K, np.float32)
         row, end = task * N * OH // tasks, (task + 1) * N * OH // tasks
         while row < end:
-            n, oh = row // OH, row % OH
-            rows = min(block, end - row, OH - oh)
-            gather_taps(cols, x, n, oh, rows, OW, stride, pad, KH, KW)
+            rows = min(block, end - row)
+            gather_taps(cols, x, row, rows, OH, OW, stride, pad, KH, KW)
             for r in range(row, row + rows):
                 for ow in range(OW):
                     for k in range(K):
@@ -341,8 +339,8 @@ def _conv2d_backward_weight(dw, db, partial, partial_db, dy, x, C, stride, pad):
 @parallel_kernel
 def _conv2d_backward_weight_gemm(dw, db, partial, partial_db, dy, x, KH, KW, stride, pad, block):
     # dy viewed as (N * OH, OW, K), each partial[chunk] as (KH*KW*C, K). Each chunk owns a
-    # contiguous range of output rows and takes them ``block`` rows of one image at a time: their
-    # taps are gathered into ``cols`` (P, D), then partial += cols^T @ dy's P rows; race-free.
+    # contiguous range of output rows and takes them ``block`` rows at a time (across images):
+    # their taps are gathered into ``cols`` (P, D), then partial += cols^T @ dy's P rows; race-free.
     N, H, W, C = x.shape
     OH, OW, K = dy.shape[0] // N, dy.shape[1], dy.shape[2]
     D = KH * KW * C
@@ -354,9 +352,8 @@ def _conv2d_backward_weight_gemm(dw, db, partial, partial_db, dy, x, KH, KW, str
         flat_partial = partial[chunk].reshape(-1)
         row, end = chunk * N * OH // chunks, (chunk + 1) * N * OH // chunks
         while row < end:
-            n, oh = row // OH, row % OH
-            rows = min(block, end - row, OH - oh)
-            gather_taps(cols, x, n, oh, rows, OW, stride, pad, KH, KW)
+            rows = min(block, end - row)
+            gather_taps(cols, x, row, rows, OH, OW, stride, pad, KH, KW)
             gemm(TRANS, NO_TRANS, D, K, rows * OW, np.float32(1.0), cols.reshape(-1), D,
                  flat_dy[row * OW * K:], K, np.float32(1.0), flat_partial, K)
             for r in range(row, row + rows):
@@ -480,7 +477,7 @@ def conv2d_backward_into(dx, dw, db, dy, x, w, stride, pad):
 
 def weight_gradient_gemm_into(dw, db, dy, x, stride, pad):
     n, oh, ow, K = dy.shape
-    block = max(1, _GEMM_DW_PIXELS // ow)
+    block = max(1, algorithms.gemm_weight_pixels() // ow)
     partial, partial_db = partials(-(-n * oh // block), dw)
     _conv2d_backward_weight_gemm(taps(dw), db, partial, partial_db, dy.reshape(n * oh, ow, K), x, dw.shape[0],
                                  dw.shape[1], stride, pad, block)
@@ -515,7 +512,7 @@ def input_gradient_into(dx, dy, w, stride, pad):
     if dy.shape[0] > 1:
         n, oh, ow, k = dy.shape
         _conv2d_backward_input_gemm(dx, dy.reshape(n * oh, ow, k), w.reshape(-1, k), KH, KW, stride, pad,
-                                    max(1, _GEMM_PIXELS // ow))
+                                    max(1, _GEMM_PIXELS // ow), tasks(n))
         return
     for p in range(stride):
         for q in range(stride):
@@ -536,26 +533,29 @@ def input_gradient_into(dx, dy, w, stride, pad):
 
 
 @parallel_kernel
-def _conv2d_backward_input_gemm(dx, dy, w, KH, KW, stride, pad, block):
-    # dy viewed as (N * OH, OW, K), w as (KH*KW*C, K). Each image is one thread's: its dx is zeroed,
-    # then ``block`` rows of dy at a time, one GEMM (block*OW, K) @ (K, D) gives every tap's share
-    # of the input gradient (col2im's columns), added onto the pixels each tap read.
+def _conv2d_backward_input_gemm(dx, dy, w, KH, KW, stride, pad, block, tasks):
+    # dy viewed as (N * OH, OW, K), w as (KH*KW*C, K). Each task owns a contiguous range of images:
+    # their dx is zeroed, then ``block`` rows of dy at a time (across its images), one GEMM
+    # (block*OW, K) @ (K, D) gives every tap's share of the input gradient (col2im's columns),
+    # added onto the pixels each tap read: no other task writes them.
     N, H, W, C = dx.shape
     OH, OW, K = dy.shape[0] // N, dy.shape[1], dy.shape[2]
     D = KH * KW * C
     flat_w, flat_dy = w.reshape(-1), dy.reshape(-1)
-    for n in prange(N):
+    for task in prange(tasks):
         cols = np.empty((block * OW, D), np.float32)
         flat_cols = cols.reshape(-1)
-        dx[n] = 0.0
-        oh = 0
-        while oh < OH:
-            rows = min(block, OH - oh)
-            gemm(NO_TRANS, TRANS, rows * OW, D, K, np.float32(1.0), flat_dy[(n * OH + oh) * OW * K:], K, flat_w, K,
+        n0, n1 = task * N // tasks, (task + 1) * N // tasks
+        dx[n0:n1] = 0.0
+        row, end = n0 * OH, n1 * OH
+        while row < end:
+            rows = min(block, end - row)
+            gemm(NO_TRANS, TRANS, rows * OW, D, K, np.float32(1.0), flat_dy[row * OW * K:], K, flat_w, K,
                  np.float32(0.0), flat_cols, D)
             for i in range(rows):
+                n, oh = (row + i) // OH, (row + i) % OH
                 for kh in range(KH):
-                    ih = (oh + i) * stride - pad + kh
+                    ih = oh * stride - pad + kh
                     if ih < 0 or ih >= H:
                         continue
                     for ow in range(OW):
@@ -566,7 +566,7 @@ def _conv2d_backward_input_gemm(dx, dy, w, KH, KW, stride, pad, block):
                                 base = (kh * KW + kw) * C
                                 for c in range(C):
                                     dx[n, ih, iw, c] += cols[r, base + c]
-            oh += rows
+            row += rows
 
 
 def _turned(w):

@@ -41,6 +41,7 @@ CONV_SHAPES = [
     (3, 11, 9, 9, 7, 3, 2, 1),
     (1, 7, 12, 12, 5, (2, 3), 3, 4),
     (2, 14, 14, 32, 64, 3, 1, 1),   # the deep network's second convolution
+    (12, 14, 13, 8, 16, 3, 2, 1),   # strided: each thread's GEMMs over blocks of rows that span images
 ]
 
 
