@@ -36,7 +36,8 @@ from .blas import NO_TRANS, TRANS, gemm
 from .dense import relu_forward_into
 from .jit import helper, parallel_kernel, threads
 
-# Output pixels per GEMM of the im2col forward pass: up to 256 (a whole 14x14 image; 9 rows of 28).
+# Output pixels per GEMM of the im2col forward pass and input gradient: up to 256, in whole rows (18 of 14
+# pixels, across images; 9 of 28).
 _GEMM_PIXELS = 256
 
 # Strip positions are indexed as unsigned integers (and offset by these unsigned constants, so
