@@ -48,8 +48,12 @@ def main():
         p.error(f"unknown network {', '.join(unknown)}: expected any of {', '.join(networks.INPUT_SHAPES)}")
     if args.threads < 1 or args.batch < 1 or args.rounds < 1 or args.seconds <= 0:
         p.error("--threads, --batch and --rounds: expected numbers >= 1; --seconds: a number > 0")
+    from fastcnn import FastCNNError
     from fastcnn.kernels.jit import set_threads
-    set_threads(args.threads)
+    try:
+        set_threads(args.threads)
+    except FastCNNError as e:
+        p.error(str(e))
     for name in args.networks or ["resnet"]:
         print(report(name, measure(name, args), args) + "\n")
 
