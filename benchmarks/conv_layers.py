@@ -22,7 +22,11 @@ import statistics
 import sys
 import tempfile
 
+import numpy as np
+
 import networks
+from compare import worker_env
+from engines import Torch
 from timing import latency
 from workers import Worker, WorkerError, serve
 
@@ -41,7 +45,7 @@ def main():
     p.add_argument("--worker", choices=LAYOUTS, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        serve(lambda: TorchConvolutions(args.threads, args.worker == "torch-channels-last"))
+        serve(lambda: TorchConvolutions(args.threads, channels_last=args.worker == "torch-channels-last"))
         return
     unknown = [n for n in args.networks if n not in networks.INPUT_SHAPES]
     if unknown:
@@ -81,11 +85,10 @@ def measure(name, args):
     with tempfile.TemporaryDirectory(prefix="fastcnn-conv-layers-") as folder:
         workers = {}
         for engine in LAYOUTS:
-            env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(args.threads),
-                       MKL_NUM_THREADS=str(args.threads))
             command = [args.python, os.path.abspath(__file__), "--worker", engine, "--threads", str(args.threads)]
             try:
-                workers[engine] = Worker(command, env, os.path.join(folder, f"{engine}.log"))
+                workers[engine] = Worker(command, worker_env(engine, args.threads),
+                                         os.path.join(folder, f"{engine}.log"))
                 workers[engine].ready()
                 seconds[engine] = []
             except (OSError, WorkerError) as e:
@@ -155,12 +158,11 @@ class FastcnnConvolutions:
     """fastcnn's side, in this process: the kernels' unchecked cores on random data."""
 
     def __init__(self, batch):
-        import numpy as np
-        from fastcnn import kernels
-        self.np, self.kernels, self.batch = np, kernels, batch
+        from fastcnn import kernels  # (not at the top: the workers run in the peers' interpreter)
+        self.kernels, self.batch = kernels, batch
 
     def time(self, conv, seconds):
-        np, k = self.np, self.kernels
+        k = self.kernels
         rng = np.random.default_rng(0)
         size, stride, pad = conv["kernel_size"], conv["stride"], conv["pad"]
         x = rng.random((self.batch, *conv["in"]), np.float32)
@@ -179,14 +181,9 @@ class FastcnnConvolutions:
         return latency(step, seconds)
 
 
-class TorchConvolutions:
-    """PyTorch's side, in a worker: ``Conv2d`` forward and ``backward`` in one memory layout."""
-
-    def __init__(self, threads, channels_last):
-        import torch
-        torch.set_num_threads(threads)
-        torch.set_num_interop_threads(1)
-        self.torch, self.channels_last, self.version = torch, channels_last, torch.__version__
+class TorchConvolutions(Torch):
+    """PyTorch's side, in a worker: ``Conv2d`` forward and ``backward`` in one memory layout
+    (compare.py's PyTorch engine, its threads set up the same way)."""
 
     def op_time(self, conv, batch, seconds):
         torch = self.torch
