@@ -35,7 +35,7 @@ def plot_errors(path, images, true, predicted, probabilities, class_names, most=
         p = probabilities[i, predicted[i]]
         ax.set_title(f"guess {class_names[predicted[i]]} ({p:.0%})\ntrue {class_names[true[i]]}",
                      fontsize=8, color="firebrick")
-    fig.suptitle(f"{int((predicted != true).sum())} wrong of {len(true)}; the first {len(wrong)}", fontsize=10)
+    fig.suptitle(f"{int((predicted != true).sum()):,} wrong of {len(true):,}; the first {len(wrong)}", fontsize=10)
     _save(fig, path)
 
 
