@@ -163,7 +163,8 @@ def predict_cli(env):
 def fit(all_records):
     """The cost model (compiling._model_seconds: a * (instructions + k * loops) ** b + d * pranges)
     refitted to these records, for relative errors: its coefficients and, per kernel, measured
-    against refitted and against the model as it is."""
+    against refitted, against the model as it is and against compiling.REFERENCE_SECONDS; then
+    these records as a REFERENCE_SECONDS table (the estimates' relative costs)."""
     import numpy as np
     from scipy.optimize import least_squares
 
@@ -180,9 +181,13 @@ def fit(all_records):
                       bounds=([0, 0, 0.5, 0], [1, 200, 3, 3])).x
     print(f"\ncost model refitted: {p[0]:.2e} * (instructions + {p[1]:.1f} * loops) ** {p[2]:.2f} + "
           f"{p[3]:.2f} * pranges (CPU seconds)")
-    print(f"  {'kernel':44s} {'measured':>9s} {'refitted':>9s} {'model now':>9s}")
+    print(f"  {'kernel':44s} {'measured':>9s} {'refitted':>9s} {'model now':>9s} {'reference':>9s}")
     for name, s, fitted in zip(names, seconds, model(p)):
-        print(f"  {name:44s} {s:8.2f}s {fitted:8.2f}s {compiling._model_seconds(name):8.2f}s")
+        reference = compiling.REFERENCE_SECONDS.get(name)
+        print(f"  {name:44s} {s:8.2f}s {fitted:8.2f}s {compiling._model_seconds(name):8.2f}s "
+              + (f"{reference:8.2f}s" if reference is not None else f"{'-':>9s}"))
+    print("\nthese records as compiling.REFERENCE_SECONDS:\n{" + ", ".join(
+        f'"{name}": {s:.2f}' for name, s in zip(names, seconds)) + "}")
 
 
 def main():

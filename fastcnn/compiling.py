@@ -18,8 +18,9 @@ A model's first training pass compiles the step of the optimizer last made for i
 
 What each compile cost (CPU seconds) is recorded beside the cache, in ``compile-times.json``:
 estimates come from this build's records, else from another build's on this CPU (an earlier
-version, edited kernels), else from a rough cost model of the kernel's source (``_model_seconds``)
-scaled to this machine by the first kernel compiled. A compile that nobody prepared (a kernel
+version, edited kernels), else from what each kernel took on one machine (``REFERENCE_SECONDS``;
+for a kernel not among them, a rough cost model of its source, ``_model_seconds``) scaled to this
+machine by the first kernel compiled. A compile that nobody prepared (a kernel
 called on its own, an optimizer's first step) says so when it takes more than a second.
 """
 
@@ -54,6 +55,17 @@ from .kernels import jit
 _START_GUESS = 1.0
 # Said ahead of a compile that nobody prepared once it has run this long (seconds).
 _SILENT_AT_MOST = 1.0
+# The first kernel compiled on a CPU with nothing recorded times it for the estimate: one that
+# took this long (CPU seconds) on the reference machine, or more. The smallest kernels, timed
+# first before, carried the process's first-compile costs and the machine's noise, 0.26-0.43 s
+# for the same 0.26 s one: their ratio, put on every kernel, made `fastcnn train` say "about 10 s"
+# for 6.8 (measured 2026-12-07, AVX2-only Zen 3).
+_PROBE_SECONDS = 1.0
+# The first kernel a process compiles also compiles what later ones share (Numba's np.empty and
+# the like), and took 1.30-1.61x its reference time (REFERENCE_SECONDS: compiled among others):
+# dense._dense_backward, which each named network's first compile times first, four runs of
+# `fastcnn train` with an empty cache, median 1.37 (2026-12-07, the reference machine).
+_FIRST_COMPILE = 1.37
 # Processes compiling at once, this one included (default: the kernels' thread count).
 PROCESSES_ENV = "FASTCNN_COMPILE_PROCESSES"
 
@@ -196,20 +208,21 @@ def compile_jobs(jobs, processes=None, say=True):
     start = 0.0 if forking else times.start
     helpers = _helpers_worth([estimate[k] for k in ordered], processes, start)
     started = time.perf_counter()
+    _numba_ready()
     pool = [helper for helper in (_Helper.start(forking) for _ in range(helpers)) if helper is not None]
     progress = _Progress(groups, say)
     queue = _Queue(ordered)
     threads = [threading.Thread(target=helper.serve, args=(queue, groups, progress), daemon=True) for helper in pool]
     for thread in threads:  # the helpers take the costliest kernels at once
         thread.start()
-    if not times.measured():  # nothing measured on this CPU yet: the smallest kernel, compiled here first, does
+    if not times.measured():  # nothing measured on this CPU yet: a kernel compiled here first does
         progress.announce()  # (at once: that takes a moment too)
-        smallest = queue.take_smallest()
-        if smallest is not None:
-            ordered.remove(smallest)
-            progress.finished.append(smallest)
-            _compile_here(smallest, groups[smallest])
-            estimate = times.estimates(groups, measured=(smallest, _LISTENER.seconds_of(smallest)))
+        probe = queue.take_probe(estimate)
+        if probe is not None:
+            ordered.remove(probe)
+            progress.finished.append(probe)
+            _compile_here(probe, groups[probe])
+            estimate = times.estimates(groups, measured=(probe, _LISTENER.seconds_of(probe) / _FIRST_COMPILE))
     wall = _makespan([estimate[k] for k in ordered], len(pool) + 1, start) + (time.perf_counter() - started)
     progress.begin(estimate, wall, len(pool) + 1)
     for _ in range(2):  # the second time: what a helper that failed left
@@ -224,6 +237,18 @@ def compile_jobs(jobs, processes=None, say=True):
     times.save()
     progress.close(time.perf_counter() - started)
     return len(jobs)
+
+
+def _numba_ready():
+    """Numba's typing and target contexts filled with its registries of library functions, which
+    the first compile in a process otherwise does (0.15-0.2 s of CPU, measured 2026-12-07 on the
+    AVX2-only Zen 3): done here, before the helpers are forked, so that the first kernel, which
+    times this machine for the estimate, times only itself (and no copy does it again; the wait is
+    the same, the helpers starting that much later)."""
+    from numba.core.registry import cpu_target
+    with global_compiler_lock:
+        cpu_target.typing_context.refresh()
+        cpu_target.target_context.refresh()
 
 
 _HERE = "this process"  # who takes from a _Queue: this process, or a _Helper
@@ -249,10 +274,13 @@ class _Queue:
                 self._took(kernel, who)
             return kernel
 
-    def take_smallest(self):
-        """The cheapest kernel left, for this process (``compile_jobs``' first measure), or None."""
+    def take_probe(self, estimate):
+        """For this process's first compile, which times this machine (``compile_jobs``): the
+        cheapest kernel left that takes _PROBE_SECONDS or more by ``estimate``, else the costliest
+        left; or None."""
         with self.lock:
-            kernel = self.kernels[-1] if self.kernels else None
+            long_enough = [k for k in self.kernels if estimate[k] >= _PROBE_SECONDS]
+            kernel = long_enough[-1] if long_enough else next(iter(self.kernels), None)
             if kernel is not None:
                 self._took(kernel, _HERE)
             return kernel
@@ -363,14 +391,54 @@ def _makespan(costs, processes, start):
     return max(free)
 
 
+# CPU seconds that compiling each kernel took on one machine: the relative costs behind the
+# estimates on a CPU where nothing is recorded yet, scaled to it by the first kernel compiled there.
+# AVX2 code on the 2-core AMD EPYC (Zen 3), two processes compiling side by side, the mean of two
+# runs of `benchmarks/compile_times.py --fit` (which prints this table), 2026-12-07; the runs
+# agreed within 0.71-1.17x per kernel. The cost model of the source (_model_seconds), which
+# estimated every kernel before, was within 0.51-2.6x of these, and the first kernel (a small
+# one) carried its own error to all the others: on that machine `fastcnn train` said "about 4 s"
+# and compiled in 5.8 s, `--model deep` "about 43 s" for 18.1 s.
+REFERENCE_SECONDS = {
+    "avgpool._global_avgpool_backward": 0.45, "avgpool._global_avgpool_forward": 0.57,
+    "batchnorm._batchnorm_backward": 3.05, "batchnorm._few_rows_backward": 1.31,
+    "batchnorm._few_rows_moments": 0.56, "batchnorm._few_rows_normalize": 0.37, "batchnorm._normalize": 0.53,
+    "batchnorm_pool._backward": 3.68, "batchnorm_pool._forward": 1.29,
+    "conv._conv2d_backward_input_gemm": 1.38, "conv._conv2d_backward_weight": 2.92,
+    "conv._conv2d_backward_weight_gemm": 2.2, "conv._conv2d_forward": 4.12, "conv._conv2d_forward_gemm": 3.3,
+    "conv_pool._conv_relu_pool_backward_weight": 4.33, "conv_pool._conv_relu_pool_forward": 3.03,
+    "dense._dense_backward": 1.25, "dense._dense_forward": 0.83, "dense._dense_forward_few": 1.92,
+    "dense._relu_backward": 0.31, "dense._relu_forward": 0.32, "dropout._dropout": 0.38,
+    "loss._softmax": 0.26, "loss._softmax_cross_entropy": 0.32, "merge._add": 0.41, "optim._sgd_momentum": 0.33,
+    "winograd._finish_weight_gradient": 0.93, "winograd._forward": 6.2, "winograd._forward_relu_pool": 3.83,
+    "winograd._transform_weights": 1.48, "winograd._weight_gradient": 4.17,
+}
+
+
+def _reference_seconds(kernel):
+    """CPU seconds of compiling ``kernel`` once on the reference machine: REFERENCE_SECONDS, else
+    the cost model brought to the table's scale."""
+    if kernel in REFERENCE_SECONDS:
+        return REFERENCE_SECONDS[kernel]
+    return _model_seconds(kernel) * _model_scale()
+
+
+@functools.lru_cache(maxsize=None)
+def _model_scale():
+    """The median of REFERENCE_SECONDS over the cost model, for the kernels that exist."""
+    ratios = sorted(seconds / _model_seconds(k) for k, seconds in REFERENCE_SECONDS.items() if k in jit.KERNELS)
+    return ratios[len(ratios) // 2] if ratios else 1.0
+
+
 def _model_seconds(kernel):
-    """A rough CPU cost of compiling ``kernel`` once, in seconds on the machine it was fitted on
-    (AMD EPYC), from the size of its source (the inlined helpers counted at every call
-    site): LLVM's work grows faster than the code, and each prange loop is compiled as a function
-    of its own. Refitted 2026-12-06 to the compile times of the 29 kernels the named networks run
-    (``benchmarks/compile_times.py --fit``, AVX-512 code, after the Winograd kernels lost 2-3 s
-    each that the old fit had learnt): within 45% for each but Winograd's pooled forward (55%
-    over), where the fit before was 104% over it."""
+    """A rough CPU cost of compiling ``kernel`` once (for one that REFERENCE_SECONDS does not
+    list), in seconds on the machine it was fitted on (AMD EPYC), from the size of its source (the
+    inlined helpers counted at every call site): LLVM's work grows faster than the code, and each
+    prange loop is compiled as a function of its own. Refitted 2026-12-06 to the compile times of
+    the 29 kernels the named networks run (``benchmarks/compile_times.py --fit``, AVX-512 code,
+    after the Winograd kernels lost 2-3 s each that the old fit had learnt): within 45% for each
+    but Winograd's pooled forward (55% over), where the fit before was 104% over it. On the
+    AVX2-only Zen 3 (2026-12-07) within 0.51-2.6x of each."""
     instructions, loops, pranges = _source_size(jit.KERNELS[kernel].py_func)
     return 4.9e-5 * (instructions + 117 * loops) ** 1.39 + 0.34 * pranges
 
@@ -598,18 +666,19 @@ class Records:
     def estimates(self, groups, measured=None):
         """CPU seconds of compiling each kernel of ``groups`` {kernel: [signature, ...]}: as
         recorded (a signature never recorded counts as the kernel's costliest other one), else
-        ``_model_seconds`` scaled to this machine: by the kernels recorded on this CPU, or by
+        ``_reference_seconds`` scaled to this machine: by the kernels recorded on this CPU, or by
         ``measured`` = (kernel, seconds) just now."""
-        ratios = sorted(max(sigs.values()) / _model_seconds(k) for k, sigs in {**self.others, **self.kernels}.items()
+        recorded = {**self.others, **self.kernels}
+        ratios = sorted(max(sigs.values()) / _reference_seconds(k) for k, sigs in recorded.items()
                         if k in jit.KERNELS and sigs)
         if measured is not None:
-            ratios = [measured[1] / _model_seconds(measured[0]) / len(groups[measured[0]])]
+            ratios = [measured[1] / _reference_seconds(measured[0]) / len(groups[measured[0]])]
         factor = ratios[len(ratios) // 2] if ratios else 1.0
         out = {}
         for kernel, signatures in groups.items():
             seen = self.kernels.get(kernel) or self.others.get(kernel)
             out[kernel] = (sum(seen.get(str(s), max(seen.values())) for s in signatures) if seen
-                           else factor * _model_seconds(kernel) * len(signatures))
+                           else factor * _reference_seconds(kernel) * len(signatures))
         return out
 
     def measured(self):

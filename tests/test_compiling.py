@@ -359,11 +359,11 @@ def test_estimates_come_from_the_records_of_this_cpu(tmp_path, monkeypatch):
     groups = {"loss._softmax": ["sig a", "sig b"], "optim._sgd_momentum": ["sig"]}
     fresh = compiling.Records.load()
     assert not fresh.measured()
-    model = {k: compiling._model_seconds(k) for k in groups}
+    model = {k: compiling.REFERENCE_SECONDS[k] for k in groups}  # (what they took on the reference machine)
     assert fresh.estimates(groups) == pytest.approx({"loss._softmax": 2 * model["loss._softmax"],
                                                      "optim._sgd_momentum": model["optim._sgd_momentum"]})
     measured = fresh.estimates(groups, measured=("optim._sgd_momentum", 3 * model["optim._sgd_momentum"]))
-    assert measured["loss._softmax"] == pytest.approx(6 * model["loss._softmax"])  # this machine: 3x the model
+    assert measured["loss._softmax"] == pytest.approx(6 * model["loss._softmax"])  # this machine: 3x the reference
     # Another build on this CPU (an earlier version) recorded the softmax: that counts, per signature.
     other = tmp_path / "0.1.0" / jit.cpu_key() / "an old build"
     other.mkdir(parents=True)
@@ -376,6 +376,22 @@ def test_estimates_come_from_the_records_of_this_cpu(tmp_path, monkeypatch):
     # Another CPU's records don't count.
     monkeypatch.setattr("numba.config.CPU_NAME", "haswell")
     assert not compiling.Records.load().measured()
+
+
+def test_the_reference_compile_times_name_kernels_that_exist_and_others_come_from_the_cost_model():
+    # A kernel renamed or removed would leave its reference behind, and the estimates would fall
+    # back to the cost model for the new name without a word.
+    import importlib
+    for module in {name.split(".")[0] for name in compiling.REFERENCE_SECONDS}:
+        importlib.import_module(f"fastcnn.kernels.{module}")
+    assert set(compiling.REFERENCE_SECONDS) <= set(jit.KERNELS)
+    assert all(0 < seconds < 60 for seconds in compiling.REFERENCE_SECONDS.values())
+    unlisted = sorted(set(jit.KERNELS) - set(compiling.REFERENCE_SECONDS))
+    assert unlisted, "every kernel is listed: nothing left to check the fallback on"
+    kernel = unlisted[0]
+    assert compiling._reference_seconds(kernel) == pytest.approx(
+        compiling._model_seconds(kernel) * compiling._model_scale())
+    assert 0.2 < compiling._model_scale() < 5
 
 
 def test_the_pool_is_used_only_where_it_pays():
@@ -555,4 +571,14 @@ def test_a_process_takes_first_the_kernels_that_share_a_helper_with_one_it_took(
     assert queue.take(compiling._HERE) == "wino.gradient"
     assert queue.take(compiling._HERE) == "dense.forward"
     assert queue.take(compiling._HERE) == "wino.pool"  # nothing else is left: another's claim
-    assert queue.take("helper") is None and queue.take_smallest() is None
+    assert queue.take("helper") is None and queue.take_probe({}) is None
+
+
+def test_the_first_kernel_that_times_a_new_cpu_takes_a_second_or_more_where_one_does(monkeypatch):
+    monkeypatch.setattr(compiling, "_helpers", lambda kernel: frozenset())
+    estimate = {"big": 6.0, "middle": 1.3, "small": 1.0, "tiny": 0.3}
+    queue = compiling._Queue(list(estimate))  # costliest first
+    assert queue.take_probe(estimate) == "small"  # the cheapest of those that take long enough
+    assert queue.take_probe(estimate) == "middle"
+    queue = compiling._Queue(["a", "b"])
+    assert queue.take_probe({"a": 0.5, "b": 0.2}) == "a"  # none does: the costliest
