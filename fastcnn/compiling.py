@@ -20,8 +20,8 @@ What each compile cost (CPU seconds) is recorded beside the cache, in ``compile-
 estimates come from this build's records, else from another build's on this CPU (an earlier
 version, edited kernels), else from what each kernel took on one machine (``REFERENCE_SECONDS``;
 for a kernel not among them, a rough cost model of its source, ``_model_seconds``) scaled to this
-machine by the first kernel compiled. A compile that nobody prepared (a kernel
-called on its own, an optimizer's first step) says so when it takes more than a second.
+machine by the first kernel compiled. A compile that nobody prepared (a kernel called on its own,
+an optimizer's first step) says so when it takes more than a second.
 """
 
 import atexit

@@ -359,11 +359,11 @@ def test_estimates_come_from_the_records_of_this_cpu(tmp_path, monkeypatch):
     groups = {"loss._softmax": ["sig a", "sig b"], "optim._sgd_momentum": ["sig"]}
     fresh = compiling.Records.load()
     assert not fresh.measured()
-    model = {k: compiling.REFERENCE_SECONDS[k] for k in groups}  # (what they took on the reference machine)
-    assert fresh.estimates(groups) == pytest.approx({"loss._softmax": 2 * model["loss._softmax"],
-                                                     "optim._sgd_momentum": model["optim._sgd_momentum"]})
-    measured = fresh.estimates(groups, measured=("optim._sgd_momentum", 3 * model["optim._sgd_momentum"]))
-    assert measured["loss._softmax"] == pytest.approx(6 * model["loss._softmax"])  # this machine: 3x the reference
+    reference = {k: compiling.REFERENCE_SECONDS[k] for k in groups}  # what they took on the reference machine
+    assert fresh.estimates(groups) == pytest.approx({"loss._softmax": 2 * reference["loss._softmax"],
+                                                     "optim._sgd_momentum": reference["optim._sgd_momentum"]})
+    measured = fresh.estimates(groups, measured=("optim._sgd_momentum", 3 * reference["optim._sgd_momentum"]))
+    assert measured["loss._softmax"] == pytest.approx(6 * reference["loss._softmax"])  # this machine: 3x the reference
     # Another build on this CPU (an earlier version) recorded the softmax: that counts, per signature.
     other = tmp_path / "0.1.0" / jit.cpu_key() / "an old build"
     other.mkdir(parents=True)
@@ -372,7 +372,8 @@ def test_estimates_come_from_the_records_of_this_cpu(tmp_path, monkeypatch):
     assert times.measured()
     estimate = times.estimates(groups)
     assert estimate["loss._softmax"] == pytest.approx(1.0)  # sig b: as the costliest recorded one
-    assert estimate["optim._sgd_momentum"] == pytest.approx(0.5 / model["loss._softmax"] * model["optim._sgd_momentum"])
+    assert estimate["optim._sgd_momentum"] == pytest.approx(0.5 / reference["loss._softmax"]
+                                                            * reference["optim._sgd_momentum"])
     # Another CPU's records don't count.
     monkeypatch.setattr("numba.config.CPU_NAME", "haswell")
     assert not compiling.Records.load().measured()
