@@ -14,11 +14,16 @@ def main():
     # A Ctrl-C is noted as well as raised: one that lands in a C extension's import can come out as
     # another error, with nothing that links it to the Ctrl-C ("ImportError: numba._devicearray
     # failed to import", the KeyboardInterrupt printed and cleared by the extension).
+    # One that lands in a callback Python runs meanwhile (a weak reference's, in importlib's module
+    # locks) is printed as "Exception ignored in ..." with a traceback, and the import goes on:
+    # not printed here, and the command ends as interrupted once the import is done.
     seen = []
     try:
         previous = signal.signal(signal.SIGINT, lambda signum, frame: _note_and_raise(seen))
     except ValueError:  # not the main thread: Ctrl-C is not delivered here
         previous = None
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = lambda report: None if isinstance(report.exc_value, KeyboardInterrupt) else unraisable(report)
     try:
         from fastcnn.cli import main as run
     except BaseException as e:
@@ -29,6 +34,10 @@ def main():
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = unraisable
+    if seen:
+        print("fastcnn: interrupted", file=sys.stderr)
+        return 130
     status = run()
     # The command has ended and said so: a Ctrl-C while Python shuts down would only turn that
     # status into a death by signal.
