@@ -381,10 +381,8 @@ def test_estimates_come_from_the_records_of_this_cpu(tmp_path, monkeypatch):
 
 def test_the_reference_compile_times_name_kernels_that_exist_and_others_come_from_the_cost_model():
     # A kernel renamed or removed would leave its reference behind, and the estimates would fall
-    # back to the cost model for the new name without a word.
-    import importlib
-    for module in {name.split(".")[0] for name in compiling.REFERENCE_SECONDS}:
-        importlib.import_module(f"fastcnn.kernels.{module}")
+    # back to the cost model for the new name without a word. (Importing fastcnn.kernels imported
+    # every kernel module, so jit.KERNELS is whole.)
     assert set(compiling.REFERENCE_SECONDS) <= set(jit.KERNELS)
     assert all(0 < seconds < 60 for seconds in compiling.REFERENCE_SECONDS.values())
     unlisted = sorted(set(jit.KERNELS) - set(compiling.REFERENCE_SECONDS))
