@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import ShapeError
+from .kernels.blas import numpy_blas_on_one_thread
 
 class Run(NamedTuple):
     """What one pass is: training (batch statistics, dropout) or evaluation, and for dropout's
@@ -516,9 +517,10 @@ class FlattenStep(Step):
 
 
 class Custom(Step):
-    """A layer of the user's own (see ``Layer``): its ``forward`` and ``backward`` in NumPy. Its
-    ``training`` attribute tells it the mode of each pass; its results are checked every call,
-    since the plan can't know them in advance."""
+    """A layer of the user's own (see ``Layer``): its ``forward`` and ``backward`` in NumPy, with
+    NumPy's BLAS on one thread (its threads, spinning after a product, would slow the kernels
+    after it down 2x). Its ``training`` attribute tells it the mode of each pass; its results are
+    checked every call, since the plan can't know them in advance."""
 
     def buffers(self, n, train):
         return {}
@@ -529,7 +531,8 @@ class Custom(Step):
             return np.zeros((len(x), *self.out_shape), np.float32)
         layer = self.layers[0]
         layer.training = run.training
-        y = layer.forward(x)
+        with numpy_blas_on_one_thread():  # the kernels' threads have the cores (see there)
+            y = layer.forward(x)
         return self._checked(y, (len(x), *self.out_shape), "forward", "output")
 
     def backward(self, k, dy, ws):
@@ -537,7 +540,8 @@ class Custom(Step):
             return np.zeros((len(dy), *self.in_shape), np.float32) if self.needs_input_grad else None
         layer = self.layers[0]
         views = {name: id(g) for name, g in layer.grads.items()}
-        dx = layer.backward(dy)
+        with numpy_blas_on_one_thread():
+            dx = layer.backward(dy)
         if {name: id(g) for name, g in layer.grads.items()} != views:
             raise ShapeError(f"layer {self.index} {layer!r}: backward replaced an array of self.grads; write the "
                              f"gradients into them in place (self.grads[name][...] = ...)")

@@ -13,11 +13,14 @@ name of ours, at every import, and the kernels call it by that name: so they can
 call itself is a Numba intrinsic (``_by_reference``) that hands Fortran its arguments by reference.
 """
 
+import contextlib
+import functools
 import importlib
 import importlib.machinery
 import importlib.util
 import os
 import sys
+import threading
 
 import llvmlite.binding
 import numba
@@ -152,3 +155,49 @@ def hold_to_one_thread():
     """
     for lib in _scipy_blas():
         lib.set_num_threads(1)
+
+
+@functools.lru_cache(maxsize=None)
+def _numpy_blas():
+    """threadpoolctl's controllers of NumPy's own BLAS, where its wheel brings one apart from
+    SciPy's (the one ``hold_to_one_thread`` holds); none where they share one."""
+    held = {lib.filepath for lib in _scipy_blas()}
+    controllers = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
+    return tuple(lib for lib in controllers if lib.filepath not in held)
+
+
+class _NumpyHold:
+    """The main thread's holds open (nested: a layer of the user's may run a model too), and the
+    thread counts the outermost one found."""
+    depth = 0
+    saved = ()
+
+
+@contextlib.contextmanager
+def numpy_blas_on_one_thread():
+    """NumPy's own BLAS on one thread while the block runs: for NumPy code that runs between the
+    kernels, such as a layer of the user's own in a model.
+
+    After each call, OpenBLAS's threads wait for the next one spinning, about 0.1 s, on the cores
+    the kernels' threads need: with a user's layer doing ``x @ w`` (64 x 6272 by 6272 x 128) between
+    the compiled steps, a training step took 16.1 ms, and 5.7-5.8 with this hold (AVX2-only AMD
+    EPYC, 2 cores, 2026-12-07: ``benchmarks/numpy_beside.py``). The count set
+    before is restored afterwards. Only the main thread holds it: OpenBLAS ignores a count set
+    from another thread (NumPy's OpenBLAS 0.3.31), so there the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hold = _NumpyHold
+    if hold.depth == 0:
+        hold.saved = tuple((lib, lib.num_threads) for lib in _numpy_blas())
+        for lib, _ in hold.saved:
+            lib.set_num_threads(1)
+    hold.depth += 1
+    try:
+        yield
+    finally:
+        hold.depth -= 1
+        if hold.depth == 0:
+            for lib, threads in hold.saved:
+                lib.set_num_threads(threads)

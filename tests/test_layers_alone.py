@@ -9,6 +9,8 @@ alone on the compiled kernels agrees with it alone on the NumPy reference (forwa
 get a clear error.
 """
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,7 @@ from fastcnn import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout
                      Layer, LeakyReLU, MaxPool2D, ReLU, Sequential, ShapeError, Sigmoid, SoftmaxCrossEntropy, Tanh,
                      UsageError, register_layer)
 from fastcnn.errors import ConfigError
+from fastcnn.kernels import blas
 
 
 def original_layers():
@@ -139,6 +142,44 @@ def test_a_layer_of_your_own_needs_only_what_it_uses(tmp_path):
         assert np.array_equal(fastcnn.load(tmp_path / "scale.npz").predict(x), model.predict(x))
     finally:
         del fastcnn.layers.LAYERS["Scale"]
+
+
+def test_a_layer_of_your_own_runs_with_numpy_blas_on_one_thread():
+    """NumPy's BLAS threads, spinning after a product, would slow the kernels after it down:
+    inside a layer of the user's own it runs on one thread, and has the count it had before once
+    the pass is over (nested passes: the outermost's end). OpenBLAS ignores a count set from
+    another thread than the main one, so there the hold changes nothing."""
+    numpy_blas = blas._numpy_blas()
+    if not numpy_blas:
+        pytest.skip("NumPy and SciPy share one BLAS here, held to one thread at import")
+    lib, seen = numpy_blas[0], []
+
+    class Watches(Layer):
+        def forward(self, x):
+            seen.append(lib.num_threads)
+            return x
+
+        def backward(self, dy):
+            seen.append(lib.num_threads)
+            return dy
+
+    before = lib.num_threads
+    lib.set_num_threads(3)
+    try:
+        model = Sequential([Dense(4), Watches(), Dense(3)], input_shape=(4,))
+        model.train_step(np.ones((2, 4), np.float32), np.zeros(2, np.int64))
+        assert seen == [1, 1] and lib.num_threads == 3
+        with blas.numpy_blas_on_one_thread():
+            with blas.numpy_blas_on_one_thread():
+                assert lib.num_threads == 1
+            assert lib.num_threads == 1
+        assert lib.num_threads == 3
+        other = threading.Thread(target=lambda: model.train_step(np.ones((2, 4), np.float32), np.zeros(2, np.int64)))
+        other.start()
+        other.join()
+        assert seen[2:] == [3, 3] and lib.num_threads == 3
+    finally:
+        lib.set_num_threads(before)
 
 
 def test_the_usual_mistakes_of_a_layer_of_your_own():
