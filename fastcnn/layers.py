@@ -73,6 +73,7 @@ class Layer:
         ws = {name: np.empty(shape, dtype) for name, (shape, dtype) in step.buffers(n, self.training).items()}
         self._calls = getattr(self, "_calls", 0) + 1  # a new dropout mask each call
         k = backends.get(backend)
+        backends.check_runs_here(k)
         y = step.forward(k, x, ws, steps.Run(self.training, self.seed, self._calls))
         self._pass = (step, ws, n, k) if self.training else None
         return y

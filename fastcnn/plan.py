@@ -30,7 +30,7 @@ import threading
 
 import numpy as np
 
-from . import compiling
+from . import backends, compiling
 from .errors import FastCNNError, ShapeError
 from .layers import Add, BatchNorm1D, BatchNorm2D, Conv2D, Dense, MaxPool2D, ReLU, walk
 from .steps import (EVALUATION, AddRelu, BatchNormRelu, ConvBatchNorm, ConvBatchNormRelu, ConvBatchNormReluPool,
@@ -288,6 +288,7 @@ class Plan:
 
     def forward(self, x, ws, run):
         """The logits of a checked batch, in the workspace ``ws`` made for ``run.training``."""
+        backends.check_runs_here(self.kernels)
         if run.training not in self.prepared and not run.rehearsal:
             compiling.prepare(self, (run.training,))
         values = []  # each step's output, read by the steps whose sources name it

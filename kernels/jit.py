@@ -336,3 +336,25 @@ def set_threads(threads=None):
         raise ConfigError(f"threads: expected 1..{numba.config.NUMBA_NUM_THREADS} on this machine, got {threads!r}")
     numba.set_num_threads(int(n))
     return int(n)
+
+
+def runs_here():
+    """False in a copy of this process made by ``fork()`` after the kernels' threads started
+    (a ``multiprocessing`` pool's default on Linux, a pre-forking web server): GNU OpenMP's
+    threads don't survive a fork, and Numba ends such a copy (SIGTERM, "Terminating: fork()
+    called from a process already using GNU OpenMP") at its first parallel kernel."""
+    return not _Forked.from_openmp
+
+
+class _Forked:
+    from_openmp = False
+
+
+def _gnu_openmp_started():
+    if not getattr(numba_parallel, "_is_initialized", False) or numba.threading_layer() != "omp":
+        return False
+    from numba.np.ufunc import omppool
+    return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+
+
+os.register_at_fork(after_in_child=lambda: setattr(_Forked, "from_openmp", _Forked.from_openmp or _gnu_openmp_started()))

@@ -441,6 +441,48 @@ def test_predict_from_four_threads_matches_single_threaded(net):
     assert len(calls) == 4 * 24 and mismatches == []
 
 
+# Worker processes made by fork(): before the kernels' threads started, and after (see the test).
+FORKED_WORKERS = r"""
+import multiprocessing as mp, sys
+import numpy as np
+import fastcnn
+
+model = fastcnn.Sequential([fastcnn.Dense(4), fastcnn.ReLU(), fastcnn.Dense(3)], input_shape=(5,))
+x = np.random.default_rng(0).random((8, 5), dtype=np.float32)
+
+
+def predict(backend):
+    model.backend = backend
+    return model.predict(x)
+
+
+if __name__ == "__main__":
+    fork = mp.get_context("fork")
+    with fork.Pool(1) as early:  # forked before any kernel ran
+        expected = model.predict(x)  # the kernels' threads start here
+        assert np.array_equal(early.apply(predict, ("numba",)), expected)
+    with fork.Pool(1) as late:
+        try:
+            late.apply_async(predict, ("numba",)).get(timeout=60)  # (compiled by the parent: it would run at once)
+        except fastcnn.UsageError as e:
+            print(e)
+        np.testing.assert_allclose(late.apply_async(predict, ("numpy",)).get(timeout=300), expected, atol=1e-6)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+def test_a_process_forked_after_the_kernels_ran_says_so_and_what_to_do(tmp_path):
+    """GNU OpenMP's threads don't survive fork(): Numba ends such a copy at its first parallel
+    kernel, and a multiprocessing pool (fork is Linux's default) then waits forever. A copy made
+    before the kernels ran works; one made after says why it can't, and the NumPy backend works there."""
+    script = tmp_path / "workers.py"
+    script.write_text(FORKED_WORKERS)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("fastcnn's compiled kernels can't run in this process: it is a copy (fork)")
+    assert "multiprocessing.get_context('spawn')" in out.stdout and "Terminating" not in out.stderr
+
+
 def peak_bytes(fn):
     tracemalloc.start()
     try:
