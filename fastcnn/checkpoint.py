@@ -29,7 +29,7 @@ READS = (1, 2)
 def save(path, model, optimizer=None, training=None):
     """Write ``model`` (and ``optimizer``'s state, and a JSON-able ``training`` dict) to ``path``."""
     for i, layer in enumerate(model.layers):
-        _rebuildable(i, layer)
+        rebuildable(i, layer)
     arrays = {
         "format": np.array(FORMAT), "version": np.array(VERSION),
         "architecture": np.array(json.dumps(architecture(model))),
@@ -88,7 +88,7 @@ def _rescue(path, arrays):
     return None
 
 
-def _rebuildable(i, layer):
+def rebuildable(i, layer):
     """A model file rebuilds each layer as ``type(layer)(**layer.config())``: refuse, before
     writing, a layer of the user's own that can't be (no ``config()``, or not JSON)."""
     if type(layer).__module__ == Layer.__module__:

@@ -269,6 +269,18 @@ class Model:
         """Write this model (and ``optimizer``'s state) to one ``.npz``; ``fastcnn.load`` reads it."""
         checkpoint.save(path, self, optimizer)
 
+    def __reduce__(self):
+        """Pickled, and copied (``copy.deepcopy``), as a model file holds it: each layer's class and
+        ``config()``, the graph, the parameters and buffers; and the mode, the backend and the count
+        of training passes (dropout's masks). So a layer of the user's own needs what saving needs:
+        a ``config()`` that rebuilds it, and a class that can be imported where it is unpickled."""
+        for i, layer in enumerate(self.layers):
+            checkpoint.rebuildable(i, layer)
+        layers = [(type(layer), layer.config()) for layer in self.layers]
+        arrays = {name: a.copy() for name, a in (*self.named_parameters(), *self.named_buffers())}
+        return _unpickled, (type(self), layers, self.sources, self.input_shape, self.seed, arrays,
+                            {"backend": self.backend, "training": self.training, "_forwards": self._forwards})
+
     def __repr__(self):
         inner = ",\n    ".join(f"{i}: {layer!r} <- {', '.join('input' if s < 0 else str(s) for s in srcs)}"
                               for i, (layer, srcs) in enumerate(zip(self.layers, self.sources)))
@@ -304,6 +316,16 @@ class Sequential(Model):
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
         return f"Sequential([\n    {inner}\n], backend={self.backend!r})"
+
+
+def _unpickled(cls, layers, sources, input_shape, seed, arrays, state):
+    """The model ``Model.__reduce__`` describes."""
+    model = cls.__new__(cls)
+    model._setup([layer_cls(**config) for layer_cls, config in layers], sources, input_shape, seed, state["backend"])
+    for name, a in (*model.named_parameters(), *model.named_buffers()):
+        a[...] = arrays[name]
+    model.training, model._forwards = state["training"], state["_forwards"]
+    return model
 
 
 def checked(model):

@@ -1,12 +1,15 @@
 """Model files: save -> load gives the same model; a bad file gives a clear ModelFileError."""
 
+import copy
+import pickle
 import zipfile
 
 import numpy as np
 import pytest
 
 import fastcnn
-from fastcnn import SGD, ModelFileError
+from fakes import Scale
+from fastcnn import SGD, ModelFileError, UsageError
 from fastcnn.architectures import mnist_network
 
 
@@ -39,6 +42,45 @@ def test_save_load_gives_identical_predictions_and_optimizer(tmp_path):
     with zipfile.ZipFile(path) as z:  # nothing pickled: every member is a plain .npy array
         assert all(name.endswith(".npy") for name in z.namelist())
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_a_model_pickles_and_deep_copies_as_its_file_would_hold_it():
+    """pickle (how multiprocessing's "spawn" hands a model to its workers) and copy.deepcopy (a best
+    model kept while training goes on) rebuild a model as its file would: the same layers, weights,
+    BatchNorm statistics, predictions bit for bit, mode, backend and dropout's count; and a copy
+    trains on its own. A layer of one's own travels by its class (no need to register it); one that
+    its config() can't rebuild is refused up front, as by save."""
+    rng = np.random.default_rng(2)
+    images, labels = rng.random((8, 6, 6, 2), np.float32), rng.integers(0, 10, 8)
+    for backend in ("numba", "numpy"):
+        x = fastcnn.Input((6, 6, 2))
+        h = fastcnn.BatchNorm2D()(fastcnn.Conv2D(4, 3, padding=1)(x))
+        y = fastcnn.Add()([fastcnn.ReLU()(h), fastcnn.Conv2D(4, 1)(x)])
+        z = Scale(10)(fastcnn.Dense(10)(fastcnn.Dropout(0.3)(fastcnn.Flatten()(y))))
+        model = fastcnn.Model(x, z, seed=3, backend=backend)
+        opt = SGD(model, lr=0.1)
+        for _ in range(2):
+            model.train_step(images, labels)
+            opt.step()
+        for again in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+            assert type(again) is fastcnn.Model and repr(again) == repr(model)
+            assert again.training and again.backend == backend and again._forwards == model._forwards
+            assert np.array_equal(again.parameters, model.parameters)
+            assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(again.named_buffers(), model.named_buffers()))
+            assert np.array_equal(again.predict(images), model.predict(images))
+        before = model.parameters.copy()
+        SGD(again, lr=0.1)
+        again.train_step(images, labels)
+        assert np.array_equal(model.parameters, before) and not np.shares_memory(again.parameters, model.parameters)
+    chain = fastcnn.Sequential([fastcnn.Dense(3)], input_shape=(4,)).eval()
+    assert type(copy.deepcopy(chain)) is fastcnn.Sequential and not copy.deepcopy(chain).training
+
+    class Unbuildable(Scale):
+        def config(self):
+            return {}
+
+    with pytest.raises(UsageError, match=r"layer 1 Unbuildable.*could not rebuild it from config\(\) = \{\}"):
+        pickle.dumps(fastcnn.Sequential([fastcnn.Dense(3), Unbuildable(3)], input_shape=(4,)))
 
 
 def test_bad_files_give_clear_errors(tmp_path):
