@@ -89,8 +89,9 @@ def _rescue(path, arrays):
 
 
 def rebuildable(i, layer):
-    """A model file rebuilds each layer as ``type(layer)(**layer.config())``: refuse, before
-    writing, a layer of the user's own that can't be (no ``config()``, or not JSON)."""
+    """A model file (and a copy or a pickle: ``Model.__reduce__``) rebuilds each layer as
+    ``type(layer)(**layer.config())``: refuse, up front, a layer of the user's own that can't be
+    (no ``config()``, or not JSON)."""
     if type(layer).__module__ == Layer.__module__:
         return  # the built-in layers can
     config = layer.config()
@@ -98,5 +99,5 @@ def rebuildable(i, layer):
         json.dumps(config)
         type(layer)(**config)
     except (TypeError, ValueError) as e:
-        raise UsageError(f"layer {i} {layer!r}: a model file could not rebuild it from config() = {config!r} "
-                         f"({e}); a layer of your own returns its constructor's arguments from config()") from None
+        raise UsageError(f"layer {i} {layer!r}: a model file, a copy or a pickle could not rebuild it from config() = "
+                         f"{config!r} ({e}); a layer of your own returns its constructor's arguments from config()") from None
