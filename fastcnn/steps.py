@@ -518,8 +518,8 @@ class FlattenStep(Step):
 
 class Custom(Step):
     """A layer of the user's own (see ``Layer``): its ``forward`` and ``backward`` in NumPy, with
-    NumPy's BLAS on one thread (its threads, spinning after a product, would slow the kernels
-    after it down 2x). Its ``training`` attribute tells it the mode of each pass; its results are
+    NumPy's BLAS on one thread (its threads, spinning after a product, slowed the kernels after it
+    down 2-3x). Its ``training`` attribute tells it the mode of each pass; its results are
     checked every call, since the plan can't know them in advance."""
 
     def buffers(self, n, train):
@@ -531,7 +531,7 @@ class Custom(Step):
             return np.zeros((len(x), *self.out_shape), np.float32)
         layer = self.layers[0]
         layer.training = run.training
-        with numpy_blas_on_one_thread():  # the kernels' threads have the cores (see there)
+        with numpy_blas_on_one_thread():  # the kernels' threads have the cores: see there why
             y = layer.forward(x)
         return self._checked(y, (len(x), *self.out_shape), "forward", "output")
 

@@ -181,9 +181,10 @@ def numpy_blas_on_one_thread():
     After each call, OpenBLAS's threads wait for the next one spinning, about 0.1 s, on the cores
     the kernels' threads need: with a user's layer doing ``x @ w`` (64 x 6272 by 6272 x 128) between
     the compiled steps, a training step took 16.1 ms, and 5.7-5.8 with this hold (AVX2-only AMD
-    EPYC, 2 cores, 2026-12-07: ``benchmarks/numpy_beside.py``). The count set
-    before is restored afterwards. Only the main thread holds it: OpenBLAS ignores a count set
-    from another thread (NumPy's OpenBLAS 0.3.31), so there the block runs as it is.
+    EPYC, 2 cores, 2026-12-07: ``benchmarks/numpy_beside.py``). The count set before is restored
+    afterwards. Only the main thread holds it: OpenBLAS ignores a count set from another thread
+    than the one that loaded it (the OpenBLAS 0.3.30 and 0.3.31 of SciPy's and NumPy's wheels,
+    measured), and NumPy is loaded by the main thread; elsewhere the block runs as it is.
     """
     if threading.current_thread() is not threading.main_thread():
         yield

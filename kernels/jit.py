@@ -347,14 +347,20 @@ def runs_here():
 
 
 class _Forked:
-    from_openmp = False
+    from_openmp = False  # set in a forked copy whose parent's kernel threads had started
 
 
 def _gnu_openmp_started():
+    """Whether this process's kernel threads have started, on GNU OpenMP (Intel's and TBB survive a fork)."""
     if not getattr(numba_parallel, "_is_initialized", False) or numba.threading_layer() != "omp":
         return False
     from numba.np.ufunc import omppool
     return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
 
 
-os.register_at_fork(after_in_child=lambda: setattr(_Forked, "from_openmp", _Forked.from_openmp or _gnu_openmp_started()))
+def _after_fork_in_child():
+    _Forked.from_openmp = _Forked.from_openmp or _gnu_openmp_started()
+
+
+if hasattr(os, "register_at_fork"):  # (not on Windows, which has no fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
