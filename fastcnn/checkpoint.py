@@ -89,9 +89,9 @@ def _rescue(path, arrays):
 
 
 def rebuildable(i, layer):
-    """A model file (and a copy or a pickle: ``Model.__reduce__``) rebuilds each layer as
-    ``type(layer)(**layer.config())``: refuse, up front, a layer of the user's own that can't be
-    (no ``config()``, or not JSON)."""
+    """A model file (and a copy or a pickle: ``Model.__reduce__``, ``Layer.__reduce__``) rebuilds
+    each layer as ``type(layer)(**layer.config())``: refuse, up front, a layer of the user's own
+    that can't be (no ``config()``, or not JSON). ``i``: its place in the model, or None."""
     if type(layer).__module__ == Layer.__module__:
         return  # the built-in layers can
     config = layer.config()
@@ -99,5 +99,6 @@ def rebuildable(i, layer):
         json.dumps(config)
         type(layer)(**config)
     except (TypeError, ValueError) as e:
-        raise UsageError(f"layer {i} {layer!r}: a model file, a copy or a pickle could not rebuild it from config() = "
+        where = f"layer {i} {layer!r}" if i is not None else repr(layer)
+        raise UsageError(f"{where}: a model file, a copy or a pickle could not rebuild it from config() = "
                          f"{config!r} ({e}); a layer of your own returns its constructor's arguments from config()") from None

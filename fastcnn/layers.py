@@ -141,6 +141,26 @@ class Layer:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if v is not None)
         return f"{type(self).__name__}({args})"
 
+    def __reduce__(self):
+        """Copied (``copy.deepcopy``) and pickled as a model file holds a layer: its class and
+        ``config()``, copies of its parameters and buffers, and its mode and dropout's seed and
+        count; a layer alone, outside the model it may belong to (``Model.__reduce__`` copies a
+        whole model). Nothing kept for a ``backward``: a copy runs ``forward`` first."""
+        from . import checkpoint  # (it imports this module)
+        checkpoint.rebuildable(None, self)
+        state = {name: getattr(self, name) for name in ("training", "seed", "_calls") if name in vars(self)}
+        return _unpickled, (type(self), self.config(), {n: p.copy() for n, p in self.params.items()},
+                            {n: b.copy() for n, b in self.buffers.items()}, state)
+
+
+def _unpickled(cls, config, params, buffers, state):
+    """The layer ``Layer.__reduce__`` describes."""
+    layer = cls(**config)
+    layer.params, layer.buffers = params, buffers
+    layer.grads = _Gradients(layer)
+    vars(layer).update(state)
+    return layer
+
 
 class _Gradients(dict):
     """``layer.grads``: a parameter's gradient, zeros shaped as the parameter, is made the first

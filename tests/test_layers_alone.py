@@ -9,6 +9,8 @@ alone on the compiled kernels agrees with it alone on the NumPy reference (forwa
 get a clear error.
 """
 
+import copy
+import pickle
 import threading
 
 import numpy as np
@@ -180,6 +182,36 @@ def test_a_layer_of_your_own_runs_with_numpy_blas_on_one_thread():
         assert seen[2:] == [3, 3] and lib.num_threads == 3
     finally:
         lib.set_num_threads(before)
+
+
+def test_a_layer_alone_copies_and_pickles_with_its_weights_and_state():
+    """copy.deepcopy and pickle of a layer (a model's included): its class and config(), its own
+    copies of the parameters and buffers, its mode, and dropout's seed and count, so the copy's next
+    mask is the original's next; a layer of one's own that config() can't rebuild is refused."""
+    model = Sequential(original_layers(), input_shape=(28, 28, 1))
+    x = np.random.default_rng(4).random((2, 28, 28, 1), np.float32)
+    for again in (copy.deepcopy(model.layers[0]), pickle.loads(pickle.dumps(model.layers[0]))):
+        assert repr(again) == repr(model.layers[0]) and not np.shares_memory(again.params["weight"], model.parameters)
+        assert np.array_equal(again.params["weight"], model.layers[0].params["weight"])
+        assert np.array_equal(again.forward(x), model.layers[0].forward(x))
+    bn = BatchNorm2D(3)
+    bn.buffers["running_mean"][...] = 2.0
+    bn.training = False
+    again = pickle.loads(pickle.dumps(bn))
+    assert not again.training and np.array_equal(again.buffers["running_mean"], [2.0, 2.0, 2.0])
+    drop, ones = Dropout(0.5), np.ones((4, 16), np.float32)
+    drop.seed = 7
+    drop.forward(ones)
+    twin = copy.deepcopy(drop)
+    assert np.array_equal(twin.forward(ones), drop.forward(ones))
+    assert np.array_equal(copy.deepcopy(Scale(3)).params["a"], [1.5, 1.5, 1.5])
+
+    class Unbuildable(Scale):
+        def config(self):
+            return {}
+
+    with pytest.raises(UsageError, match=r"^Unbuildable\(\): a model file, a copy or a pickle could not rebuild"):
+        copy.deepcopy(Unbuildable(3))
 
 
 def test_the_usual_mistakes_of_a_layer_of_your_own():
