@@ -68,6 +68,9 @@ _PROBE_SECONDS = 1.0
 _FIRST_COMPILE = 1.37
 # Processes compiling at once, this one included (default: the kernels' thread count).
 PROCESSES_ENV = "FASTCNN_COMPILE_PROCESSES"
+# How long a process waits for another that is compiling the same kernel into the same cache
+# (seconds; the costliest kernel takes about 7 s of CPU here), before compiling it too.
+_WAIT_FOR_OTHERS = 60.0
 
 
 # The batch sizes passes are rehearsed at: training's usual one, and prediction's one picture and
@@ -359,18 +362,45 @@ def _processes_setting():
 
 
 def _compile_here(kernel, signatures, announced=True):
-    """Compile ``kernel`` for ``signatures`` in this process; ``announced``: said already, so
-    the listener doesn't."""
+    """Compile ``kernel`` for ``signatures`` in this process (or load it, if another process
+    compiled it meanwhile: ``_claimed``); ``announced``: said already, so the listener doesn't."""
     dispatcher = jit.KERNELS[kernel]
     _ANNOUNCED.on = announced
     try:
-        for signature in signatures:
-            try:
-                dispatcher.compile(signature)
-            except Exception:  # noqa: BLE001 - see compile_jobs: the real call reports it
-                pass
+        with _claimed(kernel):
+            for signature in signatures:
+                try:
+                    dispatcher.compile(signature)  # (from the cache, where it is there now)
+                except Exception:  # noqa: BLE001 - see compile_jobs: the real call reports it
+                    pass
     finally:
         _ANNOUNCED.on = False
+
+
+@contextlib.contextmanager
+def _claimed(kernel):
+    """``kernel`` claimed in the cache's folder for as long as the block runs (a lock file): where
+    processes compile into one cache at once (two first runs, MPI's ranks, test workers), the
+    others wait for the one compiling it, then load it instead of compiling it too. After
+    ``_WAIT_FOR_OTHERS`` seconds they compile it anyway (the one holding it may be stopped). A
+    kernel compiled on its first call, that nobody prepared, is not claimed."""
+    try:
+        import fcntl
+        claim = open(jit.cache_dir() / f"{kernel}.lock", "a")
+    except (ImportError, OSError):  # no fcntl (Windows), or a cache that can't be written: nothing shared
+        yield
+        return
+    with claim:  # (closing it lets go)
+        deadline = time.monotonic() + _WAIT_FOR_OTHERS
+        while True:
+            try:
+                fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+        yield
 
 
 def _helpers_worth(costs, processes, start):

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -581,3 +582,56 @@ def test_the_first_kernel_that_times_a_new_cpu_takes_a_second_or_more_where_one_
     assert queue.take_probe(estimate) == "middle"
     queue = compiling._Queue(["a", "b"])
     assert queue.take_probe({"a": 0.5, "b": 0.2}) == "a"  # none does: the costliest
+
+
+# A small model's first training step (at batch 64: each kernel it runs is prepared), one process
+# compiling (no helpers); how many of the kernels this process compiled, and how many it loaded.
+FIRST_STEP = """
+    import json, numpy as np, fastcnn
+    from fastcnn.kernels import jit
+    model = fastcnn.Sequential([fastcnn.Dense(16), fastcnn.ReLU(), fastcnn.Dense(3)], input_shape=(5,))
+    model.train_step(np.ones((64, 5), np.float32), np.zeros(64, np.int64))
+    stats = [d.stats for d in jit.KERNELS.values()]
+    print(json.dumps({"compiled": sum(sum(s.cache_misses.values()) for s in stats),
+                      "loaded": sum(sum(s.cache_hits.values()) for s in stats)}))
+"""
+
+
+def test_processes_compiling_into_one_cache_at_once_compile_each_kernel_once(tmp_path):
+    """Two first runs at once on an empty cache (two terminals, MPI's ranks, test workers): each
+    kernel is compiled by one of them and loaded by the other, not compiled twice."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTCNN_CACHE", "NUMBA_C"))}
+    env.update(FASTCNN_CACHE_DIR=str(tmp_path), FASTCNN_COMPILE_PROCESSES="1")
+    runs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(FIRST_STEP)], env=env, cwd="/",
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [json.loads(run.communicate(timeout=300)[0]) for run in runs]
+    compiled, loaded = sum(o["compiled"] for o in outs), sum(o["loaded"] for o in outs)
+    assert compiled >= 3 and loaded == compiled, outs
+
+
+def test_a_kernel_claimed_by_another_process_is_waited_for_then_taken_anyway(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTCNN_CACHE_DIR", str(tmp_path))
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        from fastcnn import compiling
+        with compiling._claimed("dense._dense_forward"):
+            print("held", flush=True)
+            time.sleep(float(sys.argv[1]))
+    """), "1.0"], stdout=subprocess.PIPE, text=True, cwd="/")
+    assert holder.stdout.readline() == "held\n"
+    started = time.monotonic()
+    with compiling._claimed("dense._dense_forward"):  # waits for the other to let go
+        waited = time.monotonic() - started
+    holder.wait(60)
+    assert 0.5 < waited < 30
+    holder = subprocess.Popen(holder.args[:-1] + ["30"], stdout=subprocess.PIPE, text=True, cwd="/")
+    assert holder.stdout.readline() == "held\n"
+    monkeypatch.setattr(compiling, "_WAIT_FOR_OTHERS", 0.3)
+    started = time.monotonic()
+    try:
+        with compiling._claimed("dense._dense_forward"):  # the other may be stopped: not for ever
+            waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait(60)
+    assert 0.3 <= waited < 5
