@@ -396,10 +396,12 @@ def _claimed(kernel):
             try:
                 fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except BlockingIOError:  # another process holds it
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.02)
+            except OSError:  # a file system without locks (some network ones): nothing shared
+                break
         yield
 
 
