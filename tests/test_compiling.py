@@ -635,3 +635,16 @@ def test_a_kernel_claimed_by_another_process_is_waited_for_then_taken_anyway(tmp
         holder.kill()
         holder.wait(60)
     assert 0.3 <= waited < 5
+
+
+def test_a_probe_kernel_another_process_compiled_does_not_time_this_machine(tmp_path, monkeypatch):
+    """On a CPU with nothing recorded, the first kernel compiled times the machine for the estimate;
+    one that was loaded instead (another process compiled it meanwhile) took no time to compile,
+    and the estimate stays the reference machine's, not zero."""
+    monkeypatch.setenv("FASTCNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compiling, "_compile_here", lambda kernel, signatures, announced=True: None)  # all loaded
+    seen = []
+    monkeypatch.setattr(compiling._Progress, "begin", lambda self, estimate, wall, processes: seen.append(estimate))
+    kernels = ["dense._dense_backward", "dense._dense_forward", "loss._softmax"]
+    compiling.compile_jobs([compiling.Job(k, ("a signature",)) for k in kernels], processes=1, say=False)
+    assert seen == [{k: pytest.approx(compiling.REFERENCE_SECONDS[k]) for k in kernels}]
