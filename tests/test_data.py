@@ -190,6 +190,8 @@ def test_load_dataset_pixels_are_the_files_uint8_and_train_to_the_same_weights(t
     images, labels = make_fake_dataset(tmp_path, fake_checksums, n=40)
     raw, y = data.load_dataset("mnist", "train", data_dir=tmp_path, download=False, pixels=True)
     assert raw.dtype == np.uint8 and raw.shape == (40, 28, 28, 1) and not raw.flags.writeable
+    with pytest.raises(ValueError):  # the file's bytes as they are (no copy), and they stay read-only
+        raw.flags.writeable = True
     np.testing.assert_array_equal(raw[..., 0], images)
     x, _ = data.load_dataset("mnist", "train", data_dir=tmp_path, download=False)
     weights = []
