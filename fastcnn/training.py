@@ -108,6 +108,14 @@ def fresh_state():
 EVALUATION_BATCH = 256
 
 
+def training_batches(n, batch_size, world):
+    """The rows this process's training steps run at, an epoch of ``n`` images in batches of
+    ``batch_size``: its part of a whole batch and of the last one (a last batch of 8 rows or fewer
+    takes a dense layer's few-rows kernel, which would otherwise compile at the end of the first epoch)."""
+    sizes = (min(batch_size, n), n % batch_size)
+    return tuple(sorted({len(world.slice(np.arange(size))[1]) for size in sizes if size}))
+
+
 def evaluation_batches(sets):
     """The batch sizes ``loss_and_accuracy`` predicts ``sets`` ((x, y) or (x, y, rows) each) at:
     the kernels that fit prepares for its evaluation (one image of the deep network's dense
@@ -308,7 +316,7 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     plan = model.plan(shape)  # the data were checked above: the plan runs them as they are
     evaluated = [s for s in (val, data.test) if s is not None]  # then evaluation's kernels too, before the first step
     compiling.prepare(plan, (True, False) if evaluated else (True,), optimizer, say=world.is_root, augment=augment,
-                      batches={False: evaluation_batches(evaluated)})
+                      batches={True: training_batches(n, batch_size, world), False: evaluation_batches(evaluated)})
     take = row_reader(x_train)  # a memory-mapped image folder: rows read from its file
     trained = False
     with _stop_on_signals() as caught:

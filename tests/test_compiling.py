@@ -237,7 +237,7 @@ def test_the_rehearsal_finds_every_kernel_a_pass_calls():
     assert out["missed"] == [] and out["extra"] == [] and out["n"] >= 15
 
 
-def test_fit_prepares_the_batch_sizes_its_evaluation_runs_at():
+def test_fit_prepares_the_batch_sizes_its_training_and_evaluation_run_at():
     # Evaluating 256 images at a time never takes the dense layer's few-rows kernel (one image):
     # fit rehearses its evaluation at the sizes it will run, not at predict's one image.
     # (The few-rows kernel is stood in for: the rehearsal notes only the calls that would compile,
@@ -261,7 +261,13 @@ def test_fit_prepares_the_batch_sizes_its_evaluation_runs_at():
         patch.setattr(compiling, "prepare", lambda plan, modes, *args, **kwargs: asked.append((modes, kwargs)))
         model = ARCHITECTURES["original"].build((28, 28, 1), 10, 0)
         fastcnn.fit(model, fastcnn.SGD(model, 0.01), bars(64, 0), test=bars(300, 1), validation_split=0, progress=False)
-    assert asked[0][0] == (True, False) and asked[0][1]["batches"] == {False: (44, 256)}
+    assert asked[0][0] == (True, False) and asked[0][1]["batches"] == {True: (64,), False: (44, 256)}
+    asked.clear()
+    with pytest.MonkeyPatch.context() as patch:  # training's last batch: 70 = 2 x 32 + 6 rows
+        patch.setattr(compiling, "prepare", lambda plan, modes, *args, **kwargs: asked.append((modes, kwargs)))
+        model = ARCHITECTURES["original"].build((28, 28, 1), 10, 0)
+        fastcnn.fit(model, fastcnn.SGD(model, 0.01), bars(70, 0), batch_size=32, validation_split=0, progress=False)
+    assert asked[0][0] == (True,) and asked[0][1]["batches"][True] == (6, 32)
 
 
 def test_a_kernel_that_refuses_the_rehearsals_unset_values_does_not_fail_the_pass(monkeypatch):
