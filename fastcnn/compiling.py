@@ -224,10 +224,11 @@ def compile_jobs(jobs, processes=None, say=True):
         if probe is not None:
             ordered.remove(probe)
             progress.finished.append(probe)
-            compiled = _misses(probe)
+            before = _LISTENER.seconds_of(probe)
             _compile_here(probe, groups[probe])
-            if _misses(probe) > compiled:  # compiled here: not loaded, another process having compiled it
-                estimate = times.estimates(groups, measured=(probe, _LISTENER.seconds_of(probe) / _FIRST_COMPILE))
+            seconds = _LISTENER.seconds_of(probe) - before
+            if seconds > 0:  # compiled here: not loaded, another process having compiled it
+                estimate = times.estimates(groups, measured=(probe, seconds / _FIRST_COMPILE))
     wall = _makespan([estimate[k] for k in ordered], len(pool) + 1, start) + (time.perf_counter() - started)
     progress.begin(estimate, wall, len(pool) + 1)
     for _ in range(2):  # the second time: what a helper that failed left
@@ -377,11 +378,6 @@ def _compile_here(kernel, signatures, announced=True):
                     pass
     finally:
         _ANNOUNCED.on = False
-
-
-def _misses(kernel):
-    """How many of ``kernel``'s signatures this process compiled, not finding them in the cache."""
-    return sum(jit.KERNELS[kernel].stats.cache_misses.values())
 
 
 @contextlib.contextmanager
