@@ -197,6 +197,36 @@ def test_dense_with_a_scale_matches_reference(n, i, o, assert_close):
         assert np.array_equal(plain, ones)
 
 
+
+@pytest.mark.parametrize("n,i,o,needed", [(1, 6272, 128, 0.33), (1, 33, 17, 0.2), (1, 600, 7, 0.55), (3, 600, 7, 0.3),
+                                          (8, 1031, 19, 0.1), (1, 64, 5, 0.0), (2, 9, 3, 1.0)])
+def test_dense_of_a_few_rows_skips_the_rows_of_w_that_only_zeros_meet(n, i, o, needed, assert_close):
+    """Inputs after a ReLU are mostly zeros: up to 8 rows, a row of w whose inputs are all zero
+    is not read (one row, mostly nonzero, goes to BLAS's GEMV). The sums match the reference;
+    that the rows are skipped shows where w holds an Inf that only zeros meet: no NaN comes of it."""
+    rng = np.random.default_rng(i + o + n)
+    needs = rng.random(i) < needed  # the input features that some row of x has nonzero
+    meets = rng.random((n, i)) < 0.7
+    meets[0] = True
+    x = rand(rng, n, i) * (needs & meets)
+    w, b = rand(rng, i, o), rand(rng, o)
+    want = {}
+    for relu in (False, True):
+        got, want[relu] = np.empty((n, o), np.float32), np.empty((n, o), np.float32)
+        K.dense_forward_into(got, x, w, b, relu)
+        R.dense_forward_into(want[relu], x, w, b, relu)
+        assert_close(f"dense_forward_into(relu={relu}, zeros)", got, want[relu], FWD)
+    if needed < 0.5 and not needs.all():
+        inf = w.copy()
+        inf[np.argmin(needs)] = np.inf
+        K.dense_forward_into(got, x, inf, b, False)
+        assert np.isfinite(got).all()
+        assert_close("dense_forward_into(zeros meet an Inf)", got, want[False], FWD)
+    x[0, 0] = np.nan  # a NaN is not a zero: it is read, and spreads to its row's outputs
+    K.dense_forward_into(got, x, w, b, False)
+    assert np.isnan(got[0]).all() and not np.isnan(got[1:]).any()
+
+
 def test_relu_matches_reference(assert_close):
     rng = np.random.default_rng(1)
     x = rand(rng, 3, 5, 7, 2)
