@@ -64,11 +64,11 @@ def train(layers, x, y, epochs=5, batch_size=64, lr=0.01, momentum=0.9, decay=1e
 
 def accuracy(layers, x, y, batch_size=1000):
     for layer in layers:
-        layer.training = False  # no backward to come: nothing is kept
+        layer.eval()  # no backward to come: nothing is kept
     hits = sum(int((forward(layers, x[i:i + batch_size]).argmax(axis=1) == y[i:i + batch_size]).sum())
                for i in range(0, len(x), batch_size))
     for layer in layers:
-        layer.training = True
+        layer.train()
     return hits / len(x)
 
 

@@ -15,6 +15,8 @@ Parameters live in ``layer.params[name]`` and their gradients in ``layer.grads[n
 gives the shape of one example out of the layer for one example in, and checks that it fits.
 """
 
+import math
+
 import numpy as np
 
 from . import backends, graph, steps
@@ -70,6 +72,10 @@ class Layer:
             shapes = walk([self], x.shape[1:], infer=True)
         step = self.step([self], shapes, 0)
         n = len(x[0]) if self.arity is None else len(x)
+        values, _ = fewest_batchnorm_values([self], shapes)
+        problem = self.training and one_value_per_channel(n, values, self, None)
+        if problem:
+            raise ShapeError(f"x: {problem}; give it 2 or more, or evaluate (layer.eval())")
         ws = {name: np.empty(shape, dtype) for name, (shape, dtype) in step.buffers(n, self.training).items()}
         self._calls = getattr(self, "_calls", 0) + 1  # a new dropout mask each call
         k = backends.get(backend)
@@ -77,6 +83,18 @@ class Layer:
         y = step.forward(k, x, ws, steps.Run(self.training, self.seed, self._calls))
         self._pass = (step, ws, n, k) if self.training else None
         return y
+
+    def train(self):
+        """Training mode for this layer's own ``forward`` (batch statistics, dropout), the default.
+        Returns the layer. In a model, the model's mode is what its passes run in (``model.eval()``)."""
+        self.training = True
+        return self
+
+    def eval(self):
+        """Evaluation mode for this layer's own ``forward``: BatchNorm's running statistics, no
+        dropout, nothing kept for ``backward``. Returns the layer."""
+        self.training = False
+        return self
 
     def backward(self, dy):
         """The input gradient for ``dy``, the gradient of the output of the last ``forward``
@@ -86,7 +104,7 @@ class Layer:
                                       f"forward(x) and backward(dy)")
         if getattr(self, "_pass", None) is None:
             raise UsageError(f"{type(self).__name__}.backward: call forward(x) first, in training mode "
-                             f"(layer.training = True)")
+                             f"(layer.train(), the default)")
         step, ws, n, k = self._pass
         dy = checks.array("dy", dy, 1 + len(step.out_shape), np.float32)
         checks.same_shape("dy", dy, (n, *step.out_shape), "the last forward output's shape")
@@ -454,6 +472,27 @@ class BatchNorm2D(Layer):
         eps = bias.dtype.type(self.eps)
         s = self.params["weight"] / np.sqrt(self.buffers["running_var"].astype(bias.dtype) + eps)
         return s, (bias - self.buffers["running_mean"]) * s + self.params["bias"]
+
+
+def fewest_batchnorm_values(layers, shapes):
+    """(values, i): the fewest values per channel that a BatchNorm among ``layers`` normalises over,
+    for one example (H * W of its images; 1 for a BatchNorm1D), and its position; (None, None) if none.
+    ``shapes`` as ``walk`` gives them (a BatchNorm's output shape is its input's)."""
+    found = [(math.prod(shapes[i + 1][:-1]), i) for i, layer in enumerate(layers) if isinstance(layer, BatchNorm2D)]
+    return min(found, default=(None, None))
+
+
+def one_value_per_channel(n, values, layer, i):
+    """What is wrong with a training pass of ``n`` examples where ``layer`` (at position ``i``)
+    normalises over ``values`` per example and channel, or None: with one value, the batch's mean
+    is that value and its variance 0, so the output is the shift alone, no gradient flows back
+    through it, and the running variance is pulled toward 0 (PyTorch refuses it too)."""
+    if values is None or n * values > 1:
+        return None
+    where = f"layer {i} {type(layer).__name__}" if i is not None else type(layer).__name__
+    return (f"{where} would normalise one value per channel in training (a batch of 1"
+            f"{'' if layer.dims == 1 else ' on 1x1 maps'}): its output would be its shift alone and its "
+            f"running variance pulled toward 0")
 
 
 class BatchNorm1D(BatchNorm2D):

@@ -202,6 +202,7 @@ class Model:
         if not self.training:
             self._pending = None
             return plan.forward(x, plan.workspace(len(x), train=False), EVALUATION).copy()
+        _check_training_batch(plan, len(x))
         self._prepare_training(plan)
         ws = plan.workspace(len(x), train=True)
         logits = plan.forward(x, ws, Run(True, self.seed, self._forwards))
@@ -234,6 +235,7 @@ class Model:
         x = validate.input_batch(x)
         plan = plan_for(self, x.shape[1:], "x")
         labels = checks.labels("labels", labels, len(x), plan.output_shape[0])
+        _check_training_batch(plan, len(x))
         self._pending = None
         if step is None:
             step, self._forwards = self._forwards, self._forwards + 1
@@ -334,6 +336,12 @@ def checked(model):
         raise ShapeError(f"model: expected a fastcnn model, a Sequential or a Model (fastcnn.load reads a model "
                          f"file), got {type(model).__name__}")
     return model
+
+
+def _check_training_batch(plan, n):
+    problem = plan.training_batch_problem(n)
+    if problem:
+        raise ShapeError(f"x: {problem}; train on batches of 2 or more, or evaluate (model.eval())")
 
 
 def plan_for(model, example_shape, name):

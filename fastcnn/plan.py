@@ -32,7 +32,8 @@ import numpy as np
 
 from . import backends, compiling
 from .errors import FastCNNError, ShapeError
-from .layers import Add, BatchNorm1D, BatchNorm2D, Conv2D, Dense, MaxPool2D, ReLU, walk
+from .layers import (Add, BatchNorm1D, BatchNorm2D, Conv2D, Dense, MaxPool2D, ReLU, fewest_batchnorm_values,
+                     one_value_per_channel, walk)
 from .steps import (EVALUATION, AddRelu, BatchNormRelu, ConvBatchNorm, ConvBatchNormRelu, ConvBatchNormReluPool,
                     ConvReluPool, DenseRelu, FoldedConv, FoldedConvRelu, FoldedConvReluPool, FoldedDense, FoldedDenseRelu, ReluPool,
                     Run)
@@ -170,9 +171,16 @@ class Plan:
         self._summed = [n > 1 for n in readers]
         self.example_shape, self.output_shape = shapes[0], shapes[-1]
         self.layers = list(layers)
+        self._fewest_batchnorm = fewest_batchnorm_values(layers, shapes)
         self._train = {}
         self._infer = threading.local()  # each thread predicts in workspaces of its own
         self.prepared = set()  # the modes (training: True) whose kernels compiling.prepare has seen to
+
+    def training_batch_problem(self, n):
+        """Why a training pass of ``n`` examples would go wrong (a BatchNorm given one value per
+        channel), or None."""
+        values, i = self._fewest_batchnorm
+        return one_value_per_channel(n, values, self.layers[i] if i is not None else None, i)
 
     def workspace(self, n, train):
         """The buffers of every step for a batch of ``n``, made on first use and then reused; a

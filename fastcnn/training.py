@@ -116,6 +116,27 @@ def training_batches(n, batch_size, world):
     return tuple(sorted({len(world.slice(np.arange(size))[1]) for size in sizes if size}))
 
 
+def _smallest_part(n, batch_size, world):
+    """The fewest rows any process trains on in an epoch of ``n`` images in batches of ``batch_size``."""
+    return min(size // world.size for size in (min(batch_size, n), n % batch_size) if size)
+
+
+def _check_batchnorm_batches(plan, n, batch_size, world):
+    """Refuse, before the first step and in every process alike, a batch that would leave some
+    process one value per channel for a BatchNorm, naming batch sizes near ``batch_size`` that don't."""
+    problem = plan.training_batch_problem(_smallest_part(n, batch_size, world))
+    if problem and n < 2 * world.size:
+        among = f" among {world.size} processes" if world.size > 1 else ""
+        raise ShapeError(f"train: {n} image{'s' if n > 1 else ''} to train on{among}; {problem}; train on more")
+    if problem:
+        near = [b for b in sorted(range(2, 2 * batch_size + 3), key=lambda b: (abs(b - batch_size), b))
+                if b <= n and not plan.training_batch_problem(_smallest_part(n, b, world))][:2]
+        part = f"{world.size} processes' parts of " if world.size > 1 else ""
+        raise ShapeError(f"batch_size: {n:,} images in batches of {batch_size} leave a training pass of 1 image "
+                         f"(in {part}the last batch); {problem}; choose a batch size that leaves none"
+                         + (f", e.g. {' or '.join(map(str, near))}" if near else ""))
+
+
 def evaluation_batches(sets):
     """The batch sizes ``loss_and_accuracy`` predicts ``sets`` ((x, y) or (x, y, rows) each) at:
     the kernels that fit prepares for its evaluation (one image of the deep network's dense
@@ -288,6 +309,7 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     watch = Divergence(divergence)
     world = distributed.world()  # data parallel under mpiexec; one process: does nothing
     world.check_batches(n, batch_size)
+    _check_batchnorm_batches(model.plan(x_train.shape[1:]), n, batch_size, world)
     for a in (model.parameters, *optimizer.state.values(), *(b for _, b in model.named_buffers())):
         world.broadcast(a)  # every process starts from rank 0's weights, optimizer state and statistics
     out, progress = (out, progress) if world.is_root else (None, False)  # only rank 0 saves and shows

@@ -86,11 +86,14 @@ def test_evaluation_mode_and_dropout_on_their_own():
     drop = Dropout(0.5)
     first, second = drop.forward(x).copy(), drop.forward(x)
     assert set(np.unique(first)) == {0.0, 2.0} and not np.array_equal(first, second)  # a new mask each call
-    drop.training = False
+    assert drop.eval() is drop and not drop.training  # as a model's: the layer, for chaining
     assert np.array_equal(drop.forward(x), x)
-    bn = BatchNorm1D(50)
-    bn.training = False  # the running statistics (0 and 1): the identity, give or take eps
+    assert drop.train() is drop and set(np.unique(drop.forward(x))) == {0.0, 2.0}
+    bn = BatchNorm1D(50).eval()  # the running statistics (0 and 1): the identity, give or take eps
     np.testing.assert_allclose(bn.forward(x), x / np.sqrt(1 + 1e-5), rtol=1e-6)
+    with pytest.raises(UsageError, match=r"in training mode \(layer.train\(\)"):
+        bn.backward(x)
+    assert np.allclose(bn.train().forward(x * np.arange(4)[:, None]).mean(axis=0), 0, atol=1e-6)  # the batch's
 
 
 def test_mistakes_get_clear_errors():
@@ -100,8 +103,7 @@ def test_mistakes_get_clear_errors():
     relu.forward(np.ones((2, 3), np.float32))
     with pytest.raises(ShapeError, match=r"dy: .*\(2, 3\)"):
         relu.backward(np.ones((3, 3), np.float32))
-    relu.training = False
-    relu.forward(np.ones((2, 3), np.float32))
+    relu.eval().forward(np.ones((2, 3), np.float32))
     with pytest.raises(UsageError, match="in training mode"):
         relu.backward(np.ones((2, 3), np.float32))
     with pytest.raises(ShapeError, match=r"x: expected a batch \(N, \.\.\.\)"):

@@ -235,3 +235,42 @@ def test_images_of_another_size_are_named_with_the_size_the_model_was_made_for()
     with pytest.raises(ShapeError, match=r"x: images of shape \(9, 9, 2\) do not fit the model: layer 0 Conv2D"):
         model.train_step(np.zeros((2, 9, 9, 2), np.float32), np.zeros(2, np.int64))
     assert model.predict(np.zeros((2, 9, 9, 1), np.float32)).shape == (2, 3)
+
+
+def test_a_batchnorm_given_one_value_per_channel_to_train_on_is_refused_up_front():
+    # One value per channel (a batch of 1 into a BatchNorm1D, or onto 1x1 maps) normalises to the
+    # shift alone and pulls the running variance toward 0: a silent harm PyTorch refuses too.
+    from types import SimpleNamespace
+
+    from fastcnn import BatchNorm1D, BatchNorm2D, GlobalAvgPool2D, fit
+    from fastcnn.training import _check_batchnorm_batches
+    rng = np.random.default_rng(0)
+    x, y = rng.random((65, 4, 4, 1), np.float32), rng.integers(0, 3, 65)
+    model = Sequential([Flatten(), Dense(16), BatchNorm1D(), ReLU(), Dense(3)], input_shape=(4, 4, 1))
+    one = "layer 2 BatchNorm1D would normalise one value per channel in training"
+    for call in (lambda: model.train_step(x[:1], y[:1]), lambda: model.forward(x[:1])):
+        with pytest.raises(ShapeError, match=rf"x: {one} \(a batch of 1\).*model.eval\(\)"):
+            call()
+    model.train_step(x[:2], y[:2])
+    assert model.eval().forward(x[:1]).shape == (1, 3) and model.predict(x[:1]).shape == (1, 3)
+    before = model.parameters.copy(), model.layers[2].buffers["running_var"].copy()
+    with pytest.raises(ShapeError, match=rf"batch_size: 65 images in batches of 64 leave .*{one}.*e\.g\. 63 or 65"):
+        fit(model.train(), SGD(model, 0.01), (x, y), progress=False, validation_split=0)
+    with pytest.raises(ShapeError, match=rf"train: 1 image to train on; {one}"):
+        fit(model, SGD(model, 0.01), (x[:1], y[:1]), progress=False, validation_split=0)
+    assert np.array_equal(model.parameters, before[0]) and np.array_equal(model.layers[2].buffers["running_var"], before[1])
+    fit(model, SGD(model, 0.01), (x, y), batch_size=63, progress=False, validation_split=0)
+    # Under MPI, every process checks the smallest part of any batch: the same answer in all of them.
+    with pytest.raises(ShapeError, match=r"leave .* \(in 2 processes' parts of the last batch\)"):
+        _check_batchnorm_batches(model.plan((4, 4, 1)), 67, 64, SimpleNamespace(size=2))
+    _check_batchnorm_batches(model.plan((4, 4, 1)), 68, 64, SimpleNamespace(size=2))
+
+    maps = lambda h: Sequential([Conv2D(4, 3, padding=1), BatchNorm2D(), ReLU(), GlobalAvgPool2D(), Dense(3)],
+                                input_shape=(h, 1, 1))
+    with pytest.raises(ShapeError, match=r"layer 1 BatchNorm2D .* \(a batch of 1 on 1x1 maps\)"):
+        maps(1).train_step(x[:1, :1, :1], y[:1])
+    maps(2).train_step(x[:1, :2, :1], y[:1])  # two values per channel: a batch of one image of 2x1
+    bn = BatchNorm1D(3)
+    with pytest.raises(ShapeError, match=r"x: BatchNorm1D would normalise one value .*layer.eval\(\)"):
+        bn.forward(np.ones((1, 3), np.float32))
+    assert np.allclose(bn.eval().forward(np.ones((1, 3), np.float32)), 1 / np.sqrt(1 + 1e-5))
