@@ -352,7 +352,19 @@ def plan_for(model, example_shape, name):
     except ShapeError as e:
         made_for = model.input_shape not in (None, tuple(example_shape))
         raise ShapeError(f"{name}: images of shape {tuple(example_shape)} do not fit the model: {e}"
-                         + (f" (it was made for {model.input_shape})" if made_for else "")) from None
+                         + (f" (it was made for {model.input_shape}){_layout_hint(tuple(example_shape), model.input_shape)}"
+                            if made_for else "")) from None
+
+
+def _layout_hint(got, made_for):
+    """What to do with examples of shape ``got`` that are the model's ``made_for`` laid out another way."""
+    if len(got) == len(made_for) == 3 and got == (made_for[2], *made_for[:2]):
+        return "; channels first? fastcnn's images are (H, W, C): x.transpose(0, 2, 3, 1)"
+    if got == made_for[1:]:
+        return "; one image? predict a batch of one: x[None]"
+    if got == made_for[:-1]:
+        return "; add the channel axis: x[..., None]"
+    return ""
 
 
 def classes_scored(model, example_shape, name):

@@ -83,14 +83,17 @@ def labels(name, y, n, classes):
     if not isinstance(y, np.ndarray):
         raise ShapeError(f"{name}: expected a NumPy array of integer labels, got {type(y).__name__}")
     if y.shape != (n,):
-        raise ShapeError(f"{name}: expected shape ({n},), one label per image, got {y.shape}")
+        raise ShapeError(f"{name}: expected shape ({n},), one label per image, got {y.shape}"
+                         f"{checks.label_shape_hint(y, n)}")
     if y.dtype.kind not in "iu":
         hint = "; convert them: y.astype(int)" if y.dtype.kind == "f" else ""
         raise ShapeError(f"{name}: expected integer class labels, got dtype {y.dtype}{hint}")
     bad = (y < 0) | (y >= classes)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ShapeError(f"{name}: label {y[i]} at index {i} is outside 0..{classes - 1}, the model's classes")
+        counted_from_1 = "; counted from 1? pass y - 1" if y.min() == 1 and y.max() == classes else ""
+        raise ShapeError(f"{name}: label {y[i]} at index {i} is outside 0..{classes - 1}, the model's classes"
+                         f"{counted_from_1}")
     return y.astype(np.int64, copy=False)
 
 

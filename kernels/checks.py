@@ -23,12 +23,21 @@ def array(name, a, ndim, dtype=None):
     return a
 
 
+def label_shape_hint(y, n):
+    """What to do with labels of the wrong shape that a user meant as (n,): one-hot rows, a column."""
+    if y.ndim == 2 and len(y) == n and y.shape[1] == 1:
+        return "; a column of labels? pass y.ravel()"
+    if y.ndim == 2 and len(y) == n:
+        return "; one-hot rows? pass the class numbers: y.argmax(axis=1)"
+    return ""
+
+
 def labels(name, y, n, classes):
     """Integer class labels of shape (n,), each in 0..classes-1, returned as int64."""
     if not isinstance(y, np.ndarray):
         raise ShapeError(f"{name}: expected a NumPy array of integer labels, got {type(y).__name__}")
     if y.shape != (n,):
-        raise ShapeError(f"{name}: expected shape ({n},) to match the batch, got {y.shape}")
+        raise ShapeError(f"{name}: expected shape ({n},) to match the batch, got {y.shape}{label_shape_hint(y, n)}")
     if not np.issubdtype(y.dtype, np.integer):
         raise ShapeError(f"{name}: expected integer labels, got dtype {y.dtype}")
     if n and (y.min() < 0 or y.max() >= classes):

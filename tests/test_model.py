@@ -274,3 +274,24 @@ def test_a_batchnorm_given_one_value_per_channel_to_train_on_is_refused_up_front
     with pytest.raises(ShapeError, match=r"x: BatchNorm1D would normalise one value .*layer.eval\(\)"):
         bn.forward(np.ones((1, 3), np.float32))
     assert np.allclose(bn.eval().forward(np.ones((1, 3), np.float32)), 1 / np.sqrt(1 + 1e-5))
+
+
+def test_the_usual_layout_mistakes_say_what_to_do():
+    from fastcnn import fit
+    from fastcnn.architectures import mnist_network
+    rng = np.random.default_rng(0)
+    x, y = rng.random((10, 28, 28, 1), np.float32), np.arange(10)
+    model = mnist_network()
+    mistakes = [(lambda: model.train_step(x, np.eye(10, dtype=np.float32)[y]), r"got \(10, 10\); one-hot rows\? .*y.argmax\(axis=1\)"),
+                (lambda: fit(model, SGD(model, 0.01), (x, np.eye(10)[y]), progress=False), r"one-hot rows\?"),
+                (lambda: fit(model, SGD(model, 0.01), (x, y[:, None]), progress=False), r"got \(10, 1\); .*y.ravel\(\)"),
+                (lambda: fit(model, SGD(model, 0.01), (x, y + 1), progress=False), r"outside 0..9.*counted from 1\? pass y - 1"),
+                (lambda: model.predict(x.transpose(0, 3, 1, 2)), r"\(1, 28, 28\) do not fit.*channels first\?.*x.transpose\(0, 2, 3, 1\)"),
+                (lambda: model.predict(x[0]), r"\(28, 1\) do not fit.*one image\? .*x\[None\]"),
+                (lambda: model.predict(x[..., 0]), r"\(28, 28\) do not fit.*add the channel axis: x\[\.\.\., None\]")]
+    for mistake, hint in mistakes:
+        with pytest.raises(ShapeError, match=hint):
+            mistake()
+    with pytest.raises(ShapeError) as e:  # a real misfit gets no hint
+        model.predict(rng.random((2, 32, 32, 3), np.float32))
+    assert "?" not in str(e.value) and "made for (28, 28, 1))" in str(e.value)
