@@ -22,15 +22,34 @@ from .validate import FLOAT32_MAX, learning_rate
 
 
 
+class _Checked:
+    """A hyperparameter checked whenever it is set, in the constructor or later between steps
+    (``opt.lr = 0.01``, as ``ReduceLROnPlateau`` does): ``check(name, value)`` gives the value kept."""
+
+    def __init__(self, check):
+        self.check = check
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, optimizer, owner=None):
+        return self if optimizer is None else optimizer.__dict__[self.name]
+
+    def __set__(self, optimizer, value):
+        optimizer.__dict__[self.name] = self.check(self.name, value)
+
+
 class Optimizer:
     """What every optimizer has: the model, ``lr``, ``weight_decay``, ``schedule``, ``steps``
     taken, and its ``state`` (name -> flat float32 array like ``model.parameters``)."""
 
+    lr = _Checked(learning_rate)
+    weight_decay = _Checked(lambda name, v: number(name, v, lambda v: 0 <= v <= FLOAT32_MAX,
+                                                   "a value >= 0 (that float32 holds)"))
+
     def __init__(self, model, lr, weight_decay, schedule, state_names):
         self.model = checked(model)
-        self.lr = learning_rate("lr", lr)
-        self.weight_decay = number("weight_decay", weight_decay, lambda v: 0 <= v <= FLOAT32_MAX,
-                                   "a value >= 0 (that float32 holds)")
+        self.lr, self.weight_decay = lr, weight_decay
         if not callable(schedule) or not hasattr(schedule, "config"):
             raise ShapeError(f"schedule: expected one of fastcnn.schedules' schedules, got {schedule!r}")
         self.schedule = schedule
@@ -67,10 +86,12 @@ class SGD(Optimizer):
     """SGD with momentum; ``decay`` is the original's inverse-time decay, used unless another
     ``schedule`` is given."""
 
+    momentum = _Checked(lambda name, v: number(name, v, lambda v: 0 <= v < 1, "a value in [0, 1)"))
+
     def __init__(self, model, lr, momentum=0.9, decay=1e-3, weight_decay=0.0, schedule=None):
         super().__init__(model, lr, weight_decay, InverseTime(decay) if schedule is None else schedule,
                          ["velocity"])
-        self.momentum = number("momentum", momentum, lambda v: 0 <= v < 1, "a value in [0, 1)")
+        self.momentum = momentum
 
     @property
     def velocity(self):
@@ -91,12 +112,14 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam, as ``torch.optim.Adam`` (``weight_decay`` is L2 added to the gradient, not AdamW)."""
 
+    eps = _Checked(lambda name, v: number(name, v, lambda v: 0 < v <= FLOAT32_MAX, "a value > 0 (that float32 holds)"))
+
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, schedule=None):
         super().__init__(model, lr, weight_decay, Constant() if schedule is None else schedule, ["m", "v"])
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ShapeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
         self.betas = tuple(number("betas", b, lambda v: 0 <= v < 1, "values in [0, 1)") for b in betas)
-        self.eps = number("eps", eps, lambda v: 0 < v <= FLOAT32_MAX, "a value > 0 (that float32 holds)")
+        self.eps = eps
 
     @classmethod
     def from_settings(cls, model, settings, schedule):

@@ -32,7 +32,7 @@ from .callbacks import TrainingRun, check_callbacks, restore_states, saved_state
 from .errors import FastCNNError, ShapeError
 from .folders import row_reader
 from .kernels import checks
-from .validate import as_float_pixels, divergence_factor, learning_rate
+from .validate import as_float_pixels, divergence_factor
 from .model import labelled_batch
 from .optim import Optimizer
 from .settings import DEFAULT_VALIDATION_SPLIT, DIVERGENCE
@@ -461,8 +461,6 @@ def _check_fit(model, optimizer, train, validation, test, epochs, batch_size, se
     if not isinstance(optimizer, Optimizer) or optimizer.model is not model:
         raise ShapeError(f"optimizer: expected a fastcnn optimizer (SGD, Adam) made for this model, "
                          f"got {type(optimizer).__name__}")
-    # optimizer.lr checked again: it may have been changed since the optimizer was made
-    learning_rate("optimizer.lr", optimizer.lr)
     default_split = validation_split is None
     if default_split:
         validation_split = 0.0 if validation is not None else VALIDATION_SPLIT

@@ -68,11 +68,6 @@ def changed(a, index, value):
     return a
 
 
-def _lr_set_to(optimizer, lr):
-    optimizer.lr = lr  # SGD() refuses it; fit() must still catch a later change
-    return optimizer
-
-
 # fit's arguments replaced one at a time; a callable value is called with the model first.
 BAD_FIT = {
     "3-D images": (dict(train=(X[..., 0], Y)), r"train images: expected 4 dimensions .*add the channel axis"),
@@ -100,8 +95,6 @@ BAD_FIT = {
     "checkpoint every 0": (dict(checkpoint_every=0), r"checkpoint_every: expected a positive integer, got 0"),
     "another model's optimizer": (dict(optimizer=lambda model: SGD(mnist_network(seed=2), 0.1)),
                                   r"optimizer: expected a fastcnn optimizer \(SGD, Adam\) made for this model"),
-    "lr made infinite after construction": (dict(optimizer=lambda model: _lr_set_to(SGD(model, 0.1), float("inf"))),
-                                            r"optimizer.lr: expected a learning rate > 0 \(that float32 holds\), got inf"),
     "position past the data": (dict(training={"epoch": 0, "batch": 2, "totals": [0.0, 0, 0, 0.0], "history": []}),
                                r"training: batch 2 is outside this run's 0\.\.1"),
     "damaged position": (dict(training={"epoch": -1, "batch": 0, "totals": [0.0, 0, 0, 0.0], "history": []}),
@@ -125,6 +118,28 @@ def test_fit_refuses_bad_arguments_before_training(case, net, tmp_path, tried):
         fit(net, **args)
     assert np.array_equal(net.parameters, before) and not (tmp_path / "m.npz").exists()
     count(tried, "bad inputs refused with a clear error")
+
+
+def test_an_optimizers_settings_are_checked_when_changed_between_steps_too(net, tried):
+    # opt.lr = ... between steps (as ReduceLROnPlateau does): a negative one would climb the loss,
+    # a string fail deep inside the step; refused where it is set, the old value kept.
+    x, y = X[:8], Y[:8]
+    sgd, adam = SGD(net, 0.05), fastcnn.Adam(net)
+    changes = [(sgd, "lr", float("inf"), r"lr: expected a learning rate > 0 \(that float32 holds\), got inf"),
+               (sgd, "lr", -0.1, r"lr: expected a learning rate > 0"), (sgd, "lr", "0.1", r"lr: expected a learning rate > 0 .*, got '0.1'"),
+               (sgd, "momentum", 1.0, r"momentum: expected a value in \[0, 1\)"),
+               (sgd, "weight_decay", -1e-4, r"weight_decay: expected a value >= 0"),
+               (adam, "eps", 0.0, r"eps: expected a value > 0")]
+    for optimizer, name, value, message in changes:
+        kept = getattr(optimizer, name)
+        with pytest.raises(ShapeError, match=message):
+            setattr(optimizer, name, value)
+        assert getattr(optimizer, name) == kept
+        count(tried, "bad inputs refused with a clear error")
+    sgd.lr, sgd.momentum = 0.01, 0.5
+    net.train_step(x, y)
+    sgd.step()
+    assert (sgd.lr, sgd.momentum, sgd.config()["lr"]) == (0.01, 0.5, 0.01) and np.isfinite(net.parameters).all()
 
 
 BAD_TRAIN = {
