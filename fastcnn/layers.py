@@ -361,11 +361,15 @@ class LeakyReLU(Activation):
     """x for x > 0, ``alpha * x`` otherwise (``alpha`` in [0, 1): the sign of the output says
     which, so the backward needs only the output)."""
     kernel, onnx = "leaky_relu", "LeakyRelu"
+    alpha = checks.Checked(checks.in_range(lambda v: 0 <= v < 1, "a slope in [0, 1)"))  # checked whenever set
 
     def __init__(self, alpha=0.01):
         super().__init__()
-        self.alpha = checks.number("alpha", alpha, lambda v: 0 <= v < 1, "a slope in [0, 1)")
-        self.scalars = (np.float32(self.alpha),)
+        self.alpha = alpha
+
+    @property
+    def scalars(self):
+        return (np.float32(self.alpha),)
 
     def config(self):
         return {"alpha": self.alpha}
@@ -390,10 +394,11 @@ class Dropout(Layer):
     seed, the optimizer's step and the layer's position, so a resumed run draws the same ones."""
 
     step = steps.DropoutStep
+    p = checks.Checked(checks.in_range(lambda v: 0 <= v < 1, "a drop probability in [0, 1)"))  # checked whenever set
 
     def __init__(self, p=0.5):
         super().__init__()
-        self.p = checks.number("p", p, lambda v: 0 <= v < 1, "a drop probability in [0, 1)")
+        self.p = p
 
     def config(self):
         return {"p": self.p}
@@ -412,14 +417,15 @@ class BatchNorm2D(Layer):
     """
 
     step = steps.BatchNorm
+    momentum = checks.Checked(checks.in_range(lambda v: 0 <= v <= 1, "a value in [0, 1]"))  # checked whenever set
+    eps = checks.Checked(checks.in_range(lambda v: v > 0, "a value > 0"))
 
     dims = 3  # the rank of one example
 
     def __init__(self, channels=None, momentum=0.1, eps=1e-5):
         super().__init__()
         self.channels = None if channels is None else checks.positive_int("channels", channels)
-        self.momentum = checks.number("momentum", momentum, lambda v: 0 <= v <= 1, "a value in [0, 1]")
-        self.eps = checks.number("eps", eps, lambda v: v > 0, "a value > 0")
+        self.momentum, self.eps = momentum, eps
         if self.channels is not None:
             self._allocate()
 

@@ -15,37 +15,19 @@ import weakref
 import numpy as np
 
 from .errors import ShapeError
-from .kernels.checks import non_negative_int, number
+from .kernels.checks import Checked, in_range, non_negative_int, number
 from .model import checked
 from .schedules import Constant, InverseTime, make_schedule, schedule_from_config, schedule_name
 from .validate import FLOAT32_MAX, learning_rate
 
 
 
-class _Checked:
-    """A hyperparameter checked whenever it is set, in the constructor or later between steps
-    (``opt.lr = 0.01``, as ``ReduceLROnPlateau`` does): ``check(name, value)`` gives the value kept."""
-
-    def __init__(self, check):
-        self.check = check
-
-    def __set_name__(self, owner, name):
-        self.name = name
-
-    def __get__(self, optimizer, owner=None):
-        return self if optimizer is None else optimizer.__dict__[self.name]
-
-    def __set__(self, optimizer, value):
-        optimizer.__dict__[self.name] = self.check(self.name, value)
-
-
 class Optimizer:
     """What every optimizer has: the model, ``lr``, ``weight_decay``, ``schedule``, ``steps``
     taken, and its ``state`` (name -> flat float32 array like ``model.parameters``)."""
 
-    lr = _Checked(learning_rate)
-    weight_decay = _Checked(lambda name, v: number(name, v, lambda v: 0 <= v <= FLOAT32_MAX,
-                                                   "a value >= 0 (that float32 holds)"))
+    lr = Checked(learning_rate)  # each checked whenever it is set: in the constructor, or between steps
+    weight_decay = Checked(in_range(lambda v: 0 <= v <= FLOAT32_MAX, "a value >= 0 (that float32 holds)"))
 
     def __init__(self, model, lr, weight_decay, schedule, state_names):
         self.model = checked(model)
@@ -86,7 +68,7 @@ class SGD(Optimizer):
     """SGD with momentum; ``decay`` is the original's inverse-time decay, used unless another
     ``schedule`` is given."""
 
-    momentum = _Checked(lambda name, v: number(name, v, lambda v: 0 <= v < 1, "a value in [0, 1)"))
+    momentum = Checked(in_range(lambda v: 0 <= v < 1, "a value in [0, 1)"))
 
     def __init__(self, model, lr, momentum=0.9, decay=1e-3, weight_decay=0.0, schedule=None):
         super().__init__(model, lr, weight_decay, InverseTime(decay) if schedule is None else schedule,
@@ -112,7 +94,7 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam, as ``torch.optim.Adam`` (``weight_decay`` is L2 added to the gradient, not AdamW)."""
 
-    eps = _Checked(lambda name, v: number(name, v, lambda v: 0 < v <= FLOAT32_MAX, "a value > 0 (that float32 holds)"))
+    eps = Checked(in_range(lambda v: 0 < v <= FLOAT32_MAX, "a value > 0 (that float32 holds)"))
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, schedule=None):
         super().__init__(model, lr, weight_decay, Constant() if schedule is None else schedule, ["m", "v"])

@@ -146,3 +146,27 @@ def _number(name, v):
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise ShapeError(f"{name}: expected a number, got {v!r}")
     return float(v)
+
+
+class Checked:
+    """An attribute checked whenever it is set, in the constructor or later (``opt.lr = 0.01`` between
+    steps, as ``ReduceLROnPlateau`` does; ``dropout.p = 0.2``): ``check(name, value)`` gives the
+    value kept, or raises and the old value stays."""
+
+    def __init__(self, check):
+        self.check = check
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj.__dict__[self.name]
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.name] = self.check(self.name, value)
+
+
+def in_range(test, expected):
+    """A ``Checked`` check: a number that passes ``test``, else ShapeError saying ``expected``."""
+    return lambda name, v: number(name, v, test, expected)
+

@@ -96,6 +96,21 @@ def test_evaluation_mode_and_dropout_on_their_own():
     assert np.allclose(bn.train().forward(x * np.arange(4)[:, None]).mean(axis=0), 0, atol=1e-6)  # the batch's
 
 
+def test_a_layers_settings_changed_after_it_is_made_are_checked_and_used():
+    leaky, drop, bn = LeakyReLU(0.1), Dropout(0.5), BatchNorm1D(3)
+    leaky.alpha = 0.3  # used by the next pass, as its config() says (the slope it was made with, before)
+    assert np.array_equal(leaky.forward(-np.ones((1, 2), np.float32)), np.float32([[-0.3, -0.3]]))
+    assert leaky.config() == {"alpha": 0.3}
+    drop.p = 0.75
+    assert set(np.unique(drop.forward(np.ones((4, 50), np.float32)))) == {0.0, 4.0}
+    for layer, name, value, expected in ((leaky, "alpha", 1.5, r"a slope in \[0, 1\)"), (drop, "p", 1.0, r"a drop probability"),
+                                         (bn, "momentum", 5, r"a value in \[0, 1\]"), (bn, "eps", 0, r"a value > 0")):
+        kept = getattr(layer, name)
+        with pytest.raises(ShapeError, match=rf"{name}: expected {expected}"):
+            setattr(layer, name, value)
+        assert getattr(layer, name) == kept
+
+
 def test_mistakes_get_clear_errors():
     relu = ReLU()
     with pytest.raises(UsageError, match=r"ReLU.backward: call forward\(x\) first"):
