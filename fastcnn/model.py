@@ -271,6 +271,12 @@ class Model:
         """Write this model (and ``optimizer``'s state) to one ``.npz``; ``fastcnn.load`` reads it."""
         checkpoint.save(path, self, optimizer)
 
+    def __call__(self, *args):
+        # Keras nests a model in a graph as a layer; here a layer belongs to one model.
+        raise UsageError(f"{type(self).__name__}: a model is not a layer to call on a tensor; write the block as a "
+                         f"function of one (def block(x): ... return h, as fastcnn.architectures writes resnet's) "
+                         f"and call it where it goes; to predict, call model.predict(x)")
+
     def __reduce__(self):
         """Pickled, and copied (``copy.deepcopy``), as a model file holds it: each layer's class and
         ``config()``, the graph, the parameters and buffers; and the mode, the backend and the count

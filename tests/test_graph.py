@@ -9,7 +9,7 @@ import pytest
 
 import fastcnn
 from fastcnn import (SGD, Add, BatchNorm2D, Concatenate, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Input,
-                     MaxPool2D, Model, ReLU, Sequential, ShapeError, Tanh)
+                     MaxPool2D, Model, ReLU, Sequential, ShapeError, Tanh, UsageError)
 
 TOL = 1e-4
 
@@ -210,3 +210,8 @@ def test_what_is_not_a_graph_is_refused_clearly():
     with pytest.raises(ShapeError, match=r"already belongs to a model"):
         Model(x, Dense(2)(Flatten()(h)))
     assert model.predict(np.zeros((1, 8, 8, 1), np.float32)).shape == (1, 2)
+    block = Sequential([Conv2D(1, 3, padding=1), ReLU()], input_shape=(8, 8, 1))
+    for called in (lambda: block(other), lambda: model(np.zeros((1, 8, 8, 1), np.float32))):  # as Keras nests models
+        with pytest.raises(UsageError, match=r"a model is not a layer to call on a tensor; write the block as a "
+                                             r"function of one .*model.predict\(x\)"):
+            called()
