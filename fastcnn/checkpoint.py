@@ -9,6 +9,7 @@ Files are written atomically, so a kill never leaves a torn one; a file that can
 (a full disk) is written somewhere else, and the error says where.
 """
 
+import errno
 import itertools
 import json
 import shlex
@@ -42,11 +43,16 @@ def save(path, model, optimizer=None, training=None):
     if training is not None:
         arrays["training"] = np.array(json.dumps(training))
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path}: a folder of that name is in the way; give the model file's name, "
+                             f"e.g. {path / 'model.npz'}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # a new folder is made, as for fastcnn train --out
         _write(path, arrays)
     except OSError as e:
         rescued = _rescue(path, arrays)
-        where = (f"; it was written to {rescued} instead (move it back when there is room: "
+        when = "when there is room" if e.errno in (errno.ENOSPC, errno.EDQUOT) else f"once {path.parent} takes it"
+        where = (f"; it was written to {rescued} instead (move it back {when}: "
                  f"mv {shlex.quote(str(rescued))} {shlex.quote(str(path))})" if rescued else
                  f"; nor could it be written in {', '.join(str(f) for f in _rescue_folders())}")
         raise ModelFileError(f"{path}: cannot write the model file: {e.strerror or e}{where}") from None

@@ -45,6 +45,9 @@ def load_checkpoint(path, backend="numba"):
         raise ModelFileError(f"path: expected the path of a model file, got {type(path).__name__}")
     backends.get(backend)  # an unknown backend is the caller's error, not a damaged file
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.npz"))[:3]
+        raise ModelFileError(f"{path}: a folder, not a model file" + (f" (it holds {', '.join(found)})" if found else ""))
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     try:

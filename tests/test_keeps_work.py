@@ -224,6 +224,28 @@ def test_a_failed_save_with_nowhere_else_says_so(tmp_path, monkeypatch):
         mnist_network().save(tmp_path / "m.npz")
 
 
+def test_saving_into_a_folder_or_a_new_one(tmp_path, monkeypatch):
+    # A folder for the file's name is refused before anything is written (it was "Device or
+    # resource busy", a rescued copy in /tmp and "move it back when there is room"); a folder
+    # that does not exist yet is made, as for fastcnn train --out.
+    monkeypatch.setattr(checkpoint, "_rescue_folders", lambda: [tmp_path / "rescue"])
+    model = mnist_network()
+    (tmp_path / "m.npz").mkdir()
+    for folder in (tmp_path, tmp_path / "m.npz"):
+        with pytest.raises(fastcnn.ModelFileError, match=r"a folder of that name is in the way; give the model "
+                                                         r"file's name, e.g. .*model.npz"):
+            model.save(folder)
+    with pytest.raises(fastcnn.ModelFileError, match=r"m.npz: a folder, not a model file"):
+        fastcnn.load(tmp_path / "m.npz")
+    model.save(tmp_path / "new" / "deeper" / "m.npz")
+    assert np.array_equal(fastcnn.load(tmp_path / "new" / "deeper" / "m.npz").parameters, model.parameters)
+    assert not (tmp_path / "rescue").exists()
+    (tmp_path / "a-file").write_text("not a folder")  # a folder that cannot be made: rescued, and said why
+    with pytest.raises(fastcnn.ModelFileError, match=r"Not a directory; it was written to .*rescue.* instead "
+                                                     r"\(move it back once .*a-file/sub takes it"):
+        model.save(tmp_path / "a-file" / "sub" / "m.npz")
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not sys.platform.startswith("linux"), reason="mounting a tmpfs needs root")
 def test_a_really_full_disk_during_training(cli, tmp_path):
     """A 10 MB tmpfs: the first checkpoint (6.4 MB) fits, the second (as a temporary file beside
