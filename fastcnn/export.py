@@ -75,7 +75,7 @@ def export_onnx(model, path, input_shape=None, logits=False, dataset=None, overw
     """
     _onnx()
     path = Path(path)
-    if not overwrite and os.path.lexists(path):
+    if not overwrite and os.path.lexists(path) and not os.path.isdir(path):  # a folder: check_writable says so
         raise ExportError(f"{path}: already exists; export to another file, or replace it "
                           f"(overwrite=True, --overwrite)")
     try:

@@ -177,6 +177,9 @@ def test_bad_inputs_get_clear_errors(tmp_path, monkeypatch):
     export_onnx(model, existing, overwrite=True)
     assert onnx.load(str(existing)).graph.output[0].name == "probabilities"
 
+    for overwrite in (False, True):  # a folder is not "already there" to replace
+        with pytest.raises(ExportError, match=r"cannot write the ONNX file there \(a folder of that name is in the way"):
+            export_onnx(model, tmp_path, overwrite=overwrite)
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(ExportError, match=r"a_file/m.onnx: cannot write the ONNX file there"):
