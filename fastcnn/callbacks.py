@@ -94,6 +94,12 @@ class Callback:
         pass
 
 
+# The numbers of an epoch's record that fit keeps (training.py), which a callback may monitor
+# (besides any a callback of the user's adds to it); and the names Keras gives some of them.
+RECORDED = ("val_loss", "val_acc", "loss", "train_acc", "seconds", "samples_per_s")
+_KERAS_NAMES = {"val_accuracy": "val_acc", "accuracy": "train_acc", "acc": "train_acc"}
+
+
 class _Monitored(Callback):
     """A callback that watches one number of the epoch records, ``monitor``, for improvement:
     ``mode`` "min" or "max" ("auto": max for accuracies, min otherwise), by more than ``min_delta``."""
@@ -110,6 +116,10 @@ class _Monitored(Callback):
         self.best, self.best_epoch = None, None
 
     def on_train_begin(self):
+        if self.monitor in _KERAS_NAMES:  # now, not after the first epoch's work (another callback
+            # may record a number of its own, found in the record at the epoch's end)
+            raise ShapeError(f"{type(self).__name__}: monitor {self.monitor!r} is Keras's name; fastcnn's is "
+                             f"{_KERAS_NAMES[self.monitor]!r} (the history has {', '.join(RECORDED)})")
         if self.monitor.startswith("val_") and not self.run.validates:
             raise ShapeError(f"{type(self).__name__} monitors {self.monitor}, but fit has no validation data: "
                              f"give validation data or a validation_split (fastcnn train: --validation-split > 0)")
@@ -290,7 +300,9 @@ def check_callbacks(callbacks):
     callbacks = list(callbacks)
     for i, c in enumerate(callbacks):
         if not isinstance(c, Callback):
-            raise ShapeError(f"callbacks[{i}]: expected a fastcnn.callbacks.Callback, got {type(c).__name__}")
+            made = f"; make one: {c.__name__}(...)" if isinstance(c, type) and issubclass(c, Callback) else ""
+            raise ShapeError(f"callbacks[{i}]: expected a fastcnn.callbacks.Callback, got "
+                             f"{'the class ' + c.__name__ if made else type(c).__name__}{made}")
     return callbacks
 
 

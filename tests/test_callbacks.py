@@ -8,7 +8,7 @@ import pytest
 
 import fastcnn
 from fastcnn import SGD, ShapeError, fit
-from fastcnn.callbacks import Callback, EarlyStopping, KeepBest, ReduceLROnPlateau
+from fastcnn.callbacks import RECORDED, Callback, EarlyStopping, KeepBest, ReduceLROnPlateau
 from fastcnn.cli import main
 from fastcnn.training import VALIDATION_SPLIT, holdout
 from fastcnn.architectures import mnist_network
@@ -72,6 +72,14 @@ def test_keep_best_keeps_the_better_weights_when_the_last_epoch_is_worse(tmp_pat
     model = mnist_network(seed=0)
     with pytest.raises(ShapeError, match="KeepBest monitors val_loss, but fit has no validation data"):
         fit(model, SGD(model, 0.05), bars(64, 0), validation_split=0, callbacks=[KeepBest(tmp_path / "b.npz")])
+    before = model.parameters.copy()
+    for keras, ours in (("val_accuracy", "val_acc"), ("accuracy", "train_acc")):  # before the first epoch's work
+        with pytest.raises(ShapeError, match=rf"EarlyStopping: monitor '{keras}' is Keras's name; fastcnn's is "
+                                             rf"'{ours}' \(the history has val_loss, val_acc, loss, train_acc, "):
+            fit(model, SGD(model, 0.05), bars(64, 0), callbacks=[EarlyStopping(keras)], progress=False)
+    assert np.array_equal(model.parameters, before)
+    history = fit(model, SGD(model, 0.05), bars(64, 0), progress=False)
+    assert set(history[0]) == {"epoch", *RECORDED}  # the numbers a callback may monitor, as they are named
 
 
 def test_reduce_lr_on_plateau_lowers_the_rate(capsys):
@@ -126,8 +134,10 @@ def test_a_callback_of_ones_own_sees_every_batch_and_can_stop():
     stopper = Counting(stop_at=3)
     _, optimizer, history = run(5, [stopper])
     assert optimizer.steps == 3 and len(history) == 2 and stopper.calls[-1] == "train end"
-    with pytest.raises(ShapeError, match=r"callbacks\[0\]: expected a fastcnn.callbacks.Callback"):
+    with pytest.raises(ShapeError, match=r"callbacks\[0\]: expected a fastcnn.callbacks.Callback, got builtin"):
         run(1, [print])
+    with pytest.raises(ShapeError, match=r"callbacks\[1\]: .*got the class EarlyStopping; make one: EarlyStopping\(...\)"):
+        run(1, [stopper, EarlyStopping])
 
 
 def test_a_resumed_run_keeps_the_callbacks_state_and_ends_bit_identical(tmp_path):
