@@ -160,7 +160,12 @@ class Checked:
         self.name = name
 
     def __get__(self, obj, owner=None):
-        return self if obj is None else obj.__dict__[self.name]
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:  # not set yet: as for any attribute (hasattr, getattr with a default)
+            raise AttributeError(f"{type(obj).__name__} has no {self.name} yet") from None
 
     def __set__(self, obj, value):
         obj.__dict__[self.name] = self.check(self.name, value)
