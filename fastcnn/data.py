@@ -457,9 +457,13 @@ def load_dataset(name="mnist", split="train", data_dir=None, download=True, pixe
     copy them (``images.copy()``) to modify them.
     """
     if not isinstance(name, str) or name not in CHECKSUMS:
-        raise ConfigError(f"unknown data set {name!r}; expected one of {', '.join(map(repr, CHECKSUMS))}")
+        bare = lambda n: "".join(c for c in n.lower() if c.isalnum())  # MNIST, FashionMNIST, cifar-10
+        meant = next((known for known in CHECKSUMS if isinstance(name, str) and bare(name) == bare(known)), None)
+        raise ConfigError(f"unknown data set {name!r}; expected one of {', '.join(map(repr, CHECKSUMS))}"
+                          + (f" (did you mean {meant!r}?)" if meant else ""))
     if not isinstance(split, str) or split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(map(repr, SPLITS))}")
+        held_out = " (fit holds out a validation split of train: validation_split=)" if split in ("val", "validation") else ""
+        raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(map(repr, SPLITS))}{held_out}")
     form = _FORMATS[name]
     folder = _resolve_data_dir(data_dir) / name
     paths, missing = form.files(folder, split)
