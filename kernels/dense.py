@@ -68,51 +68,94 @@ def add_partials_bias(y, partial, b, scale, relu, tasks):
 
 @parallel_kernel
 def _dense_forward_few(y, partial, x, w, b, scale, relu, tasks):
-    # For a few rows: each task streams the rows of w in its block that some row of x needs,
-    # adding each into every row's partial (N, O) (a GEMM call would pack the whole block of w
-    # for a product this small, which OpenBLAS's Haswell kernels do on every call: 1.1 ms for
-    # one row of the MNIST layer). A row of w whose inputs are all zero adds nothing, and after
-    # a ReLU (and its max-pool) most are: two thirds of the MNIST layer's, which then reads a
-    # third of its 3.2 MB (the sum is the same but where w holds an Inf or a NaN, which a zero
-    # input would have turned into a NaN). Four rows of w at a time, so the partials are read
-    # and written a quarter as often.
+    # For a few rows: each task streams its block of w's rows once, adding each into every row's
+    # partial (N, O) (a GEMM call would pack the whole block of w for a product this small, which
+    # OpenBLAS's Haswell kernels do on every call: 1.1 ms for one row of the MNIST layer). A row
+    # of w whose inputs are all zero adds nothing, and after a ReLU (and its max-pool) most are:
+    # two thirds of the MNIST layer's on digits. A sample of the block's inputs says which way:
+    # one row with more than 2/5 of them needed goes to BLAS's GEMV, which streams w faster than
+    # the loops (36 against 43 us for the MNIST layer on 2 threads); more rows with more than 2/3
+    # needed read every row in order; else only the rows needed are read, listed first (the sum
+    # is the same but where w holds an Inf or a NaN, which a zero input would have made a NaN).
+    # The thresholds are where the listed rows stopped paying (AVX2-only Zen 3, 2026-12-07); the
+    # sample keeps a block of nonzero inputs as fast as before (counting all of them cost 1-3 us).
     N, I = x.shape
     O = w.shape[1]
     for task in prange(tasks):
         i0, i1 = task * I // tasks, (task + 1) * I // tasks
         p = partial[task]
-        nonzero = 0
-        if N == 1:
-            for i in range(i0, i1):
-                nonzero += x[0, i] != 0
-        if 2 * nonzero > i1 - i0:  # one row, mostly needed: BLAS's GEMV streams w faster than the
-            # loops below (the MNIST layer in 36 against their 43 us on 2 threads, AVX2 code)
+        sampled = needed = 1  # a block of w that fits in L1 is read whole: skipping saves nothing there
+        if (i1 - i0) * O >= _LIST_FROM:
+            stride = (i1 - i0) // _SAMPLE | 1  # odd: features lie channel by channel, 2**k of them
+            sampled = needed = 0
+            for i in range(i0, i1, stride):
+                hit = False
+                for n in range(N):
+                    hit |= x[n, i] != 0
+                needed += hit
+                sampled += 1
+        if N == 1 and 5 * needed > 2 * sampled:
             vector_times(i1 - i0, O, np.float32(1.0), x.reshape(-1)[i0:], w.reshape(-1)[i0 * O:], O,
                          np.float32(0.0), p.reshape(-1))
             continue
+        p[...] = np.float32(0.0)
+        if N > 1 and 3 * needed > 2 * sampled:
+            add_rows_in_order(p, x, w, i0, i1)
+            continue
         rows = np.empty(i1 - i0, np.int64)
         k = 0
-        for i in range(i0, i1):  # the rows needed, without a branch to mispredict
-            needed = False
+        for i in range(i0, i1):  # the rows needed, listed without a branch to mispredict
+            hit = False
             for n in range(N):
-                needed |= x[n, i] != 0
+                hit |= x[n, i] != 0
             rows[k] = i
-            k += needed
-        p[...] = np.float32(0.0)
-        quads = k // 4 * 4
-        for j in range(0, quads, 4):
-            r0, r1, r2, r3 = rows[j], rows[j + 1], rows[j + 2], rows[j + 3]
-            for n in range(N):
-                x0, x1, x2, x3 = x[n, r0], x[n, r1], x[n, r2], x[n, r3]
-                for o in range(O):
-                    p[n, o] += x0 * w[r0, o] + x1 * w[r1, o] + x2 * w[r2, o] + x3 * w[r3, o]
-        for j in range(quads, k):
-            r = rows[j]
-            for n in range(N):
-                xr = x[n, r]
-                for o in range(O):
-                    p[n, o] += xr * w[r, o]
+            k += hit
+        add_listed_rows(p, x, w, rows, k)
     add_partials_bias(y, partial, b, scale, relu, tasks)
+
+
+# Inputs a block of the few-rows path looks at to choose its way (a fraction's error of about 3%),
+# and the size of block (elements of w: 32 KB) from which it looks (the last layer's 128 x 10 took
+# 0.2-0.6 us longer for nothing).
+_SAMPLE = 256
+_LIST_FROM = 8192
+
+
+@numba.njit(inline="always")
+def add_rows_in_order(p, x, w, i0, i1):
+    """p (N, O) += x[:, i0:i1] @ w[i0:i1], four rows of w at a time (the partials read and
+    written a quarter as often)."""
+    N, O = p.shape
+    quads = i0 + (i1 - i0) // 4 * 4
+    for i in range(i0, quads, 4):
+        for n in range(N):
+            x0, x1, x2, x3 = x[n, i], x[n, i + 1], x[n, i + 2], x[n, i + 3]
+            for o in range(O):
+                p[n, o] += x0 * w[i, o] + x1 * w[i + 1, o] + x2 * w[i + 2, o] + x3 * w[i + 3, o]
+    for i in range(quads, i1):
+        for n in range(N):
+            xi = x[n, i]
+            for o in range(O):
+                p[n, o] += xi * w[i, o]
+
+
+@numba.njit(inline="always")
+def add_listed_rows(p, x, w, rows, count):
+    """p (N, O) += x[:, r] * w[r] for the rows r in rows[:count], four at a time."""
+    N, O = p.shape
+    quads = count // 4 * 4
+    for j in range(0, quads, 4):
+        r0, r1, r2, r3 = rows[j], rows[j + 1], rows[j + 2], rows[j + 3]
+        for n in range(N):
+            x0, x1, x2, x3 = x[n, r0], x[n, r1], x[n, r2], x[n, r3]
+            for o in range(O):
+                p[n, o] += x0 * w[r0, o] + x1 * w[r1, o] + x2 * w[r2, o] + x3 * w[r3, o]
+    for j in range(quads, count):
+        r = rows[j]
+        for n in range(N):
+            xr = x[n, r]
+            for o in range(O):
+                p[n, o] += xr * w[r, o]
 
 
 @parallel_kernel

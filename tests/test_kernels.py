@@ -198,11 +198,14 @@ def test_dense_with_a_scale_matches_reference(n, i, o, assert_close):
 
 
 
-@pytest.mark.parametrize("n,i,o,needed", [(1, 6272, 128, 0.33), (1, 33, 17, 0.2), (1, 600, 7, 0.55), (3, 600, 7, 0.3),
-                                          (8, 1031, 19, 0.1), (1, 64, 5, 0.0), (2, 9, 3, 1.0)])
-def test_dense_of_a_few_rows_skips_the_rows_of_w_that_only_zeros_meet(n, i, o, needed, assert_close):
-    """Inputs after a ReLU are mostly zeros: up to 8 rows, a row of w whose inputs are all zero
-    is not read (one row, mostly nonzero, goes to BLAS's GEMV). The sums match the reference;
+@pytest.mark.parametrize("n,i,o,needed,skips", [
+    (1, 6272, 128, 0.33, True), (1, 2000, 17, 0.2, True), (3, 1200, 17, 0.3, True), (8, 1031, 19, 0.1, True),
+    (1, 600, 7, 0.55, False),  # mostly needed: every row (BLAS's GEMV)
+    (1, 64, 5, 0.0, False), (2, 9, 3, 1.0, False)])  # blocks small enough to read whole (where a zero
+    # meets an Inf, BLAS's GEMV may or may not make a NaN); all needed
+def test_dense_of_a_few_rows_skips_the_rows_of_w_that_only_zeros_meet(n, i, o, needed, skips, assert_close):
+    """Inputs after a ReLU are mostly zeros: up to 8 rows, a large block of w whose inputs are
+    mostly zero reads only the rows some input needs. The sums match the reference either way;
     that the rows are skipped shows where w holds an Inf that only zeros meet: no NaN comes of it."""
     rng = np.random.default_rng(i + o + n)
     needs = rng.random(i) < needed  # the input features that some row of x has nonzero
@@ -216,7 +219,7 @@ def test_dense_of_a_few_rows_skips_the_rows_of_w_that_only_zeros_meet(n, i, o, n
         K.dense_forward_into(got, x, w, b, relu)
         R.dense_forward_into(want[relu], x, w, b, relu)
         assert_close(f"dense_forward_into(relu={relu}, zeros)", got, want[relu], FWD)
-    if needed < 0.5 and not needs.all():
+    if skips:
         inf = w.copy()
         inf[np.argmin(needs)] = np.inf
         K.dense_forward_into(got, x, inf, b, False)
@@ -225,6 +228,20 @@ def test_dense_of_a_few_rows_skips_the_rows_of_w_that_only_zeros_meet(n, i, o, n
     x[0, 0] = np.nan  # a NaN is not a zero: it is read, and spreads to its row's outputs
     K.dense_forward_into(got, x, w, b, False)
     assert np.isnan(got[0]).all() and not np.isnan(got[1:]).any()
+
+
+def test_dense_of_a_few_rows_sees_its_inputs_channel_by_channel():
+    # A pooled map flattened is position by position, 32 channels each: a quarter of them alive
+    # (channels 0, 4, 8, ...), every position. A sample every 12th or 24th feature would see only
+    # those channels, take the block for full and read all of it (the Inf below would be a NaN).
+    x = np.zeros((1, 196, 32), np.float32)
+    x[..., ::4] = 1.0
+    x = x.reshape(1, -1)
+    w, b = np.ones((6272, 128), np.float32), np.zeros(128, np.float32)
+    w[1] = np.inf  # channel 1 of the first position: never alive
+    got = np.empty((1, 128), np.float32)
+    K.dense_forward_into(got, x, w, b, False)
+    assert np.array_equal(got, np.full((1, 128), 1568, np.float32))
 
 
 def test_relu_matches_reference(assert_close):
