@@ -265,13 +265,19 @@ def create_app(model, classes=CLASS_NAMES["mnist"], limits=ServerLimits(), folde
             return _too_large(limits)
         if not request.content_length:
             return _error(400, "empty request: send the picture's bytes (PNG, JPEG, ...) as the body")
-        if request.mimetype == "multipart/form-data":  # (curl --data-binary says urlencoded: those are the bytes)
-            return _error(400, "a form was sent: send the picture's bytes themselves as the body "
-                               "(curl --data-binary @digit.png), not a form (curl -F)")
+        if request.mimetype == "multipart/form-data":  # a form (curl -F, requests' files=, an HTML form):
+            # its one file, which werkzeug has spooled (in memory up to 500 KB, then a temporary file)
+            pictures = [f for _, f in request.files.items(multi=True)]
+            if len(pictures) != 1:
+                return _error(400, f"a form with {len(pictures)} files: send one picture in it (curl -F "
+                                   f"image=@digit.png), or its bytes as the body (curl --data-binary @digit.png)")
+            body = pictures[0].stream
+        else:  # (curl --data-binary says urlencoded: those are the bytes)
+            body = _body(request.environ)
         notes = []  # not warnings: those are the process's, and requests come in many threads
         with batcher.reading():
             try:
-                seen = load(_Upload(_body(request.environ)), budget=budget, notes=notes)
+                seen = load(_Upload(body), budget=budget, notes=notes)
             except ImageError as e:
                 return _error(400, str(e))
             except ServerBusy as e:
@@ -287,6 +293,10 @@ def create_app(model, classes=CLASS_NAMES["mnist"], limits=ServerLimits(), folde
 
     @app.errorhandler(HTTPException)
     def http_error(e):  # 404, 405, 413 ... as JSON with the reason, like the rest of the API
+        if e.code == 413 and request.mimetype == "multipart/form-data" and \
+                (request.content_length or 0) <= limits.max_upload:  # werkzeug's limits on a form's parts
+            return _error(413, "a form of too many parts, or a field too large: send one picture in it "
+                               "(curl -F image=@digit.png)")
         if e.code == 413:
             return _too_large(limits)
         return _error(e.code, e.description)

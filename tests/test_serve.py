@@ -66,9 +66,20 @@ def test_bad_uploads_get_a_4xx_with_the_reason(client, body, status, message):
     assert r.status_code == status and message in r.json["error"], r.json
 
 
-def test_a_form_upload_is_refused_with_what_to_send(client):
-    r = client.post("/predict", data={"image": (io.BytesIO(png(seven())), "seven.png")})
-    assert r.status_code == 400 and "--data-binary" in r.json["error"], r.json
+def test_a_form_with_one_picture_is_read_as_the_picture_itself(client):
+    # requests.post(url, files=...), curl -F, an HTML form: the one file in it, as if sent alone
+    alone = client.post("/predict", data=png(seven())).json
+    r = client.post("/predict", data={"image": (io.BytesIO(png(seven())), "seven.png"), "note": "a field"})
+    assert r.status_code == 200 and r.json == alone, r.json
+    two = {"a": (io.BytesIO(png(seven())), "a.png"), "b": (io.BytesIO(png(seven())), "b.png")}
+    for form, files in ((two, 2), ({"note": "no file"}, 0)):
+        r = client.post("/predict", data=form, content_type="multipart/form-data")
+        assert r.status_code == 400 and f"a form with {files} files: send one picture" in r.json["error"], r.json
+    r = client.post("/predict", data={"image": (io.BytesIO(b""), "empty.png")})
+    assert r.status_code == 400 and "not an image file" in r.json["error"], r.json
+    many = {f"field{i}": "x" for i in range(3000)}  # werkzeug stops parsing a form at 1,000 parts
+    r = client.post("/predict", data={**many, "image": (io.BytesIO(png(seven())), "seven.png")})
+    assert r.status_code == 413 and "a form of too many parts" in r.json["error"], r.json
 
 
 def test_too_large_uploads_and_wrong_urls(client, trained_model):
