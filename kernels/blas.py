@@ -129,12 +129,18 @@ def vector_times(K, N, alpha, x, a, lda, beta, y):
     _sgemv(NO_TRANS, N, K, alpha, a, lda, x, 1, beta, y, 1)
 
 
-def _scipy_blas():
-    """threadpoolctl's controllers of the BLAS that ``gemm`` calls: SciPy's, loaded with _BLAS at
-    import (NumPy's wheel brings its own copy, in numpy's folders), or the one BLAS both share."""
+def _blas_libraries():
+    """threadpoolctl's controllers of every BLAS loaded in this process (a scan of them all)."""
+    return threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
+
+
+def _scipy_blas(controllers=None):
+    """Of ``controllers`` (default: every BLAS loaded), the BLAS that ``gemm`` calls: SciPy's, loaded
+    with _BLAS at import (NumPy's wheel brings its own copy, in numpy's folders), or the one BLAS
+    both share."""
     numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
     numpy_libs = (os.path.join(numpy_dir, "numpy"), os.path.join(numpy_dir, "numpy.libs"))
-    controllers = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
+    controllers = _blas_libraries() if controllers is None else controllers
     return [lib for lib in controllers if not lib.filepath.startswith(numpy_libs) or len(controllers) == 1]
 
 
@@ -161,8 +167,8 @@ def hold_to_one_thread():
 def _numpy_blas():
     """threadpoolctl's controllers of NumPy's own BLAS, where its wheel brings one apart from
     SciPy's (the one ``hold_to_one_thread`` holds); none where they share one."""
-    held = {lib.filepath for lib in _scipy_blas()}
-    controllers = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
+    controllers = _blas_libraries()
+    held = {lib.filepath for lib in _scipy_blas(controllers)}
     return tuple(lib for lib in controllers if lib.filepath not in held)
 
 
