@@ -85,34 +85,29 @@ def _dense_forward_few(y, partial, x, w, b, scale, relu, tasks):
     for task in prange(tasks):
         i0, i1 = task * I // tasks, (task + 1) * I // tasks
         p = partial[task]
-        sampled = needed = 1  # a block of w that fits in L1 is read whole: skipping saves nothing there
+        share = 1.0  # of the block's rows needed; a block of w that fits in L1 is read whole
         if (i1 - i0) * O >= _LIST_FROM:
             stride = (i1 - i0) // _SAMPLE | 1  # odd: features lie channel by channel, 2**k of them
             sampled = needed = 0
             for i in range(i0, i1, stride):
-                hit = False
-                for n in range(N):
-                    hit |= x[n, i] != 0
-                needed += hit
+                needed += row_needed(x, i)
                 sampled += 1
-        if N == 1 and 5 * needed > 2 * sampled:
+            share = needed / sampled
+        if N == 1 and share > 2 / 5:
             vector_times(i1 - i0, O, np.float32(1.0), x.reshape(-1)[i0:], w.reshape(-1)[i0 * O:], O,
                          np.float32(0.0), p.reshape(-1))
             continue
         p[...] = np.float32(0.0)
         rows = np.empty(i1 - i0, np.int64)
         k = 0
-        if N > 1 and 3 * needed > 2 * sampled:  # every row, in order (a loop of its own for them was
-            for i in range(i0, i1):  # 2-4% faster, and 0.6 s longer to compile)
+        if N > 1 and share > 2 / 3:  # every row, in order (a loop of its own for them was 2-4%
+            for i in range(i0, i1):  # faster, and 0.6 s longer to compile)
                 rows[k] = i
                 k += 1
         else:
             for i in range(i0, i1):  # the rows needed, listed without a branch to mispredict
-                hit = False
-                for n in range(N):
-                    hit |= x[n, i] != 0
                 rows[k] = i
-                k += hit
+                k += row_needed(x, i)
         add_listed_rows(p, x, w, rows, k)
     add_partials_bias(y, partial, b, scale, relu, tasks)
 
@@ -122,6 +117,15 @@ def _dense_forward_few(y, partial, x, w, b, scale, relu, tasks):
 # 0.2-0.6 us longer for nothing).
 _SAMPLE = 256
 _LIST_FROM = 8192
+
+
+@numba.njit(inline="always")
+def row_needed(x, i):
+    """Whether some row of x has input i nonzero (a NaN is not zero), without a branch."""
+    hit = False
+    for n in range(x.shape[0]):
+        hit |= x[n, i] != 0
+    return hit
 
 
 @numba.njit(inline="always")
