@@ -8,7 +8,11 @@ one epoch on MNIST (or takes ``--model``), then, calls in turn in one process:
 - the first dense layer on its own inputs from test digits, against the same inputs with each
   zero made 1e-30 (nothing skipped: BLAS's GEMV, as before the skipping): how many rows are
   needed, and the time of each;
-- ``predict`` of one test digit, against one image of random noise.
+- ``predict`` of one test digit, against one image of random noise;
+- ``predict`` of one image of noise as before 2026-12-07 noon, against now: the last dense layer
+  (128 x 10) handed to the threads (``dense._dense_forward_few``), not multiplied on the calling
+  thread (``_dense_forward_small``), and the batch's values checked by NumPy's ``min`` and
+  ``max`` instead of ``kernels.values_within``'s one pass (the two switched in this process).
 
     python benchmarks/one_image.py [--model FILE] [--threads 2] [--rounds 300]
 
@@ -96,6 +100,32 @@ def main():
     t = in_turn({"digit": lambda i: model.predict(digits[i % 200:i % 200 + 1]),
                  "noise": lambda i: model.predict(noise[i % 200:i % 200 + 1])}, args.rounds)
     print(f"predict, one image: a test digit {t['digit']:.1f} us, random noise {t['noise']:.1f} us")
+    before_and_now(model, noise, args.rounds)
+
+
+def before_and_now(model, noise, rounds):
+    import fastcnn.kernels as K
+    from fastcnn.kernels import dense
+    small, within = dense._SMALL, K.values_within
+
+    def numpy_min_max(x, limit):
+        return -limit <= x.min() and x.max() <= limit
+
+    def as_before(i):
+        dense._SMALL, K.values_within = 0, numpy_min_max
+        model.predict(noise[i % 200:i % 200 + 1])
+
+    def now(i):
+        dense._SMALL, K.values_within = small, within
+        model.predict(noise[i % 200:i % 200 + 1])
+
+    try:
+        as_before(0), now(0)
+        t = in_turn({"before": as_before, "now": now}, rounds)
+    finally:
+        dense._SMALL, K.values_within = small, within
+    print(f"predict, one image of noise: as before (the last layer threaded, the values by NumPy's min and max) "
+          f"{t['before']:.1f} us, now {t['now']:.1f} us ({t['before'] / t['now']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -26,3 +26,4 @@ def test_shortest_run_on_an_untrained_network(tmp_path):
     assert re.search(r"  1 row: zeros skipped [\d.]+ us, every row read [\d.]+ us \([\d.]+x\)", text), text
     assert re.search(r"  8 rows: zeros skipped [\d.]+ us, every row read [\d.]+ us \([\d.]+x\)", text), text
     assert re.search(r"predict, one image: a test digit [\d.]+ us, random noise [\d.]+ us", text), text
+    assert re.search(r"predict, one image of noise: as before \(.*\) [\d.]+ us, now [\d.]+ us \([\d.]+x\)", text), text

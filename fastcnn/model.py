@@ -197,13 +197,16 @@ class Model:
     def forward(self, x):
         """Logits for a batch ``x``, in this model's mode (``train()``, ``eval()``); in training
         mode, remembers what ``backward`` needs."""
-        x = validate.input_batch(x)
+        validate.batch_layout(x)
         plan = plan_for(self, x.shape[1:], "x")
         if not self.training:
+            plan.ready(False)
+            x = validate.input_batch(x, plan.kernels)
             self._pending = None
             return plan.forward(x, plan.workspace(len(x), train=False), EVALUATION).copy()
         _check_training_batch(plan, len(x))
         self._prepare_training(plan)
+        x = validate.input_batch(x, plan.kernels)
         ws = plan.workspace(len(x), train=True)
         logits = plan.forward(x, ws, Run(True, self.seed, self._forwards))
         self._forwards += 1
@@ -232,15 +235,17 @@ class Model:
         the plan's buffer, overwritten by the next step. ``step`` (the optimizer's) draws
         dropout's masks, with the model's seed; by default, a count of this model's passes.
         (``fit`` checks all its data once and calls the plan's ``train_step`` itself.)"""
-        x = validate.input_batch(x)
+        validate.batch_layout(x)
         plan = plan_for(self, x.shape[1:], "x")
         labels = checks.labels("labels", labels, len(x), plan.output_shape[0])
         _check_training_batch(plan, len(x))
+        step = None if step is None else checks.non_negative_int("step", step)
+        self._prepare_training(plan)
+        x = validate.input_batch(x, plan.kernels)
         self._pending = None
         if step is None:
             step, self._forwards = self._forwards, self._forwards + 1
-        self._prepare_training(plan)
-        return plan.train_step(x, labels, self.seed, checks.non_negative_int("step", step))
+        return plan.train_step(x, labels, self.seed, step)
 
     def _prepare_training(self, plan):
         """Before the first training pass of ``plan``: compile its kernels together with those of
@@ -258,12 +263,11 @@ class Model:
         image folder is read a batch at a time).
         """
         batch_size = checks.positive_int("batch_size", batch_size)
-        batches = validate.batches(x, batch_size)
-        _, first = next(batches)
-        plan = plan_for(self, first.shape[1:], "x")
+        validate.batch_layout(x, pixels=True)
+        plan = plan_for(self, x.shape[1:], "x")
+        plan.ready(False)  # before the batches' check, a kernel compiled with the plan's
         probs = np.empty((len(x), *plan.output_shape), np.float32)
-        plan.probabilities_into(probs[:len(first)], first)
-        for i, batch in batches:
+        for i, batch in validate.batches(x, batch_size, plan.kernels):
             plan.probabilities_into(probs[i:i + len(batch)], batch)
         return probs
 

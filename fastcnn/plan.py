@@ -276,6 +276,7 @@ class Plan:
         gradients) is put back."""
         kept = [(a, a.copy()) for layer in self.layers for a in (*layer.buffers.values(), *layer.grads.values())]
         x, ws = np.zeros((n, *self.example_shape), np.float32), self._new_workspace(n, train)
+        self.kernels.values_within(x, 1.0)  # the check of a batch as the model takes it in (validate.input_batch)
         try:
             with np.errstate(all="ignore"):  # the stopped kernels leave their outputs as they were
                 logits = self.forward(x, ws, Run(train, rehearsal=True))
@@ -294,11 +295,17 @@ class Plan:
             for a, saved in kept:
                 a[...] = saved
 
+    def ready(self, training):
+        """Compile (or load) what passes of ``training``'s mode run, once (``compiling.prepare``): the
+        kernels, and the check of the values of a batch as the model takes it in."""
+        if training not in self.prepared:
+            compiling.prepare(self, (training,))
+
     def forward(self, x, ws, run):
         """The logits of a checked batch, in the workspace ``ws`` made for ``run.training``."""
         backends.check_runs_here(self.kernels)
-        if run.training not in self.prepared and not run.rehearsal:
-            compiling.prepare(self, (run.training,))
+        if not run.rehearsal:
+            self.ready(run.training)
         values = []  # each step's output, read by the steps whose sources name it
         for step, buffers in zip(self.steps if run.training else self.inference_steps, ws):
             src = step.sources

@@ -97,19 +97,30 @@ def labels(name, y, n, classes):
     return y.astype(np.int64, copy=False)
 
 
-def batches(x, batch_size):
-    """``(start, batch)`` for each ``batch_size`` images of ``x``, checked and as float32. A bad
-    image is named by its index in all of ``x``: the batches before it passed, so the first bad
-    one that ``images`` finds up to this batch's end is in this batch."""
-    if not isinstance(x, np.ndarray) or x.ndim < 2 or len(x) == 0:
-        input_batch(x)  # raises, saying what was expected
+def batch_layout(x, pixels=False):
+    """Check that ``x`` is a batch (N, ...) of floating-point images, or of uint8 pixels where
+    ``pixels``, N >= 1, without reading its values (``input_batch`` does, once the plan for its
+    shape is ready)."""
+    if not isinstance(x, np.ndarray):
+        raise ShapeError(f"x: expected a NumPy array, got {type(x).__name__}")
+    if x.dtype.kind != "f" and not (pixels and x.dtype == np.uint8):  # (not np.issubdtype: 0.5 us)
+        raise ShapeError(f"x: expected floating-point images (e.g. uint8 / 255), got dtype {x.dtype}")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ShapeError(f"x: expected a non-empty batch (N, ...), got shape {x.shape}")
+
+
+def batches(x, batch_size, kernels):
+    """``(start, batch)`` for each ``batch_size`` images of ``x`` (which ``batch_layout(x,
+    pixels=True)`` passed), as ``input_batch`` gives them. A bad image is named by its index in all
+    of ``x``: the batches before it passed, so the first bad one that ``images`` finds up to this
+    batch's end is in this batch."""
     if x.dtype == np.uint8:  # pixels 0-255: always in range, scaled batch by batch
         for start in range(0, len(x), batch_size):
             yield start, as_float_pixels(x[start:start + batch_size])
         return
     for start in range(0, len(x), batch_size):
         try:
-            yield start, input_batch(x[start:start + batch_size])
+            yield start, input_batch(x[start:start + batch_size], kernels)
         except ShapeError:
             if start:
                 upto = x[:start + batch_size]
@@ -117,19 +128,19 @@ def batches(x, batch_size):
             raise
 
 
-def input_batch(x):
-    """A float32 C-contiguous batch; integer images are refused (scale them to [0, 1] first)."""
-    if not isinstance(x, np.ndarray):
-        raise ShapeError(f"x: expected a NumPy array, got {type(x).__name__}")
-    if x.dtype.kind != "f":  # (np.issubdtype's answer, in a tenth of its 0.5 us: one image takes 60 us)
-        raise ShapeError(f"x: expected floating-point images (e.g. uint8 / 255), got dtype {x.dtype}")
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ShapeError(f"x: expected a non-empty batch (N, ...), got shape {x.shape}")
-    # Two reductions, no temporary: NaN propagates through min and max, so one test catches
-    # NaN, Inf and unscaled 0-255 pixels; only then is the slower ``images`` run, for its message.
-    if not (-MAX_ABS_PIXEL <= x.min() and x.max() <= MAX_ABS_PIXEL):
+def input_batch(x, kernels):
+    """``x``, a batch that ``batch_layout`` passed, as a float32 C-contiguous writable array whose
+    values are finite and within ``MAX_ABS_PIXEL`` (NaN, Inf and unscaled 0-255 pixels are
+    refused, by ``images``, which names the first bad image). The values are checked in one pass
+    by ``kernels.values_within``, which the plan's preparation compiles (``Plan.ready``): ready the
+    plan for x's shape first."""
+    if x.dtype == np.float32:
+        batch = np.ascontiguousarray(x)
+    else:
+        with np.errstate(over="ignore"):  # what float32 can't hold becomes Inf, refused just below
+            batch = np.ascontiguousarray(x, dtype=np.float32)
+    if not kernels.values_within(batch, MAX_ABS_PIXEL):
         images("x", x.reshape(len(x), -1, 1, 1))
-    x = np.ascontiguousarray(x, dtype=np.float32)
     # A read-only batch (load_dataset's arrays, a memory map) is copied: Numba types it apart from a
     # writable one, and the first kernel would compile again for it (3-4 s, once).
-    return x if x.flags.writeable else x.copy()
+    return batch if batch.flags.writeable else batch.copy()

@@ -394,6 +394,12 @@ def adam(params, m, v, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay
     params -= lr / (1 - beta1 ** step) * m / (np.sqrt(v) / np.sqrt(1 - beta2 ** step) + eps)
 
 
+# --- a batch's values as it enters: finite, within a limit --------------------------------------
+
+def values_within(x, limit):
+    return bool(np.all(np.abs(x) <= limit))  # NaN fails the comparison
+
+
 # --- the engine's calling convention ---------------------------------------------------------------
 
 def _fill(outs, results):

@@ -2,6 +2,7 @@
 on past a bad picture, names never collide, the model's own data set is used, and the rest."""
 
 import argparse
+import warnings
 
 import numpy as np
 import pytest
@@ -133,6 +134,10 @@ def test_forward_and_predict_refuse_nan_inf_and_unscaled_images(bad, message):
     for run in (model.forward, model.predict):
         with pytest.raises(fastcnn.ShapeError, match=message):
             run(x)
+        with warnings.catch_warnings():  # float64 values past float32's range: refused as they are,
+            warnings.simplefilter("error")  # without a warning from the conversion
+            with pytest.raises(fastcnn.ShapeError, match=message if bad != np.inf else "holds NaN or Inf"):
+                run(x.astype(np.float64) * (1e300 if bad == 255.0 else 1.0))
 
 
 def test_predict_names_a_bad_image_by_its_index_in_all_of_x():

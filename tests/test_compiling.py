@@ -270,6 +270,32 @@ def test_fit_prepares_the_batch_sizes_its_training_and_evaluation_run_at():
     assert asked[0][0] == (True,) and asked[0][1]["batches"][True] == (6, 32)
 
 
+def test_a_batchs_values_are_checked_by_a_kernel_compiled_with_the_plans(monkeypatch):
+    # predict, forward and train_step check a batch's values with a kernel (kernels.values_within)
+    # that the plan's preparation compiles with the others: each mode is prepared before the check
+    # runs, which would otherwise compile on its own first, alone, ahead of the rest.
+    events = []
+    prepare, check = compiling.prepare, fastcnn.kernels.values_within
+    monkeypatch.setattr(compiling, "prepare", lambda plan, modes, *a, **k: events.append(("prepare", modes))
+                        or prepare(plan, modes, *a, **k))
+    monkeypatch.setattr(fastcnn.kernels, "values_within", lambda x, limit: events.append(("check", len(x)))
+                        or check(x, limit))
+    x, y = np.zeros((3, 28, 28, 1), np.float32), np.zeros(3, np.int64)
+    for call, mode in (("predict", (False,)), ("forward", (False,)), ("train_step", (True,)), ("forward", (True,))):
+        model = ARCHITECTURES["original"].build((28, 28, 1), 10, 0)
+        if mode == (False,):
+            model.eval()
+        events.clear()
+        getattr(model, call)(*((x, y) if call == "train_step" else (x,)))
+        # the rehearsals' own checks (of 1, 64 or 256 zero images) inside the preparation, then the batch's
+        assert events[0] == ("prepare", mode) and events.count(("check", 3)) == 1 and events[-1] == ("check", 3)
+        assert any(e[0] == "check" for e in events[1:-1]), (call, events)
+        x[0, 0, 0, 0] = np.nan
+        with pytest.raises(fastcnn.ShapeError, match="image 0 holds NaN or Inf"):
+            getattr(model, call)(*((x, y) if call == "train_step" else (x,)))
+        x[0, 0, 0, 0] = 0.0
+
+
 def test_a_kernel_that_refuses_the_rehearsals_unset_values_does_not_fail_the_pass(monkeypatch):
     # A kernel compiled already runs for real in a rehearsal, on what the stopped ones left unset:
     # the max-pool's backward, compiled once the process has run an overlapping pool, refused an

@@ -244,6 +244,59 @@ def test_dense_of_a_few_rows_sees_its_inputs_channel_by_channel():
     assert np.array_equal(got, np.full((1, 128), 1568, np.float32))
 
 
+@pytest.mark.parametrize("n,i,o", [(1, 128, 10), (8, 128, 10), (3, 33, 17), (2, 1, 1), (8, 64, 128), (1, 8192, 1)])
+def test_dense_of_a_few_rows_and_a_small_weight_runs_on_the_calling_thread(n, i, o, assert_close, monkeypatch):
+    """Up to 8 rows and 8192 elements of w (a last layer's 128 x 10), the product runs serially
+    (dense._dense_forward_small): with the reference's sums, a scale and the ReLU; a NaN spreads to
+    its row. One row more, or one element of w more, takes the threaded kernels."""
+    from fastcnn.kernels import dense
+    rng = np.random.default_rng(n + i + o)
+    x, w, b, scale = rand(rng, n, i), rand(rng, i, o), rand(rng, o), rand(rng, o)
+    for relu, s in ((False, None), (True, None), (False, scale), (True, scale)):
+        got, want = np.empty((n, o), np.float32), np.empty((n, o), np.float32)
+        K.dense_forward_into(got, x, w, b, relu, s)
+        R.dense_forward_into(want, x, w, b, relu, s)
+        assert_close(f"dense_forward_into(small, relu={relu}, scale={s is not None})", got, want, FWD)
+    x[-1, -1] = np.nan
+    K.dense_forward_into(got, x, w, b, False)
+    assert np.isnan(got[-1]).all() and not np.isnan(got[:-1]).any()
+
+    ran = []
+    serial = dense._dense_forward_small
+    monkeypatch.setattr(dense, "_dense_forward_small", lambda *args: ran.append(len(args[1])) or serial(*args))
+    for rows, inputs in ((n, i), (9, i), (n, i + 8192 // o)):
+        x, w = rand(rng, rows, inputs), rand(rng, inputs, o)
+        K.dense_forward_into(np.empty((rows, o), np.float32), x, w, b, False)
+    assert ran == [n]
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28, 1), (3, 5, 7, 2), (2, 1025), (1,), (0,)])
+def test_values_within_matches_reference(shape):
+    """A batch's values as the model takes it in: finite and |value| <= limit, in one pass (blocks
+    of 1024 values: a bad value first, last, and alone in a block of its own)."""
+    rng = np.random.default_rng(len(shape))
+    x = rand(rng, *shape)
+    for limit in (10.0, 1.0, 0.5):
+        assert K.values_within(x, limit) == R.values_within(x, limit)
+    assert K.values_within(x, 10.0)
+    if x.size == 0:
+        return
+    for bad in (np.nan, np.inf, -np.inf, 10.5, -10.5):
+        for at in {0, x.size - 1, x.size // 2}:
+            y = x.copy().reshape(-1)
+            y[at] = bad
+            y = y.reshape(shape)
+            assert not K.values_within(y, 10.0) and not R.values_within(y, 10.0), (bad, at)
+    edge = np.full(shape, -10.0, np.float32)
+    assert K.values_within(edge, 10.0) and R.values_within(edge, 10.0)
+
+
+def test_values_within_refuses_what_it_cannot_read():
+    for x in (np.zeros((2, 3)), np.zeros((4, 3), np.float32)[::2], [0.5]):
+        with pytest.raises(ShapeError, match="expected a C-contiguous float32 array"):
+            K.values_within(x, 10.0)
+
+
 def test_relu_matches_reference(assert_close):
     rng = np.random.default_rng(1)
     x = rand(rng, 3, 5, 7, 2)
