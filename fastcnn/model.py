@@ -237,7 +237,7 @@ class Model:
         (``fit`` checks all its data once and calls the plan's ``train_step`` itself.)"""
         validate.batch_layout(x)
         plan = plan_for(self, x.shape[1:], "x")
-        labels = checks.labels("labels", labels, len(x), plan.output_shape[0])
+        labels = validate.labels("labels", labels, len(x), plan.output_shape[0])
         _check_training_batch(plan, len(x))
         step = None if step is None else checks.non_negative_int("step", step)
         self._prepare_training(plan)

@@ -94,7 +94,7 @@ def labels(name, y, n, classes):
         counted_from_1 = "; counted from 1? pass y - 1" if y.min() == 1 and y.max() == classes else ""
         raise ShapeError(f"{name}: label {y[i]} at index {i} is outside 0..{classes - 1}, the model's classes"
                          f"{counted_from_1}")
-    return y.astype(np.int64, copy=False)
+    return np.ascontiguousarray(y, dtype=np.int64)  # (a strided view would compile the loss kernel again)
 
 
 def batch_layout(x, pixels=False):

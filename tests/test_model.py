@@ -142,8 +142,12 @@ def test_forward_results_are_the_callers_and_train_step_equals_forward_backward(
     with pytest.raises(RuntimeError, match="forward"):
         seed_network().backward(d)
     # train_step checks what it is given, as forward does
-    with pytest.raises(ShapeError, match="labels must lie in 0..9"):
+    with pytest.raises(ShapeError, match="labels: label 1[0-9] at index 0 is outside 0..9, the model's classes"):
         a.train_step(x, y + 10)
+    with pytest.raises(ShapeError, match=r"expected integer class labels, got dtype float64; convert them"):
+        a.train_step(x, y.astype(float))
+    with pytest.raises(ShapeError, match=r"counted from 1\? pass y - 1"):
+        a.train_step(x, np.r_[1:9, 10])
     with pytest.raises(ShapeError, match="expected shape \\(9,\\)"):
         a.train_step(x, y[:3])
     with pytest.raises(ShapeError, match=r"layer 0 Conv2D.*expected 1 input channels, got examples of shape "
