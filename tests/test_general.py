@@ -115,12 +115,12 @@ def test_a_dense_batchnorm_relu_in_evaluation_agrees_with_the_layers_one_by_one(
     model.layers[2].params["weight"][::2] *= -1  # scales of both signs
     assert "FoldedDenseRelu" in [type(step).__name__ for step in model.plan((28, 28, 1)).inference_steps]
     model.eval()
-    for rows in (x, x[:1]):  # the GEMM and the few-rows loop
+    for rows in (x, x[:1]):  # the GEMMs; the few-rows loop (784 x 40) and the small weight's (40 x 10)
         np.testing.assert_allclose(model.forward(rows), _layer_by_layer(model, rows), rtol=2e-4, atol=2e-5)
     if backend == "numba":  # the plain layer's scale of ones is typed as the BatchNorm's: one compile each
         from fastcnn.kernels import dense
-        for kernel in (dense._dense_forward, dense._dense_forward_few):
-            assert {str(signature[5]) for signature in kernel.signatures} == {"array(float32, 1d, C)"}
+        for kernel, scale in ((dense._dense_forward, 5), (dense._dense_forward_few, 5), (dense._dense_forward_small, 4)):
+            assert {str(signature[scale]) for signature in kernel.signatures} == {"array(float32, 1d, C)"}
 
 
 def test_both_backends_train_the_deep_network_alike():
