@@ -224,14 +224,16 @@ class KeepBest(_Monitored):
     but no optimizer: it is a model to use, not a run to resume (``fit``'s ``out`` keeps the last
     epoch for that). At the end of training, with ``restore`` (the default), the model gets the
     best weights back, so what ``fit`` leaves in memory, tests and returns is what ``path`` holds;
-    ``path`` is then rewritten once more with the whole history and the test result.
+    ``path`` is then rewritten once more with the whole history and the test result. An existing
+    ``path`` is replaced only by the run that wrote it (resumed from its checkpoint) or with
+    ``overwrite=True``: else ``ModelFileError`` when training begins.
     """
 
-    def __init__(self, path, monitor="val_loss", mode="auto", min_delta=0.0, restore=True):
+    def __init__(self, path, monitor="val_loss", mode="auto", min_delta=0.0, restore=True, overwrite=False):
         super().__init__(monitor, mode, min_delta)
         if not isinstance(path, (str, os.PathLike)):
             raise ShapeError(f"path: expected the model file to keep the best epoch in, got {type(path).__name__}")
-        self.path, self.restore = path, bool(restore)
+        self.path, self.restore, self.overwrite = path, bool(restore), bool(overwrite)
         self._weights = None  # (parameters, buffers) of the best epoch
 
     def on_train_begin(self):
@@ -240,6 +242,11 @@ class KeepBest(_Monitored):
         if out is not None and os.path.abspath(out) == os.path.abspath(self.path):
             raise ShapeError(f"KeepBest: {self.path} is also fit's out, which keeps the last epoch to resume from; "
                              f"keep the best one in another file")
+        resumed = self.best_epoch is not None  # (a resumed run's best so far is in this file)
+        if not (self.overwrite or resumed) and os.path.lexists(self.path) and not os.path.isdir(self.path):
+            raise ModelFileError(f"KeepBest: {self.path} already exists (a model from an earlier run?) and would be "
+                                 f"replaced by the first epoch; keep the best epoch in another file, or pass "
+                                 f"KeepBest(..., overwrite=True)")
         if self.run.is_root:
             check_writable_output(self.path)
 

@@ -17,6 +17,7 @@ and their states go into the checkpoint too. The test set is evaluated once, at 
 """
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from . import checkpoint, compiling, distributed, fileio, loading
 from .augmentation import augmentation
 from .callbacks import TrainingRun, check_callbacks, restore_states, saved_states
-from .errors import FastCNNError, ShapeError
+from .errors import FastCNNError, ModelFileError, ShapeError
 from .folders import row_reader
 from .kernels import checks
 from .validate import as_float_pixels, divergence_factor
@@ -229,6 +230,17 @@ class _ProgressOutput:
         return getattr(sys.stderr, name)
 
 
+def _keep_existing(out, state):
+    """ModelFileError if the file ``out`` exists and a run from ``state`` would replace it without
+    continuing it (a fresh state: epoch 0, batch 0). Every MPI process asks, so all stop alike."""
+    if (state["epoch"] or state["batch"]) or not os.path.lexists(out) or os.path.isdir(out):
+        return
+    raise ModelFileError(f"out: {out} already exists (a model from an earlier run?), and fit would replace it after "
+                         f"the first epoch; write to another file, continue its run (ck = "
+                         f"fastcnn.load_checkpoint({str(out)!r}); fit(ck.model, ck.optimizer, ..., training=ck.training)), "
+                         f"or pass overwrite=True")
+
+
 def _save(out, model, optimizer, state, callbacks=()):
     """Write a checkpoint (with the callbacks' states), unless the weights hold NaN or Inf: then
     the last good one stays."""
@@ -256,8 +268,8 @@ def _interrupted(signum, steps, epochs, batches, out, state):
 
 
 def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, seed=0, validation_split=None,
-        test=None, callbacks=None, classes=None, out=None, training=None, progress=True, checkpoint_every=None,
-        divergence=DIVERGENCE, augment=None):
+        test=None, callbacks=None, classes=None, out=None, overwrite=False, training=None, progress=True,
+        checkpoint_every=None, divergence=DIVERGENCE, augment=None):
     """Train ``model`` with ``optimizer`` on ``train`` = (images, labels); returns the history.
 
     Images are float32 (N, H, W, C) that fit the model, finite and scaled to about [0, 1], or
@@ -288,7 +300,9 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
 
     ``training`` is the state from a checkpoint to resume from (None for a fresh run); it keeps
     the callbacks' states too. The model, optimizer and state are written to ``out`` after every
-    epoch, and also every ``checkpoint_every`` batches if given. SIGINT or SIGTERM stops training
+    epoch, and also every ``checkpoint_every`` batches if given. An existing ``out`` is replaced
+    only by the run it holds (``training`` from it, past its start) or with ``overwrite=True``:
+    else ``ModelFileError`` before any work, as it may hold a model that took an hour to train. SIGINT or SIGTERM stops training
     at the next batch boundary, writes ``out`` there and raises ``TrainingInterrupted``. A NaN or
     Inf loss raises ``TrainingDiverged`` at that step, and so does a loss that stays above
     ``divergence`` times its start (see ``Divergence``; 0 turns that off). The checkpoint is written
@@ -303,6 +317,10 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     data = _check_fit(model, optimizer, train, validation, test, epochs, batch_size, seed, validation_split,
                       checkpoint_every, classes)
     callbacks = check_callbacks(callbacks)
+    state = training or fresh_state()
+    loading.check_training(state)
+    if out is not None and not overwrite:
+        _keep_existing(out, state)
     x_train, y_train, rows, val = data.x, data.y, data.rows, data.validation
     augment = augmentation(augment, x_train.shape[1:])
     n = len(x_train) if rows is None else len(rows)
@@ -317,8 +335,6 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
         state_bytes = sum(a.nbytes for a in optimizer.state.values())
         fileio.check_writable_output(out, need=model.parameters.nbytes + state_bytes + 2**16)
     batches = -(-n // batch_size)
-    state = training or fresh_state()
-    loading.check_training(state)
     if not 0 <= state["batch"] < batches:
         raise ShapeError(f"training: batch {state['batch']} is outside this run's 0..{batches - 1}; "
                          f"was the checkpoint made with other data or another batch size?")

@@ -143,15 +143,15 @@ def test_a_callback_of_ones_own_sees_every_batch_and_can_stop():
 def test_a_resumed_run_keeps_the_callbacks_state_and_ends_bit_identical(tmp_path):
     scores = [0.5, 0.6, 0.7, 0.4, 0.3, 0.9]
 
-    def callbacks():
+    def callbacks(best):
         return [Scripted(scores), ReduceLROnPlateau("score", patience=1, factor=0.5),
-                EarlyStopping("score", patience=4), KeepBest(tmp_path / "best.npz", "score"), Counting()]
-    straight = callbacks()
+                EarlyStopping("score", patience=4), KeepBest(tmp_path / best, "score"), Counting()]
+    straight = callbacks("straight-best.npz")
     model, optimizer, history = run(6, straight, out=tmp_path / "straight.npz")
-    run(3, callbacks(), out=tmp_path / "part.npz", checkpoint_every=1)
+    run(3, callbacks("best.npz"), out=tmp_path / "part.npz", checkpoint_every=1)
     saved = fastcnn.load_checkpoint(tmp_path / "part.npz")
     assert saved.optimizer.lr == 0.0125  # halved after epochs 2 and 3
-    resumed = callbacks()
+    resumed = callbacks("best.npz")  # the run's own files: replaced as it goes on
     again, again_optimizer, again_history = run(6, resumed, out=tmp_path / "part.npz", training=saved.training,
                                                 model=saved.model, optimizer=saved.optimizer)
     assert np.array_equal(again.parameters, model.parameters) and again_optimizer.lr == optimizer.lr

@@ -165,6 +165,32 @@ def test_a_second_run_on_one_out_refuses_naming_the_first(cli, capsys, monkeypat
     assert fastcnn.load_checkpoint(out).optimizer.steps > 0
 
 
+def test_fit_and_keepbest_never_replace_a_finished_model_unasked(tmp_path):
+    # A model trained earlier (the README's train_mnist.py writes model.npz) is not replaced by the
+    # first epoch of a new run into the same file: refused before any work, the file as it was;
+    # overwrite=True replaces it, and the run it holds may go on writing it.
+    from fastcnn.callbacks import KeepBest
+    from fastcnn.errors import ModelFileError
+    x, y = bars(64, 0)
+    done, best = tmp_path / "model.npz", tmp_path / "best.npz"
+    first = mnist_network(seed=0)
+    fit(first, SGD(first, 0.05), (x, y), epochs=1, batch_size=32, out=done, callbacks=[KeepBest(best)], progress=False)
+    kept = {p: p.read_bytes() for p in (done, best)}
+    model = mnist_network(seed=1)
+    weights = model.parameters.copy()
+    for path, kwargs in ((done, dict(out=done)), (best, dict(callbacks=[KeepBest(best)]))):
+        with pytest.raises(ModelFileError, match=f"{path.name} already exists .*overwrite=True"):
+            fit(model, SGD(model, 0.05), (x, y), epochs=1, batch_size=32, progress=False, **kwargs)
+        assert path.read_bytes() == kept[path] and np.array_equal(model.parameters, weights)
+    fit(model, SGD(model, 0.05), (x, y), epochs=1, batch_size=32, out=done, overwrite=True,
+        callbacks=[KeepBest(best, overwrite=True)], progress=False)
+    assert all(p.read_bytes() != kept[p] for p in (done, best))
+    ck = fastcnn.load_checkpoint(done)
+    fit(ck.model, ck.optimizer, (x, y), epochs=2, batch_size=32, out=done, training=ck.training,
+        callbacks=[KeepBest(best)], progress=False)  # its own files: no overwrite=True needed
+    assert fastcnn.load_checkpoint(done).training["epoch"] == 2
+
+
 def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     out = tmp_path / "m.npz"
     proc = subprocess.Popen([sys.executable, "-c", "import sys, time; from fastcnn import fileio\n"

@@ -130,7 +130,7 @@ def make_callbacks(settings, out):
     """The callbacks ``settings`` ask for: KeepBest into ``out``, EarlyStopping, ReduceLROnPlateau."""
     callbacks = []
     if settings.keep_best:
-        callbacks.append(KeepBest(out, settings.monitor))
+        callbacks.append(KeepBest(out, settings.monitor, overwrite=True))  # (see train)
     if settings.early_stopping is not None:
         callbacks.append(EarlyStopping(settings.monitor, settings.early_stopping))
     if settings.reduce_lr_on_plateau is not None:
@@ -240,11 +240,12 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
     if folder is not None:
         state["folder"] = {"fingerprint": folder.fingerprint, "images": len(folder.train[1])}
     callbacks = make_callbacks(settings, out)
+    # (out and KeepBest's file: refused above if they exist, unless --overwrite or --resume)
     history = fit(model, optimizer, validating.train, validating.validation, epochs=settings.epochs,
                   batch_size=settings.batch_size, seed=settings.seed, validation_split=validating.split,
                   test=validating.test,
                   callbacks=callbacks, classes=data.classes, out=last if settings.keep_best else out,
-                  training=state, progress=progress, checkpoint_every=checkpoint_every,
+                  overwrite=True, training=state, progress=progress, checkpoint_every=checkpoint_every,
                   divergence=settings.divergence, augment=settings.augment)
     if history and world.is_root:
         print(_saved_message(out, last, settings, state, callbacks, data))
