@@ -129,6 +129,13 @@ def vector_times(K, N, alpha, x, a, lda, beta, y):
     _sgemv(NO_TRANS, N, K, alpha, a, lda, x, 1, beta, y, 1)
 
 
+@numba.njit(inline="always")
+def matrix_times(M, K, alpha, a, lda, x, beta, y):
+    """Row-major y (M,) = alpha * A (M, K) @ x (K,) + beta * y: a matrix through one column, A
+    streamed once (as ``vector_times``; Fortran's sgemv on A^T, transposed back)."""
+    _sgemv(TRANS, K, M, alpha, a, lda, x, 1, beta, y, 1)
+
+
 def _blas_libraries():
     """threadpoolctl's controllers of every BLAS loaded in this process (a scan of them all)."""
     return threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers

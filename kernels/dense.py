@@ -26,7 +26,7 @@ from .errors import ShapeError
 
 from . import checks
 from .activations import elementwise, elementwise_backward
-from .blas import NO_TRANS, TRANS, gemm, vector_times
+from .blas import NO_TRANS, TRANS, gemm, matrix_times, vector_times
 from .jit import parallel_kernel, serial_kernel, threads
 
 # Blocks smaller than these multiply inefficiently, or cost more to hand out than they save:
@@ -189,7 +189,11 @@ def _dense_backward(dx, dw, db, dz, dy, x, w, y, relu, need_dx, tasks):
         i0, i1 = task * I // tasks, (task + 1) * I // tasks
         gemm(TRANS, NO_TRANS, i1 - i0, O, N, np.float32(1.0), flat_x[i0:], I, flat_dz, O,
              np.float32(0.0), flat_dw[i0 * O:], O)
-        if need_dx:
+        if need_dx and N <= _FEW_ROWS:  # a GEMM would pack all of the block of w for these few rows
+            for n in range(N):
+                matrix_times(i1 - i0, O, np.float32(1.0), flat_w[i0 * O:], O, flat_dz[n * O:], np.float32(0.0),
+                             flat_dx[n * I + i0:])
+        elif need_dx:
             gemm(NO_TRANS, TRANS, N, i1 - i0, O, np.float32(1.0), flat_dz, O, flat_w[i0 * O:], O,
                  np.float32(0.0), flat_dx[i0:], I)
 

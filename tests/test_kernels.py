@@ -161,7 +161,8 @@ def test_maxpool_ties_take_the_first_and_nan_wins():
 
 
 @pytest.mark.parametrize("n,i,o", [(1, 1, 1), (5, 7, 3), (64, 6272, 128), (64, 128, 10), (3, 33, 17), (1, 6272, 128),
-                                   (8, 1031, 19), (9, 600, 7)])  # up to 8 rows: w streamed, no GEMM
+                                   (4, 3136, 128), (8, 1031, 19), (9, 600, 7)])  # up to 8 rows: w streamed, no GEMM
+                                   # (dx too: a matrix-vector product a row)
 def test_dense_matches_reference(n, i, o, assert_close):
     rng = np.random.default_rng(n * i + o)
     x, w, b = rand(rng, n, i), rand(rng, i, o), rand(rng, o)
