@@ -235,10 +235,9 @@ def _keep_existing(out, state):
     continuing it (a fresh state: epoch 0, batch 0). Every MPI process asks, so all stop alike."""
     if (state["epoch"] or state["batch"]) or not os.path.lexists(out) or os.path.isdir(out):
         return
+    resume = f"ck = fastcnn.load_checkpoint({str(out)!r}); fit(ck.model, ck.optimizer, ..., training=ck.training)"
     raise ModelFileError(f"out: {out} already exists (a model from an earlier run?), and fit would replace it after "
-                         f"the first epoch; write to another file, continue its run (ck = "
-                         f"fastcnn.load_checkpoint({str(out)!r}); fit(ck.model, ck.optimizer, ..., training=ck.training)), "
-                         f"or pass overwrite=True")
+                         f"the first epoch; write to another file, continue its run ({resume}), or pass overwrite=True")
 
 
 def _save(out, model, optimizer, state, callbacks=()):
@@ -301,11 +300,12 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     ``training`` is the state from a checkpoint to resume from (None for a fresh run); it keeps
     the callbacks' states too. The model, optimizer and state are written to ``out`` after every
     epoch, and also every ``checkpoint_every`` batches if given. An existing ``out`` is replaced
-    only by the run it holds (``training`` from it, past its start) or with ``overwrite=True``:
-    else ``ModelFileError`` before any work, as it may hold a model that took an hour to train. SIGINT or SIGTERM stops training
-    at the next batch boundary, writes ``out`` there and raises ``TrainingInterrupted``. A NaN or
-    Inf loss raises ``TrainingDiverged`` at that step, and so does a loss that stays above
-    ``divergence`` times its start (see ``Divergence``; 0 turns that off). The checkpoint is written
+    only by a resumed run (``training`` past its start: as a rule the run that wrote it) or with
+    ``overwrite=True``; else ``ModelFileError`` before any work, as it may hold a model that took
+    an hour to train. SIGINT or SIGTERM stops training at the next batch boundary, writes ``out``
+    there and raises ``TrainingInterrupted``. A NaN or Inf loss raises ``TrainingDiverged`` at
+    that step, and so does a loss that stays above ``divergence`` times its start (see
+    ``Divergence``; 0 turns that off). The checkpoint is written
     before the epoch's line is printed, so a closed output loses nothing.
 
     Started by mpiexec, the processes train one model data-parallel (``fastcnn.distributed``):
