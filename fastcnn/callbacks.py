@@ -26,7 +26,7 @@ import os
 from .checkpoint import save
 from .loading import load_checkpoint
 from .errors import ModelFileError, ShapeError
-from .fileio import check_writable_output
+from .fileio import check_writable_output, taken
 from .kernels import checks
 
 __all__ = ["Callback", "EarlyStopping", "KeepBest", "ReduceLROnPlateau", "TrainingRun"]
@@ -243,7 +243,7 @@ class KeepBest(_Monitored):
             raise ShapeError(f"KeepBest: {self.path} is also fit's out, which keeps the last epoch to resume from; "
                              f"keep the best one in another file")
         resumed = self.best_epoch is not None  # (a resumed run's best so far is in this file)
-        if not (self.overwrite or resumed) and os.path.lexists(self.path) and not os.path.isdir(self.path):
+        if not (self.overwrite or resumed) and taken(self.path):
             raise ModelFileError(f"KeepBest: {self.path} already exists (a model from an earlier run?) and would be "
                                  f"replaced by the first epoch; keep the best epoch in another file, or pass "
                                  f"KeepBest(..., overwrite=True)")

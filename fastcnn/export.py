@@ -19,7 +19,6 @@ the model expects, the data set, fastcnn's version and the architecture.
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import numpy as np
 from .version import __version__
 from .data import CLASS_NAMES
 from .errors import ExportError, FastCNNError, ShapeError
-from .fileio import atomic_write, check_writable
+from .fileio import atomic_write, check_writable, taken
 from .model import checked
 from .checkpoint import architecture
 from .layers import (Add, AvgPool2D, BatchNorm1D, BatchNorm2D, Concatenate, Conv2D, Dense, Dropout, Flatten,
@@ -75,7 +74,7 @@ def export_onnx(model, path, input_shape=None, logits=False, dataset=None, overw
     """
     _onnx()
     path = Path(path)
-    if not overwrite and os.path.lexists(path) and not os.path.isdir(path):  # a folder: check_writable says so
+    if not overwrite and taken(path):
         raise ExportError(f"{path}: already exists; export to another file, or replace it "
                           f"(overwrite=True, --overwrite)")
     try:

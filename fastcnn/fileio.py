@@ -46,6 +46,13 @@ def atomic_write(path, mode="wb"):
         raise
 
 
+def taken(path):
+    """Whether a file, or a link (a dangling one too), is at ``path``: what an output that must not
+    replace finished work unasked refuses to find. A folder there is not one: ``check_writable``
+    says what is wrong with it."""
+    return os.path.lexists(path) and not os.path.isdir(path)
+
+
 def check_writable(path, need=0):
     """Raise ``OSError`` now if :func:`atomic_write` to ``path`` would fail later.
 

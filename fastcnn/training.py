@@ -17,7 +17,6 @@ and their states go into the checkpoint too. The test set is evaluated once, at 
 """
 
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -233,7 +232,7 @@ class _ProgressOutput:
 def _keep_existing(out, state):
     """ModelFileError if the file ``out`` exists and a run from ``state`` would replace it without
     continuing it (a fresh state: epoch 0, batch 0). Every MPI process asks, so all stop alike."""
-    if (state["epoch"] or state["batch"]) or not os.path.lexists(out) or os.path.isdir(out):
+    if (state["epoch"] or state["batch"]) or not fileio.taken(out):
         return
     resume = f"ck = fastcnn.load_checkpoint({str(out)!r}); fit(ck.model, ck.optimizer, ..., training=ck.training)"
     raise ModelFileError(f"out: {out} already exists (a model from an earlier run?), and fit would replace it after "

@@ -167,7 +167,7 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
     last = last_epoch_path(out)
     if not resume and not overwrite:
         for path in (out, last) if requested.keep_best else (out,):
-            if os.path.lexists(path) and not os.path.isdir(path):
+            if fileio.taken(path):
                 raise ModelFileError(f"{path}: already exists; continue its run with --resume, train into another "
                                      f"file with --out, or replace it with --overwrite")
     if world.is_root:  # the one process that writes out (another's probe would race its clean-up)

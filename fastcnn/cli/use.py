@@ -17,7 +17,7 @@ from .. import compiling, data
 from ..loading import load_checkpoint
 from ..data import CLASS_NAMES
 from ..errors import FastCNNError, ImageError, ModelFileError
-from ..fileio import check_writable
+from ..fileio import check_writable, taken
 from ..folders import image_folder
 from ..inference import evaluate, input_channels, picture_loader
 from ..settings import from_checkpoint, server_limits_from_arguments
@@ -26,7 +26,7 @@ from ..settings import from_checkpoint, server_limits_from_arguments
 def _check_writable(path, overwrite):
     """An output picture's folder takes files, before the work that makes the picture; with
     ``overwrite`` False, a file of that name is refused rather than replaced."""
-    if not overwrite and os.path.lexists(path) and not os.path.isdir(path):
+    if not overwrite and taken(path):
         raise ImageError(f"{path}: already exists; name another file, or replace it with --overwrite")
     try:
         check_writable(path)
