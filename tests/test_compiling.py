@@ -164,6 +164,38 @@ def test_a_kernel_read_from_the_cache_needs_no_compiler_registries_and_a_later_c
     assert warm == {"same": True, "loaded": 1, "registries": False, "later": 1.0}
 
 
+# Compiles the kernels whose sums start as zeros and counts the parallel loops Numba lowers in each.
+PARALLEL_LOOPS = """
+    import collections, inspect, json, numpy as np
+    from numba.parfors import parfor_lowering
+    lowered = collections.Counter()
+    lower = parfor_lowering._lower_parfor_parallel
+    def counted(lowerer, parfor):
+        lowered[lowerer.fndesc.qualname] += 1
+        return lower(lowerer, parfor)
+    parfor_lowering.ParforLower.lower_inst.__globals__["_lower_parfor_parallel"] = counted
+    from fastcnn.kernels import batchnorm, batchnorm_pool, dense, reference
+    rng = np.random.default_rng(0)
+    x, w, dy = rng.random((64, 600), np.float32), rng.random((600, 16), np.float32), rng.random((64, 16), np.float32)
+    dense.dense_relu_backward(dy, x, w, dy)
+    xs, ones, zeros = rng.random((8, 12, 12, 16), np.float32), np.ones(16, np.float32), np.zeros(16, np.float32)
+    batchnorm.batchnorm_forward(xs, ones, zeros)
+    batchnorm.batchnorm_backward(xs, xs, xs, ones, zeros, ones, relu=True)
+    y, argmax = reference.batchnorm_relu_pool_forward(xs, zeros, ones, ones, zeros)
+    batchnorm_pool.batchnorm_relu_pool_backward(y, xs, y, argmax, ones, zeros, ones)
+    kernels = [dense._dense_backward, batchnorm._channel_moments, batchnorm._batchnorm_backward, batchnorm_pool._backward]
+    print(json.dumps({k.__name__: [lowered[k.__name__], inspect.getsource(k.py_func).count("prange(")] for k in kernels}))
+"""
+
+
+def test_a_parallel_kernel_lowers_only_its_own_parallel_loops(tmp_path):
+    # np.zeros at a parallel kernel's top level becomes a parallel loop of its own, one more for
+    # Numba to compile (0.3-0.5 s of CPU each): the sums start as zeros by plain loops instead.
+    out = json.loads(run(PARALLEL_LOOPS, tmp_path / "cache").stdout)
+    assert out == {"_dense_backward": [1, 1], "_channel_moments": [1, 1], "_batchnorm_backward": [2, 2],
+                   "_backward": [2, 2]}
+
+
 def test_a_kernel_compiles_with_fewer_collections_and_the_collector_is_put_back(monkeypatch):
     import gc
     assert gc.get_freeze_count() > 0  # import fastcnn left what it imported to the permanent generation
