@@ -429,24 +429,27 @@ def _makespan(costs, processes, start):
 # CPU seconds that compiling each kernel took on one machine: the relative costs behind the
 # estimates on a CPU where nothing is recorded yet, scaled to it by the first kernel compiled there.
 # AVX2 code on the 2-core AMD EPYC (Zen 3), two processes compiling side by side, the mean of two
-# runs of `benchmarks/compile_times.py --fit` (which prints this table), 2026-12-07; the runs
-# agreed within 0.71-1.17x per kernel. The cost model of the source (_model_seconds), which
-# estimated every kernel before, was within 0.51-2.6x of these, and the first kernel (a small
-# one) carried its own error to all the others: on that machine `fastcnn train` said "about 4 s"
-# and compiled in 5.8 s, `--model deep` "about 43 s" for 18.1 s.
+# runs of `benchmarks/compile_times.py --fit` (which prints this table), 2026-12-07 at 14:43 and
+# 14:45, after Winograd's products and three backward passes came to compile in less; the first
+# run, on a slower machine, brought to the second's pace by their median ratio (0.83) first: they
+# then agreed within 0.73-1.89x per kernel, the small ones the least (the table before, of two
+# quieter runs, within 0.71-1.17x). The cost model of the source (_model_seconds), which
+# estimated every kernel before, was within 0.51-2.6x of such a table, and the first kernel (a
+# small one) carried its own error to all the others: on that machine `fastcnn train` said "about
+# 4 s" and compiled in 5.8 s, `--model deep` "about 43 s" for 18.1 s.
 REFERENCE_SECONDS = {
-    "avgpool._global_avgpool_backward": 0.45, "avgpool._global_avgpool_forward": 0.57,
-    "batchnorm._batchnorm_backward": 3.05, "batchnorm._few_rows_backward": 1.31,
-    "batchnorm._few_rows_moments": 0.56, "batchnorm._few_rows_normalize": 0.37, "batchnorm._normalize": 0.53,
-    "batchnorm_pool._backward": 3.68, "batchnorm_pool._forward": 1.29,
-    "conv._conv2d_backward_input_gemm": 1.38, "conv._conv2d_backward_weight": 2.92,
-    "conv._conv2d_backward_weight_gemm": 2.2, "conv._conv2d_forward": 4.12, "conv._conv2d_forward_gemm": 3.3,
-    "conv_pool._conv_relu_pool_backward_weight": 4.33, "conv_pool._conv_relu_pool_forward": 3.03,
-    "dense._dense_backward": 1.25, "dense._dense_forward": 0.83, "dense._dense_forward_few": 1.92,
-    "dense._relu_backward": 0.31, "dense._relu_forward": 0.32, "dropout._dropout": 0.38,
-    "loss._softmax": 0.26, "loss._softmax_cross_entropy": 0.32, "merge._add": 0.41, "optim._sgd_momentum": 0.33,
-    "winograd._finish_weight_gradient": 0.93, "winograd._forward": 6.2, "winograd._forward_relu_pool": 3.83,
-    "winograd._transform_weights": 1.48, "winograd._weight_gradient": 4.17,
+    "avgpool._global_avgpool_backward": 0.51, "avgpool._global_avgpool_forward": 0.65,
+    "batchnorm._batchnorm_backward": 2.76, "batchnorm._few_rows_backward": 1.5, "batchnorm._few_rows_moments": 0.81,
+    "batchnorm._few_rows_normalize": 0.27, "batchnorm._normalize": 0.55, "batchnorm_pool._backward": 3.51,
+    "batchnorm_pool._forward": 1.46, "conv._conv2d_backward_input_gemm": 1.34, "conv._conv2d_backward_weight": 3.64,
+    "conv._conv2d_backward_weight_gemm": 2.12, "conv._conv2d_forward": 4.17, "conv._conv2d_forward_gemm": 3.01,
+    "conv_pool._conv_relu_pool_backward_weight": 4.8, "conv_pool._conv_relu_pool_forward": 3.27,
+    "dense._dense_backward": 1.52, "dense._dense_forward": 0.98, "dense._dense_forward_few": 2.51,
+    "dense._dense_forward_small": 0.58, "dense._relu_backward": 0.35, "dense._relu_forward": 0.35,
+    "dropout._dropout": 0.41, "inputs._within": 0.15, "loss._softmax": 0.26, "loss._softmax_cross_entropy": 0.35,
+    "merge._add": 0.43, "optim._sgd_momentum": 0.37, "winograd._finish_weight_gradient": 0.96,
+    "winograd._forward": 5.39, "winograd._forward_relu_pool": 3.66, "winograd._transform_weights": 1.47,
+    "winograd._weight_gradient": 3.62,
 }
 
 
