@@ -166,7 +166,7 @@ def test_a_kernel_read_from_the_cache_needs_no_compiler_registries_and_a_later_c
 
 # Compiles a parallel kernel and one parallel function of Numba's own, noting which code libraries
 # are handed to the JIT engine (made machine code) while each compiles.
-LOOP_BODIES = """
+HANDED_TO_ENGINE = """
     import json, numba, numpy as np
     from numba.core import codegen
     from fastcnn.kernels import conv, jit, reference
@@ -190,9 +190,9 @@ def test_a_kernels_loop_bodies_become_machine_code_only_inside_the_kernel(tmp_pa
     # kernel links them in (0.8-1.2 s of CPU in the original network's first step): a kernel's
     # compile hands none of them to the engine; a parallel function of Numba's own is left as it was.
     cache = tmp_path / "cache"
-    first = json.loads(run(LOOP_BODIES, cache).stdout)
+    first = json.loads(run(HANDED_TO_ENGINE, cache).stdout)
     assert first == {"same": True, "loaded": 0, "kernel": [False, True], "numba": [True, [0.0, 2.0, 4.0]]}
-    warm = json.loads(run(LOOP_BODIES, cache).stdout)  # and the kernel loads from the cache, the same
+    warm = json.loads(run(HANDED_TO_ENGINE, cache).stdout)  # and the kernel loads from the cache, the same
     assert warm == {"same": True, "loaded": 1, "kernel": [False, True], "numba": [True, [0.0, 2.0, 4.0]]}
 
 
