@@ -25,7 +25,7 @@ import numpy as np
 from numba import prange
 
 from . import checks
-from .jit import parallel_kernel, serial_kernel, threads
+from .jit import parallel_kernel, serial_kernel, threads, zeros
 
 # A task sums at least this many rows: fewer cost more to hand out than they save.
 _MIN_ROWS = 64
@@ -33,19 +33,6 @@ _MIN_ROWS = 64
 # of float32's 24 bits (the tests' largest relative error in var: 3e-6; with float64 per element
 # 1e-7), and the float64 work drops to one add per channel per 64 rows.
 _BLOCK = 64
-
-
-@numba.njit(inline="always")
-def zeroed_sums(tasks, C):
-    """(tasks, 2, C) float64 zeros for the tasks' sums, set by a plain loop: at a parallel kernel's
-    top level ``np.zeros`` becomes a parallel loop of its own, one more for Numba to compile (a
-    gufunc and its wrappers: 0.3-0.5 s of CPU), for a few hundred values."""
-    sums = np.empty((tasks, 2, C))
-    for task in range(tasks):
-        for i in range(2):
-            for c in range(C):
-                sums[task, i, c] = 0.0
-    return sums
 
 
 @numba.njit(inline="always")
@@ -103,7 +90,7 @@ def normalize_row(y, x, mean, scale, bias, relu, r):
 @parallel_kernel
 def _channel_moments(mean, var, x, tasks):
     R, C = x.shape
-    sums = zeroed_sums(tasks, C)
+    sums = zeros((tasks, 2, C))
     for task in prange(tasks):
         moment_sums(sums, task, x, task * R // tasks, (task + 1) * R // tasks)
     moments(mean, var, x, sums)
@@ -165,7 +152,7 @@ def input_gradient_row(dx, dy, x, y, mean, rstd, a, b, d, relu, r):
 def _batchnorm_backward(dx, dweight, dbias, dy, x, y, weight, mean, var, eps, relu, need_dx, tasks):
     R, C = x.shape
     rstd = rstd_of(var, eps)
-    sums = zeroed_sums(tasks, C)
+    sums = zeros((tasks, 2, C))
     for task in prange(tasks):
         gradient_sums(sums, task, dy, x, y, mean, rstd, relu, task * R // tasks, (task + 1) * R // tasks)
     a, b, d = gradient_factors(dweight, dbias, sums, weight, rstd, R)

@@ -31,8 +31,8 @@ import numpy as np
 from numba import prange
 
 from . import checks
-from .jit import parallel_kernel, threads
-from .batchnorm import batchnorm_backward_into, batchnorm_eval_forward_into, rstd_of, zeroed_sums
+from .jit import parallel_kernel, threads, zeros
+from .batchnorm import batchnorm_backward_into, batchnorm_eval_forward_into, rstd_of
 from .dense import relu_backward_into, relu_forward_into
 from .pool import check_window_argmax, max_of_four, maxpool_backward_into, maxpool_forward_into, pooled_row
 
@@ -74,7 +74,7 @@ def _backward(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, stri
     # summed in float32 over a pooled row, then in float64. (Throughout, values are loaded before
     # a conditional expression picks one: a load inside one branch keeps LLVM from vectorising.)
     # A window's four values are picked from in registers.
-    sums = zeroed_sums(tasks, C)
+    sums = zeros((tasks, 2, C))
     for task in prange(tasks):
         picked = np.empty(C, np.float32)
         row_s, row_q = np.zeros(C, np.float32), np.zeros(C, np.float32)

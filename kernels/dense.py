@@ -27,7 +27,7 @@ from .errors import ShapeError
 from . import checks
 from .activations import elementwise, elementwise_backward
 from .blas import NO_TRANS, TRANS, gemm, matrix_times, vector_times
-from .jit import parallel_kernel, serial_kernel, threads
+from .jit import parallel_kernel, serial_kernel, threads, zeros
 
 # Blocks smaller than these multiply inefficiently, or cost more to hand out than they save:
 # a thread takes at least this many output columns or rows of w.
@@ -174,9 +174,7 @@ def _dense_backward(dx, dw, db, dz, dy, x, w, y, relu, need_dx, tasks):
     O = w.shape[1]
     # dz = dy where ReLU let it through; db its column sums, in float64, in row order. On one
     # thread: N * O values, a few microseconds (a second parallel loop cost 1 s of compiling).
-    acc = np.empty(O)  # (not np.zeros: that would be a parallel loop of its own, 0.3-0.5 s to compile)
-    for o in range(O):
-        acc[o] = 0.0
+    acc = zeros(O)
     for n in range(N):
         for o in range(O):
             g = dy[n, o] if (not relu or y[n, o] > 0) else np.float32(0.0)

@@ -74,6 +74,18 @@ def serial_kernel(fn):
     return _kernel(fn, parallel=False)
 
 
+@numba.njit(inline="always")
+def zeros(shape):
+    """float64 zeros of ``shape`` (an int or a tuple), set by a plain loop, for a parallel kernel's
+    top level: there ``np.zeros`` becomes a parallel loop of its own, one more for Numba to compile
+    (a gufunc and its wrappers: 0.3-0.5 s of CPU), for the few hundred values of tasks' sums."""
+    out = np.empty(shape)
+    flat = out.reshape(-1)
+    for i in range(flat.size):
+        flat[i] = 0.0
+    return out
+
+
 def helper(fn):
     """A function the kernels call, compiled once per signature as a function of its own (LLVM
     still inlines it where that pays) rather than copied into each kernel by Numba: the direct
