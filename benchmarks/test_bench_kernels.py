@@ -131,10 +131,10 @@ def test_batchnorm_forward(bench, impl, shape):
 def test_batchnorm_backward(bench, impl, shape):
     rng = np.random.default_rng(0)
     x, c = rand(rng, *POOL[shape]), POOL[shape][3]
-    weight = rand(rng, c)
-    y, mean, var = IMPLS[impl].batchnorm_forward(x, weight, rand(rng, c), 1e-5, True)
-    bench(f"batchnorm_backward[{shape},relu]", impl, IMPLS[impl].batchnorm_backward, rand(rng, *x.shape), x, y,
-          weight, mean, var, 1e-5, True)
+    weight, bias = rand(rng, c), rand(rng, c)
+    _, mean, var = IMPLS[impl].batchnorm_forward(x, weight, bias, 1e-5, True)
+    bench(f"batchnorm_backward[{shape},relu]", impl, IMPLS[impl].batchnorm_backward, rand(rng, *x.shape), x, weight,
+          bias, mean, var, 1e-5, True)
 
 
 @pytest.mark.parametrize("shape", list(POOL))

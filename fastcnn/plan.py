@@ -315,13 +315,20 @@ class Plan:
 
     def backward(self, dy, ws):
         """Every step's backward, last to first, from the gradient ``dy`` of the logits; a value
-        read by several steps gets the sum of their gradients."""
-        k, grads = self.kernels, [None] * len(self.steps)
+        read by several steps gets the sum of their gradients: added onto the gradient so far by
+        the step itself where it can (``Step.adds_input_grad``) and that gradient is a buffer no
+        other value's gradient shares (``own``: the step's own ``dx``, or the value's ``dsum``),
+        else summed into the value's ``dsum``."""
+        k, grads, own = self.kernels, [None] * len(self.steps), set()
         grads[-1] = dy
         for i in range(len(self.steps) - 1, -1, -1):
             step, dy = self.steps[i], grads[i]
             if dy is None:
                 continue  # nothing learnable in or before it
+            source = step.sources[0]
+            if step.adds_input_grad and step.needs_input_grad and source in own:
+                grads[source] = step.backward(k, dy, ws[i], grads[source])
+                continue
             dx = step.backward(k, dy, ws[i])
             if not step.needs_input_grad:
                 continue
@@ -330,9 +337,12 @@ class Plan:
                     continue
                 if grads[s] is None:
                     grads[s] = g
+                    if g is ws[i].get("dx"):
+                        own.add(s)
                 else:  # (written only into the value's own buffer: g may be another's, dy itself)
                     k.add_forward_into(ws[s]["dsum"], grads[s], g, False)
                     grads[s] = ws[s]["dsum"]
+                    own.add(s)
 
     def train_step(self, x, labels, seed=0, step=0, first_row=0):
         """Forward, softmax cross-entropy and backward for a checked batch: fills every layer's

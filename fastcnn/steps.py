@@ -38,8 +38,12 @@ class Step:
     ``forward(k, x, ws, run)`` returns the step's output; ``backward(k, dy, ws)`` fills the
     layers' ``grads`` and returns the input gradient (None where it is skipped). ``ws`` is the
     step's workspace: a dict of the buffers ``buffers(n, train)`` asked for, and what forward saved.
-    ``index`` is the position of the step's first layer in the model.
+    ``index`` is the position of the step's first layer in the model. A step that ``adds_input_grad``
+    also takes ``backward(k, dy, ws, onto)``: its input gradient added onto ``onto`` (an input that
+    another step reads too), which it returns.
     """
+
+    adds_input_grad = False
 
     def __init__(self, layers, shapes, index):
         self.layers, self.in_shape, self.out_shape, self.index = layers, shapes[0], shapes[-1], index
@@ -126,6 +130,7 @@ class Conv(Step):
     """Conv2D; with ``relu``, the ReLU after it applied in place (inference only)."""
 
     relu = False
+    adds_input_grad = True
 
     def forward(self, k, x, ws, run):
         conv = self.layers[0]
@@ -134,11 +139,11 @@ class Conv(Step):
         (k.conv2d_relu_forward_into if self.relu else k.conv2d_forward_into)(ws["y"], x, w, b, conv.stride, conv.pad)
         return ws["y"]
 
-    def backward(self, k, dy, ws):
+    def backward(self, k, dy, ws, onto=None):
         conv = self.layers[0]
-        dx = ws.get("dx")
+        dx = ws.get("dx") if onto is None else onto
         k.conv2d_backward_into(dx, conv.grads["weight"], conv.grads["bias"], dy, ws["x"], conv.params["weight"],
-                               conv.stride, conv.pad)
+                               conv.stride, conv.pad, onto is not None)
         return dx
 
 
@@ -224,8 +229,8 @@ class BatchNorm(Step):
         rows = ws["x"]
         dx = ws.get("dx")
         k.batchnorm_backward_into(None if dx is None else dx.reshape(rows.shape), bn.grads["weight"], bn.grads["bias"],
-                                  dy.reshape(rows.shape), rows, ws["y"].reshape(rows.shape), bn.params["weight"],
-                                  ws["mean"], ws["var"], bn.eps, self.relu)
+                                  dy.reshape(rows.shape), rows, bn.params["weight"], bn.params["bias"], ws["mean"],
+                                  ws["var"], bn.eps, self.relu)
         return dx
 
 
@@ -249,6 +254,7 @@ class ConvBatchNorm(Step):
     own for them; backward: BatchNorm's backward, then the convolution's."""
 
     relu = False
+    adds_input_grad = True
 
     def __init__(self, layers, shapes, index):
         super().__init__(layers, shapes, index)
@@ -276,17 +282,17 @@ class ConvBatchNorm(Step):
         k.batchnorm_eval_forward_into(ws["y"], ws["conv"], bn.params["weight"], bn.params["bias"], ws["mean"],
                                       ws["var"], bn.eps, self.relu)
 
-    def backward(self, k, dy, ws):
+    def backward(self, k, dy, ws, onto=None):
         bn = self.bn
-        k.batchnorm_backward_into(ws["dconv"], bn.grads["weight"], bn.grads["bias"], dy, ws["conv"], ws["y"],
-                                  bn.params["weight"], ws["mean"], ws["var"], bn.eps, self.relu)
-        return self.conv_backward(k, ws)
+        k.batchnorm_backward_into(ws["dconv"], bn.grads["weight"], bn.grads["bias"], dy, ws["conv"], bn.params["weight"],
+                                  bn.params["bias"], ws["mean"], ws["var"], bn.eps, self.relu)
+        return self.conv_backward(k, ws, onto)
 
-    def conv_backward(self, k, ws):
+    def conv_backward(self, k, ws, onto=None):
         conv = self.conv
-        dx = ws.get("dx")
+        dx = ws.get("dx") if onto is None else onto
         k.conv2d_backward_into(dx, conv.grads["weight"], conv.grads["bias"], ws["dconv"], ws["x"],
-                               conv.params["weight"], conv.stride, conv.pad)
+                               conv.params["weight"], conv.stride, conv.pad, onto is not None)
         return dx
 
 
@@ -314,12 +320,12 @@ class ConvBatchNormReluPool(ConvBatchNorm):
         k.batchnorm_relu_pool_forward_into(ws["y"], ws["argmax"], ws["conv"], ws["mean"], ws["var"],
                                            bn.params["weight"], bn.params["bias"], bn.eps, pool.size, pool.stride)
 
-    def backward(self, k, dy, ws):
+    def backward(self, k, dy, ws, onto=None):
         bn, pool = self.bn, self.pool
         k.batchnorm_relu_pool_backward_into(ws["dconv"], bn.grads["weight"], bn.grads["bias"], dy, ws["conv"],
                                             ws["y"], ws["argmax"], bn.params["weight"], ws["mean"], ws["var"], bn.eps,
                                             pool.size, pool.stride)
-        return self.conv_backward(k, ws)
+        return self.conv_backward(k, ws, onto)
 
 
 class DropoutStep(Step):

@@ -35,6 +35,7 @@ from . import algorithms, checks, simd, winograd
 from .blas import NO_TRANS, TRANS, gemm
 from .dense import relu_forward_into
 from .jit import helper, parallel_kernel, threads
+from .merge import add_forward_into
 
 # Output pixels per GEMM of the im2col forward pass and input gradient: up to 256, in whole rows (18 of 14
 # pixels, across images; 9 of 28).
@@ -463,8 +464,9 @@ def forward_direct_into(y, sums, x, w, b, stride, pad):
         sums[...] = parts.sum(axis=0)
 
 
-def conv2d_backward_into(dx, dw, db, dy, x, w, stride, pad):
-    """Fill dw (KH, KW, C, K), db (K,) and, unless it is None, dx (N, H, W, C) from dy."""
+def conv2d_backward_into(dx, dw, db, dy, x, w, stride, pad, add=False):
+    """Fill dw (KH, KW, C, K), db (K,) and, unless it is None, dx (N, H, W, C) from dy; with
+    ``add``, add the input gradient onto dx (the gradient of an input that another layer reads too)."""
     path = algorithms.conv_weight_gradient(x.shape, w.shape, stride, pad)
     if path == "winograd":
         winograd.weight_gradient_into(dw, db, dy, x, pad)
@@ -473,7 +475,7 @@ def conv2d_backward_into(dx, dw, db, dy, x, w, stride, pad):
     else:
         weight_gradient_direct_into(dw, db, dy, x, stride, pad)
     if dx is not None:
-        input_gradient_into(dx, dy, w, stride, pad)
+        input_gradient_into(dx, dy, w, stride, pad, add)
 
 
 def weight_gradient_gemm_into(dw, db, dy, x, stride, pad):
@@ -491,9 +493,9 @@ def weight_gradient_direct_into(dw, db, dy, x, stride, pad):
                             pad)
 
 
-def input_gradient_into(dx, dy, w, stride, pad):
+def input_gradient_into(dx, dy, w, stride, pad, add=False):
     """dx (N, H, W, C) from dy (N, OH, OW, K), as forward convolutions, so that the tuned forward
-    kernel does the work and nothing more is compiled.
+    kernel does the work and nothing more is compiled; with ``add``, added onto dx.
 
     At stride 1, dx is the convolution of dy with w turned by 180 degrees and its channels swapped,
     w'[a, b, k, c] = w[KH-1-a, KW-1-b, c, k], and padding KH-1-pad: each input pixel gathers the
@@ -504,16 +506,26 @@ def input_gradient_into(dx, dy, w, stride, pad):
     and axes, or is < 0 (pad > KH-1), dy is first copied into a zero frame (``framed``). For a
     batch of more than one image, a stride > 1 takes col2im instead (``_conv2d_backward_input_gemm``:
     a GEMM per block of dy's rows, its columns added onto the pixels each tap read), which measured
-    2.7 to 4.2 times faster than the phases; one image stays with the phases, spread over the threads."""
+    2.7 to 4.2 times faster than the phases; one image stays with the phases, spread over the threads.
+    col2im adds onto dx anyway, so ``add`` only skips its zeroing: where a residual network's
+    stride-2 convolution and its 1x1 shortcut read the same input, the second adds onto the first's
+    gradient, with no buffer zeroed and no pass that sums two (about 4 passes over the input's
+    size). The other paths write dx: with ``add``, into room of their own, then added."""
     KH, KW, C, _ = w.shape
+    col2im = not (stride == 1 and KH == KW and pad <= KH - 1) and dy.shape[0] > 1
+    if add and not col2im:
+        out = np.empty_like(dx)
+        input_gradient_into(out, dy, w, stride, pad)
+        add_forward_into(dx, dx, out, False)
+        return
     no_bias = np.zeros(C, np.float32)
     if stride == 1 and KH == KW and pad <= KH - 1:
         conv2d_forward_into(dx, dy, _turned(w), no_bias, 1, KH - 1 - pad)
         return
-    if dy.shape[0] > 1:
+    if col2im:
         n, oh, ow, k = dy.shape
         _conv2d_backward_input_gemm(dx, dy.reshape(n * oh, ow, k), w.reshape(-1, k), KH, KW, stride, pad,
-                                    max(1, _GEMM_PIXELS // ow), tasks(n))
+                                    max(1, _GEMM_PIXELS // ow), tasks(n), add)
         return
     for p in range(stride):
         for q in range(stride):
@@ -534,9 +546,9 @@ def input_gradient_into(dx, dy, w, stride, pad):
 
 
 @parallel_kernel
-def _conv2d_backward_input_gemm(dx, dy, w, KH, KW, stride, pad, block, tasks):
+def _conv2d_backward_input_gemm(dx, dy, w, KH, KW, stride, pad, block, tasks, add):
     # dy viewed as (N * OH, OW, K), w as (KH*KW*C, K). Each task owns a contiguous range of images:
-    # their dx is zeroed, then ``block`` rows of dy at a time (across its images), one GEMM
+    # their dx is zeroed (unless ``add``), then ``block`` rows of dy at a time (across its images), one GEMM
     # (block*OW, K) @ (K, D) gives every tap's share of the input gradient (col2im's columns),
     # added onto the pixels each tap read: no other task writes them.
     N, H, W, C = dx.shape
@@ -547,7 +559,8 @@ def _conv2d_backward_input_gemm(dx, dy, w, KH, KW, stride, pad, block, tasks):
         cols = np.empty((block * OW, D), np.float32)
         flat_cols = cols.reshape(-1)
         n0, n1 = task * N // tasks, (task + 1) * N // tasks
-        dx[n0:n1] = 0.0
+        if not add:
+            dx[n0:n1] = 0.0
         row, end = n0 * OH, n1 * OH
         while row < end:
             rows = min(block, end - row)

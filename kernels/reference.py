@@ -242,12 +242,13 @@ def batchnorm_eval_forward(x, weight, bias, running_mean, running_var, eps=1e-5,
     return relu_forward(y) if relu else y
 
 
-def batchnorm_backward(dy, x, y, weight, mean, var, eps=1e-5, relu=False, need_dx=True):
-    x = _check_batchnorm(x, weight=weight, mean=mean, var=var)
+def batchnorm_backward(dy, x, weight, bias, mean, var, eps=1e-5, relu=False, need_dx=True):
+    x = _check_batchnorm(x, weight=weight, bias=bias, mean=mean, var=var)
     checks.same_shape("dy", checks.channels_last("dy", dy), x.shape, "x's shape")
-    g = relu_backward(dy, y) if relu else dy
     rows = x.size // x.shape[-1]
     rstd = 1 / np.sqrt(var + checks.positive_real("eps", eps))
+    # With the ReLU: dy where the forward's y (made again, by its own arithmetic) is > 0.
+    g = relu_backward(dy, (x - mean) / np.sqrt(var + eps) * weight + bias) if relu else dy
     xhat = (x - mean) * rstd
     dbias, dweight = _channel_sum(g).astype(x.dtype), _channel_sum(g * xhat).astype(x.dtype)
     # y depends on x directly and through the batch's mean and var: the last two terms.
@@ -318,7 +319,7 @@ def batchnorm_relu_pool_forward(x, mean, var, weight, bias, eps=1e-5, size=2, st
 
 def batchnorm_relu_pool_backward(dy, x, y, argmax, weight, mean, var, eps=1e-5, size=2, stride=None):
     g = maxpool_backward(relu_backward(dy, y), argmax, x.shape)
-    return batchnorm_backward(g, x, None, weight, mean, var, eps)
+    return batchnorm_backward(g, x, weight, np.zeros_like(weight), mean, var, eps)
 
 
 # --- data augmentation ---------------------------------------------------------------------------
@@ -412,8 +413,11 @@ def conv2d_forward_into(y, x, w, b, stride, pad):
     y[...] = conv2d_forward(x, w, b, stride, pad)
 
 
-def conv2d_backward_into(dx, dw, db, dy, x, w, stride, pad):
-    _fill((dx, dw, db), conv2d_backward(dy, x, w, stride, pad, dx is not None))
+def conv2d_backward_into(dx, dw, db, dy, x, w, stride, pad, add=False):
+    grads = conv2d_backward(dy, x, w, stride, pad, dx is not None)
+    if add:
+        dx += grads[0]
+    _fill((None if add else dx, dw, db), grads)
 
 
 def conv_relu_pool_forward_into(y, argmax, conv, x, w, b, stride, pad, size, pool_stride):
@@ -546,8 +550,8 @@ def batchnorm_eval_forward_into(y, x, weight, bias, running_mean, running_var, e
     y[...] = batchnorm_eval_forward(x, weight, bias, running_mean, running_var, eps, relu)
 
 
-def batchnorm_backward_into(dx, dweight, dbias, dy, x, y, weight, mean, var, eps, relu):
-    _fill((dx, dweight, dbias), batchnorm_backward(dy, x, y, weight, mean, var, eps, relu, dx is not None))
+def batchnorm_backward_into(dx, dweight, dbias, dy, x, weight, bias, mean, var, eps, relu):
+    _fill((dx, dweight, dbias), batchnorm_backward(dy, x, weight, bias, mean, var, eps, relu, dx is not None))
 
 
 def dropout_forward_into(y, x, p, key):

@@ -212,7 +212,7 @@ PARALLEL_LOOPS = """
     dense.dense_relu_backward(dy, x, w, dy)
     xs, ones, zeros = rng.random((8, 12, 12, 16), np.float32), np.ones(16, np.float32), np.zeros(16, np.float32)
     batchnorm.batchnorm_forward(xs, ones, zeros)
-    batchnorm.batchnorm_backward(xs, xs, xs, ones, zeros, ones, relu=True)
+    batchnorm.batchnorm_backward(xs, xs, ones, zeros, zeros, ones, relu=True)
     y, argmax = reference.batchnorm_relu_pool_forward(xs, zeros, ones, ones, zeros)
     batchnorm_pool.batchnorm_relu_pool_backward(y, xs, y, argmax, ones, zeros, ones)
     kernels = [dense._dense_backward, batchnorm._channel_moments, batchnorm._batchnorm_backward, batchnorm_pool._backward]

@@ -4,6 +4,8 @@ float64 (ours in float32: tolerance 1e-4 relative to max(1, max|torch|)), the co
 against the reference, a chain as a graph against the Sequential, saving and loading, and the
 refusals."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -116,6 +118,51 @@ def test_the_compiled_kernels_and_the_reference_agree_on_a_graph(graph):
         m.eval()
     np.testing.assert_allclose(models[0].forward(x), models[1].forward(x), rtol=1e-5, atol=1e-5)
 
+
+
+def read_by_four(backend="numba", seed=0):
+    """A value read by four convolutions: three at stride 2 (3x3, 1x1, 3x3) joined by an Add, and
+    one at stride 1 on a head of its own."""
+    x = Input((9, 8, 3))
+    h = Conv2D(4, 3, padding="same")(x)
+    a = Add()([Conv2D(5, 3, stride=2, padding=1)(h), Conv2D(5, 1, stride=2)(h), Conv2D(5, 3, stride=2, padding=1)(h)])
+    c = Conv2D(5, 3, padding="same")(h)
+    head = Concatenate()([GlobalAvgPool2D()(a), GlobalAvgPool2D()(c)])
+    return Model(x, Dense(4)(Flatten()(head)), seed=seed, backend=backend)
+
+
+def test_a_value_read_by_several_convolutions_gets_their_gradients_added_in_place():
+    """The first convolution to reach a value read by several writes its input gradient into its
+    own buffer; each later one adds its own onto it (Step.adds_input_grad), so no two gradients are
+    summed into another buffer: at stride 2 (col2im) as it scatters them, at stride 1 after
+    computing its own. The gradients as the reference backend's and PyTorch's."""
+    models = [read_by_four(backend) for backend in ("numba", "numpy")]
+    x, y = batch(models[0], n=6)
+    sums = []
+
+    class Counting:  # the kernels, with the plan's own sums of two gradients counted
+        def __init__(self, kernels):
+            self.kernels = kernels
+
+        def __getattr__(self, name):
+            if name == "add_forward_into":
+                return lambda out, a, b, relu: (sums.append(out.shape), self.kernels.add_forward_into(out, a, b, relu))
+            return getattr(self.kernels, name)
+
+    for m in models:
+        plan = m.plan()
+        plan.kernels = Counting(plan.kernels)
+        m.result = m.train_step(x, y)
+    assert (6, 9, 8, 4) not in sums, sums  # (the others: the Add's own, in its forward pass)
+    np.testing.assert_allclose(models[0].result[1], models[1].result[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(models[0].gradients, models[1].gradients, rtol=1e-4, atol=1e-5)
+    if importlib.util.find_spec("torch"):
+        t_loss, _, t_params = torch_loss(models[0], x, y)
+        t_loss.backward()
+        grads = dict(zip((name for name, _ in models[0].named_parameters()),
+                         [layer.grads[n] for layer in models[0].layers for n in layer.params]))
+        for name, p in t_params.items():
+            close(grads[name], p.grad, f"gradient of {name}")
 
 def test_a_chain_built_as_a_graph_runs_as_the_sequential_does():
     def layers():

@@ -64,6 +64,14 @@ def test_conv2d_matches_reference(shape, assert_close):
         assert_close(f"conv2d_backward.{name}", g, r, BWD)
     dx, dw, db = K.conv2d_backward(dy, x, wt, stride, pad, need_dx=False)
     assert dx is None and np.array_equal(dw, got[1]) and np.array_equal(db, got[2])
+    # The core's add=True: the input gradient added onto dx (col2im's scatter, or each other path's
+    # own result then added), what a value read by two convolutions gets.
+    base = rand(rng, *x.shape)
+    for k in (K, R):
+        dx, dw, db = base.copy(), np.empty_like(wt), np.empty_like(b)
+        k.conv2d_backward_into(dx, dw, db, dy, x, wt, stride, pad, True)
+        assert_close(f"conv2d_backward_into(add=True).dx ({k.__name__})", dx, base + want[0], BWD)
+        assert_close(f"conv2d_backward_into(add=True).dw ({k.__name__})", dw, want[1], BWD)
 
 
 # (N, H, W, C_in, C_out, kernel, stride, padding, pool size, pool stride): the pool over the conv's

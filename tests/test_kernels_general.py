@@ -57,11 +57,11 @@ def test_batchnorm_matches_reference(shape, relu, assert_close):
     assert_close("batchnorm_eval_forward", K.batchnorm_eval_forward(x, weight, bias, *stats),
                  R.batchnorm_eval_forward(x, weight, bias, *stats), FWD)
     dy = rand(rng, *shape)
-    want = R.batchnorm_backward(dy, x, y_ref, weight, mean_ref, var_ref, 1e-5, relu)
-    got = K.batchnorm_backward(dy, x, y, weight, mean, var, 1e-5, relu)
+    want = R.batchnorm_backward(dy, x, weight, bias, mean_ref, var_ref, 1e-5, relu)
+    got = K.batchnorm_backward(dy, x, weight, bias, mean, var, 1e-5, relu)
     for name, g, r in zip(("dx", "dweight", "dbias"), got, want):
         assert_close(f"batchnorm_backward.{name}", g, r, BWD)
-    dx, dweight, dbias = K.batchnorm_backward(dy, x, y, weight, mean, var, 1e-5, relu, need_dx=False)
+    dx, dweight, dbias = K.batchnorm_backward(dy, x, weight, bias, mean, var, 1e-5, relu, need_dx=False)
     assert dx is None and np.array_equal(dweight, got[1]) and np.array_equal(dbias, got[2])
 
 
@@ -88,8 +88,8 @@ def test_batchnorm_cores_write_the_callers_buffers():
     for got, w in zip((y, mean, var), want):
         np.testing.assert_array_equal(got, w)
     dy, dweight, dbias = rand(rng, *x.shape), np.empty(4, np.float32), np.empty(4, np.float32)
-    K.batchnorm_backward_into(None, dweight, dbias, dy, x, y, weight, mean, var, 1e-5, True)
-    _, dweight_ref, dbias_ref = K.batchnorm_backward(dy, x, y, weight, mean, var, 1e-5, True)
+    K.batchnorm_backward_into(None, dweight, dbias, dy, x, weight, bias, mean, var, 1e-5, True)
+    _, dweight_ref, dbias_ref = K.batchnorm_backward(dy, x, weight, bias, mean, var, 1e-5, True)
     np.testing.assert_array_equal(dweight, dweight_ref)
     np.testing.assert_array_equal(dbias, dbias_ref)
 
@@ -297,6 +297,32 @@ def test_adam_flushes_moments_that_decay_to_subnormals():
 
 # --- bad arguments -------------------------------------------------------------------------------
 
+
+@pytest.mark.parametrize("shape", [(64, 28, 28, 32), (9, 16)], ids=str)  # the parallel kernel, the few-rows one
+def test_batchnorm_backward_masks_where_the_forwards_relu_did(shape):
+    """The backward makes the ReLU's mask again from x, weight and bias, y not read: it is the
+    forward's y > 0 exactly, pre-activations of exactly 0 and a rounding error from it included.
+    Against the plain backward of dy masked by the forward's y: the two compile to different
+    arithmetic (a few ulps apart), but one element masked otherwise would move its dx by
+    |weight * dy| / sigma, about 0.1 here, and the sums by |dy|."""
+    rng = np.random.default_rng(5)
+    c = shape[-1]
+    x, weight, bias = rand(rng, *shape), rand(rng, c), rand(rng, c) * np.float32(0.01)
+    bias[:c // 2] = 0.0
+    mean, var = x.reshape(-1, c)[0].copy(), np.abs(rand(rng, c)) + np.float32(0.5)  # row 0: exactly the bias
+    y = K.batchnorm_eval_forward(x, weight, bias, mean, var, 1e-5, True)  # as ConvBatchNorm normalises
+    assert (y.reshape(-1, c)[0, :c // 2] == 0).all() and (y > 0).any()
+    dy = rand(rng, *shape)
+    got = K.batchnorm_backward(dy, x, weight, bias, mean, var, 1e-5, True)
+    want = K.batchnorm_backward(np.where(y > 0, dy, np.float32(0)), x, weight, bias, mean, var, 1e-5, False)
+    for name, g, w in zip(("dx", "dweight", "dbias"), got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4, err_msg=name)
+    y_train, mean, var = K.batchnorm_forward(x, weight, bias, 1e-5, True)  # and as the BatchNorm layer does
+    got = K.batchnorm_backward(dy, x, weight, bias, mean, var, 1e-5, True)
+    want = K.batchnorm_backward(np.where(y_train > 0, dy, np.float32(0)), x, weight, bias, mean, var, 1e-5, False)
+    for name, g, w in zip(("dx", "dweight", "dbias"), got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4, err_msg=name)
+
 @pytest.mark.parametrize("k", [K, R], ids=["numba", "numpy"])
 def test_bad_arguments_say_what_was_expected(k):
     x = np.zeros((2, 5, 5, 3), np.float32)
@@ -312,7 +338,7 @@ def test_bad_arguments_say_what_was_expected(k):
     with pytest.raises(ShapeError, match="running_var"):
         k.batchnorm_eval_forward(x, c3, c3, c3, np.ones(2, np.float32))
     with pytest.raises(ShapeError, match="x's shape"):
-        k.batchnorm_backward(x[:1], x, x, c3, c3, c3)
+        k.batchnorm_backward(x[:1], x, c3, c3, c3, c3)
     with pytest.raises(ShapeError, match=r"p: expected a value in \[0, 1\)"):
         k.dropout_forward(x, 1.0, 0)
     with pytest.raises(ShapeError, match=r"p: expected a value in \[0, 1\)"):

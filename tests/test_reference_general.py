@@ -18,7 +18,7 @@ def test_batchnorm_backward(shape, relu):
     y, mean, var = R.batchnorm_forward(x, weight, bias, 1e-3, relu)
     r = rng.standard_normal(shape)
     loss = lambda: (R.batchnorm_forward(x, weight, bias, 1e-3, relu)[0] * r).sum()  # noqa: E731
-    dx, dweight, dbias = R.batchnorm_backward(r, x, y, weight, mean, var, 1e-3, relu)
+    dx, dweight, dbias = R.batchnorm_backward(r, x, weight, bias, mean, var, 1e-3, relu)
     if relu:
         assert (y == 0).any() and (y > 0).any()  # the ReLU really gates something
     assert_grads(loss, (dx, x), (dweight, weight), (dbias, bias))

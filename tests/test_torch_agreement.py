@@ -62,7 +62,7 @@ def test_batchnorm(shape, relu):
         yt.backward(nchw(dy).detach())
         y, mean, var = R.batchnorm_forward(x, weight, bias, eps, relu)
         close(y, nhwc(yt))
-        dx, dweight, dbias = R.batchnorm_backward(dy, x, y, weight, mean, var, eps, relu)
+        dx, dweight, dbias = R.batchnorm_backward(dy, x, weight, bias, mean, var, eps, relu)
         close(dx, nhwc(xt.grad))
         close(dweight, layer.weight.grad)
         close(dbias, layer.bias.grad)
