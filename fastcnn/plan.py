@@ -316,9 +316,9 @@ class Plan:
     def backward(self, dy, ws):
         """Every step's backward, last to first, from the gradient ``dy`` of the logits; a value
         read by several steps gets the sum of their gradients: added onto the gradient so far by
-        the step itself where it can (``Step.adds_input_grad``) and that gradient is a buffer no
-        other value's gradient shares (``own``: the step's own ``dx``, or the value's ``dsum``),
-        else summed into the value's ``dsum``."""
+        the step itself where that costs it nothing (``Step.adds_input_grad``) and that gradient
+        is a buffer no other value's gradient shares (``own``: the step's own ``dx``, or the
+        value's ``dsum``), else summed into the value's ``dsum``."""
         k, grads, own = self.kernels, [None] * len(self.steps), set()
         grads[-1] = dy
         for i in range(len(self.steps) - 1, -1, -1):
@@ -326,7 +326,7 @@ class Plan:
             if dy is None:
                 continue  # nothing learnable in or before it
             source = step.sources[0]
-            if step.adds_input_grad and step.needs_input_grad and source in own:
+            if step.needs_input_grad and source in own and step.adds_input_grad(len(dy)):
                 grads[source] = step.backward(k, dy, ws[i], grads[source])
                 continue
             dx = step.backward(k, dy, ws[i])

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import ShapeError
+from .kernels import conv as conv_kernels
 from .kernels.blas import numpy_blas_on_one_thread
 
 class Run(NamedTuple):
@@ -38,12 +39,10 @@ class Step:
     ``forward(k, x, ws, run)`` returns the step's output; ``backward(k, dy, ws)`` fills the
     layers' ``grads`` and returns the input gradient (None where it is skipped). ``ws`` is the
     step's workspace: a dict of the buffers ``buffers(n, train)`` asked for, and what forward saved.
-    ``index`` is the position of the step's first layer in the model. A step that ``adds_input_grad``
-    also takes ``backward(k, dy, ws, onto)``: its input gradient added onto ``onto`` (an input that
-    another step reads too), which it returns.
+    ``index`` is the position of the step's first layer in the model. Where ``adds_input_grad(n)``,
+    ``backward(k, dy, ws, onto)`` adds the input gradient of a batch of ``n`` onto ``onto`` (an
+    input that another step reads too) at no cost, and returns it.
     """
-
-    adds_input_grad = False
 
     def __init__(self, layers, shapes, index):
         self.layers, self.in_shape, self.out_shape, self.index = layers, shapes[0], shapes[-1], index
@@ -64,6 +63,9 @@ class Step:
         """The weight and bias the step's kernel runs with: its first layer's."""
         params = self.layers[0].params
         return params["weight"], params["bias"]
+
+    def adds_input_grad(self, n):
+        return False
 
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(type(layer).__name__ for layer in self.layers)})"
@@ -130,7 +132,10 @@ class Conv(Step):
     """Conv2D; with ``relu``, the ReLU after it applied in place (inference only)."""
 
     relu = False
-    adds_input_grad = True
+
+    def adds_input_grad(self, n):
+        conv = self.layers[0]
+        return conv_kernels.adds_in_place(n, conv.params["weight"].shape, conv.stride, conv.pad)
 
     def forward(self, k, x, ws, run):
         conv = self.layers[0]
@@ -254,12 +259,15 @@ class ConvBatchNorm(Step):
     own for them; backward: BatchNorm's backward, then the convolution's."""
 
     relu = False
-    adds_input_grad = True
 
     def __init__(self, layers, shapes, index):
         super().__init__(layers, shapes, index)
         self.conv, self.bn = layers[0], layers[1]
         self.conv_shape = shapes[1]
+
+    def adds_input_grad(self, n):
+        conv = self.conv
+        return conv_kernels.adds_in_place(n, conv.params["weight"].shape, conv.stride, conv.pad)
 
     def buffers(self, n, train):
         need = super().buffers(n, train)

@@ -512,7 +512,7 @@ def input_gradient_into(dx, dy, w, stride, pad, add=False):
     gradient, with no buffer zeroed and no pass that sums two (about 4 passes over the input's
     size). The other paths write dx: with ``add``, into room of their own, then added."""
     KH, KW, C, _ = w.shape
-    col2im = not (stride == 1 and KH == KW and pad <= KH - 1) and dy.shape[0] > 1
+    col2im = adds_in_place(dy.shape[0], w.shape, stride, pad)
     if add and not col2im:
         out = np.empty_like(dx)
         input_gradient_into(out, dy, w, stride, pad)
@@ -543,6 +543,13 @@ def input_gradient_into(dx, dy, w, stride, pad, add=False):
             out = np.empty(phase.shape, np.float32)
             conv2d_forward_into(out, src, _turned(sub), no_bias, 1, 0)
             phase[...] = out
+
+
+def adds_in_place(n, w_shape, stride, pad):
+    """Whether the input gradient of a batch of ``n`` goes by col2im, which adds onto dx: then
+    ``add=True`` costs nothing, where the other paths compute their own and add it."""
+    KH, KW = w_shape[0], w_shape[1]
+    return n > 1 and not (stride == 1 and KH == KW and pad <= KH - 1)
 
 
 @parallel_kernel

@@ -132,10 +132,10 @@ def read_by_four(backend="numba", seed=0):
 
 
 def test_a_value_read_by_several_convolutions_gets_their_gradients_added_in_place():
-    """The first convolution to reach a value read by several writes its input gradient into its
-    own buffer; each later one adds its own onto it (Step.adds_input_grad), so no two gradients are
-    summed into another buffer: at stride 2 (col2im) as it scatters them, at stride 1 after
-    computing its own. The gradients as the reference backend's and PyTorch's."""
+    """The first convolution to reach a value read by several (the stride-1 one, last in the
+    model) writes its input gradient into its own buffer; each later one, at stride 2 (col2im),
+    adds its own onto it as it scatters it (Step.adds_input_grad), so no two gradients are summed
+    into another buffer. The gradients as the reference backend's and PyTorch's."""
     models = [read_by_four(backend) for backend in ("numba", "numpy")]
     x, y = batch(models[0], n=6)
     sums = []
