@@ -153,7 +153,7 @@ def batchnorm_relu_pool_backward_into(dx, dweight, dbias, dy, x, y, argmax, weig
     relu_backward_into(passed, dy, y)
     dz = np.empty_like(x)
     maxpool_backward_into(dz, passed, argmax)
-    batchnorm_backward_into(dx, dweight, dbias, dz, x, weight, weight, mean, var, eps, False)  # (no ReLU: no bias read)
+    batchnorm_backward_into(dx, dweight, dbias, dz, x, weight, np.zeros_like(weight), mean, var, eps, False)
 
 
 def _check_statistics(x, **vectors):
