@@ -164,6 +164,7 @@ def test_a_value_read_by_several_convolutions_gets_their_gradients_added_in_plac
         for name, p in t_params.items():
             close(grads[name], p.grad, f"gradient of {name}")
 
+
 def test_a_chain_built_as_a_graph_runs_as_the_sequential_does():
     def layers():
         return [Conv2D(8, 3, padding=1), BatchNorm2D(), ReLU(), MaxPool2D(2), Flatten(), Dense(16), ReLU(),
