@@ -178,7 +178,12 @@ HANDED_TO_ENGINE = """
     same = bool(np.allclose(conv.conv2d_forward(x, w, b, 1, 1), reference.conv2d_forward(x, w, b, 1, 1), atol=1e-5))
     kernel = [name.startswith(jit._LOOP_BODY_LIBRARIES) for name in handed]
     handed.clear()
-    doubled = numba.njit(parallel=True)(lambda a: [2 * a[i] for i in numba.prange(len(a))])(np.arange(3.0))
+    def twice(a):  # (by index: a list comprehension over prange appends in whatever order threads finish)
+        out = np.empty_like(a)
+        for i in numba.prange(len(a)):
+            out[i] = 2 * a[i]
+        return out
+    doubled = numba.njit(parallel=True)(twice)(np.arange(3.0)).tolist()
     print(json.dumps({"same": same, "loaded": sum(conv._conv2d_forward.stats.cache_hits.values()),
                       "kernel": [any(kernel), len(kernel) > 0],
                       "numba": [any(n.startswith(jit._LOOP_BODY_LIBRARIES) for n in handed), list(doubled)]}))
