@@ -415,7 +415,7 @@ def conv2d_forward_into(y, x, w, b, stride, pad):
 
 def conv2d_backward_into(dx, dw, db, dy, x, w, stride, pad, add=False):
     grads = conv2d_backward(dy, x, w, stride, pad, dx is not None)
-    if add:
+    if add and dx is not None:
         dx += grads[0]
     _fill((None if add else dx, dw, db), grads)
 
