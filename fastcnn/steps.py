@@ -259,15 +259,12 @@ class ConvBatchNorm(Step):
     own for them; backward: BatchNorm's backward, then the convolution's."""
 
     relu = False
+    adds_input_grad = Conv.adds_input_grad  # (its first layer is the convolution too)
 
     def __init__(self, layers, shapes, index):
         super().__init__(layers, shapes, index)
         self.conv, self.bn = layers[0], layers[1]
         self.conv_shape = shapes[1]
-
-    def adds_input_grad(self, n):
-        conv = self.conv
-        return conv_kernels.adds_in_place(n, conv.params["weight"].shape, conv.stride, conv.pad)
 
     def buffers(self, n, train):
         need = super().buffers(n, train)
