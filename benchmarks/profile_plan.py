@@ -6,8 +6,10 @@ the loss and the optimizer's update; then the total per kind of step.
 Random images, the plan's own buffers, the kernels' unchecked cores as ``fit`` runs them; the
 median of each part over ``rounds`` steps after three warm-up steps. GFLOP/s are given for the
 steps with a convolution or a dense layer, from the FLOPs of a direct convolution
-(``networks.flops``: the same count as ``compare.py``). Below each table, a whole step timed
-without the stopwatches in between, for comparison with their sum. Run it alone on the machine.
+(``networks.flops``: the same count as ``compare.py``); "the plan between its steps" is what its
+``forward`` and ``backward`` take besides their steps (in a graph, the sums of the gradients of a
+value that several steps read). Below each table, a whole step (the plan's ``train_step`` and the
+update), timed in turn with the parts, for comparison with their sum. Run it alone on the machine.
 """
 
 import argparse
@@ -58,23 +60,27 @@ def profile(name, batch, threads, rounds):
 
     for _ in range(3):
         whole_step()
-    whole = np.zeros(rounds)
+    n = len(plan.steps)
+    whole, forward, backward = np.zeros(rounds), np.zeros((rounds, n)), np.full((rounds, n), np.nan)
+    loss, update, between = np.zeros(rounds), np.zeros(rounds), np.zeros(rounds)
+    times = stopwatches(plan)  # from here on, the plan's own forward and backward time each step
     for r in range(rounds):
+        # A whole step, then its parts: in turn, as this machine's speed wanders from one minute
+        # to the next (timed apart, the two differed by 10-20% on 2026-12-07 and took the same in turn).
         t = time.perf_counter()
         whole_step()
         whole[r] = time.perf_counter() - t
-
-    n = len(plan.steps)
-    forward, backward = np.zeros((rounds, n)), np.full((rounds, n), np.nan)
-    loss, update = np.zeros(rounds), np.zeros(rounds)
-    times = stopwatches(plan)  # from here on, the plan's own forward and backward time each step
-    for r in range(rounds):
         times.clear()
+        t = time.perf_counter()
         logits = plan.forward(x, ws, Run(True, 0, r))
+        passes = time.perf_counter() - t
         t = time.perf_counter()
         k.softmax_cross_entropy_into(ws[-1]["dlogits"], ws[-1]["row_loss"], logits, y)
         loss[r] = time.perf_counter() - t
+        t = time.perf_counter()
         plan.backward(ws[-1]["dlogits"], ws)
+        passes += time.perf_counter() - t
+        between[r] = passes - sum(times.values())  # the plan's own work: no step's stopwatch sees it
         t = time.perf_counter()
         opt.step()
         update[r] = time.perf_counter() - t
@@ -82,7 +88,7 @@ def profile(name, batch, threads, rounds):
             (forward if phase == "forward" else backward)[r, i] = seconds
 
     forward, backward = np.median(forward, axis=0), np.nan_to_num(np.median(backward, axis=0))
-    total = forward.sum() + backward.sum() + np.median(loss) + np.median(update)
+    total = forward.sum() + backward.sum() + np.median(loss) + np.median(update) + np.median(between)
     flops = networks.flops(layers)
     lines = [f"{name}: batch {batch}, {threads} thread{'s' * (threads > 1)}, median of {rounds} steps; "
              f"{flops['train'] / 1e6:.2f} MFLOP an image to train",
@@ -97,11 +103,12 @@ def profile(name, batch, threads, rounds):
                      f"{backward[i] * 1e3:11.3f} {gflops(b_flop, backward[i]):>8s} "
                      f"{100 * (forward[i] + backward[i]) / total:5.1f}%")
         kinds[type(step).__name__] += forward[i] + backward[i]
-    for what, seconds in (("softmax cross-entropy", np.median(loss)), ("SGD update", np.median(update))):
+    for what, seconds in (("softmax cross-entropy", np.median(loss)), ("SGD update", np.median(update)),
+                          ("the plan between its steps (gradient sums, Python)", np.median(between))):
         lines.append(f"{what:58s} {seconds * 1e3:10.3f} {'':>8s} {'':>11s} {'':>8s} {100 * seconds / total:5.1f}%")
         kinds[what] += seconds
     lines.append(f"{'the sum of the parts':58s} {total * 1e3:10.3f} ms = {flops['train'] * batch / total / 1e9:.1f} "
-                 f"GFLOP/s; a whole step without the stopwatches: {np.median(whole) * 1e3:.3f} ms")
+                 f"GFLOP/s; a whole step, timed in turn with the parts: {np.median(whole) * 1e3:.3f} ms")
     lines.append(f"{'by kind of step':58s} {'ms':>10s} {'share':>6s}")
     for kind, seconds in sorted(kinds.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {kind:56s} {seconds * 1e3:10.3f} {100 * seconds / total:5.1f}%")
