@@ -1,6 +1,7 @@
 """Every convolution path on a grid of shapes: what ``kernels/algorithms.py``'s rules are measured from.
 
     python benchmarks/conv_paths.py [--batch 64] [--threads 2] [--cpu-time]
+    python benchmarks/conv_paths.py --gemm-products [--threads 2]
 
 For 3x3 convolutions at stride 1 ("same" padding) of the channel pairs CNNs use, at several image
 sizes, it times the forward pass and the weight gradient on each path (direct, gemm, winograd),
@@ -9,6 +10,10 @@ which each path won. ``--cpu-time`` times one thread's CPU time instead of the w
 machine shared with other work then still gives the paths' relative cost. Run it alone on the
 machine, once as is and once with the AVX2 code (NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=-avx512f
 OPENBLAS_CORETYPE=Haswell) where the CPU has AVX-512.
+
+``--gemm-products`` times instead im2col's forward pass (the strided, 1x1 and 5x5 convolutions)
+with its products by BLAS against products.py's register tiles, calls in turn, at batches of 1
+to 64, beside the pixels of each product: ``algorithms.GEMM_REGISTER_PIXELS`` is measured from it.
 """
 
 import argparse
@@ -51,18 +56,56 @@ def weight_paths(x, dy, dw, db):
             "winograd": lambda: winograd.weight_gradient_into(dw, db, dy, x, 1)}
 
 
+# (H, W, C, K, kernel, stride, padding): resnet's strided and shortcut convolutions, a 5x5 and a 1x1.
+GEMM_SHAPES = [(28, 28, 32, 64, 3, 2, 1), (14, 14, 64, 128, 3, 2, 1), (28, 28, 32, 64, 1, 2, 0),
+               (14, 14, 64, 128, 1, 2, 0), (14, 14, 32, 64, 5, 1, 2), (8, 8, 64, 128, 1, 1, 0)]
+
+
+def gemm_products(rng, clock, rounds=15):
+    """im2col's forward pass with BLAS's products against the register tiles, calls in turn."""
+    rule = algorithms.gemm_in_registers
+    print(f"{'shape':34s} {'batch':>5s} {'pixels':>6s} {'BLAS':>9s} {'registers':>9s}")
+    try:
+        for batch in (1, 2, 4, 8, 16, 64):
+            for h, w, c, k, size, stride, pad in GEMM_SHAPES:
+                x = rng.standard_normal((batch, h, w, c), np.float32)
+                wt = rng.standard_normal((size, size, c, k), np.float32)
+                oh, ow = (h + 2 * pad - size) // stride + 1, (w + 2 * pad - size) // stride + 1
+                b, y = np.zeros(k, np.float32), np.empty((batch, oh, ow, k), np.float32)
+                pixels = []
+                algorithms.gemm_in_registers = lambda n: pixels.append(n) or False
+                conv.forward_gemm_into(y, None, x, wt, b, stride, pad)
+                times = {False: [], True: []}
+                for r in range(rounds):
+                    for registers in (False, True) if r % 2 == 0 else (True, False):
+                        algorithms.gemm_in_registers = lambda n, registers=registers: registers
+                        times[registers].append(best(lambda: conv.forward_gemm_into(y, None, x, wt, b, stride, pad),
+                                                     clock, budget=0.02, least=1))
+                blas, tiles = np.median(times[False]), np.median(times[True])
+                print(f"{h}x{w}x{c}->{k} {size}x{size} stride {stride:<14d} {batch:5d} {pixels[0]:6d} "
+                      f"{blas * 1e6:7.0f}us {tiles * 1e6:7.0f}us  {blas / tiles:.2f}x")
+    finally:
+        algorithms.gemm_in_registers = rule
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
     p.add_argument("--cpu-time", action="store_true", help="one thread's CPU time, not the wall clock")
     p.add_argument("--max-work", type=float, default=2e9, help="skip shapes of more FLOPs than this")
+    p.add_argument("--gemm-products", action="store_true", help="im2col's products: BLAS against registers")
     args = p.parse_args()
     numba.set_num_threads(1 if args.cpu_time else args.threads)
     clock = timer(args.cpu_time)
     rng = np.random.default_rng(0)
     print(f"instruction set: {algorithms.isa()}, threads {numba.get_num_threads()}, batch {args.batch}, "
           f"{'CPU time of one thread' if args.cpu_time else 'wall clock'}")
+    if args.gemm_products:
+        print(f"products in registers here: {algorithms.winograd_products() == 'registers'} (OpenBLAS core "
+              f"{algorithms.blas.core()}); the rule takes them below {algorithms.GEMM_REGISTER_PIXELS} pixels")
+        gemm_products(rng, clock)
+        return
     print(f"{'shape':28s} {'pass':8s} {'direct':>9s} {'gemm':>9s} {'winograd':>9s}  fastest")
     wins = {}
     for c, k in PAIRS:

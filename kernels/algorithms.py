@@ -81,6 +81,14 @@ WINOGRAD_TILES_PER_THREAD = {"avx512": 0, "avx2": 16, "registers": 0}
 # as 32, 128 and 512 within 0-10% of 256 (`resnet`'s 3x3 and 1x1 stride-2 convolutions,
 # 28x28x32 -> 64 and 14x14x64 -> 128, batch 64, 12 rounds in turn; 2026-12-07).
 GEMM_WEIGHT_PIXELS = {"avx512": 32, "avx2": 256}
+# Output pixels per product of im2col's forward pass below which products.py's tiles multiply it,
+# where they multiply Winograd's (winograd_products(): AVX2 code): OpenBLAS's Haswell kernels pack
+# the whole weight (up to KH*KW*C x K) on every call, which a product of a few rows does not repay.
+# Measured 2026-12-07 (AVX2-only Zen 3, 2 threads, calls in turn in one process; `conv_paths.py
+# --gemm-products`): one image of resnet's strided and shortcut convolutions and of 5x5 ones
+# (28 and 98 pixels a product) 1.06-1.33x as fast by the tiles, and `resnet`'s one image 1.05-1.07x;
+# from 98 pixels on, products of 128 x 256 channels 0.92-1.01x: BLAS's packing pays there.
+GEMM_REGISTER_PIXELS = 128
 
 _TAKEN = {}  # (pass, shape description) -> path, in the order first seen
 
@@ -108,6 +116,11 @@ def isa():
     if "+avx2" in features or (name.startswith(_AVX2_CPUS) and "-avx2" not in features):
         return "avx2"
     return "other"
+
+
+def gemm_in_registers(pixels):
+    """Whether a product of im2col's forward pass over ``pixels`` output pixels runs in registers here."""
+    return winograd_products() == "registers" and pixels < GEMM_REGISTER_PIXELS
 
 
 def gemm_weight_pixels():

@@ -31,7 +31,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import algorithms, checks, simd, winograd
+from . import algorithms, checks, products, simd, winograd
 from .blas import NO_TRANS, TRANS, gemm
 from .dense import relu_forward_into
 from .jit import helper, parallel_kernel, threads
@@ -198,12 +198,27 @@ def gather_taps(cols, x, row0, rows, OH, OW, stride, pad, KH, KW):
                             cols[r, base + c] = 0.0
 
 
+@helper
+def _blas_rows_times(out, out_at, a, rows, depth, b, K):
+    """products.rows_times by BLAS."""
+    gemm(NO_TRANS, NO_TRANS, rows, K, depth, np.float32(1.0), a, depth, b, K, np.float32(0.0), out[out_at:], K)
+
+
+# Who multiplies the taps of a few output pixels (``registers``): products.py's tiles where they
+# multiply Winograd's products (AVX2 code: OpenBLAS's Haswell kernels pack the whole weight on
+# every call), else BLAS, so that nothing more is compiled where the tiles never run.
+_few_pixels_times = products.rows_times if algorithms.winograd_products() == "registers" else _blas_rows_times
+
+
 @parallel_kernel
-def _conv2d_forward_gemm(y, moments, x, w, b, KH, KW, stride, pad, block, tasks):
+def _conv2d_forward_gemm(y, moments, x, w, b, KH, KW, stride, pad, block, tasks, registers):
     # y viewed as (N * OH, OW, K), w as (KH*KW*C, K). Each task owns a contiguous range of output
     # rows and takes them ``block`` rows at a time (across images: a GEMM of one 7x7 image's 49
     # rows ran at 0.66x the speed of four images' on OpenBLAS's Haswell kernels): their taps are
-    # gathered into ``cols`` (im2col), then one GEMM (block*OW, D) @ (D, K) adds them onto the bias.
+    # gathered into ``cols`` (im2col), then one GEMM (block*OW, D) @ (D, K) writes their products
+    # (with ``registers``, products.py's tiles: algorithms.gemm_in_registers), their statistics
+    # are taken (of the products themselves: y less the bias, which a large bias would round), and
+    # the bias is added.
     N, H, W, C = x.shape
     OH, OW, K = y.shape[0] // N, y.shape[1], y.shape[2]
     D = KH * KW * C
@@ -212,19 +227,22 @@ def _conv2d_forward_gemm(y, moments, x, w, b, KH, KW, stride, pad, block, tasks)
     for task in prange(tasks):
         cols = np.empty((block * OW, D), np.float32)
         s1, s2 = np.zeros(K), np.zeros(K)
-        t1, t2 = np.empty(K, np.float32), np.empty(K, np.float32)
+        t1, t2, no_bias = np.empty(K, np.float32), np.empty(K, np.float32), np.zeros(K, np.float32)
         row, end = task * N * OH // tasks, (task + 1) * N * OH // tasks
         while row < end:
             rows = min(block, end - row)
             gather_taps(cols, x, row, rows, OH, OW, stride, pad, KH, KW)
+            if registers:
+                _few_pixels_times(flat_y, row * OW * K, cols.reshape(-1), rows * OW, D, flat_w, K)
+            else:
+                gemm(NO_TRANS, NO_TRANS, rows * OW, K, D, np.float32(1.0), cols.reshape(-1), D, flat_w, K,
+                     np.float32(0.0), flat_y[row * OW * K:], K)
+            if stats:
+                add_moments(s1, s2, t1, t2, y, row, row + rows, no_bias)
             for r in range(row, row + rows):
                 for ow in range(OW):
                     for k in range(K):
-                        y[r, ow, k] = b[k]
-            gemm(NO_TRANS, NO_TRANS, rows * OW, K, D, np.float32(1.0), cols.reshape(-1), D, flat_w, K,
-                 np.float32(1.0), flat_y[row * OW * K:], K)
-            if stats:
-                add_moments(s1, s2, t1, t2, y, row, row + rows, b)
+                        y[r, ow, k] += b[k]
             row += rows
         if stats:
             store_moments(moments, task, s1, s2)
@@ -448,8 +466,9 @@ def forward_gemm_into(y, sums, x, w, b, stride, pad):
     count = tasks(n * oh)
     block = max(1, min(_GEMM_PIXELS // ow, -(-n * oh // count)))
     parts = _moments(sums, K)[:count]
+    registers = K % simd.WIDTH == 0 and algorithms.gemm_in_registers(block * ow)
     _conv2d_forward_gemm(y.reshape(n * oh, ow, K), parts, x, w.reshape(-1, K), b, w.shape[0], w.shape[1], stride,
-                         pad, block, count)
+                         pad, block, count, registers)
     if sums is not None:
         sums[...] = parts.sum(axis=0)
 

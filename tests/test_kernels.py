@@ -42,6 +42,11 @@ CONV_SHAPES = [
     (1, 7, 12, 12, 5, (2, 3), 3, 4),
     (2, 14, 14, 32, 64, 3, 1, 1),   # the deep network's second convolution
     (12, 14, 13, 8, 16, 3, 2, 1),   # strided: each thread's GEMMs over blocks of rows that span images
+    # A few images (products of fewer pixels than algorithms.GEMM_REGISTER_PIXELS): with AVX2 code
+    # multiplied in registers, output channels a whole number of vectors at both widths:
+    (1, 14, 13, 64, 32, 3, 2, 1),
+    (1, 9, 8, 16, 48, 1, 2, 0),
+    (2, 7, 7, 24, 16, 5, 1, 2),
 ]
 
 

@@ -336,6 +336,39 @@ def test_the_products_in_registers_match_numpy(shape):
     assert (P[..., K:] == 0).all()
 
 
+# (rows, depth, vectors of K): rows that end within a tile of 6, one row, odd depths, one to 16 vectors.
+ROWS_TIMES_SHAPES = [(1, 1, 1), (5, 9, 1), (6, 288, 2), (7, 31, 3), (13, 576, 16), (98, 32, 8), (28, 800, 4)]
+
+
+@pytest.mark.parametrize("shape", ROWS_TIMES_SHAPES, ids=str)
+def test_rows_times_in_registers_matches_numpy(shape):
+    """products.rows_times (im2col's product of a few images, AVX2 code) at an offset into a flat
+    output: its rows written, the rest left as they were; float32 against float64."""
+    from fastcnn.kernels import products, simd
+
+    rows, depth, vectors = shape
+    K = vectors * simd.WIDTH
+    rng = np.random.default_rng(sum(shape))
+    a, b = rand(rng, rows, depth), rand(rng, depth, K)
+    out = np.full(3 * K + rows * K + 2 * K, 7.0, np.float32)
+    products.rows_times(out, 3 * K, a.reshape(-1), rows, depth, b.reshape(-1), K)
+    want = a.astype(np.float64) @ b
+    got = out[3 * K:3 * K + rows * K].reshape(rows, K)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.sqrt(depth) * np.abs(want).max())
+    assert (out[:3 * K] == 7.0).all() and (out[3 * K + rows * K:] == 7.0).all()
+
+
+def test_im2col_multiplies_a_few_images_in_registers_with_avx2_code_only():
+    """The forward GEMM's product of a few pixels by products.py's tiles where Winograd's products
+    run there (AVX2 code), else BLAS; a product of a full block always by BLAS."""
+    from fastcnn.kernels import products
+
+    registers = algorithms.winograd_products() == "registers"
+    assert (conv._few_pixels_times is products.rows_times) == registers
+    assert algorithms.gemm_in_registers(98) == registers  # one image of 28x28 -> 14x14, 2 threads
+    assert not algorithms.gemm_in_registers(252)  # a block of 18 rows of 14 pixels
+
+
 def test_winograd_tasks_take_at_least_four_tiles():
     """Each task transforms the whole weight for itself: one image of 8x8 (4 tiles) is one task."""
     import numba
