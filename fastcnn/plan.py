@@ -32,11 +32,11 @@ import numpy as np
 
 from . import backends, compiling
 from .errors import FastCNNError, ShapeError
-from .layers import (Add, BatchNorm1D, BatchNorm2D, Conv2D, Dense, MaxPool2D, ReLU, fewest_batchnorm_values,
-                     one_value_per_channel, walk)
-from .steps import (EVALUATION, AddRelu, BatchNormRelu, ConvBatchNorm, ConvBatchNormRelu, ConvBatchNormReluPool,
-                    ConvReluPool, DenseRelu, FoldedConv, FoldedConvRelu, FoldedConvReluPool, FoldedDense, FoldedDenseRelu, ReluPool,
-                    Run)
+from .layers import (Add, BatchNorm1D, BatchNorm2D, Conv2D, Dense, GlobalAvgPool2D, MaxPool2D, ReLU,
+                     fewest_batchnorm_values, one_value_per_channel, walk)
+from .steps import (EVALUATION, AddRelu, BatchNormRelu, ConvBatchNorm, ConvBatchNormRelu, ConvBatchNormReluAvgPool,
+                    ConvBatchNormReluPool, ConvReluPool, DenseRelu, FoldedConv, FoldedConvRelu, FoldedConvReluPool,
+                    FoldedDense, FoldedDenseRelu, ReluPool, Run)
 
 _KEEP = 4  # workspaces kept per plan and mode (the batch size, the last batch of an epoch, ...)
 
@@ -46,6 +46,7 @@ _KEEP = 4  # workspaces kept per plan and mode (the batch size, the last batch o
 # for a layer of the user's own).
 FUSIONS = [
     ((Conv2D, BatchNorm2D, ReLU, MaxPool2D), ConvBatchNormReluPool),
+    ((Conv2D, BatchNorm2D, ReLU, GlobalAvgPool2D), ConvBatchNormReluAvgPool),
     ((Conv2D, BatchNorm2D, ReLU), ConvBatchNormRelu),
     ((Conv2D, BatchNorm2D), ConvBatchNorm),
     ((Conv2D, ReLU, MaxPool2D), ConvReluPool),
@@ -58,6 +59,7 @@ FUSIONS = [
 # Evaluation runs these first: a BatchNorm after a Conv2D or Dense is folded into its weights.
 FOLDS = [
     ((Conv2D, BatchNorm2D, ReLU, MaxPool2D), FoldedConvReluPool),
+    ((Conv2D, BatchNorm2D, ReLU, GlobalAvgPool2D), ConvBatchNormReluAvgPool),  # (not folded: training's kernels)
     ((Conv2D, BatchNorm2D, ReLU), FoldedConvRelu),
     ((Conv2D, BatchNorm2D), FoldedConv),
     ((Dense, BatchNorm1D, ReLU), FoldedDenseRelu),

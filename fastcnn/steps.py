@@ -333,6 +333,40 @@ class ConvBatchNormReluPool(ConvBatchNorm):
         return self.conv_backward(k, ws, onto)
 
 
+class ConvBatchNormReluAvgPool(ConvBatchNorm):
+    """Conv2D -> BatchNorm2D -> ReLU -> GlobalAvgPool2D, a network's end. Training: the convolution
+    with its batch statistics, then one pass that normalises, applies the ReLU and averages each
+    image (``batchnorm_relu_avgpool_forward_into``); backward, BatchNorm's two passes with the
+    pool's gradient and the ReLU's mask made on the way, then the convolution's. Evaluation: the
+    convolution, then the same pass with the running statistics (the kernels training compiled:
+    no global pool of its own to compile for a first prediction)."""
+
+    def buffers(self, n, train):
+        if train:
+            return super().buffers(n, train)
+        return {"y": ((n, *self.out_shape), np.float32), "conv": ((n, *self.conv_shape), np.float32)}
+
+    def forward(self, k, x, ws, run):
+        if run.training:
+            return super().forward(k, x, ws, run)
+        conv, bn = self.conv, self.bn
+        k.conv2d_forward_into(ws["conv"], x, conv.params["weight"], conv.params["bias"], conv.stride, conv.pad)
+        k.batchnorm_relu_avgpool_forward_into(ws["y"], ws["conv"], bn.buffers["running_mean"],
+                                              bn.buffers["running_var"], bn.params["weight"], bn.params["bias"], bn.eps)
+        return ws["y"]
+
+    def normalize(self, k, ws):
+        bn = self.bn
+        k.batchnorm_relu_avgpool_forward_into(ws["y"], ws["conv"], ws["mean"], ws["var"], bn.params["weight"],
+                                              bn.params["bias"], bn.eps)
+
+    def backward(self, k, dy, ws, onto=None):
+        bn = self.bn
+        k.batchnorm_relu_avgpool_backward_into(ws["dconv"], bn.grads["weight"], bn.grads["bias"], dy, ws["conv"],
+                                               bn.params["weight"], bn.params["bias"], ws["mean"], ws["var"], bn.eps)
+        return self.conv_backward(k, ws, onto)
+
+
 class DropoutStep(Step):
     """Inverted dropout in training, the identity (no buffers, no work) in evaluation."""
 

@@ -1,5 +1,7 @@
-"""BatchNorm -> ReLU -> max-pool fused, in training: the block after a convolution that has already
-added up the batch statistics of its output (conv.conv2d_moments_forward_into).
+"""BatchNorm -> ReLU -> pool fused, in training: the block after a convolution that has already
+added up the batch statistics of its output (conv.conv2d_moments_forward_into); the pool a max-pool,
+or the global average pool that ends a network (which evaluation runs too, with the running
+statistics: a first prediction then compiles no global pool of its own).
 
 Legend: N batch, H/W the convolution output's height and width, C its channels, P the pooling
 window, T its stride, PH/PW the pooled height and width, R = N*H*W. x (N, H, W, C) the convolution's
@@ -23,10 +25,18 @@ routed through the pool and the ReLU: non-zero only where an argmax points and y
 1. over the pooled outputs only: sum(g) and sum(g * xhat) per channel (dbias and dweight),
 2. over x: dx, from x, and dy where an argmax points at the pixel (a select, so it vectorises).
 
-The reference twin is the composition of the reference BatchNorm (with the given statistics),
-max-pool and ReLU (reference.py).
+With the global average pool, y (N, C) is each image's mean of relu(z), and backward's g is
+dy / (H*W) wherever the ReLU let z through, the mask made again from x by the forward's own
+arithmetic. Its two sums then gather per image first: the pixels let through and the sum of their
+xhat, each image's own (parallel over images), then over the images in order, times dy / (H*W).
+No normalised image, nor its gradient, goes to memory (separately: BatchNorm's pass writing it,
+the pool reading it, the pool's gradient written, read twice by BatchNorm's backward).
+
+The reference twins are the compositions of the reference BatchNorm (with the given statistics),
+the pool and the ReLU (reference.py).
 """
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -126,6 +136,68 @@ def _backward(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, stri
                         dx[n, h, w, c] += g if hit else np.float32(0.0)
 
 
+@parallel_kernel
+def _avgpool_forward(y, total, x, mean, var, weight, bias, eps):
+    # y (N, C): each image's mean of relu(z), summed in float64 into total (N, C), as the global pool's.
+    N, H, W, C = x.shape
+    pixels = x.reshape(N, H * W, C)
+    scale = _scale(var, weight, eps)
+    for n in prange(N):
+        for c in range(C):
+            total[n, c] = 0.0
+        for i in range(H * W):
+            for c in range(C):
+                total[n, c] += max((pixels[n, i, c] - mean[c]) * scale[c] + bias[c], np.float32(0.0))
+        for c in range(C):
+            y[n, c] = total[n, c] / (H * W)
+
+
+@parallel_kernel
+def _avgpool_backward(dx, dweight, dbias, through, xhat_sums, dy, x, weight, bias, mean, var, eps):
+    # through, xhat_sums (N, C) float64: per image, the pixels the ReLU let through and their xhat's sum.
+    N, H, W, C = x.shape
+    P = H * W
+    pixels, dpixels = x.reshape(N, P, C), dx.reshape(N, P, C)
+    rstd = rstd_of(var, eps)
+    scale = _scale(var, weight, eps)
+    for n in prange(N):
+        for c in range(C):
+            through[n, c], xhat_sums[n, c] = 0.0, 0.0
+        for i in range(P):
+            for c in range(C):
+                v = pixels[n, i, c] - mean[c]
+                hit = v * scale[c] + bias[c] > 0
+                through[n, c] += 1.0 if hit else 0.0
+                xhat_sums[n, c] += v * rstd[c] if hit else np.float32(0.0)
+    # dbias = sum(g), dweight = sum(g * xhat), in image order: the same bits whatever thread ran which.
+    inv = np.float32(1.0 / P)
+    a, b, d = np.empty(C, np.float32), np.empty(C, np.float32), np.empty(C, np.float32)
+    for c in range(C):
+        s, q = 0.0, 0.0
+        for n in range(N):
+            g = dy[n, c] * inv
+            s += g * through[n, c]
+            q += g * xhat_sums[n, c]
+        dbias[c], dweight[c] = s, q
+        a[c], b[c], d[c] = weight[c] * rstd[c], s / (N * P), q / (N * P)
+    for n in prange(N):
+        for i in range(P):
+            for c in range(C):
+                v = pixels[n, i, c] - mean[c]
+                g = dy[n, c] * inv if v * scale[c] + bias[c] > 0 else np.float32(0.0)
+                dpixels[n, i, c] = a[c] * (g - b[c] - v * rstd[c] * d[c])
+
+
+@numba.njit(inline="always")
+def _scale(var, weight, eps):
+    """rstd * weight (C,) float32: the normalisation's factor, the same in both passes (the mask)."""
+    rstd = rstd_of(var, eps)
+    scale = np.empty(weight.shape[0], np.float32)
+    for c in range(weight.shape[0]):
+        scale[c] = rstd[c] * weight[c]
+    return scale
+
+
 def _tasks(rows):
     return max(1, min(threads(), rows))
 
@@ -154,6 +226,19 @@ def batchnorm_relu_pool_backward_into(dx, dweight, dbias, dy, x, y, argmax, weig
     dz = np.empty_like(x)
     maxpool_backward_into(dz, passed, argmax)
     batchnorm_backward_into(dx, dweight, dbias, dz, x, weight, np.zeros_like(weight), mean, var, eps, False)
+
+
+def batchnorm_relu_avgpool_forward_into(y, x, mean, var, weight, bias, eps):
+    """y (N, C) = each image's mean of relu(batchnorm(x)), x (N, H, W, C) normalised with the given
+    batch statistics."""
+    _avgpool_forward(y, np.empty(y.shape, np.float64), x, mean, var, weight, bias, float(eps))
+
+
+def batchnorm_relu_avgpool_backward_into(dx, dweight, dbias, dy, x, weight, bias, mean, var, eps):
+    """dx like x, dweight and dbias (C,), from dy (N, C) and the forward's x, weight and bias (the
+    ReLU's mask is made again from them)."""
+    _avgpool_backward(dx, dweight, dbias, np.empty(dy.shape), np.empty(dy.shape), dy, x, weight, bias, mean, var,
+                      float(eps))
 
 
 def _check_statistics(x, **vectors):
@@ -196,4 +281,29 @@ def batchnorm_relu_pool_backward(dy, x, y, argmax, weight, mean, var, eps=1e-5, 
     dx = np.empty_like(x)
     dweight, dbias = np.empty(x.shape[3], np.float32), np.empty(x.shape[3], np.float32)
     batchnorm_relu_pool_backward_into(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, size, stride)
+    return dx, dweight, dbias
+
+
+def batchnorm_relu_avgpool_forward(x, mean, var, weight, bias, eps=1e-5):
+    """y (N, C) = the global average pool of relu(batchnorm(x)), x (N, H, W, C) normalised with the
+    batch statistics mean and var (C,)."""
+    x = checks.array("x", x, 4, np.float32)
+    mean, var, weight, bias = _check_statistics(x, mean=mean, var=var, weight=weight, bias=bias)
+    eps = checks.positive_real("eps", eps)
+    y = np.empty((x.shape[0], x.shape[3]), np.float32)
+    batchnorm_relu_avgpool_forward_into(y, x, mean, var, weight, bias, eps)
+    return y
+
+
+def batchnorm_relu_avgpool_backward(dy, x, weight, bias, mean, var, eps=1e-5):
+    """Gradients of batchnorm_relu_avgpool_forward: (dx like x, dweight (C,), dbias (C,)), given the
+    forward's x, weight and bias, with the batch statistics as the gradient of their own."""
+    x = checks.array("x", x, 4, np.float32)
+    weight, bias, mean, var = _check_statistics(x, weight=weight, bias=bias, mean=mean, var=var)
+    eps = checks.positive_real("eps", eps)
+    dy = checks.array("dy", dy, 2, np.float32)
+    checks.same_shape("dy", dy, (x.shape[0], x.shape[3]), "(N, C) of x")
+    dx = np.empty_like(x)
+    dweight, dbias = np.empty(x.shape[3], np.float32), np.empty(x.shape[3], np.float32)
+    batchnorm_relu_avgpool_backward_into(dx, dweight, dbias, dy, x, weight, bias, mean, var, eps)
     return dx, dweight, dbias

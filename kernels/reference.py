@@ -322,6 +322,14 @@ def batchnorm_relu_pool_backward(dy, x, y, argmax, weight, mean, var, eps=1e-5, 
     return batchnorm_backward(g, x, weight, np.zeros_like(weight), mean, var, eps)
 
 
+def batchnorm_relu_avgpool_forward(x, mean, var, weight, bias, eps=1e-5):
+    return global_avgpool_forward(batchnorm_eval_forward(x, weight, bias, mean, var, eps, relu=True))
+
+
+def batchnorm_relu_avgpool_backward(dy, x, weight, bias, mean, var, eps=1e-5):
+    return batchnorm_backward(global_avgpool_backward(dy, x.shape), x, weight, bias, mean, var, eps, relu=True)
+
+
 # --- data augmentation ---------------------------------------------------------------------------
 
 def augment(x, params):
@@ -442,6 +450,14 @@ def batchnorm_relu_pool_forward_into(y, argmax, x, mean, var, weight, bias, eps,
 
 def batchnorm_relu_pool_backward_into(dx, dweight, dbias, dy, x, y, argmax, weight, mean, var, eps, size, stride):
     _fill((dx, dweight, dbias), batchnorm_relu_pool_backward(dy, x, y, argmax, weight, mean, var, eps, size, stride))
+
+
+def batchnorm_relu_avgpool_forward_into(y, x, mean, var, weight, bias, eps):
+    y[...] = batchnorm_relu_avgpool_forward(x, mean, var, weight, bias, eps)
+
+
+def batchnorm_relu_avgpool_backward_into(dx, dweight, dbias, dy, x, weight, bias, mean, var, eps):
+    _fill((dx, dweight, dbias), batchnorm_relu_avgpool_backward(dy, x, weight, bias, mean, var, eps))
 
 
 def maxpool_forward_into(y, argmax, x, size, stride):

@@ -178,6 +178,43 @@ def test_batchnorm_relu_pool_matches_reference(shape, assert_close):
         assert_close(f"batchnorm_relu_pool_backward.{name}", g, r, BWD)
 
 
+# (N, H, W, C): one pixel, odd and non-square images, channels that end within a vector, cifar's end.
+BN_AVGPOOL_SHAPES = [(1, 1, 1, 3), (2, 5, 7, 3), (3, 9, 4, 17), (1, 6, 6, 20), (64, 8, 8, 128)]
+
+
+@pytest.mark.parametrize("shape", BN_AVGPOOL_SHAPES, ids=str)
+def test_batchnorm_relu_avgpool_matches_reference(shape, assert_close):
+    """BatchNorm -> ReLU -> global average pool in one pass each way, against the composition of
+    the reference's three; x offset far from 0 (the statistics given, as the convolution makes them)."""
+    n, h, w, c = shape
+    rng = np.random.default_rng(sum(shape))
+    x = rand(rng, n, h, w, c) * np.float32(3) + np.float32(100)
+    mean, var = x.reshape(-1, c).mean(0), x.reshape(-1, c).var(0)
+    weight, bias = rand(rng, c), rand(rng, c)
+    weight[0] = -1.0  # a negative scale
+    bias[-1] = -2.0  # a channel the ReLU mostly closes
+    y = K.batchnorm_relu_avgpool_forward(x, mean, var, weight, bias, 1e-5)
+    assert_close("batchnorm_relu_avgpool_forward", y, R.batchnorm_relu_avgpool_forward(x, mean, var, weight, bias,
+                                                                                        1e-5), FWD)
+    z = R.batchnorm_eval_forward(x, weight, bias, mean, var, 1e-5)
+    assert n * h * w < 8 or ((z < 0).any() and (z > 0).any())  # the ReLU really gates something
+    dy = rand(rng, n, c)
+    got = K.batchnorm_relu_avgpool_backward(dy, x, weight, bias, mean, var, 1e-5)
+    want = R.batchnorm_relu_avgpool_backward(dy, x, weight, bias, mean, var, 1e-5)
+    for name, g, r in zip(("dx", "dweight", "dbias"), got, want):
+        assert_close(f"batchnorm_relu_avgpool_backward.{name}", g, r, BWD)
+
+
+def test_batchnorm_relu_avgpool_refuses_what_does_not_fit():
+    x, ones, zeros = np.ones((2, 3, 3, 4), np.float32), np.ones(4, np.float32), np.zeros(4, np.float32)
+    with pytest.raises(K.checks.ShapeError, match="mean: expected shape \\(4,\\)"):
+        K.batchnorm_relu_avgpool_forward(x, np.zeros(3, np.float32), ones, ones, zeros)
+    with pytest.raises(K.checks.ShapeError, match="dy: expected shape \\(2, 4\\)"):
+        K.batchnorm_relu_avgpool_backward(np.ones((2, 3), np.float32), x, ones, zeros, zeros, ones)
+    with pytest.raises(K.checks.ShapeError, match="x: expected 4 dimensions"):
+        K.batchnorm_relu_avgpool_forward(x[0], zeros, ones, ones, zeros)
+
+
 def test_batchnorm_relu_pool_keeps_a_nan_and_refuses_a_foreign_argmax():
     rng = np.random.default_rng(3)
     x = rand(rng, 1, 4, 4, 2)
@@ -200,12 +237,38 @@ def test_batchnorm_relu_pool_keeps_a_nan_and_refuses_a_foreign_argmax():
      ["ConvBatchNormReluPool", "ConvBatchNormRelu", "ConvBatchNorm", "GlobalAvgPool", "DenseStep"]),
     (lambda: [Conv2D(3, 8, 3, padding=1), BatchNorm2D(8), ReLU(), MaxPool2D(3, 2), Flatten(), Dense(128, 3)],
      ["ConvBatchNormReluPool", "FlattenStep", "DenseStep"]),
-], ids=["conv-bn-blocks", "overlapping-pool"])
+    (lambda: [Conv2D(3, 16, 3, padding=1), BatchNorm2D(16), ReLU(), GlobalAvgPool2D(), Dense(16, 3)],
+     ["ConvBatchNormReluAvgPool", "DenseStep"]),
+], ids=["conv-bn-blocks", "overlapping-pool", "conv-bn-relu-global-pool"])
 def test_the_fused_batchnorm_steps_run_the_layers_as_written(layers, steps):
     x = np.random.default_rng(0).standard_normal((5, 9, 10, 3)).astype(np.float32)
     fast, ref = check_plan_runs_the_layers(layers, x, steps, forward_tol=1e-5)
     for (_, a), (_, b) in zip(fast.named_buffers(), ref.named_buffers()):  # the running statistics
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_network_ending_in_batchnorm_relu_global_pool_evaluates_with_the_same_kernels():
+    """In evaluation the fused end runs the convolution, then BatchNorm -> ReLU -> global pool with
+    the running statistics: as the layers one by one, on both backends."""
+    from fastcnn import Sequential
+
+    def layers():
+        return [Conv2D(3, 16, 3, padding=1), BatchNorm2D(16), ReLU(), GlobalAvgPool2D(), Dense(16, 3)]
+
+    x = np.random.default_rng(4).standard_normal((5, 9, 10, 3)).astype(np.float32)
+    fast, ref = Sequential(layers(), seed=1), Sequential(layers(), seed=1, backend="numpy")
+    for model in (fast, ref):
+        model.train_step(x, np.arange(5) % 3)  # running statistics away from their start
+        model.eval()
+    assert [type(s).__name__ for s in fast.plan(x.shape[1:]).inference_steps] == ["ConvBatchNormReluAvgPool",
+                                                                                  "DenseStep"]
+    one_by_one = x
+    for layer in ref.layers:
+        layer.eval()
+        one_by_one = layer.forward(one_by_one, backend="numpy")
+    np.testing.assert_allclose(ref.forward(x), one_by_one, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fast.forward(x), one_by_one, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fast.predict(x), ref.predict(x), rtol=1e-5, atol=1e-6)
 
 
 def test_winograd_waits_for_enough_tiles_with_haswell_blas_kernels():

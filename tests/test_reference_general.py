@@ -119,3 +119,24 @@ def test_batchnorm_relu_pool_backward(size, stride):
     mean, var = x.reshape(-1, 3).mean(0), x.reshape(-1, 3).var(0)
     dx, dweight, dbias = R.batchnorm_relu_pool_backward(r, x, y, argmax, weight, mean, var, 1e-3, size, stride)
     assert_grads(loss, (dx, x), (dweight, weight), (dbias, bias))
+
+
+def test_batchnorm_relu_avgpool_backward():
+    """The fused network end's reference (BatchNorm -> ReLU -> global average pool), with the batch
+    statistics as functions of x (as in training)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 4, 5, 3)) * 2 + 1
+    weight, bias = rng.standard_normal(3), rng.standard_normal(3)
+
+    def forward():
+        mean, var = x.reshape(-1, 3).mean(0), x.reshape(-1, 3).var(0)
+        return R.batchnorm_relu_avgpool_forward(x, mean, var, weight, bias, 1e-3)
+
+    mean, var = x.reshape(-1, 3).mean(0), x.reshape(-1, 3).var(0)
+    z = R.batchnorm_eval_forward(x, weight, bias, mean, var, 1e-3)
+    assert (z < 0).any() and (z > 0).any()
+    r = rng.standard_normal((3, 3))
+    loss = lambda: (forward() * r).sum()  # noqa: E731
+    dx, dweight, dbias = R.batchnorm_relu_avgpool_backward(r, x, weight, bias, mean, var, 1e-3)
+    assert_grads(loss, (dx, x), (dweight, weight), (dbias, bias))
+
