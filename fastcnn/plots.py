@@ -23,7 +23,8 @@ def plot_errors(path, images, true, predicted, probabilities, class_names, most=
     rows = max(1, -(-len(wrong) // cols))
     # Wide enough for the longest title at 8 points ("guess automobile (100%)"), so titles never overlap.
     width = max(1.6, 0.08 * len(f"guess {max(class_names, key=len)} (100%)"))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * width, rows * (width + 0.3)), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * width, rows * (width + 0.3)), squeeze=False,
+                             layout="constrained")  # the suptitle above the images' titles, even in one row
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), wrong):
@@ -35,7 +36,10 @@ def plot_errors(path, images, true, predicted, probabilities, class_names, most=
         p = probabilities[i, predicted[i]]
         ax.set_title(f"guess {class_names[predicted[i]]} ({p:.0%})\ntrue {class_names[true[i]]}",
                      fontsize=8, color="firebrick")
-    fig.suptitle(f"{int((predicted != true).sum()):,} wrong of {len(true):,}; the first {len(wrong)}", fontsize=10)
+    count = int((predicted != true).sum())
+    fig.suptitle(f"no wrong guesses among {len(true):,}" if not count else
+                 f"{count:,} wrong of {len(true):,}" + (f"; the first {len(wrong)}" if count > len(wrong) else ""),
+                 fontsize=10)
     _save(fig, path)
 
 

@@ -219,6 +219,28 @@ def test_plot_errors_keeps_greyscale_grey(tmp_path):
     assert len(pixels) < 0.05 * a[..., 0].size
 
 
+def test_plot_errors_titles_a_model_with_no_mistakes_and_a_single_row(tmp_path, monkeypatch):
+    """No wrong guesses: said so (not "the first 0"); one row of them: the title above the images'."""
+    import matplotlib.figure
+
+    from fastcnn.plots import plot_errors
+    titles = []
+    suptitle = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
+                        lambda fig, t, **kw: titles.append(t) or suptitle(fig, t, **kw))
+    x = np.random.default_rng(0).uniform(0, 1, (15, 8, 8, 3)).astype(np.float32)
+    y = np.arange(15) % 3
+    plot_errors(tmp_path / "none.png", x, y, y, np.full((15, 3), 1 / 3), ["a", "b", "c"])
+    wrong = y.copy()
+    wrong[:4] = (wrong[:4] + 1) % 3
+    plot_errors(tmp_path / "four.png", x, y, wrong, np.full((15, 3), 1 / 3), ["a", "b", "c"], most=36)
+    plot_errors(tmp_path / "two.png", x, y, wrong, np.full((15, 3), 1 / 3), ["a", "b", "c"], most=2)
+    assert titles == ["no wrong guesses among 15", "4 wrong of 15", "4 wrong of 15; the first 2"]
+    for name in ("none", "four", "two"):
+        with Image.open(tmp_path / f"{name}.png") as im:
+            assert im.format == "PNG"
+
+
 # ---------------------------------------------------------------- serve
 
 
