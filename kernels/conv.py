@@ -19,8 +19,9 @@ padded all round. The fused conv -> ReLU -> max-pool's weight gradient (``conv_p
 (``input_gradient_into``), so it runs on the same kernels. With 8 input channels or more the
 forward pass is instead a GEMM (``blas.gemm``, inside Numba's threads) over the taps of a block
 of output pixels gathered into rows (im2col, ``gather_taps``): the product's inner dimension,
-KH*KW*C, is then long enough for BLAS to beat the loops. So is the weight gradient, a GEMM of the
-gathered taps (transposed) with dy, summed over blocks of output pixels.
+KH*KW*C, is then long enough for BLAS to beat the loops (a few images' products, with AVX2 code,
+in products.py's register tiles instead: ``algorithms.gemm_in_registers``). So is the weight
+gradient, a GEMM of the gathered taps (transposed) with dy, summed over blocks of output pixels.
 The kernels index whole arrays rather than views: then Numba tells LLVM that the arrays do not
 overlap, and the loops it vectorises need no run-time overlap checks.
 
