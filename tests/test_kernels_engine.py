@@ -405,20 +405,22 @@ ROWS_TIMES_SHAPES = [(1, 1, 1), (5, 9, 1), (6, 288, 2), (7, 31, 3), (13, 576, 16
 
 @pytest.mark.parametrize("shape", ROWS_TIMES_SHAPES, ids=str)
 def test_rows_times_in_registers_matches_numpy(shape):
-    """products.rows_times (im2col's product of a few images, AVX2 code) at an offset into a flat
-    output: its rows written, the rest left as they were; float32 against float64."""
+    """products.rows_times (im2col's product of a few images, AVX2 code), and its BLAS stand-in
+    where the tiles don't run, at an offset into a flat output: its rows written, the rest left as
+    they were; float32 against float64."""
     from fastcnn.kernels import products, simd
 
     rows, depth, vectors = shape
     K = vectors * simd.WIDTH
     rng = np.random.default_rng(sum(shape))
     a, b = rand(rng, rows, depth), rand(rng, depth, K)
-    out = np.full(3 * K + rows * K + 2 * K, 7.0, np.float32)
-    products.rows_times(out, 3 * K, a.reshape(-1), rows, depth, b.reshape(-1), K)
     want = a.astype(np.float64) @ b
-    got = out[3 * K:3 * K + rows * K].reshape(rows, K)
-    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.sqrt(depth) * np.abs(want).max())
-    assert (out[:3 * K] == 7.0).all() and (out[3 * K + rows * K:] == 7.0).all()
+    for times in (products.rows_times, conv._blas_rows_times):
+        out = np.full(3 * K + rows * K + 2 * K, 7.0, np.float32)
+        times(out, 3 * K, a.reshape(-1), rows, depth, b.reshape(-1), K)
+        got = out[3 * K:3 * K + rows * K].reshape(rows, K)
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.sqrt(depth) * np.abs(want).max())
+        assert (out[:3 * K] == 7.0).all() and (out[3 * K + rows * K:] == 7.0).all()
 
 
 def test_im2col_multiplies_a_few_images_in_registers_with_avx2_code_only():
