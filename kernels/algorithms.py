@@ -86,8 +86,9 @@ GEMM_WEIGHT_PIXELS = {"avx512": 32, "avx2": 256}
 # the whole weight (up to KH*KW*C x K) on every call, which a product of a few rows does not repay.
 # Measured 2026-12-07 (AVX2-only Zen 3, 2 threads, calls in turn in one process; `conv_paths.py
 # --gemm-products`): one image of resnet's strided and shortcut convolutions and of 5x5 ones
-# (28 and 98 pixels a product) 1.06-1.33x as fast by the tiles, and `resnet`'s one image 1.05-1.07x;
-# from 98 pixels on, products of 128 x 256 channels 0.92-1.01x: BLAS's packing pays there.
+# (28 and 98 pixels a product) 0.87-1.69x as fast by the tiles (most 1.1-1.3x; docs/performance.md),
+# and `resnet`'s one image 1.05-1.07x; from 98 pixels on, products of 128 x 256 channels
+# 0.92-1.01x, and full blocks 0.73-1.26x by shape and run: BLAS's packing pays there.
 GEMM_REGISTER_PIXELS = 128
 
 _TAKEN = {}  # (pass, shape description) -> path, in the order first seen
