@@ -53,10 +53,7 @@ def _forward(y, argmax, x, mean, var, weight, bias, eps, stride, tasks):
     # four values are compared in registers, channel by channel (the loop vectorises).
     N, H, W, C = x.shape
     PH, PW = y.shape[1], y.shape[2]
-    rstd = rstd_of(var, eps)
-    scale = np.empty(C, np.float32)
-    for c in range(C):
-        scale[c] = rstd[c] * weight[c]
+    scale = _scale(rstd_of(var, eps), weight)
     for task in prange(tasks):
         for row in range(task * N * PH // tasks, (task + 1) * N * PH // tasks):
             n, ph, h0 = pooled_row(row, PH, stride)
@@ -141,7 +138,7 @@ def _avgpool_forward(y, total, x, mean, var, weight, bias, eps):
     # y (N, C): each image's mean of relu(z), summed in float64 into total (N, C), as the global pool's.
     N, H, W, C = x.shape
     pixels = x.reshape(N, H * W, C)
-    scale = _scale(var, weight, eps)
+    scale = _scale(rstd_of(var, eps), weight)
     for n in prange(N):
         for c in range(C):
             total[n, c] = 0.0
@@ -159,7 +156,7 @@ def _avgpool_backward(dx, dweight, dbias, through, xhat_sums, dy, x, weight, bia
     P = H * W
     pixels, dpixels = x.reshape(N, P, C), dx.reshape(N, P, C)
     rstd = rstd_of(var, eps)
-    scale = _scale(var, weight, eps)
+    scale = _scale(rstd, weight)
     for n in prange(N):
         for c in range(C):
             through[n, c], xhat_sums[n, c] = 0.0, 0.0
@@ -189,9 +186,9 @@ def _avgpool_backward(dx, dweight, dbias, through, xhat_sums, dy, x, weight, bia
 
 
 @numba.njit(inline="always")
-def _scale(var, weight, eps):
-    """rstd * weight (C,) float32: the normalisation's factor, the same in both passes (the mask)."""
-    rstd = rstd_of(var, eps)
+def _scale(rstd, weight):
+    """rstd * weight (C,) float32: the normalisation's factor, the same wherever a kernel here makes
+    BatchNorm's output or its ReLU's mask again."""
     scale = np.empty(weight.shape[0], np.float32)
     for c in range(weight.shape[0]):
         scale[c] = rstd[c] * weight[c]
