@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .version import __version__
-from .data import CLASS_NAMES
+from .data import CLASS_NAMES, IMAGE_SHAPES
 from .errors import ExportError, FastCNNError, ShapeError
 from .fileio import atomic_write, check_writable, taken
 from .model import checked
@@ -102,6 +102,9 @@ def to_onnx(model, input_shape=None, logits=False, dataset=None, network=None, c
         raise ExportError(f"classes: expected a list of class names, got {own!r}")
     if dataset is not None and dataset not in PREPROCESSING:
         raise ExportError(f"dataset: expected one of {', '.join(PREPROCESSING)} or None, got {dataset!r}")
+    if dataset is not None and tuple(shape) != IMAGE_SHAPES[dataset]:  # the metadata would describe other pictures
+        raise ExportError(f"dataset: {dataset}'s images are {'x'.join(map(str, IMAGE_SHAPES[dataset]))}, the model "
+                          f"takes {'x'.join(map(str, shape))}: it was not trained on {dataset}")
     graph = _Graph(onnx)
     out, out_shape = graph.layers(model.layers, shape, model.sources)
     if len(out_shape) != 1:

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import FastCNNError, ModelFileError
+from .errors import FastCNNError, ImageError, ModelFileError
 
 
 # The process's umask, read once at import (reading it means setting it, which is not thread-safe).
@@ -44,6 +44,13 @@ def atomic_write(path, mode="wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_png_name(path):
+    """Pictures are written as PNG: ``path`` must say so (``ImageError`` else), or a viewer going
+    by the name would take the PNG data for a JPEG."""
+    if not str(path).lower().endswith(".png"):
+        raise ImageError(f"{path}: pictures are written as PNG; give a name ending in .png")
 
 
 def taken(path):
@@ -90,7 +97,8 @@ def check_writable_output(path, need=0):
     try:
         check_writable(path, need)
     except OSError as e:
-        raise ModelFileError(f"{path}: cannot write there ({e.strerror or e}); choose another --out") from None
+        raise ModelFileError(f"{path}: cannot write there ({e.strerror or e}); choose another file (--out, fit's "
+                             f"out=)") from None
 
 
 def stale_temps(path):

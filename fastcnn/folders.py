@@ -148,17 +148,17 @@ def cache_dir():
     return Path(base).expanduser() / "fastcnn" / "folders"
 
 
-def image_folder(path, image_size=None, color=None, *, cache=None, workers=None, verbose=True):
+def image_folder(path, image_size=None, color=None, *, cache=None, workers=None, verbose=True, progress=True):
     """The pictures under ``path`` (one subfolder per class) as uint8 arrays: an :class:`ImageFolder`.
 
     ``image_size`` (H, W) and ``color`` ("grey" or "rgb") say how every picture is read (default:
     from the pictures, see the module's notes). The first call decodes the pictures in ``workers``
     processes (default: one per core; below ``PARALLEL_FROM`` pictures, in this one) into the cache
     under ``cache`` (default :func:`cache_dir`); later calls check the folder's listing against it
-    and map the arrays from there. ``verbose`` shows a progress bar and reports skipped pictures on
-    stderr. Raises ``DataError`` for a folder with nothing to learn from (no class folders, no
-    readable picture, one class only) and for a test or val split with a class the training
-    pictures don't have, naming what it found.
+    and map the arrays from there. ``verbose`` reports skipped pictures on stderr, and with
+    ``progress`` shows a progress bar there too. Raises ``DataError`` for a folder with nothing to
+    learn from (no class folders, no readable picture, one class only) and for a test or val split
+    with a class the training pictures don't have, naming what it found.
     """
     started = time.perf_counter()
     image_size = _check_size(image_size)
@@ -180,7 +180,7 @@ def image_folder(path, image_size=None, color=None, *, cache=None, workers=None,
     except OSError as e:
         raise DataError(f"{folder_cache}: cannot make the cache folder for {root} ({e.strerror or e}); set "
                         f"{CACHE_ENV_VAR} to a folder that can be written") from None
-    with _locked(folder_cache / "lock"), _Workers(workers, listing["pictures"]) as pool:
+    with _locked(folder_cache / "lock"), _Workers(workers, listing["pictures"], progress) as pool:
         if image_size is None or color is None:
             image_size, color, listing = _defaults(root, listing, folder_cache, image_size, color, pool, verbose)
         entry = folder_cache / f"{image_size[0]}x{image_size[1]}-{color}"
@@ -412,11 +412,11 @@ class _Workers:
     headers, then every split): starting them costs about a second. By default one per core, or
     just this process below ``PARALLEL_FROM`` pictures."""
 
-    def __init__(self, workers, pictures):
+    def __init__(self, workers, pictures, progress=True):
         if workers is None:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             workers = cores if pictures >= PARALLEL_FROM else 1
-        self.workers = workers
+        self.workers, self.progress = workers, progress
         self._pool = None
 
     def __enter__(self):
@@ -429,8 +429,8 @@ class _Workers:
     def map(self, function, paths, args, verbose, what):
         """``function(chunk, *args)`` for each ``CHUNK`` of ``paths``, in order; a progress bar on stderr."""
         chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
-        with tqdm(total=len(paths), desc=what, unit=" pictures", disable=not verbose, leave=False, file=sys.stderr,
-                  dynamic_ncols=True) as bar:
+        with tqdm(total=len(paths), desc=what, unit=" pictures", disable=not (verbose and self.progress), leave=False,
+                  file=sys.stderr, dynamic_ncols=True) as bar:
             if self.workers <= 1 or len(chunks) <= 1:
                 for chunk in chunks:
                     yield function(chunk, *args)

@@ -5,11 +5,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only: works on a machine with no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .fileio import atomic_write  # noqa: E402
+from .fileio import atomic_write, check_png_name  # noqa: E402
 
 
 def _save(fig, path):
+    check_png_name(path)
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -79,7 +81,8 @@ def plot_history(path, history, title=None, validation="validation"):
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # one epoch: "1", not 0.96 to 1.04
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if val:
         best = max(val, key=lambda ev: ev[1])
         acc_ax.set_title(f"best {validation} accuracy {best[1]:.2%} (epoch {best[0]})", fontsize=9)

@@ -435,9 +435,13 @@ def make_server(app, host="127.0.0.1", port=8000, limits=ServerLimits()):
     from waitress.adjustments import Adjustments
     from waitress.task import ThreadedTaskDispatcher
     timeout = max(1, int(min(limits.request_timeout, limits.idle_timeout)))
-    adj = Adjustments(host=host, port=port, threads=limits.threads, connection_limit=limits.max_connections,
-                      max_request_body_size=limits.max_upload + 1, channel_timeout=timeout,
-                      cleanup_interval=1, asyncore_use_poll=True, ident="fastcnn", expose_tracebacks=False)
+    try:
+        adj = Adjustments(host=host, port=port, threads=limits.threads, connection_limit=limits.max_connections,
+                          max_request_body_size=limits.max_upload + 1, channel_timeout=timeout,
+                          cleanup_interval=1, asyncore_use_poll=True, ident="fastcnn", expose_tracebacks=False)
+    except ValueError:  # waitress resolves the host here: a name that does not resolve, or no address
+        raise FastCNNError(f"cannot listen on {host}:{port}: not an address or a host name that resolves "
+                           f"(e.g. 127.0.0.1, 0.0.0.0 for every interface, ::1)") from None
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(limits.threads)
     Server = _waitress()

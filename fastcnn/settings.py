@@ -235,6 +235,9 @@ def _limit(help, default, type):
     return field(default=default, metadata={"help": help, "type": type})
 
 
+MAX_SERVER_THREADS = 256  # fastcnn serve's worker threads at most
+
+
 @dataclass(frozen=True)
 class ServerLimits:
     """What ``fastcnn serve`` takes on at most; each field is a ``fastcnn serve`` option. With the
@@ -257,6 +260,9 @@ class ServerLimits:
         from .image import MAX_DECODED_BYTES
         for name in ("max_upload", "max_connections", "threads", "max_batch"):
             checks.positive_int(name, getattr(self, name))
+        if self.threads > MAX_SERVER_THREADS:  # each is started up front (100,000 took 500 MB, then failed)
+            raise ConfigError(f"threads: expected 1..{MAX_SERVER_THREADS} requests worked on at once, got "
+                              f"{self.threads:,}; more requests wait for one (--max-connections)")
         for name in ("request_timeout", "idle_timeout"):
             checks.number(name, getattr(self, name), lambda v: v > 0, "a number of seconds > 0")
         checks.number("batch_window", self.batch_window, lambda v: 0 <= v <= 1, "a number of seconds in [0, 1]")

@@ -68,6 +68,10 @@ class Divergence:
     def check(self, loss, optimizer, where):
         """Raise ``TrainingDiverged`` if ``loss`` (of the step about to be taken) says so."""
         advice = (f"the learning rate {optimizer.lr:g} is probably too high; try {optimizer.lr / 10:g}")
+        if not np.isfinite(loss) and optimizer.steps == 0:  # no update yet: the learning rate played no part
+            raise TrainingDiverged(f"the loss is {loss} at the first step ({where}), before any update: the model "
+                                   f"gives non-finite scores for this batch with the weights it started with (a layer "
+                                   f"of your own, weights too large?); the learning rate played no part")
         if not np.isfinite(loss):
             raise TrainingDiverged(f"the loss became {loss} at step {optimizer.steps + 1} ({where}); {advice}")
         if not self.factor:
@@ -81,7 +85,7 @@ class Divergence:
             raise TrainingDiverged(
                 f"the loss ran away: from {self.start:.4g} at the run's first step to {loss:.4g} at step "
                 f"{optimizer.steps + 1} ({where}), above {self.factor:g} times the start for {self.PATIENCE} "
-                f"steps; {advice} (--divergence 0 turns this check off)")
+                f"steps; {advice} (divergence=0 in fit, --divergence 0 in fastcnn train, turns this check off)")
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -148,3 +148,114 @@ def test_predict_names_a_bad_image_by_its_index_in_all_of_x():
         model.predict(x)
     with pytest.raises(fastcnn.ShapeError, match="non-empty batch"):
         model.predict(x[:0])
+
+
+# --- what a new user tried (2026-12-08): each once a silent wrong answer, a traceback or a replaced file ---
+
+def test_a_model_file_that_records_no_data_set_is_taken_for_mnist_with_a_warning(tmp_path, model_file, monkeypatch,
+                                                                                  capsys):
+    # fit and save in Python record no data set: a model fitted on Fashion-MNIST was evaluated on
+    # MNIST's digits without a word (7.9% accuracy)
+    monkeypatch.setattr(data, "load_dataset", lambda name, split, data_dir=None: bars(50, 0))
+    unrecorded = model_file(None)
+    assert main(["evaluate", unrecorded]) == 0
+    err = capsys.readouterr().err
+    assert one_line(err) and "records no data set" in err and "taking it for mnist's; --dataset names another" in err
+    assert main(["evaluate", unrecorded, "--dataset", "fashion-mnist"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["evaluate", model_file("mnist")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_evaluate_refuses_a_folder_for_a_model_trained_on_a_data_set(tmp_path, model_file, capsys):
+    assert main(["evaluate", model_file("mnist"), "--data", str(tmp_path)]) == 2  # it was ignored
+    err = capsys.readouterr().err
+    assert one_line(err) and "--data: " in err and "was trained on mnist, not on a folder of pictures" in err
+
+
+def test_train_refuses_to_resume_a_file_written_by_fit(tmp_path, fake_data, capsys):
+    # It resumed with fastcnn train's defaults: the original network's recipe on MNIST, whatever
+    # the file's model and data were.
+    x, y = bars(64, 0)
+    model = mnist_network(seed=0)
+    out = tmp_path / "fitted.npz"
+    fastcnn.fit(model, SGD(model, 0.05), (x, y), epochs=1, progress=False, out=out)
+    before = out.read_bytes()
+    assert main(["train", "--out", str(out), "--resume", *fake_data]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "was written by fit() in Python" in err and "training=ck.training" in err
+    assert out.read_bytes() == before
+
+
+def test_a_keep_best_run_resumes_by_its_own_out_not_its_last_epoch_file(tmp_path, fake_data, capsys):
+    # Resumed by its .last file, it wrote the best epoch into that file and the last into a new
+    # .last.last one, leaving the run's best-epoch file behind.
+    out = tmp_path / "kb.npz"
+    assert main(["train", "--out", str(out), "--epochs", "1", "--keep-best", *fake_data]) == 0
+    last = tmp_path / "kb.last.npz"
+    files = {p: p.read_bytes() for p in (out, last)}
+    capsys.readouterr()
+    assert main(["train", "--out", str(last), "--resume", "--epochs", "2", *fake_data]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and f"resumes by the run's own --out: fastcnn train --out {out} --resume" in err
+    assert sorted(p.name for p in tmp_path.glob("kb*")) == ["kb.last.npz", "kb.npz"]
+    assert all(p.read_bytes() == b for p, b in files.items())
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", *fake_data]) == 0
+    assert fastcnn.load_checkpoint(last).training["epoch"] == 2
+
+
+def test_save_preprocessed_never_replaces_a_file_unasked(tmp_path, model_file, capsys):
+    picture = digit_picture(tmp_path / "a.png")
+    seen = tmp_path / "a.png.28x28.png"
+    seen.write_bytes(b"the user's own file")
+    assert main(["predict", model_file("mnist"), picture, "--save-preprocessed"]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "a.png.28x28.png: already exists" in err and "--overwrite" in err
+    assert seen.read_bytes() == b"the user's own file"
+    assert main(["predict", model_file("mnist"), picture, "--save-preprocessed", "--overwrite"]) == 0
+    assert Image.open(seen).size == (28, 28)
+
+
+def test_a_picture_is_written_only_under_a_png_name(tmp_path, fake_data, capsys):
+    out = tmp_path / "m.npz"
+    assert main(["train", "--out", str(out), "--epochs", "1", *fake_data]) == 0
+    for name in ("h.jpg", "h.txt", "h"):  # PNG data went under any name
+        assert main(["history", str(out), "--plot", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert one_line(err) and "pictures are written as PNG; give a name ending in .png" in err
+        assert not (tmp_path / name).exists()
+    assert main(["history", str(out), "--plot", str(tmp_path / "h.PNG")]) == 0
+
+
+def test_one_epochs_history_is_drawn_at_epoch_1(monkeypatch, tmp_path):
+    from fastcnn import plots
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig))
+    history = [{"epoch": 1, "loss": 0.5, "train_acc": 0.9, "val_loss": 0.4, "val_acc": 0.92}]
+    plots.plot_history(tmp_path / "h.png", history)
+    fig = drawn[0]
+    fig.canvas.draw()
+    for ax in fig.axes:  # the ticks were 0.96 ... 1.04
+        lo, hi = ax.get_xlim()
+        assert [t for t in ax.get_xticks() if lo <= t <= hi] == [1.0]
+
+
+def test_a_model_for_other_pictures_or_classes_is_named_up_front(tmp_path, monkeypatch, capsys):
+    # predict: "layer 4 Dense(...): expected 800 features per row"; evaluate: "label 7 is outside 0..4".
+    from fastcnn import Conv2D, Dense, Flatten, ReLU, Sequential
+    monkeypatch.setattr(data, "load_dataset", lambda name, split, data_dir=None: bars(50, 0))
+    small = tmp_path / "small.npz"
+    fastcnn.save(small, Sequential([Conv2D(2, 3), ReLU(), Flatten(), Dense(10)], input_shape=(20, 20, 1)))
+    five = tmp_path / "five.npz"
+    fastcnn.save(five, Sequential([Flatten(), Dense(5)], input_shape=(28, 28, 1)))
+    picture = digit_picture(tmp_path / "x.png")
+    assert main(["predict", str(small), picture, "--dataset", "mnist"]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "small.npz: takes 20x20x1 images; predict reads a picture as a 28x28x1 digit" in err
+    assert main(["evaluate", str(five), "--dataset", "mnist"]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "five.npz: the model scores 5 classes, mnist has 10" in err
+
+
+def one_line(err):
+    return err.count("\n") == 1

@@ -80,7 +80,8 @@ NETWORKS = {
 def test_onnx_runtime_agrees_with_predict(name, tmp_path):
     model = trained(NETWORKS[name]())
     path = tmp_path / "model.onnx"
-    proto = export_onnx(model, path, logits=True, dataset="mnist")
+    dataset = {(28, 28, 1): "mnist", (32, 32, 3): "cifar10"}.get(tuple(model.input_shape))  # (else none: 20x14x3)
+    proto = export_onnx(model, path, logits=True, dataset=dataset)
     onnx.checker.check_model(str(path), full_check=True)
     assert [o.name for o in proto.graph.output] == ["probabilities", "logits"]
     x = images(model.input_shape)
@@ -135,6 +136,10 @@ def test_metadata_names_classes_preprocessing_and_layout(tmp_path):
     four = Sequential([Flatten(), Dense(4)], input_shape=(28, 28, 1))
     with pytest.raises(ExportError, match="scores 4 classes, mnist has 10"):
         export_onnx(four, tmp_path / "four.onnx", dataset="mnist")
+    with pytest.raises(ExportError, match=r"cifar10's images are 32x32x3, the model takes 28x28x1: it was not trained "
+                                          r"on cifar10"):  # the metadata would describe other pictures
+        export_onnx(model, tmp_path / "cifar.onnx", dataset="cifar10")
+    assert not (tmp_path / "cifar.onnx").exists()
 
 
 @fastcnn.register_layer

@@ -377,3 +377,15 @@ def test_settings_for_folders_are_checked(tmp_path):
         train(tmp_path / "m.npz", data=str(tmp_path / "nowhere"), threads=1)
     assert not (tmp_path / "m.npz").exists()
 
+
+
+def test_without_progress_only_the_skipped_pictures_are_said(tmp_path, capsys):
+    # fastcnn train --no-progress still drew the bars of reading and decoding a folder.
+    root = tmp_path / "pics"
+    write(root, {"cat": 2, "dog": 2})
+    (root / "cat" / "letter.jpg").write_text("not a picture at all")
+    image_folder(root, progress=False)
+    err = capsys.readouterr().err
+    assert "cat/letter.jpg" in err and "\r" not in err and "pictures/s" not in err and " pictures]" not in err
+    image_folder(tmp_path / "pics", (8, 8), "rgb", progress=True)  # another size: decoded again, with its bar
+    assert "\r" in capsys.readouterr().err

@@ -111,7 +111,7 @@ def test_history_and_predict_into_a_closed_pipe_end_quietly(cli, tmp_path, comma
     history = [{"epoch": e, "loss": 1.0, "train_acc": 0.5, "val_loss": None, "val_acc": None, "seconds": 1.0}
                for e in range(1, 5000)]  # more than a pipe's buffer holds
     fastcnn.save(path, model, SGD(model, 0.1), {"epoch": 4999, "batch": 0, "totals": [0.0, 0, 0, 0.0],
-                                                 "history": history, "settings": {}})
+                                                 "history": history, "settings": {"dataset": "mnist"}})
     im = Image.new("L", (60, 60), 255)
     ImageDraw.Draw(im).line([(30, 8), (30, 52)], fill=0, width=5)
     pictures = []
@@ -136,7 +136,7 @@ def test_a_name_too_long_for_its_temporary_file_is_refused_before_training(tmp_p
     assert main(["train", "--out", str(out), "--epochs", "1", *fake_data]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and one_line(captured.err) and "File name too long" in captured.err
-    assert "choose another --out" in captured.err and list(tmp_path.iterdir()) == [tmp_path / "data"]
+    assert "choose another file (--out" in captured.err and list(tmp_path.iterdir()) == [tmp_path / "data"]
 
 
 def test_a_second_run_on_one_out_refuses_naming_the_first(cli, capsys, monkeypatch):
@@ -309,11 +309,21 @@ def test_a_run_that_runs_away_stops_with_the_step_and_the_advice(tmp_path):
     assert np.isfinite(saved.model.parameters).all()
 
 
+def test_a_loss_that_is_nan_before_any_update_does_not_blame_the_learning_rate():
+    x, y = bars(64, 0)
+    model = mnist_network(seed=1)
+    model.layers[-1].params["weight"][...] = 1e38  # the scores overflow: the loss is NaN at the first step
+    with pytest.raises(TrainingDiverged, match=r"the loss is nan at the first step \(epoch 1, batch 1\), before any "
+                                               r"update: .* the learning rate played no part"):
+        fit(model, SGD(model, 0.05), (x, y), epochs=1, progress=False)
+
+
 def test_the_divergence_check_can_be_turned_off_or_made_stricter(fake_data, tmp_path, capsys):
     base = ["train", "--epochs", "6", "--batch-size", "32", "--lr", "50", *fake_data]
     assert main([*base, "--out", str(tmp_path / "a.npz")]) == 2
     err = capsys.readouterr().err
-    assert one_line(err) and "the loss ran away" in err and "--divergence 0 turns this check off" in err
+    assert one_line(err) and "the loss ran away" in err
+    assert "--divergence 0 in fastcnn train, turns this check off" in err
     status = main([*base, "--out", str(tmp_path / "b.npz"), "--divergence", "0"])
     err = capsys.readouterr().err
     assert status == 0 or "the loss became nan" in err  # only NaN or Inf can stop it now

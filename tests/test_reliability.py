@@ -232,7 +232,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, tried):
         (["train", "--lr", "-1", *new], "lr: expected a learning rate > 0"),
         (["train", "--checkpoint-every", "0", *new], "checkpoint_every: expected a positive integer"),
         (["train", "--out", str(damaged), "--resume", *d], "damaged training settings: dataset: expected one of"),
-        (["predict", str(damaged), str(tmp_path / "none.png")], "none.png: no such file"),
+        (["predict", str(damaged), str(tmp_path / "none.png"), "--dataset", "mnist"], "none.png: no such file"),
         (["evaluate", str(tmp_path / "none.npz"), *d], "no such model file"),
     ]
     for argv, message in cases:
@@ -380,7 +380,7 @@ def test_unwritable_outputs_fail_before_the_work(tmp_path, monkeypatch, capsys, 
         (["train", "--out", str(blocker / "m.npz"), "--data-dir", str(tmp_path)], in_a_file),
         (["evaluate", str(model_path), "--data-dir", str(tmp_path), "--plot", str(blocker / "errors.png")], in_a_file),
         (["evaluate", str(model_path), "--data-dir", str(tmp_path), "--confusion", str(blocker / "c.png")], in_a_file),
-        (["predict", str(model_path), str(picture), "--save-preprocessed"],
+        (["predict", str(model_path), str(picture), "--save-preprocessed", "--dataset", "mnist"],
          "digit.png.28x28.png: cannot write there (a folder of that name is in the way)"),
     ]
     for argv, message in cases:
@@ -392,7 +392,7 @@ def test_unwritable_outputs_fail_before_the_work(tmp_path, monkeypatch, capsys, 
 
 
 def test_a_full_disk_is_refused_up_front(tmp_path):
-    with pytest.raises(ModelFileError, match=r"bytes needed, .* free\); choose another --out"):
+    with pytest.raises(ModelFileError, match=r"bytes needed, .* free\); choose another file"):
         check_writable(tmp_path / "m.npz", need=10**18)  # an exabyte: no disk has that free
 
 

@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 pytest.importorskip("waitress", reason="fastcnn serve needs the [web] extra: pip install -e '.[web]'")
 
 import abuse  # noqa: E402
+import fastcnn  # noqa: E402
 from fastcnn import FastCNNError, ShapeError, image, serve  # noqa: E402
 from fastcnn.cli import main  # noqa: E402
 from fastcnn.settings import ServerLimits  # noqa: E402
@@ -223,3 +224,17 @@ def test_the_serve_command_through_the_battery(model, tmp_path, tried):
     assert re.search(r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d 127\.0\.0\.1 "POST /predict" 200 \d+$', err, re.M), err
     tried["pixel bombs refused or read within the memory bound"] = (
         tried.get("pixel bombs refused or read within the memory bound", 0) + 12)
+
+
+def test_a_host_that_is_no_address_and_too_many_threads_are_one_line_errors(tmp_path, capsys):
+    # Each was a traceback: waitress's ValueError, then 21,000 threads started before "can't start new thread".
+    model, net = tmp_path / "m.npz", mnist_network(seed=0)
+    fastcnn.save(model, net, fastcnn.SGD(net, 0.1), {"epoch": 1, "batch": 0, "totals": [0.0, 0, 0, 0.0], "history": [],
+                                                    "settings": {"dataset": "mnist"}})
+    for host in ("999.1.1.1", "nosuch.invalid"):
+        assert main(["serve", str(model), "--host", host, "--port", "0"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"cannot listen on {host}:0: not an address or a host name" in err
+    assert main(["serve", str(model), "--threads", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "threads: expected 1..256 requests worked on at once, got 100,000" in err

@@ -70,6 +70,8 @@ def parser():
     pr.add_argument("--save-preprocessed", action="store_true",
                     help="write the image the model saw beside each picture (PICTURE.28x28.png, or "
                          "PICTURE.32x32.png in colour for a colour model)")
+    pr.add_argument("--overwrite", action="store_true",
+                    help="replace --save-preprocessed pictures that exist (without it, they are never replaced)")
     pr.set_defaults(run=use.predict)
 
     e = sub.add_parser("evaluate", help="test accuracy, per class, confusion matrix and plots")
@@ -97,6 +99,7 @@ def parser():
     s.add_argument("model", help=model_help)
     s.add_argument("--host", default="127.0.0.1", help="address to listen on, default 127.0.0.1 (this machine only)")
     s.add_argument("--port", type=_port, default=8000, help="1-65535, default 8000 (0: any free one)")
+    s.add_argument("--dataset", choices=DATASETS, help=dataset_help)
     s.add_argument("--quiet", action="store_true", help="no line per request on stderr (warnings only)")
     add_server_arguments(s)
     s.set_defaults(run=use.serve)

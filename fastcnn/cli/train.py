@@ -71,11 +71,12 @@ class _Data(NamedTuple):
     how: str
 
 
-def _load_data(settings, data_dir, verbose):
+def _load_data(settings, data_dir, verbose, progress):
     """The data ``settings`` name: a folder of pictures (decoded once, then from its cache), or a
     published data set."""
     if settings.data is not None:
-        folder = image_folder(settings.data, settings.image_size, settings.color, verbose=verbose)
+        folder = image_folder(settings.data, settings.image_size, settings.color, verbose=verbose,
+                              progress=progress)
         how = f" ({'decoded' if folder.decoded else 'read from the cache'} in {folder.seconds:.1f} s)"
         return _Data(folder.train, folder.test, folder.val, folder.classes, f"{folder.root}", how), folder
     # uint8 pixels, scaled batch by batch as they are read: a quarter of the memory, the same numbers
@@ -182,10 +183,20 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
                 raise ModelFileError(f"{out}: holds the best epoch of a --keep-best run; the last epoch, to resume "
                                      f"from, was kept in {last}, which is missing")
             raise ModelFileError(f"{out}: holds a model but no training state to resume from")
+        if "settings" not in saved.training:  # fit's own file: its data and settings are the caller's
+            raise ModelFileError(f"{resume_from}: was written by fit() in Python, which records no data set or "
+                                 f"settings for fastcnn train to resume with; resume it there: ck = "
+                                 f"fastcnn.load_checkpoint(path), then fit(ck.model, ck.optimizer, <the same data>, "
+                                 f"training=ck.training)")
         try:
             settings = from_checkpoint(saved.training.get("settings", {}))
         except (ShapeError, ConfigError, TypeError) as e:
             raise ModelFileError(f"{resume_from}: damaged training settings: {e}") from None
+        named = Path(out)
+        if resume_from == out and settings.keep_best and named.stem.endswith(".last"):
+            run_out = named.with_name(named.stem[:-len(".last")] + named.suffix)
+            raise ModelFileError(f"{out}: holds the last epoch of a --keep-best run, which resumes by the run's own "
+                                 f"--out: fastcnn train --out {shlex.quote(os.fspath(run_out))} --resume")
         resumed = Settings(**given).resolved(strict=False) if given else settings
         for key in fixed_on_resume():
             if key in given and getattr(resumed, key) != getattr(settings, key):
@@ -211,7 +222,7 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
         settings, stretched, state = requested, False, None
         if settings.data is not None:
             settings = dataclasses.replace(settings, data=os.path.abspath(settings.data))
-    data, folder = _load_data(settings, data_dir, world.is_root)
+    data, folder = _load_data(settings, data_dir, world.is_root, progress)
     if folder is not None:
         if resume and list(folder.classes) != state.get("classes"):
             raise ShapeError(f"data: {folder.root} has the classes {', '.join(folder.classes)}, the run being "

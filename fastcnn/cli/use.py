@@ -17,15 +17,17 @@ from .. import compiling, data
 from ..loading import load_checkpoint
 from ..data import CLASS_NAMES
 from ..errors import FastCNNError, ImageError, ModelFileError
-from ..fileio import check_writable, taken
+from ..fileio import check_png_name, check_writable, taken
 from ..folders import image_folder
 from ..inference import evaluate, input_channels, picture_loader
+from ..model import classes_scored
 from ..settings import from_checkpoint, server_limits_from_arguments
 
 
 def _check_writable(path, overwrite):
-    """An output picture's folder takes files, before the work that makes the picture; with
-    ``overwrite`` False, a file of that name is refused rather than replaced."""
+    """An output picture's name ends in .png and its folder takes files, before the work that
+    makes the picture; with ``overwrite`` False, a file of that name is refused rather than replaced."""
+    check_png_name(path)
     if not overwrite and taken(path):
         raise ImageError(f"{path}: already exists; name another file, or replace it with --overwrite")
     try:
@@ -68,7 +70,7 @@ def model_file(args):
     """The model, the data set it was trained on and its class names: the names recorded in the
     model file (an image folder's), else the data set's it records, unless ``--dataset`` says
     otherwise (then with a warning); with no record, CIFAR-10 for a model of colour images, else
-    MNIST."""
+    MNIST (with a warning: a model fitted in Python on Fashion-MNIST would be read as a digit one)."""
     saved = load_checkpoint(args.model)
     settings = _recorded_settings(saved)
     own = _own_classes(saved)
@@ -81,6 +83,9 @@ def model_file(args):
     recorded = settings.get("dataset")
     recorded = recorded if recorded in CLASS_NAMES else None  # older or damaged files: no record
     dataset = asked or recorded or ("cifar10" if input_channels(saved.model) == 3 else "mnist")
+    if not asked and not recorded:  # a file saved from Python (fit, save): its data set is the caller's
+        print(f"fastcnn {args.command}: warning: {args.model} records no data set (fastcnn train records it; fit "
+              f"and save in Python do not): taking it for {dataset}'s; --dataset names another", file=sys.stderr)
     if asked and recorded and asked != recorded:
         print(f"fastcnn {args.command}: warning: {args.model} was trained on {recorded}, "
               f"but --dataset {asked} was given; using {asked}", file=sys.stderr)
@@ -93,9 +98,16 @@ def predict(args):
     choose_backend = len(args.images) <= FEW_PICTURES
     load = picture_loader(model, folder=own)
     shape = tuple(model.input_shape) if own else None  # the picture as the model sees it
+    if not own and model.input_shape is not None:
+        from ..image import load_photo
+        read = (*_seen_size(model, load, own), 3 if load is load_photo else 1)
+        if tuple(model.input_shape) != read:  # else every picture failed deep in the model, unnamed
+            kind = "photo" if read[2] == 3 else "digit"
+            raise ModelFileError(f"{args.model}: takes {'x'.join(map(str, model.input_shape))} images; predict reads "
+                                 f"a picture as a {'x'.join(map(str, read))} {kind} (MNIST's and CIFAR-10's sizes)")
     if args.save_preprocessed:
         for path in args.images:
-            _check_writable(preprocessed_path(path, *_seen_size(model, load, own)), overwrite=True)  # its own
+            _check_writable(preprocessed_path(path, *_seen_size(model, load, own)), args.overwrite)
     noun = "digit " if dataset == "mnist" else ""
     failed = 0
     for path in args.images:
@@ -150,11 +162,18 @@ def evaluate_file(args):
         if path:
             _check_writable(path, args.overwrite)
     model, dataset, names, own, settings = model_file(args)
+    if args.data and not own:
+        raise ModelFileError(f"--data: {args.model} was trained on {dataset}, not on a folder of pictures; --data "
+                             f"names the folder of a model trained on one (--dataset chooses a test set)")
     if own:
         x, y, about = _folder_test_set(args, model, names, settings)
     else:
         x, y = data.load_dataset(dataset, "test", args.data_dir)
         about = f"{dataset} images"
+    scored = classes_scored(model, x.shape[1:], "the test images")
+    if scored != len(names):  # (else the labels were refused as out of the model's range)
+        raise ModelFileError(f"{args.model}: the model scores {scored} classes, {dataset or 'its folder'} has "
+                             f"{len(names)}")
     result = evaluate(model, x, y, classes=len(names))
     if args.plot or args.confusion:  # the pictures are drawn before anything is printed
         from ..plots import plot_confusion, plot_errors  # matplotlib: loaded only to draw
