@@ -8,6 +8,7 @@ what is wrong, never a traceback. Version 1 files (before Adam and BatchNorm) st
 Loading uses ``allow_pickle=False``: a file can hold no code.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,12 +39,63 @@ class Checkpoint:
 _DAMAGED = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, RecursionError)
 
 
+@contextlib.contextmanager
+def _fields_of(path):
+    """Reading a file's fields: what damaged JSON, a damaged architecture or a field of the wrong
+    type or out of range raises becomes a ``ModelFileError`` naming ``path``."""
+    try:
+        yield
+    except ModelFileError:
+        raise
+    except (ShapeError, ConfigError) as e:  # named by the check that refused it
+        raise ModelFileError(f"{path}: damaged model file: {e}") from None
+    except _DAMAGED as e:
+        raise ModelFileError(f"{path}: damaged model file: {type(e).__name__}: {e}") from None
+
+
 def load_checkpoint(path, backend="numba"):
     """Read a file written by :func:`save`; a missing, truncated, corrupt or foreign file raises
     ``ModelFileError`` naming the file and the problem, whatever its bytes are."""
+    backends.get(backend)  # an unknown backend is the caller's error, not a damaged file
+    path, arrays = _read_file(path)
+    with _fields_of(path):
+        arch = json.loads(str(arrays["architecture"]))
+        _check_shapes(arch["layers"], arrays, path)  # before the layers allocate anything
+        layers = [layer_from_config(name, config) for name, config in arch["layers"]]
+        if "sources" in arch:
+            model = Model.from_layers(layers, arch["sources"], arch["input_shape"], arch["seed"], backend)
+        else:
+            model = Sequential(layers, seed=arch["seed"], backend=backend, input_shape=arch.get("input_shape"))
+        _fill(model.named_parameters(), arrays, "param/", path)
+        _fill(model.named_buffers(), arrays, "buffer/", path)
+        optimizer = None
+        if "optimizer/config" in arrays:
+            optimizer = optimizer_from_config(model, json.loads(str(arrays["optimizer/config"])))
+            _fill(optimizer.state.items(), arrays, "optimizer/", path)
+    return Checkpoint(model, optimizer, load_training(path, arrays))
+
+
+def load_training(path, arrays=None):
+    """The training state a file written by :func:`save` holds (None if it holds none), read without
+    building its model (``fastcnn history`` of a model with a layer of the user's own). ``arrays``:
+    the file's, already read by ``_read_file``."""
+    if arrays is None:
+        path, arrays = _read_file(path)
+    if "training" not in arrays:
+        return None
+    with _fields_of(path):
+        training = check_training(json.loads(str(arrays["training"])))
+        for record in training["history"]:  # version 1 validated on the test set and said so
+            if isinstance(record, dict) and "test_acc" in record:
+                record.setdefault("val_acc", record.pop("test_acc"))
+                record.setdefault("val_loss", None)
+    return training
+
+
+def _read_file(path):
+    """(path as a Path, every array of the model file at ``path``), its marker and version checked."""
     if not isinstance(path, (str, os.PathLike)):
         raise ModelFileError(f"path: expected the path of a model file, got {type(path).__name__}")
-    backends.get(backend)  # an unknown backend is the caller's error, not a damaged file
     path = Path(path)
     if path.is_dir():
         found = sorted(p.name for p in path.glob("*.npz"))[:3]
@@ -58,40 +110,14 @@ def load_checkpoint(path, backend="numba"):
         raise ModelFileError(f"{path}: cannot read: {e}") from None
     except Exception as e:  # noqa: BLE001 - zipfile and NumPy's header parser raise many kinds on bad bytes
         raise ModelFileError(f"{path}: truncated or corrupt model file ({type(e).__name__}: {e})") from None
-    try:
+    with _fields_of(path):
         if str(arrays.get("format", "")) != FORMAT:
             raise ModelFileError(f"{path}: not a fastcnn model file (no '{FORMAT}' marker); "
                                  f"was it saved by model.save()?")
         if arrays["version"].shape != () or int(arrays["version"]) not in READS:
             raise ModelFileError(f"{path}: model file version {arrays['version']}, "
                                  f"this fastcnn reads versions {', '.join(map(str, READS))}")
-        arch = json.loads(str(arrays["architecture"]))
-        _check_shapes(arch["layers"], arrays, path)  # before the layers allocate anything
-        layers = [layer_from_config(name, config) for name, config in arch["layers"]]
-        if "sources" in arch:
-            model = Model.from_layers(layers, arch["sources"], arch["input_shape"], arch["seed"], backend)
-        else:
-            model = Sequential(layers, seed=arch["seed"], backend=backend, input_shape=arch.get("input_shape"))
-        _fill(model.named_parameters(), arrays, "param/", path)
-        _fill(model.named_buffers(), arrays, "buffer/", path)
-        optimizer = None
-        if "optimizer/config" in arrays:
-            optimizer = optimizer_from_config(model, json.loads(str(arrays["optimizer/config"])))
-            _fill(optimizer.state.items(), arrays, "optimizer/", path)
-        training = None
-        if "training" in arrays:
-            training = check_training(json.loads(str(arrays["training"])))
-            for record in training["history"]:  # version 1 validated on the test set and said so
-                if isinstance(record, dict) and "test_acc" in record:
-                    record.setdefault("val_acc", record.pop("test_acc"))
-                    record.setdefault("val_loss", None)
-    except ModelFileError:
-        raise
-    except (ShapeError, ConfigError) as e:  # a field of the wrong type or out of range, named
-        raise ModelFileError(f"{path}: damaged model file: {e}") from None
-    except _DAMAGED as e:
-        raise ModelFileError(f"{path}: damaged model file: {type(e).__name__}: {e}") from None
-    return Checkpoint(model, optimizer, training)
+    return path, arrays
 
 
 def _read_npz(path):
@@ -138,6 +164,9 @@ def _check_shapes(layers, arrays, path):
         shapes += [(f"buffer/{i}.{b}", shape) for b, shape in buffers.items()]
         for key, shape in shapes:
             shape = tuple(shape)
+            if not all(isinstance(d, int) and d >= 1 for d in shape):  # a size in the config out of range
+                raise ModelFileError(f"{path}: damaged model file: layer {i} {name} has the config {config}, which "
+                                     f"makes '{key}' of shape {shape}")
             if key not in arrays:
                 raise ModelFileError(f"{path}: damaged model file: '{key}' is missing")
             a = arrays[key]

@@ -257,5 +257,28 @@ def test_a_model_for_other_pictures_or_classes_is_named_up_front(tmp_path, monke
     assert one_line(err) and "five.npz: the model scores 5 classes, mnist has 10" in err
 
 
+def test_history_reads_a_file_whose_layers_this_program_cannot_build(tmp_path, monkeypatch, capsys):
+    # A layer of the user's own: the CLI can't import its module, and history needs no layer.
+    from fastcnn import layers
+
+    class Halve(layers.Layer):
+        def forward(self, x, k=None):
+            return x * 0.5
+
+        def backward(self, dy):
+            return dy * 0.5
+
+    monkeypatch.setitem(layers.LAYERS, "Halve", Halve)
+    model = fastcnn.Sequential([Halve(), fastcnn.Flatten(), fastcnn.Dense(10)], input_shape=(28, 28, 1))
+    out = tmp_path / "own.npz"
+    fastcnn.fit(model, SGD(model, 0.05), bars(64, 0), epochs=1, progress=False, out=out)
+    monkeypatch.delitem(layers.LAYERS, "Halve")  # as in a program that never imported it
+    assert main(["predict", str(out), digit_picture(tmp_path / "x.png")]) == 2
+    assert "unknown layer type 'Halve'" in capsys.readouterr().err
+    assert main(["history", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].split()[0] == "1" and "train acc" in lines[-2]
+
+
 def one_line(err):
     return err.count("\n") == 1

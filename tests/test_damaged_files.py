@@ -150,3 +150,16 @@ def test_the_issues_damaged_histories_and_settings(setup, monkeypatch, capsys):
             assert main(argv) == 2, argv
             err = capsys.readouterr().err
             assert one_line(err) and f"training settings: 'dataset' is {dataset!r}, expected a name" in err, err
+
+
+def test_a_size_out_of_range_in_the_architecture_is_named(setup):
+    # It was refused as "'param/0.weight' is float32(3, 3, 1, 32), the architecture needs float32(-3, -3, 1, 32)".
+    folder, _ = setup
+    arrays = good_file(folder, "sgd")
+    tree = json.loads(str(arrays["architecture"]))
+    tree["layers"][0][1]["kernel_size"] = -3
+    path = folder / "negative.npz"
+    np.savez(path, **{**arrays, "architecture": np.array(json.dumps(tree))})
+    with pytest.raises(ModelFileError, match=r"damaged model file: layer 0 Conv2D has the config \{.*'kernel_size': "
+                                             r"-3.*\}, which makes 'param/0.weight' of shape \(-3, -3, 1, 32\)"):
+        fastcnn.load(path)

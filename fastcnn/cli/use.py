@@ -14,7 +14,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .. import compiling, data
-from ..loading import load_checkpoint
+from ..loading import load_checkpoint, load_training
 from ..data import CLASS_NAMES
 from ..errors import FastCNNError, ImageError, ModelFileError
 from ..fileio import check_png_name, check_writable, taken
@@ -213,12 +213,11 @@ def _folder_test_set(args, model, names, settings):
 def history(args):
     if args.plot:
         _check_writable(args.plot, args.overwrite)
-    saved = load_checkpoint(args.model)
-    training = saved.training or {}
+    training = load_training(args.model) or {}  # (the model is not built: a layer of one's own needs no import)
     history = training.get("history") or []
     if not history:
         raise ModelFileError(f"{args.model}: holds no training history (was it written by fastcnn train or fit?)")
-    settings = _recorded_settings(saved)
+    settings = training.get("settings") or {}
     if settings:
         try:
             settings = from_checkpoint(settings).relevant()
