@@ -8,7 +8,8 @@ The layout is torchvision's ``ImageFolder`` and Keras's ``image_dataset_from_dir
 
 Class names are the folder names, in sorted order; pictures may sit in subfolders of a class folder.
 A file counts as a picture by its extension (``PICTURE_EXTENSIONS``); other files are ignored and
-counted, hidden ones (``.DS_Store``) silently. A picture Pillow cannot read (truncated, not an
+counted, hidden ones (``.DS_Store``) silently, and so is what ``fastcnn predict --save-preprocessed``
+wrote beside a picture (``a.jpg.28x28.png`` beside ``a.jpg``). A picture Pillow cannot read (truncated, not an
 image, zero bytes, over ``image.MAX_PIXELS``) is reported by name and skipped; so is a class folder
 with no pictures. 16-bit PNGs are scaled to 8 bits (not clipped), CMYK JPEGs converted to RGB,
 transparency shown on white, EXIF orientation applied. Every picture is resized (stretched, with
@@ -36,6 +37,7 @@ import json
 import mmap
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -126,8 +128,8 @@ class ImageFolder:
                          + ", ".join(self.empty[:limit]))
         if self.ignored:
             one = len(self.ignored) == 1
-            lines.append(f"ignored {len(self.ignored):,} " + ("file that is not a picture by its name: " if one else
-                                                              "files that are not pictures by their names: ")
+            lines.append(f"ignored {len(self.ignored):,} " + ("file that is not a training picture: " if one else
+                                                              "files that are not training pictures: ")
                          + ", ".join(self.ignored[:limit]))
         if len(self.skipped) > limit or len(self.empty) > limit or len(self.ignored) > limit:
             lines.append(f"  (all of them are listed in {self.entry / 'manifest.json'})")
@@ -280,6 +282,11 @@ def _list(root, files=False):
     return listing
 
 
+# What ``fastcnn predict --save-preprocessed`` writes beside a picture (``cli.use.preprocessed_path``):
+# not a picture of the class, and a second copy of one when the picture is a training picture.
+_PREPROCESSED = re.compile(r"(.+)\.\d+x\d+\.png", re.IGNORECASE)
+
+
 def _pictures(folder, root, ignored):
     """(path relative to root, bytes, mtime in ns) of every picture under ``folder``, in sorted
     order, subfolders included; files that are not pictures by name go to ``ignored``."""
@@ -292,12 +299,17 @@ def _pictures(folder, root, ignored):
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel_here = os.path.relpath(here, root)
+        present = set(names)
         for name in sorted(names):
             if name.startswith("."):
                 continue
             rel = os.path.join(rel_here, name)
             if os.path.splitext(name)[1].lower() not in PICTURE_EXTENSIONS:
                 ignored.append(rel)
+                continue
+            seen_of = _PREPROCESSED.fullmatch(name)
+            if seen_of and seen_of.group(1) in present:  # a picture predicted from here, as the model saw it
+                ignored.append(f"{rel} (fastcnn predict --save-preprocessed's copy of {seen_of.group(1)})")
                 continue
             try:
                 st = os.stat(os.path.join(here, name))

@@ -389,3 +389,18 @@ def test_without_progress_only_the_skipped_pictures_are_said(tmp_path, capsys):
     assert "cat/letter.jpg" in err and "\r" not in err and "pictures/s" not in err and " pictures]" not in err
     image_folder(tmp_path / "pics", (8, 8), "rgb", progress=True)  # another size: decoded again, with its bar
     assert "\r" in capsys.readouterr().err
+
+
+def test_what_predict_saved_beside_a_picture_is_not_trained_on(tmp_path, capsys):
+    # Pictures predicted from the training folder left a.png.32x32.png beside them: the next
+    # decode took them for more pictures of the class (80 read instead of 60).
+    root = tmp_path / "pics"
+    write(root, {"cat": 2, "dog": 2})
+    first = sorted((root / "cat").iterdir())[0]
+    Image.open(first).save(root / "cat" / f"{first.name}.32x32.png")
+    Image.open(first).save(root / "cat" / "lone.8x8.png")  # the same shape of name, no picture beside it
+    folder = image_folder(root)
+    assert len(folder.train[1]) == 5
+    assert folder.ignored == [f"cat/{first.name}.32x32.png (fastcnn predict --save-preprocessed's copy of "
+                              f"{first.name})"]
+    assert "ignored 1 file that is not a training picture" in capsys.readouterr().err
