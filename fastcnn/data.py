@@ -360,8 +360,12 @@ def _cifar10_files(folder, split):
     if archive.is_file():
         return [archive], []
     batches = [folder / CIFAR10_FOLDER / batch for batch in CIFAR10_BATCHES[split]]
-    if all(path.is_file() for path in batches):
+    absent = [path.name for path in batches if not path.is_file()]
+    if not absent:
         return batches, []
+    if len(absent) < len(batches):  # extracted, but not whole: the archive would not be looked for
+        raise DataError(f"{folder / CIFAR10_FOLDER}: has {split}'s batches but not {', '.join(absent)}; extract "
+                        f"{CIFAR10_ARCHIVE} again, or put the archive itself in {folder}")
     return [], [CIFAR10_ARCHIVE]
 
 

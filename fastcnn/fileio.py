@@ -46,6 +46,12 @@ def atomic_write(path, mode="wb"):
         raise
 
 
+def check_path(name, path):
+    """``ModelFileError`` unless ``path`` is a path (a string or ``os.PathLike``), naming the argument."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ModelFileError(f"{name}: expected the path of a file, got {type(path).__name__} {path!r}")
+
+
 def check_png_name(path):
     """Pictures are written as PNG: ``path`` must say so (``ImageError`` else), or a viewer going
     by the name would take the PNG data for a JPEG."""

@@ -11,8 +11,8 @@ import weakref
 
 import numpy as np
 
-from . import backends, checkpoint, compiling, graph, validate
-from .errors import ShapeError, UsageError
+from . import backends, checkpoint, compiling, fileio, graph, validate
+from .errors import ModelFileError, ShapeError, UsageError
 from .kernels import checks
 from .layers import (Add, AvgPool2D, BatchNorm1D, BatchNorm2D, Concatenate, Dropout, Flatten, Layer, MaxPool2D,
                      ReLU, walk)
@@ -271,8 +271,13 @@ class Model:
             plan.probabilities_into(probs[i:i + len(batch)], batch)
         return probs
 
-    def save(self, path, optimizer=None):
-        """Write this model (and ``optimizer``'s state) to one ``.npz``; ``fastcnn.load`` reads it."""
+    def save(self, path, optimizer=None, overwrite=False):
+        """Write this model (and ``optimizer``'s state) to one ``.npz``; ``fastcnn.load`` reads it.
+        An existing file is replaced only with ``overwrite=True`` (it may be a checkpoint whose run
+        could then no longer be resumed); else ``ModelFileError``."""
+        fileio.check_path("path", path)
+        if not overwrite and fileio.taken(path):
+            raise ModelFileError(f"{path}: already exists; save to another file, or replace it (overwrite=True)")
         checkpoint.save(path, self, optimizer)
 
     def __call__(self, *args):

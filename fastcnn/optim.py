@@ -91,16 +91,22 @@ class SGD(Optimizer):
                                              self.momentum, self.weight_decay)
 
 
+def _betas(name, betas):
+    """Adam's (beta1, beta2): a pair of numbers in [0, 1), as a tuple of floats."""
+    if isinstance(betas, str) or not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ShapeError(f"{name}: expected a pair (beta1, beta2), got {betas!r}")
+    return tuple(number(name, b, lambda v: 0 <= v < 1, "values in [0, 1)") for b in betas)
+
+
 class Adam(Optimizer):
     """Adam, as ``torch.optim.Adam`` (``weight_decay`` is L2 added to the gradient, not AdamW)."""
 
     eps = Checked(in_range(lambda v: 0 < v <= FLOAT32_MAX, "a value > 0 (that float32 holds)"))
+    betas = Checked(_betas)
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, schedule=None):
         super().__init__(model, lr, weight_decay, Constant() if schedule is None else schedule, ["m", "v"])
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ShapeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
-        self.betas = tuple(number("betas", b, lambda v: 0 <= v < 1, "values in [0, 1)") for b in betas)
+        self.betas = betas
         self.eps = eps
 
     @classmethod

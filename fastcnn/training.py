@@ -235,9 +235,21 @@ class _ProgressOutput:
 
 def _keep_existing(out, state):
     """ModelFileError if the file ``out`` exists and a run from ``state`` would replace it without
-    continuing it (a fresh state: epoch 0, batch 0). Every MPI process asks, so all stop alike."""
-    if (state["epoch"] or state["batch"]) or not fileio.taken(out):
+    continuing it: a fresh state (epoch 0, batch 0), or one that is not the training state ``out``
+    holds (a checkpoint of another run, or no model file at all). Every MPI process asks, so all
+    stop alike."""
+    if not fileio.taken(out):
         return
+    if state["epoch"] or state["batch"]:
+        try:
+            held = loading.load_training(out)
+        except ModelFileError:
+            held = None
+        if held == state:  # the run this file holds, continued
+            return
+        raise ModelFileError(f"out: {out} already exists and does not hold the run being resumed (training= came from "
+                             f"another file, or it was written since); fit would replace it after the first epoch: "
+                             f"write to another file, or pass overwrite=True")
     resume = f"ck = fastcnn.load_checkpoint({str(out)!r}); fit(ck.model, ck.optimizer, ..., training=ck.training)"
     raise ModelFileError(f"out: {out} already exists (a model from an earlier run?), and fit would replace it after "
                          f"the first epoch; write to another file, continue its run ({resume}), or pass overwrite=True")
@@ -303,8 +315,7 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     ``training`` is the state from a checkpoint to resume from (None for a fresh run); it keeps
     the callbacks' states too. The model, optimizer and state are written to ``out`` after every
     epoch, and also every ``checkpoint_every`` batches if given. An existing ``out`` is replaced
-    only by a resumed run (``training`` past its start: as a rule the run that wrote it) or with
-    ``overwrite=True``; else ``ModelFileError`` before any work, as it may hold a model that took
+    only by the run it holds, resumed (``training`` as read from it), or with ``overwrite=True``; else ``ModelFileError`` before any work, as it may hold a model that took
     an hour to train. SIGINT or SIGTERM stops training at the next batch boundary, writes ``out``
     there and raises ``TrainingInterrupted``. A NaN or Inf loss raises ``TrainingDiverged`` at
     that step, and so does a loss that stays above ``divergence`` times its start (see
@@ -320,6 +331,8 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     data = _check_fit(model, optimizer, train, validation, test, epochs, batch_size, seed, validation_split,
                       checkpoint_every, classes)
     callbacks = check_callbacks(callbacks)
+    if out is not None:
+        fileio.check_path("out", out)
     state = training or fresh_state()
     loading.check_training(state)
     if out is not None and not overwrite:
@@ -498,8 +511,9 @@ def _check_fit(model, optimizer, train, validation, test, epochs, batch_size, se
         classes = getattr(train, "classes", None)
     if classes is not None:
         if (isinstance(classes, str) or not hasattr(classes, "__len__") or len(classes) != outputs
-                or not all(isinstance(c, str) for c in classes)):
-            raise ShapeError(f"classes: expected {outputs} class names (the model's outputs), got {classes!r}")
+                or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes)):
+            raise ShapeError(f"classes: expected {outputs} class names (the model's outputs), each its own and "
+                             f"not empty, got {classes!r}")
         classes = tuple(classes)
     rows, val, validated_on = None, None, None
     if validation is not None:

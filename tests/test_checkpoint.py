@@ -133,6 +133,20 @@ def test_a_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", disk_full)
     with pytest.raises(ModelFileError, match="No space left"):
-        model.save(path, opt)
+        model.save(path, opt, overwrite=True)
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_save_replaces_a_file_only_when_asked(tmp_path):
+    # It replaced a checkpoint with the bare model: the run could no longer be resumed.
+    model, opt = stepped_model()
+    path = tmp_path / "m.npz"
+    fastcnn.save(path, model, opt, {"epoch": 1, "batch": 0, "totals": [0.0, 0, 0, 0.0], "history": []})
+    before = path.read_bytes()
+    with pytest.raises(ModelFileError, match=r"m.npz: already exists; save to another file, or replace it "
+                                             r"\(overwrite=True\)"):
+        model.save(path)
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+    model.save(path, overwrite=True)
+    assert fastcnn.load_checkpoint(path).training is None

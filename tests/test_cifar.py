@@ -4,6 +4,7 @@ folder, every error, caching and the download, all on small files written here i
 import gzip
 import hashlib
 import io
+import shutil
 import tarfile
 
 import numpy as np
@@ -244,13 +245,19 @@ def test_missing_without_download(tmp_path):
     files, _ = fake_batches()
     put_extracted(tmp_path, {k: v for k, v in files.items() if k != "data_batch_5.bin"})  # test is complete
     assert len(data.load_dataset("cifar10", "test", data_dir=tmp_path, download=False)[0]) == PER_BATCH
+    # One batch of train's five missing is named (it was "missing cifar-10-binary.tar.gz", and a download).
+    for download in (False, True):
+        with pytest.raises(DataError, match=rf"{FOLDER}: has train's batches but not data_batch_5.bin; extract "
+                                            rf"{ARCHIVE} again, or put the archive itself in "):
+            data.load_dataset("cifar10", "train", data_dir=tmp_path, download=download)
+    assert sorted(p.name for p in (tmp_path / "cifar10").iterdir()) == [FOLDER]  # nothing downloaded
+    shutil.rmtree(tmp_path / "cifar10")
     with pytest.raises(DataMissingError, match="download=False") as e:
         data.load_dataset("cifar10", "train", data_dir=tmp_path, download=False)
     msg = str(e.value)
     for expected in (f"cifar10: missing {ARCHIVE} in {tmp_path / 'cifar10'}", f"extracted: {FOLDER}/*.bin",
                      "FASTCNN_DATA", "cifar10/ sub-folder"):
         assert expected in msg
-    assert sorted(p.name for p in (tmp_path / "cifar10").iterdir()) == [FOLDER]  # nothing downloaded
 
 
 # ---------------------------------------------------------------- downloading

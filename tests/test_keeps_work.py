@@ -452,3 +452,45 @@ def test_a_ctrl_c_that_an_import_turned_into_another_error_is_one_line_too(monke
     assert fastcnn_command.main() == 130
     assert capsys.readouterr().err == "fastcnn: interrupted\n"
     assert signal.getsignal(signal.SIGINT) == sigint  # given back as it was
+
+# --- what a second new user tried (2026-12-08) ----------------------------------------------------
+
+def test_a_resumed_fit_replaces_only_the_file_its_run_came_from(tmp_path):
+    # fit(training=ck.training, out=...) replaced any existing file, a text file or another run's checkpoint.
+    x, y = bars(128, 0)
+    model = mnist_network(seed=0)
+    run = tmp_path / "run.npz"
+    fit(model, SGD(model, 0.05), (x, y), epochs=1, progress=False, out=run)
+    other = tmp_path / "other.npz"
+    second = mnist_network(seed=1)
+    fit(second, SGD(second, 0.05), (x, y), epochs=1, progress=False, out=other)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    kept = {p: p.read_bytes() for p in (other, notes)}
+    for out in (notes, other):
+        ck = fastcnn.load_checkpoint(run)
+        with pytest.raises(fastcnn.ModelFileError, match=rf"out: {out} already exists and does not hold the run being "
+                                                         r"resumed .* or pass overwrite=True"):
+            fit(ck.model, ck.optimizer, (x, y), epochs=2, progress=False, out=out, training=ck.training)
+    assert all(p.read_bytes() == b for p, b in kept.items())
+    ck = fastcnn.load_checkpoint(run)  # its own file: continued, as before
+    assert fit(ck.model, ck.optimizer, (x, y), epochs=2, progress=False, out=run, training=ck.training)[-1]["epoch"] == 2
+
+
+def test_bad_paths_betas_and_class_names_are_named():
+    model = mnist_network(seed=0)
+    x, y = bars(64, 0)
+    with pytest.raises(fastcnn.ModelFileError, match=r"out: expected the path of a file, got int 5"):
+        fit(model, SGD(model, 0.05), (x, y), epochs=1, progress=False, out=5)
+    with pytest.raises(fastcnn.ModelFileError, match=r"path: expected the path of a file, got int 3"):
+        model.save(3)
+    for names in (["a"] * 10, ["", *"abcdefghi"]):
+        with pytest.raises(ShapeError, match=r"classes: expected 10 class names \(the model's outputs\), each its own "
+                                             r"and not empty"):
+            fit(model, SGD(model, 0.05), (x, y), epochs=1, progress=False, classes=names)
+    adam = fastcnn.Adam(model)
+    for betas, message in (((2.0, 2.0), r"betas: expected values in \[0, 1\), got 2.0"),
+                           ("zz", r"betas: expected a pair \(beta1, beta2\), got 'zz'")):
+        with pytest.raises(ShapeError, match=message):  # it was kept, and the next step failed in math.pow
+            adam.betas = betas
+    assert adam.betas == (0.9, 0.999)
