@@ -315,9 +315,10 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     ``training`` is the state from a checkpoint to resume from (None for a fresh run); it keeps
     the callbacks' states too. The model, optimizer and state are written to ``out`` after every
     epoch, and also every ``checkpoint_every`` batches if given. An existing ``out`` is replaced
-    only by the run it holds, resumed (``training`` as read from it), or with ``overwrite=True``; else ``ModelFileError`` before any work, as it may hold a model that took
-    an hour to train. SIGINT or SIGTERM stops training at the next batch boundary, writes ``out``
-    there and raises ``TrainingInterrupted``. A NaN or Inf loss raises ``TrainingDiverged`` at
+    only by the run it holds, resumed (``training`` as read from it), or with ``overwrite=True``;
+    else ``ModelFileError`` before any work, as it may hold a model that took an hour to train.
+    SIGINT or SIGTERM stops training at the next batch boundary, writes ``out`` there and raises
+    ``TrainingInterrupted``. A NaN or Inf loss raises ``TrainingDiverged`` at
     that step, and so does a loss that stays above ``divergence`` times its start (see
     ``Divergence``; 0 turns that off). The checkpoint is written
     before the epoch's line is printed, so a closed output loses nothing.

@@ -474,7 +474,8 @@ def test_a_resumed_fit_replaces_only_the_file_its_run_came_from(tmp_path):
             fit(ck.model, ck.optimizer, (x, y), epochs=2, progress=False, out=out, training=ck.training)
     assert all(p.read_bytes() == b for p, b in kept.items())
     ck = fastcnn.load_checkpoint(run)  # its own file: continued, as before
-    assert fit(ck.model, ck.optimizer, (x, y), epochs=2, progress=False, out=run, training=ck.training)[-1]["epoch"] == 2
+    history = fit(ck.model, ck.optimizer, (x, y), epochs=2, progress=False, out=run, training=ck.training)
+    assert history[-1]["epoch"] == 2
 
 
 def test_bad_paths_betas_and_class_names_are_named():
