@@ -12,8 +12,9 @@ counted, hidden ones (``.DS_Store``) silently, and so is what ``fastcnn predict
 --save-preprocessed`` wrote beside a picture (``a.jpg.28x28.png`` beside ``a.jpg``). A picture
 Pillow cannot read (truncated, not an image, zero bytes, over ``image.MAX_PIXELS``) is reported by
 name and skipped; so is a class folder with no pictures. 16-bit PNGs are scaled to 8 bits (not
-clipped), CMYK JPEGs converted to RGB, transparency shown on white, EXIF orientation applied. Every picture is resized (stretched, with
-Lanczos filtering) to one ``image_size`` and read as ``grey`` (1 channel) or ``rgb`` (3);
+clipped), CMYK JPEGs converted to RGB, transparency shown on white, EXIF orientation applied.
+Every picture is resized (stretched, with Lanczos filtering) to one ``image_size`` and read as
+``grey`` (1 channel) or ``rgb`` (3);
 by default the most common size of the pictures (shrunk to at most ``DEFAULT_MAX_SIDE`` on its
 longer side) and grey if every picture is grey.
 
