@@ -46,10 +46,10 @@ def atomic_write(path, mode="wb"):
         raise
 
 
-def check_path(name, path):
-    """``ModelFileError`` unless ``path`` is a path (a string or ``os.PathLike``), naming the argument."""
+def check_path(name, path, what="a file"):
+    """``ModelFileError`` unless ``path`` is a path (a string or ``os.PathLike``) of ``what``, naming the argument."""
     if not isinstance(path, (str, os.PathLike)):
-        raise ModelFileError(f"{name}: expected the path of a file, got {type(path).__name__} {path!r}")
+        raise ModelFileError(f"{name}: expected the path of {what}, got {type(path).__name__} {path!r}")
 
 
 def check_png_name(path):

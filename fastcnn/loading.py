@@ -12,13 +12,12 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from . import backends
+from . import backends, fileio
 from .checkpoint import FORMAT, READS
 from .errors import ConfigError, ModelFileError, ShapeError
 from .kernels import checks
@@ -94,8 +93,7 @@ def load_training(path, arrays=None):
 
 def _read_file(path):
     """(path as a Path, every array of the model file at ``path``), its marker and version checked."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise ModelFileError(f"path: expected the path of a model file, got {type(path).__name__}")
+    fileio.check_path("path", path, "a model file")
     path = Path(path)
     if path.is_dir():
         found = sorted(p.name for p in path.glob("*.npz"))[:3]

@@ -36,9 +36,9 @@ def _check_writable(path, overwrite):
         raise ImageError(f"{path}: cannot write there ({e.strerror or e})") from None
 
 
-def _recorded_settings(saved):
-    """The training settings a loaded model file records ({} for files with none)."""
-    return (saved.training or {}).get("settings") or {}
+def _recorded_settings(training):
+    """The training settings a model file's training state records ({} for files with none)."""
+    return (training or {}).get("settings") or {}
 
 
 class _Model(NamedTuple):
@@ -72,7 +72,7 @@ def model_file(args):
     otherwise (then with a warning); with no record, CIFAR-10 for a model of colour images, else
     MNIST (with a warning: a model fitted in Python on Fashion-MNIST would be read as a digit one)."""
     saved = load_checkpoint(args.model)
-    settings = _recorded_settings(saved)
+    settings = _recorded_settings(saved.training)
     own = _own_classes(saved)
     asked = getattr(args, "dataset", None)
     if own is not None:
@@ -98,16 +98,17 @@ def predict(args):
     choose_backend = len(args.images) <= FEW_PICTURES
     load = picture_loader(model, folder=own)
     shape = tuple(model.input_shape) if own else None  # the picture as the model sees it
+    seen = _seen_size(model, load, own)  # (height, width) of the picture as read for the model
     if not own and model.input_shape is not None:
         from ..image import load_photo
-        read = (*_seen_size(model, load, own), 3 if load is load_photo else 1)
+        read = (*seen, 3 if load is load_photo else 1)
         if tuple(model.input_shape) != read:  # else every picture failed deep in the model, unnamed
             kind = "photo" if read[2] == 3 else "digit"
             raise ModelFileError(f"{args.model}: takes {'x'.join(map(str, model.input_shape))} images; predict reads "
                                  f"a picture as a {'x'.join(map(str, read))} {kind} (MNIST's and CIFAR-10's sizes)")
     if args.save_preprocessed:
         for path in args.images:
-            _check_writable(preprocessed_path(path, *_seen_size(model, load, own)), args.overwrite)
+            _check_writable(preprocessed_path(path, *seen), args.overwrite)
     noun = "digit " if dataset == "mnist" else ""
     failed = 0
     for path in args.images:
@@ -217,7 +218,7 @@ def history(args):
     history = training.get("history") or []
     if not history:
         raise ModelFileError(f"{args.model}: holds no training history (was it written by fastcnn train or fit?)")
-    settings = training.get("settings") or {}
+    settings = _recorded_settings(training)
     if settings:
         try:
             settings = from_checkpoint(settings).relevant()
@@ -280,7 +281,7 @@ def serve(args):
 def export(args):
     from ..export import PREPROCESSING, export_onnx  # the onnx package: the [onnx] extra
     saved = load_checkpoint(args.model)
-    settings = _recorded_settings(saved)
+    settings = _recorded_settings(saved.training)
     recorded = settings.get("dataset") if settings.get("dataset") in PREPROCESSING else None  # older files: none
     own = None if args.dataset else _own_classes(saved)
     network = settings.get("model") if isinstance(settings.get("model"), str) else None
