@@ -29,7 +29,7 @@ from tqdm import tqdm
 from . import checkpoint, compiling, distributed, fileio, loading
 from .augmentation import augmentation
 from .callbacks import TrainingRun, check_callbacks, restore_states, saved_states
-from .errors import FastCNNError, ModelFileError, ShapeError
+from .errors import ConfigError, FastCNNError, ModelFileError, ShapeError
 from .folders import row_reader
 from .kernels import checks
 from .validate import as_float_pixels, divergence_factor
@@ -255,6 +255,26 @@ def _keep_existing(out, state):
                          f"the first epoch; write to another file, continue its run ({resume}), or pass overwrite=True")
 
 
+def _check_same_run(state, seed, batch_size, augment, n):
+    """Refuse to resume ``state`` with settings other than its run's (another seed, batch size or
+    augmentation would make another run, not this one continued); say so when the number of images
+    to train on changed (the data grew or shrank, or another validation split), which resumes on
+    the data as they are now.
+    A state written before fit recorded its run (0.2.0) is taken as it is."""
+    before = state.get("run")
+    if not (state["epoch"] or state["batch"]) or not isinstance(before, dict):
+        return
+    now = {"seed": seed, "batch_size": batch_size, "augment": repr(augment)}
+    changed = [f"{k} {before[k]} -> {now[k]}" for k in now if k in before and before[k] != now[k]]
+    if changed:
+        raise ConfigError(f"training: the run being resumed had other settings ({'; '.join(changed)}); resume it with "
+                          f"its own (and the same data), or start a new run on its weights: fit(ck.model, "
+                          f"ck.optimizer, ...) without training=")
+    if before.get("images", n) != n:
+        print(f"fastcnn: the run being resumed trained on {before['images']:,} images, this one has {n:,}: it goes "
+              f"on with the data as they are now (a different shuffle from here on)", file=sys.stderr)
+
+
 def _save(out, model, optimizer, state, callbacks=()):
     """Write a checkpoint (with the callbacks' states), unless the weights hold NaN or Inf: then
     the last good one stays."""
@@ -313,7 +333,8 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     image folder's splits do), which ``predict`` and ``serve`` then show.
 
     ``training`` is the state from a checkpoint to resume from (None for a fresh run); it keeps
-    the callbacks' states too. The model, optimizer and state are written to ``out`` after every
+    the callbacks' states too, and the run's seed, batch size and augmentation, which a resumed
+    run must repeat (else ``ConfigError``; the same data too, or it says it goes on with others). The model, optimizer and state are written to ``out`` after every
     epoch, and also every ``checkpoint_every`` batches if given. An existing ``out`` is replaced
     only by the run it holds, resumed (``training`` as read from it), or with ``overwrite=True``;
     else ``ModelFileError`` before any work, as it may hold a model that took an hour to train.
@@ -351,11 +372,13 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     if out is not None:
         state_bytes = sum(a.nbytes for a in optimizer.state.values())
         fileio.check_writable_output(out, need=model.parameters.nbytes + state_bytes + 2**16)
+    _check_same_run(state, seed, batch_size, augment, n)
     batches = -(-n // batch_size)
     if not 0 <= state["batch"] < batches:
         raise ShapeError(f"training: batch {state['batch']} is outside this run's 0..{batches - 1}; "
                          f"was the checkpoint made with other data or another batch size?")
     state["validation"] = data.validated_on
+    state["run"] = {"seed": seed, "batch_size": batch_size, "augment": repr(augment), "images": n}
     if data.classes is not None:
         state["classes"] = list(data.classes)
     run = TrainingRun(model, optimizer, state, epochs, val is not None, world.is_root, out)

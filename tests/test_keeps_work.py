@@ -495,3 +495,29 @@ def test_bad_paths_betas_and_class_names_are_named():
         with pytest.raises(ShapeError, match=message):  # it was kept, and the next step failed in math.pow
             adam.betas = betas
     assert adam.betas == (0.9, 0.999)
+
+
+# --- what the third session's trials left open (2026-12-08) ---------------------------------------
+
+def test_a_fit_resumed_with_other_settings_is_refused_and_other_data_said(tmp_path, capsys):
+    # training= with another seed, batch size or augmentation, or other data, went on silently: a
+    # different run, recorded as the first one continued.
+    x, y = bars(256, 0)
+    model = mnist_network(seed=0)
+    out = tmp_path / "run.npz"
+    fit(model, SGD(model, 0.05), (x, y), epochs=1, batch_size=32, seed=3, progress=False, out=out)
+    before = out.read_bytes()
+    for changed, named in ((dict(seed=4), "seed 3 -> 4"), (dict(batch_size=64), "batch_size 32 -> 64"),
+                           (dict(augment="crop"), "augment None -> Augment")):
+        ck = fastcnn.load_checkpoint(out)
+        settings = {"batch_size": 32, "seed": 3, **changed}
+        with pytest.raises(fastcnn.ConfigError, match=rf"the run being resumed had other settings \({named}.*"
+                                                      r"without training="):
+            fit(ck.model, ck.optimizer, (x, y), epochs=2, progress=False, out=out, training=ck.training, **settings)
+    assert out.read_bytes() == before
+    ck = fastcnn.load_checkpoint(out)  # more data, the same settings: resumed, and said
+    more = bars(288, 0)
+    history = fit(ck.model, ck.optimizer, more, epochs=2, batch_size=32, seed=3, progress=False, out=out,
+                  training=ck.training)
+    assert history[-1]["epoch"] == 2
+    assert "the run being resumed trained on 235 images, this one has 265" in capsys.readouterr().err

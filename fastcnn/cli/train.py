@@ -230,8 +230,7 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
         before = state.get("folder") or {} if resume else {"fingerprint": folder.fingerprint}
         if before.get("fingerprint") != folder.fingerprint and world.is_root:
             print(f"{folder.root}: its pictures changed since this run started (added, removed or modified): the "
-                  f"resumed run trains on them as they are now, {len(folder.train[1]):,} (it had "
-                  f"{before.get('images', 'an unknown number')})", file=sys.stderr)
+                  f"resumed run trains on them as they are now", file=sys.stderr)
         settings = dataclasses.replace(settings, image_size=folder.image_size, color=folder.color)
     validating = _validation_plan(settings, data)
     classes = len(data.classes) if data.classes else int(max(data.train[1].max(), data.test[1].max())) + 1
