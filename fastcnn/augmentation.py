@@ -77,4 +77,10 @@ def augmentation(augment, shape):
         raise ConfigError(f"augment: expected None, a fastcnn.Augment or one of {', '.join(PRESETS)}, got {augment!r}")
     if len(shape) != 3:
         raise ConfigError(f"augment: {augment!r} moves images (H, W, C); the examples have shape {tuple(shape)}")
-    return augment if isinstance(augment, Augment) else PRESETS[augment][1](tuple(shape))
+    chosen = augment if isinstance(augment, Augment) else PRESETS[augment][1](tuple(shape))
+    side = min(shape[:2])
+    if chosen is not None and max(chosen.pad, chosen.shift) >= side:
+        raise ConfigError(f"augment: {chosen} moves a {shape[0]}x{shape[1]} image by up to "
+                          f"{max(chosen.pad, chosen.shift):g} pixels, so some would show nothing of it; "
+                          f"expected pad and shift under {side} (an eighth of the side is usual)")
+    return chosen

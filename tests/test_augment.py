@@ -133,3 +133,10 @@ def test_presets_recipes_and_bad_settings():
         fastcnn.Augment(pad=-1)
     with pytest.raises(ConfigError, match=r"degrees: expected degrees in \[0, 180\]"):
         fastcnn.Augment(degrees=400)
+    # a crop or shift as large as the image was accepted: some images then trained as all zeros
+    with pytest.raises(ConfigError, match=r"augment: Augment\(pad=30.* moves a 28x28 image by up to 30 pixels, so "
+                                          r"some would show nothing of it; expected pad and shift under 28"):
+        augmentation(fastcnn.Augment(pad=30), (28, 28, 1))
+    with pytest.raises(ConfigError, match=r"by up to 12 pixels.* under 12"):
+        augmentation(fastcnn.Augment(shift=12.0), (12, 20, 3))
+    assert augmentation(fastcnn.Augment(pad=27, shift=27.5), (28, 28, 1)).pad == 27
