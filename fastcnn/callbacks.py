@@ -21,11 +21,14 @@ Under MPI every process runs the callbacks on the same numbers (rank 0's validat
 sent to all), so all of them decide alike; only rank 0 writes files and prints (``run.is_root``).
 """
 
+import json
 import os
+
+import numpy as np
 
 from .checkpoint import save
 from .loading import load_checkpoint
-from .errors import ModelFileError, ShapeError
+from .errors import ConfigError, ModelFileError, ShapeError
 from .fileio import check_writable_output, taken
 from .kernels import checks
 
@@ -314,8 +317,23 @@ def check_callbacks(callbacks):
 
 
 def saved_states(callbacks):
-    """What a checkpoint keeps of ``callbacks``: each one's type and state."""
-    return [{"type": type(c).__name__, "state": c.state_dict()} for c in callbacks]
+    """What a checkpoint keeps of ``callbacks``: each one's type and state, as JSON keeps it
+    (NumPy's numbers become Python's); ``ConfigError`` naming the callback whose state JSON can't
+    hold, so that fit stops at its start, not when it saves the first epoch."""
+    return [{"type": type(c).__name__, "state": _as_json(c)} for c in callbacks]
+
+
+def _as_json(callback):
+    state = callback.state_dict()
+    try:
+        return json.loads(json.dumps(state, default=lambda v: v.item() if isinstance(v, np.generic) else _refuse(v)))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"callbacks: {type(callback).__name__}.state_dict() gave {state!r:.80}, which a checkpoint "
+                          f"can't keep ({e}); expected a dict of numbers, strings, None, lists and dicts") from None
+
+
+def _refuse(value):
+    raise TypeError(f"{type(value).__name__} {value!r:.40}")
 
 
 def restore_states(callbacks, saved):

@@ -387,6 +387,8 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     restore_states(callbacks, state.get("callbacks"))
     for c in callbacks:
         c.on_train_begin()
+    if out is not None:
+        saved_states(callbacks)  # a state the checkpoint can't keep: refused now, not after the first epoch
     shape = x_train.shape[1:]
     x = np.empty((min(batch_size, n), *shape), np.float32)  # the batch, gathered in place
     raw = np.empty((min(batch_size, n), *shape), np.uint8) if x_train.dtype == np.uint8 else None  # before scaling

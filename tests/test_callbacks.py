@@ -273,3 +273,28 @@ def test_a_fastcnn_0_2_run_resumes_as_it_was_made(tmp_path, monkeypatch, capsys)
     assert "validating on the last 80 training images (as fastcnn 0.2 held out)" in capsys.readouterr().out
     assert main(["history", str(tmp_path / "old.npz")]) == 0
     assert "validation: the last 80 images of the training set, as fastcnn 0.2 held them out" in capsys.readouterr().out
+
+
+def test_a_callback_state_a_checkpoint_cant_keep_is_named_before_training(tmp_path):
+    # A state of NumPy numbers, or of objects, failed in json.dumps with a bare TypeError, after the first epoch.
+    class Counting(Callback):
+        def __init__(self, keep):
+            self.keep, self.seen = keep, np.float32(0)
+
+        def on_epoch_end(self, epoch, logs):
+            self.seen += np.float32(logs["loss"])
+
+        def state_dict(self):
+            return {"seen": self.seen, "keep": self.keep}
+
+    x, y = bars(128, 0)
+    model = mnist_network(seed=0)
+    out = tmp_path / "m.npz"
+    sgd = SGD(model, 0.05)
+    with pytest.raises(fastcnn.ConfigError, match=r"callbacks: Counting.state_dict\(\) gave .*which a checkpoint can't "
+                                                  r"keep \(object .*\); expected a dict of numbers"):
+        fit(model, sgd, (x, y), epochs=1, progress=False, out=out, callbacks=[Counting(object())])
+    assert not out.exists() and sgd.steps == 0  # refused before the first step
+    fit(model, SGD(model, 0.05), (x, y), epochs=2, progress=False, out=out, callbacks=[Counting([1, 2])])
+    kept = fastcnn.load_checkpoint(out).training["callbacks"][0]["state"]
+    assert kept["keep"] == [1, 2] and isinstance(kept["seen"], float) and kept["seen"] > 0  # NumPy's float32, as JSON
