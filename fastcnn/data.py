@@ -291,10 +291,23 @@ def _missing_error(name, folder, files, why):
 
 def _download(name, folder, filenames):
     """Download the files ``filenames`` of data set ``name`` into ``folder``, verified, or raise."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # removed again if nothing lands in them
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise _missing_error(name, folder, filenames, f"cannot create the folder: {e.strerror or e}") from None
+    try:
+        _download_into(name, folder, filenames)
+    except DataMissingError:
+        for p in made:  # the deepest first
+            try:
+                p.rmdir()
+            except OSError:  # not empty (a file came), or not ours to remove
+                break
+        raise
+
+
+def _download_into(name, folder, filenames):
     for i, filename in enumerate(filenames):
         failures = []
         for mirror in MIRRORS[name]:
