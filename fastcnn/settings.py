@@ -7,6 +7,7 @@ named network's recipe (``architectures.py``), so ``--model deep`` brings its ow
 schedule unless told otherwise.
 """
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
@@ -14,7 +15,7 @@ from typing import Optional, Tuple
 from .architectures import ARCHITECTURES
 from .augmentation import PRESETS
 from .data import DATASETS
-from .errors import ConfigError
+from .errors import ConfigError, ShapeError
 from .folders import COLORS, DEFAULT_MAX_SIDE
 from .kernels import checks
 from .optim import OPTIMIZERS
@@ -214,6 +215,19 @@ def from_arguments(args):
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings) if getattr(args, f.name) is not None}
 
 
+@contextlib.contextmanager
+def named_as_options(names):
+    """An error about a setting of ``names`` (given on the command line) names its option
+    (``--batch-size``), not the keyword (``batch_size``) that the checks, made for Python, name."""
+    try:
+        yield
+    except (ConfigError, ShapeError) as e:
+        name, colon, rest = str(e).partition(":")
+        if not colon or name not in names:
+            raise
+        raise type(e)(f"--{name.replace('_', '-')}:{rest}") from None
+
+
 def fixed_on_resume():
     return [f.name for f in dataclasses.fields(Settings) if not f.metadata["resumable"]]
 
@@ -281,5 +295,6 @@ def add_server_arguments(parser):
 
 def server_limits_from_arguments(args):
     """The ``ServerLimits`` an ``argparse`` namespace made by ``add_server_arguments`` holds."""
-    return ServerLimits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerLimits)
-                           if getattr(args, f.name) is not None})
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerLimits) if getattr(args, f.name) is not None}
+    with named_as_options(given):
+        return ServerLimits(**given)

@@ -228,9 +228,14 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, tried):
     d = ["--data-dir", str(tmp_path)]
     new = ["--out", str(tmp_path / "new.npz"), *d]
     cases = [
-        (["train", "--epochs", "0", *new], "epochs: expected a positive integer, got 0"),
-        (["train", "--lr", "-1", *new], "lr: expected a learning rate > 0"),
-        (["train", "--checkpoint-every", "0", *new], "checkpoint_every: expected a positive integer"),
+        # the options as the command line names them (they said batch_size, as train() in Python does)
+        (["train", "--epochs", "0", *new], "train: error: --epochs: expected a positive integer, got 0"),
+        (["train", "--lr", "-1", *new], "train: error: --lr: expected a learning rate > 0"),
+        (["train", "--checkpoint-every", "0", *new], "--checkpoint-every: expected a positive integer"),
+        (["train", "--image-size", "0", "9", *new], "--image-size: expected H W, each 1 to 4096 pixels"),
+        (["train", "--optimizer", "adam", "--momentum", "0.5", *new], "--momentum: 0.5 was given, but --optimizer "
+                                                                      "adam doesn't use it"),
+        (["serve", str(damaged), "--threads", "0"], "serve: error: --threads: expected a positive integer, got 0"),
         (["train", "--out", str(damaged), "--resume", *d], "damaged training settings: dataset: expected one of"),
         (["predict", str(damaged), str(tmp_path / "none.png"), "--dataset", "mnist"], "none.png: no such file"),
         (["evaluate", str(tmp_path / "none.npz"), *d], "no such model file"),

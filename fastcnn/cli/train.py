@@ -26,7 +26,7 @@ from ..kernels import checks
 from ..kernels.jit import set_threads
 from ..optim import make_optimizer
 from ..schedules import make_schedule
-from ..settings import Settings, fixed_on_resume, from_arguments, from_checkpoint
+from ..settings import Settings, fixed_on_resume, from_arguments, from_checkpoint, named_as_options
 
 
 def run(args):
@@ -35,10 +35,11 @@ def run(args):
     if distributed.world().is_root:  # the one process that writes --out
         fileio.check_writable_output(args.out)  # (a folder that can't take it is said so before the lock)
         lock = fileio.exclusive(args.out, shlex.join(["fastcnn", "train", "--out", str(args.out)]))
-    with lock:
-        train(args.out, data_dir=args.data_dir, threads=args.threads, resume=args.resume,
-              progress=not args.no_progress, checkpoint_every=args.checkpoint_every, overwrite=args.overwrite,
-              **from_arguments(args))
+    given = from_arguments(args)
+    options = {"data_dir": args.data_dir, "threads": args.threads, "checkpoint_every": args.checkpoint_every}
+    with lock, named_as_options({*given, *(k for k, v in options.items() if v is not None)}):
+        train(args.out, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite, **options,
+              **given)
 
 
 def resume_command(args):
