@@ -633,7 +633,11 @@ def register_layer(cls):
     known = LAYERS.get(cls.__name__)
     if known is not None and known is not cls and known.__module__ == __name__:
         raise ConfigError(f"register_layer: {cls.__name__} is a built-in layer's name; choose another")
-    LAYERS[cls.__name__] = cls
+    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ConfigError(f"register_layer: a layer named {cls.__name__} is registered already, from "
+                          f"{known.__module__}.{known.__qualname__}; model files name a layer by its class name "
+                          f"alone, so two can't share one: rename one of them")
+    LAYERS[cls.__name__] = cls  # (the same class defined again, as a notebook's cell run twice does: the new one)
     return cls
 
 

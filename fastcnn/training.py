@@ -355,6 +355,8 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     callbacks = check_callbacks(callbacks)
     if out is not None:
         fileio.check_path("out", out)
+    elif checkpoint_every is not None:
+        raise ConfigError(f"checkpoint_every: {checkpoint_every} was given, but no out= to write the checkpoints to")
     state = training or fresh_state()
     loading.check_training(state)
     if out is not None and not overwrite:

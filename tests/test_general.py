@@ -238,6 +238,17 @@ def test_a_layer_of_your_own_trains_saves_and_loads(tmp_path):
         del fastcnn.layers.LAYERS["DeclaredScale"]
     with pytest.raises(ConfigError, match="built-in layer's name"):
         fastcnn.register_layer(type("Dense", (Layer,), {}))
+    # another class of the same name replaced the first silently: its files then loaded as the second
+    first = fastcnn.register_layer(type("Twice", (Layer,), {"__module__": "one"}))
+    try:
+        again = fastcnn.register_layer(type("Twice", (Layer,), {"__module__": "one"}))  # a notebook's cell rerun
+        assert fastcnn.layers.LAYERS["Twice"] is again is not first
+        with pytest.raises(ConfigError, match=r"a layer named Twice is registered already, from one.Twice; .* rename "
+                                              r"one of them"):
+            fastcnn.register_layer(type("Twice", (Layer,), {"__module__": "two"}))
+        assert fastcnn.layers.LAYERS["Twice"] is again
+    finally:
+        del fastcnn.layers.LAYERS["Twice"]
 
 
 def test_fit_with_a_validation_split_returns_the_history(tmp_path):

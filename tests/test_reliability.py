@@ -93,6 +93,8 @@ BAD_FIT = {
     "epochs 2.5": (dict(epochs=2.5), r"epochs: expected a positive integer, got 2.5"),
     "seed -1": (dict(seed=-1), r"seed: expected a non-negative integer, got -1"),
     "checkpoint every 0": (dict(checkpoint_every=0), r"checkpoint_every: expected a positive integer, got 0"),
+    "checkpoints without a file": (dict(checkpoint_every=5, out=None),  # (it was ignored)
+                                   r"checkpoint_every: 5 was given, but no out= to write the checkpoints to"),
     "another model's optimizer": (dict(optimizer=lambda model: SGD(mnist_network(seed=2), 0.1)),
                                   r"optimizer: expected a fastcnn optimizer \(SGD, Adam\) made for this model"),
     "position past the data": (dict(training={"epoch": 0, "batch": 2, "totals": [0.0, 0, 0, 0.0], "history": []}),
@@ -114,7 +116,7 @@ def test_fit_refuses_bad_arguments_before_training(case, net, tmp_path, tried):
                 out=tmp_path / "m.npz", progress=False)
     args.update({k: v(net) if callable(v) else v for k, v in changes.items()})
     before = net.parameters.copy()
-    with pytest.raises(ShapeError, match=message):
+    with pytest.raises(ConfigError if case.startswith("checkpoints") else ShapeError, match=message):
         fit(net, **args)
     assert np.array_equal(net.parameters, before) and not (tmp_path / "m.npz").exists()
     count(tried, "bad inputs refused with a clear error")
