@@ -394,3 +394,18 @@ def test_sgd_flushes_a_velocity_that_decays_to_a_subnormal():
     K.sgd_momentum(p, v, g, 0.1, 0.5)
     np.testing.assert_array_equal(v, np.array([tiny, 0, 2 * tiny, -tiny, 5e-31, 0, 0.5, -0.5, 1.5 * tiny], np.float32))
     assert not ((v != 0) & (np.abs(v) < tiny)).any()
+
+
+@pytest.mark.parametrize("step", ["sgd", "adam"])
+def test_a_nan_gradient_stays_nan_as_in_the_reference(step):
+    # The subnormal flush read "keep v if abs(v) >= tiny, else 0": false for NaN, so a NaN gradient
+    # became 0 and wiped the momentum, where the reference (and fit's NaN check) saw NaN.
+    for k in (K, R):
+        p, v, m = np.ones(4, np.float32), np.full(4, 0.5, np.float32), np.zeros(4, np.float32)
+        g = np.array([0.1, np.nan, np.inf, 0], np.float32)
+        if step == "sgd":
+            k.sgd_momentum(p, v, g, 0.1, 0.9)
+            assert np.isnan(v[1]) and np.isnan(p[1]) and not np.isfinite(p[2]) and np.isfinite(p[[0, 3]]).all(), k
+        else:
+            k.adam(p, m, v, g, 1e-3, step=3)
+            assert np.isnan(m[1]) and np.isnan(p[1]) and np.isfinite(p[[0, 3]]).all(), k
