@@ -26,6 +26,39 @@ _TRANSPARENT = (MaxPool2D, AvgPool2D, Flatten, BatchNorm1D, BatchNorm2D, Dropout
 _PREDICT_BATCH = 256
 
 
+class _InModel(dict):
+    """A layer's ``params`` (or ``grads``) in a model: views into the model's flat buffer, which
+    the optimizer reads and writes. Assigning one (``params["bias"] = a``) copies ``a`` into its
+    view: an array put in its place would never be trained, nor its gradient reach the optimizer."""
+
+    def __init__(self, views, what):
+        super().__init__(views)
+        self.what = what
+
+    def __setitem__(self, name, value):
+        if name not in self:
+            raise ShapeError(f"{self.what}[{name!r}]: no such parameter (it has {list(self)}); a model's parameters "
+                             f"are fixed when it is made")
+        view = self[name]
+        a = np.asarray(value)
+        if a.shape != view.shape:
+            raise ShapeError(f"{self.what}[{name!r}]: given an array of shape {a.shape}; expected {view.shape} (it is "
+                             f"copied into the model's buffer)")
+        view[...] = a
+
+    def __missing__(self, name):
+        raise KeyError(f"{name!r}: {self.what} has no parameter of that name (it has {list(self)})")
+
+    def update(self, *args, **kwargs):
+        for name, value in dict(*args, **kwargs).items():
+            self[name] = value
+
+    def _fixed(self, *args):
+        raise ShapeError(f"{self.what}: a model's parameters are fixed when it is made")
+
+    __delitem__ = pop = popitem = clear = setdefault = _fixed
+
+
 class Model:
     """A model made of a graph of layers, from ``inputs`` to ``outputs`` (see ``fastcnn.graph``):
 
@@ -129,14 +162,19 @@ class Model:
         total = sum(layer.params[name].size for layer, name in named)
         self.parameters = np.empty(total, np.float32)
         self.gradients = np.zeros(total, np.float32)
+        views = {id(layer): ({}, {}) for layer in self.layers}
         offset = 0
         for layer, name in named:
             p = layer.params[name]
-            view = self.parameters[offset:offset + p.size].reshape(p.shape)
-            view[...] = p
-            layer.params[name] = view
-            layer.grads[name] = self.gradients[offset:offset + p.size].reshape(p.shape)
+            params, grads = views[id(layer)]
+            params[name] = self.parameters[offset:offset + p.size].reshape(p.shape)
+            params[name][...] = p
+            grads[name] = self.gradients[offset:offset + p.size].reshape(p.shape)
             offset += p.size
+        for i, layer in enumerate(self.layers):
+            params, grads = views[id(layer)]
+            layer.params, layer.grads = _InModel(params, f"layer {i} {layer!r}: params"), \
+                _InModel(grads, f"layer {i} {layer!r}: grads")
 
     def named_parameters(self):
         """``("3.weight", array)`` pairs in layer order: the names model files use."""

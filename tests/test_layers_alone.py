@@ -283,3 +283,46 @@ def test_add_and_concatenate_alone_take_lists_of_batches(backend):
         fastcnn.Add().forward([a, b[:1]])
     with pytest.raises(fastcnn.ShapeError, match=r"Add\(\): x: expected tensors of one shape to add"):
         fastcnn.Add().forward([a, b[:, :2]])
+
+
+def test_a_parameter_assigned_in_a_model_is_copied_in_and_trains():
+    # params["bias"] = a put a new array in the view's place: the optimizer went on updating the
+    # view, which nothing read, and the assigned value never trained (nor did a layer's own, so set).
+    model = Sequential([Flatten(), Dense(4, 3)], input_shape=(2, 2, 1), seed=0)
+    x, y = np.random.default_rng(0).uniform(size=(8, 2, 2, 1)).astype(np.float32), np.arange(8) % 3
+    model.layers[1].params["bias"] = [1.0, 2.0, 3.0]
+    assert np.array_equal(model.parameters[-3:], [1, 2, 3])
+    sgd = fastcnn.SGD(model, lr=1.0)
+    model.train_step(x, y)
+    sgd.step()
+    bias = model.layers[1].params["bias"]
+    assert np.shares_memory(bias, model.parameters) and not np.array_equal(bias, [1, 2, 3])
+    with pytest.raises(ShapeError, match=r"layer 1 Dense.*params\['bias'\]: given an array of shape \(4,\); expected "
+                                         r"\(3,\)"):
+        model.layers[1].params["bias"] = np.zeros(4)
+    with pytest.raises(ShapeError, match=r"params\['scale'\]: no such parameter \(it has \['weight', 'bias'\]\)"):
+        model.layers[1].params["scale"] = np.zeros(3)
+    with pytest.raises(ShapeError, match="a model's parameters are fixed when it is made"):
+        del model.layers[1].params["bias"]
+
+
+def test_a_layer_of_your_own_may_assign_or_add_to_its_gradients():
+    # Its gradients were never zeroed between steps, so "+=" added up every step's; and "=" was refused.
+    class Adds(Scale):
+        def backward(self, dy):
+            self.grads["a"] += (dy * self.x).sum(axis=0)
+            return dy * self.params["a"]
+
+    class Assigns(Scale):
+        def backward(self, dy):
+            self.grads["a"] = (dy * self.x).sum(axis=0)
+            return dy * self.params["a"]
+
+    x, y = np.random.default_rng(1).uniform(size=(6, 3)).astype(np.float32), np.arange(6) % 2
+    gradients = []
+    for kind in (Scale, Adds, Assigns):
+        model = Sequential([kind(3), Dense(3, 2)], seed=0)
+        for _ in range(3):  # the same step three times: the same gradient each time
+            model.train_step(x, y)
+            gradients.append(model.gradients.copy())
+    assert all(np.array_equal(g, gradients[0]) for g in gradients) and gradients[0][:3].any()
