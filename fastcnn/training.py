@@ -296,9 +296,10 @@ def _record(out, state):
 
 def _interrupted(signum, steps, epochs, batches, out, state):
     where = f"checkpoint saved in {out}" if out is not None else "no checkpoint (out=None)"
-    return TrainingInterrupted(f"stopped by {signal.Signals(signum).name} after step {steps} (epoch "
-                               f"{state['epoch'] + 1}/{epochs}, {state['batch']} of {batches} batches done); "
-                               f"{where}", signum, out, state)
+    when = (f"epoch {state['epoch'] + 1}/{epochs}, {state['batch']} of {batches} batches done"
+            if state["batch"] or not state["epoch"] else f"at the end of epoch {state['epoch']}/{epochs}")
+    return TrainingInterrupted(f"stopped by {signal.Signals(signum).name} after step {steps} ({when}); {where}",
+                               signum, out, state)
 
 
 def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, seed=0, validation_split=None,
@@ -479,6 +480,10 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
                   f"{checked}  {seconds:.1f} s  {record['samples_per_s']:,.0f} samples/s", flush=True)
             if run.stop_reason:
                 print(f"Stopped after epoch {epoch + 1}: {run.stop_reason}", flush=True)
+            signum = world.stop_requested(caught)  # one that came during the epoch's end (the last has no next batch)
+            if signum:
+                world.barrier()
+                raise _interrupted(signum, optimizer.steps, epochs, batches, out, state)
     if not trained:
         return state["history"]
     run.weights_epoch = state["epoch"]

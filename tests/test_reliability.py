@@ -308,6 +308,27 @@ def test_a_signal_saves_the_current_batch_and_resume_is_bit_identical(signum, st
     count(tried, "in-process signals: checkpoint at the batch, resumed bit-identical")
 
 
+def test_a_signal_at_the_end_of_the_last_epoch_stops_too(tmp_path):
+    # One that came during the last epoch's validation, callbacks or checkpoint was noted and never
+    # acted on (there was no next batch to check it at): fit returned and went on to the test set.
+    from fastcnn.callbacks import Callback
+
+    class SignalsAtTheEnd(Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def on_test_end(self, result):
+            raise AssertionError("the test set was evaluated after the signal")
+
+    out = tmp_path / "m.npz"
+    with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM after step 15 \(at the end of epoch 3/3\); "
+                                                  r"checkpoint saved in .*m.npz"):
+        short_run(out, callbacks=[SignalsAtTheEnd()], test=bars(50, 2))
+    saved = fastcnn.load_checkpoint(out)
+    assert (saved.training["epoch"], saved.training["batch"], saved.optimizer.steps) == (3, 0, 15)
+
+
 def test_periodic_checkpoints_resume_bit_identical(straight, tmp_path):
     out = tmp_path / "m.npz"
     model = mnist_network(seed=1)
