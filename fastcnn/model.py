@@ -275,7 +275,7 @@ class Model:
         (``fit`` checks all its data once and calls the plan's ``train_step`` itself.)"""
         validate.batch_layout(x)
         plan = plan_for(self, x.shape[1:], "x")
-        labels = validate.labels("labels", labels, len(x), plan.output_shape[0])
+        labels = validate.labels("labels", labels, len(x), _scores(plan))
         _check_training_batch(plan, len(x))
         step = None if step is None else checks.non_negative_int("step", step)
         self._prepare_training(plan)
@@ -303,8 +303,8 @@ class Model:
         batch_size = checks.positive_int("batch_size", batch_size)
         validate.batch_layout(x, pixels=True)
         plan = plan_for(self, x.shape[1:], "x")
+        probs = np.empty((len(x), _scores(plan)), np.float32)
         plan.ready(False)  # before the batches' check, a kernel compiled with the plan's
-        probs = np.empty((len(x), *plan.output_shape), np.float32)
         for i, batch in validate.batches(x, batch_size, plan.kernels):
             plan.probabilities_into(probs[i:i + len(batch)], batch)
         return probs
@@ -423,9 +423,16 @@ def _layout_hint(got, made_for):
 def classes_scored(model, example_shape, name):
     """The number of classes ``model`` scores for examples of ``example_shape``, from the plan it
     makes for them: examples that don't fit fail here, naming ``name``, not deep inside a batch."""
-    out = plan_for(checked(model), example_shape, name).output_shape
+    return _scores(plan_for(checked(model), example_shape, name))
+
+
+def _scores(plan):
+    """The number of classes ``plan`` scores, or ``ShapeError`` if it doesn't end in scores."""
+    out = plan.output_shape
     if len(out) != 1:
-        raise ShapeError(f"model: expected it to end in (N, classes) scores, it gives shape (N, {', '.join(map(str, out))})")
+        raise ShapeError(f"model: expected it to end in (N, classes) scores, it gives shape (N, {', '.join(map(str, out))}) "
+                         f"(forward gives what it ends in; predict, train_step and fit need scores: end it in Flatten, or "
+                         f"GlobalAvgPool2D, then Dense)")
     return out[0]
 
 

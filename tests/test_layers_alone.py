@@ -326,3 +326,16 @@ def test_a_layer_of_your_own_may_assign_or_add_to_its_gradients():
             model.train_step(x, y)
             gradients.append(model.gradients.copy())
     assert all(np.array_equal(g, gradients[0]) for g in gradients) and gradients[0][:3].any()
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_a_model_that_does_not_end_in_scores_is_named_by_predict_and_train_step(backend):
+    # The compiled loss failed with a Numba typing error; the NumPy backend's predict returned the
+    # feature maps as "probabilities".
+    model = Sequential([Conv2D(4, 3)], input_shape=(8, 8, 1), backend=backend)
+    x = np.zeros((2, 8, 8, 1), np.float32)
+    assert model.forward(x).shape == (2, 6, 6, 4)  # what it ends in, as asked
+    for call in (lambda: model.predict(x), lambda: model.train_step(x, np.zeros(2, np.int64))):
+        with pytest.raises(ShapeError, match=r"model: expected it to end in \(N, classes\) scores, it gives shape "
+                                             r"\(N, 6, 6, 4\)"):
+            call()
