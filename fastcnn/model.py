@@ -314,7 +314,7 @@ class Model:
         An existing file is replaced only with ``overwrite=True`` (it may be a checkpoint whose run
         could then no longer be resumed); else ``ModelFileError``."""
         fileio.check_path("path", path)
-        if not overwrite and fileio.taken(path):
+        if not checks.flag("overwrite", overwrite) and fileio.taken(path):
             raise ModelFileError(f"{path}: already exists; save to another file, or replace it (overwrite=True)")
         checkpoint.save(path, self, optimizer)
 

@@ -360,7 +360,7 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
         raise ConfigError(f"checkpoint_every: {checkpoint_every} was given, but no out= to write the checkpoints to")
     state = training or fresh_state()
     loading.check_training(state)
-    if out is not None and not overwrite:
+    if out is not None and not checks.flag("overwrite", overwrite):
         _keep_existing(out, state)
     x_train, y_train, rows, val = data.x, data.y, data.rows, data.validation
     augment = augmentation(augment, x_train.shape[1:])

@@ -51,6 +51,12 @@ def positive_int(name, v):
     return int(v)
 
 
+def flag(name, v):
+    if not isinstance(v, (bool, np.bool_)):  # "no" would be true
+        raise ShapeError(f"{name}: expected True or False, got {v!r}")
+    return bool(v)
+
+
 def non_negative_int(name, v):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
         raise ShapeError(f"{name}: expected a non-negative integer, got {v!r}")

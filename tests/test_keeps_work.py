@@ -521,3 +521,21 @@ def test_a_fit_resumed_with_other_settings_is_refused_and_other_data_said(tmp_pa
                   training=ck.training)
     assert history[-1]["epoch"] == 2
     assert "the run being resumed trained on 235 images, this one has 265" in capsys.readouterr().err
+
+
+def test_saving_with_another_models_optimizer_or_a_word_for_overwrite_is_refused(tmp_path):
+    # The file was written, and then could not be loaded ("optimizer/velocity is float32(12730,)..."); a string
+    # failed with an AttributeError; overwrite="no" replaced the file.
+    model, other = mnist_network(seed=0), fastcnn.Sequential([fastcnn.Flatten(), fastcnn.Dense(10)],
+                                                             input_shape=(28, 28, 1))
+    path = tmp_path / "m.npz"
+    for optimizer, named in ((SGD(other, 0.1), "SGD made for another model"), ("sgd", "str")):
+        with pytest.raises(UsageError, match=rf"optimizer: expected a fastcnn optimizer \(SGD, Adam\) made for this "
+                                             rf"model, got {named}"):
+            model.save(path, optimizer)
+        assert not path.exists()
+    model.save(path, SGD(model, 0.1))
+    before = path.read_bytes()
+    with pytest.raises(ShapeError, match="overwrite: expected True or False, got 'no'"):
+        mnist_network(seed=1).save(path, overwrite="no")
+    assert path.read_bytes() == before and fastcnn.load_checkpoint(path).optimizer is not None
