@@ -204,6 +204,21 @@ def test_a_keep_best_run_resumes_by_its_own_out_not_its_last_epoch_file(tmp_path
     assert fastcnn.load_checkpoint(last).training["epoch"] == 2
 
 
+def test_a_last_epoch_file_left_by_an_earlier_keep_best_run_is_not_resumed(tmp_path, fake_data, capsys):
+    # --resume took OUT.last.npz whenever it existed: after a --keep-best run, then a new run into
+    # the same --out with --overwrite, it went on with the old run and replaced the new one.
+    out, last = tmp_path / "r.npz", tmp_path / "r.last.npz"
+    assert main(["train", "--out", str(out), "--epochs", "1", "--keep-best", "--seed", "5", *fake_data]) == 0
+    assert main(["train", "--out", str(out), "--epochs", "1", "--overwrite", "--seed", "1", *fake_data]) == 0
+    stale = last.read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", *fake_data]) == 0
+    said = capsys.readouterr()
+    assert f"{last} is left from an earlier --keep-best run into {out}; the run in {out} is resumed" in said.err
+    resumed = fastcnn.load_checkpoint(out).training
+    assert resumed["settings"]["seed"] == 1 and resumed["epoch"] == 2 and last.read_bytes() == stale
+
+
 def test_save_preprocessed_never_replaces_a_file_unasked(tmp_path, model_file, capsys):
     picture = digit_picture(tmp_path / "a.png")
     seen = tmp_path / "a.png.28x28.png"

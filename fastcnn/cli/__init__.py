@@ -54,7 +54,8 @@ def parser():
     t.add_argument("--out", default="model.npz", help="model and checkpoint file, default model.npz")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     t.add_argument("--overwrite", action="store_true",
-                   help="replace --out if it exists (without it, an existing file is never replaced)")
+                   help="replace --out if it exists, and with --keep-best its OUT.last.npz (without it, an existing "
+                        "file is never replaced)")
     t.add_argument("--checkpoint-every", type=int, metavar="K",
                    help="also write the checkpoint every K batches (default: after each epoch only)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar, only the epoch lines")

@@ -54,6 +54,26 @@ def resume_command(args):
     return shlex.join(cmd + (["--no-progress"] if args.no_progress else []))
 
 
+def _resumed_file(out, last, say):
+    """The file ``--resume`` continues: ``out``, or its last-epoch file when ``out`` holds the best
+    epoch of a ``--keep-best`` run (or none yet). A last-epoch file beside a run that doesn't keep
+    the best one is an earlier run's, left behind: ignored, and said (``say``)."""
+    if not os.path.isfile(last):
+        return out
+    if not fileio.taken(out):
+        return last  # a --keep-best run stopped before its first epoch's end
+    try:
+        training = loading.load_training(out) or {}
+    except ModelFileError:
+        return out  # (whose loading then says what is wrong with it)
+    if "best" in training or training.get("settings", {}).get("keep_best"):
+        return last
+    if say:
+        print(f"fastcnn: {last} is left from an earlier --keep-best run into {out}; the run in {out} is resumed",
+              file=sys.stderr)
+    return out
+
+
 def last_epoch_path(out):
     """Where a ``--keep-best`` run keeps its last epoch, to resume from: ``model.npz`` ->
     ``model.last.npz`` beside it (``out`` itself holds the best epoch)."""
@@ -177,7 +197,7 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
         fileio.remove_stale_temps(out)
         fileio.remove_stale_temps(last)
     if resume:
-        resume_from = last if os.path.isfile(last) else out
+        resume_from = _resumed_file(out, last, world.is_root)
         saved = loading.load_checkpoint(resume_from)
         if saved.optimizer is None or saved.training is None:
             if (saved.training or {}).get("best"):
