@@ -297,3 +297,26 @@ def test_history_reads_a_file_whose_layers_this_program_cannot_build(tmp_path, m
 
 def one_line(err):
     return err.count("\n") == 1
+
+
+def test_history_of_a_run_stopped_in_its_first_epoch(tmp_path, fake_data, capsys):
+    # It said the file "holds no training history (was it written by fastcnn train or fit?)".
+    x, y = bars(256, 0)
+    model = mnist_network(seed=0)
+    sgd = SGD(model, 0.05)
+    step = sgd.step
+
+    def crash_after_three():
+        step()
+        if sgd.steps == 3:
+            raise RuntimeError("killed")
+
+    sgd.step = crash_after_three
+    out = tmp_path / "early.npz"
+    with pytest.raises(RuntimeError):
+        fastcnn.fit(model, sgd, (x, y), epochs=2, batch_size=32, progress=False, out=out, checkpoint_every=2)
+    capsys.readouterr()
+    assert main(["history", str(out)]) == 0
+    assert "stopped in epoch 1, after 2 of its batches (to resume)" in capsys.readouterr().out
+    assert main(["history", str(out), "--plot", str(tmp_path / "h.png")]) == 2
+    assert "no epoch of its run has finished yet: nothing to plot" in capsys.readouterr().err

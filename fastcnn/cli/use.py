@@ -214,10 +214,12 @@ def _folder_test_set(args, model, names, settings):
 def history(args):
     if args.plot:
         _check_writable(args.plot, args.overwrite)
-    training = load_training(args.model) or {}  # (the model is not built: a layer of one's own needs no import)
-    history = training.get("history") or []
-    if not history:
+    training = load_training(args.model)  # (the model is not built: a layer of one's own needs no import)
+    if training is None:
         raise ModelFileError(f"{args.model}: holds no training history (was it written by fastcnn train or fit?)")
+    history = training["history"]
+    if not history and args.plot:
+        raise ModelFileError(f"{args.model}: no epoch of its run has finished yet: nothing to plot")
     settings = _recorded_settings(training)
     if settings:
         try:
@@ -231,12 +233,15 @@ def history(args):
     if validated_on:
         print(f"validation: {validated_on}")
     best = training.get("best") or {}
-    print(f"{'epoch':>5}  {'loss':>8}  {'train acc':>9}  {'val loss':>8}  {'val acc':>8}  {'seconds':>8}")
+    if history:
+        print(f"{'epoch':>5}  {'loss':>8}  {'train acc':>9}  {'val loss':>8}  {'val acc':>8}  {'seconds':>8}")
     for h in history:
         val_loss, val_acc = h.get("val_loss"), h.get("val_acc")
         print(f"{h['epoch']:>5}  {h['loss']:>8.4f}  {h['train_acc']:>9.4f}  "
               f"{'' if val_loss is None else f'{val_loss:.4f}':>8}  {'' if val_acc is None else f'{val_acc:.4f}':>8}  "
               f"{h['seconds']:>8.1f}" + ("  <- kept (best)" if h["epoch"] == best.get("epoch") else ""))
+    if training["batch"]:
+        print(f"stopped in epoch {training['epoch'] + 1}, after {training['batch']} of its batches (to resume)")
     if "stopped" in training:
         print(f"stopped after epoch {training['stopped']['epoch']}: {training['stopped']['reason']}")
     test = training.get("test")
