@@ -376,9 +376,10 @@ def _cifar10_files(folder, split):
     absent = [path.name for path in batches if not path.is_file()]
     if not absent:
         return batches, []
-    if len(absent) < len(batches):  # extracted, but not whole: the archive would not be looked for
-        raise DataError(f"{folder / CIFAR10_FOLDER}: has {split}'s batches but not {', '.join(absent)}; extract "
-                        f"{CIFAR10_ARCHIVE} again, or put the archive itself in {folder}")
+    extracted = [b for names in CIFAR10_BATCHES.values() for b in names if (folder / CIFAR10_FOLDER / b).is_file()]
+    if extracted:  # extracted, but not whole (the test split is one batch): the archive would not be looked for
+        raise DataError(f"{folder / CIFAR10_FOLDER}: has {', '.join(extracted)} but not {', '.join(absent)} "
+                        f"({split}); extract {CIFAR10_ARCHIVE} again, or put the archive itself in {folder}")
     return [], [CIFAR10_ARCHIVE]
 
 

@@ -247,9 +247,14 @@ def test_missing_without_download(tmp_path):
     assert len(data.load_dataset("cifar10", "test", data_dir=tmp_path, download=False)[0]) == PER_BATCH
     # One batch of train's five missing is named (it was "missing cifar-10-binary.tar.gz", and a download).
     for download in (False, True):
-        with pytest.raises(DataError, match=rf"{FOLDER}: has train's batches but not data_batch_5.bin; extract "
-                                            rf"{ARCHIVE} again, or put the archive itself in "):
+        with pytest.raises(DataError, match=rf"{FOLDER}: has data_batch_1.bin, .*data_batch_4.bin, test_batch.bin but "
+                                            rf"not data_batch_5.bin \(train\); extract {ARCHIVE} again, or put the "
+                                            rf"archive itself in "):
             data.load_dataset("cifar10", "train", data_dir=tmp_path, download=download)
+    # The test split's one batch missing was "missing cifar-10-binary.tar.gz", and a download of it.
+    (tmp_path / "cifar10" / FOLDER / "test_batch.bin").unlink()
+    with pytest.raises(DataError, match=rf"but not test_batch.bin \(test\); extract {ARCHIVE} again"):
+        data.load_dataset("cifar10", "test", data_dir=tmp_path)
     assert sorted(p.name for p in (tmp_path / "cifar10").iterdir()) == [FOLDER]  # nothing downloaded
     shutil.rmtree(tmp_path / "cifar10")
     with pytest.raises(DataMissingError, match="download=False") as e:
