@@ -80,8 +80,8 @@ def _predict(model, paths, load):
 
 
 def evaluate(model, x, y, classes=None, batch_size=128):
-    """Accuracy, per-class accuracy, the confusion matrix (rows: true, columns: predicted), and
-    the predicted classes and probabilities of every image.
+    """Accuracy, per-class accuracy (NaN for a class with no image in ``y``), the confusion matrix
+    (rows: true, columns: predicted), and the predicted classes and probabilities of every image.
 
     ``classes`` defaults to the model's number of outputs; if given it must equal it. Memory stays
     bounded in N beyond the (N, classes) results: ``model.predict`` runs ``batch_size`` at a time.
@@ -93,6 +93,8 @@ def evaluate(model, x, y, classes=None, batch_size=128):
     pred = probs.argmax(axis=1)
     confusion = np.zeros((outputs, outputs), np.int64)
     np.add.at(confusion, (y, pred), 1)
-    per_class = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
+    counts = confusion.sum(axis=1)
+    with np.errstate(invalid="ignore"):  # a class with no image has no accuracy: NaN, not 0
+        per_class = np.diag(confusion) / counts
     return {"accuracy": float((pred == y).mean()), "per_class": per_class, "confusion": confusion,
             "predicted": pred, "probabilities": probs}

@@ -320,3 +320,13 @@ def test_history_of_a_run_stopped_in_its_first_epoch(tmp_path, fake_data, capsys
     assert "stopped in epoch 1, after 2 of its batches (to resume)" in capsys.readouterr().out
     assert main(["history", str(out), "--plot", str(tmp_path / "h.png")]) == 2
     assert "no epoch of its run has finished yet: nothing to plot" in capsys.readouterr().err
+
+
+def test_a_class_with_no_test_images_has_no_accuracy_not_zero():
+    # evaluate printed 0.0000 for it, which reads as "always wrong".
+    from fastcnn.inference import evaluate
+    model = mnist_network(seed=0)
+    x, y = bars(40, 0)
+    y = np.where(y == 0, 1, y)  # no 0s
+    result = evaluate(model, x, y)
+    assert np.isnan(result["per_class"][0]) and np.isfinite(result["per_class"][1:]).all()

@@ -1,6 +1,7 @@
 """Image folders: the layouts, bad pictures, the cache and its invalidation, memory-mapped batches,
 and the commands on a model trained on a folder. Every folder is a few tiny pictures written here."""
 
+import re
 import io
 import json
 import os
@@ -404,3 +405,13 @@ def test_what_predict_saved_beside_a_picture_is_not_trained_on(tmp_path, capsys)
     assert folder.ignored == [f"cat/{first.name}.32x32.png (fastcnn predict --save-preprocessed's copy of "
                               f"{first.name})"]
     assert "ignored 1 file that is not a training picture" in capsys.readouterr().err
+
+
+def test_evaluate_says_a_class_has_no_test_pictures(trained_folder, capsys):
+    # It printed 0.0000 for the class, as if every picture of it were wrong.
+    root, out, _ = trained_folder
+    for picture in (root / "test" / "light").iterdir():
+        picture.unlink()
+    assert main(["evaluate", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"light  no test images", said) and re.search(r"dark  \d\.\d{4}", said)

@@ -185,7 +185,7 @@ def evaluate_file(args):
     print(f"test accuracy {result['accuracy']:.4f} on {len(y):,} {about}")
     width = max(12, *map(len, names))
     for name, acc in zip(names, result["per_class"]):
-        print(f"  {name:>{width}s}  {acc:.4f}")
+        print(f"  {name:>{width}s}  {'no test images' if np.isnan(acc) else f'{acc:.4f}'}")
     print("confusion matrix (rows: true, columns: predicted):")
     for row in result["confusion"]:
         print("  " + " ".join(f"{v:5d}" for v in row))
