@@ -1,10 +1,10 @@
 """Image folders: the layouts, bad pictures, the cache and its invalidation, memory-mapped batches,
 and the commands on a model trained on a folder. Every folder is a few tiny pictures written here."""
 
-import re
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pytest
