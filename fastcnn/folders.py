@@ -25,8 +25,9 @@ it gathers them). The cache lives in ``cache_dir()``
 (``$FASTCNN_CACHE``, else ``$XDG_CACHE_HOME/fastcnn/folders``, else ``~/.cache/fastcnn/folders``),
 one folder per data set folder (named by a hash of its real path) and one entry per image size
 and colour. Each entry records a fingerprint of the listing (every picture's path, size and
-modification time), so a folder whose pictures changed is decoded again; deleting the cache
-folder is always safe.
+modification time), so a folder whose pictures changed is decoded again, and the size and
+modification time of its own arrays, so an entry written to since is decoded again too; deleting
+the cache folder is always safe.
 """
 
 import array
@@ -533,9 +534,18 @@ def _valid_manifest(entry, fingerprint):
         for name, count in manifest["counts"].items():
             if (entry / f"{name}.u8").stat().st_size != count * int(np.prod(shape)):
                 return None
+        if manifest["written"] != _written(entry, manifest["counts"]):  # changed since (or cut short)
+            return None
         return manifest
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _written(entry, splits):
+    """The size and modification time of each of the entry's arrays: one written to since it was
+    made (a disk's fault, a program of another's) is decoded again, not read as pixels."""
+    return {f"{split}{suffix}": [st.st_size, st.st_mtime_ns] for split in sorted(splits)
+            for suffix in (".u8", ".labels.npy") for st in [(entry / f"{split}{suffix}").stat()]}
 
 
 def _decode_into(entry, root, listing, image_size, color, pool, verbose):
@@ -573,7 +583,7 @@ def _decode_into(entry, root, listing, image_size, color, pool, verbose):
                     "image_size": list(image_size), "color": color, "classes": classes,
                     "counts": {split: len(y) for split, y in labels.items()}, "skipped": skipped,
                     "ignored": listing["ignored"], "empty": listing["empty"],
-                    "seconds": time.perf_counter() - started}
+                    "seconds": time.perf_counter() - started, "written": _written(fresh, labels)}
         with atomic_write(fresh / "manifest.json", "w") as f:
             json.dump(manifest, f, indent=1)
         old = entry.with_name(fresh.name + ".old")

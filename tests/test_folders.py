@@ -173,7 +173,17 @@ def test_the_cache_is_used_until_the_folder_changes(tmp_path, cache):
         assert not image_folder(root, verbose=False).decoded
     assert folder.train[1].tolist() == [0, 0, 1, 1]
     assert np.array_equal(folder.train[0][0, :, :, 0], shade(3, 3))
-    # An entry whose arrays were damaged is decoded again too, and what a killed decoding left goes.
+    # An entry whose arrays were written to since, of the same size, is decoded again (it was read
+    # as the pictures' pixels); so is one cut short, and what a killed decoding left goes.
+    pixels = folder.entry / "train.u8"
+    before = pixels.stat()
+    with open(pixels, "r+b") as f:
+        f.write(bytes(before.st_size))
+    if pixels.stat().st_mtime_ns == before.st_mtime_ns:  # within the file system clock's tick (a few ms)
+        os.utime(pixels, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    assert pixels.stat().st_size == before.st_size
+    zeroed = image_folder(root, verbose=False)
+    assert zeroed.decoded and np.array_equal(zeroed.train[0][0, :, :, 0], shade(3, 3))
     (folder.entry / "train.u8").write_bytes(b"short")
     (folder.entry.parent / f".{folder.entry.name}.killed").mkdir()
     assert image_folder(root, verbose=False).decoded
