@@ -41,8 +41,10 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -421,6 +423,22 @@ def _decode_chunk(paths, root, image_size, color):
     return out[:good], bad
 
 
+@contextlib.contextmanager
+def _sigint_blocked():
+    """SIGINT blocked in this thread, and so in the processes it starts, for their whole life (a
+    blocked signal stays blocked across exec): Ctrl-C, sent to every process of the terminal's
+    group, then stops only this one, which ends the workers; a worker it reached while importing
+    printed a traceback of its own."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 class _Workers:
     """The processes that read pictures, started on first use and kept for the whole call (the
     headers, then every split): starting them costs about a second. By default one per core, or
@@ -436,9 +454,13 @@ class _Workers:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+    def __exit__(self, kind, error, trace):
+        if self._pool is None:
+            return
+        if kind is not None:  # (Ctrl-C): the workers don't see SIGINT, and the pool's own shutdown can then hang
+            for process in list(self._pool._processes.values()):
+                process.terminate()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def map(self, function, paths, args, verbose, what):
         """``function(chunk, *args)`` for each ``CHUNK`` of ``paths``, in order; a progress bar on stderr."""
@@ -451,14 +473,15 @@ class _Workers:
                     bar.update(len(chunk))
                 return
             if self._pool is None:
-                # forkserver (spawn where there is none): training may have started threads, which fork copies badly
-                methods = multiprocessing.get_all_start_methods()
-                context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-                self._pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
+                # spawn: training may have started threads, which fork copies badly
+                self._pool = concurrent.futures.ProcessPoolExecutor(self.workers,
+                                                                    mp_context=multiprocessing.get_context("spawn"))
             # A few chunks per worker in flight: results wait in order, and memory stays bounded.
             pending = collections.deque()
             for i, chunk in enumerate(chunks):
-                pending.append((len(chunk), self._pool.submit(function, chunk, *args)))
+                with _sigint_blocked():  # submit starts the workers: they keep it blocked (see there)
+                    future = self._pool.submit(function, chunk, *args)
+                pending.append((len(chunk), future))
                 while pending and (len(pending) >= 4 * self.workers or i == len(chunks) - 1):
                     size, future = pending.popleft()
                     yield future.result()

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import signal
 
 import numpy as np
 import pytest
@@ -425,3 +426,22 @@ def test_evaluate_says_a_class_has_no_test_pictures(trained_folder, capsys):
     assert main(["evaluate", str(out)]) == 0
     said = capsys.readouterr().out
     assert re.search(r"light  no test images", said) and re.search(r"dark  \d\.\d{4}", said)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the signal mask from /proc")
+def test_the_decoding_workers_leave_ctrl_c_to_this_process_which_ends_them(tmp_path):
+    # Ctrl-C reaches every process of the terminal's group: workers still importing printed tracebacks of
+    # their own, and a pool whose workers were stopped that way could hang the program's exit.
+    from fastcnn.folders import _Workers, _survey_chunk
+    root = tmp_path / "pics"
+    write(root, {"a": 6, "b": 6})
+    paths = sorted(str(p.relative_to(root)) for p in root.rglob("*.png")) * 60  # chunks enough for two workers
+    with pytest.raises(KeyboardInterrupt):
+        with _Workers(2, len(paths), progress=False) as workers:
+            for _ in workers.map(_survey_chunk, paths, (str(root),), False, "reading"):
+                processes = list(workers._pool._processes.values())
+                masks = [int(re.search(r"SigBlk:\s*([0-9a-f]+)", open(f"/proc/{p.pid}/status").read())[1], 16)
+                         for p in processes]
+                assert len(masks) == 2 and all(m & (1 << (signal.SIGINT - 1)) for m in masks)  # SIGINT blocked
+                raise KeyboardInterrupt
+    assert all(not p.is_alive() for p in processes)
