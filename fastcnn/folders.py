@@ -362,11 +362,11 @@ def _pixels(im, h, w, color):
 
 def _survey(path):
     """(height, width, is grey) of the picture at ``path`` upright, from its header alone, or why not."""
+    from .image import MAX_PIXELS, bombs_refused, too_large  # as in read_picture
     try:
         if os.path.getsize(path) == 0:
             return "empty file (0 bytes)"
-        with Image.open(path) as im:
-            from .image import MAX_PIXELS  # as in read_picture
+        with bombs_refused(), Image.open(path) as im:
             h, w = im.height, im.width
             if w * h > MAX_PIXELS:
                 return f"image of {w}x{h} = {w * h} pixels, expected at most {MAX_PIXELS}"
@@ -376,6 +376,8 @@ def _survey(path):
             return h, w, bool(grey)
     except UnidentifiedImageError:
         return "not an image file Pillow can read"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return too_large()
     except Exception as e:  # noqa: BLE001 - Pillow's plug-ins raise many kinds on bad headers
         return f"cannot read the image ({type(e).__name__}: {e})"
 

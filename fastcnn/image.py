@@ -120,6 +120,25 @@ def decoded_bytes(im, copies=0):
     return im.width * im.height * (stored + extra) + 8 * im.height * (1 + converted + transparent + copies) + 8 * im.width
 
 
+@contextlib.contextmanager
+def bombs_refused():
+    """Pillow only warns of a picture over its own limit (``Image.MAX_IMAGE_PIXELS``, 89 megapixels)
+    below twice that: here the warning is the refusal it should be (``too_large``). The warnings'
+    filters are the process's, so only the main thread changes them: in a server's threads the
+    warning may show, and ``MAX_PIXELS`` refuses such pictures anyway."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def too_large():
+    """Why a picture Pillow refused as a decompression bomb is refused."""
+    return f"image of over {Image.MAX_IMAGE_PIXELS:,} pixels, expected at most {MAX_PIXELS:,}"
+
+
 def _read(path_or_file, convert, shrink_to=None, budget=None, copies=0, draft=None):
     """``convert(im)`` of the picture at ``path_or_file``, upright, every failure an ``ImageError``.
 
@@ -135,14 +154,8 @@ def _read(path_or_file, convert, shrink_to=None, budget=None, copies=0, draft=No
     if not isinstance(path_or_file, (str, bytes, os.PathLike)) and not hasattr(path_or_file, "read"):
         raise ImageError(f"path_or_file: expected a path or a binary file object, got {type(path_or_file).__name__}")
     label = _describe(path_or_file)
-    # Pillow only warns below twice its own limit; that is made the refusal it should be. The
-    # warnings' filters are the process's, so only the main thread changes them: in a server's
-    # threads Pillow's limit (89 megapixels) is far above MAX_PIXELS, which refuses such pictures anyway.
-    main = threading.current_thread() is threading.main_thread()
     try:
-        with warnings.catch_warnings() if main else contextlib.nullcontext():
-            if main:
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with bombs_refused():
             with Image.open(path_or_file) as im:
                 # Image.open reads only the header, so these checks come before any decoding.
                 w, h = im.size
@@ -172,8 +185,8 @@ def _read(path_or_file, convert, shrink_to=None, budget=None, copies=0, draft=No
         raise
     except FileNotFoundError:
         raise ImageError(f"{label}: no such file") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{label}: image too large ({e}); expected at most {MAX_PIXELS} pixels") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{label}: {too_large()}") from None
     except UnidentifiedImageError:
         raise ImageError(f"{label}: not an image file Pillow can read") from None
     except _PILLOW_ERRORS as e:

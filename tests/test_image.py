@@ -411,3 +411,19 @@ def test_a_very_wide_picture_is_shrunk_in_steps():
     wide = png_bomb(3_000_000, 3)  # 9 MB decoded: allowed; shrunk to 640 x 1 without a 3-million-wide filter
     with pytest.raises(ImageError, match="no digit found"):
         image.load_digit(io.BytesIO(wide))
+
+
+def test_a_picture_over_pillows_limit_is_refused_in_one_line_with_one_limit(tmp_path, recwarn):
+    # Pillow's own refusal came through with its limit beside ours ("exceeds limit of 178956970 pixels
+    # ...; expected at most 40000000"), and its warning (between one and two times its limit) was
+    # printed raw by an image folder's survey.
+    from abuse import png_bomb
+    from fastcnn.folders import _survey
+    for w, h in ((10_000, 10_000), (20_000, 20_000)):  # Pillow's warning, then its error
+        bomb = png_bomb(w, h)
+        with pytest.raises(ImageError, match=r": image of over 89,478,485 pixels, expected at most 40,000,000$"):
+            image.load_digit(io.BytesIO(bomb))
+        path = tmp_path / f"{w}.png"
+        path.write_bytes(bomb)
+        assert _survey(path) == "image of over 89,478,485 pixels, expected at most 40,000,000"
+    assert not [w for w in recwarn if issubclass(w.category, Warning) and "DecompressionBomb" in str(w.category)]
