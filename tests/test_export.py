@@ -213,6 +213,10 @@ def test_cli_export_round_trip(tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("fastcnn export: error: ") and "--overwrite" in err
     assert main(["export", str(saved), str(out), "--overwrite"]) == 0
     assert [o.name for o in onnx.load(str(out)).graph.output] == ["probabilities"]
+    kept = saved.read_bytes()  # the model file as the output, replaced by the ONNX file with --overwrite
+    assert main(["export", str(saved), str(saved), "--overwrite"]) == 2
+    assert f"{saved}: is the model file being exported; write the ONNX file to another (e.g. {tmp_path / 'deep'}" \
+        f".onnx)" in capsys.readouterr().err and saved.read_bytes() == kept
 
     old = tmp_path / "old.npz"
     fastcnn.save(old, Sequential([Conv2D(1, 4, 3), ReLU(), Flatten(), Dense(144, 10)]))

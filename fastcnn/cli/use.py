@@ -285,6 +285,9 @@ def serve(args):
 
 def export(args):
     from ..export import PREPROCESSING, export_onnx  # the onnx package: the [onnx] extra
+    if os.path.exists(args.out) and os.path.exists(args.model) and os.path.samefile(args.out, args.model):
+        raise ModelFileError(f"{args.out}: is the model file being exported; write the ONNX file to another "
+                             f"(e.g. {os.path.splitext(args.out)[0]}.onnx)")
     saved = load_checkpoint(args.model)
     settings = _recorded_settings(saved.training)
     recorded = settings.get("dataset") if settings.get("dataset") in PREPROCESSING else None  # older files: none
