@@ -25,22 +25,25 @@ def input_channels(model):
     return None if channels is None else int(channels)
 
 
-def picture_loader(model, folder=False):
+def picture_loader(model, folder=False, dataset=None):
     """The function that reads a user's picture for ``model``: :func:`~fastcnn.image.load_photo`
     (a 32x32 colour photo) for a model of 3-channel images, :func:`~fastcnn.image.load_digit` (an
     MNIST-like 28x28 digit) for 1 channel, and for models that do not say (a first layer with no
     channels). ``folder``: the model was trained on an image folder (its file records class names
     of its own), so a picture is read as the folder's were, resized to the model's input
-    (:func:`~fastcnn.folders.load_picture`). Every command that reads a user's picture chooses
-    with this one function."""
+    (:func:`~fastcnn.folders.load_picture`). ``dataset`` "fashion-mnist": a garment, as
+    Fashion-MNIST's images (:func:`~fastcnn.image.load_garment`). Every command that reads a
+    user's picture chooses with this one function."""
     if folder:
         shape = getattr(checked(model), "input_shape", None)
         if shape is None or len(shape) != 3 or shape[2] not in (1, 3):
             raise ShapeError(f"model: expected one trained on images (H, W, 1 or 3), it takes {shape}")
         from .folders import load_picture
         return functools.partial(load_picture, image_size=tuple(shape[:2]), color="grey" if shape[2] == 1 else "rgb")
-    from .image import load_digit, load_photo  # here: SciPy's ndimage is a tenth of a second to import
+    from .image import load_digit, load_garment, load_photo  # here: SciPy's ndimage is a tenth of a second to import
     channels = input_channels(model)
+    if dataset == "fashion-mnist" and channels in (1, None):
+        return load_garment
     if channels == 3:
         return load_photo
     if channels in (1, None):
@@ -49,13 +52,14 @@ def picture_loader(model, folder=False):
                      f"1 channel (digits) or 3 (colour photos)")
 
 
-def predict_pictures(model, paths):
-    """Read each picture as ``model`` needs it (:func:`picture_loader`) and classify it.
+def predict_pictures(model, paths, dataset=None):
+    """Read each picture as ``model`` needs it (:func:`picture_loader`; ``dataset`` "fashion-mnist"
+    for a model trained on it: garments, not digits) and classify it.
 
     Returns ``(probabilities (N, classes), images)``: the images are what the model saw, (N, 28,
-    28, 1) digits or (N, 32, 32, 3) photos.
+    28, 1) digits or garments, or (N, 32, 32, 3) photos.
     """
-    return _predict(model, paths, picture_loader(model))
+    return _predict(model, paths, picture_loader(model, dataset=dataset))
 
 
 def predict_digits(model, paths):

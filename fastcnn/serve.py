@@ -6,7 +6,8 @@ and answers ``{"prediction": 7, "probabilities": [10 floats], "classes": [10 nam
 images (CIFAR-10) the picture is read as a photo and ``"image"`` is 32 rows of 32 ``[r, g, b]``;
 the page then takes photos only (drawing one makes no sense). For a model trained on an image
 folder, the picture is read as the folder's were (resized to the model's H x W), ``"image"`` is
-H rows of W, and the page takes pictures only. Every error is a 4xx or 5xx with
+H rows of W, and the page takes pictures only; so it does for a model trained on Fashion-MNIST,
+which reads a picture as a garment (``image.load_garment``). Every error is a 4xx or 5xx with
 ``{"error": "what was wrong"}``. The page (``web/index.html``) is plain HTML and JavaScript:
 nothing to build. Flask and waitress come with the ``[web]`` extra.
 
@@ -43,7 +44,7 @@ from werkzeug.exceptions import HTTPException
 from . import compiling
 from .data import CLASS_NAMES, IMAGE_SHAPES
 from .errors import FastCNNError, ImageError, ShapeError
-from .image import load_photo
+from .image import load_garment, load_photo
 from .inference import picture_loader
 from .model import checked
 from .settings import ServerLimits
@@ -236,12 +237,14 @@ def _body(environ):
     return io.BytesIO(request.get_data(cache=False))
 
 
-def create_app(model, classes=CLASS_NAMES["mnist"], limits=ServerLimits(), folder=False):
+def create_app(model, classes=CLASS_NAMES["mnist"], limits=ServerLimits(), folder=False, dataset=None):
     """The Flask app that serves the page and ``POST /predict`` for ``model``; ``folder``: it was
-    trained on an image folder, and reads a picture as the folder's were read."""
+    trained on an image folder, and reads a picture as the folder's were read; ``dataset``: the
+    data set it was trained on ("fashion-mnist": a picture is read as a garment, and the page
+    takes pictures, not drawings)."""
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = limits.max_upload
-    load = picture_loader(model, folder)
+    load = picture_loader(model, folder, dataset)
     _compile_ahead(model, load)
     page = (importlib.resources.files(__package__) / "web" / "index.html").read_text(encoding="utf-8")
     if folder:
@@ -251,6 +254,11 @@ def create_app(model, classes=CLASS_NAMES["mnist"], limits=ServerLimits(), folde
         page = page.replace('<body data-input="digit">', f'<body data-input="picture" data-hint="{hint}">', 1)
     elif load is load_photo:
         page = page.replace('<body data-input="digit">', '<body data-input="photo">', 1)
+    elif load is load_garment:
+        hint = html.escape(f"This model reads a picture of one piece of clothing, as Fashion-MNIST's: made grey, a "
+                           f"light background turned black, trimmed to the garment and fitted into 28x28; its "
+                           f"classes: {', '.join(classes)}.")
+        page = page.replace('<body data-input="digit">', f'<body data-input="picture" data-hint="{hint}">', 1)
     batcher = Batcher(model, limits.batch_window, limits.max_batch)
     budget = DecodeBudget(limits.decode_memory, limits.request_timeout)
     app.extensions["fastcnn"] = batcher  # for the tests and the benchmark
@@ -469,10 +477,10 @@ def _plain_log(quiet):
 
 
 def serve(model, host="127.0.0.1", port=8000, classes=CLASS_NAMES["mnist"], model_name="the model",
-          limits=ServerLimits(), quiet=False, folder=False):
+          limits=ServerLimits(), quiet=False, folder=False, dataset=None):
     """Serve the page until Ctrl-C or SIGTERM. ``port`` 0 takes a free one. ``quiet``: no request log.
-    ``folder``: the model was trained on an image folder (see ``create_app``)."""
-    app = create_app(model, classes, limits, folder)
+    ``folder``, ``dataset``: how the model reads a picture (see ``create_app``)."""
+    app = create_app(model, classes, limits, folder, dataset)
     server = make_server(app, host, port, limits)
     _plain_log(quiet)
     shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as URLs write it

@@ -330,3 +330,21 @@ def test_a_class_with_no_test_images_has_no_accuracy_not_zero():
     y = np.where(y == 0, 1, y)  # no 0s
     result = evaluate(model, x, y)
     assert np.isnan(result["per_class"][0]) and np.isfinite(result["per_class"][1:]).all()
+
+
+def test_a_fashion_mnist_model_reads_a_picture_as_a_garment(tmp_path, model_file, capsys):
+    # predict and serve put its pictures through the digit clean-up: a shirt came out a smudge.
+    shirt = np.zeros((28, 28), np.uint8)
+    shirt[:, 6:22] = 200
+    shirt[2:10, 2:26] = 160
+    Image.fromarray(shirt).save(tmp_path / "shirt.png")
+    assert main(["predict", model_file("fashion-mnist"), str(tmp_path / "shirt.png"), "--save-preprocessed"]) == 0
+    seen = np.asarray(Image.open(tmp_path / "shirt.png.28x28.png"))
+    assert np.abs(seen.astype(int) - np.round(shirt / 200 * 255)).max() <= 1  # as it was, stretched to 0-255
+    pytest.importorskip("flask")
+    from fastcnn import serve
+    model = fastcnn.load(model_file("fashion-mnist"))
+    client = serve.create_app(model, data.CLASS_NAMES["fashion-mnist"], dataset="fashion-mnist").test_client()
+    assert 'data-input="picture"' in client.get("/").get_data(as_text=True)
+    answer = client.post("/predict", data=(tmp_path / "shirt.png").read_bytes()).json
+    assert np.abs(np.array(answer["image"]) - seen).max() <= 1 and answer["classes"][0] == "T-shirt/top"

@@ -427,3 +427,30 @@ def test_a_picture_over_pillows_limit_is_refused_in_one_line_with_one_limit(tmp_
         path.write_bytes(bomb)
         assert _survey(path) == "image of over 89,478,485 pixels, expected at most 40,000,000"
     assert not [w for w in recwarn if issubclass(w.category, Warning) and "DecompressionBomb" in str(w.category)]
+
+
+def test_a_garment_is_read_as_fashion_mnist_made_its_images(tmp_path):
+    # A Fashion-MNIST model's pictures went through the digit clean-up (cropped to "ink", fitted
+    # into 20x20, strokes thickened): 15 of 40 of its own test images, saved as PNG, read right.
+    from fastcnn.inference import picture_loader
+    from fastcnn.architectures import mnist_network
+    rng = np.random.default_rng(0)
+    shirt = np.zeros((28, 28), np.float32)
+    shirt[0:28, 5:23] = rng.uniform(0.4, 1.0, (28, 18))  # tall: touches top and bottom, 5 columns before, 5 after
+    shirt[3:12, 1:5] = shirt[3:12, 23:27] = 0.7  # sleeves
+    Image.fromarray(np.uint8(np.round(shirt * 255))).save(tmp_path / "from_the_data_set.png")
+    back = image.load_garment(tmp_path / "from_the_data_set.png")
+    assert back.shape == (28, 28, 1) and np.abs(back[:, :, 0] - np.round(shirt * 255) / 255).max() < 0.02
+    # The same shirt as a product photo: dark on white, larger, off-centre, a little noise.
+    photo = np.full((300, 360), 250.0)
+    photo[30:30 + 252, 70:70 + 252] = 250 - 230 * np.kron(shirt, np.ones((9, 9)))
+    photo += rng.normal(0, 2, photo.shape)
+    Image.fromarray(np.uint8(np.clip(photo, 0, 255))).save(tmp_path / "photo.jpg", quality=90)
+    read = image.load_garment(tmp_path / "photo.jpg")[:, :, 0]
+    assert np.corrcoef(read.ravel(), shirt.ravel())[0, 1] > 0.85 and read[:, :1].max() < 0.1  # 0.90 measured (JPEG's edges)
+    Image.new("L", (50, 40), 200).save(tmp_path / "plain.png")
+    with pytest.raises(ImageError, match=r"plain.png: no garment found: the picture is one shade"):
+        image.load_garment(tmp_path / "plain.png")
+    model = mnist_network(seed=0)
+    assert picture_loader(model, dataset="fashion-mnist") is image.load_garment
+    assert picture_loader(model) is image.load_digit and picture_loader(model, dataset="mnist") is image.load_digit

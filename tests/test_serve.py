@@ -195,6 +195,40 @@ def test_a_photo_chosen_on_the_page_is_read(browser, server, tmp_path):
     assert read_answer(browser)[0] == "7"
 
 
+def test_only_the_latest_answer_is_shown_and_an_error_clears_the_last_one(browser, server, tmp_path):
+    # A slow upload's answer came after a later drawing's and replaced it on the page; an error
+    # stood beside the previous picture's answer.
+    browser.get(server)
+    browser.execute_script("""
+        const real = window.fetch; let calls = 0;  // the first request's answer held back 2 s
+        window.fetch = (...args) => { const k = calls++;
+          return real(...args).then(r => k === 0 ? new Promise(ok => setTimeout(() => ok(r), 2000)) : r); };""")
+    seven().convert("RGB").save(tmp_path / "seven.jpg", quality=90)
+    browser.find_element("id", "file").send_keys(str(tmp_path / "seven.jpg"))  # sent first, answered last
+    draw(browser, browser.find_element("id", "pad"), [[(140, 40), (140, 240)]])  # a 1
+    assert read_answer(browser)[0] == "1"
+    time.sleep(2.5)
+    assert browser.find_element("id", "prediction").text == "1"  # the 7's answer came, and was dropped
+    (tmp_path / "notes.txt").write_text("not a picture")
+    browser.find_element("id", "file").send_keys(str(tmp_path / "notes.txt"))
+    from selenium.webdriver.support.ui import WebDriverWait
+    WebDriverWait(browser, 20).until(lambda d: d.find_element("id", "error").text)
+    assert "not an image file" in browser.find_element("id", "error").text
+    assert browser.find_element("id", "prediction").text == "" and not browser.find_elements("css selector", "#bars .bar")
+
+
+def test_the_page_fits_a_phone(browser, server):
+    # At 320 and 360 pixels the page was 372 wide: the file input and the hint ran off the screen.
+    for width in (320, 360):
+        browser.set_window_size(width, 700)
+        browser.get(server)
+        draw(browser, browser.find_element("id", "pad"), [[(140, 40), (140, 240)]])  # the bars shown too
+        read_answer(browser)
+        inner, scrolled = browser.execute_script(
+            "return [document.documentElement.clientWidth, document.documentElement.scrollWidth]")
+        assert scrolled <= inner, (width, inner, scrolled)
+
+
 @pytest.fixture
 def colour_server():
     from fastcnn import data

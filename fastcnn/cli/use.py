@@ -96,7 +96,7 @@ def predict(args):
     from ..image import ImageWarning, save_preprocessed  # SciPy's ndimage: only commands that read pictures load it
     model, dataset, names, own, _ = model_file(args)
     choose_backend = len(args.images) <= FEW_PICTURES
-    load = picture_loader(model, folder=own)
+    load = picture_loader(model, folder=own, dataset=dataset)
     shape = tuple(model.input_shape) if own else None  # the picture as the model sees it
     seen = _seen_size(model, load, own)  # (height, width) of the picture as read for the model
     if not own and model.input_shape is not None:
@@ -278,9 +278,9 @@ def serve(args):
         raise FastCNNError(f"serving the page needs the web extra ({e.name} is missing): "
                            f"pip install 'fastcnn[web]'") from None
     limits = server_limits_from_arguments(args)  # checked before the model is loaded
-    model, _, names, own, _ = model_file(args)
+    model, dataset, names, own, _ = model_file(args)
     serve_model(model, host=args.host, port=args.port, classes=names, model_name=args.model, limits=limits,
-          quiet=args.quiet, folder=own)
+                quiet=args.quiet, folder=own, dataset=dataset)
 
 
 def export(args):
