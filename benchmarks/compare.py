@@ -210,6 +210,9 @@ def start(args, folder, results):
         entry.update(status="ok", version=w.version)
     if "sgemm" not in workers:
         raise SystemExit(f"the SGEMM ceiling's worker did not start: {results['engines']['sgemm']['status']}")
+    if not any(not key.startswith("sgemm") for key in workers):  # nothing to compare: say so, not empty tables
+        raise SystemExit("compare.py: error: no engine could be started: " + "; ".join(
+            f"{key} {entry['status']}" for key, entry in results["engines"].items() if not key.startswith("sgemm")))
     return workers
 
 
@@ -453,4 +456,5 @@ def write_json(path, results):
 
 
 if __name__ == "__main__":
-    main()
+    from common import script
+    sys.exit(script(main))

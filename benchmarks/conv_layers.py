@@ -34,7 +34,7 @@ LAYOUTS = {"torch": "NCHW", "torch-channels-last": "channels_last"}
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("networks", nargs="*", metavar="NETWORK", help=f"any of {', '.join(networks.INPUT_SHAPES)} "
                                                                   "(default: resnet)")
     p.add_argument("--python", default=sys.executable, help="the interpreter with PyTorch")
@@ -122,8 +122,8 @@ def report(name, measured, args):
     peers = [e for e in LAYOUTS if e in seconds]
     lines = [f"## {name}: each convolution alone, forward and backward, batch {args.batch}, {args.threads} "
              f"thread{'s' * (args.threads > 1)}, ms (median of {args.rounds} round{'s' * (args.rounds > 1)})", "",
-             "| convolution | fastcnn's path | fastcnn | " + " | ".join(f"PyTorch {LAYOUTS[e]}" for e in peers)
-             + (" | fastcnn x (PyTorch's faster layout) |" if peers else " |"),
+             "| " + " | ".join(["convolution", "fastcnn's path", "fastcnn", *(f"PyTorch {LAYOUTS[e]}" for e in peers),
+                                 *(["fastcnn x (PyTorch's faster layout)"] if peers else [])]) + " |",
              "|---|---|---:|" + "---:|" * len(peers) + ("---:|" if peers else "")]
     for j, conv in enumerate(convs):
         ms = {e: statistics.median(rounds[j] for rounds in seconds[e]) * 1e3 for e in seconds}
@@ -203,4 +203,5 @@ class TorchConvolutions(Torch):
 
 
 if __name__ == "__main__":
-    main()
+    from common import script
+    sys.exit(script(main))

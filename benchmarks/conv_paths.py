@@ -89,7 +89,7 @@ def gemm_products(rng, clock, rounds=15):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
     p.add_argument("--cpu-time", action="store_true", help="one thread's CPU time, not the wall clock")
@@ -130,4 +130,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    from common import script
+    sys.exit(script(main))

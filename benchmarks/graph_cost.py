@@ -36,7 +36,7 @@ def timed(f, seconds=0.5):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("networks", nargs="*", default=["original", "deep", "cifar"])
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
@@ -67,4 +67,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    from common import script
+    sys.exit(script(main))

@@ -138,4 +138,5 @@ def main():
 
 if __name__ == "__main__":
     os.environ.setdefault("MPLBACKEND", "Agg")
-    sys.exit(main())
+    from common import script
+    sys.exit(script(main))

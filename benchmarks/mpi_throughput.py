@@ -56,4 +56,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    from common import script
+    sys.exit(script(main))

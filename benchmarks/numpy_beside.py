@@ -127,4 +127,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from common import script
+    sys.exit(script(main))

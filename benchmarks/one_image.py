@@ -130,4 +130,5 @@ def before_and_now(model, noise, rounds):
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    main()
+    from common import script
+    sys.exit(script(main))

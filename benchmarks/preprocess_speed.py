@@ -52,4 +52,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from common import script
+    sys.exit(script(main))

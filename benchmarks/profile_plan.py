@@ -25,7 +25,7 @@ from fastcnn.kernels.jit import set_threads
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("networks", nargs="*", metavar="NETWORK", help=f"any of {', '.join(networks.INPUT_SHAPES)} (default: all)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
@@ -135,4 +135,6 @@ def gflops(flop, seconds):
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    from common import script
+    sys.exit(script(main))

@@ -27,7 +27,7 @@ CANDIDATES = {  # name -> resnet()'s width and blocks per stage
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=1.0, help="length of one timing")
@@ -52,4 +52,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    from common import script
+    sys.exit(script(main))

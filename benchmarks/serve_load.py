@@ -223,4 +223,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common import script
+    sys.exit(script(main))

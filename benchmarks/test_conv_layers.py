@@ -37,3 +37,5 @@ def test_shortest_run_with_pytorch_missing(tmp_path):
     assert "## deep: each convolution alone, forward and backward, batch 2, 1 thread, ms (median of 2 rounds)" in text
     assert "| 14x14x32 -> 14x14x64, 3x3 stride 1 | winograd | " in text  # the path fastcnn takes, as it ran
     assert "PyTorch NCHW: missing" in text and "blocked by the test" in text
+    header, rule = [line for line in text.splitlines() if line.startswith("|")][:2]
+    assert header == "| convolution | fastcnn's path | fastcnn |" and rule.count("|") == header.count("|")
