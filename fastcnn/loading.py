@@ -99,7 +99,8 @@ def _read_file(path):
         found = sorted(p.name for p in path.glob("*.npz"))[:3]
         raise ModelFileError(f"{path}: a folder, not a model file" + (f" (it holds {', '.join(found)})" if found else ""))
     if not path.is_file():
-        raise ModelFileError(f"{path}: no such model file")
+        raise ModelFileError(f"{path}: " + ("not a file (a device, a pipe?): expected a model file" if path.exists()
+                                            else "no such model file"))
     try:
         arrays = _read_npz(path)
     except ModelFileError:

@@ -539,3 +539,14 @@ def test_saving_with_another_models_optimizer_or_a_word_for_overwrite_is_refused
     with pytest.raises(ShapeError, match="overwrite: expected True or False, got 'no'"):
         mnist_network(seed=1).save(path, overwrite="no")
     assert path.read_bytes() == before and fastcnn.load_checkpoint(path).optimizer is not None
+
+
+def test_a_folder_named_like_a_temporary_file_and_a_device_are_named(tmp_path, capsys):
+    # A folder .m.npz.d.tmp beside --out failed train with "[Errno 21] Is a directory"; history /dev/null said
+    # "no such model file".
+    (tmp_path / ".m.npz.d.tmp").mkdir()
+    assert fileio.stale_temps(tmp_path / "m.npz") == []
+    fileio.remove_stale_temps(tmp_path / "m.npz")
+    assert (tmp_path / ".m.npz.d.tmp").is_dir()
+    assert main(["history", "/dev/null"]) == 2
+    assert "/dev/null: not a file (a device, a pipe?): expected a model file" in capsys.readouterr().err
