@@ -413,7 +413,7 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
                        disable=not progress, leave=False, unit="batch", dynamic_ncols=True,
                        file=_ProgressOutput(caught))
             start = time.perf_counter() - seconds
-            first = state["batch"]
+            first = done = state["batch"]
             if first == 0:
                 for c in callbacks:
                     c.on_epoch_begin(epoch + 1)
@@ -445,7 +445,7 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
                 loss_sum += step_loss
                 correct += int(step_correct)
                 seen += len(batch_rows)
-                trained = True
+                trained, done = True, b + 1
                 bar.update()
                 if b % 20 == 0 or b == batches - 1:
                     bar.set_postfix_str(f"loss {loss_sum / seen:.4f}  acc {correct / seen:.4f}  "
@@ -467,19 +467,24 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
                 val_loss, val_acc = float(scores[0]), float(scores[1])
             record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
                       "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds, "samples_per_s": seen / seconds}
+            if done < batches:  # a callback stopped the run within the epoch
+                record["batches"] = done
             state["history"].append(record)
             state.update(epoch=epoch + 1, batch=0, totals=fresh_state()["totals"])
             for c in callbacks:
                 c.on_epoch_end(epoch + 1, record)
             if run.stop_reason:
-                state["stopped"] = {"epoch": epoch + 1, "reason": run.stop_reason}
+                state["stopped"] = {"epoch": epoch + 1, "reason": run.stop_reason, **({"batches": done} if done < batches
+                                                                                       else {})}
             if out is not None:  # saved before it is said: a closed output (| head) then loses nothing
                 _save(out, model, optimizer, state, callbacks)
             checked = f"  val loss {val_loss:.4f}  val acc {val_acc:.4f}" if val_acc is not None else ""
             print(f"Epoch {epoch + 1}/{epochs}  loss {record['loss']:.4f}  train acc {record['train_acc']:.4f}"
                   f"{checked}  {seconds:.1f} s  {record['samples_per_s']:,.0f} samples/s", flush=True)
             if run.stop_reason:
-                print(f"Stopped after epoch {epoch + 1}: {run.stop_reason}", flush=True)
+                when = f"after epoch {epoch + 1}" if done == batches else \
+                    f"in epoch {epoch + 1}, after {done} of its {batches} batches"
+                print(f"Stopped {when}: {run.stop_reason}", flush=True)
             signum = world.stop_requested(caught)  # one that came during the epoch's end (the last has no next batch)
             if signum:
                 world.barrier()

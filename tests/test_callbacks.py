@@ -298,3 +298,22 @@ def test_a_callback_state_a_checkpoint_cant_keep_is_named_before_training(tmp_pa
     fit(model, SGD(model, 0.05), (x, y), epochs=2, progress=False, out=out, callbacks=[Counting([1, 2])])
     kept = fastcnn.load_checkpoint(out).training["callbacks"][0]["state"]
     assert kept["keep"] == [1, 2] and isinstance(kept["seen"], float) and kept["seen"] > 0  # NumPy's float32, as JSON
+
+
+def test_a_run_stopped_within_an_epoch_says_so(tmp_path, capsys):
+    # It said "Stopped after epoch 1" and recorded the part of the epoch as a whole one.
+    class StopsAtBatch3(Callback):
+        def on_batch_end(self, batch, logs):
+            if batch == 3:
+                self.run.stop("enough")
+
+    x, y = bars(256, 0)
+    model = mnist_network(seed=0)
+    out = tmp_path / "m.npz"
+    history = fit(model, SGD(model, 0.05), (x, y), epochs=2, batch_size=32, progress=False, out=out,
+                  callbacks=[StopsAtBatch3()])
+    assert "Stopped in epoch 1, after 3 of its 8 batches: enough" in capsys.readouterr().out
+    assert len(history) == 1 and history[0]["batches"] == 3
+    assert fastcnn.load_checkpoint(out).training["stopped"] == {"epoch": 1, "reason": "enough", "batches": 3}
+    assert main(["history", str(out)]) == 0
+    assert "stopped in epoch 1, after 3 of its batches: enough" in capsys.readouterr().out

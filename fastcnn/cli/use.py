@@ -243,7 +243,9 @@ def history(args):
     if training["batch"]:
         print(f"stopped in epoch {training['epoch'] + 1}, after {training['batch']} of its batches (to resume)")
     if "stopped" in training:
-        print(f"stopped after epoch {training['stopped']['epoch']}: {training['stopped']['reason']}")
+        stop = training["stopped"]
+        within = f", after {stop['batches']} of its batches" if isinstance(stop.get("batches"), int) else ""
+        print(f"stopped {'in' if within else 'after'} epoch {stop['epoch']}{within}: {stop['reason']}")
     test = training.get("test")
     if test:
         print(f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) on {test['images']:,} images, with the "
