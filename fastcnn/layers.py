@@ -226,9 +226,15 @@ def walk(layers, shape, infer=False, sources=None):
                              f"given {len(ins)}")
         x = ins if layer.arity is None else ins[0]
         try:
-            shapes.append(layer.build(x) if infer else tuple(layer.output_shape(x)))
+            out = layer.build(x) if infer else layer.output_shape(x)
         except ShapeError as e:
             raise ShapeError(f"layer {i} {layer!r}: {e}") from None
+        known = all(s is not None for s in ins)
+        if known and not (isinstance(out, (tuple, list)) and out
+                          and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in out)):
+            raise ShapeError(f"layer {i} {layer!r}: output_shape({x}) returned {out!r}; expected the shape of one "
+                             f"example out, a tuple of sizes (a layer of your own that changes the shape says it there)")
+        shapes.append(tuple(int(d) for d in out) if known else out)
     return shapes
 
 

@@ -92,6 +92,9 @@ class Model:
         if not self.layers or not all(isinstance(layer, Layer) for layer in self.layers):
             raise ShapeError(f"layers: expected a non-empty list of fastcnn layers, got {layers!r}")
         for i, layer in enumerate(self.layers):
+            if not all(hasattr(layer, a) for a in ("params", "grads", "buffers")):
+                raise ShapeError(f"layers: layer {i} {type(layer).__name__} has no params; a layer of your own calls "
+                                 f"super().__init__() first in its __init__")
             owner = getattr(layer, "_owner", None)
             if (owner is not None and owner() is not None) or self.layers.index(layer) != i:
                 raise ShapeError(f"layers: layer {i} {layer!r} already belongs to a model; a layer's parameters "

@@ -339,3 +339,21 @@ def test_a_model_that_does_not_end_in_scores_is_named_by_predict_and_train_step(
         with pytest.raises(ShapeError, match=r"model: expected it to end in \(N, classes\) scores, it gives shape "
                                              r"\(N, 6, 6, 4\)"):
             call()
+
+
+def test_a_layer_of_your_own_that_forgets_its_init_or_its_output_shape_is_named():
+    # An AttributeError ('params') from inside the model; an output_shape returning None blamed the next layer.
+    class NoSuper(Layer):
+        def __init__(self):
+            self.k = 2
+
+    class NoneShape(Layer):
+        def output_shape(self, shape):
+            pass
+
+    with pytest.raises(ShapeError, match=r"layer 0 NoSuper has no params; a layer of your own calls "
+                                         r"super\(\).__init__\(\) first"):
+        Sequential([NoSuper(), Dense(3, 2)])
+    with pytest.raises(ShapeError, match=r"layer 1 NoneShape\(\): output_shape\(\(4,\)\) returned None; expected the "
+                                         r"shape of one example out"):
+        Sequential([Dense(3, 4), NoneShape(), Dense(2)], input_shape=(3,))
