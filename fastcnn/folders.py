@@ -460,7 +460,7 @@ class _Workers:
         if self._pool is None:
             return
         if kind is not None:  # (Ctrl-C): the workers don't see SIGINT, and the pool's own shutdown can then hang
-            for process in list(self._pool._processes.values()):
+            for process in list((self._pool._processes or {}).values()):
                 process.terminate()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
