@@ -307,7 +307,8 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
         checkpoint_every=None, divergence=DIVERGENCE, augment=None):
     """Train ``model`` with ``optimizer`` on ``train`` = (images, labels); returns the history.
 
-    Images are float32 (N, H, W, C) that fit the model, finite and scaled to about [0, 1], or
+    Images are float32 (N, H, W, C) that fit the model (or its examples of another shape, (N, ...),
+    for a model of Dense layers), finite and scaled to about [0, 1], or
     uint8 pixels 0-255 (each batch is scaled to [0, 1] as it is gathered, so the images may be a
     memory-mapped array larger than memory, as :func:`fastcnn.data.image_folder` gives); labels
     integers in 0..classes-1. Everything is checked once, up front (``ShapeError`` naming the

@@ -40,7 +40,8 @@ _CHUNK = 1000  # images checked at a time, so a check of 60,000 images needs no 
 
 
 def images(name, x):
-    """``x`` as float32 images (N, H, W, C): finite, |value| <= ``MAX_ABS_PIXEL``, at least one;
+    """``x`` as float32 images (N, H, W, C) (or examples of another shape, (N, ...), for a model
+    that takes them: a Dense one, say): finite, |value| <= ``MAX_ABS_PIXEL``, at least one;
     or as uint8 pixels 0-255, which are returned as they are (each batch is scaled to [0, 1] as it
     is read: :func:`as_float_pixels`), so a data set stays a quarter of the size, or on disk.
 
@@ -52,9 +53,9 @@ def images(name, x):
     """
     if not isinstance(x, np.ndarray):
         raise ShapeError(f"{name}: expected a NumPy array of images (N, H, W, C), got {type(x).__name__}")
-    if x.ndim != 4:
-        hint = "; add the channel axis: x[..., None]" if x.ndim == 3 else ""
-        raise ShapeError(f"{name}: expected 4 dimensions (N, H, W, C), got shape {x.shape}{hint}")
+    if x.ndim < 2:  # (the model says whether the examples fit it: model.classes_scored)
+        raise ShapeError(f"{name}: expected a batch of images (N, H, W, C), or of a model's examples (N, ...), "
+                         f"got shape {x.shape}")
     if x.size == 0:
         raise ShapeError(f"{name}: expected at least one non-empty image, got shape {x.shape}")
     if x.dtype == np.uint8:

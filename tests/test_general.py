@@ -386,3 +386,19 @@ def test_asking_a_cosine_run_for_more_epochs_stretches_its_schedule(tmp_path, mo
     train(out, epochs=3, resume=True, data_dir=tmp_path, progress=False)
     saved = fastcnn.load_checkpoint(out)
     assert saved.optimizer.schedule.steps == 12 and saved.optimizer.steps == 12
+
+
+def test_fit_trains_a_model_of_examples_that_are_not_images(tmp_path):
+    # predict and train_step took (N, 20) examples of a Dense model; fit refused them ("expected 4 dimensions").
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 20)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    model = fastcnn.Sequential([Dense(16), fastcnn.ReLU(), Dense(2)], input_shape=(20,), seed=0)
+    history = fastcnn.fit(model, fastcnn.SGD(model, 0.1), (x, y), epochs=5, batch_size=32, progress=False,
+                          out=tmp_path / "tabular.npz")
+    assert history[-1]["val_acc"] > 0.85
+    loaded = fastcnn.load(tmp_path / "tabular.npz")
+    assert np.array_equal(loaded.predict(x[:5]), model.predict(x[:5]))
+    with pytest.raises(fastcnn.ConfigError, match=r"augment: 'crop' moves images \(H, W, C\); the examples have shape "
+                                                  r"\(20,\)"):
+        fastcnn.fit(model, fastcnn.SGD(model, 0.1), (x, y), epochs=1, progress=False, augment="crop")

@@ -70,7 +70,10 @@ def changed(a, index, value):
 
 # fit's arguments replaced one at a time; a callable value is called with the model first.
 BAD_FIT = {
-    "3-D images": (dict(train=(X[..., 0], Y)), r"train images: expected 4 dimensions .*add the channel axis"),
+    "3-D images": (dict(train=(X[..., 0], Y)), r"train images: images of shape \(28, 28\) do not fit the model: "
+                                               r".*add the channel axis: x\[\.\.\., None\]"),
+    "1-D images": (dict(train=(X[:, 0, 0, 0], Y)), r"train images: expected a batch of images \(N, H, W, C\), or of "
+                                                 r"a model's examples \(N, \.\.\.\), got shape \(64,\)"),
     # uint8 pixels are taken (scaled per batch: test_folders.py); other integers are ambiguous
     "int32 images": (dict(train=((X * 255).astype(np.int32), Y)), r"train images: .*got dtype int32.*x / 255"),
     "0-255 floats": (dict(train=(X * 255, Y)), r"train images: image 0 has values in \[0\.\d+, 2\d\d\.\d+\]; expected pixels scaled .*divide 0-255 by 255"),
