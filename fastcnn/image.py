@@ -545,7 +545,8 @@ def _preprocess_digit(pixels, notes):
     else:
         ink, zeros, width = clean
     if ink.max() < MIN_CONTRAST:
-        raise ImageError("no digit found: the image is blank")
+        faint = f" (or too faint: nothing in it differs from the paper by {MIN_CONTRAST:.0%} of the full range)"
+        raise ImageError("no digit found: the image is blank" + (faint if ink.max() > 0 else ""))
     digit = _digit_mask(ink, zeros, width)
     # Its faint anti-aliased edge too: pixels above INK_THRESHOLD within a pixel or two of it.
     rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))

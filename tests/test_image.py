@@ -159,6 +159,12 @@ def test_blank_image(tmp_path):
     noise = np.random.default_rng(0).integers(250, 256, size=(50, 50)).astype(np.uint8)
     with pytest.raises(ImageError, match="blank"):
         image.preprocess_digit(noise)
+    # A digit too faint to tell from the paper (values 2 to 15 of 255) was called blank, which it is not.
+    faint = np.full((60, 60), 2, np.uint8)
+    faint[15:45, 28:32] = 15
+    with pytest.raises(ImageError, match=r"the image is blank \(or too faint: nothing in it differs from the paper by "
+                                         r"10% of the full range\)"):
+        image.preprocess_digit(faint)
 
 
 def test_non_image_file(tmp_path):
