@@ -70,6 +70,7 @@ class Layer:
         else:
             x = _batch(x)
             shapes = walk([self], x.shape[1:], infer=True)
+        self.check_arrays(f"{self!r}: ")
         step = self.step([self], shapes, 0)
         n = len(x[0]) if self.arity is None else len(x)
         values, _ = fewest_batchnorm_values([self], shapes)
@@ -147,6 +148,22 @@ class Layer:
 
     def initialize(self, rng, feeds_relu):
         pass
+
+    def check_arrays(self, where):
+        """``ShapeError`` (prefixed by ``where``) unless each parameter and buffer its ``config()``
+        declares is a C-contiguous float32 array of that shape: the compiled kernels trust them
+        (one of another shape, set by hand, would be read past its end)."""
+        config = self.config()
+        for kind, declared in (("params", self.param_shapes(config)), ("buffers", self.buffer_shapes(config))):
+            arrays = getattr(self, kind)
+            for name, shape in declared.items():
+                a = dict.get(arrays, name)
+                if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == tuple(shape)
+                        and a.flags.c_contiguous):
+                    got = (f"{a.dtype}{a.shape}" + ("" if a.flags.c_contiguous else ", not contiguous")
+                           if isinstance(a, np.ndarray) else type(a).__name__)
+                    raise ShapeError(f"{where}{kind}[{name!r}] is {got}; expected float32{tuple(shape)}, as its "
+                                     f"settings make it")
 
     def _allocate(self):
         config = self.config()

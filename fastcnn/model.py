@@ -27,9 +27,11 @@ _PREDICT_BATCH = 256
 
 
 class _InModel(dict):
-    """A layer's ``params`` (or ``grads``) in a model: views into the model's flat buffer, which
-    the optimizer reads and writes. Assigning one (``params["bias"] = a``) copies ``a`` into its
-    view: an array put in its place would never be trained, nor its gradient reach the optimizer."""
+    """A layer's ``params`` or ``grads`` in a model (views into the model's flat buffers, which the
+    optimizer reads and writes), or its ``buffers`` (BatchNorm's statistics, which its kernels
+    read). Assigning one (``params["bias"] = a``) copies ``a`` into the array there, of the same
+    shape and finite: an array put in its place would never be trained, nor its gradient reach the
+    optimizer, and a kernel would read one of another shape past its end."""
 
     def __init__(self, views, what):
         super().__init__(views)
@@ -40,10 +42,15 @@ class _InModel(dict):
             raise ShapeError(f"{self.what}[{name!r}]: no such parameter (it has {list(self)}); a model's parameters "
                              f"are fixed when it is made")
         view = self[name]
+        if value is view:  # (params[name] += g: the view itself, written already)
+            return
         a = np.asarray(value)
         if a.shape != view.shape:
             raise ShapeError(f"{self.what}[{name!r}]: given an array of shape {a.shape}; expected {view.shape} (it is "
                              f"copied into the model's buffer)")
+        if not (a.dtype.kind in "fiub" and np.isfinite(a).all()):
+            raise ShapeError(f"{self.what}[{name!r}]: given {a.dtype} values, not all finite numbers; expected finite "
+                             f"numbers")
         view[...] = a
 
     def __missing__(self, name):
@@ -158,6 +165,7 @@ class Model:
     def _flatten_parameters(self):
         named = [(layer, name) for layer in self.layers for name in layer.params]
         for i, layer in enumerate(self.layers):
+            layer.check_arrays(f"layer {i} {layer!r}: ")
             for name, p in layer.params.items():
                 if not (isinstance(p, np.ndarray) and p.dtype == np.float32):
                     got = f"dtype {p.dtype}" if isinstance(p, np.ndarray) else type(p).__name__
@@ -178,6 +186,8 @@ class Model:
             params, grads = views[id(layer)]
             layer.params, layer.grads = _InModel(params, f"layer {i} {layer!r}: params"), \
                 _InModel(grads, f"layer {i} {layer!r}: grads")
+            if layer.buffer_shapes(layer.config()):  # BatchNorm's statistics, which its kernels read
+                layer.buffers = _InModel(layer.buffers, f"layer {i} {layer!r}: buffers")
 
     def named_parameters(self):
         """``("3.weight", array)`` pairs in layer order: the names model files use."""

@@ -357,3 +357,27 @@ def test_a_layer_of_your_own_that_forgets_its_init_or_its_output_shape_is_named(
     with pytest.raises(ShapeError, match=r"layer 1 NoneShape\(\): output_shape\(\(4,\)\) returned None; expected the "
                                          r"shape of one example out"):
         Sequential([Dense(3, 4), NoneShape(), Dense(2)], input_shape=(3,))
+
+
+def test_a_layers_arrays_of_another_shape_are_refused_before_a_kernel_reads_them():
+    # A Dense alone given a transposed weight ran its kernel on it: wrong outputs, then a corrupted heap
+    # (malloc: invalid size); in a model, a bias of 5 for 3 outputs trained and saved an unloadable file.
+    dense = Dense(4, 3)
+    dense.params["weight"] = np.ones((3, 4), np.float32)
+    with pytest.raises(ShapeError, match=r"Dense\(in_features=4, out_features=3\): params\['weight'\] is float32\(3, 4\); "
+                                         r"expected float32\(4, 3\)"):
+        dense.forward(np.ones((2, 4), np.float32))
+    dense.params["weight"] = np.ones((3, 4), np.float32).T  # the right shape, not contiguous
+    with pytest.raises(ShapeError, match=r"is float32\(4, 3\), not contiguous"):
+        dense.forward(np.ones((2, 4), np.float32))
+    wide = Dense(4, 3)
+    wide.params["bias"] = np.ones(5, np.float32)
+    with pytest.raises(ShapeError, match=r"layer 1 Dense.*params\['bias'\] is float32\(5,\); expected float32\(3,\)"):
+        Sequential([Flatten(), wide], input_shape=(2, 2, 1))
+    model = Sequential([Flatten(), BatchNorm1D(4), Dense(4, 3)], input_shape=(2, 2, 1))
+    with pytest.raises(ShapeError, match=r"buffers\['running_mean'\]: given an array of shape \(5,\); expected \(4,\)"):
+        model.layers[1].buffers["running_mean"] = np.zeros(5, np.float32)
+    with pytest.raises(ShapeError, match=r"params\['bias'\]: given float64 values, not all finite numbers"):
+        model.layers[2].params["bias"] = np.full(3, np.nan)
+    model.layers[1].buffers["running_var"] = np.full(4, 2.0)  # copied in, as float32
+    assert model.layers[1].buffers["running_var"].dtype == np.float32 and model.layers[1].buffers["running_var"][0] == 2
