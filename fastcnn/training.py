@@ -255,17 +255,26 @@ def _keep_existing(out, state):
                          f"the first epoch; write to another file, continue its run ({resume}), or pass overwrite=True")
 
 
-def _check_same_run(state, seed, batch_size, augment, n):
-    """Refuse to resume ``state`` with settings other than its run's (another seed, batch size or
-    augmentation would make another run, not this one continued); say so when the number of images
-    to train on changed (the data grew or shrank, or another validation split), which resumes on
-    the data as they are now.
+def _run_of(model, optimizer, seed, batch_size, augment):
+    """What a resumed run must repeat of the run it continues (see ``_check_same_run``)."""
+    return {"seed": seed, "batch_size": batch_size, "augment": repr(augment), "optimizer": type(optimizer).__name__,
+            "parameters": int(model.parameters.size)}
+
+
+def _check_same_run(state, now, optimizer, n):
+    """Refuse to resume ``state`` with settings other than its run's (another seed, batch size,
+    augmentation, optimizer or network would make another run, not this one continued), or with an
+    optimizer that has not taken the run's steps (a new one, not the checkpoint's); say so when the
+    number of images to train on changed (the data grew or shrank, or another validation split),
+    which resumes on the data as they are now.
     A state written before fit recorded its run (0.2.0) is taken as it is."""
     before = state.get("run")
     if not (state["epoch"] or state["batch"]) or not isinstance(before, dict):
         return
-    now = {"seed": seed, "batch_size": batch_size, "augment": repr(augment)}
     changed = [f"{k} {before[k]} -> {now[k]}" for k in now if k in before and before[k] != now[k]]
+    if "steps" in state and state["steps"] != optimizer.steps:
+        changed.append(f"the optimizer's steps {state['steps']} -> {optimizer.steps} (resume with the checkpoint's own "
+                       f"optimizer, ck.optimizer)")
     if changed:
         raise ConfigError(f"training: the run being resumed had other settings ({'; '.join(changed)}); resume it with "
                           f"its own (and the same data), or start a new run on its weights: fit(ck.model, "
@@ -335,8 +344,9 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     image folder's splits do), which ``predict`` and ``serve`` then show.
 
     ``training`` is the state from a checkpoint to resume from (None for a fresh run); it keeps
-    the callbacks' states too, and the run's seed, batch size and augmentation, which a resumed
-    run must repeat (else ``ConfigError``; the same data too, or it says it goes on with others). The model, optimizer and state are written to ``out`` after every
+    the callbacks' states too, and the run's seed, batch size, augmentation, optimizer type and
+    network size and the optimizer's steps, which a resumed run must repeat (else ``ConfigError``;
+    the same data too, or it says it goes on with others). The model, optimizer and state are written to ``out`` after every
     epoch, and also every ``checkpoint_every`` batches if given. An existing ``out`` is replaced
     only by the run it holds, resumed (``training`` as read from it), or with ``overwrite=True``;
     else ``ModelFileError`` before any work, as it may hold a model that took an hour to train.
@@ -376,13 +386,14 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     if out is not None:
         state_bytes = sum(a.nbytes for a in optimizer.state.values())
         fileio.check_writable_output(out, need=model.parameters.nbytes + state_bytes + 2**16)
-    _check_same_run(state, seed, batch_size, augment, n)
+    run_settings = _run_of(model, optimizer, seed, batch_size, augment)
+    _check_same_run(state, run_settings, optimizer, n)
     batches = -(-n // batch_size)
     if not 0 <= state["batch"] < batches:
         raise ShapeError(f"training: batch {state['batch']} is outside this run's 0..{batches - 1}; "
                          f"was the checkpoint made with other data or another batch size?")
     state["validation"] = data.validated_on
-    state["run"] = {"seed": seed, "batch_size": batch_size, "augment": repr(augment), "images": n}
+    state["run"] = {**run_settings, "images": n}
     if data.classes is not None:
         state["classes"] = list(data.classes)
     run = TrainingRun(model, optimizer, state, epochs, val is not None, world.is_root, out)
@@ -422,7 +433,8 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
                 signum = world.stop_requested(caught)  # a signal to any process stops them all here
                 if signum or (checkpoint_every and b > first and b % checkpoint_every == 0):
                     # Batch b is next: that, and the totals so far, are all a resumed run needs.
-                    state.update(batch=b, totals=[loss_sum, correct, seen, time.perf_counter() - start])
+                    state.update(batch=b, steps=optimizer.steps, totals=[loss_sum, correct, seen,
+                                                                         time.perf_counter() - start])
                     if out is not None:
                         _save(out, model, optimizer, state, callbacks)
                     if signum:
@@ -471,7 +483,7 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
             if done < batches:  # a callback stopped the run within the epoch
                 record["batches"] = done
             state["history"].append(record)
-            state.update(epoch=epoch + 1, batch=0, totals=fresh_state()["totals"])
+            state.update(epoch=epoch + 1, batch=0, steps=optimizer.steps, totals=fresh_state()["totals"])
             for c in callbacks:
                 c.on_epoch_end(epoch + 1, record)
             if run.stop_reason:

@@ -158,8 +158,9 @@ def test_a_resumed_run_keeps_the_callbacks_state_and_ends_bit_identical(tmp_path
     assert [h["val_loss"] for h in again_history] == [h["val_loss"] for h in history]
     assert resumed[2].state_dict() == straight[2].state_dict() and resumed[4].steps == straight[4].steps == 12
     assert resumed[3].best_epoch == straight[3].best_epoch == 5
+    ck = fastcnn.load_checkpoint(tmp_path / "part.npz")
     with pytest.raises(ShapeError, match="the run being resumed had Scripted, ReduceLROnPlateau"):
-        run(6, [EarlyStopping()], training=fastcnn.load_checkpoint(tmp_path / "part.npz").training)
+        run(6, [EarlyStopping()], training=ck.training, model=ck.model, optimizer=ck.optimizer)
 
 
 def test_the_validation_split_is_held_out_of_each_class():

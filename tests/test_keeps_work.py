@@ -507,13 +507,19 @@ def test_a_fit_resumed_with_other_settings_is_refused_and_other_data_said(tmp_pa
     out = tmp_path / "run.npz"
     fit(model, SGD(model, 0.05), (x, y), epochs=1, batch_size=32, seed=3, progress=False, out=out)
     before = out.read_bytes()
+    other = fastcnn.Sequential([fastcnn.Flatten(), fastcnn.Dense(10)], input_shape=(28, 28, 1))
     for changed, named in ((dict(seed=4), "seed 3 -> 4"), (dict(batch_size=64), "batch_size 32 -> 64"),
-                           (dict(augment="crop"), "augment None -> Augment")):
+                           (dict(augment="crop"), "augment None -> Augment"),
+                           (dict(optimizer=lambda m: fastcnn.Adam(m)), "optimizer SGD -> Adam"),
+                           (dict(optimizer=lambda m: SGD(m, 0.05)), "the optimizer's steps 8 -> 0 .*ck.optimizer"),
+                           (dict(model=other), "parameters 804554 -> 7850")):
         ck = fastcnn.load_checkpoint(out)
+        model = changed.pop("model", ck.model)
+        optimizer = changed.pop("optimizer", lambda m: ck.optimizer if m is ck.model else SGD(m, 0.05))(model)
         settings = {"batch_size": 32, "seed": 3, **changed}
         with pytest.raises(fastcnn.ConfigError, match=rf"the run being resumed had other settings \({named}.*"
                                                       r"without training="):
-            fit(ck.model, ck.optimizer, (x, y), epochs=2, progress=False, out=out, training=ck.training, **settings)
+            fit(model, optimizer, (x, y), epochs=2, progress=False, out=out, training=ck.training, **settings)
     assert out.read_bytes() == before
     ck = fastcnn.load_checkpoint(out)  # more data, the same settings: resumed, and said
     more = bars(288, 0)
