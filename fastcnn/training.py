@@ -73,7 +73,8 @@ class Divergence:
                                    f"gives non-finite scores for this batch with the weights it started with (a layer "
                                    f"of your own, weights too large?); the learning rate played no part")
         if not np.isfinite(loss):
-            raise TrainingDiverged(f"the loss became {loss} at step {optimizer.steps + 1} ({where}); {advice}")
+            raise TrainingDiverged(f"the loss became {loss} at step {optimizer.steps + 1} ({where}); "
+                                   + (_own_layers_gone_bad(optimizer.model) or advice))
         if not self.factor:
             return
         loss = float(loss)  # (Python's floats: a huge factor makes inf, not a NumPy overflow warning)
@@ -86,6 +87,19 @@ class Divergence:
                 f"the loss ran away: from {self.start:.4g} at the run's first step to {loss:.4g} at step "
                 f"{optimizer.steps + 1} ({where}), above {self.factor:g} times the start for {self.PATIENCE} "
                 f"steps; {advice} (divergence=0 in fit, --divergence 0 in fastcnn train, turns this check off)")
+
+
+def _own_layers_gone_bad(model):
+    """Which layers of the user's own hold NaN or Inf weights while the built-in ones don't (their
+    gradients, more likely than the learning rate, made them so), said; else None."""
+    from .steps import Custom
+    bad = [(i, layer) for i, layer in enumerate(model.layers)
+           if layer.params and not all(np.isfinite(p).all() for p in layer.params.values())]
+    own = [f"layer {i} {layer!r}" for i, layer in bad if layer.step is Custom]
+    if not own or len(own) < len(bad):
+        return None
+    return (f"the weights of {', '.join(own)}, a layer of your own, became NaN or Inf, and no others did: check the "
+            f"gradients its backward gives")
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -381,3 +381,19 @@ def test_a_layers_arrays_of_another_shape_are_refused_before_a_kernel_reads_them
         model.layers[2].params["bias"] = np.full(3, np.nan)
     model.layers[1].buffers["running_var"] = np.full(4, 2.0)  # copied in, as float32
     assert model.layers[1].buffers["running_var"].dtype == np.float32 and model.layers[1].buffers["running_var"][0] == 2
+
+
+def test_a_nan_gradient_of_a_layer_of_your_own_is_named_not_the_learning_rate():
+    # It said "the learning rate 0.05 is probably too high".
+    class BadGradient(Scale):
+        def backward(self, dy):
+            self.grads["a"][...] = np.nan
+            return dy * self.params["a"]
+
+    x, y = np.random.default_rng(0).uniform(size=(64, 3)).astype(np.float32), np.arange(64) % 2
+    model = Sequential([BadGradient(3), Dense(3, 2)], seed=0)
+    from fastcnn.training import TrainingDiverged
+    with pytest.raises(TrainingDiverged, match=r"the loss became nan at step 2 .*the weights of layer 0 BadGradient\(features=3\), a "
+                                               r"layer of your own, became NaN or Inf, and no others did"):
+        fastcnn.fit(model, fastcnn.SGD(model, 0.05), (x.reshape(64, 3), y), epochs=1, batch_size=32, progress=False,
+                    validation_split=0)
