@@ -517,6 +517,13 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
                 world.barrier()
                 raise _interrupted(signum, optimizer.steps, epochs, batches, out, state)
     if not trained:
+        if world.is_root and "stopped" in state:
+            print(f"fit: the run being resumed stopped in epoch {state['stopped']['epoch']}: "
+                  f"{state['stopped']['reason']}; there is nothing to resume", flush=True)
+        elif world.is_root and state["epoch"] >= epochs:
+            print(f"fit: the run being resumed has finished {state['epoch']} epoch{'s' * (state['epoch'] > 1)}, as "
+                  f"many as epochs={epochs}; to "
+                  f"train it further, ask for more (epochs={state['epoch'] + 5}, say)", flush=True)
         return state["history"]
     run.weights_epoch = state["epoch"]
     for c in callbacks:

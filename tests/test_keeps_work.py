@@ -556,3 +556,16 @@ def test_a_folder_named_like_a_temporary_file_and_a_device_are_named(tmp_path, c
     assert (tmp_path / ".m.npz.d.tmp").is_dir()
     assert main(["history", "/dev/null"]) == 2
     assert "/dev/null: not a file (a device, a pipe?): expected a model file" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_or_stopped_run_says_there_is_nothing_to_do(tmp_path, capsys):
+    # fit returned the old history and printed nothing; the command line says it.
+    x, y = bars(128, 0)
+    model = mnist_network(seed=0)
+    out = tmp_path / "m.npz"
+    fit(model, SGD(model, 0.05), (x, y), epochs=1, progress=False, out=out)
+    ck = fastcnn.load_checkpoint(out)
+    capsys.readouterr()
+    assert len(fit(ck.model, ck.optimizer, (x, y), epochs=1, progress=False, out=out, training=ck.training)) == 1
+    assert "fit: the run being resumed has finished 1 epoch, as many as epochs=1; to train it further, ask for " \
+           "more (epochs=6, say)" in capsys.readouterr().out
