@@ -313,6 +313,7 @@ def test_train_on_a_folder_records_its_classes_and_tests_once(trained_folder, ca
     said = capsys.readouterr().out
     assert "validation: 10 images held out of the training set" in said and "test accuracy" in said
     assert "data " + str(root) in said and "image size 10x10" in said
+    assert "validation split" not in said  # it read "validation split, validation split 0.08333", then the line above
 
 
 def test_predict_evaluate_and_export_use_the_folders_classes(trained_folder, tmp_path, capsys):

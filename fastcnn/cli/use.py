@@ -228,10 +228,11 @@ def history(args):
             pass  # damaged or foreign settings: print them as they are
         def shown(v):
             return f"{v:.4g}" if isinstance(v, float) else "x".join(map(str, v)) if isinstance(v, (list, tuple)) else v
-        print(", ".join(f"{k.replace('_', ' ')} {shown(v)}" for k, v in settings.items() if v is not None))
+        print(", ".join(f"{k.replace('_', ' ')} {shown(v)}" for k, v in settings.items()
+                        if v is not None and k not in ("validation", "validation_split")))  # (the next line's)
     validated_on = _validated_on(training, settings)
-    if validated_on:
-        print(f"validation: {validated_on}")
+    if validated_on or settings:
+        print(f"validation: {validated_on or 'none'}")
     best = training.get("best") or {}
     if history:
         print(f"{'epoch':>5}  {'loss':>8}  {'train acc':>9}  {'val loss':>8}  {'val acc':>8}  {'seconds':>8}")
