@@ -240,7 +240,7 @@ def colour_server():
 def test_the_page_of_a_colour_model_takes_photos(browser, colour_server, tmp_path):
     from fastcnn import data
     browser.get(colour_server)
-    assert browser.find_element("id", "title").text.startswith("Drop a photo")
+    assert browser.find_element("id", "title").text.startswith("Drop a photo") and "digit" not in browser.title
     assert "not drawings" in browser.find_element("id", "hint").text
     draw(browser, browser.find_element("id", "pad"), [[(140, 40), (140, 240)]])  # ignored: nothing is sent
     time.sleep(0.5)
