@@ -230,7 +230,7 @@ def compile_jobs(jobs, processes=None, say=True):
             if seconds > 0:  # compiled here: not loaded, another process having compiled it
                 estimate = times.estimates(groups, measured=(probe, seconds / _FIRST_COMPILE))
     wall = _makespan([estimate[k] for k in ordered], len(pool) + 1, start) + (time.perf_counter() - started)
-    progress.begin(estimate, wall, len(pool) + 1)
+    progress.begin(estimate, wall, len(pool) + 1, started)
     for _ in range(2):  # the second time: what a helper that failed left
         while (kernel := queue.take(_HERE)) is not None:
             progress.start(kernel)
@@ -624,8 +624,9 @@ class _Progress:
                   f"({jit.cpu_key().split('-')[0]}), once for every later run (cache: {where})",
                   end="", file=sys.stderr, flush=True)
 
-    def begin(self, estimate, wall, processes):
-        """The estimate, and the bar (on a terminal); compiles under a second are not said."""
+    def begin(self, estimate, wall, processes, started):
+        """The estimate, and the bar (on a terminal; ``started``: when the compile began, on
+        ``time.perf_counter``); compiles under a second are not said."""
         self.estimate = estimate
         if wall >= _SILENT_AT_MOST:
             self.announce()
@@ -633,8 +634,13 @@ class _Progress:
             return
         print(f": about {_seconds(wall)}" + (f" with {processes} processes" if processes > 1 else ""),
               file=sys.stderr, flush=True)
+        self.started = started
+        # The times are ours, shown as the bar's unit: since the compile began (the first kernel may
+        # be done before the bar), and what is left by the share done so far; tqdm's own rate never
+        # sees a count that is set, not added to (it showed <00:00 halfway).
         self.bar = tqdm(total=sum(self.estimate.values()), file=sys.stderr, leave=False, disable=None,
-                        bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+                        desc=f"compiling kernels 0/{self.count}", unit="00:00<?",
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| [{unit}]")
         if self.bar.disable:  # not a terminal: the two lines only
             self.bar = None
             return
@@ -668,6 +674,9 @@ class _Progress:
         self.bar.n = min(finished + running, self.bar.total)
         compiled = sum(len(self.groups[k]) for k in self.finished)
         self.bar.set_description_str(f"compiling kernels {compiled}/{self.count}", refresh=False)
+        elapsed, share = now - self.started, self.bar.n / self.bar.total if self.bar.total else 0
+        left = "?" if share < 0.02 else tqdm.format_interval(elapsed * (1 - share) / share)
+        self.bar.unit = f"{tqdm.format_interval(elapsed)}<{left}"
         self.bar.refresh()
 
     def close(self, seconds):

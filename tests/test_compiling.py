@@ -770,7 +770,30 @@ def test_a_probe_kernel_another_process_compiled_does_not_time_this_machine(tmp_
     monkeypatch.setenv("FASTCNN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(compiling, "_compile_here", lambda kernel, signatures, announced=True: None)  # all loaded
     seen = []
-    monkeypatch.setattr(compiling._Progress, "begin", lambda self, estimate, wall, processes: seen.append(estimate))
+    monkeypatch.setattr(compiling._Progress, "begin", lambda self, estimate, wall, processes, started: seen.append(estimate))
     kernels = ["dense._dense_backward", "dense._dense_forward", "loss._softmax"]
     compiling.compile_jobs([compiling.Job(k, ("a signature",)) for k in kernels], processes=1, say=False)
     assert seen == [{k: pytest.approx(compiling.REFERENCE_SECONDS[k]) for k in kernels}]
+
+
+def test_the_bar_says_the_time_since_the_compile_began_and_what_is_left_by_the_share_done(monkeypatch):
+    # It showed tqdm's own times: from the bar's start (after the first kernel, compiled before it),
+    # and a time left of 00:00 halfway (tqdm's rate never sees a count that is set).
+    import io
+    import time
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    progress = compiling._Progress({"a": ["sig"], "b": ["sig"], "c": ["sig"]}, say=True)
+    progress.begin({"a": 3.0, "b": 2.0, "c": 1.0}, 5.0, 2, time.perf_counter() - 6.0)  # began 6 s ago
+    try:
+        assert progress.bar is not None and progress.bar.desc == "compiling kernels 0/3"
+        with progress.lock:
+            progress.finished.append("a")  # half the estimate done in 6 s: 6 s left
+            progress._show()
+            assert progress.bar.unit == "00:06<00:06" and progress.bar.desc == "compiling kernels 1/3"
+    finally:
+        progress.close(6.0)
