@@ -29,6 +29,7 @@ import contextlib
 import dis
 import functools
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -709,9 +710,9 @@ class Records:
         paths = sorted(jit.cache_root().glob(f"*/{jit.cpu_key()}/*/{cls.NAME}"), key=_mtime, reverse=True)
         for path in paths:
             if path != here:
-                for kernel, sigs in _read(path).get("kernels", {}).items():
+                for kernel, sigs in _read(path)["kernels"].items():
                     others.setdefault(kernel, sigs)
-        return cls(here, mine.get("kernels", {}), mine.get("start", _START_GUESS), others)
+        return cls(here, mine["kernels"], mine["start"], others)
 
     def estimates(self, groups, measured=None):
         """CPU seconds of compiling each kernel of ``groups`` {kernel: [signature, ...]}: as
@@ -744,7 +745,7 @@ class Records:
             self.start = round(max(measured), 3)
 
     def save(self):
-        merged = _read(self.path).get("kernels", {})
+        merged = _read(self.path)["kernels"]
         for kernel, sigs in self.kernels.items():
             merged.setdefault(kernel, {}).update(sigs)
         with contextlib.suppress(OSError):  # a cache that can't be written: only estimates are lost
@@ -753,11 +754,23 @@ class Records:
 
 
 def _read(path):
+    """The records in ``path``: ``{"kernels": {kernel: {signature: seconds}}, "start": seconds}``,
+    keeping only entries of that form (a file of another version, or damaged, is no reason to stop
+    a compile: its estimate is all it costs); nothing where it can't be read."""
     try:
         data = json.loads(Path(path).read_text())
-        return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
-        return {}
+        data = {}
+    data = data if isinstance(data, dict) else {}
+
+    def seconds(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+    kernels = data.get("kernels") if isinstance(data.get("kernels"), dict) else {}
+    kernels = {k: {str(sig): v for sig, v in sigs.items() if seconds(v)} for k, sigs in kernels.items()
+               if isinstance(k, str) and isinstance(sigs, dict)}
+    return {"kernels": {k: sigs for k, sigs in kernels.items() if sigs},
+            "start": data["start"] if seconds(data.get("start")) else _START_GUESS}
 
 
 def _mtime(path):

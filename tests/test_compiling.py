@@ -501,6 +501,20 @@ def test_estimates_come_from_the_records_of_this_cpu(tmp_path, monkeypatch):
     assert estimate["loss._softmax"] == pytest.approx(1.0)  # sig b: as the costliest recorded one
     assert estimate["optim._sgd_momentum"] == pytest.approx(0.5 / reference["loss._softmax"]
                                                             * reference["optim._sgd_momentum"])
+    # Records of the wrong form (damaged, or another version's) are left out, not a crash of every
+    # run that compiles (AttributeError: 'str' object has no attribute 'values').
+    here = compiling.Records.load().path
+    here.parent.mkdir(parents=True, exist_ok=True)
+    for bad in ({"kernels": {"loss._softmax": "x"}}, {"kernels": []}, {"kernels": {"loss._softmax": {"a": "x"}}},
+                {"kernels": {"optim._sgd_momentum": [1.5]}, "start": "soon"}, [1, 2]):
+        for path in (here, other / "compile-times.json"):
+            path.write_text(json.dumps(bad))
+        times = compiling.Records.load()
+        assert not times.measured() and times.start == compiling._START_GUESS
+        assert times.estimates(groups) == pytest.approx(fresh.estimates(groups)), bad
+        times.add([("loss._softmax", "sig a", 0.25)])
+        times.save()
+        assert json.loads(here.read_text())["kernels"] == {"loss._softmax": {"sig a": 0.25}}
     # Another CPU's records don't count.
     monkeypatch.setattr("numba.config.CPU_NAME", "haswell")
     assert not compiling.Records.load().measured()
