@@ -210,7 +210,9 @@ def compile_jobs(jobs, processes=None, say=True):
     estimate = times.estimates(groups)
     ordered = sorted(groups, key=estimate.get, reverse=True)  # costliest first: a short tail
     start = 0.0 if forking else times.start
-    helpers = _helpers_worth([estimate[k] for k in ordered], processes, start)
+    # Helpers hand their kernels over through the cache: where it can't be written, their work
+    # would be lost and done here again.
+    helpers = _helpers_worth([estimate[k] for k in ordered], processes, start) if jit.cache_writable() else 0
     started = time.perf_counter()
     _numba_ready()
     pool = [helper for helper in (_Helper.start(forking) for _ in range(helpers)) if helper is not None]
@@ -620,10 +622,12 @@ class _Progress:
         """What is compiled and where it goes; the estimate follows on the same line (``begin``)."""
         if self.say and not self.shown:
             self.shown = True
-            where = str(jit.cache_root()).replace(str(Path.home()), "~", 1)
+            if jit.cache_writable():  # (if not, said on its own line first)
+                where = "once for every later run (cache: " + str(jit.cache_root()).replace(str(Path.home()), "~", 1) + ")"
+            else:
+                where = "for this process only: the cache can't be written"
             print(f"fastcnn: compiling {self.count} kernel{'s' * (self.count != 1)} for this CPU "
-                  f"({jit.cpu_key().split('-')[0]}), once for every later run (cache: {where})",
-                  end="", file=sys.stderr, flush=True)
+                  f"({jit.cpu_key().split('-')[0]}), {where}", end="", file=sys.stderr, flush=True)
 
     def begin(self, estimate, wall, processes, started):
         """The estimate, and the bar (on a terminal; ``started``: when the compile began, on
@@ -829,8 +833,8 @@ class _Listener(event.Listener):
 
 
 def _say_unprepared(name):
-    print(f"fastcnn: compiling the kernel {name} for this CPU (once: later runs load it from the cache)...",
-          file=sys.stderr, flush=True)
+    kept = "once: later runs load it from the cache" if not jit._UNCACHED else "for this process only"
+    print(f"fastcnn: compiling the kernel {name} for this CPU ({kept})...", file=sys.stderr, flush=True)
 
 
 _LISTENER = _Listener()

@@ -367,18 +367,24 @@ def _prepared_cache_dir():
     return path
 
 
-def _cache_for(fn):
-    """The kernel cache, or, where ``cache_dir()`` can't be written, none (said once)."""
+def cache_writable():
+    """Whether ``cache_dir()`` can be written; if not, said once, on a line of stderr of its own (a
+    warning would name the kernel module that asked, and show its source line)."""
     try:
         _prepared_cache_dir()
+        return True
     except OSError as e:
         if not _UNCACHED:
             _UNCACHED.append(e)
-            warnings.warn(f"fastcnn: the compiled kernels can't be cached in {cache_dir()} ({e.strerror or e}); "
-                          f"they will be compiled again in every process. Set {CACHE_ENV} to a folder that can "
-                          f"be written.", RuntimeWarning, stacklevel=4)
-        return caching.NullCache()
-    return KernelCache(fn)
+            print(f"fastcnn: warning: the compiled kernels can't be cached in {cache_dir()} ({e.strerror or e}); "
+                  f"they will be compiled again in every process. Set {CACHE_ENV} to a folder that can be written.",
+                  file=sys.stderr, flush=True)
+        return False
+
+
+def _cache_for(fn):
+    """The kernel cache, or, where ``cache_dir()`` can't be written, none (said once)."""
+    return KernelCache(fn) if cache_writable() else caching.NullCache()
 
 
 _UNCACHED = []  # why the cache can't be written, once known

@@ -5,6 +5,7 @@ from ..architectures import ARCHITECTURES
 from ..augmentation import Augment
 from ..compiling import compile_ahead
 from ..data import CLASS_NAMES, IMAGE_SHAPES
+from ..errors import FastCNNError
 from ..kernels import checks, jit
 from ..optim import SGD, Adam
 
@@ -12,6 +13,11 @@ from ..optim import SGD, Adam
 def run(args):
     names = list(dict.fromkeys(args.model or ARCHITECTURES))
     processes = None if args.processes is None else checks.positive_int("--processes", args.processes)
+    try:
+        jit._prepared_cache_dir()
+    except OSError as e:  # compiling would keep nothing: the command's one purpose
+        raise FastCNNError(f"{jit.cache_dir()}: can't be written ({e.strerror or e}), so nothing it compiled would "
+                           f"be kept; set {jit.CACHE_ENV} to a folder that can be written") from None
     passes, optimizers = [], []
     for name in names:  # each network at its data set's image shape, trained with SGD or Adam, and used
         dataset = ARCHITECTURES[name].recipe["dataset"]
