@@ -285,7 +285,8 @@ def _short_reason(error):
 def _missing_error(name, folder, files, why):
     return DataMissingError(
         f"{name}: missing {', '.join(files)} in {folder} ({why}). Put the files there, or set "
-        f"{ENV_VAR} (or pass data_dir=) to a folder that has a {name}/ sub-folder with them"
+        f"{ENV_VAR} (or pass data_dir= in Python, --data-dir on the command line) to a folder that has a {name}/ "
+        f"sub-folder with them"
     )
 
 

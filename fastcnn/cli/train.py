@@ -262,7 +262,7 @@ def train(out="model.npz", *, data_dir=None, threads=None, resume=False, progres
     else:
         model = ARCHITECTURES[settings.model].build(data.train[0].shape[1:], classes, settings.seed)
         optimizer = make_optimizer(model, settings, batches)
-    cores = f"{threads} threads" + (f" in each of {world.size} processes" if world.size > 1 else "")
+    cores = f"{threads} thread{'s' * (threads > 1)}" + (f" in each of {world.size} processes" if world.size > 1 else "")
     shape = "x".join(map(str, data.train[0].shape[1:]))
     print(f"Training on {data.name}{data.how}: {len(data.train[1]):,} images of {shape}, {validating.about}; {cores}, "
           f"{settings.describe()}" + (" (resumed)" if resume else ""), flush=True)
