@@ -406,7 +406,9 @@ def set_threads(threads=None):
     the threads a step uses: the matrix products run inside the kernels' threads (``blas.py``)."""
     n = numba.config.NUMBA_NUM_THREADS if threads is None else threads
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
-        raise ConfigError(f"threads: expected 1..{numba.config.NUMBA_NUM_THREADS} on this machine, got {threads!r}")
+        capped = " (NUMBA_NUM_THREADS caps it)" if "NUMBA_NUM_THREADS" in os.environ else ""
+        raise ConfigError(f"threads: expected 1..{numba.config.NUMBA_NUM_THREADS} on this machine{capped}, got "
+                          f"{threads!r}")
     numba.set_num_threads(int(n))
     return int(n)
 
