@@ -5,7 +5,8 @@ and backward by hand, and updates the weights with SGD with momentum (0.9) and a
 that decays as lr / (1 + decay * step). This is that loop, unchanged in shape; only the layers
 are fastcnn's, so each call runs a compiled, multi-core kernel:
 
-    python examples/from_scratch.py             # 5 epochs on MNIST: 98.35% on the test set (seed 0; 98.31% with AVX2 only)
+    python examples/from_scratch.py             # 5 epochs on MNIST: 98.35% on the test set (seed 0;
+                                                # 98.31% with AVX2 only)
     python examples/from_scratch.py --epochs 1 --limit 6000
 
 MNIST is read from FASTCNN_DATA (or fastcnn's data folder; downloaded if missing).

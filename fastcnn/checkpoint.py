@@ -30,9 +30,9 @@ READS = (1, 2)
 def save(path, model, optimizer=None, training=None):
     """Write ``model`` (and ``optimizer``'s state, and a JSON-able ``training`` dict) to ``path``."""
     if optimizer is not None and getattr(optimizer, "model", None) is not model:
+        other = " made for another model" if hasattr(optimizer, "model") else ""
         raise UsageError(f"optimizer: expected a fastcnn optimizer (SGD, Adam) made for this model, got "
-                         f"{type(optimizer).__name__}" + (" made for another model" if hasattr(optimizer, "model") else "")
-                         + "; the file could not be loaded with it")
+                         f"{type(optimizer).__name__}{other}; the file could not be loaded with it")
     for i, layer in enumerate(model.layers):
         rebuildable(i, layer)
     arrays = {

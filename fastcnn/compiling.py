@@ -665,7 +665,7 @@ class _Progress:
         if self.say and not self.shown:
             self.shown = _Progress.line_open = True
             if jit.cache_writable():  # (if not, said on its own line first)
-                where = "once for every later run (cache: " + str(jit.cache_root()).replace(str(Path.home()), "~", 1) + ")"
+                where = f"once for every later run (cache: {str(jit.cache_root()).replace(str(Path.home()), '~', 1)})"
             else:
                 where = "for this process only: the cache can't be written"
             print(f"fastcnn: compiling {self.count} kernel{'s' * (self.count != 1)} for this CPU "

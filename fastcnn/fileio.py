@@ -110,7 +110,8 @@ def check_writable_output(path, need=0):
 def stale_temps(path):
     """The temporary files a killed :func:`atomic_write` to ``path`` may have left."""
     path = Path(path)
-    return sorted(p for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if not p.is_dir())  # (a folder: not ours)
+    found = path.parent.glob(f".{glob.escape(path.name)}.*.tmp")
+    return sorted(p for p in found if not p.is_dir())  # (a folder of that name is not ours)
 
 
 def remove_stale_temps(path):

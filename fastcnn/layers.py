@@ -250,7 +250,8 @@ def walk(layers, shape, infer=False, sources=None):
         if known and not (isinstance(out, (tuple, list)) and out
                           and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in out)):
             raise ShapeError(f"layer {i} {layer!r}: output_shape({x}) returned {out!r}; expected the shape of one "
-                             f"example out, a tuple of sizes (a layer of your own that changes the shape says it there)")
+                             f"example out, a tuple of sizes (a layer of your own that changes the shape says it "
+                             f"there)")
         shapes.append(tuple(int(d) for d in out) if known else out)
     return shapes
 

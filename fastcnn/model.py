@@ -443,9 +443,9 @@ def _scores(plan):
     """The number of classes ``plan`` scores, or ``ShapeError`` if it doesn't end in scores."""
     out = plan.output_shape
     if len(out) != 1:
-        raise ShapeError(f"model: expected it to end in (N, classes) scores, it gives shape (N, {', '.join(map(str, out))}) "
-                         f"(forward gives what it ends in; predict, train_step and fit need scores: end it in Flatten, or "
-                         f"GlobalAvgPool2D, then Dense)")
+        raise ShapeError(f"model: expected it to end in (N, classes) scores, it gives shape "
+                         f"(N, {', '.join(map(str, out))}) (forward gives what it ends in; predict, train_step and "
+                         f"fit need scores: end it in Flatten, or GlobalAvgPool2D, then Dense)")
     return out[0]
 
 

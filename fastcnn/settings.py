@@ -295,6 +295,7 @@ def add_server_arguments(parser):
 
 def server_limits_from_arguments(args):
     """The ``ServerLimits`` an ``argparse`` namespace made by ``add_server_arguments`` holds."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerLimits) if getattr(args, f.name) is not None}
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerLimits)
+             if getattr(args, f.name) is not None}
     with named_as_options(given):
         return ServerLimits(**given)

@@ -584,7 +584,7 @@ class Custom(Step):
         if ws.get("rehearsal"):
             return np.zeros((len(dy), *self.in_shape), np.float32) if self.needs_input_grad else None
         layer = self.layers[0]
-        for g in layer.grads.values():  # zeros to start from, as a built-in layer's are: a += there adds this step's only
+        for g in layer.grads.values():  # zeros to start from, as a built-in layer's: a += adds this step's only
             g[...] = 0
         with numpy_blas_on_one_thread():
             dx = layer.backward(dy)

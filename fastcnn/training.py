@@ -360,10 +360,11 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
     ``training`` is the state from a checkpoint to resume from (None for a fresh run); it keeps
     the callbacks' states too, and the run's seed, batch size, augmentation, optimizer type and
     network size and the optimizer's steps, which a resumed run must repeat (else ``ConfigError``;
-    the same data too, or it says it goes on with others). The model, optimizer and state are written to ``out`` after every
-    epoch, and also every ``checkpoint_every`` batches if given. An existing ``out`` is replaced
-    only by the run it holds, resumed (``training`` as read from it), or with ``overwrite=True``;
-    else ``ModelFileError`` before any work, as it may hold a model that took an hour to train.
+    the same data too, or it says it goes on with others). The model, optimizer and state are
+    written to ``out`` after every epoch, and also every ``checkpoint_every`` batches if given.
+    An existing ``out`` is replaced only by the run it holds, resumed (``training`` as read from
+    it), or with ``overwrite=True``; else ``ModelFileError`` before any work, as it may hold a
+    model that took an hour to train.
     SIGINT or SIGTERM stops training at the next batch boundary, writes ``out`` there and raises
     ``TrainingInterrupted``. A NaN or Inf loss raises ``TrainingDiverged`` at
     that step, and so does a loss that stays above ``divergence`` times its start (see
@@ -501,8 +502,8 @@ def fit(model, optimizer, train, validation=None, *, epochs=1, batch_size=64, se
             for c in callbacks:
                 c.on_epoch_end(epoch + 1, record)
             if run.stop_reason:
-                state["stopped"] = {"epoch": epoch + 1, "reason": run.stop_reason, **({"batches": done} if done < batches
-                                                                                       else {})}
+                within = {"batches": done} if done < batches else {}
+                state["stopped"] = {"epoch": epoch + 1, "reason": run.stop_reason, **within}
             if out is not None:  # saved before it is said: a closed output (| head) then loses nothing
                 _save(out, model, optimizer, state, callbacks)
             checked = f"  val loss {val_loss:.4f}  val acc {val_acc:.4f}" if val_acc is not None else ""

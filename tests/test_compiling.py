@@ -281,11 +281,12 @@ def test_a_cache_that_cannot_be_written_is_said_once_and_the_kernels_still_run(t
     (tmp_path / "a file").write_text("not a folder")
     done = run(SOFTMAX, tmp_path / "a file" / "cache")
     assert done.stderr.count("can't be cached in") == 1 and "FASTCNN_CACHE_DIR" in done.stderr
-    assert done.stderr.startswith("fastcnn: warning: ") and "RuntimeWarning" not in done.stderr  # a line, not a warning's
+    assert done.stderr.startswith("fastcnn: warning: ") and "RuntimeWarning" not in done.stderr  # a line, not a warning
     assert json.loads(done.stdout)["compiled"] == 1
-    # fastcnn compile, whose one purpose is the cache, says nothing would be kept, and fails (it said it was done).
-    failed = subprocess.run([sys.executable, "-m", "fastcnn.cli", "compile", "--model", "original"], capture_output=True,
-                            text=True, timeout=120, env=dict(os.environ, FASTCNN_CACHE_DIR=str(tmp_path / "a file")))
+    # fastcnn compile, whose one purpose is the cache, says nothing would be kept and fails (it said it was done).
+    failed = subprocess.run([sys.executable, "-m", "fastcnn.cli", "compile", "--model", "original"],
+                            capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, FASTCNN_CACHE_DIR=str(tmp_path / "a file")))
     assert failed.returncode == 2 and "so nothing it compiled would be kept; set FASTCNN_CACHE_DIR" in failed.stderr
 
 
@@ -789,7 +790,8 @@ def test_a_probe_kernel_another_process_compiled_does_not_time_this_machine(tmp_
     monkeypatch.setenv("FASTCNN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(compiling, "_compile_here", lambda kernel, signatures, announced=True: None)  # all loaded
     seen = []
-    monkeypatch.setattr(compiling._Progress, "begin", lambda self, estimate, wall, processes, started: seen.append(estimate))
+    monkeypatch.setattr(compiling._Progress, "begin",
+                        lambda self, estimate, wall, processes, started: seen.append(estimate))
     kernels = ["dense._dense_backward", "dense._dense_forward", "loss._softmax"]
     compiling.compile_jobs([compiling.Job(k, ("a signature",)) for k in kernels], processes=1, say=False)
     assert seen == [{k: pytest.approx(compiling.REFERENCE_SECONDS[k]) for k in kernels}]

@@ -453,7 +453,8 @@ def test_a_garment_is_read_as_fashion_mnist_made_its_images(tmp_path):
     photo += rng.normal(0, 2, photo.shape)
     Image.fromarray(np.uint8(np.clip(photo, 0, 255))).save(tmp_path / "photo.jpg", quality=90)
     read = image.load_garment(tmp_path / "photo.jpg")[:, :, 0]
-    assert np.corrcoef(read.ravel(), shirt.ravel())[0, 1] > 0.85 and read[:, :1].max() < 0.1  # 0.90 measured (JPEG's edges)
+    # 0.90 measured (JPEG's edges)
+    assert np.corrcoef(read.ravel(), shirt.ravel())[0, 1] > 0.85 and read[:, :1].max() < 0.1
     Image.new("L", (50, 40), 200).save(tmp_path / "plain.png")
     with pytest.raises(ImageError, match=r"plain.png: no garment found: the picture is one shade"):
         image.load_garment(tmp_path / "plain.png")

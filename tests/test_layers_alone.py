@@ -364,8 +364,8 @@ def test_a_layers_arrays_of_another_shape_are_refused_before_a_kernel_reads_them
     # (malloc: invalid size); in a model, a bias of 5 for 3 outputs trained and saved an unloadable file.
     dense = Dense(4, 3)
     dense.params["weight"] = np.ones((3, 4), np.float32)
-    with pytest.raises(ShapeError, match=r"Dense\(in_features=4, out_features=3\): params\['weight'\] is float32\(3, 4\); "
-                                         r"expected float32\(4, 3\)"):
+    with pytest.raises(ShapeError, match=r"Dense\(in_features=4, out_features=3\): params\['weight'\] is "
+                                         r"float32\(3, 4\); expected float32\(4, 3\)"):
         dense.forward(np.ones((2, 4), np.float32))
     dense.params["weight"] = np.ones((3, 4), np.float32).T  # the right shape, not contiguous
     with pytest.raises(ShapeError, match=r"is float32\(4, 3\), not contiguous"):
@@ -393,7 +393,8 @@ def test_a_nan_gradient_of_a_layer_of_your_own_is_named_not_the_learning_rate():
     x, y = np.random.default_rng(0).uniform(size=(64, 3)).astype(np.float32), np.arange(64) % 2
     model = Sequential([BadGradient(3), Dense(3, 2)], seed=0)
     from fastcnn.training import TrainingDiverged
-    with pytest.raises(TrainingDiverged, match=r"the loss became nan at step 2 .*the weights of layer 0 BadGradient\(features=3\), a "
-                                               r"layer of your own, became NaN or Inf, and no others did"):
+    with pytest.raises(TrainingDiverged, match=r"the loss became nan at step 2 .*the weights of layer 0 "
+                                               r"BadGradient\(features=3\), a layer of your own, became NaN or Inf, "
+                                               r"and no others did"):
         fastcnn.fit(model, fastcnn.SGD(model, 0.05), (x.reshape(64, 3), y), epochs=1, batch_size=32, progress=False,
                     validation_split=0)

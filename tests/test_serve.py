@@ -214,7 +214,8 @@ def test_only_the_latest_answer_is_shown_and_an_error_clears_the_last_one(browse
     from selenium.webdriver.support.ui import WebDriverWait
     WebDriverWait(browser, 20).until(lambda d: d.find_element("id", "error").text)
     assert "not an image file" in browser.find_element("id", "error").text
-    assert browser.find_element("id", "prediction").text == "" and not browser.find_elements("css selector", "#bars .bar")
+    assert browser.find_element("id", "prediction").text == ""
+    assert not browser.find_elements("css selector", "#bars .bar")
 
 
 def test_the_page_fits_a_phone(browser, server):

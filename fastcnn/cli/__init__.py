@@ -65,8 +65,9 @@ def parser():
     dataset_help = "the class names to use (default: the data set the model was trained on)"
     pr = sub.add_parser("predict", help="what your own pictures show (a digit, or a CIFAR-10 class)")
     pr.add_argument("model", help=model_help)
-    pr.add_argument("images", nargs="+", help="pictures of one digit each (of one garment for a Fashion-MNIST model, one object "
-                                              "for a colour model, one of its classes for a folder's model), "
+    pr.add_argument("images", nargs="+", help="pictures of one digit each (of one garment for a Fashion-MNIST "
+                                              "model, one object for a colour model, one of its classes for a "
+                                              "folder's model), "
                                               "any format Pillow reads; a bad one is reported and the rest are still read")
     pr.add_argument("--dataset", choices=DATASETS, help=dataset_help)
     pr.add_argument("--save-preprocessed", action="store_true",
