@@ -114,7 +114,7 @@ def test_two_processes_train_the_model_one_process_does(straight):
     one, two, again = (weights(folder / f"{name}.npz") for name in ("one", "two", "two_again"))
     assert relative_difference(two, one) <= 1e-4
     assert np.array_equal(two, again)  # the same K: bit for bit
-    assert "1 threads in each of 2 processes" in runs["two"].stdout
+    assert "1 thread in each of 2 processes" in runs["two"].stdout
     assert runs["two"].stdout.count("Epoch 2/2  loss") == 1  # rank 0 alone prints
     history = fastcnn.load_checkpoint(folder / "two.npz").training["history"]
     assert history[-1]["val_acc"] > 0.5  # and the two processes really learnt
@@ -158,7 +158,8 @@ def test_threads_default_to_the_cores_shared_and_a_batch_too_small_to_share_is_r
     import numba
     done = launch(2, tmp_path / "m.npz", "--batch-size", "319", "--validation", "test",  # all 320 images
                   threads=None)  # in batches of 319: a last batch of 1
-    assert f"{max(1, numba.config.NUMBA_NUM_THREADS // 2)} threads in each of 2 processes" in done.stdout
+    shared = max(1, numba.config.NUMBA_NUM_THREADS // 2)
+    assert f"{shared} thread{'s' * (shared > 1)} in each of 2 processes" in done.stdout
     assert done.returncode == 2 and "leave a batch of 1, fewer than the 2 processes" in done.stderr, done.stderr
 
 
