@@ -29,10 +29,10 @@ READS = (1, 2)
 
 def save(path, model, optimizer=None, training=None):
     """Write ``model`` (and ``optimizer``'s state, and a JSON-able ``training`` dict) to ``path``."""
-    if optimizer is not None and getattr(optimizer, "model", None) is not model:
-        other = " made for another model" if hasattr(optimizer, "model") else ""
-        raise UsageError(f"optimizer: expected a fastcnn optimizer (SGD, Adam) made for this model, got "
-                         f"{type(optimizer).__name__}{other}; the file could not be loaded with it")
+    from .optim import not_made_for  # (optim imports the model, which imports this module)
+    wrong = optimizer is not None and not_made_for(model, optimizer)
+    if wrong:
+        raise UsageError(f"{wrong}; the file could not be loaded with it")
     for i, layer in enumerate(model.layers):
         rebuildable(i, layer)
     arrays = {

@@ -64,6 +64,16 @@ class Optimizer:
                 f"schedule={schedule_name(self.schedule)})")
 
 
+def not_made_for(model, optimizer):
+    """Why ``optimizer`` is not a fastcnn optimizer made for ``model`` (fit trains, and a checkpoint
+    keeps, only such a one), for an error; None if it is one."""
+    if isinstance(optimizer, Optimizer) and optimizer.model is model:
+        return None
+    other = " made for another model" if isinstance(optimizer, Optimizer) else ""
+    return (f"optimizer: expected a fastcnn optimizer (SGD, Adam) made for this model, got "
+            f"{type(optimizer).__name__}{other}")
+
+
 class SGD(Optimizer):
     """SGD with momentum; ``decay`` is the original's inverse-time decay, used unless another
     ``schedule`` is given."""

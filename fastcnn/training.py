@@ -34,7 +34,7 @@ from .folders import row_reader
 from .kernels import checks
 from .validate import as_float_pixels, divergence_factor
 from .model import labelled_batch
-from .optim import Optimizer
+from .optim import not_made_for
 from .settings import DEFAULT_VALIDATION_SPLIT, DIVERGENCE
 
 
@@ -563,9 +563,9 @@ def _check_fit(model, optimizer, train, validation, test, epochs, batch_size, se
     checks.non_negative_int("seed", seed)
     if checkpoint_every is not None:
         checks.positive_int("checkpoint_every", checkpoint_every)
-    if not isinstance(optimizer, Optimizer) or optimizer.model is not model:
-        raise ShapeError(f"optimizer: expected a fastcnn optimizer (SGD, Adam) made for this model, "
-                         f"got {type(optimizer).__name__}")
+    wrong = not_made_for(model, optimizer)
+    if wrong:
+        raise ShapeError(wrong)
     default_split = validation_split is None
     if default_split:
         validation_split = 0.0 if validation is not None else VALIDATION_SPLIT
